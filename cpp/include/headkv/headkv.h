@@ -1,0 +1,102 @@
+/* headkv public C API: opaque handles, status codes, no C++ types across the boundary.
+ *
+ *   hk_model*   weights + tokenizer, read-only after load, shareable between contexts
+ *   hk_context* KV cache + scratch + logits for one sequence
+ *
+ * Every function that can fail returns hk_status; hk_last_error() gives the message of the
+ * last failure on the calling thread.
+ */
+#ifndef HEADKV_HEADKV_H
+#define HEADKV_HEADKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum hk_status {
+  HK_OK = 0,
+  HK_ERR_IO = 1,
+  HK_ERR_FORMAT = 2,
+  HK_ERR_UNSUPPORTED = 3,
+  HK_ERR_INVALID_ARGUMENT = 4,
+  HK_ERR_OUT_OF_MEMORY = 5,
+  HK_ERR_CONTEXT_FULL = 6,
+  HK_ERR_INTERNAL = 7,
+} hk_status;
+
+typedef struct hk_model hk_model;
+typedef struct hk_context hk_context;
+
+/* Message of the last error on this thread ("" when none). */
+const char* hk_last_error(void);
+const char* hk_version(void);
+
+/* ---- model ---- */
+hk_status hk_model_load(const char* path, hk_model** out);
+void hk_model_free(hk_model* model);
+int32_t hk_model_n_vocab(const hk_model* model);
+int32_t hk_model_n_ctx_train(const hk_model* model);
+int32_t hk_model_bos(const hk_model* model); /* -1 when absent */
+int32_t hk_model_eos(const hk_model* model);
+int hk_model_is_eog(const hk_model* model, int32_t token);
+/* Chat template text from the GGUF ("" when absent); valid while the model lives. */
+const char* hk_model_chat_template(const hk_model* model);
+/* Size in bytes of the weights as stored in the file. */
+uint64_t hk_model_weight_bytes(const hk_model* model);
+
+/* ---- tokenizer ----
+ * Writes up to `cap` ids to `out` and stores the full count in *n_out; when *n_out > cap the
+ * call returns HK_ERR_INVALID_ARGUMENT and nothing beyond cap is written (call again larger). */
+hk_status hk_tokenize(const hk_model* model, const char* text, size_t len, int add_bos,
+                      int parse_special, int32_t* out, size_t cap, size_t* n_out);
+/* Bytes of one token as it appears in output; returns the byte count, copies min(count, cap). */
+size_t hk_token_to_piece(const hk_model* model, int32_t token, char* buf, size_t cap);
+
+/* ---- context ---- */
+typedef struct hk_context_params {
+  int32_t n_ctx;      /* 0 = model's training context */
+  int32_t n_threads;  /* 0 = hardware concurrency */
+  int32_t n_batch;    /* max tokens per forward chunk during prefill; 0 = 512 */
+} hk_context_params;
+
+hk_context_params hk_context_default_params(void);
+hk_status hk_context_new(const hk_model* model, const hk_context_params* params, hk_context** out);
+void hk_context_free(hk_context* ctx);
+int32_t hk_context_n_ctx(const hk_context* ctx);
+int32_t hk_context_n_past(const hk_context* ctx);
+/* Forget every cached token. */
+void hk_context_reset(hk_context* ctx);
+/* Appends `n` tokens to the sequence (prefill or decode) and computes the logits of the last one. */
+hk_status hk_eval(hk_context* ctx, const int32_t* tokens, size_t n);
+/* Logits (n_vocab floats) of the last evaluated token; NULL before the first eval. */
+const float* hk_logits(const hk_context* ctx);
+/* Bytes held by the KV cache of this context. */
+uint64_t hk_context_kv_bytes(const hk_context* ctx);
+
+/* ---- sampling ---- */
+typedef struct hk_sampler_params {
+  float temperature;    /* <= 0: greedy */
+  int32_t top_k;        /* <= 0: off */
+  float top_p;          /* >= 1: off */
+  float min_p;          /* <= 0: off */
+  float repeat_penalty; /* 1: off */
+  int32_t repeat_last_n;/* window for the penalty */
+  uint64_t seed;
+} hk_sampler_params;
+
+typedef struct hk_sampler hk_sampler;
+hk_sampler_params hk_sampler_default_params(void);
+hk_status hk_sampler_new(const hk_sampler_params* params, hk_sampler** out);
+void hk_sampler_free(hk_sampler* s);
+/* Picks the next token from the context's current logits (penalising tokens of its history). */
+hk_status hk_sample(hk_sampler* s, const hk_context* ctx, int32_t* token);
+/* Records a token in the sampler's history (for the repetition penalty). */
+void hk_sampler_accept(hk_sampler* s, int32_t token);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* HEADKV_HEADKV_H */

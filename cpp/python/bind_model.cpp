@@ -1,3 +1,142 @@
+// headkv._core.Engine (model + one context) and headkv._core.Sampler.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+
+#include "common/error.h"
+#include "generate/sampler.h"
+#include "model/context.h"
+#include "model/llama.h"
+
 namespace py = pybind11;
-void bind_model(py::module_& m) {}
+using namespace headkv;
+
+namespace {
+
+struct Engine {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Context> ctx;
+
+  Engine(const std::string& path, int n_ctx, int n_threads, int n_batch) {
+    {
+      py::gil_scoped_release nogil;
+      model = Model::load(path);
+    }
+    ContextParams p;
+    p.n_ctx = n_ctx;
+    p.n_threads = n_threads;
+    p.n_batch = n_batch;
+    ctx = std::make_unique<Context>(*model, p);
+  }
+
+  std::vector<int32_t> tokenize(const py::object& text, bool add_bos, bool special) const {
+    std::string s = py::isinstance<py::bytes>(text) ? text.cast<std::string>() : text.cast<std::string>();
+    return model->tokenizer().encode(s, add_bos, special);
+  }
+
+  py::bytes detokenize(const std::vector<int32_t>& ids) const {
+    for (int32_t id : ids)
+      if (id < 0 || id >= model->tokenizer().n_vocab())
+        fail(ErrorKind::InvalidArgument, "token id " + std::to_string(id) + " is outside the vocabulary");
+    return py::bytes(model->tokenizer().decode(ids));
+  }
+
+  py::bytes token_to_piece(int32_t id) const {
+    if (id < 0 || id >= model->tokenizer().n_vocab())
+      fail(ErrorKind::InvalidArgument, "token id " + std::to_string(id) + " is outside the vocabulary");
+    return py::bytes(model->tokenizer().token_to_piece(id));
+  }
+
+  void eval(const std::vector<int32_t>& tokens, bool logits_all) {
+    py::gil_scoped_release nogil;
+    ctx->eval(tokens.data(), (int64_t)tokens.size(), logits_all);
+  }
+
+  py::array_t<float> logits(bool all) const {
+    const int64_t V = model->hparams().n_vocab;
+    if (!ctx->n_logit_rows()) fail(ErrorKind::InvalidArgument, "no logits yet: call eval() first");
+    if (!all) {
+      py::array_t<float> a(V);
+      std::copy_n(ctx->logits(), V, a.mutable_data());
+      return a;
+    }
+    const int64_t R = ctx->n_logit_rows();
+    py::array_t<float> a({R, V});
+    std::copy_n(ctx->logits_all(), R * V, a.mutable_data());
+    return a;
+  }
+
+  py::dict metadata() const {
+    py::dict d;
+    for (const auto& kv : model->file().metadata()) {
+      const GGUFValue& v = kv.second;
+      if (v.type == GGUFType::STRING) d[py::str(kv.first)] = py::str(v.s);
+      else if (v.type == GGUFType::BOOL) d[py::str(kv.first)] = py::bool_(v.i != 0);
+      else if (v.is_float()) d[py::str(kv.first)] = v.f;
+      else if (v.type == GGUFType::UINT64) d[py::str(kv.first)] = v.u;
+      else if (v.is_int()) d[py::str(kv.first)] = v.i;
+      else if (v.type == GGUFType::ARRAY && v.arr.size() <= 64) {
+        py::list l;
+        for (const GGUFValue& e : v.arr) {
+          if (e.type == GGUFType::STRING) l.append(py::str(e.s));
+          else if (e.is_float()) l.append(e.f);
+          else l.append(e.i);
+        }
+        d[py::str(kv.first)] = l;
+      }
+    }
+    return d;
+  }
+};
+
+}  // namespace
+
+void bind_model(py::module_& m) {
+  py::class_<Engine>(m, "Engine")
+      .def(py::init<const std::string&, int, int, int>(), py::arg("path"), py::arg("n_ctx") = 0,
+           py::arg("n_threads") = 0, py::arg("n_batch") = 512)
+      .def("tokenize", &Engine::tokenize, py::arg("text"), py::arg("add_bos") = false, py::arg("special") = false)
+      .def("detokenize", &Engine::detokenize)
+      .def("token_to_piece", &Engine::token_to_piece)
+      .def("eval", &Engine::eval, py::arg("tokens"), py::arg("logits_all") = false)
+      .def("logits", &Engine::logits, py::arg("all") = false)
+      .def("reset", [](Engine& e) { e.ctx->reset(); })
+      .def("metadata", &Engine::metadata)
+      .def("is_eog", [](const Engine& e, int32_t t) { return e.model->tokenizer().is_eog(t); })
+      .def_property_readonly("n_past", [](const Engine& e) { return e.ctx->n_past(); })
+      .def_property_readonly("n_ctx", [](const Engine& e) { return e.ctx->n_ctx(); })
+      .def_property_readonly("n_threads", [](const Engine& e) { return e.ctx->n_threads(); })
+      .def_property_readonly("n_vocab", [](const Engine& e) { return e.model->hparams().n_vocab; })
+      .def_property_readonly("n_ctx_train", [](const Engine& e) { return e.model->hparams().n_ctx_train; })
+      .def_property_readonly("bos", [](const Engine& e) { return e.model->tokenizer().bos_id(); })
+      .def_property_readonly("eos", [](const Engine& e) { return e.model->tokenizer().eos_id(); })
+      .def_property_readonly("add_bos", [](const Engine& e) { return e.model->tokenizer().add_bos_default(); })
+      .def_property_readonly("chat_template", [](const Engine& e) { return e.model->chat_template(); })
+      .def_property_readonly("kv_bytes", [](const Engine& e) { return e.ctx->kv_bytes(); })
+      .def_property_readonly("weight_bytes", [](const Engine& e) { return e.model->weight_bytes(); })
+      .def_property_readonly("history", [](const Engine& e) { return e.ctx->history(); });
+
+  py::class_<Sampler>(m, "Sampler")
+      .def(py::init([](float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
+                       int repeat_last_n, uint64_t seed) {
+             SamplerParams p;
+             p.temperature = temperature;
+             p.top_k = top_k;
+             p.top_p = top_p;
+             p.min_p = min_p;
+             p.repeat_penalty = repeat_penalty;
+             p.repeat_last_n = repeat_last_n;
+             p.seed = seed;
+             return std::make_unique<Sampler>(p);
+           }),
+           py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f,
+           py::arg("repeat_penalty") = 1.0f, py::arg("repeat_last_n") = 64, py::arg("seed") = 0xC0FFEE)
+      .def("sample", [](Sampler& s, const Engine& e) {
+        const float* lg = e.ctx->logits();
+        if (!lg) fail(ErrorKind::InvalidArgument, "no logits yet: call eval() first");
+        return s.sample(lg, e.model->hparams().n_vocab, e.ctx->history());
+      });
+}

@@ -48,6 +48,7 @@ const char* hk_model_chat_template(const hk_model* model);
 uint64_t hk_model_weight_bytes(const hk_model* model);
 
 /* ---- tokenizer ----
+ * add_bos: 1 prepend BOS, 0 do not, -1 follow the model's tokenizer.ggml.add_bos_token.
  * Writes up to `cap` ids to `out` and stores the full count in *n_out; when *n_out > cap the
  * call returns HK_ERR_INVALID_ARGUMENT and nothing beyond cap is written (call again larger). */
 hk_status hk_tokenize(const hk_model* model, const char* text, size_t len, int add_bos,
@@ -91,10 +92,9 @@ typedef struct hk_sampler hk_sampler;
 hk_sampler_params hk_sampler_default_params(void);
 hk_status hk_sampler_new(const hk_sampler_params* params, hk_sampler** out);
 void hk_sampler_free(hk_sampler* s);
-/* Picks the next token from the context's current logits (penalising tokens of its history). */
+/* Picks the next token from the context's current logits; the repetition penalty applies to the
+ * last repeat_last_n tokens evaluated in that context. */
 hk_status hk_sample(hk_sampler* s, const hk_context* ctx, int32_t* token);
-/* Records a token in the sampler's history (for the repetition penalty). */
-void hk_sampler_accept(hk_sampler* s, int32_t token);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,194 @@
+// headkv-cli: generate text from a GGUF model, streaming tokens to stdout, timings to stderr.
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "headkv/headkv.h"
+#include "tokenize/chat.h"
+
+namespace {
+
+struct Args {
+  std::string model, prompt, system;
+  int n_predict = 128, n_threads = 0, n_ctx = 0, n_batch = 512;
+  bool chat = false;
+  hk_sampler_params sp = hk_sampler_default_params();
+};
+
+const char* kUsage =
+    "usage: headkv-cli -m MODEL (-p PROMPT | -f FILE) [options]\n"
+    "  -m, --model PATH        GGUF model file\n"
+    "  -p, --prompt TEXT       prompt\n"
+    "  -f, --file PATH         read the prompt from a file\n"
+    "  -n, --n-predict N       tokens to generate (default 128; -1 = until end of text/context)\n"
+    "  -c, --ctx-size N        context size (default: the model's training context)\n"
+    "  -b, --batch-size N      prompt tokens per forward chunk (default 512)\n"
+    "  -t, --threads N         CPU threads (default: all cores)\n"
+    "      --temp T            temperature (default 0.8; 0 = greedy)\n"
+    "      --top-k N           top-k (default 40; 0 = off)\n"
+    "      --top-p P           top-p (default 0.95; 1 = off)\n"
+    "      --min-p P           min-p (default 0.05; 0 = off)\n"
+    "      --repeat-penalty R  repetition penalty (default 1.0 = off)\n"
+    "      --repeat-last-n N   tokens the penalty looks back over (default 64)\n"
+    "  -s, --seed N            RNG seed\n"
+    "      --chat              treat the prompt as a user message and apply the model's chat format\n"
+    "      --system TEXT       system message for --chat\n"
+    "      --device cpu        compute device (only cpu in this build)\n";
+
+[[noreturn]] void die(const std::string& msg) {
+  std::fprintf(stderr, "headkv-cli: error: %s\n", msg.c_str());
+  std::exit(1);
+}
+
+long to_int(const std::string& flag, const std::string& v) {
+  char* end = nullptr;
+  errno = 0;
+  const long x = std::strtol(v.c_str(), &end, 10);
+  if (v.empty() || *end || errno) die("invalid integer for " + flag + ": '" + v + "'");
+  return x;
+}
+
+float to_float(const std::string& flag, const std::string& v) {
+  char* end = nullptr;
+  const float x = std::strtof(v.c_str(), &end);
+  if (v.empty() || *end) die("invalid number for " + flag + ": '" + v + "'");
+  return x;
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  std::string device = "cpu";
+  bool have_prompt = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string f = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) die("missing value for " + f);
+      return argv[++i];
+    };
+    if (f == "-h" || f == "--help") { std::fputs(kUsage, stdout); std::exit(0); }
+    else if (f == "-m" || f == "--model") a.model = val();
+    else if (f == "-p" || f == "--prompt") { a.prompt = val(); have_prompt = true; }
+    else if (f == "-f" || f == "--file") {
+      const std::string path = val();
+      std::ifstream in(path, std::ios::binary);
+      if (!in) die("cannot read prompt file '" + path + "'");
+      std::stringstream ss;
+      ss << in.rdbuf();
+      a.prompt = ss.str();
+      have_prompt = true;
+    }
+    else if (f == "-n" || f == "--n-predict") a.n_predict = (int)to_int(f, val());
+    else if (f == "-c" || f == "--ctx-size") a.n_ctx = (int)to_int(f, val());
+    else if (f == "-b" || f == "--batch-size") a.n_batch = (int)to_int(f, val());
+    else if (f == "-t" || f == "--threads") a.n_threads = (int)to_int(f, val());
+    else if (f == "--temp") a.sp.temperature = to_float(f, val());
+    else if (f == "--top-k") a.sp.top_k = (int)to_int(f, val());
+    else if (f == "--top-p") a.sp.top_p = to_float(f, val());
+    else if (f == "--min-p") a.sp.min_p = to_float(f, val());
+    else if (f == "--repeat-penalty") a.sp.repeat_penalty = to_float(f, val());
+    else if (f == "--repeat-last-n") a.sp.repeat_last_n = (int)to_int(f, val());
+    else if (f == "-s" || f == "--seed") a.sp.seed = (uint64_t)to_int(f, val());
+    else if (f == "--chat") a.chat = true;
+    else if (f == "--system") a.system = val();
+    else if (f == "--device") device = val();
+    else die("unknown argument '" + f + "' (see --help)");
+  }
+  if (a.model.empty()) die("no model given (-m MODEL)");
+  if (!have_prompt) die("no prompt given (-p PROMPT or -f FILE)");
+  if (device != "cpu") die("device '" + device + "' is not available in this build (supported: cpu)");
+  if (a.n_ctx < 0 || a.n_threads < 0 || a.n_batch <= 0) die("--ctx-size, --threads must be >= 0 and --batch-size > 0");
+  return a;
+}
+
+void check(hk_status s, const char* what) {
+  if (s != HK_OK) die(std::string(what) + ": " + hk_last_error());
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a = parse(argc, argv);
+  const double t0 = now_s();
+  hk_model* model = nullptr;
+  check(hk_model_load(a.model.c_str(), &model), "loading model");
+  const double t_load = now_s() - t0;
+
+  std::string text = a.prompt;
+  bool special = false;
+  if (a.chat) {
+    std::vector<std::pair<std::string, std::string>> msgs;
+    if (!a.system.empty()) msgs.emplace_back("system", a.system);
+    msgs.emplace_back("user", a.prompt);
+    try {
+      text = headkv::render_chat(hk_model_chat_template(model), msgs, true);
+    } catch (const std::exception& e) {
+      die(std::string("--chat: ") + e.what());
+    }
+    special = true;
+  }
+  // add_bos = -1: follow the model's add_bos_token metadata.
+  std::vector<int32_t> toks(text.size() + 16);
+  size_t n_tok = 0;
+  hk_status st = hk_tokenize(model, text.data(), text.size(), -1, special, toks.data(), toks.size(), &n_tok);
+  check(st, "tokenizing prompt");
+  toks.resize(n_tok);
+  if (toks.empty()) die("the prompt is empty after tokenization");
+
+  hk_context_params cp = hk_context_default_params();
+  cp.n_ctx = a.n_ctx;
+  cp.n_threads = a.n_threads;
+  cp.n_batch = a.n_batch;
+  hk_context* ctx = nullptr;
+  check(hk_context_new(model, &cp, &ctx), "creating context");
+  if ((int)toks.size() > hk_context_n_ctx(ctx))
+    die("prompt has " + std::to_string(toks.size()) + " tokens but the context holds " + std::to_string(hk_context_n_ctx(ctx)) +
+        " (raise --ctx-size)");
+  hk_sampler* sampler = nullptr;
+  check(hk_sampler_new(&a.sp, &sampler), "sampling parameters");
+
+  const double t1 = now_s();
+  check(hk_eval(ctx, toks.data(), toks.size()), "prompt evaluation");
+  const double t_prompt = now_s() - t1;
+
+  const double t2 = now_s();
+  int n_gen = 0;
+  std::vector<char> piece(256);
+  while (a.n_predict < 0 || n_gen < a.n_predict) {
+    int32_t tok;
+    check(hk_sample(sampler, ctx, &tok), "sampling");
+    if (hk_model_is_eog(model, tok)) break;
+    size_t len = hk_token_to_piece(model, tok, piece.data(), piece.size());
+    if (len > piece.size()) {
+      piece.resize(len);
+      hk_token_to_piece(model, tok, piece.data(), piece.size());
+    }
+    std::fwrite(piece.data(), 1, len, stdout);
+    std::fflush(stdout);
+    ++n_gen;
+    if (hk_context_n_past(ctx) >= hk_context_n_ctx(ctx)) {
+      std::fprintf(stderr, "\nheadkv-cli: context full after %d tokens\n", n_gen);
+      break;
+    }
+    check(hk_eval(ctx, &tok, 1), "decoding");
+  }
+  const double t_gen = now_s() - t2;
+  std::fputc('\n', stdout);
+  std::fprintf(stderr, "\nheadkv-cli: load %.2f s | prompt %zu tokens in %.3f s (%.1f t/s) | generated %d tokens in %.3f s (%.1f t/s)\n",
+               t_load, toks.size(), t_prompt, toks.size() / std::max(t_prompt, 1e-9), n_gen, t_gen,
+               n_gen / std::max(t_gen, 1e-9));
+  hk_sampler_free(sampler);
+  hk_context_free(ctx);
+  hk_model_free(model);
+  return 0;
+}

@@ -1,0 +1,160 @@
+// The public C API (cpp/include/headkv/headkv.h) over the C++ engine: exceptions become
+// hk_status codes plus a per-thread message.
+#include "headkv/headkv.h"
+
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "common/error.h"
+#include "generate/sampler.h"
+#include "model/context.h"
+#include "model/llama.h"
+
+struct hk_model {
+  std::unique_ptr<headkv::Model> m;
+};
+struct hk_context {
+  std::unique_ptr<headkv::Context> c;
+};
+struct hk_sampler {
+  std::unique_ptr<headkv::Sampler> s;
+};
+
+namespace {
+thread_local std::string g_last_error;
+
+template <class F>
+hk_status guard(F&& f) {
+  try {
+    g_last_error.clear();
+    f();
+    return HK_OK;
+  } catch (const headkv::Error& e) {
+    g_last_error = e.what();
+    return (hk_status)e.kind();
+  } catch (const std::bad_alloc&) {
+    g_last_error = "out of memory";
+    return HK_ERR_OUT_OF_MEMORY;
+  } catch (const std::exception& e) {
+    g_last_error = e.what();
+    return HK_ERR_INTERNAL;
+  }
+}
+
+hk_status null_arg(const char* what) {
+  g_last_error = std::string(what) + " must not be NULL";
+  return HK_ERR_INVALID_ARGUMENT;
+}
+}  // namespace
+
+extern "C" {
+
+const char* hk_last_error(void) { return g_last_error.c_str(); }
+const char* hk_version(void) { return "0.1.0"; }
+
+hk_status hk_model_load(const char* path, hk_model** out) {
+  if (!path || !out) return null_arg("path and out");
+  *out = nullptr;
+  return guard([&] {
+    auto m = std::make_unique<hk_model>();
+    m->m = headkv::Model::load(path);
+    *out = m.release();
+  });
+}
+
+void hk_model_free(hk_model* model) { delete model; }
+int32_t hk_model_n_vocab(const hk_model* m) { return m->m->hparams().n_vocab; }
+int32_t hk_model_n_ctx_train(const hk_model* m) { return m->m->hparams().n_ctx_train; }
+int32_t hk_model_bos(const hk_model* m) { return m->m->tokenizer().bos_id(); }
+int32_t hk_model_eos(const hk_model* m) { return m->m->tokenizer().eos_id(); }
+int hk_model_is_eog(const hk_model* m, int32_t t) { return m->m->tokenizer().is_eog(t) ? 1 : 0; }
+const char* hk_model_chat_template(const hk_model* m) { return m->m->chat_template().c_str(); }
+uint64_t hk_model_weight_bytes(const hk_model* m) { return m->m->weight_bytes(); }
+
+hk_status hk_tokenize(const hk_model* model, const char* text, size_t len, int add_bos, int parse_special,
+                      int32_t* out, size_t cap, size_t* n_out) {
+  if (!model || (!text && len) || !n_out) return null_arg("model, text and n_out");
+  return guard([&] {
+    const headkv::Tokenizer& tok = model->m->tokenizer();
+    const bool bos = add_bos < 0 ? tok.add_bos_default() : add_bos != 0;
+    const auto ids = tok.encode(std::string_view(text ? text : "", len), bos, parse_special != 0);
+    *n_out = ids.size();
+    if (ids.size() > cap) headkv::fail(headkv::ErrorKind::InvalidArgument, "output buffer too small for " + std::to_string(ids.size()) + " tokens");
+    if (!ids.empty()) std::memcpy(out, ids.data(), ids.size() * sizeof(int32_t));
+  });
+}
+
+size_t hk_token_to_piece(const hk_model* model, int32_t token, char* buf, size_t cap) {
+  if (!model || token < 0 || token >= model->m->tokenizer().n_vocab()) return 0;
+  const std::string p = model->m->tokenizer().token_to_piece(token);
+  if (buf && cap) std::memcpy(buf, p.data(), p.size() < cap ? p.size() : cap);
+  return p.size();
+}
+
+hk_context_params hk_context_default_params(void) { return hk_context_params{0, 0, 512}; }
+
+hk_status hk_context_new(const hk_model* model, const hk_context_params* p, hk_context** out) {
+  if (!model || !out) return null_arg("model and out");
+  *out = nullptr;
+  return guard([&] {
+    headkv::ContextParams cp;
+    const hk_context_params d = p ? *p : hk_context_default_params();
+    cp.n_ctx = d.n_ctx;
+    cp.n_threads = d.n_threads;
+    cp.n_batch = d.n_batch;
+    auto c = std::make_unique<hk_context>();
+    c->c = std::make_unique<headkv::Context>(*model->m, cp);
+    *out = c.release();
+  });
+}
+
+void hk_context_free(hk_context* ctx) { delete ctx; }
+int32_t hk_context_n_ctx(const hk_context* c) { return c->c->n_ctx(); }
+int32_t hk_context_n_past(const hk_context* c) { return c->c->n_past(); }
+void hk_context_reset(hk_context* c) { c->c->reset(); }
+uint64_t hk_context_kv_bytes(const hk_context* c) { return c->c->kv_bytes(); }
+const float* hk_logits(const hk_context* c) { return c->c->logits(); }
+
+hk_status hk_eval(hk_context* ctx, const int32_t* tokens, size_t n) {
+  if (!ctx || !tokens) return null_arg("ctx and tokens");
+  return guard([&] { ctx->c->eval(tokens, (int64_t)n); });
+}
+
+hk_sampler_params hk_sampler_default_params(void) {
+  headkv::SamplerParams d;
+  return hk_sampler_params{d.temperature, d.top_k, d.top_p, d.min_p, d.repeat_penalty, d.repeat_last_n, d.seed};
+}
+
+hk_status hk_sampler_new(const hk_sampler_params* p, hk_sampler** out) {
+  if (!out) return null_arg("out");
+  *out = nullptr;
+  return guard([&] {
+    const hk_sampler_params d = p ? *p : hk_sampler_default_params();
+    headkv::SamplerParams sp;
+    sp.temperature = d.temperature;
+    sp.top_k = d.top_k;
+    sp.top_p = d.top_p;
+    sp.min_p = d.min_p;
+    sp.repeat_penalty = d.repeat_penalty;
+    sp.repeat_last_n = d.repeat_last_n;
+    sp.seed = d.seed;
+    auto s = std::make_unique<hk_sampler>();
+    s->s = std::make_unique<headkv::Sampler>(sp);
+    *out = s.release();
+  });
+}
+
+void hk_sampler_free(hk_sampler* s) { delete s; }
+
+hk_status hk_sample(hk_sampler* s, const hk_context* ctx, int32_t* token) {
+  if (!s || !ctx || !token) return null_arg("sampler, ctx and token");
+  return guard([&] {
+    const float* lg = ctx->c->logits();
+    if (!lg) headkv::fail(headkv::ErrorKind::InvalidArgument, "no logits yet: call hk_eval first");
+    *token = s->s->sample(lg, ctx->c->model().hparams().n_vocab, ctx->c->history());
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,144 @@
+#include "model/llama.h"
+
+#include <cmath>
+
+#include "common/error.h"
+#include "quant/quant.h"
+
+namespace headkv {
+
+std::unique_ptr<Model> Model::load(const std::string& path) {
+  std::unique_ptr<Model> m(new Model());
+  m->file_ = GGUFFile::open(path);
+  const std::string arch = m->file_->get_str_or("general.architecture", "");
+  if (arch != "llama")
+    fail(ErrorKind::Unsupported, path + ": architecture '" + arch + "' is not supported (headkv runs 'llama': Llama 2/3, Mistral, SmolLM2)");
+  m->load_hparams();
+  m->tok_ = Tokenizer::from_gguf(*m->file_);
+  m->chat_template_ = m->file_->get_str_or("tokenizer.chat_template", "");
+  m->load_weights();
+  return m;
+}
+
+void Model::load_hparams() {
+  const GGUFFile& f = *file_;
+  auto need_pos = [&](const std::string& key, int64_t v, int64_t max) {
+    if (v <= 0 || v > max)
+      fail(ErrorKind::Format, f.path() + ": metadata '" + key + "' = " + std::to_string(v) + " is out of range");
+    return (int32_t)v;
+  };
+  hp_.n_embd = need_pos("llama.embedding_length", f.get_int("llama.embedding_length"), 1 << 17);
+  hp_.n_layer = need_pos("llama.block_count", f.get_int("llama.block_count"), 1024);
+  hp_.n_head = need_pos("llama.attention.head_count", f.get_int("llama.attention.head_count"), 1024);
+  hp_.n_head_kv = need_pos("llama.attention.head_count_kv",
+                           f.get_int_or("llama.attention.head_count_kv", hp_.n_head), 1024);
+  hp_.n_ff = need_pos("llama.feed_forward_length", f.get_int("llama.feed_forward_length"), 1 << 20);
+  hp_.n_ctx_train = need_pos("llama.context_length", f.get_int_or("llama.context_length", 4096), 1 << 24);
+  if (hp_.n_head % hp_.n_head_kv != 0)
+    fail(ErrorKind::Format, f.path() + ": head_count " + std::to_string(hp_.n_head) +
+                                " is not a multiple of head_count_kv " + std::to_string(hp_.n_head_kv));
+  const int64_t hd_default = hp_.n_embd / hp_.n_head;
+  hp_.head_dim = need_pos("llama.attention.key_length", f.get_int_or("llama.attention.key_length", hd_default), 4096);
+  if (f.get_int_or("llama.attention.value_length", hp_.head_dim) != hp_.head_dim)
+    fail(ErrorKind::Unsupported, f.path() + ": key_length != value_length is not supported");
+  hp_.rope_dim = need_pos("llama.rope.dimension_count", f.get_int_or("llama.rope.dimension_count", hp_.head_dim), hp_.head_dim);
+  if (hp_.rope_dim % 2) fail(ErrorKind::Format, f.path() + ": odd rope dimension count");
+  hp_.rope_theta = (float)f.get_float_or("llama.rope.freq_base", 10000.0);
+  hp_.rms_eps = (float)f.get_float_or("llama.attention.layer_norm_rms_epsilon", 1e-5);
+  if (!(hp_.rope_theta > 0) || !(hp_.rms_eps > 0) || !std::isfinite(hp_.rope_theta))
+    fail(ErrorKind::Format, f.path() + ": invalid rope.freq_base or rms epsilon");
+
+  // RoPE frequencies: theta^(-2i/d), then the model's scaling rule.
+  const int half = hp_.rope_dim / 2;
+  rope_inv_freq_.resize(half);
+  for (int i = 0; i < half; ++i) rope_inv_freq_[i] = (float)std::pow((double)hp_.rope_theta, -2.0 * i / hp_.rope_dim);
+  const std::string scaling = f.get_str_or("llama.rope.scaling.type", "none");
+  const double factor = f.get_float_or("llama.rope.scaling.factor", 1.0);
+  if (scaling == "linear") {
+    if (!(factor > 0)) fail(ErrorKind::Format, f.path() + ": rope.scaling.factor must be > 0");
+    hp_.rope_scale = (float)factor;
+  } else if (scaling == "llama3") {
+    // Llama 3.1 rule: long wavelengths divided by `factor`, short kept, smooth in between.
+    const double lo = f.get_float_or("llama.rope.scaling.low_freq_factor", 1.0);
+    const double hi = f.get_float_or("llama.rope.scaling.high_freq_factor", 4.0);
+    const double orig = f.get_float_or("llama.rope.scaling.original_context_length", 8192);
+    for (int i = 0; i < half; ++i) {
+      const double freq = rope_inv_freq_[i], wavelen = 2 * M_PI / freq;
+      double nf;
+      if (wavelen < orig / hi) nf = freq;
+      else if (wavelen > orig / lo) nf = freq / factor;
+      else {
+        const double smooth = (orig / wavelen - lo) / (hi - lo);
+        nf = (1 - smooth) * freq / factor + smooth * freq;
+      }
+      rope_inv_freq_[i] = (float)nf;
+    }
+  } else if (scaling != "none" && scaling != "") {
+    fail(ErrorKind::Unsupported, f.path() + ": rope scaling type '" + scaling + "' is not supported");
+  }
+  // llama.cpp's converters store Llama 3.1 frequency factors as a tensor instead.
+  if (const TensorInfo* rf = f.tensor("rope_freqs.weight")) {
+    if (rf->nelements() != half) fail(ErrorKind::Format, f.path() + ": rope_freqs.weight has the wrong size");
+    std::vector<float> ff = vec("rope_freqs.weight", half);
+    for (int i = 0; i < half; ++i) rope_inv_freq_[i] /= ff[i];
+  }
+}
+
+Weight Model::weight(const std::string& name, int64_t cols, int64_t rows, bool required) {
+  const TensorInfo* t = file_->tensor(name);
+  if (!t) {
+    if (required) fail(ErrorKind::Format, file_->path() + ": missing tensor '" + name + "'");
+    return Weight{};
+  }
+  if (t->ne.size() > 2 || t->ne[0] != cols || t->rows() != rows)
+    fail(ErrorKind::Format, file_->path() + ": tensor '" + name + "' has shape [" + std::to_string(t->ne[0]) + ", " +
+                                std::to_string(t->rows()) + "], expected [" + std::to_string(cols) + ", " + std::to_string(rows) + "]");
+  if (!type_traits(t->type).supported)
+    fail(ErrorKind::Unsupported, file_->path() + ": tensor '" + name + "' has type " + type_name(t->type) + ", which headkv does not support");
+  Weight w;
+  w.type = t->type;
+  w.data = t->data;
+  w.rows = rows;
+  w.cols = cols;
+  w.row_bytes = row_size(t->type, cols);
+  weight_bytes_ += t->nbytes;
+  return w;
+}
+
+std::vector<float> Model::vec(const std::string& name, int64_t n) {
+  Weight w = weight(name, n, 1);
+  std::vector<float> out((size_t)n);
+  dequantize_row(w.type, w.data, out.data(), n);
+  return out;
+}
+
+void Model::load_weights() {
+  const int64_t d = hp_.n_embd, hd = hp_.head_dim, ff = hp_.n_ff;
+  const TensorInfo* te = file_->tensor("token_embd.weight");
+  if (!te) fail(ErrorKind::Format, file_->path() + ": missing tensor 'token_embd.weight'");
+  if (te->ne.size() != 2) fail(ErrorKind::Format, file_->path() + ": token_embd.weight must be 2-D");
+  hp_.n_vocab = (int32_t)te->ne[1];
+  if (hp_.n_vocab != tok_->n_vocab())
+    fail(ErrorKind::Format, file_->path() + ": token_embd.weight has " + std::to_string(hp_.n_vocab) +
+                                " rows but the vocabulary has " + std::to_string(tok_->n_vocab()) + " tokens");
+  tok_embd_ = weight("token_embd.weight", d, hp_.n_vocab);
+  output_norm_ = vec("output_norm.weight", d);
+  output_ = weight("output.weight", d, hp_.n_vocab, /*required=*/false);
+  if (!output_.data) output_ = tok_embd_;  // tied embeddings
+  layers_.resize(hp_.n_layer);
+  for (int il = 0; il < hp_.n_layer; ++il) {
+    const std::string p = "blk." + std::to_string(il) + ".";
+    LayerWeights& L = layers_[il];
+    L.attn_norm = vec(p + "attn_norm.weight", d);
+    L.ffn_norm = vec(p + "ffn_norm.weight", d);
+    L.wq = weight(p + "attn_q.weight", d, hp_.n_head * hd);
+    L.wk = weight(p + "attn_k.weight", d, hp_.n_head_kv * hd);
+    L.wv = weight(p + "attn_v.weight", d, hp_.n_head_kv * hd);
+    L.wo = weight(p + "attn_output.weight", hp_.n_head * hd, d);
+    L.w_gate = weight(p + "ffn_gate.weight", d, ff);
+    L.w_up = weight(p + "ffn_up.weight", d, ff);
+    L.w_down = weight(p + "ffn_down.weight", ff, d);
+  }
+}
+
+}  // namespace headkv

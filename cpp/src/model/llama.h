@@ -1,0 +1,79 @@
+// Llama-family model (Llama 2/3, Mistral, SmolLM2): hyper-parameters and weights bound to the
+// mmap'd GGUF. Weights stay in their quantized file formats; only small vectors (norms, RoPE
+// frequencies) are converted to fp32 at load.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gguf/gguf.h"
+#include "tokenize/tokenizer.h"
+
+namespace headkv {
+
+struct LlamaHParams {
+  int32_t n_vocab = 0;
+  int32_t n_ctx_train = 0;
+  int32_t n_embd = 0;
+  int32_t n_layer = 0;
+  int32_t n_head = 0;
+  int32_t n_head_kv = 0;
+  int32_t head_dim = 0;   // n_embd / n_head unless given
+  int32_t rope_dim = 0;   // dimensions rotated (<= head_dim)
+  int32_t n_ff = 0;
+  float rope_theta = 10000.0f;
+  float rope_scale = 1.0f;  // linear position scaling (positions are divided by it)
+  float rms_eps = 1e-5f;
+};
+
+// A 2-D weight matrix in its file format: `rows` rows of `cols` elements.
+struct Weight {
+  GGMLType type = GGMLType::F32;
+  const uint8_t* data = nullptr;
+  int64_t rows = 0, cols = 0;
+  size_t row_bytes = 0;
+};
+
+struct LayerWeights {
+  std::vector<float> attn_norm, ffn_norm;
+  Weight wq, wk, wv, wo, w_gate, w_up, w_down;
+};
+
+class Model {
+ public:
+  // Throws Error (Io/Format/Unsupported) with a clear message; never returns a half-built model.
+  static std::unique_ptr<Model> load(const std::string& path);
+
+  const LlamaHParams& hparams() const { return hp_; }
+  const Tokenizer& tokenizer() const { return *tok_; }
+  const GGUFFile& file() const { return *file_; }
+  const std::string& chat_template() const { return chat_template_; }
+
+  const Weight& tok_embd() const { return tok_embd_; }
+  const Weight& output() const { return output_; }
+  const std::vector<float>& output_norm() const { return output_norm_; }
+  const std::vector<LayerWeights>& layers() const { return layers_; }
+  // Inverse frequencies per rotated pair (rope_dim/2), llama3 scaling / rope_freqs applied.
+  const std::vector<float>& rope_inv_freq() const { return rope_inv_freq_; }
+  uint64_t weight_bytes() const { return weight_bytes_; }
+
+ private:
+  Model() = default;
+  void load_hparams();
+  void load_weights();
+  Weight weight(const std::string& name, int64_t cols, int64_t rows, bool required = true);
+  std::vector<float> vec(const std::string& name, int64_t n);
+
+  std::unique_ptr<GGUFFile> file_;
+  std::unique_ptr<Tokenizer> tok_;
+  LlamaHParams hp_;
+  Weight tok_embd_, output_;
+  std::vector<float> output_norm_;
+  std::vector<LayerWeights> layers_;
+  std::vector<float> rope_inv_freq_;
+  std::string chat_template_;
+  uint64_t weight_bytes_ = 0;
+};
+
+}  // namespace headkv

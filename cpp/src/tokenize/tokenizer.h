@@ -16,6 +16,10 @@ class Tokenizer {
   // Throws Error(Unsupported) for an unknown tokenizer model or pre-tokenizer name, and
   // Error(Format) for inconsistent metadata (e.g. scores/types length != tokens length).
   static std::unique_ptr<Tokenizer> from_gguf(const GGUFFile& f);
+  // Same, with the BPE pre-tokenizer forced to `pre_override` instead of tokenizer.ggml.pre
+  // (empty: use the metadata). E.g. "gpt2" on SmolLM2 reproduces transformers' GGUF loader,
+  // which ignores tokenizer.ggml.pre; the default "smollm" matches the model's own tokenizer.
+  static std::unique_ptr<Tokenizer> from_gguf(const GGUFFile& f, const std::string& pre_override);
   virtual ~Tokenizer() = default;
 
   // add_bos: prepend BOS (only when the vocabulary has one). parse_special: recognise

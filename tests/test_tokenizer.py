@@ -53,14 +53,20 @@ def test_smollm_metadata(smol):
     assert t.encode("hi", add_bos=True)[0] == 1
 
 
+# Bytes whose GPT-2 byte-level characters SmolLM2's vocabulary lacks: dropped (as HF does), so
+# strings containing them cannot round-trip.
+SMOL_MISSING_BYTES = "\x04\x06\x13\x14\x16\x1d"
+
+
 def _check_parity(t, hf, cases, name):
+    cases = cases + cases_mod.fuzz_cases(500)
     mism, bad_rt = [], []
     for s in cases:
         ours = t.encode(s, add_bos=False, special=True)
         ref = hf.encode(s, add_special_tokens=False)
         if ours != ref:
             mism.append((s, ours, ref))
-        if t.decode(ours) != s.encode("utf-8"):
+        if t.decode(ours) != s.encode("utf-8") and not any(c in s for c in SMOL_MISSING_BYTES):
             bad_rt.append(s)
     report(name, mism, len(cases))
     assert len(cases) >= 2000
@@ -193,7 +199,7 @@ def test_bytelevel_bpe_vocab_only(tmp_path, pre, regex, ignore_merges):
     t = _core.Tokenizer(path)
     assert t.pre == pre and t.model == "gpt2" and t.add_bos
     assert t.is_eog(t.eos) and t.is_eog(ref.token_to_id("<|eot_id|>"))
-    cases = cases_mod.make_cases(2400, seed=3, specials=BPE_SPECIALS)
+    cases = cases_mod.make_cases(2400, seed=3, specials=BPE_SPECIALS) + cases_mod.fuzz_cases(500)
     mism = []
     for s in cases:
         ours = t.encode(s, add_bos=False, special=True)
@@ -258,7 +264,7 @@ def spm_pair(tmp_path_factory):
 def test_spm_parity_with_sentencepiece(spm_pair):
     t, sp = spm_pair
     assert t.model == "llama" and t.bos == 1 and t.eos == 2 and t.add_bos
-    cases = cases_mod.make_cases(2400, seed=4, specials=["<s>", "</s>"])
+    cases = cases_mod.make_cases(2400, seed=4, specials=["<s>", "</s>"]) + cases_mod.fuzz_cases(500)
     mism, nbytes = [], 0
     for s in cases:
         ours = t.encode(s, add_bos=False, special=False)

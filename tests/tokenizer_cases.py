@@ -43,7 +43,7 @@ CJK = ["日本語のテキスト", "中文字符测试", "한국어 문장입니
 ACCENTED = ["café", "naïve", "Größe", "façade", "Ångström", "crème brûlée", "Tiếng Việt", "Øresund",
             "señor", "Łódź", "ÉCOLE", "zoë", "Ελληνικά", "Русский текст"]
 WS = [" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n ", "\u00a0", "\u3000", "\u2009", "      ", "\t\t\n"]
-PUNCT = ["...", "!?", "—", "–", "«»", "“quoted”", "'s", "'ll", "'RE", "I'm", "don't", "(", ")", "[]",
+PUNCT = ["...", "!?", "'ſt", "'Ll", "'vE", "—", "–", "«»", "“quoted”", "'s", "'ll", "'RE", "I'm", "don't", "(", ")", "[]",
          "{}", "@#$%^&*", "~", "¿", "«", "•"]
 NONASCII_NUMBERS = ["½", "²", "³", "٣٤٥", "Ⅻ", "①", "¼ cup", "x² + y²", "१२३"]
 
@@ -114,3 +114,16 @@ def make_cases(n=2400, seed=1234, specials=(), numbers=True):
 
 def has_nonascii_number(s):
     return any(unicodedata.category(c)[0] == "N" and not c.isascii() for c in s)
+
+
+FUZZ_POOL = ([chr(c) for c in range(0, 128)] + list("\x85\xa0\u1680\u2000\u2007\u200a\u200b\u2028"
+             "\u2029\u202f\u205f\u3000\ufeff\u0301\u0308\u017f\u212a\u00bd\u00b2\u0663\u2162\u02b0"
+             "\u3005\u0e01\u0e31\u05d0\u0627\u064b\u1100\uac00\u4e00\u00e9\u00df\u0130\u2014\u00ab"
+             "\u00bf\u20ac\u00a9\U0001f600\U0001f3fd\u200d\ufe0f\U00020000\ue000\U000e0001"))
+
+
+def fuzz_cases(n=500, seed=7):
+    """Random strings over control characters, every Unicode space, marks, numerics of other
+    scripts, letter modifiers, emoji parts, private use -- the corners of the split patterns."""
+    rng = random.Random(seed)
+    return ["".join(rng.choice(FUZZ_POOL) for _ in range(rng.randint(1, 40))) for _ in range(n)]

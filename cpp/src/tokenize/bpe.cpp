@@ -127,8 +127,14 @@ class BpeTokenizer final : public VocabTokenizer {
     if (word.empty()) return;
     auto& syms = w.syms;
     syms.clear();
-    for (size_t i = 0; i < word.size(); ++i)
-      syms.push_back({byte_id_[(unsigned char)word[i]], (int32_t)i - 1, (int32_t)i + 1});
+    // A byte whose byte-level character is missing from the vocabulary is dropped before
+    // merging, as the HF BPE model does (tokenizer.ggml.unknown_token_id would insert e.g.
+    // <|endoftext|>).
+    for (unsigned char c : word) {
+      const int32_t id = byte_id_[c];
+      if (id >= 0) syms.push_back({id, (int32_t)syms.size() - 1, (int32_t)syms.size() + 1});
+    }
+    if (syms.empty()) return;
     syms.back().next = -1;
     auto& heap = w.heap;
     heap.clear();
@@ -155,10 +161,7 @@ class BpeTokenizer final : public VocabTokenizer {
       if (l.prev >= 0) push(l.prev);
       push(c.left);
     }
-    for (int32_t i = 0; i >= 0; i = syms[i].next) {
-      if (syms[i].id >= 0) out.push_back(syms[i].id);
-      else if (unk_ >= 0) out.push_back(unk_);
-    }
+    for (int32_t i = 0; i >= 0; i = syms[i].next) out.push_back(syms[i].id);
   }
 
   PreTokenizer pre_kind_ = PreTokenizer::Gpt2;

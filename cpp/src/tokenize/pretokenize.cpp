@@ -29,7 +29,9 @@ struct Span {
     while (i < hi && !(cls[i] & (kLetter | kNumber | kWhitespace))) ++i;
     return i;
   }
-  static uint32_t lower(uint32_t c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
+  // Case folding for (?i:...): ASCII, plus U+017F LATIN SMALL LETTER LONG S which folds to 's'
+  // (the only non-ASCII code point folding onto a letter of the contractions).
+  static uint32_t lower(uint32_t c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c == 0x17F ? 's' : c; }
   // 's|'t|'re|'ve|'m|'ll|'d, optionally ASCII case-insensitive. Returns match end or i.
   size_t contraction(size_t i, bool icase) const {
     if (!is_char(i, '\'') || i + 1 >= hi) return i;

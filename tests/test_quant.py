@@ -169,7 +169,7 @@ def test_vec_dot(t):
 
 
 @pytest.mark.parametrize("t", SUPPORTED, ids=lambda t: t.name)
-@pytest.mark.parametrize("n_tok", [1, 3, 4, 5, 7, 8, 13, 50])
+@pytest.mark.parametrize("n_tok", [1, 3, 4, 5, 7, 8, 13, 15, 16, 17, 50])
 def test_matmul(t, n_tok):
     rng = np.random.default_rng(1000 * int(t) + n_tok)
     K = 512 if block_size(t) == 256 else (96 if block_size(t) == 32 else 91)

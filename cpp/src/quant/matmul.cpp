@@ -16,7 +16,7 @@ namespace {
 
 constexpr int MR = 16, NR = 6;       // register tile: 16 weight rows x 6 tokens
 constexpr int64_t MC = 256, KC = 256;  // rows per dequantized panel, K block
-constexpr int64_t kGemmMinTok = 8;    // below this, the vec_dot path wins
+constexpr int64_t kGemmMinTok = 16;   // below this, the vec_dot path wins (measured)
 
 // C[j*ldc + i] (+)= sum_k a[k*MR + i] * b[k*NR + j], i < MR, j < NR.
 void kernel(int64_t kc, const float* a, const float* b, float* C, int64_t ldc, bool accum) {
@@ -74,17 +74,23 @@ void gemm_block(GGMLType t, const uint8_t* W, size_t rs, int64_t rows, int64_t K
   const int64_t ng = (n_tok + NR - 1) / NR;
   thread_local std::vector<float> wp, row;
   wp.resize((size_t)(MC * K));
-  row.resize((size_t)K);
+  row.resize((size_t)(MR * 256));
+  const size_t ts = type_traits(t).type_size;
   float tile[NR * MR];
   for (int64_t r0 = mp0 * MR; r0 < std::min(rows, mp1 * MR); r0 += MC) {
     const int64_t mc = std::min({MC, mp1 * MR - r0, ((rows - r0) + MR - 1) / MR * MR});
-    for (int64_t i = 0; i < mc; ++i) {  // dequantize + pack: wp[panel][k][MR]
-      float* dst = wp.data() + (i / MR) * K * MR + (i % MR);
-      if (r0 + i < rows) {
-        qk::dequant_fast(t, W + (r0 + i) * rs, row.data(), K);
-        for (int64_t k = 0; k < K; ++k) dst[k * MR] = row[k];
-      } else {
-        for (int64_t k = 0; k < K; ++k) dst[k * MR] = 0.f;
+    // dequantize + pack wp[panel][k][MR]: 16 rows x 256 columns at a time through an L1 tile
+    const int64_t bs = type_traits(t).block_size, step = 256;
+    for (int64_t i0 = 0; i0 < mc; i0 += MR) {
+      float* panel = wp.data() + (i0 / MR) * K * MR;
+      for (int64_t c0 = 0; c0 < K; c0 += step) {
+        const int64_t cn = std::min(step, K - c0);
+        for (int i = 0; i < MR; ++i) {
+          if (r0 + i0 + i < rows) qk::dequant_fast(t, W + (r0 + i0 + i) * rs + c0 / bs * ts, row.data() + i * step, cn);
+          else std::fill(row.data() + i * step, row.data() + i * step + cn, 0.f);
+        }
+        for (int64_t k = 0; k < cn; ++k)
+          for (int i = 0; i < MR; ++i) panel[(c0 + k) * MR + i] = row[i * step + k];
       }
     }
     for (int64_t k0 = 0; k0 < K; k0 += KC) {

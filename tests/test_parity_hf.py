@@ -8,7 +8,7 @@ transformers = pytest.importorskip("transformers")
 
 # Bound reached by the CPU engine (fp32 activations, weights dequantized exactly as gguf-py does);
 # differences come only from fp32 summation order. Logits have magnitude ~10-30.
-MAX_ABS_DLOGIT = 2e-3
+MAX_ABS_DLOGIT = 5e-4  # measured 9.3e-05 on 20 prompts (2026-11-24)
 
 
 def _prompts(essays, n, min_chars, max_chars, seed):

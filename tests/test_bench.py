@@ -1,0 +1,137 @@
+"""headkv-bench: llama-bench compatible flags, JSON/CSV/markdown schema, clear failures."""
+import csv
+import io
+import json
+import math
+import subprocess
+
+import pytest
+
+from conftest import tool_path
+
+INT_FIELDS = ["model_size", "n_vocab", "n_threads", "n_batch", "n_ctx", "n_prompt", "n_gen", "n_depth",
+              "repetitions", "avg_ns", "stddev_ns", "weight_bytes", "kv_bytes", "kv_bytes_read",
+              "peak_rss_bytes", "peak_device_bytes"]
+STR_FIELDS = ["build", "cpu_info", "device", "device_name", "model_filename", "kv_method", "test", "name",
+              "test_time", "bandwidth_source"]
+POSITIVE = ["model_size", "n_vocab", "n_threads", "n_batch", "n_ctx", "repetitions", "avg_ns", "avg_ts",
+            "weight_bytes", "kv_bytes", "peak_rss_bytes", "bandwidth_gbps"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return tool_path("headkv-bench")
+
+
+def run(bench, *args, check=True):
+    p = subprocess.run([bench, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"headkv-bench {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stderr}")
+    return p
+
+
+def finite_positive(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def json_rows(bench, smollm2):
+    p = run(bench, "-m", smollm2, "-p", 32, "-n", 8, "-d", "0,64", "-r", 2, "-t", 2, "-o", "json")
+    return json.loads(p.stdout)
+
+
+def test_json_schema(json_rows, smollm2):
+    rows = json_rows
+    # cross product: depths x (pp, tg), in llama-bench order
+    assert [(r["test"], r["n_depth"]) for r in rows] == [("pp32", 0), ("tg8", 0), ("pp32", 64), ("tg8", 64)]
+    assert [r["name"] for r in rows] == ["pp32", "tg8", "pp32 @ d64", "tg8 @ d64"]
+    for r in rows:
+        for k in INT_FIELDS:
+            assert isinstance(r[k], int) and not isinstance(r[k], bool), (k, r[k])
+        for k in STR_FIELDS:
+            assert isinstance(r[k], str) and r[k], (k, r[k])
+        for k in POSITIVE:
+            assert finite_positive(r[k]), (k, r[k])
+        assert r["model_filename"] == smollm2
+        assert r["device"] == "cpu" and r["peak_device_bytes"] == 0
+        assert r["kv_method"] == "full" and r["kv_budget"] is None
+        assert r["n_threads"] == 2 and r["repetitions"] == 2
+        assert len(r["samples_ns"]) == len(r["samples_ts"]) == 2
+        assert all(finite_positive(x) for x in r["samples_ns"] + r["samples_ts"])
+        assert math.isfinite(r["stddev_ts"]) and r["stddev_ts"] >= 0
+        n_tok = r["n_prompt"] + r["n_gen"]
+        assert r["avg_ts"] == pytest.approx(sum(r["samples_ts"]) / 2, rel=1e-9)
+        assert r["samples_ts"][0] == pytest.approx(n_tok * 1e9 / r["samples_ns"][0], rel=1e-6)
+        assert r["n_ctx"] >= r["n_depth"] + n_tok
+        assert r["weight_bytes"] > 50e6  # SmolLM2 Q4_1: ~97 MB of weights
+        assert r["peak_rss_bytes"] > r["kv_bytes"]
+        assert 0 < r["kv_bytes_read"] <= r["kv_bytes"]
+        assert r["bandwidth_source"] == "measured"
+        if r["test"].startswith("tg"):
+            assert finite_positive(r["roofline_fraction"]) and r["roofline_fraction"] < 2
+            assert r["bytes_per_token"] == r["weight_bytes"] + r["kv_bytes_read"]
+        else:
+            assert r["roofline_fraction"] is None
+    # a deeper context holds more KV
+    assert rows[2]["kv_bytes"] > rows[0]["kv_bytes"]
+    assert rows[3]["kv_bytes"] > rows[1]["kv_bytes"]
+
+
+def test_markdown_and_csv(bench, smollm2):
+    p = run(bench, "-m", smollm2, "-p", 16, "-n", 4, "-d", 32, "-r", 1, "-t", 1, "--bandwidth", 20)
+    lines = [l for l in p.stdout.splitlines() if l.startswith("|")]
+    assert len(lines) == 4
+    assert "t/s" in lines[0] and "roofline" in lines[0]
+    assert "pp16 @ d32" in lines[2] and "tg4 @ d32" in lines[3]
+    assert "±" in lines[2] and lines[3].rstrip(" |").endswith("%")
+    assert "20.0 GB/s (given)" in p.stdout
+
+    p = run(bench, "-m", smollm2, "-p", "8,16", "-n", 0, "-r", 1, "-t", 1, "-o", "csv", "--bandwidth", 20)
+    rows = list(csv.DictReader(io.StringIO(p.stdout)))
+    assert [r["test"] for r in rows] == ["pp8", "pp16"]
+    assert all(float(r["avg_ts"]) > 0 and float(r["bandwidth_gbps"]) == 20 for r in rows)
+
+
+def test_pg_and_threads_cross_product(bench, smollm2):
+    p = run(bench, "-m", smollm2, "-p", 0, "-n", 0, "-pg", "8,2", "-t", "1,2", "-r", 1, "-o", "jsonl",
+            "--bandwidth", 20)
+    rows = [json.loads(l) for l in p.stdout.splitlines()]
+    assert [(r["test"], r["n_threads"]) for r in rows] == [("pp8+tg2", 1), ("pp8+tg2", 2)]
+    assert all(r["roofline_fraction"] is None and r["avg_ts"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--kv-method", "headkv"], "not available in this build"),
+    (["--kv-method", "full,snapkv"], "not available in this build"),
+    (["--kv-method", "bogus"], "unknown --kv-method"),
+    (["--device", "cuda"], "not available in this build"),
+    (["-o", "xml"], "-o must be"),
+    (["-p", "abc"], "bad integer"),
+    (["--frobnicate"], "unknown argument"),
+])
+def test_rejects_clearly(bench, smollm2, args, msg):
+    p = run(bench, "-m", smollm2, "-p", 8, "-n", 2, "-r", 1, *args, check=False)
+    assert p.returncode != 0
+    assert msg in p.stderr
+    assert p.stdout == ""
+
+
+def test_kv_flags_parse_with_full(bench, smollm2):
+    p = run(bench, "-m", smollm2, "-p", 8, "-n", 0, "-r", 1, "-t", 1, "--kv-method", "full", "--kv-budget",
+            "0.25,128", "--beta", "1.5", "-o", "json", "--bandwidth", 20)
+    rows = json.loads(p.stdout)
+    assert [r["kv_budget"] for r in rows] == [0.25, 128]
+    assert all(r["beta"] == 1.5 for r in rows)
+    assert "ignored" in p.stderr
+
+
+def test_missing_model(bench, tmp_path):
+    p = run(bench, "-m", tmp_path / "nope.gguf", "-p", 8, "-n", 0, check=False)
+    assert p.returncode != 0 and "nope.gguf" in p.stderr and p.stdout == ""
+
+
+def test_help(bench):
+    p = run(bench, "--help")
+    for flag in ("-m", "-p", "-n", "-d", "-r", "-t", "-o", "--device", "--kv-method", "--kv-budget", "--scores",
+                 "--beta", "--bandwidth"):
+        assert flag in p.stdout

@@ -1,8 +1,18 @@
 #include "common/threadpool.h"
 
 #include <algorithm>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define HEADKV_PAUSE() _mm_pause()
+#else
+#define HEADKV_PAUSE() std::this_thread::yield()
+#endif
 
 namespace headkv {
+
+namespace {
+constexpr int kSpinBeforeSleep = 1 << 6;  // a few microseconds of pause instructions  // tens of microseconds of pause instructions
+}
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
@@ -11,27 +21,27 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lk(mu_);
-    stop_ = true;
+    stop_.store(true);
+    generation_.fetch_add(1);
   }
-  cv_start_.notify_all();
+  cv_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
 void ThreadPool::worker(int idx) {
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int, int)>* job;
-    {
+    for (int i = 0; i < kSpinBeforeSleep && generation_.load(std::memory_order_acquire) == seen; ++i) HEADKV_PAUSE();
+    if (generation_.load(std::memory_order_acquire) == seen) {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_start_.wait(lk, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      job = job_;
+      cv_.wait(lk, [&] { return generation_.load() != seen; });
     }
-    (*job)(idx, n_threads_);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--pending_ == 0) cv_done_.notify_one();
+    if (stop_.load()) return;
+    seen = generation_.load(std::memory_order_acquire);
+    (*job_)(idx, n_threads_);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lk(mu_done_);
+      cv_done_.notify_one();
     }
   }
 }
@@ -41,16 +51,19 @@ void ThreadPool::run_on_all(const std::function<void(int, int)>& fn) {
     fn(0, 1);
     return;
   }
+  job_ = &fn;
+  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
   {
-    std::lock_guard<std::mutex> lk(mu_);
-    job_ = &fn;
-    pending_ = n_threads_ - 1;
-    ++generation_;
+    std::lock_guard<std::mutex> lk(mu_);  // pairs with the sleepers' predicate check
+    generation_.fetch_add(1, std::memory_order_acq_rel);
   }
-  cv_start_.notify_all();
+  cv_.notify_all();
   fn(0, n_threads_);
-  std::unique_lock<std::mutex> lk(mu_);
-  cv_done_.wait(lk, [&] { return pending_ == 0; });
+  for (int i = 0; i < kSpinBeforeSleep && pending_.load(std::memory_order_acquire) != 0; ++i) HEADKV_PAUSE();
+  if (pending_.load(std::memory_order_acquire) != 0) {
+    std::unique_lock<std::mutex> lk(mu_done_);
+    cv_done_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+  }
   job_ = nullptr;
 }
 

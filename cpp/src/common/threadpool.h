@@ -1,5 +1,6 @@
 // A small fixed-size thread pool with a blocking parallel_for.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -29,12 +30,15 @@ class ThreadPool {
   void worker(int idx);
   int n_threads_;
   std::vector<std::thread> workers_;
-  std::mutex mu_;
-  std::condition_variable cv_start_, cv_done_;
+  // Workers spin briefly on `generation_` (decode issues hundreds of short jobs per token, where a
+  // condition-variable wake-up would cost more than the job), then sleep on cv_; the caller
+  // likewise spins, then sleeps on cv_done_ (spinning alone collapses when cores are oversubscribed).
+  std::mutex mu_, mu_done_;
+  std::condition_variable cv_, cv_done_;
   const std::function<void(int, int)>* job_ = nullptr;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace headkv

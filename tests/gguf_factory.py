@@ -30,13 +30,15 @@ def copy_tokenizer(writer, src_path):
 
 
 def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
-                     wtype="F32", seed=0, extra=None):
+                     wtype="F32", seed=0, extra=None, alignment=None):
     """A random-weight Llama GGUF with SmolLM2's vocabulary. `wtype` is a gguf-py
     GGMLQuantizationType name for the 2-D weights (quantized with gguf.quants where possible)."""
     import gguf
 
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), arch)
+    if alignment:
+        w.add_custom_alignment(alignment)
     n_vocab = copy_tokenizer(w, vocab_src)
     w.add_block_count(n_layer)
     w.add_context_length(512)
@@ -57,6 +59,9 @@ def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_h
             w.add_tensor(name, a)
         elif qt == gguf.GGMLQuantizationType.F16:
             w.add_tensor(name, a.astype(np.float16))
+        elif wtype in _K_LAYOUT:
+            q = random_kquant(rows, cols, wtype, rng)
+            w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=qt)
         else:
             q = gguf.quants.quantize(a, qt)
             w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=qt)
@@ -99,3 +104,21 @@ def patch(path, pos, fmt, value):
     with open(path, "r+b") as f:
         f.seek(pos)
         f.write(struct.pack(fmt, value))
+
+
+_K_LAYOUT = {  # type name: (block bytes, [(byte offset of an fp16 scale field), ...])
+    "Q4_K": (144, [0, 2]),
+    "Q5_K": (176, [0, 2]),
+    "Q6_K": (210, [208]),
+}
+
+
+def random_kquant(rows, cols, name, rng, scale=2e-3):
+    """Random raw K-quant blocks (gguf-py cannot quantize K types) with small finite fp16 scales."""
+    nbytes, scale_offsets = _K_LAYOUT[name]
+    nb = cols // 256
+    raw = rng.integers(0, 256, size=(rows, nb, nbytes), dtype=np.uint8)
+    for off in scale_offsets:
+        d = (rng.random((rows, nb)) * scale + scale / 4).astype(np.float16)
+        raw[:, :, off:off + 2] = d.view(np.uint8).reshape(rows, nb, 2)
+    return raw.reshape(rows, nb * nbytes)

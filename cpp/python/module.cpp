@@ -7,6 +7,7 @@ void bind_errors(py::module_& m);
 void bind_quant(py::module_& m);
 void bind_tokenizer(py::module_& m);
 void bind_model(py::module_& m);
+void bind_select(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "headkv native core";
@@ -14,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
   bind_quant(m);
   bind_tokenizer(m);
   bind_model(m);
+  bind_select(m);
 }

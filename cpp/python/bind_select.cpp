@@ -1,0 +1,114 @@
+// headkv._core: head score files, model fingerprints and KV budget allocation (select/).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/error.h"
+#include "gguf/gguf.h"
+#include "select/budget.h"
+#include "select/scores.h"
+
+namespace py = pybind11;
+using namespace headkv;
+
+namespace {
+
+py::dict model_info_dict(const ModelInfo& m) {
+  py::dict d;
+  d["architecture"] = m.architecture;
+  d["n_layer"] = m.n_layer;
+  d["n_head"] = m.n_head;
+  d["n_head_kv"] = m.n_head_kv;
+  d["fingerprint"] = m.fingerprint;
+  return d;
+}
+
+HeadScores scores_from_array(const py::object& obj) {
+  auto a = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(obj);
+  if (!a) fail(ErrorKind::InvalidArgument, "scores must be a 2-D array of numbers [n_layer, n_head]");
+  if (a.ndim() != 2) fail(ErrorKind::InvalidArgument, "scores must be 2-D [n_layer, n_head], got " +
+                                                          std::to_string(a.ndim()) + "-D");
+  HeadScores s;
+  s.n_layer = (int32_t)a.shape(0);
+  s.n_head = (int32_t)a.shape(1);
+  s.score.assign(a.data(), a.data() + a.size());
+  return s;
+}
+
+}  // namespace
+
+void bind_select(py::module_& m) {
+  m.def(
+      "model_fingerprint",
+      [](const std::string& path) {
+        std::unique_ptr<GGUFFile> f;
+        {
+          py::gil_scoped_release nogil;
+          f = GGUFFile::open(path);
+        }
+        return model_fingerprint(*f);
+      },
+      py::arg("gguf_path"), "Stable hash (16 hex digits) of a GGUF's architecture, hparams and tensor layout.");
+
+  m.def(
+      "model_info",
+      [](const std::string& path) { return model_info_dict(model_info(*GGUFFile::open(path))); },
+      py::arg("gguf_path"), "architecture, n_layer, n_head, n_head_kv and fingerprint of a GGUF.");
+
+  m.def(
+      "load_scores",
+      [](const std::string& path, std::optional<std::string> model_path) {
+        HeadScores s;
+        if (model_path) {
+          const ModelInfo mi = model_info(*GGUFFile::open(*model_path));
+          s = load_scores(path, &mi);
+        } else {
+          s = load_scores(path, nullptr);
+        }
+        py::array_t<double> a({(py::ssize_t)s.n_layer, (py::ssize_t)s.n_head});
+        std::copy(s.score.begin(), s.score.end(), a.mutable_data());
+        py::object method = s.method.empty() ? py::object(py::none()) : py::object(py::str(s.method));
+        return py::make_tuple(a, method);
+      },
+      py::arg("path"), py::arg("model_path") = py::none(),
+      "Reads an official HeadKV or headkv-scores JSON file -> (scores [n_layer, n_head] float64, method or None).\n"
+      "With model_path, the file must match that GGUF (shape; for headkv-scores also n_head_kv, architecture "
+      "and fingerprint).");
+
+  m.def(
+      "plan_budget",
+      [](const std::string& method, const py::object& scores, int n_layer, int n_head, int n_head_kv, int budget,
+         int window, double beta, double temp, int64_t prompt_len, int pyramid_beta, bool group_mean,
+         bool return_info) -> py::object {
+        BudgetParams p;
+        p.method = parse_budget_method(method);
+        p.budget = budget;
+        p.window = window;
+        p.beta = beta;
+        p.temp = temp;
+        p.pyramid_beta = pyramid_beta;
+        p.group_mean = group_mean;
+        std::optional<HeadScores> hs;
+        if (!scores.is_none()) hs = scores_from_array(scores);
+        const BudgetPlan plan = plan_budget(p, hs ? &*hs : nullptr, n_layer, n_head, n_head_kv, prompt_len);
+        py::array_t<int32_t> a({(py::ssize_t)plan.n_layer, (py::ssize_t)plan.n_head_kv});
+        std::copy(plan.cap.begin(), plan.cap.end(), a.mutable_data());
+        if (!return_info) return a;
+        py::dict info;
+        info["window"] = plan.window;
+        info["compressed"] = plan.compressed;
+        info["layer_pooled"] = plan.layer_pooled;
+        info["total"] = plan.total();
+        return py::make_tuple(a, info);
+      },
+      py::arg("method"), py::arg("scores"), py::arg("n_layer"), py::arg("n_head"), py::arg("n_head_kv"),
+      py::arg("budget"), py::arg("window") = 8, py::arg("beta") = 1.2, py::arg("temp") = 1.0,
+      py::arg("prompt_len") = 0, py::kw_only(), py::arg("pyramid_beta") = 20, py::arg("group_mean") = false,
+      py::arg("return_info") = false,
+      "Prefix tokens kept per KV head (window excluded) -> int32 [n_layer, n_head_kv];\n"
+      "with return_info=True -> (caps, {window, compressed, layer_pooled, total}). See select/budget.h.");
+}

@@ -76,17 +76,72 @@ def source_tree(cache: Path, sdist: Path) -> Path:
     return src
 
 
-def build_llama_bench(cache: Path, cuda: bool, jobs: int, cuda_arch: str | None) -> Path:
+# Parts of llama.cpp the llama-bench build does not need (models/ alone is 75 MB of vocab files).
+PACK_EXCLUDE = {".git", "models", "docs", "media", "benches", "examples", "pocs", "tests", "gguf-py", "conversion",
+                ".devops", ".github", "tools/ui", "ggml/src/ggml-sycl", "ggml/src/ggml-vulkan",
+                "ggml/src/ggml-opencl", "ggml/src/ggml-cann", "ggml/src/ggml-musa", "ggml/src/ggml-webgpu"}
+
+
+def llama_commit(src: Path) -> str | None:
+    f = src / "BUILD_COMMIT"
+    if f.exists():
+        return f.read_text().strip() or None
+    try:
+        p = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else None
+    except OSError:
+        return None
+
+
+def pack_source(cache: Path, out: Path) -> Path:
+    """A trimmed llama.cpp source tarball (~10 MB) to carry to a machine without network."""
+    src = source_tree(cache, fetch_sdist(cache))
+
+    def keep(ti: tarfile.TarInfo):
+        rel = ti.name.split("/", 1)[1] if "/" in ti.name else ""
+        return None if any(rel == e or rel.startswith(e + "/") for e in PACK_EXCLUDE) else ti
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    commit = llama_commit(src)
+    with tarfile.open(out, "w:gz") as tf:
+        tf.add(src, arcname="llama.cpp", filter=keep)
+        if commit:  # .git stays behind: keep the commit for llama-bench's build_commit field
+            data = commit.encode()
+            ti = tarfile.TarInfo("llama.cpp/BUILD_COMMIT")
+            ti.size = len(data)
+            import io
+            tf.addfile(ti, io.BytesIO(data))
+    log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return out
+
+
+def unpack_source(cache: Path, tar: Path) -> Path:
+    dst = cache / "llama.cpp-packed"
+    if not (dst / "llama.cpp" / "CMakeLists.txt").exists():
+        dst.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tar) as tf:
+            tf.extractall(dst, filter="data") if hasattr(tarfile, "data_filter") else tf.extractall(dst)
+    return dst / "llama.cpp"
+
+
+def build_llama_bench(cache: Path, cuda: bool, jobs: int, cuda_arch: str | None, source: str | None = None) -> Path:
     build = cache / ("build-cuda" if cuda else "build-cpu")
     exe = build / "bin" / "llama-bench"
     if exe.exists():
         return exe
-    src = source_tree(cache, fetch_sdist(cache))
+    if source and source.endswith((".tar.gz", ".tgz")):
+        src = unpack_source(cache, Path(source))
+    elif source:
+        src = Path(source)
+    else:
+        src = source_tree(cache, fetch_sdist(cache))
     cfg = ["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
            "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF",
            "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
     if shutil.which("ninja"):
         cfg += ["-G", "Ninja"]
+    if (src / "BUILD_COMMIT").exists():
+        cfg += [f"-DLLAMA_BUILD_COMMIT={llama_commit(src)}"]
     if cuda:
         cfg += ["-DGGML_CUDA=ON"]
         if cuda_arch:
@@ -230,11 +285,19 @@ def main(argv=None) -> int:
     ap.add_argument("--headkv-bench", default=None, help="headkv-bench binary (default: installed one)")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--cache-dir", default=str(CACHE), help="where the sdist, source and builds are cached")
+    ap.add_argument("--source", default=None,
+                    help="llama.cpp source dir or a tarball from --pack-source (instead of the sdist)")
+    ap.add_argument("--pack-source", default=None, metavar="OUT.tar.gz",
+                    help="write a trimmed llama.cpp source tarball to carry to an offline machine, then exit")
     ap.add_argument("--json-out", default=None, help="also write rows + environment as JSON here")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per engine invocation")
     args = ap.parse_args(argv)
 
-    llama_bench = args.llama_bench or str(build_llama_bench(Path(args.cache_dir), args.cuda, args.jobs, args.cuda_arch))
+    if args.pack_source:
+        pack_source(Path(args.cache_dir), Path(args.pack_source))
+        return 0
+    llama_bench = args.llama_bench or str(build_llama_bench(Path(args.cache_dir), args.cuda, args.jobs,
+                                                            args.cuda_arch, args.source))
     if args.build_only:
         print(llama_bench)
         return 0

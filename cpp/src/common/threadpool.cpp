@@ -11,7 +11,7 @@
 namespace headkv {
 
 namespace {
-constexpr int kSpinBeforeSleep = 1 << 6;  // a few microseconds of pause instructions  // tens of microseconds of pause instructions
+constexpr int kSpinBeforeSleep = 1 << 14;  // ~0.1-0.3 ms of pause instructions before sleeping
 }
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {

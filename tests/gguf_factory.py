@@ -30,7 +30,7 @@ def copy_tokenizer(writer, src_path):
 
 
 def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
-                     wtype="F32", seed=0, extra=None, alignment=None):
+                     wtype="F32", seed=0, extra=None, alignment=None, tied=True):
     """A random-weight Llama GGUF with SmolLM2's vocabulary. `wtype` is a gguf-py
     GGMLQuantizationType name for the 2-D weights (quantized with gguf.quants where possible)."""
     import gguf
@@ -71,6 +71,8 @@ def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_h
 
     mat("token_embd.weight", n_vocab, n_embd)
     vec("output_norm.weight", n_embd)
+    if not tied:
+        mat("output.weight", n_vocab, n_embd)
     for i in range(n_layer):
         p = f"blk.{i}."
         vec(p + "attn_norm.weight", n_embd)

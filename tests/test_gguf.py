@@ -73,3 +73,40 @@ def test_all_metadata_value_types(tmp_path, smollm2):
     for k, (v, _) in extra.items():
         assert md[k] == v, k
     assert isinstance(md["test.bool"], bool)
+
+
+ROPE_CASES = {
+    "linear": ({"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0},
+               {"rope_type": "linear", "factor": 4.0}),
+    "llama3": ({"llama.rope.scaling.type": "llama3", "llama.rope.scaling.factor": 8.0,
+                "llama.rope.scaling.low_freq_factor": 1.0, "llama.rope.scaling.high_freq_factor": 4.0,
+                "llama.rope.scaling.original_context_length": 64},
+               {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64}),
+}
+
+
+@pytest.mark.parametrize("case", ["untied", "linear", "llama3"])
+def test_output_head_and_rope_scaling_match_transformers(case, tmp_path, smollm2):
+    """Untied output.weight, and RoPE scaling metadata (transformers' GGUF loader ignores the
+    scaling keys, so the same rule is set on its config by hand)."""
+    torch = pytest.importorskip("torch")
+    from gguf import GGUFValueType as V
+    from transformers import AutoModelForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    kw = {"tied": False} if case == "untied" else {"extra": {
+        k: (v, V.STRING if isinstance(v, str) else V.UINT32 if isinstance(v, int) else V.FLOAT32)
+        for k, v in ROPE_CASES[case][0].items()}}
+    path = write_tiny_llama(tmp_path / f"{case}.gguf", smollm2, wtype="F16", **SHAPE, **kw)
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32,
+                                              attn_implementation="eager")
+    if case != "untied":
+        hf.config.rope_parameters = dict(ROPE_CASES[case][1], rope_theta=10000.0)
+        hf.model.rotary_emb = LlamaRotaryEmbedding(config=hf.config)
+    else:
+        assert not hf.config.tie_word_embeddings
+    ids = list(range(1000, 1120))  # positions beyond original_context_length exercise the scaling
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].numpy()
+    ours = _logits(path, ids)
+    assert np.abs(ours - ref).max() < 1e-4

@@ -8,6 +8,7 @@ void bind_quant(py::module_& m);
 void bind_tokenizer(py::module_& m);
 void bind_model(py::module_& m);
 void bind_select(py::module_& m);
+void bind_selection(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "headkv native core";
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   bind_tokenizer(m);
   bind_model(m);
   bind_select(m);
+  bind_selection(m);
 }

@@ -1,0 +1,63 @@
+#include "select/kv_arena.h"
+
+#include <algorithm>
+#include <limits>
+#include <new>
+#include <string>
+
+#include "common/error.h"
+
+namespace headkv {
+
+KVArena::KVArena(int n_layer, int n_head_kv, int head_dim, const std::vector<int64_t>& capacity)
+    : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim) {
+  if (n_layer <= 0 || n_head_kv <= 0 || head_dim <= 0 || capacity.size() != (size_t)n_layer * n_head_kv)
+    fail(ErrorKind::InvalidArgument, "KV arena: capacities must be given for every (layer, KV head)");
+  offsets_.assign(capacity.size() + 1, 0);
+  for (size_t i = 0; i < capacity.size(); ++i) {
+    if (capacity[i] < 0) fail(ErrorKind::InvalidArgument, "KV arena: negative capacity");
+    if (capacity[i] > std::numeric_limits<int64_t>::max() / 2 - offsets_[i])
+      fail(ErrorKind::OutOfMemory, "KV arena: total capacity overflows");
+    offsets_[i + 1] = offsets_[i] + capacity[i];
+  }
+  const uint64_t entries = (uint64_t)offsets_.back();
+  const uint64_t need = entries * entry_bytes(head_dim);
+  if (entries != 0 && need / entries != entry_bytes(head_dim))
+    fail(ErrorKind::OutOfMemory, "KV arena: size overflows");
+  try {
+    k_.resize((size_t)entries * head_dim);
+    v_.resize((size_t)entries * head_dim);
+    pos_.resize((size_t)entries);
+  } catch (const std::bad_alloc&) {
+    k_ = {};
+    v_ = {};
+    pos_ = {};
+    fail(ErrorKind::OutOfMemory, "cannot allocate the KV arena: " + std::to_string(need) + " bytes requested");
+  }
+  used_.assign(capacity.size(), 0);
+}
+
+void KVArena::append(int l, int g, int32_t position, const float* key, const float* value) {
+  const size_t s = seg(l, g);
+  const int64_t cap = offsets_[s + 1] - offsets_[s];
+  if (used_[s] >= cap)
+    fail(ErrorKind::ContextFull, "KV head (layer " + std::to_string(l) + ", head " + std::to_string(g) +
+                                     ") is full: its segment holds " + std::to_string(cap) + " entries");
+  const size_t at = (size_t)(offsets_[s] + used_[s]);
+  std::copy_n(key, head_dim_, &k_[at * head_dim_]);
+  std::copy_n(value, head_dim_, &v_[at * head_dim_]);
+  pos_[at] = position;
+  ++used_[s];
+}
+
+void KVArena::clear() { std::fill(used_.begin(), used_.end(), 0); }
+
+uint64_t KVArena::bytes() const { return (uint64_t)(offsets_.empty() ? 0 : offsets_.back()) * entry_bytes(head_dim_); }
+
+uint64_t KVArena::bytes_used() const {
+  uint64_t n = 0;
+  for (int64_t u : used_) n += (uint64_t)u;
+  return n * entry_bytes(head_dim_);
+}
+
+}  // namespace headkv

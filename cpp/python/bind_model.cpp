@@ -20,7 +20,7 @@ struct Engine {
   std::unique_ptr<Model> model;
   std::unique_ptr<Context> ctx;
 
-  Engine(const std::string& path, int n_ctx, int n_threads, int n_batch) {
+  Engine(const std::string& path, int n_ctx, int n_threads, int n_batch, const KVConfig& kv) {
     {
       py::gil_scoped_release nogil;
       model = Model::load(path);
@@ -29,7 +29,52 @@ struct Engine {
     p.n_ctx = n_ctx;
     p.n_threads = n_threads;
     p.n_batch = n_batch;
+    p.kv = kv;
     ctx = std::make_unique<Context>(*model, p);
+  }
+
+  py::dict kv_stats() const {
+    const LlamaHParams& hp = model->hparams();
+    py::dict d;
+    d["method"] = ctx->kv_config().method;
+    d["bytes_held"] = ctx->kv_bytes();
+    d["bytes_full"] = ctx->full_kv_bytes();
+    d["prefill_peak_bytes"] = ctx->prefill_peak_kv_bytes();
+    const KVArena* a = ctx->arena();
+    d["entry_bytes"] = KVArena::entry_bytes(hp.head_dim);
+    if (!a) return d;
+    py::array_t<int64_t> cap({(int64_t)hp.n_layer, (int64_t)hp.n_head_kv}), used({(int64_t)hp.n_layer, (int64_t)hp.n_head_kv});
+    for (int l = 0; l < hp.n_layer; ++l)
+      for (int g = 0; g < hp.n_head_kv; ++g) {
+        cap.mutable_at(l, g) = a->capacity(l, g);
+        used.mutable_at(l, g) = a->used(l, g);
+      }
+    d["capacity"] = cap;
+    d["used"] = used;
+    d["bytes_used"] = a->bytes_used();
+    const BudgetPlan* p = ctx->plan();
+    py::array_t<int32_t> caps({(int64_t)hp.n_layer, (int64_t)hp.n_head_kv});
+    std::copy(p->cap.begin(), p->cap.end(), caps.mutable_data());
+    d["caps"] = caps;
+    d["window"] = p->window;
+    d["compressed"] = p->compressed;
+    return d;
+  }
+
+  py::list kv_positions() const {
+    const KVArena* a = ctx->arena();
+    if (!a) fail(ErrorKind::InvalidArgument, "kv_positions needs a compressing KV method after the prompt was evaluated");
+    py::list layers;
+    for (int l = 0; l < a->n_layer(); ++l) {
+      py::list heads;
+      for (int g = 0; g < a->n_head_kv(); ++g) {
+        py::array_t<int32_t> pos(a->used(l, g));
+        std::copy_n(a->pos(l, g), a->used(l, g), pos.mutable_data());
+        heads.append(pos);
+      }
+      layers.append(heads);
+    }
+    return layers;
   }
 
   std::vector<int32_t> tokenize(const py::object& text, bool add_bos, bool special) const {
@@ -95,9 +140,32 @@ struct Engine {
 }  // namespace
 
 void bind_model(py::module_& m) {
+  py::class_<KVConfig>(m, "KVConfigNative")
+      .def(py::init([](const std::string& method, int budget, int window, double beta, double temp, int kernel,
+                       const std::string& pooling, const std::string& scores, int max_new_tokens) {
+             if (pooling != "max" && pooling != "avg")
+               fail(ErrorKind::InvalidArgument, "pooling must be 'max' or 'avg', got '" + pooling + "'");
+             KVConfig c;
+             c.method = method;
+             c.budget = budget;
+             c.window = window;
+             c.beta = beta;
+             c.temp = temp;
+             c.kernel = kernel;
+             c.max_pool = pooling == "max";
+             c.scores = scores;
+             c.max_new_tokens = max_new_tokens;
+             return c;
+           }),
+           py::arg("method") = "full", py::arg("budget") = 128, py::arg("window") = 8, py::arg("beta") = 1.2,
+           py::arg("temp") = 1.0, py::arg("kernel") = 7, py::arg("pooling") = "max", py::arg("scores") = "",
+           py::arg("max_new_tokens") = 512);
+
   py::class_<Engine>(m, "Engine")
-      .def(py::init<const std::string&, int, int, int>(), py::arg("path"), py::arg("n_ctx") = 0,
-           py::arg("n_threads") = 0, py::arg("n_batch") = 512)
+      .def(py::init<const std::string&, int, int, int, const KVConfig&>(), py::arg("path"), py::arg("n_ctx") = 0,
+           py::arg("n_threads") = 0, py::arg("n_batch") = 512, py::arg("kv") = KVConfig{})
+      .def("kv_stats", &Engine::kv_stats)
+      .def("kv_positions", &Engine::kv_positions)
       .def("tokenize", &Engine::tokenize, py::arg("text"), py::arg("add_bos") = false, py::arg("special") = false)
       .def("detokenize", &Engine::detokenize)
       .def("token_to_piece", &Engine::token_to_piece)

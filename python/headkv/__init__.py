@@ -6,8 +6,9 @@
 """
 from .errors import (ContextFullError, Error, FormatError, HeadkvIOError, InternalError,
                      InvalidArgumentError, OutOfMemoryError, UnsupportedError)
+from .kv import KVConfig
 from .model import Model
 
 __version__ = "0.1.0"
-__all__ = ["Model", "Error", "FormatError", "HeadkvIOError", "UnsupportedError", "InvalidArgumentError",
+__all__ = ["Model", "KVConfig", "Error", "FormatError", "HeadkvIOError", "UnsupportedError", "InvalidArgumentError",
            "OutOfMemoryError", "ContextFullError", "InternalError"]

@@ -12,6 +12,7 @@ import numpy as np
 from . import _core
 from .chat import render_chat
 from .errors import ContextFullError, InvalidArgumentError, UnsupportedError
+from .kv import KVConfig
 from .text import StopScanner, utf8_complete_prefix
 
 
@@ -24,10 +25,13 @@ class Model:
         n_threads: CPU threads; None = all cores.
         n_batch: tokens per prefill chunk.
         device: ``"cpu"`` (``"cuda"`` where the CUDA backend is built).
+        kv: a :class:`KVConfig` (KV compression method and budget); keyword shortcuts
+            ``kv_method=..., kv_budget=..., scores=..., beta=..., window=..., pooling=..., kernel=...``.
     """
 
     def __init__(self, model_path: Union[str, os.PathLike], n_ctx: int = 0, n_threads: Optional[int] = None,
-                 n_batch: int = 512, device: str = "cpu", verbose: bool = False):
+                 n_batch: int = 512, device: str = "cpu", verbose: bool = False, kv: Optional[KVConfig] = None,
+                 kv_method: Optional[str] = None, kv_budget: Optional[int] = None, **kv_kwargs):
         if device != "cpu":
             raise UnsupportedError(f"device {device!r} is not available in this build (supported: 'cpu')")
         for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_threads", n_threads or 0)):
@@ -35,7 +39,17 @@ class Model:
                 raise InvalidArgumentError(f"{name} must be an integer >= 0, got {v!r}")
         self.model_path = os.fspath(model_path)
         self._lock = threading.RLock()
-        self._e = _core.Engine(self.model_path, n_ctx, n_threads or 0, n_batch)
+        kv = KVConfig() if kv is None else kv
+        if kv_method is not None:
+            kv.method = kv_method
+        if kv_budget is not None:
+            kv.budget = kv_budget
+        for k, v in kv_kwargs.items():
+            if not hasattr(kv, k):
+                raise InvalidArgumentError(f"unknown argument {k!r}")
+            setattr(kv, k, v)
+        self.kv = kv
+        self._e = _core.Engine(self.model_path, n_ctx, n_threads or 0, n_batch, kv.native())
         self.verbose = verbose
 
     # ---- properties ----
@@ -95,6 +109,17 @@ class Model:
 
     def kv_bytes(self) -> int:
         return self._e.kv_bytes
+
+    def kv_stats(self) -> dict:
+        """KV memory: ``bytes_held`` (allocated), ``bytes_full`` (a full cache for the same tokens),
+        and for compressing methods after the prompt, per-(layer, KV head) ``capacity``/``used``
+        arrays, the planned ``caps`` (prefix tokens kept, window excluded) and ``window``."""
+        return self._e.kv_stats()
+
+    def kv_positions(self) -> list:
+        """Positions held per (layer, KV head): ``[layer][kv_head] -> int32 array``, kept prompt
+        positions in order, then decoded ones."""
+        return self._e.kv_positions()
 
     # ---- generation ----
     def generate(self, tokens: Sequence[int], temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,

@@ -27,22 +27,44 @@ void alloc(std::vector<float>& v, uint64_t n, const char* what) {
     fail(ErrorKind::OutOfMemory, std::string("cannot allocate ") + what + ": " + std::to_string(bytes) + " bytes requested");
   }
 }
+
+void check_kv_config(const KVConfig& kv) {
+  auto bad = [](const std::string& m) { fail(ErrorKind::InvalidArgument, m); };
+  if (kv.window < 1) bad("window must be >= 1");
+  if (kv.kernel < 1 || kv.kernel % 2 == 0) bad("pooling kernel must be an odd number >= 1");
+  if (kv.max_new_tokens < 0) bad("max_new_tokens must be >= 0");
+  if (kv.sink < 0) bad("sink must be >= 0");
+  if (!(kv.adakv_floor >= 0 && kv.adakv_floor <= 1)) bad("adakv floor must be in [0, 1]");
+}
 }  // namespace
 
 Context::Context(const Model& model, const ContextParams& p)
-    : model_(model), hp_(model.hparams()), pool_(default_threads(p.n_threads)) {
+    : model_(model), hp_(model.hparams()), pool_(default_threads(p.n_threads)), kv_(p.kv) {
   if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0)
     fail(ErrorKind::InvalidArgument, "n_ctx, n_batch and n_threads must be >= 0");
   if (p.n_threads > 1024) fail(ErrorKind::InvalidArgument, "n_threads " + std::to_string(p.n_threads) + " is too large");
   n_ctx_ = p.n_ctx ? p.n_ctx : hp_.n_ctx_train;
   n_batch_ = std::min<int32_t>(p.n_batch ? p.n_batch : 512, n_ctx_);
-  // KV cache: 2 * layers * kv_heads * n_ctx * head_dim floats. Check before allocating.
-  const uint64_t per_pos = 2ull * hp_.n_layer * hp_.n_head_kv * hp_.head_dim;
-  const uint64_t kv_floats = per_pos * (uint64_t)n_ctx_;
-  if (kv_floats / per_pos != (uint64_t)n_ctx_ || kv_floats > (1ull << 40))
-    fail(ErrorKind::OutOfMemory, "KV cache for n_ctx=" + std::to_string(n_ctx_) + " is too large");
-  alloc(k_, kv_floats / 2, "KV cache (keys)");
-  alloc(v_, kv_floats / 2, "KV cache (values)");
+  method_ = parse_budget_method(kv_.method);
+  if (compressing()) {
+    check_kv_config(kv_);
+    if (kv_.budget <= kv_.window)
+      fail(ErrorKind::InvalidArgument, "KV budget " + std::to_string(kv_.budget) + " must be larger than the window " +
+                                           std::to_string(kv_.window));
+    if (method_ == BudgetMethod::HeadKV) {
+      if (kv_.scores.empty()) fail(ErrorKind::InvalidArgument, "method 'headkv' needs a head score file (scores=...)");
+      const ModelInfo info = model_info(model.file());
+      scores_ = load_scores(kv_.scores, &info);
+    }
+  } else {
+    // Full cache: 2 * layers * kv_heads * n_ctx * head_dim floats. Check before allocating.
+    const uint64_t per_pos = 2ull * hp_.n_layer * hp_.n_head_kv * hp_.head_dim;
+    const uint64_t kv_floats = per_pos * (uint64_t)n_ctx_;
+    if (kv_floats / per_pos != (uint64_t)n_ctx_ || kv_floats > (1ull << 40))
+      fail(ErrorKind::OutOfMemory, "KV cache for n_ctx=" + std::to_string(n_ctx_) + " is too large");
+    alloc(k_, kv_floats / 2, "KV cache (keys)");
+    alloc(v_, kv_floats / 2, "KV cache (values)");
+  }
   const uint64_t B = (uint64_t)n_batch_;
   alloc(x_, B * hp_.n_embd, "activations");
   alloc(xn_, B * std::max<int64_t>(hp_.n_embd, (int64_t)hp_.n_head * hp_.head_dim), "activations");
@@ -52,8 +74,25 @@ Context::Context(const Model& model, const ContextParams& p)
   alloc(att_, B * hp_.n_head * hp_.head_dim, "activations");
   alloc(gate_, B * hp_.n_ff, "activations");
   alloc(up_, B * hp_.n_ff, "activations");
-  alloc(rope_cos_, B * (hp_.rope_dim / 2), "rope tables");
-  alloc(rope_sin_, B * (hp_.rope_dim / 2), "rope tables");
+}
+
+void Context::reset() {
+  n_past_ = 0;
+  n_logit_rows_ = 0;
+  history_.clear();
+  arena_.reset();
+  plan_.reset();
+  prefill_peak_kv_bytes_ = 0;
+}
+
+uint64_t Context::kv_bytes() const {
+  if (compressing()) return arena_ ? arena_->bytes() : 0;
+  return (k_.size() + v_.size()) * sizeof(float);
+}
+
+uint64_t Context::full_kv_bytes() const {
+  const uint64_t positions = compressing() ? (uint64_t)n_past_ + (arena_ ? kv_.max_new_tokens : 0) : (uint64_t)n_ctx_;
+  return positions * 2ull * hp_.n_layer * hp_.n_head_kv * hp_.head_dim * sizeof(float);
 }
 
 const float* Context::logits() const {
@@ -70,8 +109,29 @@ void Context::eval(const int32_t* tokens, int64_t n, bool all_logits) {
     if (tokens[i] < 0 || tokens[i] >= hp_.n_vocab)
       fail(ErrorKind::InvalidArgument, "token id " + std::to_string(tokens[i]) + " is outside the vocabulary [0, " +
                                            std::to_string(hp_.n_vocab) + ")");
+  if (arena_) {  // decode room is the same for every head: check before touching anything
+    for (int l = 0; l < hp_.n_layer; ++l)
+      for (int g = 0; g < hp_.n_head_kv; ++g)
+        if (arena_->used(l, g) + n > arena_->capacity(l, g))
+          fail(ErrorKind::ContextFull, "compressed KV cache is full: " + std::to_string(n) + " more tokens do not fit the " +
+                                           std::to_string(kv_.max_new_tokens) + " decode slots reserved per head (raise max_new_tokens)");
+  }
   const uint64_t rows = all_logits ? (uint64_t)n : 1;
   if (logits_.size() < rows * hp_.n_vocab) alloc(logits_, rows * hp_.n_vocab, "logits");
+  if (compressing() && !arena_) {
+    if (n_past_ != 0) fail(ErrorKind::Internal, "compressed context without an arena after the prompt");
+    try {
+      prefill_compressed(tokens, n, all_logits);
+    } catch (...) {  // never leave a half-built arena behind
+      arena_.reset();
+      plan_.reset();
+      throw;
+    }
+    history_.insert(history_.end(), tokens, tokens + n);
+    n_past_ = (int32_t)n;
+    n_logit_rows_ = (int64_t)rows;
+    return;
+  }
   for (int64_t off = 0; off < n; off += n_batch_) {
     const int64_t T = std::min<int64_t>(n_batch_, n - off);
     const bool last = off + T == n;

@@ -1,36 +1,63 @@
-// One inference sequence over a Model: full KV cache, scratch buffers, logits.
-// eval() runs batch prefill (chunks of n_batch tokens) or single-token decode.
+// One inference sequence over a Model: KV cache (full, or the per-head ragged arena of a
+// compressing method), scratch buffers, logits.
+//
+// Full cache: eval() runs batch prefill in chunks of n_batch tokens, then decode.
+// Compressing methods (snapkv, pyramidkv, adakv, streaming, headkv): the first eval() is the
+// prompt. It runs layer by layer over the whole prompt with full causal attention, selects each
+// KV head's tokens right after the layer (select/), writes only those to the arena and reuses the
+// layer's full K/V buffer for the next layer, so peak KV memory is one layer's full K/V plus the
+// arena. Later evals decode over the ragged arena, appending in place.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "common/threadpool.h"
 #include "model/llama.h"
+#include "select/budget.h"
+#include "select/kv_arena.h"
+#include "select/scores.h"
+#include "select/selection.h"
 
 namespace headkv {
+
+struct KVConfig {
+  std::string method = "full";  // full | snapkv | streaming | pyramidkv | adakv | headkv
+  int32_t budget = 128;         // KV entries per KV head on average, window included
+  int32_t window = 8;           // α
+  double beta = 1.2;            // HeadKV β
+  double temp = 1.0;            // HeadKV score temperature
+  int32_t kernel = 7;           // pooling kernel
+  bool max_pool = true;         // false: average pooling
+  std::string scores;           // HeadKV score file (official or headkv format)
+  int32_t max_new_tokens = 512; // decode room reserved per KV head
+  int32_t sink = 4;             // streaming: attention-sink tokens kept at the start
+  double adakv_floor = 0.2;     // adakv: each head keeps at least this fraction of its budget
+};
 
 struct ContextParams {
   int32_t n_ctx = 0;      // 0: the model's training context
   int32_t n_threads = 0;  // 0: hardware concurrency
   int32_t n_batch = 512;  // tokens per forward chunk
+  KVConfig kv;
 };
 
 class Context {
  public:
-  // Throws InvalidArgument for bad params and OutOfMemory (naming the bytes) when the KV cache
-  // cannot be allocated.
+  // Throws InvalidArgument for bad params (including a score file that does not match the
+  // model) and OutOfMemory (naming the bytes) when the KV cache cannot be allocated.
   Context(const Model& model, const ContextParams& params);
 
   // Appends tokens at positions n_past..; computes logits of the last token, or of every token
-  // when all_logits. Throws ContextFull when n_past + n > n_ctx and InvalidArgument for token ids
-  // outside the vocabulary; in both cases the context is left unchanged.
+  // when all_logits. Throws ContextFull when they do not fit (n_ctx, or a KV head's segment) and
+  // InvalidArgument for token ids outside the vocabulary; then the context is left unchanged.
   void eval(const int32_t* tokens, int64_t n, bool all_logits = false);
-  void reset() { n_past_ = 0; n_logit_rows_ = 0; history_.clear(); }
+  void reset();
 
-  // Logits of the last evaluated token (nullptr before any eval).
   const float* logits() const;
-  // All rows of the last eval (n_logit_rows() x n_vocab); one row unless all_logits was set.
   const float* logits_all() const { return n_logit_rows_ ? logits_.data() : nullptr; }
   int64_t n_logit_rows() const { return n_logit_rows_; }
 
@@ -38,12 +65,31 @@ class Context {
   int32_t n_ctx() const { return n_ctx_; }
   int32_t n_past() const { return n_past_; }
   int32_t n_threads() const { return pool_.size(); }
-  uint64_t kv_bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
+  uint64_t kv_bytes() const;
   const std::vector<int32_t>& history() const { return history_; }
 
+  // Compression state (nullptr / empty for the full cache or before the prompt).
+  const KVConfig& kv_config() const { return kv_; }
+  bool compressing() const { return method_ != BudgetMethod::Full; }
+  const KVArena* arena() const { return arena_.get(); }
+  const BudgetPlan* plan() const { return plan_ ? &*plan_ : nullptr; }
+  // Bytes a full cache would hold for the current sequence plus the decode room.
+  uint64_t full_kv_bytes() const;
+  // Peak bytes of KV storage during the last compressed prefill (layer buffer + arena).
+  uint64_t prefill_peak_kv_bytes() const { return prefill_peak_kv_bytes_; }
+
  private:
+  struct KVView { const float* k; const float* v; int64_t n_before; };
   void forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out);
-  void attention(int il, int64_t T);
+  void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
+  void select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N);
+  // Pieces of the transformer block, shared by both paths.
+  void rope_tables(int64_t pos0, int64_t T, std::vector<float>& cs, std::vector<float>& sn) const;
+  void qkv(int il, const float* x, int64_t T, float* xn, float* q, float* k, float* v, const float* cs,
+           const float* sn);
+  void attention(const float* q, int64_t T, const std::function<KVView(int)>& view, float* out);
+  void out_and_mlp(int il, const float* att, int64_t T, float* x, float* tmp);
+  void final_logits(const float* x, int64_t rows, float* out);
   float* k_at(int il, int h, int64_t pos) { return &k_[(((size_t)il * hp_.n_head_kv + h) * n_ctx_ + pos) * hp_.head_dim]; }
   float* v_at(int il, int h, int64_t pos) { return &v_[(((size_t)il * hp_.n_head_kv + h) * n_ctx_ + pos) * hp_.head_dim]; }
 
@@ -51,7 +97,13 @@ class Context {
   const LlamaHParams& hp_;
   int32_t n_ctx_ = 0, n_batch_ = 512, n_past_ = 0;
   ThreadPool pool_;
-  std::vector<float> k_, v_;  // [layer][kv_head][pos][head_dim]
+  KVConfig kv_;
+  BudgetMethod method_ = BudgetMethod::Full;
+  std::optional<HeadScores> scores_;
+  std::optional<BudgetPlan> plan_;
+  std::unique_ptr<KVArena> arena_;
+  uint64_t prefill_peak_kv_bytes_ = 0;
+  std::vector<float> k_, v_;  // full cache: [layer][kv_head][pos][head_dim]
   // scratch for one chunk of up to n_batch tokens
   std::vector<float> x_, xn_, q_, kc_, vc_, att_, gate_, up_, rope_cos_, rope_sin_;
   std::vector<float> logits_;

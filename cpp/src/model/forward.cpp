@@ -1,5 +1,6 @@
-// The Llama transformer block over a chunk of T tokens: RMSNorm -> QKV -> RoPE -> causal GQA
-// attention over the KV cache -> output projection -> RMSNorm -> SwiGLU MLP.
+// The Llama transformer block: RMSNorm -> QKV -> RoPE -> causal GQA attention over a KV view ->
+// output projection -> RMSNorm -> SwiGLU MLP. Used by chunked prefill/decode over the full cache
+// or the arena (forward) and by the layer-by-layer compressed prefill (prefill.cpp).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -38,85 +39,130 @@ void mm(const Weight& w, const float* x, int64_t T, float* y, ThreadPool& pool) 
 
 }  // namespace
 
-// Causal GQA attention of the chunk's queries over the cache. One job per (token, KV head) so the
+void Context::rope_tables(int64_t pos0, int64_t T, std::vector<float>& cs, std::vector<float>& sn) const {
+  const int half = hp_.rope_dim / 2;
+  const std::vector<float>& inv_freq = model_.rope_inv_freq();
+  if (cs.size() < (size_t)(T * half)) cs.resize(T * half), sn.resize(T * half);
+  for (int64_t t = 0; t < T; ++t) {
+    const float pos = (float)(pos0 + t) / hp_.rope_scale;
+    for (int i = 0; i < half; ++i) {
+      const float theta = pos * inv_freq[i];  // fp32 product, as the reference computes it
+      cs[t * half + i] = (float)std::cos((double)theta);
+      sn[t * half + i] = (float)std::sin((double)theta);
+    }
+  }
+}
+
+void Context::qkv(int il, const float* x, int64_t T, float* xn, float* q, float* k, float* v, const float* cs,
+                  const float* sn) {
+  const LayerWeights& L = model_.layers()[il];
+  const int64_t d = hp_.n_embd, hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv;
+  const int half = hp_.rope_dim / 2;
+  for (int64_t t = 0; t < T; ++t) rms_norm(&x[t * d], L.attn_norm.data(), &xn[t * d], d, hp_.rms_eps);
+  mm(L.wq, xn, T, q, pool_);
+  mm(L.wk, xn, T, k, pool_);
+  mm(L.wv, xn, T, v, pool_);
+  for (int64_t t = 0; t < T; ++t) {
+    rope(&q[t * nh * hd], (int)nh, (int)hd, hp_.rope_dim, &cs[t * half], &sn[t * half]);
+    rope(&k[t * nkv * hd], (int)nkv, (int)hd, hp_.rope_dim, &cs[t * half], &sn[t * half]);
+  }
+}
+
+// Causal GQA attention of T queries ([T][n_head][head_dim]) over a KV view per KV head whose
+// rows n_before .. n_before+T-1 are the chunk's own keys. One job per (token, KV head) so the
 // group's query heads reuse the K/V rows while they are hot in cache.
-void Context::attention(int il, int64_t T) {
+void Context::attention(const float* qs, int64_t T, const std::function<KVView(int)>& view, float* out) {
   const int hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv, group = nh / nkv;
   const float scale = 1.0f / std::sqrt((float)hd);
+  std::vector<KVView> views(nkv);
+  int64_t max_keys = 0;
+  for (int g = 0; g < nkv; ++g) {
+    views[g] = view(g);
+    max_keys = std::max(max_keys, views[g].n_before + T);
+  }
   pool_.parallel_for(T * nkv, [&](int64_t b, int64_t e) {
-    std::vector<float> sc((size_t)group * (n_past_ + T));
+    std::vector<float> sc((size_t)max_keys);
     for (int64_t job = b; job < e; ++job) {
       const int64_t t = job / nkv;
       const int g = (int)(job % nkv);
-      const int64_t n_keys = n_past_ + t + 1;  // causal: keys 0..pos
-      const float* K = k_at(il, g, 0);
-      const float* V = v_at(il, g, 0);
+      const KVView& kv = views[g];
+      const int64_t n_keys = kv.n_before + t + 1;  // causal
       for (int hh = 0; hh < group; ++hh) {
         const int h = g * group + hh;
-        float* s = &sc[(size_t)hh * n_keys];
-        dot_rows_f32(&q_[((size_t)t * nh + h) * hd], K, hd, hd, n_keys, s);
+        float* s = sc.data();
+        dot_rows_f32(&qs[((size_t)t * nh + h) * hd], kv.k, hd, hd, n_keys, s);
         float mx = -INFINITY;
         for (int64_t j = 0; j < n_keys; ++j) mx = std::max(mx, s[j] *= scale);
         const float inv = (float)(1.0 / exp_shift_sum(s, n_keys, mx));
         for (int64_t j = 0; j < n_keys; ++j) s[j] *= inv;
-        weighted_rows_f32(s, V, hd, hd, n_keys, &att_[((size_t)t * nh + h) * hd]);
+        weighted_rows_f32(s, kv.v, hd, hd, n_keys, &out[((size_t)t * nh + h) * hd]);
       }
     }
   });
 }
 
-void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out) {
-  const int64_t d = hp_.n_embd, hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv, ff = hp_.n_ff;
-  const int half = hp_.rope_dim / 2;
-  const Weight& emb = model_.tok_embd();
-  for (int64_t t = 0; t < T; ++t)
-    dequantize_row(emb.type, emb.data + (size_t)tokens[t] * emb.row_bytes, &x_[t * d], d);
-
-  const std::vector<float>& inv_freq = model_.rope_inv_freq();
-  for (int64_t t = 0; t < T; ++t) {
-    const float pos = (float)(n_past_ + t) / hp_.rope_scale;
-    for (int i = 0; i < half; ++i) {
-      const float theta = pos * inv_freq[i];  // fp32 product, as the reference computes it
-      rope_cos_[t * half + i] = (float)std::cos((double)theta);
-      rope_sin_[t * half + i] = (float)std::sin((double)theta);
-    }
-  }
-
-  for (int il = 0; il < hp_.n_layer; ++il) {
-    const LayerWeights& L = model_.layers()[il];
-    for (int64_t t = 0; t < T; ++t) rms_norm(&x_[t * d], L.attn_norm.data(), &xn_[t * d], d, hp_.rms_eps);
-    mm(L.wq, xn_.data(), T, q_.data(), pool_);
-    mm(L.wk, xn_.data(), T, kc_.data(), pool_);
-    mm(L.wv, xn_.data(), T, vc_.data(), pool_);
-    for (int64_t t = 0; t < T; ++t) {
-      rope(&q_[t * nh * hd], (int)nh, (int)hd, hp_.rope_dim, &rope_cos_[t * half], &rope_sin_[t * half]);
-      rope(&kc_[t * nkv * hd], (int)nkv, (int)hd, hp_.rope_dim, &rope_cos_[t * half], &rope_sin_[t * half]);
-      for (int g = 0; g < nkv; ++g) {
-        std::copy_n(&kc_[(t * nkv + g) * hd], hd, k_at(il, g, n_past_ + t));
-        std::copy_n(&vc_[(t * nkv + g) * hd], hd, v_at(il, g, n_past_ + t));
-      }
-    }
-    attention(il, T);
-    mm(L.wo, att_.data(), T, xn_.data(), pool_);
-    for (int64_t i = 0; i < T * d; ++i) x_[i] += xn_[i];
-
-    for (int64_t t = 0; t < T; ++t) rms_norm(&x_[t * d], L.ffn_norm.data(), &xn_[t * d], d, hp_.rms_eps);
-    mm(L.w_gate, xn_.data(), T, gate_.data(), pool_);
-    mm(L.w_up, xn_.data(), T, up_.data(), pool_);
-    for (int64_t i = 0; i < T * ff; ++i) {
+// x += Wo·att; then x += MLP(x), in chunks of n_batch rows so activations stay bounded.
+void Context::out_and_mlp(int il, const float* att, int64_t T, float* x, float* tmp) {
+  const LayerWeights& L = model_.layers()[il];
+  const int64_t d = hp_.n_embd, ff = hp_.n_ff;
+  mm(L.wo, att, T, tmp, pool_);
+  for (int64_t i = 0; i < T * d; ++i) x[i] += tmp[i];
+  for (int64_t off = 0; off < T; off += n_batch_) {
+    const int64_t C = std::min<int64_t>(n_batch_, T - off);
+    float* xc = x + off * d;
+    for (int64_t t = 0; t < C; ++t) rms_norm(&xc[t * d], L.ffn_norm.data(), &tmp[t * d], d, hp_.rms_eps);
+    mm(L.w_gate, tmp, C, gate_.data(), pool_);
+    mm(L.w_up, tmp, C, up_.data(), pool_);
+    for (int64_t i = 0; i < C * ff; ++i) {
       const float g = gate_[i];
       gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
     }
-    mm(L.w_down, gate_.data(), T, xn_.data(), pool_);
-    for (int64_t i = 0; i < T * d; ++i) x_[i] += xn_[i];
+    mm(L.w_down, gate_.data(), C, tmp, pool_);
+    for (int64_t i = 0; i < C * d; ++i) xc[i] += tmp[i];
+  }
+}
+
+void Context::final_logits(const float* x, int64_t rows, float* out) {
+  const int64_t d = hp_.n_embd;
+  const Weight& w = model_.output();
+  for (int64_t off = 0; off < rows; off += n_batch_) {  // xn_ holds n_batch rows
+    const int64_t C = std::min<int64_t>(n_batch_, rows - off);
+    for (int64_t t = 0; t < C; ++t)
+      rms_norm(&x[(off + t) * d], model_.output_norm().data(), &xn_[t * d], d, hp_.rms_eps);
+    matmul(w.type, w.data, w.rows, w.cols, xn_.data(), C, out + off * w.rows, w.rows, pool_);
+  }
+}
+
+void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out) {
+  const int64_t d = hp_.n_embd, hd = hp_.head_dim, nkv = hp_.n_head_kv;
+  const Weight& emb = model_.tok_embd();
+  for (int64_t t = 0; t < T; ++t)
+    dequantize_row(emb.type, emb.data + (size_t)tokens[t] * emb.row_bytes, &x_[t * d], d);
+  rope_tables(n_past_, T, rope_cos_, rope_sin_);
+
+  for (int il = 0; il < hp_.n_layer; ++il) {
+    qkv(il, x_.data(), T, xn_.data(), q_.data(), kc_.data(), vc_.data(), rope_cos_.data(), rope_sin_.data());
+    if (arena_) {
+      for (int64_t t = 0; t < T; ++t)
+        for (int g = 0; g < nkv; ++g)
+          arena_->append(il, g, n_past_ + (int32_t)t, &kc_[(t * nkv + g) * hd], &vc_[(t * nkv + g) * hd]);
+      attention(q_.data(), T, [&](int g) {
+        return KVView{arena_->k(il, g), arena_->v(il, g), arena_->used(il, g) - T};
+      }, att_.data());
+    } else {
+      for (int64_t t = 0; t < T; ++t)
+        for (int g = 0; g < nkv; ++g) {
+          std::copy_n(&kc_[(t * nkv + g) * hd], hd, k_at(il, g, n_past_ + t));
+          std::copy_n(&vc_[(t * nkv + g) * hd], hd, v_at(il, g, n_past_ + t));
+        }
+      attention(q_.data(), T, [&](int g) { return KVView{k_at(il, g, 0), v_at(il, g, 0), n_past_}; }, att_.data());
+    }
+    out_and_mlp(il, att_.data(), T, x_.data(), xn_.data());
   }
 
   if (!logits_out) return;
-  const int64_t first = all_logits ? 0 : T - 1, rows = T - first;
-  for (int64_t t = first; t < T; ++t)
-    rms_norm(&x_[t * d], model_.output_norm().data(), &xn_[(t - first) * d], d, hp_.rms_eps);
-  const Weight& out = model_.output();
-  matmul(out.type, out.data, out.rows, out.cols, xn_.data(), rows, logits_out, out.rows, pool_);
+  const int64_t first = all_logits ? 0 : T - 1;
+  final_logits(&x_[first * d], T - first, logits_out);
 }
 
 }  // namespace headkv

@@ -50,6 +50,21 @@ void KVArena::append(int l, int g, int32_t position, const float* key, const flo
   ++used_[s];
 }
 
+void KVArena::resize_layer(int l, const std::vector<int64_t>& capacity) {
+  if (l < 0 || l >= n_layer_ || capacity.size() != (size_t)n_head_kv_)
+    fail(ErrorKind::InvalidArgument, "KV arena: resize_layer needs one capacity per KV head");
+  int64_t total = 0;
+  for (int g = 0; g < n_head_kv_; ++g) {
+    if (used_[seg(l, g)] != 0) fail(ErrorKind::InvalidArgument, "KV arena: resize_layer on a non-empty layer");
+    if (capacity[g] < 0) fail(ErrorKind::InvalidArgument, "KV arena: negative capacity");
+    total += capacity[g];
+  }
+  const size_t s0 = seg(l, 0);
+  if (total != offsets_[s0 + n_head_kv_] - offsets_[s0])
+    fail(ErrorKind::InvalidArgument, "KV arena: resize_layer must keep the layer's total");
+  for (int g = 0; g + 1 < n_head_kv_; ++g) offsets_[s0 + g + 1] = offsets_[s0 + g] + capacity[g];
+}
+
 void KVArena::clear() { std::fill(used_.begin(), used_.end(), 0); }
 
 uint64_t KVArena::bytes() const { return (uint64_t)(offsets_.empty() ? 0 : offsets_.back()) * entry_bytes(head_dim_); }

@@ -28,6 +28,9 @@ class KVArena {
   // Appends one entry to segment (l, g); throws ContextFull when the segment is full.
   void append(int l, int g, int32_t position, const float* key, const float* value);
   void clear();  // forget every entry (capacities stay)
+  // Re-splits layer l's span among its heads (Ada-KV decides the split at selection time). Only
+  // while the layer's segments are empty, and the layer's total must not change; nothing moves.
+  void resize_layer(int l, const std::vector<int64_t>& capacity);
 
   uint64_t bytes() const;           // bytes allocated (keys + values + positions)
   uint64_t bytes_used() const;      // bytes of the entries written so far

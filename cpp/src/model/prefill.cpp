@@ -1,0 +1,128 @@
+// Compressed prefill: the whole prompt goes through one layer at a time with full causal
+// attention; right after each layer every KV head keeps only its selected tokens in the arena.
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "model/context.h"
+#include "quant/quant.h"
+
+namespace headkv {
+
+namespace {
+
+// Ada-KV split of a layer's pooled budget: every head first keeps its top floor_g tokens, the rest
+// of the layer total goes to the best remaining (head, position) scores across the layer's heads.
+std::vector<std::vector<int32_t>> adakv_split(const std::vector<float>& scores, int nkv, int64_t P,
+                                              const std::vector<int32_t>& caps, double floor_frac) {
+  std::vector<std::vector<int32_t>> kept(nkv);
+  int64_t total = 0, floors = 0;
+  std::vector<char> taken((size_t)nkv * P, 0);
+  for (int g = 0; g < nkv; ++g) {
+    total += caps[g];
+    const int64_t f = std::min<int64_t>(P, (int64_t)(floor_frac * caps[g]));
+    kept[g] = topk_positions(&scores[(size_t)g * P], P, f);
+    for (int32_t j : kept[g]) taken[(size_t)g * P + j] = 1;
+    floors += f;
+  }
+  std::vector<int64_t> rest;
+  rest.reserve((size_t)nkv * P);
+  for (int64_t i = 0; i < (int64_t)nkv * P; ++i)
+    if (!taken[i]) rest.push_back(i);
+  const int64_t extra = std::min<int64_t>(total - floors, (int64_t)rest.size());
+  std::nth_element(rest.begin(), rest.begin() + extra, rest.end(), [&](int64_t a, int64_t b) {
+    return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
+  });
+  for (int64_t i = 0; i < extra; ++i) kept[rest[i] / P].push_back((int32_t)(rest[i] % P));
+  for (auto& k : kept) std::sort(k.begin(), k.end());
+  return kept;
+}
+
+}  // namespace
+
+void Context::select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N) {
+  const int nkv = hp_.n_head_kv, hd = hp_.head_dim;
+  const int32_t a = plan_->window;
+  const int64_t P = N - a;
+  std::vector<int32_t> caps(nkv);
+  for (int g = 0; g < nkv; ++g) caps[g] = plan_->at(il, g);
+  std::vector<std::vector<int32_t>> kept;
+  if (!plan_->compressed) {
+    kept.assign(nkv, {});
+    for (auto& k : kept)
+      for (int64_t j = 0; j < P; ++j) k.push_back((int32_t)j);
+  } else if (method_ == BudgetMethod::Streaming) {
+    kept.assign(nkv, {});
+    for (int g = 0; g < nkv; ++g) {
+      const int64_t sink = std::min<int64_t>(kv_.sink, caps[g]);
+      for (int64_t j = 0; j < sink; ++j) kept[g].push_back((int32_t)j);
+      for (int64_t j = P - (caps[g] - sink); j < P; ++j) kept[g].push_back((int32_t)j);
+    }
+  } else {
+    SelectionParams sp;
+    sp.window = a;
+    sp.kernel = kv_.kernel;
+    sp.max_pool = kv_.max_pool;
+    if (method_ == BudgetMethod::AdaKV) {
+      const std::vector<float> sc = window_scores(q_win, hp_.n_head, nkv, hd, K, N * hd, hd, N, sp);
+      kept = adakv_split(sc, nkv, P, caps, kv_.adakv_floor);
+    } else {
+      kept = select_window_topk(q_win, hp_.n_head, nkv, hd, K, N * hd, hd, N, caps.data(), sp);
+    }
+  }
+  if (method_ == BudgetMethod::AdaKV && plan_->compressed) {  // the layer's pool, split by score
+    std::vector<int64_t> cap(nkv);
+    for (int g = 0; g < nkv; ++g) cap[g] = (int64_t)kept[g].size() + a + kv_.max_new_tokens;
+    arena_->resize_layer(il, cap);
+  }
+  for (int g = 0; g < nkv; ++g) {
+    const float* Kg = K + (size_t)g * N * hd;
+    const float* Vg = V + (size_t)g * N * hd;
+    for (int32_t j : kept[g]) arena_->append(il, g, j, Kg + (size_t)j * hd, Vg + (size_t)j * hd);
+    for (int64_t j = P; j < N; ++j) arena_->append(il, g, (int32_t)j, Kg + j * hd, Vg + j * hd);
+  }
+}
+
+void Context::prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits) {
+  const int64_t d = hp_.n_embd, hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv;
+  BudgetParams bp;
+  bp.method = method_;
+  bp.budget = kv_.budget;
+  bp.window = kv_.window;
+  bp.beta = kv_.beta;
+  bp.temp = kv_.temp;
+  plan_ = plan_budget(bp, scores_ ? &*scores_ : nullptr, hp_.n_layer, (int)nh, (int)nkv, N);
+  // Arena sized once, before any layer runs: kept prefix + window + decode room per head.
+  std::vector<int64_t> capacity(plan_->cap.size());
+  for (size_t i = 0; i < capacity.size(); ++i) capacity[i] = (int64_t)plan_->cap[i] + plan_->window + kv_.max_new_tokens;
+  arena_ = std::make_unique<KVArena>(hp_.n_layer, (int)nkv, (int)hd, capacity);
+
+  std::vector<float> x(N * d), tmp(N * std::max<int64_t>(d, nh * hd)), q(N * nh * hd), att(N * nh * hd);
+  std::vector<float> kc(N * nkv * hd), vc(N * nkv * hd);   // this layer's projections, token-major
+  std::vector<float> K(nkv * N * hd), V(nkv * N * hd);      // this layer's full K/V, head-major
+  std::vector<float> cs, sn;
+  prefill_peak_kv_bytes_ = (uint64_t)(kc.size() + vc.size() + K.size() + V.size()) * sizeof(float) + arena_->bytes();
+  const Weight& emb = model_.tok_embd();
+  for (int64_t t = 0; t < N; ++t)
+    dequantize_row(emb.type, emb.data + (size_t)tokens[t] * emb.row_bytes, &x[t * d], d);
+  rope_tables(0, N, cs, sn);
+
+  for (int il = 0; il < hp_.n_layer; ++il) {
+    qkv(il, x.data(), N, tmp.data(), q.data(), kc.data(), vc.data(), cs.data(), sn.data());
+    for (int64_t t = 0; t < N; ++t)
+      for (int g = 0; g < nkv; ++g) {
+        std::copy_n(&kc[(t * nkv + g) * hd], hd, &K[((size_t)g * N + t) * hd]);
+        std::copy_n(&vc[(t * nkv + g) * hd], hd, &V[((size_t)g * N + t) * hd]);
+      }
+    attention(q.data(), N, [&](int g) { return KVView{&K[(size_t)g * N * hd], &V[(size_t)g * N * hd], 0}; },
+              att.data());
+    select_layer(il, &q[(size_t)(N - plan_->window) * nh * hd], K.data(), V.data(), N);
+    out_and_mlp(il, att.data(), N, x.data(), tmp.data());
+  }
+  const uint64_t rows = all_logits ? (uint64_t)N : 1;
+  if (logits_.size() < rows * hp_.n_vocab) logits_.resize(rows * hp_.n_vocab);
+  final_logits(&x[(N - rows) * d], (int64_t)rows, logits_.data());
+}
+
+}  // namespace headkv

@@ -20,6 +20,8 @@ struct Args {
   int n_predict = 128, n_threads = 0, n_ctx = 0, n_batch = 512;
   bool chat = false;
   hk_sampler_params sp = hk_sampler_default_params();
+  hk_context_params cp = hk_context_default_params();
+  std::string kv_method = "full", scores;
 };
 
 const char* kUsage =
@@ -40,7 +42,15 @@ const char* kUsage =
     "  -s, --seed N            RNG seed\n"
     "      --chat              treat the prompt as a user message and apply the model's chat format\n"
     "      --system TEXT       system message for --chat\n"
-    "      --device cpu        compute device (only cpu in this build)\n";
+    "      --device cpu        compute device (only cpu in this build)\n"
+    "KV cache compression (the prompt is compressed per KV head; see README):\n"
+    "      --kv-method M       full (default), snapkv, streaming, pyramidkv, adakv, headkv\n"
+    "      --kv-budget B       KV entries per KV head on average, window included (default 128)\n"
+    "      --scores FILE       head-importance score file (headkv)\n"
+    "      --beta X            HeadKV beta (default 1.2)\n"
+    "      --window N          observation window (default 8)\n"
+    "      --pool max|avg      pooling before top-k (default max)\n"
+    "      --kernel K          pooling kernel (default 7)\n";
 
 [[noreturn]] void die(const std::string& msg) {
   std::fprintf(stderr, "headkv-cli: error: %s\n", msg.c_str());
@@ -98,6 +108,17 @@ Args parse(int argc, char** argv) {
     else if (f == "--chat") a.chat = true;
     else if (f == "--system") a.system = val();
     else if (f == "--device") device = val();
+    else if (f == "--kv-method") a.kv_method = val();
+    else if (f == "--kv-budget") a.cp.kv_budget = (int)to_int(f, val());
+    else if (f == "--scores") a.scores = val();
+    else if (f == "--beta") a.cp.kv_beta = to_float(f, val());
+    else if (f == "--window") a.cp.kv_window = (int)to_int(f, val());
+    else if (f == "--kernel") a.cp.kv_kernel = (int)to_int(f, val());
+    else if (f == "--pool") {
+      const std::string p = val();
+      if (p != "max" && p != "avg") die("--pool must be max or avg");
+      a.cp.kv_avg_pool = p == "avg";
+    }
     else die("unknown argument '" + f + "' (see --help)");
   }
   if (a.model.empty()) die("no model given (-m MODEL)");
@@ -145,7 +166,10 @@ int main(int argc, char** argv) {
   toks.resize(n_tok);
   if (toks.empty()) die("the prompt is empty after tokenization");
 
-  hk_context_params cp = hk_context_default_params();
+  hk_context_params cp = a.cp;
+  cp.kv_method = a.kv_method.c_str();
+  cp.kv_scores = a.scores.empty() ? nullptr : a.scores.c_str();
+  if (a.n_predict >= 0) cp.kv_max_new_tokens = a.n_predict + 1;
   cp.n_ctx = a.n_ctx;
   cp.n_threads = a.n_threads;
   cp.n_batch = a.n_batch;

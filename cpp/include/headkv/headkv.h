@@ -61,6 +61,16 @@ typedef struct hk_context_params {
   int32_t n_ctx;      /* 0 = model's training context */
   int32_t n_threads;  /* 0 = hardware concurrency */
   int32_t n_batch;    /* max tokens per forward chunk during prefill; 0 = 512 */
+  /* KV cache compression. With a method other than "full", the first hk_eval is the prompt: it is
+   * compressed layer by layer into a per-head arena; later evals decode into reserved slots. */
+  const char* kv_method;     /* NULL/"full", "snapkv", "streaming", "pyramidkv", "adakv", "headkv" */
+  int32_t kv_budget;         /* KV entries per KV head on average, window included (128) */
+  int32_t kv_window;         /* observation window α (8) */
+  float kv_beta;             /* HeadKV β (1.2) */
+  int32_t kv_kernel;         /* pooling kernel, odd (7) */
+  int32_t kv_avg_pool;       /* 0: max pooling (default), 1: average pooling */
+  const char* kv_scores;     /* HeadKV head-score file (official or headkv JSON) */
+  int32_t kv_max_new_tokens; /* decode slots reserved per KV head (512) */
 } hk_context_params;
 
 hk_context_params hk_context_default_params(void);

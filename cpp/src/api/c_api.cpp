@@ -93,7 +93,11 @@ size_t hk_token_to_piece(const hk_model* model, int32_t token, char* buf, size_t
   return p.size();
 }
 
-hk_context_params hk_context_default_params(void) { return hk_context_params{0, 0, 512}; }
+hk_context_params hk_context_default_params(void) {
+  const headkv::KVConfig kv;
+  return hk_context_params{0, 0, 512, nullptr, kv.budget, kv.window, (float)kv.beta, kv.kernel, 0, nullptr,
+                           kv.max_new_tokens};
+}
 
 hk_status hk_context_new(const hk_model* model, const hk_context_params* p, hk_context** out) {
   if (!model || !out) return null_arg("model and out");
@@ -104,6 +108,14 @@ hk_status hk_context_new(const hk_model* model, const hk_context_params* p, hk_c
     cp.n_ctx = d.n_ctx;
     cp.n_threads = d.n_threads;
     cp.n_batch = d.n_batch;
+    if (d.kv_method) cp.kv.method = d.kv_method;
+    cp.kv.budget = d.kv_budget;
+    cp.kv.window = d.kv_window;
+    cp.kv.beta = d.kv_beta;
+    cp.kv.kernel = d.kv_kernel;
+    cp.kv.max_pool = d.kv_avg_pool == 0;
+    if (d.kv_scores) cp.kv.scores = d.kv_scores;
+    cp.kv.max_new_tokens = d.kv_max_new_tokens;
     auto c = std::make_unique<hk_context>();
     c->c = std::make_unique<headkv::Context>(*model->m, cp);
     *out = c.release();

@@ -101,8 +101,9 @@ def test_pg_and_threads_cross_product(bench, smollm2):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--kv-method", "headkv"], "not available in this build"),
-    (["--kv-method", "full,snapkv"], "not available in this build"),
+    (["--kv-method", "headkv"], "needs --scores"),
+    (["--kv-method", "full,h2o"], "not available in this build"),
+    (["--kv-method", "snapkv", "-d", "16"], "not defined"),
     (["--kv-method", "bogus"], "unknown --kv-method"),
     (["--device", "cuda"], "not available in this build"),
     (["-o", "xml"], "-o must be"),
@@ -114,6 +115,14 @@ def test_rejects_clearly(bench, smollm2, args, msg):
     assert p.returncode != 0
     assert msg in p.stderr
     assert p.stdout == ""
+
+
+def test_compressed_decode_holds_fewer_bytes(bench, smollm2):
+    p = run(bench, "-m", smollm2, "-p", 0, "-n", 4, "-d", 256, "-r", 1, "-t", 1, "--kv-method", "full,snapkv",
+            "--kv-budget", 32, "-o", "json", "--bandwidth", 20)
+    full, snap = json.loads(p.stdout)
+    assert full["kv_method"] == "full" and snap["kv_method"] == "snapkv"
+    assert snap["avg_ts"] > 0 and 0 < snap["kv_bytes"] < full["kv_bytes"] / 4
 
 
 def test_kv_flags_parse_with_full(bench, smollm2):

@@ -39,7 +39,7 @@ using Clock = std::chrono::steady_clock;
 
 // ---------------------------------------------------------------------------------- options
 
-const char* const kKvMethods[] = {"full", "headkv", "snapkv", "pyramidkv", "streamingllm", "h2o"};
+const char* const kKvMethods[] = {"full", "headkv", "snapkv", "pyramidkv", "adakv", "streaming", "streamingllm", "h2o"};
 const char* const kDevices[] = {"cpu", "cuda", "auto"};
 
 struct Options {
@@ -128,7 +128,8 @@ void usage(FILE* f) {
       "  -r, --repetitions R          timed repetitions per test (default 5)\n"
       "  -o, --output md|json|csv|jsonl  output format on stdout (default md)\n"
       "      --device cpu|cuda|auto   device (default cpu)\n"
-      "      --kv-method M[,M]        KV cache method: full (others: not available in this build)\n"
+      "      --kv-method M[,M]        KV cache: full, snapkv, streaming, pyramidkv, adakv, headkv (compressing\n"
+      "                               methods compress the depth+prompt as one prompt; pp needs -d 0)\n"
       "      --kv-budget B[,B]        KV budget per head: <1 fraction of context, >=1 tokens\n"
       "      --scores FILE            per-head importance scores (headkv method)\n"
       "      --beta X[,X]             budget-allocation temperature (headkv method)\n"
@@ -202,8 +203,9 @@ Options parse_args(int argc, char** argv) {
   }
   for (const auto& m : o.kv_methods) {
     if (std::find(std::begin(kKvMethods), std::end(kKvMethods), m) == std::end(kKvMethods))
-      die("unknown --kv-method '" + m + "' (full, headkv, snapkv, pyramidkv, streamingllm, h2o)");
-    if (m != "full") die("--kv-method " + m + ": not available in this build (only 'full')");
+      die("unknown --kv-method '" + m + "' (full, headkv, snapkv, pyramidkv, adakv, streaming, h2o)");
+    if (m == "h2o") die("--kv-method h2o: not available in this build");
+    if (m == "headkv" && o.scores.empty()) die("--kv-method headkv needs --scores FILE");
   }
   // Only the full cache exists: budgets, betas and scores have nothing to act on yet.
   if (o.budgets_given || o.betas_given || !o.scores.empty()) {
@@ -416,11 +418,24 @@ struct Runner {
     cp.n_ctx = t.n_ctx();
     cp.n_threads = t.n_threads;
     cp.n_batch = t.n_batch;
+    const std::string method = t.kv_method == "streamingllm" ? "streaming" : t.kv_method;
+    const bool compressing = method != "full";
+    if (compressing) {
+      if (t.n_depth > 0 && t.n_prompt > 0)
+        die("--kv-method " + method + ": a pp test with -d > 0 is not defined (the prompt is compressed as a whole)");
+      const int ctx_tokens = t.n_depth + t.n_prompt;
+      cp.kv_method = method.c_str();
+      if (t.kv_budget >= 1) cp.kv_budget = (int32_t)t.kv_budget;
+      else if (t.kv_budget > 0) cp.kv_budget = std::max<int32_t>(cp.kv_window + 1, (int32_t)(t.kv_budget * ctx_tokens));
+      if (t.beta > 0) cp.kv_beta = (float)t.beta;
+      if (!o.scores.empty()) cp.kv_scores = o.scores.c_str();
+      cp.kv_max_new_tokens = t.n_gen + 1;
+    }
     hk_context* ctx = nullptr;
     check(hk_context_new(model, &cp, &ctx), "hk_context_new (n_ctx " + std::to_string(cp.n_ctx) + ")");
     r.n_ctx = hk_context_n_ctx(ctx);
 
-    if (o.warmup) {
+    if (o.warmup && !compressing) {
       hk_context_reset(ctx);
       if (t.n_prompt > 0) {
         auto w = random_tokens(std::min(t.n_prompt, t.n_batch), r.n_vocab, bos);

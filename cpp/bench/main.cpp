@@ -206,6 +206,11 @@ Options parse_args(int argc, char** argv) {
       die("unknown --kv-method '" + m + "' (full, headkv, snapkv, pyramidkv, adakv, streaming, h2o)");
     if (m == "h2o") die("--kv-method h2o: not available in this build");
     if (m == "headkv" && o.scores.empty()) die("--kv-method headkv needs --scores FILE");
+    const bool pp = std::any_of(o.n_prompt.begin(), o.n_prompt.end(), [](int p) { return p > 0; }) || !o.pg.empty();
+    const bool depth = std::any_of(o.n_depth.begin(), o.n_depth.end(), [](int d) { return d > 0; });
+    if (m != "full" && pp && depth)
+      die("--kv-method " + m + ": a pp test with -d > 0 is not defined (the prompt is compressed as a whole); "
+          "use -p 0 for decode at depth, or -d 0 for prefill");
   }
   // Only the full cache exists: budgets, betas and scores have nothing to act on yet.
   if (o.budgets_given || o.betas_given || !o.scores.empty()) {

@@ -6,13 +6,10 @@
 #include "common/error.h"
 #include "common/json.h"
 
+#include "check.h"
+
 using namespace headkv;
 
-static int failures = 0;
-#define CHECK(c)                                                                            \
-  do {                                                                                      \
-    if (!(c) && ++failures < 20) std::printf("FAIL %s:%d %s\n", __FILE__, __LINE__, #c);    \
-  } while (0)
 
 static bool rejects(const std::string& text, const std::string& needle, JsonParseOptions opt = {}) {
   try {

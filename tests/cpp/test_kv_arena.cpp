@@ -4,17 +4,10 @@
 
 #include "common/error.h"
 #include "select/kv_arena.h"
+#include "check.h"
 
 using namespace headkv;
 
-static int bad = 0;
-#define CHECK(c)                                                  \
-  do {                                                            \
-    if (!(c)) {                                                   \
-      std::printf("%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-      ++bad;                                                      \
-    }                                                             \
-  } while (0)
 
 int main() {
   const int L = 2, H = 3, D = 4;
@@ -55,6 +48,6 @@ int main() {
     threw = e.kind() == ErrorKind::OutOfMemory;
   }
   CHECK(threw);
-  std::printf(bad ? "FAILED\n" : "ok\n");
-  return bad ? 1 : 0;
+  std::printf(failures ? "FAILED\n" : "ok\n");
+  return failures ? 1 : 0;
 }

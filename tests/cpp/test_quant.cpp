@@ -8,13 +8,10 @@
 #include "common/fp16.h"
 #include "quant/quant.h"
 
+#include "check.h"
+
 using namespace headkv;
 
-static int failures = 0;
-#define CHECK(c)                                              \
-  do {                                                        \
-    if (!(c) && ++failures < 20) std::printf("FAIL %s:%d %s\n", __FILE__, __LINE__, #c); \
-  } while (0)
 
 static void put16(uint8_t* p, float f) { const uint16_t h = f32_to_fp16(f); std::memcpy(p, &h, 2); }
 

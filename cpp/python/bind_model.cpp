@@ -172,6 +172,17 @@ void bind_model(py::module_& m) {
       .def("eval", &Engine::eval, py::arg("tokens"), py::arg("logits_all") = false)
       .def("logits", &Engine::logits, py::arg("all") = false)
       .def("reset", [](Engine& e) { e.ctx->reset(); })
+      .def("set_attention_probe", [](Engine& e, bool on) { e.ctx->set_attention_probe(on); }, py::arg("on") = true)
+      .def("attention_probe", [](const Engine& e) {
+        // [n_layer, n_head, n_past] attention of the last evaluated token's query (a copy)
+        const LlamaHParams& hp = e.model->hparams();
+        if (!e.ctx->attention_probe()) fail(ErrorKind::InvalidArgument, "the attention probe is off: call set_attention_probe(True) first");
+        if (!e.ctx->probe()) fail(ErrorKind::InvalidArgument, "no probed attention yet: call eval() first");
+        const int64_t n = e.ctx->probe_n();
+        py::array_t<float> a({(int64_t)hp.n_layer, (int64_t)hp.n_head, n});
+        std::copy_n(e.ctx->probe(), (size_t)hp.n_layer * hp.n_head * n, a.mutable_data());
+        return a;
+      })
       .def("metadata", &Engine::metadata)
       .def("is_eog", [](const Engine& e, int32_t t) { return e.model->tokenizer().is_eog(t); })
       .def_property_readonly("n_past", [](const Engine& e) { return e.ctx->n_past(); })

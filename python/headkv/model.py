@@ -107,6 +107,18 @@ class Model:
         ``eval(..., logits_all=True)`` as an (n_tokens, n_vocab) array."""
         return self._e.logits(all)
 
+    def attention_probe(self, enable: bool = True) -> None:
+        """Turns the attention probe on/off (full KV cache only): while on, each ``eval`` records
+        its last token's per-head attention, read with :meth:`probed_attention`."""
+        with self._lock:
+            self._e.set_attention_probe(bool(enable))
+
+    def probed_attention(self) -> np.ndarray:
+        """[n_layer, n_head, n_past] float32 softmax attention of the last evaluated token's query
+        over every cached position (the attention probe must be on)."""
+        with self._lock:
+            return self._e.attention_probe()
+
     def kv_bytes(self) -> int:
         return self._e.kv_bytes
 

@@ -78,11 +78,20 @@ Context::Context(const Model& model, const ContextParams& p)
 
 void Context::reset() {
   n_past_ = 0;
+  probe_n_ = 0;
   n_logit_rows_ = 0;
   history_.clear();
   arena_.reset();
   plan_.reset();
   prefill_peak_kv_bytes_ = 0;
+}
+
+void Context::set_attention_probe(bool on) {
+  if (on && compressing())
+    fail(ErrorKind::InvalidArgument, "the attention probe needs the full KV cache (method 'full'), not '" + kv_.method + "'");
+  probe_on_ = on;
+  probe_n_ = 0;
+  if (!on) std::vector<float>().swap(probe_);
 }
 
 uint64_t Context::kv_bytes() const {

@@ -78,6 +78,15 @@ class Context {
   // Peak bytes of KV storage during the last compressed prefill (layer buffer + arena).
   uint64_t prefill_peak_kv_bytes() const { return prefill_peak_kv_bytes_; }
 
+  // Attention probe (full cache only; head scoring): while on, each eval() records the softmax
+  // attention of its last token's query, per (layer, query head), over positions 0..probe_n()-1
+  // (= n_past after the eval). Layout [n_layer][n_head][probe_n()]. Throws InvalidArgument when
+  // turned on for a compressing method.
+  void set_attention_probe(bool on);
+  bool attention_probe() const { return probe_on_; }
+  const float* probe() const { return probe_n_ ? probe_.data() : nullptr; }
+  int64_t probe_n() const { return probe_n_; }
+
  private:
   struct KVView { const float* k; const float* v; int64_t n_before; };
   void forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out);
@@ -109,6 +118,10 @@ class Context {
   std::vector<float> logits_;
   int64_t n_logit_rows_ = 0;
   std::vector<int32_t> history_;
+  bool probe_on_ = false;
+  int probe_layer_ = -1;      // layer whose attention() call records into probe_; -1: none
+  int64_t probe_n_ = 0;
+  std::vector<float> probe_;
 };
 
 }  // namespace headkv

@@ -95,6 +95,8 @@ void Context::attention(const float* qs, int64_t T, const std::function<KVView(i
         for (int64_t j = 0; j < n_keys; ++j) mx = std::max(mx, s[j] *= scale);
         const float inv = (float)(1.0 / exp_shift_sum(s, n_keys, mx));
         for (int64_t j = 0; j < n_keys; ++j) s[j] *= inv;
+        if (probe_layer_ >= 0 && t == T - 1)  // attention probe: the chunk's last query
+          std::copy_n(s, n_keys, &probe_[((size_t)probe_layer_ * nh + h) * probe_n_]);
         weighted_rows_f32(s, kv.v, hd, hd, n_keys, &out[((size_t)t * nh + h) * hd]);
       }
     }
@@ -139,6 +141,10 @@ void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* 
   for (int64_t t = 0; t < T; ++t)
     dequantize_row(emb.type, emb.data + (size_t)tokens[t] * emb.row_bytes, &x_[t * d], d);
   rope_tables(n_past_, T, rope_cos_, rope_sin_);
+  if (probe_on_ && !arena_) {
+    probe_n_ = n_past_ + T;
+    probe_.assign((size_t)hp_.n_layer * hp_.n_head * probe_n_, 0.0f);
+  }
 
   for (int il = 0; il < hp_.n_layer; ++il) {
     qkv(il, x_.data(), T, xn_.data(), q_.data(), kc_.data(), vc_.data(), rope_cos_.data(), rope_sin_.data());
@@ -155,7 +161,9 @@ void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* 
           std::copy_n(&kc_[(t * nkv + g) * hd], hd, k_at(il, g, n_past_ + t));
           std::copy_n(&vc_[(t * nkv + g) * hd], hd, v_at(il, g, n_past_ + t));
         }
+      probe_layer_ = probe_on_ ? il : -1;
       attention(q_.data(), T, [&](int g) { return KVView{k_at(il, g, 0), v_at(il, g, 0), n_past_}; }, att_.data());
+      probe_layer_ = -1;
     }
     out_and_mlp(il, att_.data(), T, x_.data(), xn_.data());
   }

@@ -141,3 +141,22 @@ def test_compression_errors(smollm2, prompt, score_file, tmp_path):
     m.reset()  # still usable
     m.eval(prompt[:200])
     assert m.kv_stats()["used"].sum() == L * HKV * 64
+
+
+def test_kv_bytes_measured_from_allocator(smollm2, prompt):
+    """The arena is the only KV storage a compressed context keeps: the C heap grows by exactly its
+    bytes (Σ capacity × entry bytes, decode room included) and gets them back on reset."""
+    if _core.heap_in_use() is None:
+        pytest.skip("needs glibc's mallinfo2")
+    m = _model(smollm2, "snapkv", 128)
+    m.eval(prompt)  # warm-up: one-time lazy allocations (thread arenas, the logits row)
+    m.reset()
+    before = _core.heap_in_use()
+    m.eval(prompt)
+    grown = _core.heap_in_use() - before
+    st = m.kv_stats()
+    assert st["bytes_held"] == st["capacity"].sum() * st["entry_bytes"]
+    assert st["bytes_held"] <= grown <= st["bytes_held"] + 4096, (grown, st["bytes_held"])
+    assert st["bytes_held"] * 3 < st["bytes_full"]  # 128 + 32 of 597 + 32 entries per head
+    m.reset()
+    assert _core.heap_in_use() - before <= 4096

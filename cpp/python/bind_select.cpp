@@ -3,6 +3,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#if defined(__GLIBC__) || defined(__linux__)
+#include <malloc.h>
+#endif
+
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,6 +46,18 @@ HeadScores scores_from_array(const py::object& obj) {
 }  // namespace
 
 void bind_select(py::module_& m) {
+  m.def(
+      "heap_in_use",
+      []() -> py::object {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+        const struct mallinfo2 mi = mallinfo2();
+        return py::int_((unsigned long long)(mi.uordblks + mi.hblkhd));  // small + mmap'd chunks
+#else
+        return py::none();
+#endif
+      },
+      "Bytes the C allocator has handed out and not freed (glibc mallinfo2), or None: lets tests "
+      "measure what the KV cache really holds.");
   m.def(
       "model_fingerprint",
       [](const std::string& path) {

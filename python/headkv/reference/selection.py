@@ -37,3 +37,47 @@ def select(q, k, caps, kernel=7, max_pool=True):
         order = np.lexsort((np.arange(s.shape[1]), -s[g]))  # score desc, position asc
         kept.append(np.sort(order[:c]))
     return kept, s
+
+
+def topk(s, cap):
+    """The `cap` highest scores of a 1-D array, ties to the lower position; sorted positions."""
+    return np.sort(np.lexsort((np.arange(s.size), -s))[:cap])
+
+
+def adakv_split(s, caps, floor_frac=0.2):
+    """Ada-KV within one layer. s: pooled scores [n_head_kv, P]; caps: per-head budgets (window
+    excluded). Each head first keeps its top floor(floor_frac * cap) positions; the rest of the
+    layer's total goes to the best remaining (head, position) pairs of the whole layer (ties: lower
+    head, then lower position)."""
+    n_kv, P = s.shape
+    kept, taken = [], np.zeros((n_kv, P), bool)
+    for g in range(n_kv):
+        f = min(P, int(floor_frac * caps[g]))
+        kept.append(list(topk(s[g], f)))
+        taken[g, kept[-1]] = True
+    extra = min(int(np.sum(caps)) - sum(len(k) for k in kept), int((~taken).sum()))
+    flat = np.where(~taken.ravel(), s.ravel(), -np.inf)
+    for i in np.lexsort((np.arange(flat.size), -flat))[:extra]:
+        kept[i // P].append(i % P)
+    return [np.sort(np.array(k, dtype=np.int64)) for k in kept]
+
+
+def streaming(P, caps, sink=4):
+    """StreamingLLM: the first `sink` positions (attention sinks) plus the most recent ones."""
+    out = []
+    for c in caps:
+        n_sink = min(sink, c)
+        out.append(np.concatenate([np.arange(n_sink), np.arange(P - (c - n_sink), P)]).astype(np.int64))
+    return out
+
+
+def select_layer(method, q, k, caps, kernel=7, max_pool=True, sink=4, adakv_floor=0.2):
+    """Kept prefix positions per KV head of one layer for any method, and the pooled scores
+    (None for streaming). q: window queries [window, n_head, d]; k: [n_head_kv, N, d]."""
+    P = k.shape[1] - q.shape[0]
+    if method == "streaming":
+        return streaming(P, caps, sink), None
+    s = window_scores(q, k, kernel, max_pool)
+    if method == "adakv":
+        return adakv_split(s, caps, adakv_floor), s
+    return [topk(s[g], c) for g, c in enumerate(caps)], s

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 
+#include "common/alloc.h"
 #include "common/error.h"
 
 namespace headkv {
@@ -54,12 +55,35 @@ class Cursor {
   const std::string& path_;
 };
 
-uint64_t checked_mul(uint64_t a, uint64_t b, const std::string& what) {
+uint64_t mul_or_fail(uint64_t a, uint64_t b, const std::string& what) {
   if (a != 0 && b > std::numeric_limits<uint64_t>::max() / a) fail(ErrorKind::Format, what + ": size overflow");
   return a * b;
 }
 
-GGUFValue read_value(Cursor& c, GGUFType t, const std::string& key, int depth) {
+// Fewest file bytes one metadata value of type t takes (arrays: type + length).
+uint64_t min_value_bytes(GGUFType t) {
+  switch (t) {
+    case GGUFType::UINT8: case GGUFType::INT8: case GGUFType::BOOL: return 1;
+    case GGUFType::UINT16: case GGUFType::INT16: return 2;
+    case GGUFType::UINT32: case GGUFType::INT32: case GGUFType::FLOAT32: return 4;
+    case GGUFType::STRING: case GGUFType::UINT64: case GGUFType::INT64: case GGUFType::FLOAT64: return 8;
+    case GGUFType::ARRAY: return 12;
+  }
+  return 1;
+}
+
+// Metadata is expanded into GGUFValue objects (~100 bytes each, whatever the file's element size):
+// the running total is checked against the memory available before each array is reserved, so a
+// file of a billion one-byte array elements fails with OutOfMemory instead of exhausting memory.
+struct MetaBudget {
+  uint64_t bytes = 0;
+  void add(uint64_t n, uint64_t each, const std::string& what) {
+    bytes = checked_add(bytes, checked_mul(n, each, what), what);
+    check_alloc(bytes, what);
+  }
+};
+
+GGUFValue read_value(Cursor& c, GGUFType t, const std::string& key, int depth, MetaBudget& mem) {
   GGUFValue v;
   v.type = t;
   const char* w = "metadata value";
@@ -87,11 +111,12 @@ GGUFValue read_value(Cursor& c, GGUFType t, const std::string& key, int depth) {
       if (et > (uint32_t)GGUFType::FLOAT64)
         fail(ErrorKind::Format, "metadata key '" + key + "': unknown array element type " + std::to_string(et));
       const uint64_t n = c.read<uint64_t>("array length");
-      // Every element takes at least one byte: reject lengths the rest of the file cannot hold.
-      c.need(n, "array elements");
+      // Reject lengths the rest of the file cannot hold, then memory we cannot spare.
       v.elem_type = (GGUFType)et;
+      c.need(mul_or_fail(n, min_value_bytes(v.elem_type), "metadata key '" + key + "'"), "array elements");
+      mem.add(n, sizeof(GGUFValue), "metadata array '" + key + "'");
       v.arr.reserve((size_t)n);
-      for (uint64_t k = 0; k < n; ++k) v.arr.push_back(read_value(c, v.elem_type, key, depth + 1));
+      for (uint64_t k = 0; k < n; ++k) v.arr.push_back(read_value(c, v.elem_type, key, depth + 1, mem));
       break;
     }
     default:
@@ -138,12 +163,23 @@ std::unique_ptr<GGUFFile> GGUFFile::open(const std::string& path) {
   void* p = mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, f->fd_, 0);
   if (p == MAP_FAILED) fail(ErrorKind::Io, "cannot mmap '" + path + "': " + std::strerror(errno));
   f->base_ = static_cast<const uint8_t*>(p);
+  f->mapped_ = true;
+  f->parse();
+  return f;
+}
+
+std::unique_ptr<GGUFFile> GGUFFile::from_memory(const void* data, size_t size, const std::string& name) {
+  std::unique_ptr<GGUFFile> f(new GGUFFile());
+  f->path_ = name;
+  if (!data || size < 8) fail(ErrorKind::Format, "'" + name + "' is not a GGUF file (only " + std::to_string(size) + " bytes)");
+  f->base_ = static_cast<const uint8_t*>(data);
+  f->size_ = size;
   f->parse();
   return f;
 }
 
 GGUFFile::~GGUFFile() {
-  if (base_) munmap(const_cast<uint8_t*>(base_), size_);
+  if (base_ && mapped_) munmap(const_cast<uint8_t*>(base_), size_);
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -158,15 +194,17 @@ void GGUFFile::parse() {
   const uint64_t n_tensors = c.read<uint64_t>("tensor count");
   const uint64_t n_kv = c.read<uint64_t>("metadata count");
   // Each kv needs >= 12 bytes, each tensor info >= 24: reject counts the file cannot hold.
-  c.need(checked_mul(n_kv, 12, path_), "metadata");
-  c.need(checked_mul(n_tensors, 24, path_), "tensor infos");
+  c.need(mul_or_fail(n_kv, 12, path_), "metadata");
+  c.need(mul_or_fail(n_tensors, 24, path_), "tensor infos");
+  MetaBudget mem;
+  mem.add(n_tensors, sizeof(TensorInfo) + 64, path_ + ": tensor infos");
 
   for (uint64_t k = 0; k < n_kv; ++k) {
     std::string key = c.str("metadata key");
     const uint32_t t = c.read<uint32_t>("metadata type");
     if (t > (uint32_t)GGUFType::FLOAT64)
       fail(ErrorKind::Format, path_ + ": metadata key '" + key + "' has unknown type " + std::to_string(t));
-    GGUFValue v = read_value(c, (GGUFType)t, key, 0);
+    GGUFValue v = read_value(c, (GGUFType)t, key, 0, mem);
     if (kv_.count(key)) fail(ErrorKind::Format, path_ + ": duplicate metadata key '" + key + "'");
     kv_.emplace(std::move(key), std::move(v));
   }
@@ -188,7 +226,7 @@ void GGUFFile::parse() {
     for (uint32_t d = 0; d < n_dims; ++d) {
       const uint64_t n = c.read<uint64_t>("tensor shape");
       if (n == 0 || n > (1ull << 40)) fail(ErrorKind::Format, path_ + ": tensor '" + ti.name + "' has bad dimension " + std::to_string(n));
-      nel = checked_mul(nel, n, path_ + ": tensor '" + ti.name + "'");
+      nel = mul_or_fail(nel, n, path_ + ": tensor '" + ti.name + "'");
       if (nel > (1ull << 50)) fail(ErrorKind::Format, path_ + ": tensor '" + ti.name + "' is impossibly large");
       ti.ne.push_back((int64_t)n);
     }
@@ -200,7 +238,7 @@ void GGUFFile::parse() {
     if (ti.ne[0] % tr.block_size != 0)
       fail(ErrorKind::Format, path_ + ": tensor '" + ti.name + "' row length " + std::to_string(ti.ne[0]) +
                                   " is not a multiple of the " + tr.name + " block size");
-    ti.nbytes = (size_t)checked_mul(nel / (uint64_t)tr.block_size, tr.type_size, path_);
+    ti.nbytes = (size_t)mul_or_fail(nel / (uint64_t)tr.block_size, tr.type_size, path_);
     if (tensor_index_.count(ti.name)) fail(ErrorKind::Format, path_ + ": duplicate tensor '" + ti.name + "'");
     tensor_index_[ti.name] = tensors_.size();
     tensors_.push_back(std::move(ti));

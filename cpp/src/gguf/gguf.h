@@ -50,6 +50,9 @@ class GGUFFile {
   // Maps and parses `path`. Throws Error (Io / Format / Unsupported) with a message naming the
   // file and what is wrong. Nothing is left mapped on failure.
   static std::unique_ptr<GGUFFile> open(const std::string& path);
+  // Parses a GGUF image already in memory (not copied: `data` must outlive the GGUFFile). `name`
+  // stands for the path in messages. Same validation and errors as open(); used by the fuzzers.
+  static std::unique_ptr<GGUFFile> from_memory(const void* data, size_t size, const std::string& name);
   ~GGUFFile();
   GGUFFile(const GGUFFile&) = delete;
   GGUFFile& operator=(const GGUFFile&) = delete;
@@ -86,6 +89,7 @@ class GGUFFile {
   std::string path_;
   int fd_ = -1;
   const uint8_t* base_ = nullptr;
+  bool mapped_ = false;  // base_ is our mmap (open), not a caller's buffer (from_memory)
   size_t size_ = 0;
   uint32_t version_ = 0;
   size_t alignment_ = 32;

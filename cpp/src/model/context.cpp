@@ -5,6 +5,7 @@
 #include <new>
 #include <thread>
 
+#include "common/alloc.h"
 #include "common/error.h"
 
 namespace headkv {
@@ -16,17 +17,9 @@ int default_threads(int n) {
   return hc ? (int)hc : 1;
 }
 
-// Allocates a float buffer, turning failure into a typed error that names the size.
-void alloc(std::vector<float>& v, uint64_t n, const char* what) {
-  const uint64_t bytes = n * sizeof(float);
-  if (n > std::numeric_limits<size_t>::max() / sizeof(float))
-    fail(ErrorKind::OutOfMemory, std::string(what) + ": request too large");
-  try {
-    v.assign((size_t)n, 0.0f);
-  } catch (const std::bad_alloc&) {
-    fail(ErrorKind::OutOfMemory, std::string("cannot allocate ") + what + ": " + std::to_string(bytes) + " bytes requested");
-  }
-}
+// Allocates a float buffer after checking the size against the memory available (common/alloc.h):
+// too large → OutOfMemory naming the requested and available bytes.
+void alloc(std::vector<float>& v, uint64_t n, const char* what) { checked_assign(v, n, what); }
 
 void check_kv_config(const KVConfig& kv) {
   auto bad = [](const std::string& m) { fail(ErrorKind::InvalidArgument, m); };
@@ -58,14 +51,21 @@ Context::Context(const Model& model, const ContextParams& p)
     }
   } else {
     // Full cache: 2 * layers * kv_heads * n_ctx * head_dim floats. Check before allocating.
+    const std::string what = "the KV cache for n_ctx=" + std::to_string(n_ctx_);
     const uint64_t per_pos = 2ull * hp_.n_layer * hp_.n_head_kv * hp_.head_dim;
-    const uint64_t kv_floats = per_pos * (uint64_t)n_ctx_;
-    if (kv_floats / per_pos != (uint64_t)n_ctx_ || kv_floats > (1ull << 40))
-      fail(ErrorKind::OutOfMemory, "KV cache for n_ctx=" + std::to_string(n_ctx_) + " is too large");
+    const uint64_t kv_floats = checked_mul(per_pos, (uint64_t)n_ctx_, what);
+    check_alloc(checked_mul(kv_floats, sizeof(float), what), what);  // keys and values together
     alloc(k_, kv_floats / 2, "KV cache (keys)");
     alloc(v_, kv_floats / 2, "KV cache (values)");
   }
   const uint64_t B = (uint64_t)n_batch_;
+  {  // scratch for one chunk, all buffers together
+    const uint64_t d = std::max<int64_t>(hp_.n_embd, (int64_t)hp_.n_head * hp_.head_dim);
+    const uint64_t per_tok = hp_.n_embd + d + 2ull * hp_.n_head * hp_.head_dim + 2ull * hp_.n_head_kv * hp_.head_dim +
+                             2ull * hp_.n_ff;
+    check_alloc(checked_mul(checked_mul(B, per_tok, "activations"), sizeof(float), "activations"),
+                "activations for n_batch=" + std::to_string(n_batch_));
+  }
   alloc(x_, B * hp_.n_embd, "activations");
   alloc(xn_, B * std::max<int64_t>(hp_.n_embd, (int64_t)hp_.n_head * hp_.head_dim), "activations");
   alloc(q_, B * hp_.n_head * hp_.head_dim, "activations");
@@ -126,7 +126,9 @@ void Context::eval(const int32_t* tokens, int64_t n, bool all_logits) {
                                            std::to_string(kv_.max_new_tokens) + " decode slots reserved per head (raise max_new_tokens)");
   }
   const uint64_t rows = all_logits ? (uint64_t)n : 1;
-  if (logits_.size() < rows * hp_.n_vocab) alloc(logits_, rows * hp_.n_vocab, "logits");
+  if (logits_.size() < rows * hp_.n_vocab)
+    alloc(logits_, checked_mul(rows, (uint64_t)hp_.n_vocab, "logits"),
+          all_logits ? "logits for every token" : "logits");
   if (compressing() && !arena_) {
     if (n_past_ != 0) fail(ErrorKind::Internal, "compressed context without an arena after the prompt");
     try {

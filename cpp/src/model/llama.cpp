@@ -7,9 +7,12 @@
 
 namespace headkv {
 
-std::unique_ptr<Model> Model::load(const std::string& path) {
+std::unique_ptr<Model> Model::load(const std::string& path) { return load(GGUFFile::open(path)); }
+
+std::unique_ptr<Model> Model::load(std::unique_ptr<GGUFFile> file) {
   std::unique_ptr<Model> m(new Model());
-  m->file_ = GGUFFile::open(path);
+  m->file_ = std::move(file);
+  const std::string& path = m->file_->path();
   const std::string arch = m->file_->get_str_or("general.architecture", "");
   if (arch != "llama")
     fail(ErrorKind::Unsupported, path + ": architecture '" + arch + "' is not supported (headkv runs 'llama': Llama 2/3, Mistral, SmolLM2)");

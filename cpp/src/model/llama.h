@@ -44,6 +44,8 @@ class Model {
  public:
   // Throws Error (Io/Format/Unsupported) with a clear message; never returns a half-built model.
   static std::unique_ptr<Model> load(const std::string& path);
+  // Same, over an already parsed file (e.g. GGUFFile::from_memory; used by the fuzzers).
+  static std::unique_ptr<Model> load(std::unique_ptr<GGUFFile> file);
 
   const LlamaHParams& hparams() const { return hp_; }
   const Tokenizer& tokenizer() const { return *tok_; }

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "common/alloc.h"
 #include "common/error.h"
 #include "model/context.h"
 #include "quant/quant.h"
@@ -98,6 +99,11 @@ void Context::prefill_compressed(const int32_t* tokens, int64_t N, bool all_logi
   for (size_t i = 0; i < capacity.size(); ++i) capacity[i] = (int64_t)plan_->cap[i] + plan_->window + kv_.max_new_tokens;
   arena_ = std::make_unique<KVArena>(hp_.n_layer, (int)nkv, (int)hd, capacity);
 
+  {  // the prompt's activations and one layer's full K/V, checked before anything is allocated
+    const std::string what = "compressed prefill buffers for " + std::to_string(N) + " prompt tokens";
+    const uint64_t per_tok = (uint64_t)d + std::max<int64_t>(d, nh * hd) + 2 * nh * hd + 4 * nkv * hd;
+    check_alloc(checked_mul(checked_mul((uint64_t)N, per_tok, what), sizeof(float), what), what);
+  }
   std::vector<float> x(N * d), tmp(N * std::max<int64_t>(d, nh * hd)), q(N * nh * hd), att(N * nh * hd);
   std::vector<float> kc(N * nkv * hd), vc(N * nkv * hd);   // this layer's projections, token-major
   std::vector<float> K(nkv * N * hd), V(nkv * N * hd);      // this layer's full K/V, head-major

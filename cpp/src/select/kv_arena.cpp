@@ -5,6 +5,7 @@
 #include <new>
 #include <string>
 
+#include "common/alloc.h"
 #include "common/error.h"
 
 namespace headkv {
@@ -21,9 +22,9 @@ KVArena::KVArena(int n_layer, int n_head_kv, int head_dim, const std::vector<int
     offsets_[i + 1] = offsets_[i] + capacity[i];
   }
   const uint64_t entries = (uint64_t)offsets_.back();
-  const uint64_t need = entries * entry_bytes(head_dim);
-  if (entries != 0 && need / entries != entry_bytes(head_dim))
-    fail(ErrorKind::OutOfMemory, "KV arena: size overflows");
+  const std::string what = "the KV arena (" + std::to_string(entries) + " entries)";
+  const uint64_t need = checked_mul(entries, entry_bytes(head_dim), what);
+  check_alloc(need, what);
   try {
     k_.resize((size_t)entries * head_dim);
     v_.resize((size_t)entries * head_dim);
@@ -32,7 +33,8 @@ KVArena::KVArena(int n_layer, int n_head_kv, int head_dim, const std::vector<int
     k_ = {};
     v_ = {};
     pos_ = {};
-    fail(ErrorKind::OutOfMemory, "cannot allocate the KV arena: " + std::to_string(need) + " bytes requested");
+    fail(ErrorKind::OutOfMemory, "cannot allocate the KV arena: " + std::to_string(need) + " bytes requested, " +
+                                     std::to_string(available_memory_bytes()) + " bytes available");
   }
   used_.assign(capacity.size(), 0);
 }

@@ -104,6 +104,8 @@ ModelInfo model_info(const GGUFFile& f) {
 
 namespace {
 
+constexpr int kMaxGrid = 4096;  // layers and heads per layer, as in the headkv format's bounds
+
 std::string head_name(int l, int h) { return std::to_string(l) + "-" + std::to_string(h); }
 
 std::string describe(double v) {
@@ -165,6 +167,9 @@ HeadScores load_official(const std::string& path, const JsonValue& doc) {
     }
     const double mean = sum / (double)list.size();
     check_value(path, where + " mean", mean);
+    if (l >= kMaxGrid || h >= kMaxGrid)
+      fail(ErrorKind::Format, path + ": " + where + " is outside the largest supported grid (" +
+                                  std::to_string(kMaxGrid) + " layers x " + std::to_string(kMaxGrid) + " heads)");
     entries.push_back({l, h, mean});
     max_l = std::max(max_l, l), max_h = std::max(max_h, h);
   }
@@ -173,15 +178,19 @@ HeadScores load_official(const std::string& path, const JsonValue& doc) {
   s.n_layer = max_l + 1;
   s.n_head = max_h + 1;
   if ((int64_t)s.n_layer * s.n_head != (int64_t)entries.size()) {
-    // Find the first missing head for the message.
-    std::vector<char> seen((size_t)s.n_layer * s.n_head, 0);
-    for (const Entry& e : entries) seen[(size_t)e.l * s.n_head + e.h] = 1;
-    for (int l = 0; l < s.n_layer; ++l)
-      for (int h = 0; h < s.n_head; ++h)
-        if (!seen[(size_t)l * s.n_head + h])
-          fail(ErrorKind::Format, path + ": head " + head_name(l, h) + " is missing; keys imply " +
-                                      std::to_string(s.n_layer) + " layers x " + std::to_string(s.n_head) +
-                                      " heads but the file has " + std::to_string(entries.size()) + " entries");
+    // Keys are unique, so fewer entries than the grid: name the first missing head (in grid order)
+    // without allocating the grid, which the keys alone could make huge.
+    std::sort(entries.begin(), entries.end(),
+              [](const Entry& a, const Entry& b) { return a.l != b.l ? a.l < b.l : a.h < b.h; });
+    int64_t want = 0;
+    for (const Entry& e : entries) {
+      if ((int64_t)e.l * s.n_head + e.h != want) break;
+      ++want;
+    }
+    fail(ErrorKind::Format, path + ": head " + head_name((int)(want / s.n_head), (int)(want % s.n_head)) +
+                                " is missing; keys imply " + std::to_string(s.n_layer) + " layers x " +
+                                std::to_string(s.n_head) + " heads but the file has " +
+                                std::to_string(entries.size()) + " entries");
   }
   s.score.assign((size_t)s.n_layer * s.n_head, 0.0);
   for (const Entry& e : entries) s.score[(size_t)e.l * s.n_head + e.h] = e.mean;
@@ -241,11 +250,16 @@ HeadScores load_headkv(const std::string& path, const JsonValue& doc) {
 
 }  // namespace
 
-HeadScores load_scores(const std::string& path, const ModelInfo* expect) {
+namespace {
+
+JsonParseOptions score_json_options() {
   JsonParseOptions opt;
   opt.allow_nonfinite = true;  // so NaN/Infinity get a message naming the head (check_value)
   opt.max_depth = 16;
-  const JsonValue doc = json_parse_file(path, opt);
+  return opt;
+}
+
+HeadScores scores_from_doc(const std::string& path, const JsonValue& doc, const ModelInfo* expect) {
   if (!doc.is_object())
     fail(ErrorKind::Format, path + ": expected a JSON object at the top level, got " + JsonValue::type_name(doc.type()));
   HeadScores s;
@@ -271,6 +285,16 @@ HeadScores load_scores(const std::string& path, const ModelInfo* expect) {
     }
   }
   return s;
+}
+
+}  // namespace
+
+HeadScores load_scores(const std::string& path, const ModelInfo* expect) {
+  return scores_from_doc(path, json_parse_file(path, score_json_options()), expect);
+}
+
+HeadScores parse_scores(const std::string& text, const std::string& source, const ModelInfo* expect) {
+  return scores_from_doc(source, json_parse(text, score_json_options(), source), expect);
 }
 
 void check_scores(const HeadScores& s, int n_layer, int n_head) {

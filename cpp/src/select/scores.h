@@ -64,6 +64,8 @@ struct HeadScores {
 // will be used with (see above). Errors: Io (cannot read), Format (malformed JSON, wrong layout,
 // bad values), Unsupported (newer version), InvalidArgument (model mismatch).
 HeadScores load_scores(const std::string& path, const ModelInfo* expect = nullptr);
+// Same, from the file's text already in memory; `source` names it in messages (used by the fuzzer).
+HeadScores parse_scores(const std::string& text, const std::string& source, const ModelInfo* expect = nullptr);
 
 // Checks that `s` is usable for a model with this shape: n_layer x n_head scores, all finite and
 // >= 0. Throws InvalidArgument naming expected vs got.

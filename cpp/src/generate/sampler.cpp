@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <unordered_set>
 
@@ -21,7 +22,10 @@ Sampler::Sampler(const SamplerParams& p) : p_(p), rng_(p.seed) {
 
 int32_t Sampler::sample(const float* logits, int32_t n_vocab, const std::vector<int32_t>& history) {
   cand_.resize(n_vocab);
-  for (int32_t i = 0; i < n_vocab; ++i) cand_[i] = {logits[i], i};
+  // A NaN logit (a corrupt model can produce them) would break the sort's strict weak ordering,
+  // which is undefined behaviour: NaN ranks below every number instead.
+  for (int32_t i = 0; i < n_vocab; ++i)
+    cand_[i] = {std::isnan(logits[i]) ? -std::numeric_limits<float>::infinity() : logits[i], i};
 
   if (p_.repeat_penalty != 1.0f && p_.repeat_last_n > 0) {
     std::unordered_set<int32_t> seen;

@@ -1,9 +1,45 @@
-// CUDA backend entry point. The kernels of the CUDA issue land here; for now the backend only
-// reports the devices it can see, so that the build (HEADKV_CUDA=AUTO|ON) is exercised.
+// CUDA backend: device discovery and memory accounting.
 #include <cuda_runtime.h>
+
+#include "device_buffer.cuh"
 
 extern "C" int headkv_cuda_device_count(void) {
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
   return n;
 }
+
+namespace headkv::cu {
+
+MemCounter& mem_counter() {
+  static MemCounter c;
+  return c;
+}
+
+}  // namespace headkv::cu
+
+extern "C" void headkv_cuda_reset_peak(void) {
+  headkv::cu::MemCounter& c = headkv::cu::mem_counter();
+  c.peak.store(c.cur.load());
+}
+
+namespace headkv::cu {
+
+uint64_t device_free_bytes() {
+  if (headkv_cuda_device_count() < 1) fail(ErrorKind::Unsupported, "device 'cuda': no CUDA device is visible");
+  size_t free_b = 0, total_b = 0;
+  check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+  return free_b;
+}
+
+void require_device_bytes(uint64_t bytes, const std::string& what, uint64_t reserve) {
+  const uint64_t free_b = device_free_bytes();
+  if (bytes + reserve > free_b)
+    fail(ErrorKind::OutOfMemory, what + " needs " + std::to_string(bytes) + " bytes of GPU memory but only " +
+                                     std::to_string(free_b > reserve ? free_b - reserve : 0) + " bytes are free");
+}
+
+}  // namespace headkv::cu

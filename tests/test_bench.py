@@ -105,7 +105,7 @@ def test_pg_and_threads_cross_product(bench, smollm2):
     (["--kv-method", "full,h2o"], "not available in this build"),
     (["--kv-method", "snapkv", "-d", "16"], "not defined"),
     (["--kv-method", "bogus"], "unknown --kv-method"),
-    (["--device", "cuda"], "not available in this build"),
+    (["--device", "cuda"], "not available"),
     (["-o", "xml"], "-o must be"),
     (["-p", "abc"], "bad integer"),
     (["--frobnicate"], "unknown argument"),

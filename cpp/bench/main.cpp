@@ -40,7 +40,7 @@ using Clock = std::chrono::steady_clock;
 // ---------------------------------------------------------------------------------- options
 
 const char* const kKvMethods[] = {"full", "headkv", "snapkv", "pyramidkv", "adakv", "streaming", "streamingllm", "h2o"};
-const char* const kDevices[] = {"cpu", "cuda", "auto"};
+const char* const kDevices[] = {"cpu", "cuda", "cuda-fp32", "auto"};
 
 struct Options {
   std::vector<std::string> models;
@@ -197,9 +197,9 @@ Options parse_args(int argc, char** argv) {
   }
   for (const auto& d : o.devices) {
     if (std::find(std::begin(kDevices), std::end(kDevices), d) == std::end(kDevices))
-      die("unknown --device '" + d + "' (cpu, cuda, auto)");
-    // The C API has no device selection yet: everything runs on the CPU backend.
-    if (d == "cuda") die("--device cuda: not available in this build (the C API selects no device yet)");
+      die("unknown --device '" + d + "' (cpu, cuda, cuda-fp32, auto)");
+    if (d != "cpu" && d != "auto" && hk_cuda_device_count() < 1)
+      die("--device " + d + ": not available (the CUDA backend is not built or no CUDA device is visible)");
   }
   for (const auto& m : o.kv_methods) {
     if (std::find(std::begin(kKvMethods), std::end(kKvMethods), m) == std::end(kKvMethods))
@@ -332,7 +332,7 @@ struct Test {
 struct Result {
   Test t;
   std::vector<double> samples_ns;
-  uint64_t weight_bytes = 0, kv_bytes = 0, kv_bytes_read = 0, peak_rss = 0;
+  uint64_t weight_bytes = 0, kv_bytes = 0, kv_bytes_read = 0, peak_rss = 0, peak_device = 0;
   int n_vocab = 0, n_ctx = 0;
   double bandwidth_gbps = 0;
   std::string bandwidth_source;
@@ -419,7 +419,9 @@ struct Runner {
     const int32_t bos = hk_model_bos(model);
 
     reset_peak_rss();
+    hk_reset_peak_device_bytes();
     hk_context_params cp = hk_context_default_params();
+    cp.device = t.device.c_str();
     cp.n_ctx = t.n_ctx();
     cp.n_threads = t.n_threads;
     cp.n_batch = t.n_batch;
@@ -463,6 +465,7 @@ struct Runner {
     double mean_fill = t.n_depth + t.n_prompt + (t.n_gen + 1) / 2.0;
     r.kv_bytes_read = r.n_ctx > 0 ? (uint64_t)(r.kv_bytes * std::min(1.0, mean_fill / r.n_ctx)) : 0;
     r.peak_rss = peak_rss_bytes();
+    r.peak_device = hk_context_peak_device_bytes(ctx);
     hk_context_free(ctx);
     r.bandwidth_gbps = bandwidth(t.n_threads, &r.bandwidth_source);
     return r;
@@ -514,7 +517,7 @@ std::string to_json(const Result& r, const Env& e, const std::string& indent) {
     << in << "\"build\": " << json_str("headkv " + e.version) << ",\n"
     << in << "\"cpu_info\": " << json_str(e.cpu) << ",\n"
     << in << "\"device\": " << json_str(r.t.device) << ",\n"
-    << in << "\"device_name\": " << json_str(r.t.device == "cuda" ? "n/a" : e.cpu) << ",\n"
+    << in << "\"device_name\": " << json_str(r.t.device.rfind("cuda", 0) == 0 ? "n/a" : e.cpu) << ",\n"
     << in << "\"model_filename\": " << json_str(r.t.model) << ",\n"
     << in << "\"model_size\": " << r.weight_bytes << ",\n"
     << in << "\"n_vocab\": " << r.n_vocab << ",\n"
@@ -541,7 +544,7 @@ std::string to_json(const Result& r, const Env& e, const std::string& indent) {
     << in << "\"kv_bytes\": " << r.kv_bytes << ",\n"
     << in << "\"kv_bytes_read\": " << r.kv_bytes_read << ",\n"
     << in << "\"peak_rss_bytes\": " << r.peak_rss << ",\n"
-    << in << "\"peak_device_bytes\": 0,\n"
+    << in << "\"peak_device_bytes\": " << r.peak_device << ",\n"
     << in << "\"bandwidth_gbps\": " << json_num(r.bandwidth_gbps) << ",\n"
     << in << "\"bandwidth_source\": " << json_str(r.bandwidth_source) << ",\n"
     << in << "\"bytes_per_token\": " << (r.decode_only() ? json_num(r.bytes_per_token()) : "null") << ",\n"

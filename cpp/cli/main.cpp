@@ -22,6 +22,7 @@ struct Args {
   hk_sampler_params sp = hk_sampler_default_params();
   hk_context_params cp = hk_context_default_params();
   std::string kv_method = "full", scores;
+  std::string device = "cpu";
 };
 
 const char* kUsage =
@@ -42,7 +43,7 @@ const char* kUsage =
     "  -s, --seed N            RNG seed\n"
     "      --chat              treat the prompt as a user message and apply the model's chat format\n"
     "      --system TEXT       system message for --chat\n"
-    "      --device cpu        compute device (only cpu in this build)\n"
+    "      --device D          cpu (default), cuda, cuda-fp32 (where the CUDA backend is built)\n"
     "KV cache compression (the prompt is compressed per KV head; see README):\n"
     "      --kv-method M       full (default), snapkv, streaming, pyramidkv, adakv, headkv\n"
     "      --kv-budget B       KV entries per KV head on average, window included (default 128)\n"
@@ -123,7 +124,9 @@ Args parse(int argc, char** argv) {
   }
   if (a.model.empty()) die("no model given (-m MODEL)");
   if (!have_prompt) die("no prompt given (-p PROMPT or -f FILE)");
-  if (device != "cpu") die("device '" + device + "' is not available in this build (supported: cpu)");
+  if (device != "cpu" && device != "cuda" && device != "cuda-fp32")
+    die("device '" + device + "' is not supported (cpu, cuda, cuda-fp32)");
+  a.device = device;
   if (a.n_ctx < 0 || a.n_threads < 0 || a.n_batch <= 0) die("--ctx-size, --threads must be >= 0 and --batch-size > 0");
   return a;
 }
@@ -168,6 +171,7 @@ int main(int argc, char** argv) {
 
   hk_context_params cp = a.cp;
   cp.kv_method = a.kv_method.c_str();
+  cp.device = a.device.c_str();
   cp.kv_scores = a.scores.empty() ? nullptr : a.scores.c_str();
   if (a.n_predict >= 0) cp.kv_max_new_tokens = a.n_predict + 1;
   cp.n_ctx = a.n_ctx;

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "backend/session.h"
 #include "common/error.h"
 #include "generate/sampler.h"
 #include "model/context.h"
@@ -18,9 +19,10 @@ namespace {
 
 struct Engine {
   std::unique_ptr<Model> model;
-  std::unique_ptr<Context> ctx;
+  std::unique_ptr<Session> ctx;
 
-  Engine(const std::string& path, int n_ctx, int n_threads, int n_batch, const KVConfig& kv) {
+  Engine(const std::string& path, int n_ctx, int n_threads, int n_batch, const KVConfig& kv,
+         const std::string& device = "cpu") {
     {
       py::gil_scoped_release nogil;
       model = Model::load(path);
@@ -30,7 +32,7 @@ struct Engine {
     p.n_threads = n_threads;
     p.n_batch = n_batch;
     p.kv = kv;
-    ctx = std::make_unique<Context>(*model, p);
+    ctx = std::make_unique<Session>(*model, p, device);
   }
 
   py::dict kv_stats() const {
@@ -40,36 +42,49 @@ struct Engine {
     d["bytes_held"] = ctx->kv_bytes();
     d["bytes_full"] = ctx->full_kv_bytes();
     d["prefill_peak_bytes"] = ctx->prefill_peak_kv_bytes();
-    const KVArena* a = ctx->arena();
-    d["entry_bytes"] = KVArena::entry_bytes(hp.head_dim);
-    if (!a) return d;
+    d["entry_bytes"] = ctx->entry_bytes();
+    d["device"] = ctx->device();
+    d["peak_device_bytes"] = ctx->peak_device_bytes();
+    if (!ctx->has_arena()) return d;
     py::array_t<int64_t> cap({(int64_t)hp.n_layer, (int64_t)hp.n_head_kv}), used({(int64_t)hp.n_layer, (int64_t)hp.n_head_kv});
     for (int l = 0; l < hp.n_layer; ++l)
       for (int g = 0; g < hp.n_head_kv; ++g) {
-        cap.mutable_at(l, g) = a->capacity(l, g);
-        used.mutable_at(l, g) = a->used(l, g);
+        cap.mutable_at(l, g) = ctx->capacity(l, g);
+        used.mutable_at(l, g) = ctx->used(l, g);
       }
     d["capacity"] = cap;
     d["used"] = used;
-    d["bytes_used"] = a->bytes_used();
+    d["bytes_used"] = ctx->bytes_used();
     const BudgetPlan* p = ctx->plan();
     py::array_t<int32_t> caps({(int64_t)hp.n_layer, (int64_t)hp.n_head_kv});
     std::copy(p->cap.begin(), p->cap.end(), caps.mutable_data());
     d["caps"] = caps;
     d["window"] = p->window;
     d["compressed"] = p->compressed;
+    const auto sc = ctx->selection_scores();
+    if (!sc.empty()) {
+      py::list layers;
+      for (const auto& l : sc) {
+        const int64_t P = hp.n_head_kv ? (int64_t)l.size() / hp.n_head_kv : 0;
+        py::array_t<float> arr({(int64_t)hp.n_head_kv, P});
+        std::copy(l.begin(), l.end(), arr.mutable_data());
+        layers.append(arr);
+      }
+      d["selection_scores"] = layers;
+    }
     return d;
   }
 
   py::list kv_positions() const {
-    const KVArena* a = ctx->arena();
-    if (!a) fail(ErrorKind::InvalidArgument, "kv_positions needs a compressing KV method after the prompt was evaluated");
+    if (!ctx->has_arena()) fail(ErrorKind::InvalidArgument, "kv_positions needs a compressing KV method after the prompt was evaluated");
+    const LlamaHParams& hp = model->hparams();
     py::list layers;
-    for (int l = 0; l < a->n_layer(); ++l) {
+    for (int l = 0; l < hp.n_layer; ++l) {
       py::list heads;
-      for (int g = 0; g < a->n_head_kv(); ++g) {
-        py::array_t<int32_t> pos(a->used(l, g));
-        std::copy_n(a->pos(l, g), a->used(l, g), pos.mutable_data());
+      for (int g = 0; g < hp.n_head_kv; ++g) {
+        const std::vector<int32_t> p = ctx->positions(l, g);
+        py::array_t<int32_t> pos((int64_t)p.size());
+        std::copy(p.begin(), p.end(), pos.mutable_data());
         heads.append(pos);
       }
       layers.append(heads);
@@ -140,6 +155,8 @@ struct Engine {
 }  // namespace
 
 void bind_model(py::module_& m) {
+  m.def("cuda_device_count", &cuda_devices, "CUDA devices visible to the CUDA backend (0 without it)");
+  m.def("cuda_built", &cuda_backend_built, "whether this build has the CUDA backend");
   py::class_<KVConfig>(m, "KVConfigNative")
       .def(py::init([](const std::string& method, int budget, int window, double beta, double temp, int kernel,
                        const std::string& pooling, const std::string& scores, int max_new_tokens) {
@@ -162,8 +179,9 @@ void bind_model(py::module_& m) {
            py::arg("max_new_tokens") = 512);
 
   py::class_<Engine>(m, "Engine")
-      .def(py::init<const std::string&, int, int, int, const KVConfig&>(), py::arg("path"), py::arg("n_ctx") = 0,
-           py::arg("n_threads") = 0, py::arg("n_batch") = 512, py::arg("kv") = KVConfig{})
+      .def(py::init<const std::string&, int, int, int, const KVConfig&, const std::string&>(), py::arg("path"),
+           py::arg("n_ctx") = 0, py::arg("n_threads") = 0, py::arg("n_batch") = 512, py::arg("kv") = KVConfig{},
+           py::arg("device") = "cpu")
       .def("kv_stats", &Engine::kv_stats)
       .def("kv_positions", &Engine::kv_positions)
       .def("tokenize", &Engine::tokenize, py::arg("text"), py::arg("add_bos") = false, py::arg("special") = false)

@@ -24,7 +24,9 @@ class Model:
         n_ctx: context window in tokens; 0 = the model's training context.
         n_threads: CPU threads; None = all cores.
         n_batch: tokens per prefill chunk.
-        device: ``"cpu"`` (``"cuda"`` where the CUDA backend is built).
+        device: ``"cpu"``; ``"cuda"`` (GPU, fp16 tensor-core prefill GEMMs) or ``"cuda-fp32"`` (GPU,
+            fp32 GEMMs: the CPU backend's arithmetic up to summation order) where the CUDA backend
+            is built. The GPU keeps the KV cache in fp16.
         kv: a :class:`KVConfig` (KV compression method and budget); keyword shortcuts
             ``kv_method=..., kv_budget=..., scores=..., beta=..., window=..., pooling=..., kernel=...``.
     """
@@ -32,7 +34,9 @@ class Model:
     def __init__(self, model_path: Union[str, os.PathLike], n_ctx: int = 0, n_threads: Optional[int] = None,
                  n_batch: int = 512, device: str = "cpu", verbose: bool = False, kv: Optional[KVConfig] = None,
                  kv_method: Optional[str] = None, kv_budget: Optional[int] = None, **kv_kwargs):
-        if device != "cpu":
+        if device not in ("cpu", "cuda", "cuda-fp32"):
+            raise UnsupportedError(f"device {device!r} is not supported ('cpu', 'cuda', 'cuda-fp32')")
+        if device != "cpu" and not _core.cuda_built():
             raise UnsupportedError(f"device {device!r} is not available in this build (supported: 'cpu')")
         for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_threads", n_threads or 0)):
             if not isinstance(v, int) or v < 0:
@@ -49,7 +53,8 @@ class Model:
                 raise InvalidArgumentError(f"unknown argument {k!r}")
             setattr(kv, k, v)
         self.kv = kv
-        self._e = _core.Engine(self.model_path, n_ctx, n_threads or 0, n_batch, kv.native())
+        self.device = device
+        self._e = _core.Engine(self.model_path, n_ctx, n_threads or 0, n_batch, kv.native(), device)
         self.verbose = verbose
 
     # ---- properties ----

@@ -71,6 +71,7 @@ typedef struct hk_context_params {
   int32_t kv_avg_pool;       /* 0: max pooling (default), 1: average pooling */
   const char* kv_scores;     /* HeadKV head-score file (official or headkv JSON) */
   int32_t kv_max_new_tokens; /* decode slots reserved per KV head (512) */
+  const char* device;        /* NULL/"cpu", "cuda" (GPU, fp16 prefill GEMMs) or "cuda-fp32" (fp32 GEMMs) */
 } hk_context_params;
 
 hk_context_params hk_context_default_params(void);
@@ -86,6 +87,12 @@ hk_status hk_eval(hk_context* ctx, const int32_t* tokens, size_t n);
 const float* hk_logits(const hk_context* ctx);
 /* Bytes held by the KV cache of this context. */
 uint64_t hk_context_kv_bytes(const hk_context* ctx);
+/* Peak bytes of GPU memory allocated by the CUDA backend in this process (0 on the CPU). */
+uint64_t hk_context_peak_device_bytes(const hk_context* ctx);
+/* CUDA devices the CUDA backend can use (0 when it is not built or no device is visible). */
+int hk_cuda_device_count(void);
+/* Restarts the peak of hk_context_peak_device_bytes at the bytes allocated now. */
+void hk_reset_peak_device_bytes(void);
 
 /* ---- sampling ---- */
 typedef struct hk_sampler_params {

@@ -7,6 +7,7 @@
 #include <new>
 #include <string>
 
+#include "backend/session.h"
 #include "common/error.h"
 #include "generate/sampler.h"
 #include "model/context.h"
@@ -16,7 +17,7 @@ struct hk_model {
   std::unique_ptr<headkv::Model> m;
 };
 struct hk_context {
-  std::unique_ptr<headkv::Context> c;
+  std::unique_ptr<headkv::Session> c;
 };
 struct hk_sampler {
   std::unique_ptr<headkv::Sampler> s;
@@ -96,7 +97,7 @@ size_t hk_token_to_piece(const hk_model* model, int32_t token, char* buf, size_t
 hk_context_params hk_context_default_params(void) {
   const headkv::KVConfig kv;
   return hk_context_params{0, 0, 512, nullptr, kv.budget, kv.window, (float)kv.beta, kv.kernel, 0, nullptr,
-                           kv.max_new_tokens};
+                           kv.max_new_tokens, nullptr};
 }
 
 hk_status hk_context_new(const hk_model* model, const hk_context_params* p, hk_context** out) {
@@ -117,7 +118,7 @@ hk_status hk_context_new(const hk_model* model, const hk_context_params* p, hk_c
     if (d.kv_scores) cp.kv.scores = d.kv_scores;
     cp.kv.max_new_tokens = d.kv_max_new_tokens;
     auto c = std::make_unique<hk_context>();
-    c->c = std::make_unique<headkv::Context>(*model->m, cp);
+    c->c = std::make_unique<headkv::Session>(*model->m, cp, d.device ? d.device : "cpu");
     *out = c.release();
   });
 }
@@ -127,6 +128,9 @@ int32_t hk_context_n_ctx(const hk_context* c) { return c->c->n_ctx(); }
 int32_t hk_context_n_past(const hk_context* c) { return c->c->n_past(); }
 void hk_context_reset(hk_context* c) { c->c->reset(); }
 uint64_t hk_context_kv_bytes(const hk_context* c) { return c->c->kv_bytes(); }
+uint64_t hk_context_peak_device_bytes(const hk_context* c) { return c->c->peak_device_bytes(); }
+int hk_cuda_device_count(void) { return headkv::cuda_devices(); }
+void hk_reset_peak_device_bytes(void) { headkv::cuda_reset_peak(); }
 const float* hk_logits(const hk_context* c) { return c->c->logits(); }
 
 hk_status hk_eval(hk_context* ctx, const int32_t* tokens, size_t n) {

@@ -1,0 +1,120 @@
+#include "backend/session.h"
+
+#include "common/error.h"
+#ifdef HEADKV_WITH_CUDA
+#include "backend/cuda_context.h"
+#endif
+
+#ifdef HEADKV_WITH_CUDA
+extern "C" int headkv_cuda_device_count(void);
+extern "C" void headkv_cuda_reset_peak(void);
+#endif
+
+namespace headkv {
+
+int cuda_devices() {
+#ifdef HEADKV_WITH_CUDA
+  return headkv_cuda_device_count();
+#else
+  return 0;
+#endif
+}
+
+void cuda_reset_peak() {
+#ifdef HEADKV_WITH_CUDA
+  headkv_cuda_reset_peak();
+#endif
+}
+
+bool cuda_backend_built() {
+#ifdef HEADKV_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+Session::Session(const Model& model, const ContextParams& params, const std::string& device) : device_(device) {
+  if (device == "cpu") {
+    cpu_ = std::make_unique<Context>(model, params);
+    return;
+  }
+  if (device != "cuda" && device != "cuda-fp32")
+    fail(ErrorKind::InvalidArgument, "unknown device '" + device + "' (cpu, cuda, cuda-fp32)");
+#ifdef HEADKV_WITH_CUDA
+  gpu_ = std::make_unique<CudaContext>(model, params, device == "cuda" ? CudaPrecision::Fast : CudaPrecision::Fp32);
+#else
+  fail(ErrorKind::Unsupported, "device '" + device + "' is not available: this build has no CUDA backend");
+#endif
+}
+
+Session::~Session() = default;
+
+#ifdef HEADKV_WITH_CUDA
+#define HK_DISPATCH(expr_cpu, expr_gpu) return cpu_ ? (expr_cpu) : (expr_gpu)
+#else
+#define HK_DISPATCH(expr_cpu, expr_gpu) return expr_cpu
+#endif
+
+void Session::eval(const int32_t* t, int64_t n, bool all) {
+  if (cpu_) return cpu_->eval(t, n, all);
+#ifdef HEADKV_WITH_CUDA
+  gpu_->eval(t, n, all);
+#endif
+}
+void Session::reset() {
+  if (cpu_) return cpu_->reset();
+#ifdef HEADKV_WITH_CUDA
+  gpu_->reset();
+#endif
+}
+const float* Session::logits() const { HK_DISPATCH(cpu_->logits(), gpu_->logits()); }
+const float* Session::logits_all() const { HK_DISPATCH(cpu_->logits_all(), gpu_->logits_all()); }
+int64_t Session::n_logit_rows() const { HK_DISPATCH(cpu_->n_logit_rows(), gpu_->n_logit_rows()); }
+const Model& Session::model() const { HK_DISPATCH(cpu_->model(), gpu_->model()); }
+int32_t Session::n_ctx() const { HK_DISPATCH(cpu_->n_ctx(), gpu_->n_ctx()); }
+int32_t Session::n_past() const { HK_DISPATCH(cpu_->n_past(), gpu_->n_past()); }
+int32_t Session::n_threads() const { HK_DISPATCH(cpu_->n_threads(), 1); }
+uint64_t Session::kv_bytes() const { HK_DISPATCH(cpu_->kv_bytes(), gpu_->kv_bytes()); }
+const std::vector<int32_t>& Session::history() const { HK_DISPATCH(cpu_->history(), gpu_->history()); }
+const KVConfig& Session::kv_config() const { HK_DISPATCH(cpu_->kv_config(), gpu_->kv_config()); }
+bool Session::compressing() const { HK_DISPATCH(cpu_->compressing(), gpu_->compressing()); }
+const BudgetPlan* Session::plan() const { HK_DISPATCH(cpu_->plan(), gpu_->plan()); }
+uint64_t Session::full_kv_bytes() const { HK_DISPATCH(cpu_->full_kv_bytes(), gpu_->full_kv_bytes()); }
+uint64_t Session::prefill_peak_kv_bytes() const {
+  HK_DISPATCH(cpu_->prefill_peak_kv_bytes(), gpu_->prefill_peak_kv_bytes());
+}
+uint64_t Session::entry_bytes() const {
+  const int hd = model().hparams().head_dim;
+  HK_DISPATCH(KVArena::entry_bytes(hd), CudaContext::entry_bytes(hd));
+}
+uint64_t Session::peak_device_bytes() const { HK_DISPATCH(0ull, gpu_->peak_device_bytes()); }
+bool Session::has_arena() const { HK_DISPATCH(cpu_->arena() != nullptr, gpu_->has_arena()); }
+int64_t Session::capacity(int l, int g) const { HK_DISPATCH(cpu_->arena()->capacity(l, g), gpu_->capacity(l, g)); }
+int64_t Session::used(int l, int g) const { HK_DISPATCH(cpu_->arena()->used(l, g), gpu_->used(l, g)); }
+uint64_t Session::bytes_used() const { HK_DISPATCH(cpu_->arena()->bytes_used(), gpu_->bytes_used()); }
+std::vector<std::vector<float>> Session::selection_scores() const {
+#ifdef HEADKV_WITH_CUDA
+  if (gpu_) return gpu_->selection_scores();
+#endif
+  return {};
+}
+
+void Session::set_attention_probe(bool on) {
+  if (!cpu_) fail(ErrorKind::Unsupported, "the attention probe runs on the CPU backend only (device 'cpu')");
+  cpu_->set_attention_probe(on);
+}
+
+std::vector<int32_t> Session::positions(int l, int g) const {
+  if (cpu_) {
+    const KVArena* a = cpu_->arena();
+    return std::vector<int32_t>(a->pos(l, g), a->pos(l, g) + a->used(l, g));
+  }
+#ifdef HEADKV_WITH_CUDA
+  return gpu_->positions(l, g);
+#else
+  return {};
+#endif
+}
+
+}  // namespace headkv

@@ -1,0 +1,68 @@
+// One inference sequence on a chosen device: the CPU Context or the CUDA backend's CudaContext,
+// behind one interface (what the C API, the Python binding and the tools use).
+//   device: "cpu", "cuda" (fp16 tensor-core prefill GEMMs) or "cuda-fp32" (fp32 GEMMs, the CPU
+//   backend's arithmetic up to summation order).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/context.h"
+
+namespace headkv {
+
+class CudaContext;
+
+bool cuda_backend_built();
+int cuda_devices();  // CUDA devices visible (0 without the backend, a driver or a device)
+void cuda_reset_peak();  // peak_device_bytes() restarts from the bytes allocated now
+
+class Session {
+ public:
+  Session(const Model& model, const ContextParams& params, const std::string& device = "cpu");
+  ~Session();
+
+  void eval(const int32_t* tokens, int64_t n, bool all_logits = false);
+  void reset();
+  const float* logits() const;
+  const float* logits_all() const;
+  int64_t n_logit_rows() const;
+  const Model& model() const;
+  int32_t n_ctx() const;
+  int32_t n_past() const;
+  int32_t n_threads() const;
+  uint64_t kv_bytes() const;
+  const std::vector<int32_t>& history() const;
+  const KVConfig& kv_config() const;
+  bool compressing() const;
+  const BudgetPlan* plan() const;
+  uint64_t full_kv_bytes() const;
+  uint64_t prefill_peak_kv_bytes() const;
+  uint64_t entry_bytes() const;        // bytes of one arena entry (K + V + position)
+  uint64_t peak_device_bytes() const;  // 0 on the CPU
+  const std::string& device() const { return device_; }
+
+  // Arena (compressing methods, after the prompt): false / empty otherwise.
+  bool has_arena() const;
+  int64_t capacity(int l, int g) const;
+  int64_t used(int l, int g) const;
+  std::vector<int32_t> positions(int l, int g) const;
+  uint64_t bytes_used() const;
+  std::vector<std::vector<float>> selection_scores() const;  // GPU debug (see cuda_context.h)
+
+  // Attention probe: CPU backend only (Unsupported on the GPU).
+  void set_attention_probe(bool on);
+  bool attention_probe() const { return cpu_ && cpu_->attention_probe(); }
+  const float* probe() const { return cpu_ ? cpu_->probe() : nullptr; }
+  int64_t probe_n() const { return cpu_ ? cpu_->probe_n() : 0; }
+
+  Context* cpu() { return cpu_.get(); }
+
+ private:
+  std::string device_;
+  std::unique_ptr<Context> cpu_;
+  std::unique_ptr<CudaContext> gpu_;
+};
+
+}  // namespace headkv

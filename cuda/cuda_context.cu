@@ -1,0 +1,659 @@
+// CudaContext: the CUDA backend's inference sequence (see cpp/src/backend/cuda_context.h).
+//
+// KV storage is one per-head ragged arena on the device (fp16 K and V, int32 positions, CSR
+// segment offsets, per-segment used counts): the full cache is the arena with n_ctx entries per
+// segment, a compressing method sizes it from the budget plan before the prompt runs.
+//   prefill (compressing): layer by layer over the whole prompt in chunks of `ub` tokens; the
+//     layer's K/V (fp32, head-major) sit in one buffer, the chunk's queries attend to it (flash
+//     attention), then selection runs on the GPU and gathers the kept entries into the arena.
+//   prefill (full) / multi-token evals: chunks of `ub` tokens through all layers, K/V appended to
+//     the arena, flash attention over each head's segment.
+//   decode (1 token): matvec kernels + split-K ragged attention, captured once as a CUDA graph
+//     (position and lengths are read from device memory, so every step replays the same graph).
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <optional>
+#include <string>
+
+#include "backend/cuda_context.h"
+#include "common.cuh"
+#include "device_buffer.cuh"
+#include "kernels.cuh"
+#include "weights.cuh"
+
+namespace headkv {
+
+using namespace cu;
+
+namespace {
+
+void check_kv_config(const KVConfig& kv) {
+  auto bad = [](const std::string& m) { fail(ErrorKind::InvalidArgument, m); };
+  if (kv.window < 1) bad("window must be >= 1");
+  if (kv.kernel < 1 || kv.kernel % 2 == 0) bad("pooling kernel must be an odd number >= 1");
+  if (kv.max_new_tokens < 0) bad("max_new_tokens must be >= 0");
+  if (kv.sink < 0) bad("sink must be >= 0");
+  if (!(kv.adakv_floor >= 0 && kv.adakv_floor <= 1)) bad("adakv floor must be in [0, 1]");
+}
+
+constexpr int kKeysPerItem = 64, kMaxSplits = 2048;
+
+}  // namespace
+
+struct CudaContext::Impl {
+  const Model& model;
+  const LlamaHParams& hp;
+  KVConfig kv;
+  BudgetMethod method = BudgetMethod::Full;
+  std::optional<HeadScores> scores;
+  std::optional<BudgetPlan> plan;
+  bool half_gemm = true;
+  int32_t n_ctx = 0, ub = 2048, n_past = 0;
+  std::shared_ptr<DevModel> dm;
+  cudaStream_t st = nullptr;
+
+  // arena
+  bool arena = false;
+  DBuf<__half> ak, av;
+  DBuf<int32_t> apos, used;
+  DBuf<int64_t> seg_off;
+  std::vector<int64_t> h_off;
+  std::vector<int32_t> h_used;
+  // decode work items
+  DBuf<int32_t> item_head, item_split, head_splits, head_first;
+  std::vector<int32_t> layer_item0, layer_items;
+  DBuf<float> part;
+  // chunk scratch
+  DBuf<float> x, xn, q, k, v, att, gate, up;
+  DBuf<__half> xh;
+  DBuf<uint8_t> wscratch;
+  int64_t wscratch_elems = 0;
+  DBuf<int32_t> tok;
+  DBuf<float> logits_d;
+  std::vector<float> logits_h;
+  int64_t n_logit_rows = 0;
+  // decode graph
+  DBuf<int32_t> step_in;  // [0] token, [1] position
+  int32_t* step_host = nullptr;
+  cudaGraphExec_t graph = nullptr;
+  std::vector<int32_t> history;
+  uint64_t prefill_peak = 0;
+  // HEADKV_KEEP_SELECTION_SCORES=1: pooled window scores of every layer kept on the host (tests).
+  bool keep_scores = std::getenv("HEADKV_KEEP_SELECTION_SCORES") != nullptr;
+  std::vector<std::vector<float>> sel_scores;
+
+  Impl(const Model& m, const ContextParams& p, CudaPrecision prec) : model(m), hp(m.hparams()), kv(p.kv) {
+    if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0)
+      fail(ErrorKind::InvalidArgument, "n_ctx, n_batch and n_threads must be >= 0");
+    half_gemm = prec == CudaPrecision::Fast;
+    n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
+    ub = std::min<int32_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
+    method = parse_budget_method(kv.method);
+    if (method != BudgetMethod::Full) {
+      check_kv_config(kv);
+      if (kv.budget <= kv.window)
+        fail(ErrorKind::InvalidArgument, "KV budget " + std::to_string(kv.budget) + " must be larger than the window " +
+                                             std::to_string(kv.window));
+      if (method == BudgetMethod::HeadKV) {
+        if (kv.scores.empty()) fail(ErrorKind::InvalidArgument, "method 'headkv' needs a head score file (scores=...)");
+        const ModelInfo info = model_info(m.file());
+        scores = load_scores(kv.scores, &info);
+      }
+    }
+    if (device_free_bytes() == 0) fail(ErrorKind::OutOfMemory, "no free GPU memory");
+    // Everything this context needs at construction, checked before the first allocation.
+    const uint64_t L = hp.n_layer, H = hp.n_head_kv, hd = hp.head_dim;
+    const uint64_t full_kv = method == BudgetMethod::Full ? (uint64_t)n_ctx * L * H * CudaContext::entry_bytes((int)hd) : 0;
+    dm = DevModel::get(m);
+    require_device_bytes(full_kv + scratch_bytes(ub), "a context with n_ctx=" + std::to_string(n_ctx) + " (KV cache " +
+                                                          std::to_string(full_kv) + " bytes + scratch)");
+    check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
+    blas_init(st);
+    alloc_scratch(ub);
+    step_in.alloc(2, "decode step input");
+    check(cudaMallocHost(&step_host, 2 * sizeof(int32_t)), "pinned step buffer");
+    if (method == BudgetMethod::Full) {
+      std::vector<int64_t> cap((size_t)L * H, n_ctx);
+      make_arena(cap);
+    }
+  }
+
+  ~Impl() {
+    if (graph) cudaGraphExecDestroy(graph);
+    if (step_host) cudaFreeHost(step_host);
+    if (st) {
+      cudaStreamSynchronize(st);
+      cudaStreamDestroy(st);
+    }
+  }
+
+  int64_t qdim() const { return (int64_t)hp.n_head * hp.head_dim; }
+  int64_t kvdim() const { return (int64_t)hp.n_head_kv * hp.head_dim; }
+
+  uint64_t scratch_bytes(int64_t C) const {
+    const int64_t d = hp.n_embd, ff = hp.n_ff, wmax = std::min<int64_t>(dm ? dm->max_weight_elems : 0, 64ll << 20);
+    const int64_t xs = std::max<int64_t>(d, qdim());
+    uint64_t b = (uint64_t)C * (d + xs + qdim() + 2 * kvdim() + qdim() + 2 * ff) * 4;
+    b += (uint64_t)C * std::max<int64_t>(xs, ff) * 2 + (uint64_t)wmax * (half_gemm ? 2 : 4);
+    return b;
+  }
+
+  void alloc_scratch(int64_t C) {
+    const int64_t d = hp.n_embd, ff = hp.n_ff, xs = std::max<int64_t>(d, qdim());
+    x.alloc(C * d, "activations");
+    xn.alloc(C * xs, "activations");
+    q.alloc(C * qdim(), "activations");
+    k.alloc(C * kvdim(), "activations");
+    v.alloc(C * kvdim(), "activations");
+    att.alloc(C * qdim(), "activations");
+    gate.alloc(C * ff, "activations");
+    up.alloc(C * ff, "activations");
+    xh.alloc(C * std::max<int64_t>(xs, ff), "activations (fp16)");
+    wscratch_elems = std::min<int64_t>(dm->max_weight_elems, 64ll << 20);
+    wscratch.alloc(wscratch_elems * (half_gemm ? 2 : 4), "dequantized weight scratch");
+    tok.alloc(C, "token ids");
+    logits_d.alloc(hp.n_vocab, "logits");
+  }
+
+  // ---- arena
+  void make_arena(const std::vector<int64_t>& cap) {
+    const int S = (int)cap.size(), hd = hp.head_dim;
+    h_off.assign(S + 1, 0);
+    for (int i = 0; i < S; ++i) h_off[i + 1] = h_off[i] + cap[i];
+    const int64_t total = h_off.back();
+    ak.alloc(total * hd, "KV arena (keys)");
+    av.alloc(total * hd, "KV arena (values)");
+    apos.alloc(total, "KV arena (positions)");
+    seg_off.alloc(S + 1, "KV arena offsets");
+    used.alloc(S, "KV arena counts");
+    h_used.assign(S, 0);
+    check(cudaMemcpyAsync(seg_off.get(), h_off.data(), (S + 1) * sizeof(int64_t), cudaMemcpyHostToDevice, st), "offsets");
+    check(cudaMemsetAsync(used.get(), 0, S * sizeof(int32_t), st), "counts");
+    check(cudaStreamSynchronize(st), "arena");
+    arena = true;
+    build_items();
+  }
+
+  void drop_graph() {
+    if (graph) cudaGraphExecDestroy(graph);
+    graph = nullptr;
+  }
+
+  // Decode work items from the segments' capacities (fixed once the arena exists).
+  void build_items() {
+    drop_graph();
+    const int L = hp.n_layer, H = hp.n_head_kv, G = hp.n_head / hp.n_head_kv;
+    std::vector<int32_t> ih, is, hs(L * H), hf(L * H);
+    layer_item0.assign(L, 0);
+    layer_items.assign(L, 0);
+    int max_items = 0;
+    for (int l = 0; l < L; ++l) {
+      layer_item0[l] = (int)ih.size();
+      for (int g = 0; g < H; ++g) {
+        const int64_t cap = h_off[l * H + g + 1] - h_off[l * H + g];
+        const int S = (int)std::clamp<int64_t>(cdiv(cap, kKeysPerItem), 1, kMaxSplits);
+        hs[l * H + g] = S;
+        hf[l * H + g] = (int)ih.size() - layer_item0[l];
+        for (int s = 0; s < S; ++s) {
+          ih.push_back(g);
+          is.push_back(s);
+        }
+      }
+      layer_items[l] = (int)ih.size() - layer_item0[l];
+      max_items = std::max(max_items, layer_items[l]);
+    }
+    auto up_i32 = [&](DBuf<int32_t>& b, const std::vector<int32_t>& v, const char* what) {
+      b.alloc(v.size(), what);
+      check(cudaMemcpy(b.get(), v.data(), v.size() * sizeof(int32_t), cudaMemcpyHostToDevice), what);
+    };
+    up_i32(item_head, ih, "decode items");
+    up_i32(item_split, is, "decode items");
+    up_i32(head_splits, hs, "decode items");
+    up_i32(head_first, hf, "decode items");
+    part.alloc((size_t)max_items * G * (hp.head_dim + 2), "decode attention partials");
+  }
+
+  uint64_t arena_bytes() const {
+    return arena ? (uint64_t)h_off.back() * CudaContext::entry_bytes(hp.head_dim) : 0;
+  }
+
+  // ---- building blocks
+  // out (ldo) (=, +=) W · in for T rows of `in` (contiguous rows of W.cols floats).
+  void linear(const DW& w, const float* in, int64_t T, float* out, int64_t ldo, bool add) {
+    if (T <= kMatvecMaxT) {
+      matvec(w, nullptr, in, w.cols, out, ldo, (int)T, add ? MV_ADD : MV_STORE, st);
+      return;
+    }
+    const void* B = in;
+    if (half_gemm) {
+      f32_to_f16(in, xh.get(), T * w.cols, st);
+      B = xh.get();
+    }
+    const int64_t rows_per = std::max<int64_t>(1, wscratch_elems / w.cols);
+    for (int64_t r0 = 0; r0 < w.rows; r0 += rows_per) {
+      const int64_t n = std::min(rows_per, w.rows - r0);
+      dequant_rows(w, r0, n, wscratch.get(), half_gemm, st);
+      gemm_nt(wscratch.get(), B, out + r0, n, T, w.cols, ldo, add ? 1.0f : 0.0f, half_gemm, st);
+    }
+  }
+
+  // x[T][d] += MLP(RMSNorm(x)).
+  void mlp(const DevLayer& L, float* xc, int64_t T) {
+    const int64_t d = hp.n_embd, ff = hp.n_ff;
+    rms_norm(xc, L.ffn_norm, xn.get(), T, d, hp.rms_eps, st);
+    if (T <= kMatvecMaxT && L.gate.type == L.up.type) {
+      matvec(L.gate, &L.up, xn.get(), d, gate.get(), ff, (int)T, MV_SWIGLU, st);
+    } else {
+      linear(L.gate, xn.get(), T, gate.get(), ff, false);
+      linear(L.up, xn.get(), T, up.get(), ff, false);
+      silu_mul(gate.get(), up.get(), T * ff, st);
+    }
+    linear(L.down, gate.get(), T, xc, d, true);
+  }
+
+  // RMSNorm -> Q, K, V for T rows of xc into q / k / v.
+  void qkv(const DevLayer& L, const float* xc, int64_t T) {
+    rms_norm(xc, L.attn_norm, xn.get(), T, hp.n_embd, hp.rms_eps, st);
+    linear(L.wq, xn.get(), T, q.get(), qdim(), false);
+    linear(L.wk, xn.get(), T, k.get(), kvdim(), false);
+    linear(L.wv, xn.get(), T, v.get(), kvdim(), false);
+  }
+
+  RopeStore rope_args(int64_t T) const {
+    RopeStore r;
+    r.q = q.get();
+    r.k = k.get();
+    r.v = v.get();
+    r.T = (int)T;
+    r.nh = hp.n_head;
+    r.nkv = hp.n_head_kv;
+    r.hd = hp.head_dim;
+    r.rope_dim = hp.rope_dim;
+    r.inv_freq = dm->rope_inv_freq;
+    r.rope_scale = hp.rope_scale;
+    return r;
+  }
+
+  // One chunk of T tokens through every layer, K/V appended to the arena at each segment's end.
+  // pos0_dev: the position is read from device memory (graph capture) instead of n_past.
+  void forward_arena(int64_t T, const int32_t* pos0_dev) {
+    const int H = hp.n_head_kv;
+    embed_rows(dm->tok_embd, pos0_dev ? step_in.get() : tok.get(), T, x.get(), st);
+    for (int il = 0; il < hp.n_layer; ++il) {
+      const DevLayer& L = dm->layers[il];
+      qkv(L, x.get(), T);
+      RopeStore r = rope_args(T);
+      r.pos0 = n_past;
+      r.pos0_dev = pos0_dev;
+      r.kh = ak.get();
+      r.vh = av.get();
+      r.pos = apos.get();
+      r.seg_off = seg_off.get() + il * H;
+      r.used = used.get() + il * H;
+      rope_store(r, st);
+      if (T == 1) {
+        DecodeArgs a;
+        a.q = q.get();
+        a.out = att.get();
+        a.k = ak.get();
+        a.v = av.get();
+        a.seg_off = seg_off.get() + il * H;
+        a.used = used.get() + il * H;
+        a.item_head = item_head.get() + layer_item0[il];
+        a.item_split = item_split.get() + layer_item0[il];
+        a.head_splits = head_splits.get() + il * H;
+        a.head_first = head_first.get() + il * H;
+        a.n_items = layer_items[il];
+        a.nh = hp.n_head;
+        a.nkv = H;
+        a.hd = hp.head_dim;
+        a.part = part.get();
+        decode_attention(a, st);
+      } else {
+        FlashArgs f;
+        f.q = q.get();
+        f.out = att.get();
+        f.k = ak.get();
+        f.v = av.get();
+        f.half_kv = true;
+        f.T = (int)T;
+        f.nh = hp.n_head;
+        f.nkv = H;
+        f.hd = hp.head_dim;
+        f.seg_off = seg_off.get() + il * H;
+        f.seg_len = used.get() + il * H;
+        flash_attention(f, st);
+      }
+      linear(L.wo, att.get(), T, x.get(), hp.n_embd, true);
+      mlp(L, x.get(), T);
+    }
+    add_used(used.get(), hp.n_layer * H, (int)T, st);
+  }
+
+  // Final norm + output head for `rows` rows of xf into logits_d (row-major [rows][vocab]).
+  void head(const float* xf, int64_t rows) {
+    rms_norm(xf, dm->output_norm, xn.get(), rows, hp.n_embd, hp.rms_eps, st);
+    logits_d.reserve((size_t)rows * hp.n_vocab, "logits");
+    linear(dm->output, xn.get(), rows, logits_d.get(), hp.n_vocab, false);
+  }
+
+  void fetch_logits(int64_t rows, float* dst) {
+    check(cudaMemcpyAsync(dst, logits_d.get(), rows * hp.n_vocab * sizeof(float), cudaMemcpyDeviceToHost, st), "logits");
+  }
+
+  void decode_graph_step(int32_t token) {
+    if (!graph) {
+      cudaGraph_t g = nullptr;
+      check(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "graph capture");
+      try {
+        forward_arena(1, step_in.get() + 1);
+        head(x.get(), 1);
+      } catch (...) {
+        cudaStreamEndCapture(st, &g);
+        if (g) cudaGraphDestroy(g);
+        throw;
+      }
+      check(cudaStreamEndCapture(st, &g), "graph capture");
+      const cudaError_t e = cudaGraphInstantiate(&graph, g, 0);
+      cudaGraphDestroy(g);
+      check(e, "graph instantiate");
+    }
+    step_host[0] = token;
+    step_host[1] = n_past;
+    check(cudaMemcpyAsync(step_in.get(), step_host, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, st), "step input");
+    check(cudaGraphLaunch(graph, st), "graph launch");
+  }
+
+  // ---- compressed prefill
+  void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
+  void select_layer(int il, int64_t N, const float* LK, const float* LV, const float* qwin, float* raw, float* pooled,
+                    float* rowstat, uint8_t* flags, int32_t* list, int32_t* count);
+
+  void eval(const int32_t* tokens, int64_t n, bool all_logits);
+};
+
+void CudaContext::Impl::select_layer(int il, int64_t N, const float* LK, const float* LV, const float* qwin, float* raw,
+                                     float* pooled, float* rowstat, uint8_t* flags, int32_t* list, int32_t* count) {
+  const int H = hp.n_head_kv, hd = hp.head_dim;
+  const int a = plan->window;
+  const int64_t P = N - a;
+  std::vector<int64_t> caps(H);
+  for (int g = 0; g < H; ++g) caps[g] = plan->at(il, g);
+  if (P > 0) check(cudaMemsetAsync(flags, plan->compressed ? 0 : 1, (size_t)H * P, st), "flags");
+  if (plan->compressed && P > 0) {
+    if (method == BudgetMethod::Streaming) {
+      std::vector<int64_t> sink(H);
+      for (int g = 0; g < H; ++g) sink[g] = std::min<int64_t>(kv.sink, caps[g]);
+      streaming_flags(flags, P, H, sink.data(), caps.data(), nullptr, st);
+    } else {
+      window_scores(qwin, LK, N, a, hp.n_head, H, hd, kv.kernel, kv.max_pool, raw, pooled, rowstat, st);
+      if (keep_scores) {
+        sel_scores.resize(hp.n_layer);
+        sel_scores[il].resize((size_t)H * P);
+        check(cudaMemcpyAsync(sel_scores[il].data(), pooled, (size_t)H * P * sizeof(float), cudaMemcpyDeviceToHost, st),
+              "scores");
+        check(cudaStreamSynchronize(st), "scores");
+      }
+      if (method == BudgetMethod::AdaKV) {
+        std::vector<int64_t> fl(H);
+        int64_t total = 0, floors = 0;
+        for (int g = 0; g < H; ++g) {
+          fl[g] = std::min<int64_t>(P, (int64_t)(kv.adakv_floor * caps[g]));
+          total += caps[g];
+          floors += fl[g];
+        }
+        topk_flags(pooled, P, H, fl.data(), nullptr, flags, nullptr, st);
+        const int64_t extra = std::min<int64_t>(total - floors, (int64_t)H * P - floors);
+        topk_flags(pooled, (int64_t)H * P, 1, &extra, flags, flags, nullptr, st);
+      } else {
+        topk_flags(pooled, P, H, caps.data(), nullptr, flags, nullptr, st);
+      }
+    }
+  }
+  compact_flags(flags, P, N, H, list, count, st);
+  int64_t max_count = N;
+  if (method == BudgetMethod::AdaKV && plan->compressed) {
+    layer_offsets(seg_off.get() + il * H, count, H, kv.max_new_tokens, st);
+  } else {
+    max_count = 0;
+    for (int g = 0; g < H; ++g) max_count = std::max<int64_t>(max_count, caps[g] + a);
+  }
+  gather_to_arena(list, count, N, H, hd, LK, LV, seg_off.get() + il * H, ak.get(), av.get(), apos.get(),
+                  used.get() + il * H, max_count, st);
+}
+
+void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits) {
+  const int H = hp.n_head_kv, hd = hp.head_dim, nh = hp.n_head;
+  const int64_t d = hp.n_embd;
+  BudgetParams bp;
+  bp.method = method;
+  bp.budget = kv.budget;
+  bp.window = kv.window;
+  bp.beta = kv.beta;
+  bp.temp = kv.temp;
+  sel_scores.clear();
+  plan = plan_budget(bp, scores ? &*scores : nullptr, hp.n_layer, nh, H, N);
+  std::vector<int64_t> cap(plan->cap.size());
+  for (size_t i = 0; i < cap.size(); ++i) cap[i] = (int64_t)plan->cap[i] + plan->window + kv.max_new_tokens;
+  const int a = plan->window;
+  const int64_t P = N - a;
+  // Everything the prompt needs, checked before allocating any of it.
+  uint64_t arena_b = 0;
+  for (int64_t c : cap) arena_b += (uint64_t)c * CudaContext::entry_bytes(hd);
+  const uint64_t layer_kv = 2ull * H * N * hd * 4;
+  const uint64_t need = arena_b + layer_kv + (uint64_t)N * d * 4 + (uint64_t)a * nh * hd * 4 + 2ull * H * P * 4 +
+                        (uint64_t)H * P + (uint64_t)H * N * 4 + (uint64_t)nh * a * 8 + 1024;
+  require_device_bytes(need, "a compressed prompt of " + std::to_string(N) + " tokens (arena " + std::to_string(arena_b) +
+                                 " bytes, one layer's K/V " + std::to_string(layer_kv) + " bytes)");
+  DBuf<float> X, LK, LV, qwin, raw, pooled, rowstat;
+  DBuf<uint8_t> flags;
+  DBuf<int32_t> list, count;
+  make_arena(cap);
+  X.alloc(N * d, "prompt activations");
+  LK.alloc((size_t)H * N * hd, "layer keys");
+  LV.alloc((size_t)H * N * hd, "layer values");
+  qwin.alloc((size_t)std::max(a, 1) * nh * hd, "window queries");
+  raw.alloc((size_t)H * std::max<int64_t>(P, 1), "window scores");
+  pooled.alloc((size_t)H * std::max<int64_t>(P, 1), "pooled scores");
+  rowstat.alloc((size_t)nh * std::max(a, 1) * 2, "softmax statistics");
+  flags.alloc((size_t)H * std::max<int64_t>(P, 1), "selection flags");
+  list.alloc((size_t)H * N, "kept lists");
+  count.alloc(H, "kept counts");
+  prefill_peak = layer_kv + arena_bytes();
+
+  for (int64_t c0 = 0; c0 < N; c0 += ub) {
+    const int64_t T = std::min<int64_t>(ub, N - c0);
+    check(cudaMemcpyAsync(tok.get(), tokens + c0, T * sizeof(int32_t), cudaMemcpyHostToDevice, st), "tokens");
+    embed_rows(dm->tok_embd, tok.get(), T, X.get() + c0 * d, st);
+    check(cudaStreamSynchronize(st), "tokens");  // the host token buffer is reused
+  }
+  for (int il = 0; il < hp.n_layer; ++il) {
+    const DevLayer& L = dm->layers[il];
+    for (int64_t c0 = 0; c0 < N; c0 += ub) {
+      const int64_t T = std::min<int64_t>(ub, N - c0);
+      float* xc = X.get() + c0 * d;
+      qkv(L, xc, T);
+      RopeStore r = rope_args(T);
+      r.pos0 = (int32_t)c0;
+      r.kf = LK.get();
+      r.vf = LV.get();
+      r.ld_head = N;
+      r.row0 = c0;
+      rope_store(r, st);
+      FlashArgs f;
+      f.q = q.get();
+      f.out = att.get();
+      f.k = LK.get();
+      f.v = LV.get();
+      f.half_kv = false;
+      f.T = (int)T;
+      f.nh = nh;
+      f.nkv = H;
+      f.hd = hd;
+      f.ld_head = N;
+      f.n_before = c0;
+      flash_attention(f, st);
+      const int64_t w0 = std::max<int64_t>(c0, P);  // window rows in this chunk
+      if (w0 < c0 + T)
+        check(cudaMemcpyAsync(qwin.get() + (w0 - P) * nh * hd, q.get() + (w0 - c0) * nh * hd,
+                              (c0 + T - w0) * nh * hd * sizeof(float), cudaMemcpyDeviceToDevice, st), "window queries");
+      linear(L.wo, att.get(), T, xc, d, true);
+      mlp(L, xc, T);
+    }
+    select_layer(il, N, LK.get(), LV.get(), qwin.get(), raw.get(), pooled.get(), rowstat.get(), flags.get(), list.get(),
+                 count.get());
+  }
+  const int64_t rows = all_logits ? N : 1;
+  logits_h.resize((size_t)rows * hp.n_vocab);
+  for (int64_t r0 = N - rows; r0 < N; r0 += ub) {
+    const int64_t R = std::min<int64_t>(ub, N - r0);
+    head(X.get() + r0 * d, R);
+    fetch_logits(R, logits_h.data() + (r0 - (N - rows)) * hp.n_vocab);
+    check(cudaStreamSynchronize(st), "logits");
+  }
+  // Host mirrors of the arena layout (Ada-KV re-split layers on the device).
+  check(cudaMemcpyAsync(h_off.data(), seg_off.get(), h_off.size() * sizeof(int64_t), cudaMemcpyDeviceToHost, st), "offsets");
+  check(cudaMemcpyAsync(h_used.data(), used.get(), h_used.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, st), "counts");
+  check(cudaStreamSynchronize(st), "compressed prefill");
+  if (method == BudgetMethod::AdaKV) build_items();
+}
+
+void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) {
+  if (n <= 0) fail(ErrorKind::InvalidArgument, "eval needs at least one token");
+  if (n > (int64_t)n_ctx - n_past)
+    fail(ErrorKind::ContextFull, "context is full: " + std::to_string(n_past) + " tokens cached + " + std::to_string(n) +
+                                     " new > n_ctx " + std::to_string(n_ctx));
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= hp.n_vocab)
+      fail(ErrorKind::InvalidArgument, "token id " + std::to_string(tokens[i]) + " is outside the vocabulary [0, " +
+                                           std::to_string(hp.n_vocab) + ")");
+  if (arena && method != BudgetMethod::Full) {
+    for (size_t s = 0; s < h_used.size(); ++s)
+      if (h_used[s] + n > h_off[s + 1] - h_off[s])
+        fail(ErrorKind::ContextFull, "compressed KV cache is full: " + std::to_string(n) + " more tokens do not fit the " +
+                                         std::to_string(kv.max_new_tokens) + " decode slots reserved per head (raise max_new_tokens)");
+  }
+  const int64_t rows = all_logits ? n : 1;
+  if (method != BudgetMethod::Full && !arena) {
+    try {
+      prefill_compressed(tokens, n, all_logits);
+    } catch (...) {
+      cudaStreamSynchronize(st);
+      cudaGetLastError();
+      arena = false;
+      ak.reset();
+      av.reset();
+      apos.reset();
+      plan.reset();
+      drop_graph();
+      throw;
+    }
+    history.insert(history.end(), tokens, tokens + n);
+    n_past = (int32_t)n;
+    n_logit_rows = rows;
+    return;
+  }
+  logits_h.resize((size_t)rows * hp.n_vocab);
+  if (n == 1) {
+    decode_graph_step(tokens[0]);
+    fetch_logits(1, logits_h.data());
+    check(cudaStreamSynchronize(st), "decode");
+  } else {
+    for (int64_t off = 0; off < n; off += ub) {
+      const int64_t T = std::min<int64_t>(ub, n - off);
+      check(cudaMemcpyAsync(tok.get(), tokens + off, T * sizeof(int32_t), cudaMemcpyHostToDevice, st), "tokens");
+      forward_arena(T, nullptr);
+      n_past += (int32_t)T;
+      if (all_logits) {
+        for (int64_t r0 = 0; r0 < T; r0 += ub) {
+          head(x.get() + r0 * hp.n_embd, std::min<int64_t>(ub, T - r0));
+          fetch_logits(std::min<int64_t>(ub, T - r0), logits_h.data() + (off + r0) * hp.n_vocab);
+        }
+      } else if (off + T == n) {
+        head(x.get() + (T - 1) * hp.n_embd, 1);
+        fetch_logits(1, logits_h.data());
+      }
+      check(cudaStreamSynchronize(st), "prefill");
+    }
+    n_past -= (int32_t)n;
+  }
+  for (auto& u : h_used) u += (int32_t)n;
+  history.insert(history.end(), tokens, tokens + n);
+  n_past += (int32_t)n;
+  n_logit_rows = rows;
+}
+
+// ---- public surface
+CudaContext::CudaContext(const Model& m, const ContextParams& p, CudaPrecision prec)
+    : p_(std::make_unique<Impl>(m, p, prec)) {}
+CudaContext::~CudaContext() = default;
+
+void CudaContext::eval(const int32_t* tokens, int64_t n, bool all_logits) { p_->eval(tokens, n, all_logits); }
+
+void CudaContext::reset() {
+  Impl& I = *p_;
+  I.n_past = 0;
+  I.n_logit_rows = 0;
+  I.history.clear();
+  I.prefill_peak = 0;
+  if (I.method == BudgetMethod::Full) {
+    check(cudaMemsetAsync(I.used.get(), 0, I.h_used.size() * sizeof(int32_t), I.st), "reset");
+    check(cudaStreamSynchronize(I.st), "reset");
+    std::fill(I.h_used.begin(), I.h_used.end(), 0);
+  } else {
+    I.drop_graph();
+    I.arena = false;
+    I.ak.reset();
+    I.av.reset();
+    I.apos.reset();
+    I.plan.reset();
+  }
+}
+
+const float* CudaContext::logits() const {
+  if (!p_->n_logit_rows) return nullptr;
+  return p_->logits_h.data() + (size_t)(p_->n_logit_rows - 1) * p_->hp.n_vocab;
+}
+const float* CudaContext::logits_all() const { return p_->n_logit_rows ? p_->logits_h.data() : nullptr; }
+int64_t CudaContext::n_logit_rows() const { return p_->n_logit_rows; }
+const Model& CudaContext::model() const { return p_->model; }
+int32_t CudaContext::n_ctx() const { return p_->n_ctx; }
+int32_t CudaContext::n_past() const { return p_->n_past; }
+const std::vector<int32_t>& CudaContext::history() const { return p_->history; }
+uint64_t CudaContext::kv_bytes() const { return p_->arena_bytes(); }
+uint64_t CudaContext::full_kv_bytes() const {
+  const Impl& I = *p_;
+  const bool comp = I.method != BudgetMethod::Full;
+  const uint64_t positions = comp ? (uint64_t)I.n_past + (I.arena ? I.kv.max_new_tokens : 0) : (uint64_t)I.n_ctx;
+  return positions * I.hp.n_layer * I.hp.n_head_kv * entry_bytes(I.hp.head_dim);
+}
+uint64_t CudaContext::prefill_peak_kv_bytes() const { return p_->prefill_peak; }
+const KVConfig& CudaContext::kv_config() const { return p_->kv; }
+bool CudaContext::compressing() const { return p_->method != BudgetMethod::Full; }
+const BudgetPlan* CudaContext::plan() const { return p_->plan ? &*p_->plan : nullptr; }
+bool CudaContext::has_arena() const { return compressing() && p_->arena; }
+int CudaContext::n_layer() const { return p_->hp.n_layer; }
+int CudaContext::n_head_kv() const { return p_->hp.n_head_kv; }
+int64_t CudaContext::capacity(int l, int g) const {
+  const size_t s = (size_t)l * p_->hp.n_head_kv + g;
+  return p_->h_off[s + 1] - p_->h_off[s];
+}
+int64_t CudaContext::used(int l, int g) const { return p_->h_used[(size_t)l * p_->hp.n_head_kv + g]; }
+std::vector<int32_t> CudaContext::positions(int l, int g) const {
+  const size_t s = (size_t)l * p_->hp.n_head_kv + g;
+  std::vector<int32_t> out((size_t)p_->h_used[s]);
+  if (!out.empty())
+    check(cudaMemcpy(out.data(), p_->apos.get() + p_->h_off[s], out.size() * sizeof(int32_t), cudaMemcpyDeviceToHost),
+          "positions");
+  return out;
+}
+uint64_t CudaContext::bytes_used() const {
+  uint64_t n = 0;
+  for (int32_t u : p_->h_used) n += (uint64_t)u;
+  return n * entry_bytes(p_->hp.head_dim);
+}
+const std::vector<std::vector<float>>& CudaContext::selection_scores() const { return p_->sel_scores; }
+uint64_t CudaContext::peak_device_bytes() const { return mem_counter().peak.load(); }
+
+}  // namespace headkv

@@ -1,0 +1,128 @@
+// Host-side launchers of the CUDA backend's kernels (one file per concern implements them).
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace headkv::cu {
+
+// A weight matrix on the device in its file format: rows x cols, row_bytes per row.
+struct DW {
+  int type = 0;
+  const uint8_t* data = nullptr;
+  int64_t rows = 0, cols = 0;
+  size_t row_bytes = 0;
+};
+
+// ---- matvec.cu: y[t][r] (=, +=) W[r]·x[t] for T <= 8 tokens, reading W once.
+enum MatvecMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2 };  // SWIGLU: y = silu(W·x) * (W2·x)
+constexpr int kMatvecMaxT = 8;
+void matvec(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, int64_t ldy, int T, MatvecMode mode,
+            cudaStream_t s);
+
+// ---- gemm.cu: dequantization, embedding rows, cuBLAS (loaded at run time).
+// out[i][c] for rows r0 .. r0+n-1 (row i = r0 + i), as fp32 (half_out false) or fp16.
+void dequant_rows(const DW& w, int64_t r0, int64_t n, void* out, bool half_out, cudaStream_t s);
+// out[t][:] = row ids[t] of w, fp32.
+void embed_rows(const DW& w, const int32_t* ids, int64_t T, float* out, cudaStream_t s);
+void f32_to_f16(const float* in, __half* out, int64_t n, cudaStream_t s);
+// cuBLAS: C[t][r] = alpha * sum_c A[r][c] B[t][c] + beta * C[t][r] (row-major A: m x k, B: n x k,
+// C: n x m with leading dimension ldc). half_in: A and B are fp16, else fp32 (pedantic fp32).
+void blas_init(cudaStream_t s);  // throws Unsupported when libcublas cannot be loaded
+void gemm_nt(const void* A, const void* B, float* C, int64_t m, int64_t n, int64_t k, int64_t ldc, float beta,
+             bool half_in, cudaStream_t s);
+
+// ---- ops.cu
+void rms_norm(const float* x, const float* w, float* out, int64_t T, int64_t d, float eps, cudaStream_t s);
+void silu_mul(float* g, const float* u, int64_t n, cudaStream_t s);
+// RoPE on q [T][nh][hd] (in place) and k; k, v ([T][nkv][hd]) are stored to the target:
+//   layer buffer (fp32, head-major [g][N][hd]): kf/vf non-null, entry = g*ld_head + row0 + t
+//   arena (fp16): kh/vh/pos non-null, entry = seg_off[l*nkv+g] + used[l*nkv+g] + t, pos = pos0 + t
+// pos0: first position, read from *pos0_dev when non-null (graph replays).
+struct RopeStore {
+  float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int T = 0, nh = 0, nkv = 0, hd = 0, rope_dim = 0;
+  const float* inv_freq = nullptr;
+  float rope_scale = 1.0f;
+  int32_t pos0 = 0;
+  const int32_t* pos0_dev = nullptr;
+  float* kf = nullptr;
+  float* vf = nullptr;
+  int64_t ld_head = 0, row0 = 0;
+  __half* kh = nullptr;
+  __half* vh = nullptr;
+  int32_t* pos = nullptr;
+  const int64_t* seg_off = nullptr;
+  const int32_t* used = nullptr;
+};
+void rope_store(const RopeStore& a, cudaStream_t s);
+// used[i] += T for i < n (end of an eval: the tokens appended to every segment).
+void add_used(int32_t* used, int n, int T, cudaStream_t s);
+void add_scalar(int32_t* p, int v, cudaStream_t s);
+
+// ---- flash_attn.cu: causal GQA attention of T queries (q [T][nh][hd], fp32) over keys of each KV
+// head g at K + (seg_off ? seg_off[g] : g*ld_head) * hd (fp32 or fp16 rows of hd); query t sees
+// keys [0, n_before_g + t], n_before_g = (seg_len ? seg_len[g] : n_before). out [T][nh][hd].
+struct FlashArgs {
+  const float* q = nullptr;
+  float* out = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  bool half_kv = false;
+  int T = 0, nh = 0, nkv = 0, hd = 0;
+  const int64_t* seg_off = nullptr;
+  int64_t ld_head = 0;
+  const int32_t* seg_len = nullptr;
+  int64_t n_before = 0;
+};
+void flash_attention(const FlashArgs& a, cudaStream_t s);
+
+// ---- decode_attn.cu: one query token per head over the per-head arena (fp16), split-K.
+// Work items of a layer: item i handles KV head item_head[i], split item_split[i] of
+// head_splits[g]; length of head g = used[g] + 1 (the token just appended). part: scratch of
+// n_items * G * (hd + 2) floats.
+struct DecodeArgs {
+  const float* q = nullptr;   // [nh][hd]
+  float* out = nullptr;       // [nh][hd]
+  const __half* k = nullptr;  // arena keys (entry-major, hd per entry)
+  const __half* v = nullptr;
+  const int64_t* seg_off = nullptr;  // this layer's segments (nkv)
+  const int32_t* used = nullptr;     // this layer's used counts (before the new token)
+  const int32_t* item_head = nullptr;
+  const int32_t* item_split = nullptr;
+  const int32_t* head_splits = nullptr;  // [nkv]
+  const int32_t* head_first = nullptr;   // [nkv] first item of head g
+  int n_items = 0, nh = 0, nkv = 0, hd = 0;
+  float* part = nullptr;
+};
+void decode_attention(const DecodeArgs& a, cudaStream_t s);
+
+// ---- select.cu: per-layer selection on the device (see select/selection.h for the rules).
+// Pooled window scores [nkv][P] of the window queries qwin [a][nh][hd] over the layer's fp32 keys
+// (head-major [g][N][hd]). rowstat: scratch of nh * a * 2 floats.
+void window_scores(const float* qwin, const float* K, int64_t N, int a, int nh, int nkv, int hd, int kernel,
+                   bool max_pool, float* raw, float* pooled, float* rowstat, cudaStream_t s);
+// flags[seg][j] = 1 for the top-k[seg] of s[seg][0..n) (ties: lower index first), skipping
+// exclude[seg][j] != 0. k from the host array (n_seg values). One block per segment.
+void topk_flags(const float* s, int64_t n, int n_seg, const int64_t* k_host, const uint8_t* exclude, uint8_t* flags,
+                int64_t* k_dev_scratch, cudaStream_t st);
+// Streaming: flags for sink + recent.
+void streaming_flags(uint8_t* flags, int64_t P, int nkv, const int64_t* sink_host, const int64_t* cap_host,
+                     int64_t* scratch, cudaStream_t s);
+// Kept list per head: positions j < P with flags set (in order), then the window P..N-1.
+// list [nkv][N], count [nkv] (kept + window).
+void compact_flags(const uint8_t* flags, int64_t P, int64_t N, int nkv, int32_t* list, int32_t* count,
+                   cudaStream_t s);
+// Ada-KV: this layer's segment offsets from the counts (capacity = count + room); first offset fixed.
+void layer_offsets(int64_t* seg_off, const int32_t* count, int nkv, int64_t room, cudaStream_t s);
+// Copies each head's listed entries from the layer buffer (fp32 [g][N][hd]) into its arena segment
+// (fp16 K/V, positions) and sets used[g] = count[g].
+void gather_to_arena(const int32_t* list, const int32_t* count, int64_t N, int nkv, int hd, const float* K,
+                     const float* V, const int64_t* seg_off, __half* ak, __half* av, int32_t* apos, int32_t* used,
+                     int64_t max_count, cudaStream_t s);
+
+}  // namespace headkv::cu

@@ -1,0 +1,117 @@
+// Small element-wise kernels of the transformer block: RMSNorm, SwiGLU, RoPE + K/V store.
+#include "common.cuh"
+#include "kernels.cuh"
+
+namespace headkv::cu {
+
+namespace {
+
+// Same arithmetic as the CPU: sum of squares in double, scale in float.
+__global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out,
+                                int64_t d, float eps) {
+  const float* xr = x + blockIdx.x * d;
+  float* o = out + blockIdx.x * d;
+  double ss = 0.0;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += (double)xr[i] * xr[i];
+  __shared__ double red[32];
+  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    double v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.0;
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (threadIdx.x == 0) red[0] = v;
+  }
+  __syncthreads();
+  const float scale = 1.0f / sqrtf((float)(red[0] / d) + eps);
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) o[i] = w[i] * (xr[i] * scale);
+}
+
+__global__ void silu_mul_kernel(float* g, const float* __restrict__ u, int64_t n) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) {
+    const float a = g[i];
+    g[i] = a / (1.0f + expf(-a)) * u[i];
+  }
+}
+
+__device__ __forceinline__ void rope_cs(int32_t pos, float scale, float inv_freq, float* c, float* s) {
+  const float p = (float)pos / scale;
+  const float theta = p * inv_freq;  // fp32 product, as the CPU computes it
+  *c = (float)cos((double)theta);
+  *s = (float)sin((double)theta);
+}
+
+__global__ void rope_store_kernel(RopeStore a) {
+  const int t = blockIdx.x;
+  const int half = a.rope_dim / 2;
+  const int32_t pos = (a.pos0_dev ? *a.pos0_dev : a.pos0) + t;
+  float* q = a.q + (int64_t)t * a.nh * a.hd;
+  for (int i = threadIdx.x; i < a.nh * half; i += blockDim.x) {
+    const int h = i / half, j = i % half;
+    float c, s;
+    rope_cs(pos, a.rope_scale, a.inv_freq[j], &c, &s);
+    float* v = q + h * a.hd + 2 * j;
+    const float x0 = v[0], x1 = v[1];
+    v[0] = x0 * c - x1 * s;
+    v[1] = x0 * s + x1 * c;
+  }
+  const float* k = a.k + (int64_t)t * a.nkv * a.hd;
+  const float* vv = a.v + (int64_t)t * a.nkv * a.hd;
+  for (int i = threadIdx.x; i < a.nkv * a.hd; i += blockDim.x) {
+    const int g = i / a.hd, d = i % a.hd;
+    const float* kr = k + g * a.hd;
+    float kv = kr[d];
+    if (d < a.rope_dim) {
+      float c, s;
+      rope_cs(pos, a.rope_scale, a.inv_freq[d / 2], &c, &s);
+      const float x0 = kr[d & ~1], x1 = kr[d | 1];
+      kv = (d & 1) ? x0 * s + x1 * c : x0 * c - x1 * s;
+    }
+    const float vval = vv[g * a.hd + d];
+    if (a.kf) {
+      const int64_t e = g * a.ld_head + a.row0 + t;
+      a.kf[e * a.hd + d] = kv;
+      a.vf[e * a.hd + d] = vval;
+    } else {
+      const int64_t e = a.seg_off[g] + a.used[g] + t;
+      a.kh[e * a.hd + d] = __float2half_rn(kv);
+      a.vh[e * a.hd + d] = __float2half_rn(vval);
+      if (d == 0) a.pos[e] = pos;
+    }
+  }
+}
+
+__global__ void add_used_kernel(int32_t* used, int n, int T) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) used[i] += T;
+}
+
+}  // namespace
+
+void rms_norm(const float* x, const float* w, float* out, int64_t T, int64_t d, float eps, cudaStream_t s) {
+  if (T == 0) return;
+  rms_norm_kernel<<<(unsigned)T, 256, 0, s>>>(x, w, out, d, eps);
+  check_launch("rms_norm");
+}
+
+void silu_mul(float* g, const float* u, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  silu_mul_kernel<<<(unsigned)cdiv(n, 256), 256, 0, s>>>(g, u, n);
+  check_launch("silu_mul");
+}
+
+void rope_store(const RopeStore& a, cudaStream_t s) {
+  if (a.T == 0) return;
+  rope_store_kernel<<<(unsigned)a.T, 256, 0, s>>>(a);
+  check_launch("rope_store");
+}
+
+void add_used(int32_t* used, int n, int T, cudaStream_t s) {
+  add_used_kernel<<<(unsigned)cdiv(n, 256), 256, 0, s>>>(used, n, T);
+  check_launch("add_used");
+}
+
+void add_scalar(int32_t* p, int v, cudaStream_t s) { add_used(p, 1, v, s); }
+
+}  // namespace headkv::cu

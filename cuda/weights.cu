@@ -1,0 +1,129 @@
+#include "weights.cuh"
+
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "quant.cuh"
+#include "quant/types.h"
+
+namespace headkv::cu {
+
+namespace {
+
+struct Key {
+  const Model* m;
+  const uint8_t* data;
+  std::string path;
+  uint64_t bytes;
+  bool operator==(const Key& o) const { return m == o.m && data == o.data && path == o.path && bytes == o.bytes; }
+};
+
+std::mutex g_mu;
+Key g_key{};
+std::shared_ptr<DevModel> g_last;  // the last model uploaded stays resident for the next context
+
+size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+}  // namespace
+
+std::shared_ptr<DevModel> DevModel::get(const Model& m) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  const Key key{&m, m.tok_embd().data, m.file().path(), m.weight_bytes()};
+  if (g_last && g_key == key) return g_last;
+  g_last.reset();  // the previous model's weights go once no context uses them
+
+  const LlamaHParams& hp = m.hparams();
+  struct Item {
+    const uint8_t* src;
+    size_t bytes;
+    size_t off;
+  };
+  std::vector<Item> items;
+  std::map<const uint8_t*, size_t> seen;  // tied embeddings are uploaded once
+  size_t total = 0;
+  auto add = [&](const void* src, size_t bytes) {
+    auto it = seen.find((const uint8_t*)src);
+    if (it != seen.end()) return it->second;
+    const size_t off = total;
+    items.push_back({(const uint8_t*)src, bytes, off});
+    seen[(const uint8_t*)src] = off;
+    total += align256(bytes);
+    return off;
+  };
+  auto weight = [&](const Weight& w, const char* name, size_t* off) {
+    if (!type_supported((int)w.type))
+      fail(ErrorKind::Unsupported, "device 'cuda': weight " + std::string(name) + " has type " + type_name(w.type) +
+                                       ", which the CUDA backend does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)");
+    if (w.cols % 32)
+      fail(ErrorKind::Unsupported, "device 'cuda': weight " + std::string(name) + " has rows of " + std::to_string(w.cols) +
+                                       " elements, not a multiple of 32");
+    *off = add(w.data, w.row_bytes * (size_t)w.rows);
+  };
+  if (hp.head_dim != 64 && hp.head_dim != 128)
+    fail(ErrorKind::Unsupported, "device 'cuda': head_dim " + std::to_string(hp.head_dim) + " is not supported (64, 128)");
+  if (hp.n_head % hp.n_head_kv || hp.n_head / hp.n_head_kv > 16 || hp.n_head_kv > 64)
+    fail(ErrorKind::Unsupported, "device 'cuda': head layout " + std::to_string(hp.n_head) + "/" +
+                                     std::to_string(hp.n_head_kv) + " is not supported");
+
+  struct LOff {
+    size_t wq, wk, wv, wo, gate, up, down, an, fn;
+  };
+  std::vector<LOff> lo(hp.n_layer);
+  size_t emb_off, out_off;
+  weight(m.tok_embd(), "token_embd", &emb_off);
+  weight(m.output(), "output", &out_off);
+  int64_t max_elems = m.output().rows * m.output().cols;
+  for (int il = 0; il < hp.n_layer; ++il) {
+    const LayerWeights& L = m.layers()[il];
+    weight(L.wq, "attn_q", &lo[il].wq);
+    weight(L.wk, "attn_k", &lo[il].wk);
+    weight(L.wv, "attn_v", &lo[il].wv);
+    weight(L.wo, "attn_output", &lo[il].wo);
+    weight(L.w_gate, "ffn_gate", &lo[il].gate);
+    weight(L.w_up, "ffn_up", &lo[il].up);
+    weight(L.w_down, "ffn_down", &lo[il].down);
+    for (const Weight* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+      max_elems = std::max<int64_t>(max_elems, w->rows * w->cols);
+    lo[il].an = add(L.attn_norm.data(), L.attn_norm.size() * sizeof(float));
+    lo[il].fn = add(L.ffn_norm.data(), L.ffn_norm.size() * sizeof(float));
+  }
+  const size_t onorm = add(m.output_norm().data(), m.output_norm().size() * sizeof(float));
+  const size_t rope = add(m.rope_inv_freq().data(), m.rope_inv_freq().size() * sizeof(float));
+
+  require_device_bytes(total, "uploading the model's weights");
+  auto dm = std::make_shared<DevModel>();
+  dm->blob.alloc(total, "model weights");
+  for (const Item& it : items)
+    check(cudaMemcpy(dm->blob.get() + it.off, it.src, it.bytes, cudaMemcpyHostToDevice), "uploading weights");
+  uint8_t* base = dm->blob.get();
+  auto dw = [&](const Weight& w, size_t off) {
+    return DW{(int)w.type, base + off, w.rows, w.cols, w.row_bytes};
+  };
+  dm->tok_embd = dw(m.tok_embd(), emb_off);
+  dm->output = dw(m.output(), out_off);
+  dm->layers.resize(hp.n_layer);
+  for (int il = 0; il < hp.n_layer; ++il) {
+    const LayerWeights& L = m.layers()[il];
+    DevLayer& D = dm->layers[il];
+    D.wq = dw(L.wq, lo[il].wq);
+    D.wk = dw(L.wk, lo[il].wk);
+    D.wv = dw(L.wv, lo[il].wv);
+    D.wo = dw(L.wo, lo[il].wo);
+    D.gate = dw(L.w_gate, lo[il].gate);
+    D.up = dw(L.w_up, lo[il].up);
+    D.down = dw(L.w_down, lo[il].down);
+    D.attn_norm = (const float*)(base + lo[il].an);
+    D.ffn_norm = (const float*)(base + lo[il].fn);
+  }
+  dm->output_norm = (const float*)(base + onorm);
+  dm->rope_inv_freq = (const float*)(base + rope);
+  dm->bytes = total;
+  dm->max_weight_elems = max_elems;
+  g_last = dm;
+  g_key = key;
+  return dm;
+}
+
+}  // namespace headkv::cu

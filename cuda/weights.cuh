@@ -1,0 +1,33 @@
+// The model's weights on the GPU, uploaded once from the mmap'd GGUF in their file formats
+// (Q4_0 stays 4.5 bits per weight on the device). Shared by every CudaContext over one Model.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "device_buffer.cuh"
+#include "kernels.cuh"
+#include "model/llama.h"
+
+namespace headkv::cu {
+
+struct DevLayer {
+  DW wq, wk, wv, wo, gate, up, down;
+  const float* attn_norm = nullptr;
+  const float* ffn_norm = nullptr;
+};
+
+struct DevModel {
+  DBuf<uint8_t> blob;  // every weight, 256-byte aligned
+  std::vector<DevLayer> layers;
+  DW tok_embd, output;
+  const float* output_norm = nullptr;
+  const float* rope_inv_freq = nullptr;
+  uint64_t bytes = 0;
+  int64_t max_weight_elems = 0;  // largest layer matrix (rows * cols)
+
+  // Uploads (or reuses the last upload of) the model's weights. Throws Unsupported for weight
+  // types without CUDA kernels and OutOfMemory (naming the bytes) before allocating.
+  static std::shared_ptr<DevModel> get(const Model& m);
+};
+
+}  // namespace headkv::cu

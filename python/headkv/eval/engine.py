@@ -1,0 +1,128 @@
+"""What every task needs from the engine: a Model per (method, budget), prompts that fit the
+context (chat template, middle truncation), and greedy generation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..errors import InvalidArgumentError
+from ..kv import METHODS
+
+
+@dataclass(frozen=True)
+class Config:
+    """One KV setting of the grid: ``method`` at ``budget`` entries per KV head (None for full)."""
+    method: str
+    budget: Optional[int]
+
+    @property
+    def name(self) -> str:
+        return "full" if self.method == "full" else f"{self.method}@{self.budget}"
+
+
+def grid(methods, budgets) -> list[Config]:
+    """``full`` once (budget-free), every other method at every budget: the same total KV entries
+    (L x H_kv x budget) for all compressing methods at one budget."""
+    out = []
+    for m in methods:
+        if m not in METHODS:
+            raise InvalidArgumentError(f"unknown KV method {m!r} (known: {', '.join(METHODS)})")
+        if m == "full":
+            out.append(Config("full", None))
+        else:
+            if not budgets:
+                raise InvalidArgumentError(f"method {m!r} needs at least one budget")
+            out.extend(Config(m, int(b)) for b in budgets)
+    seen, uniq = set(), []
+    for c in out:
+        if c not in seen:
+            seen.add(c)
+            uniq.append(c)
+    return uniq
+
+
+@dataclass
+class EngineOptions:
+    model_path: str
+    n_ctx: int = 8192
+    n_threads: int = 2
+    device: str = "cpu"
+    scores: Optional[str] = None
+    window: int = 8
+    beta: float = 1.2
+    pooling: str = "max"
+    kernel: int = 7
+    extra: dict = field(default_factory=dict)
+
+
+def make_model(opts: EngineOptions, cfg: Config, max_new_tokens: int):
+    """A fresh Model for one (method, budget) with room for ``max_new_tokens`` decode steps."""
+    import headkv
+    kw = dict(n_ctx=opts.n_ctx, n_threads=opts.n_threads, kv_method=cfg.method, window=opts.window,
+              pooling=opts.pooling, kernel=opts.kernel, beta=opts.beta, max_new_tokens=max(int(max_new_tokens), 1))
+    if opts.device != "cpu":
+        kw["device"] = opts.device
+    if cfg.budget is not None:
+        kw["kv_budget"] = cfg.budget
+    if cfg.method == "headkv":
+        from .runner import shipped_scores
+        sc = opts.scores or shipped_scores(opts.model_path)
+        if sc:
+            kw["scores"] = sc
+    try:
+        return headkv.Model(opts.model_path, **kw)
+    except headkv.InvalidArgumentError as e:
+        if cfg.method == "headkv" and not opts.scores and "score" in str(e):
+            raise InvalidArgumentError(f"{e} (pass --scores FILE for the headkv method)") from e
+        raise
+
+
+def _chat_overhead(model) -> int:
+    return len(model.tokenize(model.apply_chat_template([{"role": "user", "content": ""}]), add_bos=False,
+                              special=True))
+
+
+def fit_prompt(model, text: str, n_ctx: int, max_gen: int, chat: bool = True) -> list[int]:
+    """Token ids of ``text`` (wrapped in the model's chat template when ``chat`` and the model has
+    one), the text truncated in the middle (LongBench's rule) so prompt + ``max_gen`` fit ``n_ctx``."""
+    use_chat = chat and bool(model._e.chat_template)
+    budget = n_ctx - max_gen - (_chat_overhead(model) if use_chat else 1) - 1
+    if budget < 16:
+        raise InvalidArgumentError(f"n_ctx {n_ctx} leaves no room for a prompt and {max_gen} new tokens")
+    ids = model.tokenize(text, add_bos=False, special=False)
+    if len(ids) > budget:
+        half = budget // 2
+        text = (model.detokenize(ids[:half]).decode("utf-8", errors="ignore")
+                + model.detokenize(ids[-half:]).decode("utf-8", errors="ignore"))
+    if use_chat:
+        return model.tokenize(model.apply_chat_template([{"role": "user", "content": text}]), add_bos=False,
+                              special=True)
+    return model.tokenize(text)
+
+
+def chat_prompt(model, text: str) -> list[int]:
+    """Token ids of one user turn (no truncation)."""
+    if not model._e.chat_template:
+        return model.tokenize(text)
+    return model.tokenize(model.apply_chat_template([{"role": "user", "content": text}]), add_bos=False,
+                          special=True)
+
+
+def greedy(model, prompt_ids, max_new: int, stop_at_newline: bool = False) -> tuple[list[int], str]:
+    """Greedy decoding after a fresh prefill of ``prompt_ids``: stops at an end-of-generation token,
+    after ``max_new`` tokens, or (``stop_at_newline``) at the first newline after some text."""
+    model.reset()
+    model.eval(prompt_ids)
+    out: list[int] = []
+    for _ in range(max_new):
+        tok = int(model.logits().argmax())
+        if model.is_eog(tok):
+            break
+        out.append(tok)
+        if stop_at_newline and b"\n" in model.detokenize([tok]) and model.detokenize(out).strip():
+            break
+        if len(out) == max_new or model.n_past >= model.n_ctx:
+            break
+        model.eval([tok])
+    text = model.detokenize(out).decode("utf-8", errors="replace")
+    return out, text

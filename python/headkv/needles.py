@@ -11,7 +11,14 @@ Every example is a dict:
                   Mary is 41 years old. John is 29 years old.",        # text inserted in the haystack
      "span":     "painting old boats",      # where the answer sits inside the needle (verbatim)
      "question": "What is the favourite activity of the older one of Mary and John?",
-     "answer":   "painting old boats"}
+     "answer":   "painting old boats",
+     "answer_prefix": "The favourite activity of the older one of Mary and John is",
+     "distractor": "..."}                   # R2 only: the other person's attribute
+
+``answer_prefix`` restates the question as the start of the reply; the scorer appends it after
+the chat template's assistant header, so a small instruct model answers with the value itself
+(SmolLM2-135M otherwise restates the whole question first). It names no person, so the
+comparison is still the model's to make.
 
 * R needles state one fact whose value is copied back (``span == answer``).
 * R2 needles state two people, one attribute each, and one comparable number each (age, height,
@@ -92,13 +99,14 @@ def _r_city(rng, split):
     city, = _pick(rng, _half(CITIES, split))
     act, = _pick(rng, ACTIVITIES)
     return ("city-best", f"The best thing to do in {city} is {act}.",
-            f"What is the best thing to do in {city}?", act)
+            f"What is the best thing to do in {city}?", act, f"The best thing to do in {city} is")
 
 
 def _r_food(rng, split):
     name, = _pick(rng, _half(NAMES, split))
     food, = _pick(rng, FOODS)
-    return ("favourite-food", f"{name}'s favourite food is {food}.", f"What is {name}'s favourite food?", food)
+    return ("favourite-food", f"{name}'s favourite food is {food}.", f"What is {name}'s favourite food?", food,
+            f"{name}'s favourite food is")
 
 
 def _r_password(rng, split):
@@ -107,7 +115,7 @@ def _r_password(rng, split):
     w1, w2 = _pick(rng, _half(WORDS, split), 2)
     ans = f"{w1} {w2}"
     return ("password", f"The password of the {color} {obj} is {ans}.",
-            f"What is the password of the {color} {obj}?", ans)
+            f"What is the password of the {color} {obj}?", ans, f"The password of the {color} {obj} is")
 
 
 # ---- R2: a comparison over two people, then the copy ----
@@ -139,7 +147,8 @@ def _r2(rng, split):
     needle = " ".join(facts + nums)
     ans = ta if a_wins else tb
     q = f"What is the favourite activity of the {word} one of {first} and {second}?"
-    return (f"{tmpl}-{word}", needle, q, ans)
+    return (f"{tmpl}-{word}", needle, q, ans, f"The favourite activity of the {word} one of {first} and {second} is",
+            tb if a_wins else ta)
 
 
 _GENERATORS = {"R": (_r_city, _r_food, _r_password), "R2": (_r2,)}
@@ -157,10 +166,14 @@ def generate(kind: str, n: int, seed: int = 0, split: str = "score") -> list[dic
     gens = _GENERATORS[kind]
     out = []
     for i in range(int(n)):
-        tmpl, needle, q, ans = gens[i % len(gens)](rng, split)
+        tmpl, needle, q, ans, prefix, *other = gens[i % len(gens)](rng, split)
         assert ans in needle
-        out.append({"id": f"{kind}-{split}-{seed}-{i:05d}", "kind": kind, "split": split, "seed": int(seed),
-                    "index": i, "template": tmpl, "needle": needle, "span": ans, "question": q, "answer": ans})
+        ex = {"id": f"{kind}-{split}-{seed}-{i:05d}", "kind": kind, "split": split, "seed": int(seed),
+              "index": i, "template": tmpl, "needle": needle, "span": ans, "question": q, "answer": ans,
+              "answer_prefix": prefix}
+        if other:
+            ex["distractor"] = other[0]  # R2: the other person's attribute (the answer without the reasoning)
+        out.append(ex)
     return out
 
 

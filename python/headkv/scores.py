@@ -83,6 +83,37 @@ def save_scores(path, scores, model, method, settings=None):
     write_json_atomic(path, build_document(scores, model, method, settings))
 
 
+def data_dir():
+    """Folder of the score files shipped inside the package."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def shipped_scores(model_path, method="R2"):
+    """Path of the shipped headkv-scores file for this model (matched by fingerprint) and method;
+    headkv.InvalidArgumentError when none matches."""
+    from .errors import InvalidArgumentError
+    fp = model_fingerprint(model_path)
+    found = []
+    d = data_dir()
+    for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(d, name), encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if doc.get("format") == FORMAT and doc.get("model", {}).get("fingerprint") == fp:
+            found.append(doc.get("method"))
+            if doc.get("method") == method:
+                return os.path.join(d, name)
+    have = f" (shipped for it: {', '.join(map(str, found))})" if found else ""
+    raise InvalidArgumentError(
+        f"no shipped {method} head-score file matches this model (fingerprint {fp}){have}: compute one with "
+        f"`headkv-scores -m {os.path.basename(os.fspath(model_path))} --method {method} -o scores.json` and pass "
+        f"KVConfig(scores='scores.json')")
+
+
 def write_official(path, per_example):
     """Writes the official HeadKV layout {"l-h": [scores...]} from a dict {(l, h): [scores]} or an
     array [L, H, n_examples] (mainly for tests and interchange)."""
@@ -95,3 +126,10 @@ def write_official(path, per_example):
         if any(not math.isfinite(x) for x in v):
             raise ValueError("head scores must be finite")
     write_json_atomic(path, obj)
+
+
+if __name__ == "__main__":  # python -m headkv.scores: the headkv-scores tool
+    import sys
+
+    from .scoring.cli import main
+    sys.exit(main())

@@ -52,6 +52,10 @@ class Model:
             if not hasattr(kv, k):
                 raise InvalidArgumentError(f"unknown argument {k!r}")
             setattr(kv, k, v)
+        if kv.method == "headkv" and not kv.scores:  # the score file shipped for this model (R2)
+            from dataclasses import replace
+            from .scores import shipped_scores
+            kv = replace(kv, scores=shipped_scores(self.model_path, "R2"))
         self.kv = kv
         self.device = device
         self._e = _core.Engine(self.model_path, n_ctx, n_threads or 0, n_batch, kv.native(), device)

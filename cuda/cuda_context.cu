@@ -241,6 +241,11 @@ struct CudaContext::Impl {
   // x[T][d] += MLP(RMSNorm(x)).
   void mlp(const DevLayer& L, float* xc, int64_t T) {
     const int64_t d = hp.n_embd, ff = hp.n_ff;
+    if (T == 1 && L.gate.type == L.up.type && d % 4 == 0) {
+      matvec_norm_swiglu(L.gate, L.up, xc, L.ffn_norm, hp.rms_eps, gate.get(), st);
+      linear(L.down, gate.get(), T, xc, d, true);
+      return;
+    }
     rms_norm(xc, L.ffn_norm, xn.get(), T, d, hp.rms_eps, st);
     if (T <= kMatvecMaxT && L.gate.type == L.up.type) {
       matvec(L.gate, &L.up, xn.get(), d, gate.get(), ff, (int)T, MV_SWIGLU, st);
@@ -282,7 +287,13 @@ struct CudaContext::Impl {
     embed_rows(dm->tok_embd, pos0_dev ? step_in.get() : tok.get(), T, x.get(), st);
     for (int il = 0; il < hp.n_layer; ++il) {
       const DevLayer& L = dm->layers[il];
-      qkv(L, x.get(), T);
+      const DW wqkv[3] = {L.wq, L.wk, L.wv};
+      if (T == 1 && matvec_norm_fusable(wqkv, 3)) {
+        float* ys[3] = {q.get(), k.get(), v.get()};
+        matvec_norm(wqkv, 3, ys, x.get(), L.attn_norm, hp.rms_eps, st);
+      } else {
+        qkv(L, x.get(), T);
+      }
       RopeStore r = rope_args(T);
       r.pos0 = n_past;
       r.pos0_dev = pos0_dev;
@@ -323,7 +334,7 @@ struct CudaContext::Impl {
         f.hd = hp.head_dim;
         f.seg_off = seg_off.get() + il * H;
         f.seg_len = used.get() + il * H;
-        flash_attention(f, st);
+        half_gemm ? flash_attention_tc(f, st) : flash_attention(f, st);
       }
       linear(L.wo, att.get(), T, x.get(), hp.n_embd, true);
       mlp(L, x.get(), T);
@@ -333,6 +344,11 @@ struct CudaContext::Impl {
 
   // Final norm + output head for `rows` rows of xf into logits_d (row-major [rows][vocab]).
   void head(const float* xf, int64_t rows) {
+    if (rows == 1 && hp.n_embd % 4 == 0) {
+      float* y = logits_d.get();
+      matvec_norm(&dm->output, 1, &y, xf, dm->output_norm, hp.rms_eps, st);
+      return;
+    }
     rms_norm(xf, dm->output_norm, xn.get(), rows, hp.n_embd, hp.rms_eps, st);
     logits_d.reserve((size_t)rows * hp.n_vocab, "logits");
     linear(dm->output, xn.get(), rows, logits_d.get(), hp.n_vocab, false);
@@ -493,7 +509,7 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
       f.hd = hd;
       f.ld_head = N;
       f.n_before = c0;
-      flash_attention(f, st);
+      half_gemm ? flash_attention_tc(f, st) : flash_attention(f, st);
       const int64_t w0 = std::max<int64_t>(c0, P);  // window rows in this chunk
       if (w0 < c0 + T)
         check(cudaMemcpyAsync(qwin.get() + (w0 - P) * nh * hd, q.get() + (w0 - c0) * nh * hd,

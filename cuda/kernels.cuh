@@ -21,6 +21,12 @@ enum MatvecMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2 };  // SWIGLU: y = sil
 constexpr int kMatvecMaxT = 8;
 void matvec(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, int64_t ldy, int T, MatvecMode mode,
             cudaStream_t s);
+// Single token with the RMSNorm fused in: ys[i] = ws[i] · (RMSNorm(x) * norm_w) for up to 3 weights
+// of one type and width (Q, K, V), or y = silu(gate · xn) * (up · xn).
+bool matvec_norm_fusable(const DW* ws, int n);
+void matvec_norm(const DW* ws, int n, float* const* ys, const float* x, const float* norm_w, float eps, cudaStream_t s);
+void matvec_norm_swiglu(const DW& gate, const DW& up, const float* x, const float* norm_w, float eps, float* y,
+                        cudaStream_t s);
 
 // ---- gemm.cu: dequantization, embedding rows, cuBLAS (loaded at run time).
 // out[i][c] for rows r0 .. r0+n-1 (row i = r0 + i), as fp32 (half_out false) or fp16.
@@ -80,6 +86,8 @@ struct FlashArgs {
   int64_t n_before = 0;
 };
 void flash_attention(const FlashArgs& a, cudaStream_t s);
+// Same on tensor cores (fp16 Q/K/V/P, fp32 accumulation and softmax): the fast precision.
+void flash_attention_tc(const FlashArgs& a, cudaStream_t s);
 
 // ---- decode_attn.cu: one query token per head over the per-head arena (fp16), split-K.
 // Work items of a layer: item i handles KV head item_head[i], split item_split[i] of

@@ -42,43 +42,40 @@ __device__ __forceinline__ void rope_cs(int32_t pos, float scale, float inv_freq
   *s = (float)sin((double)theta);
 }
 
+// One block per (token, head): heads < nh rotate q in place; the others rotate k of KV head
+// g = head - nh and store k and v. One thread per dimension.
 __global__ void rope_store_kernel(RopeStore a) {
-  const int t = blockIdx.x;
-  const int half = a.rope_dim / 2;
+  const int t = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
   const int32_t pos = (a.pos0_dev ? *a.pos0_dev : a.pos0) + t;
-  float* q = a.q + (int64_t)t * a.nh * a.hd;
-  for (int i = threadIdx.x; i < a.nh * half; i += blockDim.x) {
-    const int h = i / half, j = i % half;
+  if (head < a.nh) {
+    if (d >= a.rope_dim / 2) return;
     float c, s;
-    rope_cs(pos, a.rope_scale, a.inv_freq[j], &c, &s);
-    float* v = q + h * a.hd + 2 * j;
+    rope_cs(pos, a.rope_scale, a.inv_freq[d], &c, &s);
+    float* v = a.q + ((int64_t)t * a.nh + head) * a.hd + 2 * d;
     const float x0 = v[0], x1 = v[1];
     v[0] = x0 * c - x1 * s;
     v[1] = x0 * s + x1 * c;
+    return;
   }
-  const float* k = a.k + (int64_t)t * a.nkv * a.hd;
-  const float* vv = a.v + (int64_t)t * a.nkv * a.hd;
-  for (int i = threadIdx.x; i < a.nkv * a.hd; i += blockDim.x) {
-    const int g = i / a.hd, d = i % a.hd;
-    const float* kr = k + g * a.hd;
-    float kv = kr[d];
-    if (d < a.rope_dim) {
-      float c, s;
-      rope_cs(pos, a.rope_scale, a.inv_freq[d / 2], &c, &s);
-      const float x0 = kr[d & ~1], x1 = kr[d | 1];
-      kv = (d & 1) ? x0 * s + x1 * c : x0 * c - x1 * s;
-    }
-    const float vval = vv[g * a.hd + d];
-    if (a.kf) {
-      const int64_t e = g * a.ld_head + a.row0 + t;
-      a.kf[e * a.hd + d] = kv;
-      a.vf[e * a.hd + d] = vval;
-    } else {
-      const int64_t e = a.seg_off[g] + a.used[g] + t;
-      a.kh[e * a.hd + d] = __float2half_rn(kv);
-      a.vh[e * a.hd + d] = __float2half_rn(vval);
-      if (d == 0) a.pos[e] = pos;
-    }
+  const int g = head - a.nh;
+  const float* kr = a.k + ((int64_t)t * a.nkv + g) * a.hd;
+  float kv = kr[d];
+  if (d < a.rope_dim) {
+    float c, s;
+    rope_cs(pos, a.rope_scale, a.inv_freq[d / 2], &c, &s);
+    const float x0 = kr[d & ~1], x1 = kr[d | 1];
+    kv = (d & 1) ? x0 * s + x1 * c : x0 * c - x1 * s;
+  }
+  const float vval = a.v[((int64_t)t * a.nkv + g) * a.hd + d];
+  if (a.kf) {
+    const int64_t e = g * a.ld_head + a.row0 + t;
+    a.kf[e * a.hd + d] = kv;
+    a.vf[e * a.hd + d] = vval;
+  } else {
+    const int64_t e = a.seg_off[g] + a.used[g] + t;
+    a.kh[e * a.hd + d] = __float2half_rn(kv);
+    a.vh[e * a.hd + d] = __float2half_rn(vval);
+    if (d == 0) a.pos[e] = pos;
   }
 }
 
@@ -103,7 +100,7 @@ void silu_mul(float* g, const float* u, int64_t n, cudaStream_t s) {
 
 void rope_store(const RopeStore& a, cudaStream_t s) {
   if (a.T == 0) return;
-  rope_store_kernel<<<(unsigned)a.T, 256, 0, s>>>(a);
+  rope_store_kernel<<<dim3((unsigned)a.T, (unsigned)(a.nh + a.nkv)), (unsigned)a.hd, 0, s>>>(a);
   check_launch("rope_store");
 }
 

@@ -42,7 +42,12 @@ class Model:
             if not isinstance(v, int) or v < 0:
                 raise InvalidArgumentError(f"{name} must be an integer >= 0, got {v!r}")
         self.model_path = os.fspath(model_path)
+        # Every call that reads or changes the context holds this lock (native compute runs with
+        # the GIL released), so calls from several threads are serialized. _epoch counts context
+        # changes: a suspended generate() stream refuses to continue after another call changed it.
         self._lock = threading.RLock()
+        self._epoch = 0
+        self._last_stop = None  # why the last generate() ended: "stop" (end of generation) / "length"
         kv = KVConfig() if kv is None else kv
         if kv_method is not None:
             kv.method = kv_method
@@ -72,7 +77,14 @@ class Model:
 
     @property
     def n_past(self) -> int:
-        return self._e.n_past
+        with self._lock:
+            return self._e.n_past
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The model's re-entrant lock: hold it to make a sequence of calls (reset, eval, logits)
+        atomic with respect to other threads using the same Model."""
+        return self._lock
 
     @property
     def metadata(self) -> dict:
@@ -94,7 +106,10 @@ class Model:
         if not isinstance(text, (str, bytes)):
             raise InvalidArgumentError(f"text must be str or bytes, got {type(text).__name__}")
         if isinstance(text, str):
-            text = text.encode("utf-8", errors="strict")
+            try:
+                text = text.encode("utf-8", errors="strict")
+            except UnicodeEncodeError as e:  # lone surrogates: not representable as UTF-8
+                raise InvalidArgumentError(f"text is not valid UTF-8 (pass bytes for raw input): {e}") from None
         return self._e.tokenize(text, self._e.add_bos if add_bos is None else bool(add_bos), bool(special))
 
     def detokenize(self, tokens: Sequence[int]) -> bytes:
@@ -104,17 +119,20 @@ class Model:
     # ---- low level ----
     def reset(self) -> None:
         with self._lock:
+            self._epoch += 1
             self._e.reset()
 
     def eval(self, tokens: Sequence[int], logits_all: bool = False) -> None:
         """Append tokens to the context (prefill or decode)."""
         with self._lock:
+            self._epoch += 1
             self._e.eval([int(t) for t in tokens], bool(logits_all))
 
     def logits(self, all: bool = False) -> np.ndarray:
         """Logits of the last evaluated token, or (with ``all``) of every token of the last
         ``eval(..., logits_all=True)`` as an (n_tokens, n_vocab) array."""
-        return self._e.logits(all)
+        with self._lock:
+            return self._e.logits(all)
 
     def attention_probe(self, enable: bool = True) -> None:
         """Turns the attention probe on/off (full KV cache only): while on, each ``eval`` records
@@ -129,25 +147,32 @@ class Model:
             return self._e.attention_probe()
 
     def kv_bytes(self) -> int:
-        return self._e.kv_bytes
+        with self._lock:
+            return self._e.kv_bytes
 
     def kv_stats(self) -> dict:
         """KV memory: ``bytes_held`` (allocated), ``bytes_full`` (a full cache for the same tokens),
         and for compressing methods after the prompt, per-(layer, KV head) ``capacity``/``used``
         arrays, the planned ``caps`` (prefix tokens kept, window excluded) and ``window``."""
-        return self._e.kv_stats()
+        with self._lock:
+            return self._e.kv_stats()
 
     def kv_positions(self) -> list:
         """Positions held per (layer, KV head): ``[layer][kv_head] -> int32 array``, kept prompt
         positions in order, then decoded ones."""
-        return self._e.kv_positions()
+        with self._lock:
+            return self._e.kv_positions()
 
     # ---- generation ----
     def generate(self, tokens: Sequence[int], temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                  min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
                  seed: Optional[int] = None, max_tokens: Optional[int] = None, reset: bool = True) -> Iterator[int]:
         """Yields sampled token ids after the prompt ``tokens`` until an end-of-generation token
-        (not yielded), ``max_tokens``, or the end of the context."""
+        (not yielded), ``max_tokens``, or the end of the context (n_ctx, or for compressing KV
+        methods the ``max_new_tokens`` decode slots reserved per head).
+
+        Calls made on the model while this iterator is suspended make its next step raise
+        InvalidArgumentError (the context is no longer the one it was generating in)."""
         sampler = self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         tokens = [int(t) for t in tokens]
         if not tokens:
@@ -158,19 +183,37 @@ class Model:
             if self._e.n_past + len(tokens) > self._e.n_ctx:
                 raise ContextFullError(f"prompt of {len(tokens)} tokens does not fit the context "
                                        f"({self._e.n_ctx} tokens, {self._e.n_past} in use)")
+            self._last_stop = None
             self._e.eval(tokens, False)
+            self._epoch += 1
+            epoch = self._epoch
         produced = 0
         while max_tokens is None or produced < max_tokens:
             with self._lock:
+                self._check_epoch(epoch)
                 tok = sampler.sample(self._e)
                 if self._e.is_eog(tok):
+                    self._last_stop = "stop"
                     return
             yield tok
             produced += 1
             with self._lock:
+                self._check_epoch(epoch)
                 if self._e.n_past >= self._e.n_ctx:
+                    self._last_stop = "length"
                     return
-                self._e.eval([tok], False)
+                try:
+                    self._e.eval([tok], False)
+                except ContextFullError:  # a compressed head's decode slots are used up; nothing changed
+                    self._last_stop = "length"
+                    return
+                self._epoch += 1
+                epoch = self._epoch
+
+    def _check_epoch(self, epoch):
+        if self._epoch != epoch:
+            raise InvalidArgumentError("the model's context was changed by another call while this generation "
+                                       "was suspended; restart the generation (or hold Model.lock around it)")
 
     def _sampler(self, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed):
         if seed is None or seed < 0:
@@ -197,8 +240,8 @@ class Model:
                 finish = "stop"
                 break
         else:
-            if n < max_tokens:
-                finish = "stop"  # end-of-generation token or context end
+            if n < max_tokens and self._last_stop != "length":
+                finish = "stop"  # end-of-generation token
         tail = scanner.flush() + (buf.decode("utf-8", errors="replace") if not scanner.stopped else "")
         yield tail, finish, n
 
@@ -233,8 +276,9 @@ class Model:
                         yield chunk(text, finish)
             return gen()
         text, finish, n = prefix, None, 0
-        for piece, finish, n in pieces:
-            text += piece
+        with self._lock:  # the whole generation at once: concurrent callers are serialized
+            for piece, finish, n in pieces:
+                text += piece
         out = chunk(text, finish)
         out["usage"] = {"prompt_tokens": len(prompt_tokens), "completion_tokens": n,
                         "total_tokens": len(prompt_tokens) + n}

@@ -3,6 +3,10 @@
 #include "common/error.h"
 #ifdef HEADKV_WITH_CUDA
 #include "backend/cuda_context.h"
+#else
+namespace headkv {
+class CudaContext {};  // never constructed without the backend; complete so unique_ptr can delete it
+}  // namespace headkv
 #endif
 
 #ifdef HEADKV_WITH_CUDA

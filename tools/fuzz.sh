@@ -3,6 +3,7 @@
 #
 #   tools/fuzz.sh [SECONDS_PER_TARGET=120] [JOBS=nproc]
 #
+# FUZZ_SECONDS_<target> (e.g. FUZZ_SECONDS_scores=300) overrides the time of one target.
 # Env: FUZZ_DIR (work dir, default .dev/fuzz: seeds/, corpus/<target>/, crashes/<target>/, logs/),
 #      FUZZ_BUILD (build dir, default .dev/build-fuzz), FUZZ_NO_BUILD=1 (use an existing build),
 #      FUZZ_TARGETS (default "gguf scores"), CXX (default clang++ / clang++-14).
@@ -37,9 +38,11 @@ for t in $TARGETS; do
   corpus="$FUZZ_DIR/corpus/$t" crashes="$FUZZ_DIR/crashes/$t" logs="$FUZZ_DIR/logs/$t"
   mkdir -p "$corpus" "$crashes" "$logs"
   rm -f "$logs"/*.log
+  var="FUZZ_SECONDS_$t"
+  secs=${!var:-$SECS}
   regress=(); [ -d "tests/fuzz/regressions/$t" ] && regress=("tests/fuzz/regressions/$t")
   for j in $(seq 1 "$JOBS"); do
-    "$FUZZ_BUILD/fuzz_$t" -max_total_time="$SECS" -max_len="${MAXLEN[$t]}" -timeout=20 -rss_limit_mb=4096 \
+    "$FUZZ_BUILD/fuzz_$t" -max_total_time="$secs" -max_len="${MAXLEN[$t]}" -timeout=20 -rss_limit_mb=4096 \
       -dict="tests/fuzz/$t.dict" -print_final_stats=1 -seed="$j" -artifact_prefix="$crashes/" \
       "$corpus" "$FUZZ_DIR/seeds/$t" "${regress[@]}" > "$logs/job$j.log" 2>&1 &
   done
@@ -47,7 +50,7 @@ for t in $TARGETS; do
   execs=$(grep -h "stat::number_of_executed_units" "$logs"/*.log | awk '{s += $2} END {print s + 0}')
   found=$(find "$crashes" -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)
   cov=$(grep -h "DONE\|cov:" "$logs"/*.log | grep -o "cov: [0-9]*" | awk '{print $2}' | sort -n | tail -1)
-  line="fuzz_$t: ${execs} executions in ${SECS}s x ${JOBS} jobs, coverage ${cov:-?} edges, corpus $(ls "$corpus" | wc -l) files, crash artifacts ${found}"
+  line="fuzz_$t: ${execs} executions in ${secs}s x ${JOBS} jobs, coverage ${cov:-?} edges, corpus $(ls "$corpus" | wc -l) files, crash artifacts ${found}"
   echo "$line" | tee -a "$FUZZ_DIR/summary.txt"
   [ "$found" = 0 ] || status=1
 done

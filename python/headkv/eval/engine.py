@@ -100,12 +100,12 @@ def fit_prompt(model, text: str, n_ctx: int, max_gen: int, chat: bool = True) ->
     return model.tokenize(text)
 
 
-def chat_prompt(model, text: str) -> list[int]:
-    """Token ids of one user turn (no truncation)."""
+def chat_prompt(model, text: str, assistant_prefix: str = "") -> list[int]:
+    """Token ids of one user turn (no truncation), optionally with the start of the reply."""
     if not model._e.chat_template:
-        return model.tokenize(text)
-    return model.tokenize(model.apply_chat_template([{"role": "user", "content": text}]), add_bos=False,
-                          special=True)
+        return model.tokenize(text + ("\n" + assistant_prefix if assistant_prefix else ""))
+    return model.tokenize(model.apply_chat_template([{"role": "user", "content": text}]) + assistant_prefix,
+                          add_bos=False, special=True)
 
 
 def greedy(model, prompt_ids, max_new: int, stop_at_newline: bool = False) -> tuple[list[int], str]:

@@ -69,16 +69,16 @@ class FidelityTask:
         return np.stack(rows), toks
 
     def _nll(self, model, prompt, cont):
+        """Mean -log p(cont | prompt), the continuation fed one token at a time (the decode path;
+        a multi-token logits_all eval after a prompt breaks later decodes on the CUDA backend)."""
         model.reset()
         model.eval(prompt)
-        first = np.array(model.logits(), dtype=np.float32)[None]
-        if len(cont) > 1:
-            model.eval(cont[:-1], logits_all=True)
-            rest = np.array(model.logits(all=True), dtype=np.float32)
-            lg = np.concatenate([first, rest])
-        else:
-            lg = first
-        return float(M.token_nll(lg, cont).mean())
+        rows = []
+        for i, t in enumerate(cont):
+            rows.append(np.array(model.logits(), dtype=np.float32))
+            if i + 1 < len(cont):
+                model.eval([int(t)])
+        return float(M.token_nll(np.stack(rows), cont).mean())
 
     def reference(self, full_model, ex):
         if ex["id"] not in self._ref:
@@ -94,9 +94,11 @@ class FidelityTask:
         else:
             logits, _ = self._teacher_forced(model, ex["prompt"], ref["tokens"])
             nll = self._nll(model, ex["prompt"], ex["continuation"])
+        # the full cache's greedy text; for a compressed cache, its own greedy pick at each position
+        text = model.detokenize([int(t) for t in logits.argmax(-1)]).decode("utf-8", errors="replace")
         agree = logits.argmax(-1) == np.asarray(ref["tokens"])
         prefix = int(np.argmin(agree)) if not agree.all() else len(agree)
         kl = M.kl_divergence(ref["logits"], logits)
-        return {"prediction": "",
+        return {"prediction": text,
                 "metrics": {"greedy_prefix": prefix / len(agree), "top1_agree": float(agree.mean()),
                             "kl": float(kl.mean()), "nll": nll, "nll_delta": nll - ref["nll"]}}

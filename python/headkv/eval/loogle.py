@@ -84,12 +84,12 @@ def load(path, task=None, limit=None) -> list[dict]:
             if pairs is None:
                 if not isinstance(doc.get("output"), str):
                     raise FormatError(f"{where}: a document without qa_pairs needs a string 'output'")
-                out.append({"id": f"{task}/{title}", "task": task, "input": doc["input"], "Q": "",
+                out.append({"id": f"{task}/{title}", "subtask": task, "input": doc["input"], "Q": "",
                             "answer": doc["output"]})
             else:
                 for i, p in enumerate(pairs):
                     a = p["A"] if isinstance(p["A"], str) else repr(p["A"])
-                    out.append({"id": f"{task}/{title}/{i}", "task": task, "input": doc["input"], "Q": p["Q"],
+                    out.append({"id": f"{task}/{title}/{i}", "subtask": task, "input": doc["input"], "Q": p["Q"],
                                 "answer": a})
             if limit is not None and len(out) >= limit:
                 out = out[:limit]
@@ -100,19 +100,19 @@ def load(path, task=None, limit=None) -> list[dict]:
 
 
 def prompt_tokens(model, ex, n_ctx, max_gen, chat=True) -> list[int]:
-    text = PROMPTS[ex["task"]].format(input=ex["input"], Q=ex["Q"])
+    text = PROMPTS[ex["subtask"]].format(input=ex["input"], Q=ex["Q"])
     return fit_prompt(model, text, n_ctx, max_gen, chat=chat)
 
 
 def max_new_tokens(ex, cap=None) -> int:
-    n = MAX_NEW_TOKENS[ex["task"]]
+    n = MAX_NEW_TOKENS[ex["subtask"]]
     return min(n, cap) if cap else n
 
 
 def score(ex, prediction: str) -> dict:
     pred = prediction.strip() or "None"  # LooGLE scores an empty output as "None"
     out = {"rouge_l": M.rouge_l(pred, ex["answer"]), "exact_match": M.exact_match(pred, ex["answer"])}
-    if ex["task"] == "shortdep_cloze":
+    if ex["subtask"] == "shortdep_cloze":
         out["cloze_exact"], out["cloze_partial"] = M.cloze_match(pred, ex["answer"])
     return out
 

@@ -35,7 +35,8 @@ def fact_needles(k: int, seed: int, length: int, depth: float) -> list[dict]:
     for p, num in zip(pairs, numbers):
         c, o = COLORS[int(p) // len(OBJECTS)], OBJECTS[int(p) % len(OBJECTS)]
         out.append({"needle": f"The secret number of the {c} {o} is {int(num)}.",
-                    "question": f"What is the secret number of the {c} {o}?", "answer": str(int(num))})
+                    "question": f"What is the secret number of the {c} {o}?", "answer": str(int(num)),
+                    "answer_prefix": f"The secret number of the {c} {o} is"})
     return out
 
 class _NeedleTask:
@@ -54,12 +55,13 @@ class _NeedleTask:
     def max_new(self, ex) -> int:
         return self.max_gen
 
-    def _prompt(self, tok_model, needle, question, length, depth, offset) -> list[int]:
-        """Chat prompt of about ``length`` tokens in all (template + haystack + needle + question)."""
+    def _prompt(self, tok_model, needle, question, prefix, length, depth, offset) -> list[int]:
+        """Chat prompt of about ``length`` tokens in all (template + haystack + needle + question +
+        the reply's start ``prefix``, which restates the question so the model answers directly)."""
         tok = lambda s: tok_model.tokenize(s, add_bos=False)  # noqa: E731
-        frame = len(chat_prompt(tok_model, nd.prompt_text("", question)))
+        frame = len(chat_prompt(tok_model, nd.prompt_text("", question), prefix))
         ctx = hs.build_context(tok, self.hay(), length - frame - self.max_gen, depth, needle, offset=offset)
-        return chat_prompt(tok_model, nd.prompt_text(ctx, question))
+        return chat_prompt(tok_model, nd.prompt_text(ctx, question), prefix)
 
     def run(self, model, ex, cfg, n_ctx):
         toks, text = greedy(model, ex["prompt"], self.max_gen)
@@ -86,7 +88,8 @@ class NiahTask(_NeedleTask):
                     off = (L // 512 + int(d * 10) + 3 * j) % len(self.hay())
                     out.append({"id": f"niah/{L}/{d:g}/{j}", "length": L, "depth": d, "needle": f["needle"],
                                 "question": f["question"], "answer": f["answer"], "seed": self.seed,
-                                "prompt": self._prompt(tok_model, f["needle"], f["question"], L, d, off)})
+                                "prompt": self._prompt(tok_model, f["needle"], f["question"], f["answer_prefix"],
+                                                       L, d, off)})
         return out
 
     def score(self, ex, text):
@@ -95,7 +98,7 @@ class NiahTask(_NeedleTask):
 
 class ReasoningTask(_NeedleTask):
     name = "reasoning-needles"
-    metrics = ("f1", "contains")
+    metrics = ("f1", "contains", "distractor")
     max_gen = 24
 
     def __init__(self, n=20, kinds=("R2",), lengths=(1024,), depths=(0.1, 0.3, 0.5, 0.7, 0.9), seed=0,
@@ -110,11 +113,20 @@ class ReasoningTask(_NeedleTask):
             for i, nx in enumerate(nd.generate(kind, self.n, seed=self.seed, split="eval")):
                 L = self.lengths[i % len(self.lengths)]
                 d = self.depths[i % len(self.depths)]
-                out.append({"id": f"{nx['id']}/{L}/{d:g}", "kind": kind, "length": L, "depth": d, "needle": nx["needle"],
-                            "question": nx["question"], "answer": nx["answer"], "seed": self.seed,
-                            "prompt": self._prompt(tok_model, nx["needle"], nx["question"], L, d, 7 + i)})
+                ex = {"id": f"{nx['id']}/{L}/{d:g}", "kind": kind, "length": L, "depth": d, "needle": nx["needle"],
+                      "question": nx["question"], "answer": nx["answer"], "seed": self.seed,
+                      "prompt": self._prompt(tok_model, nx["needle"], nx["question"], nx.get("answer_prefix", ""),
+                                             L, d, 7 + i)}
+                if nx.get("distractor"):
+                    ex["distractor"] = nx["distractor"]
+                out.append(ex)
         out.sort(key=lambda e: e["length"])
         return out
 
     def score(self, ex, text):
-        return {"f1": nd.f1_score(text, ex["answer"]), "contains": M.contains_answer(text, ex["answer"])}
+        """Answer F1 (the paper's), whole answer present, and (R2) the other person's attribute
+        given instead: retrieval without the comparison."""
+        out = {"f1": nd.f1_score(text, ex["answer"]), "contains": M.contains_answer(text, ex["answer"])}
+        if ex.get("distractor"):
+            out["distractor"] = M.contains_answer(text, ex["distractor"]) * (1.0 - out["contains"])
+        return out

@@ -24,8 +24,8 @@ from .engine import Config, EngineOptions, make_model
 RESULTS = "results.jsonl"
 MANIFEST = "run.json"
 # example fields copied into each record (the prompt's token ids are not)
-RECORD_FIELDS = ("length", "depth", "dataset", "kind", "metric", "needle", "question", "answer", "answers",
-                 "essay", "task", "Q")
+RECORD_FIELDS = ("length", "depth", "dataset", "kind", "metric", "needle", "question", "answer", "distractor",
+                 "answers", "essay", "subtask", "Q")
 
 
 def record_key(r: dict) -> tuple:
@@ -85,20 +85,13 @@ def scores_identity(opts: EngineOptions) -> str:
 
 
 def shipped_scores(model_path):
-    """The score file headkv ships for this model, if any (python/headkv/data/*.json matching its fingerprint)."""
-    from ..scores import model_fingerprint
-    d = Path(__file__).resolve().parents[1] / "data"
-    if not d.is_dir():
+    """The R2 score file headkv ships for this model (matched by fingerprint), or None."""
+    from ..errors import InvalidArgumentError
+    from ..scores import shipped_scores as lookup
+    try:
+        return lookup(model_path, "R2")
+    except (InvalidArgumentError, OSError):
         return None
-    fp = model_fingerprint(model_path)
-    for p in sorted(d.glob("*.json")):
-        try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(doc, dict) and isinstance(doc.get("model"), dict) and doc["model"].get("fingerprint") == fp:
-            return str(p)
-    return None
 
 
 _NUMERIC = ("fingerprint", "n_ctx", "window", "beta", "pooling", "kernel", "decoding")

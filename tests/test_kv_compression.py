@@ -160,3 +160,21 @@ def test_kv_bytes_measured_from_allocator(smollm2, prompt):
     assert st["bytes_held"] * 3 < st["bytes_full"]  # 128 + 32 of 597 + 32 entries per head
     m.reset()
     assert _core.heap_in_use() - before <= 4096
+
+
+@pytest.mark.parametrize("budget", [64, 128, 256, 512])
+def test_caps_follow_shipped_smollm2_scores(smollm2, essays, budget):
+    """With no score file, method 'headkv' uses the shipped R2 scores; its caps are the paper's
+    formula (NumPy reference) over those scores, and the total respects L * H_kv * B."""
+    from headkv import scores as hs
+    from headkv.reference import budget as ref_budget
+    path = hs.shipped_scores(smollm2, "R2")
+    scores, method = hs.load_scores(path, smollm2)
+    assert method == "R2" and scores.shape == (L, H)
+    m = headkv.Model(smollm2, n_ctx=2048, n_threads=2, kv_method="headkv", kv_budget=budget, max_new_tokens=4)
+    ids = m.tokenize(essays[0])[:1500]
+    m.eval(ids)
+    caps = m.kv_stats()["caps"]
+    np.testing.assert_array_equal(caps, ref_budget.plan("headkv", scores, L, HKV, budget, 8, 1.2, 1.0, len(ids)))
+    assert (caps + 8).sum() <= L * HKV * budget
+    assert caps.max() > 2 * caps.min()  # the shipped scores really differ per head

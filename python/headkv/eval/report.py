@@ -176,6 +176,10 @@ def plots(summary: dict, out_dir) -> list[str]:
                 else:
                     ax.plot([r["budget"] for r in rows], [r[k] for r in rows], marker="o", label=m)
             ax.set_xscale("log", base=2)
+            bs = sorted({r["budget"] for r in cfgs.values() if r["budget"] is not None})
+            if bs:
+                ax.set_xticks(bs, [str(b) for b in bs])
+                ax.minorticks_off()
             ax.set_xlabel("KV budget per head (entries)")
             ax.set_ylabel(k)
             ax.set_title(f"{task}: {k}")

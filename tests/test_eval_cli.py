@@ -126,3 +126,14 @@ def test_loogle_end_to_end(tmp_path, smollm2):
     from headkv.eval import loogle
     assert r["metrics"] == loogle.score({"subtask": "shortdep_qa", "answer": "Arvid Holm"}, r["prediction"])
     assert "loogle" in json.loads((out / "summary.json").read_text())
+
+
+def test_cli_errors_leave_nothing_behind(tmp_path, smollm2):
+    out = tmp_path / "out"
+    for args, msg in ((["longbench", "--data", str(tmp_path / "missing.jsonl")], "cannot read LongBench file"),
+                      (["niah", "--methods", "full,nosuch"], "unknown KV method"),
+                      (["niah", "--lengths", "40"], "no room")):
+        p = subprocess.run([tool_path("headkv-eval"), *args, "-m", smollm2, "--out", str(out), "--no-progress"],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 1 and "headkv-eval: error:" in p.stderr and msg in p.stderr, p.stderr
+        assert not out.exists()

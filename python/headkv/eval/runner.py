@@ -143,15 +143,16 @@ class Runner:
     def run(self) -> dict:
         """Runs what is missing; returns {"computed": n, "skipped": n}."""
         import headkv
-        check_manifest(self.out, manifest(self.opts))
+        tok_model = headkv.Model(self.opts.model_path, n_ctx=256, n_threads=1)
+        # every task's examples first: bad input fails here, before the output folder is touched
+        examples = [task.examples(tok_model) for task in self.tasks]
         if any(c.method == "headkv" for c in self.configs):
             self.scores_id = scores_identity(self.opts)
+        check_manifest(self.out, manifest(self.opts))
         path = self.out / self.results_name
         done = {record_key(r) for r in read_results(self.out)}
-        tok_model = headkv.Model(self.opts.model_path, n_ctx=256, n_threads=1)
         computed = skipped = 0
-        for task in self.tasks:
-            exs = task.examples(tok_model)
+        for task, exs in zip(self.tasks, examples):
             todo = []
             for ex in exs:
                 need = len(ex["prompt"]) + task.max_new(ex)

@@ -37,7 +37,7 @@ void check_kv_config(const KVConfig& kv) {
   if (!(kv.adakv_floor >= 0 && kv.adakv_floor <= 1)) bad("adakv floor must be in [0, 1]");
 }
 
-constexpr int kKeysPerItem = 64, kMaxSplits = 2048;
+constexpr int kKeysPerItem = 64, kMaxSplits = 512;
 
 }  // namespace
 

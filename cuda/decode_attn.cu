@@ -9,7 +9,7 @@ namespace headkv::cu {
 
 namespace {
 
-constexpr int NT = 128, TILE = 128, MAXG = 16;
+constexpr int NT = 128, TILE = 128, MAXG = 8;
 
 template <int HD>
 __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
@@ -21,6 +21,7 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
   __shared__ float sc[MAXG][TILE];
   __shared__ float mh[MAXG], lh[MAXG], ah[MAXG];
   __shared__ float red[R > 1 ? R : 1][MAXG][HD];
+  __shared__ __align__(16) __half vs[TILE][HD];  // the tile's values, staged with 16-byte loads
   for (int i = tid; i < G * HD; i += NT) qs[i / HD][i % HD] = a.q[(g * G + i / HD) * HD + i % HD];
   if (tid < G) {
     mh[tid] = -INFINITY;
@@ -39,14 +40,22 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
   __syncthreads();
   for (int64_t k0 = start; k0 < end; k0 += TILE) {
     const int64_t key = k0 + tid;
+    const int64_t n = min((int64_t)TILE, end - k0);
+    for (int i = tid; i < n * (HD / 8); i += NT) {
+      const int c = i / (HD / 8), j = (i % (HD / 8)) * 8;
+      *reinterpret_cast<uint4*>(&vs[c][j]) = *reinterpret_cast<const uint4*>(V + (k0 + c) * HD + j);
+    }
     if (key < end) {
       float s[MAXG];
 #pragma unroll
       for (int h = 0; h < MAXG; ++h) s[h] = 0.0f;
       const uint4* kr = reinterpret_cast<const uint4*>(K + key * HD);
-#pragma unroll 4
+      uint4 ku[HD / 8];
+#pragma unroll
+      for (int c = 0; c < HD / 8; ++c) ku[c] = kr[c];  // all loads in flight at once
+#pragma unroll
       for (int c = 0; c < HD / 8; ++c) {
-        const uint4 u = kr[c];
+        const uint4 u = ku[c];
         const __half2* hp = reinterpret_cast<const __half2*>(&u);
         float kf[8];
 #pragma unroll
@@ -91,9 +100,8 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
 #pragma unroll
     for (int h = 0; h < MAXG; ++h)
       if (h < G) o[h] *= ah[h];
-    const int64_t n = min((int64_t)TILE, end - k0);
     for (int c = rep; c < n; c += R) {
-      const float v = __half2float(V[(k0 + c) * HD + d]);
+      const float v = __half2float(vs[c][d]);
 #pragma unroll
       for (int h = 0; h < MAXG; ++h)
         if (h < G) o[h] += sc[h][c] * v;
@@ -119,34 +127,56 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
   }
 }
 
+// One block per query head: the head's partials are split over MG thread groups (one thread per
+// dimension in each), then combined through shared memory.
+constexpr int MT = 512;
 template <int HD>
-__global__ void merge_kernel(DecodeArgs a) {
-  const int h = blockIdx.x, d = threadIdx.x;
+__global__ void __launch_bounds__(MT) merge_kernel(DecodeArgs a) {
+  constexpr int MG = MT / HD;
+  const int h = blockIdx.x, tid = threadIdx.x, d = tid % HD, grp = tid / HD;
   const int G = a.nh / a.nkv, g = h / G, hh = h % G;
   const int first = a.head_first[g], n = a.head_splits[g];
+  __shared__ float red[MT / 32];
+  __shared__ float accs[MG][HD], ls[MG];
   float M = -INFINITY;
-  for (int i = 0; i < n; ++i) M = fmaxf(M, a.part[((int64_t)(first + i) * G + hh) * (HD + 2) + HD]);
+  for (int i = tid; i < n; i += MT) M = fmaxf(M, a.part[((int64_t)(first + i) * G + hh) * (HD + 2) + HD]);
+  for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+  if ((tid & 31) == 0) red[tid >> 5] = M;
+  __syncthreads();
+  M = -INFINITY;
+  for (int w = 0; w < MT / 32; ++w) M = fmaxf(M, red[w]);
   float L = 0.0f, acc = 0.0f;
-  for (int i = 0; i < n; ++i) {
+#pragma unroll 4
+  for (int i = grp; i < n; i += MG) {
     const float* p = a.part + ((int64_t)(first + i) * G + hh) * (HD + 2);
-    if (p[HD + 1] == 0.0f) continue;
-    const float w = expf(p[HD] - M);
-    L += p[HD + 1] * w;
+    const float l = p[HD + 1];
+    const float w = l == 0.0f ? 0.0f : expf(p[HD] - M);
+    L += l * w;
     acc += p[d] * w;
   }
-  a.out[h * HD + d] = acc / L;
+  accs[grp][d] = acc;
+  if (d == 0) ls[grp] = L;
+  __syncthreads();
+  if (grp == 0) {
+    float A = 0.0f, LL = 0.0f;
+    for (int j = 0; j < MG; ++j) {
+      A += accs[j][d];
+      LL += ls[j];
+    }
+    a.out[h * HD + d] = A / LL;
+  }
 }
 
 }  // namespace
 
 void decode_attention(const DecodeArgs& a, cudaStream_t s) {
-  if (a.nh / a.nkv > MAXG) fail(ErrorKind::Unsupported, "CUDA backend: more than 16 query heads per KV head");
+  if (a.nh / a.nkv > MAXG) fail(ErrorKind::Unsupported, "CUDA backend: more than 8 query heads per KV head");
   if (a.hd == 64) {
     split_kernel<64><<<a.n_items, NT, 0, s>>>(a);
-    merge_kernel<64><<<a.nh, 64, 0, s>>>(a);
+    merge_kernel<64><<<a.nh, MT, 0, s>>>(a);
   } else if (a.hd == 128) {
     split_kernel<128><<<a.n_items, NT, 0, s>>>(a);
-    merge_kernel<128><<<a.nh, 128, 0, s>>>(a);
+    merge_kernel<128><<<a.nh, MT, 0, s>>>(a);
   } else {
     fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
   }

@@ -4,6 +4,9 @@
 // shared memory (sum of squares in double, as the CPU) and the dots read it from there; this
 // fuses the norm into the projection that follows it. Rows may span up to 3 weight matrices of
 // one type and width (Q, K, V in one launch).
+#include <cstdlib>
+#include <string>
+
 #include "common.cuh"
 #include "kernels.cuh"
 #include "quant.cuh"
@@ -12,7 +15,8 @@ namespace headkv::cu {
 
 namespace {
 
-constexpr int kWarps = 4, kRowsPerWarp = 2, kRowsPerBlock = kWarps * kRowsPerWarp;
+// Row-per-warp kernel: 4 warps x 2 rows, x read through L1 (several tokens; NORM stages it).
+constexpr int kWarpsN = 4, kRowsN = 2;
 
 struct MV {
   const uint8_t* W[3];
@@ -29,7 +33,7 @@ struct MV {
   float eps;
 };
 
-template <class F, int MODE, int NT, bool NORM>
+template <class F, int MODE, int NT, bool NORM, bool STAGE, int kRowsPerWarp, int kWarps>
 __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
   extern __shared__ float xs[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -50,6 +54,10 @@ __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
     double tot = 0.0;
     for (int w = 0; w < kWarps; ++w) tot += red[w];
     scale = 1.0f / sqrtf((float)(tot / a.cols) + a.eps);
+  } else if (STAGE) {
+    for (int64_t c = threadIdx.x * 4; c < a.cols; c += 32 * kWarps * 4)
+      *reinterpret_cast<float4*>(xs + c) = *reinterpret_cast<const float4*>(a.x + c);
+    __syncthreads();
   }
   const int64_t row0 = ((int64_t)blockIdx.x * kWarps + warp) * kRowsPerWarp;
   if (row0 >= a.rows) return;
@@ -70,7 +78,7 @@ __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
   // Blocks of odd index read their two x halves in the other order: a quarter warp then covers
   // 8 distinct 16-byte bank groups (no shared-memory bank conflicts).
   const int oa = odd ? F::off1(p) : F::off0(p), ob = odd ? F::off0(p) : F::off1(p);
-  const float* xsrc = NORM ? xs : a.x;
+  const float* xsrc = STAGE ? xs : a.x;
   float acc[kRowsPerWarp][NT], acc2[kRowsPerWarp][NT];
 #pragma unroll
   for (int i = 0; i < kRowsPerWarp; ++i)
@@ -132,20 +140,155 @@ __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
   }
 }
 
-template <class F, int MODE, bool NORM>
-void launch(const MV& a, cudaStream_t s) {
-  const dim3 grid((unsigned)cdiv(a.rows, kRowsPerBlock)), block(32 * kWarps);
-  const size_t smem = NORM ? (size_t)a.cols * sizeof(float) : 0;
-  if (NORM && smem > 48 * 1024) {
-    static bool attr = false;
-    if (!attr) {
-      check(cudaFuncSetAttribute(matvec_kernel<F, MODE, 1, NORM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-            "matvec shared memory");
-      attr = true;
+
+// x-stationary single-token kernel: a block of 256 threads owns kXsRows rows; each thread keeps
+// its share of x (parts q = tid + i*256 of 8 elements, RMSNorm and w_norm applied) in registers,
+// loaded once, and streams the rows' weights against it: x is read once per kXsRows rows and
+// every thread has kXsRows * parts independent weight loads in flight.
+constexpr int kXsThreads = 256, kXsRows = 8, kXsMaxParts = 8;
+
+template <class F, int MODE, bool NORM, int NP>
+__global__ void __launch_bounds__(kXsThreads) matvec_xs_kernel(MV a) {
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int64_t nparts = a.cols / 8;
+  float xr[NP][8];
+  double ss = 0.0;
+#pragma unroll
+  for (int i = 0; i < NP; ++i) {
+    const int64_t q = tid + (int64_t)i * kXsThreads;
+    if (q < nparts) {
+      const int64_t b = q / 4;
+      const int p = (int)(q % 4);
+      const float* xb = a.x + b * 32;
+      const float4 lo = *reinterpret_cast<const float4*>(xb + F::off0(p));
+      const float4 hi = *reinterpret_cast<const float4*>(xb + F::off1(p));
+      float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+      if (NORM) {
+        const float4 wl = *reinterpret_cast<const float4*>(a.norm_w + b * 32 + F::off0(p));
+        const float4 wh = *reinterpret_cast<const float4*>(a.norm_w + b * 32 + F::off1(p));
+        const float w[8] = {wl.x, wl.y, wl.z, wl.w, wh.x, wh.y, wh.z, wh.w};
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          ss += (double)v[j] * v[j];
+          v[j] *= w[j];
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) xr[i][j] = v[j];
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) xr[i][j] = 0.0f;
     }
   }
-  if (a.T == 1) matvec_kernel<F, MODE, 1, NORM><<<grid, block, smem, s>>>(a);
-  else matvec_kernel<F, MODE, kMatvecMaxT, false><<<grid, block, 0, s>>>(a);
+  __shared__ double dred[kXsThreads / 32];
+  __shared__ float red[kXsThreads / 32][kXsRows], red2[kXsThreads / 32][kXsRows];
+  float scale = 1.0f;
+  if (NORM) {
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (lane == 0) dred[warp] = ss;
+    __syncthreads();
+    double tot = 0.0;
+    for (int w = 0; w < kXsThreads / 32; ++w) tot += dred[w];
+    scale = 1.0f / sqrtf((float)(tot / a.cols) + a.eps);
+  }
+  const int64_t row0 = (int64_t)blockIdx.x * kXsRows;
+  float acc[kXsRows], acc2[kXsRows];
+#pragma unroll
+  for (int r = 0; r < kXsRows; ++r) {
+    acc[r] = acc2[r] = 0.0f;
+    const int64_t row = min(row0 + r, a.rows - 1);
+    int s = 0;
+    while (s + 1 < a.n_seg && row >= a.seg_end[s]) ++s;
+    const int64_t local = row - (s ? a.seg_end[s - 1] : 0);
+    const uint8_t* wr = a.W[s] + local * a.row_bytes;
+    const uint8_t* wr2 = MODE == MV_SWIGLU ? a.W2 + local * a.row_bytes : nullptr;
+#pragma unroll
+    for (int i = 0; i < NP; ++i) {
+      const int64_t q = tid + (int64_t)i * kXsThreads;
+      if (q < nparts) {
+        float w[8];
+        F::part(wr + (q / 4) * F::bytes, (int)(q % 4), w);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[r] += w[j] * xr[i][j];
+        if constexpr (MODE == MV_SWIGLU) {
+          F::part(wr2 + (q / 4) * F::bytes, (int)(q % 4), w);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc2[r] += w[j] * xr[i][j];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kXsRows; ++r)
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+      if constexpr (MODE == MV_SWIGLU) acc2[r] += __shfl_xor_sync(0xffffffffu, acc2[r], o);
+    }
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < kXsRows; ++r) {
+      red[warp][r] = acc[r];
+      red2[warp][r] = acc2[r];
+    }
+  __syncthreads();
+  if (tid < kXsRows && row0 + tid < a.rows) {
+    float v = 0.0f, u = 0.0f;
+    for (int w = 0; w < kXsThreads / 32; ++w) {
+      v += red[w][tid];
+      u += red2[w][tid];
+    }
+    v *= scale;
+    const int64_t row = row0 + tid;
+    int s = 0;
+    while (s + 1 < a.n_seg && row >= a.seg_end[s]) ++s;
+    float* o = a.y[s] + (row - (s ? a.seg_end[s - 1] : 0));
+    if (MODE == MV_STORE) *o = v;
+    else if (MODE == MV_ADD) *o += v;
+    else *o = v / (1.0f + expf(-v)) * (u * scale);
+  }
+}
+
+template <class F, int MODE, bool NORM>
+bool launch_xs(const MV& a, cudaStream_t s) {
+  const int64_t np = cdiv(a.cols / 8, kXsThreads);
+  const unsigned grid = (unsigned)cdiv(a.rows, kXsRows);
+  switch (np) {
+    case 1: matvec_xs_kernel<F, MODE, NORM, 1><<<grid, kXsThreads, 0, s>>>(a); return true;
+    case 2: matvec_xs_kernel<F, MODE, NORM, 2><<<grid, kXsThreads, 0, s>>>(a); return true;
+    case 3: case 4: matvec_xs_kernel<F, MODE, NORM, 4><<<grid, kXsThreads, 0, s>>>(a); return true;
+    case 5: case 6: case 7: case 8: matvec_xs_kernel<F, MODE, NORM, 8><<<grid, kXsThreads, 0, s>>>(a); return true;
+    default: return false;
+  }
+}
+
+// HEADKV_MATVEC=warp selects the row-per-warp kernel for single tokens too (for comparisons).
+bool use_xs() {
+  static const bool xs = [] {
+    const char* e = std::getenv("HEADKV_MATVEC");
+    return !(e && std::string(e) == "warp");
+  }();
+  return xs;
+}
+
+template <class F, int MODE, bool NORM>
+void launch(const MV& a, cudaStream_t s) {
+  if (a.T == 1 && use_xs() && launch_xs<F, MODE, NORM>(a, s)) return;
+  if (a.T == 1) {
+    const size_t smem = NORM ? (size_t)a.cols * sizeof(float) : 0;
+    auto k = matvec_kernel<F, MODE, 1, NORM, NORM, kRowsN, kWarpsN>;
+    if (smem > 48 * 1024) {
+      static int attr = 0;
+      if ((size_t)attr < smem) {
+        check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "matvec shared memory");
+        attr = (int)smem;
+      }
+    }
+    k<<<(unsigned)cdiv(a.rows, kRowsN * kWarpsN), 32 * kWarpsN, smem, s>>>(a);
+  } else {
+    matvec_kernel<F, MODE, kMatvecMaxT, false, false, kRowsN, kWarpsN>
+        <<<(unsigned)cdiv(a.rows, kRowsN * kWarpsN), 32 * kWarpsN, 0, s>>>(a);
+  }
 }
 
 void run(const MV& a, int type, MatvecMode mode, bool norm, cudaStream_t s) {

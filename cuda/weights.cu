@@ -63,7 +63,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   };
   if (hp.head_dim != 64 && hp.head_dim != 128)
     fail(ErrorKind::Unsupported, "device 'cuda': head_dim " + std::to_string(hp.head_dim) + " is not supported (64, 128)");
-  if (hp.n_head % hp.n_head_kv || hp.n_head / hp.n_head_kv > 16 || hp.n_head_kv > 64)
+  if (hp.n_head % hp.n_head_kv || hp.n_head / hp.n_head_kv > 8 || hp.n_head_kv > 64)
     fail(ErrorKind::Unsupported, "device 'cuda': head layout " + std::to_string(hp.n_head) + "/" +
                                      std::to_string(hp.n_head_kv) + " is not supported");
 

@@ -45,5 +45,43 @@ case "$stage" in
       --shape llama3-8b --type "$t" -o /tmp/l3-8b-$t.gguf > /dev/null
     ls -la /tmp/l3-8b-$t.gguf
     ;;
+  llama_build)  # background (setsid): survives the call while the machine stays warm
+    setsid nohup bash -c "python3 bench/compare_llamacpp.py --source .dev/llamacpp/llama.cpp-src.tar.gz --cuda \
+      --cuda-arch 90 --build-only --jobs ${1:-12} > /tmp/llama-build.log 2>&1; echo done >> /tmp/llama-build.log" \
+      > /dev/null 2>&1 < /dev/null &
+    echo "llama.cpp build started"
+    ;;
+  llama_wait)
+    for i in $(seq 1 ${1:-400}); do grep -q '^done' /tmp/llama-build.log 2>/dev/null && break; sleep 1; done
+    tail -3 /tmp/llama-build.log; ls -la .dev/llamacpp/build-cuda/bin/llama-bench
+    ;;
+  scores8b)  # random head scores of the Llama-3-8B shape (official HeadKV format)
+    python3 -c "
+import json, numpy as np
+rng = np.random.default_rng(0)
+json.dump({f'{l}-{h}': list(rng.random(3)) for l in range(32) for h in range(32)}, open('/tmp/scores-8b.json', 'w'))"
+    ;;
+  bench8b)  # bench8b TYPE GROUP: the issue's matrix on the Llama-3-8B-shaped file, one group per call
+    t=$1; grp=$2
+    HB=$(dirname "$(command -v python3)")/headkv-bench
+    M="-m /tmp/l3-8b-$t.gguf --device cuda --bandwidth 3350 -o jsonl"
+    H="--kv-method headkv --kv-budget 1024 --scores /tmp/scores-8b.json"
+    f="$OUT/hk_${t}_${grp}.jsonl"
+    case "$grp" in
+      tg)    $HB $M -p 0 -n 64 -d 0,8192,32768 -r 2 > "$f"; $HB $M $H -p 0 -n 64 -d 0,8192,32768 -r 2 >> "$f" ;;
+      pp)    $HB $M -p 4096,32768 -n 0 -r 2 > "$f"; $HB $M $H -p 4096,32768 -n 0 -r 1 >> "$f" ;;
+      128k)  $HB $M $H -p 0 -n 64 -d 131072 -r 1 > "$f"; $HB $M $H -p 131072 -n 0 -r 1 >> "$f";
+             $HB $M -p 0 -n 32 -d 131072 -r 1 >> "$f" ;;
+    esac
+    python3 bench/gpu/show.py "$f"
+    ;;
+  ab)  # decode matvec A/B on the 8B Q4_0 file: prints the faster HEADKV_MATVEC setting last
+    HB=$(dirname "$(command -v python3)")/headkv-bench
+    for v in xs warp; do
+      HEADKV_MATVEC=$v $HB -m /tmp/l3-8b-q4_0.gguf --device cuda -p 0 -n 64 -r 2 -o jsonl > "$OUT/ab_$v.jsonl"
+      echo "$v $(python3 -c "import json; print(json.loads(open('$OUT/ab_$v.jsonl').readline())['avg_ts'])")"
+    done | tee "$OUT/ab.txt"
+    sort -k2 -n -r "$OUT/ab.txt" | head -1 | cut -d' ' -f1 > /tmp/matvec_best
+    ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

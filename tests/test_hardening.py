@@ -186,7 +186,7 @@ def test_generation_stops_at_the_end_of_the_context(smollm2):
 def test_max_tokens_beyond_a_heads_decode_room(smollm2):
     """Compressed methods reserve max_new_tokens decode slots per head: generation ends cleanly
     (finish_reason "length") after them, with the tokens a larger reservation also produces."""
-    text = "The quick brown fox jumps over the lazy dog. " * 8 + "Then the fox"
+    text = "The quick brown fox jumps over the lazy dog. " * 5 + "Then the fox"
     small = headkv.Model(smollm2, n_ctx=512, n_threads=2, kv_method="snapkv", kv_budget=32, max_new_tokens=4)
     big = headkv.Model(smollm2, n_ctx=512, n_threads=2, kv_method="snapkv", kv_budget=32, max_new_tokens=64)
     ids = small.tokenize(text)
@@ -277,7 +277,7 @@ def test_keyboard_interrupt_during_native_compute(m, reference):
     """A real SIGINT-style interrupt (PyErr_SetInterrupt) while the main thread is inside eval with
     the GIL released: KeyboardInterrupt surfaces after the native call returns; state is whole."""
     import _thread
-    long_prompt = "The quick brown fox jumps over the lazy dog. " * 40
+    long_prompt = "The quick brown fox jumps over the lazy dog. " * 12
     timer = threading.Timer(0.3, _thread.interrupt_main)
     timer.start()
     try:
@@ -354,7 +354,7 @@ def test_interleaved_stream_is_refused(m, reference):
 
 
 def test_gil_is_released_during_eval(m):
-    ids = m.tokenize("The quick brown fox jumps over the lazy dog. " * 40)
+    ids = m.tokenize("The quick brown fox jumps over the lazy dog. " * 12)
     count, running = [0], [True]
 
     def spin():

@@ -58,7 +58,7 @@ def test_longbench_end_to_end_and_resume(tmp_path, smollm2):
     assert len(recs) == 2 * len(rows)
     assert {r["config"] for r in recs} == {"full", "snapkv@64"}
     # every stored score is the dataset's metric of the stored prediction
-    by_id = {f"{lb.load(tmp_path / 'lb.jsonl')[i]['id']}": ex for i, ex in enumerate(lb.load(tmp_path / "lb.jsonl"))}
+    by_id = {ex["id"]: ex for ex in lb.load(tmp_path / "lb.jsonl")}
     for r in recs:
         assert r["metrics"]["score"] == pytest.approx(lb.score(by_id[r["id"]], r["prediction"]))
         assert r["metric"] == lb.metric_name(r["dataset"])

@@ -59,3 +59,13 @@ def test_summary_markdown_plots(tmp_path):
     names = sorted(p.rsplit("/", 1)[1] for p in files["plots"])
     assert names == ["niah_accuracy.png", "niah_heatmap_full.png", "niah_heatmap_snapkv.png"]
     assert json.loads((tmp_path / "summary.json").read_text())["niah"]["n_examples"] == 4
+
+
+def test_niah_needles_stable_and_distinct():
+    from headkv.eval.niah import fact_needles
+    four = fact_needles(4, 0, 2048, 0.5)
+    assert fact_needles(1, 0, 2048, 0.5)[0] == four[0]          # a cell's needles do not depend on the grid
+    assert len({n["answer"] for n in four}) == 4 and len({n["question"] for n in four}) == 4
+    assert fact_needles(4, 1, 2048, 0.5) != four and fact_needles(4, 0, 4096, 0.5) != four
+    for n in four:
+        assert n["needle"].startswith(n["answer_prefix"]) and n["needle"].endswith(f" {n['answer']}.")

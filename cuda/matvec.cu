@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
 // its share of x (parts q = tid + i*256 of 8 elements, RMSNorm and w_norm applied) in registers,
 // loaded once, and streams the rows' weights against it: x is read once per kXsRows rows and
 // every thread has kXsRows * parts independent weight loads in flight.
-constexpr int kXsThreads = 256, kXsRows = 8, kXsMaxParts = 8;
+constexpr int kXsThreads = 256, kXsRows = 8;
 
 template <class F, int MODE, bool NORM, int NP>
 __global__ void __launch_bounds__(kXsThreads) matvec_xs_kernel(MV a) {
@@ -278,11 +278,11 @@ void launch(const MV& a, cudaStream_t s) {
   if (a.T == 1) {
     const size_t smem = NORM ? (size_t)a.cols * sizeof(float) : 0;
     auto k = matvec_kernel<F, MODE, 1, NORM, NORM, kRowsN, kWarpsN>;
-    if (smem > 48 * 1024) {
-      static int attr = 0;
-      if ((size_t)attr < smem) {
+    if constexpr (NORM) {
+      static size_t attr = 48 * 1024;
+      if (smem > attr) {
         check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "matvec shared memory");
-        attr = (int)smem;
+        attr = smem;
       }
     }
     k<<<(unsigned)cdiv(a.rows, kRowsN * kWarpsN), 32 * kWarpsN, smem, s>>>(a);

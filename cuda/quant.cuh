@@ -18,6 +18,9 @@ __device__ __forceinline__ uint32_t ld_u32_a2(const uint8_t* p) {  // 4 bytes at
   return (uint32_t)q[0] | ((uint32_t)q[1] << 16);
 }
 __device__ __forceinline__ float bf16_to_f32(uint32_t b) { return __uint_as_float(b << 16); }
+// Exact small-integer -> float without the quarter-rate I2F conversion: the 8-bit value v is placed
+// in the mantissa of 2^23 (0x4B000000) and 2^23 + bias is subtracted (both exact in fp32).
+__device__ __forceinline__ float u8_minus(uint32_t v, float bias) { return __uint_as_float(0x4B000000u | v) - (8388608.0f + bias); }
 
 template <int T> struct Fmt;
 
@@ -30,8 +33,8 @@ template <> struct Fmt<T_Q4_0> {
     const uint32_t q = ld_u32_a2(b + 2 + 4 * p);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      w[i] = d * (float)((int)((q >> (8 * i)) & 0xF) - 8);
-      w[4 + i] = d * (float)((int)((q >> (8 * i + 4)) & 0xF) - 8);
+      w[i] = d * u8_minus((q >> (8 * i)) & 0xF, 8.0f);
+      w[4 + i] = d * u8_minus((q >> (8 * i + 4)) & 0xF, 8.0f);
     }
   }
 };
@@ -45,8 +48,8 @@ template <> struct Fmt<T_Q4_1> {
     const uint32_t q = *reinterpret_cast<const uint32_t*>(b + 4 + 4 * p);  // 4-byte aligned
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      w[i] = d * (float)((q >> (8 * i)) & 0xF) + m;
-      w[4 + i] = d * (float)((q >> (8 * i + 4)) & 0xF) + m;
+      w[i] = d * u8_minus((q >> (8 * i)) & 0xF, 0.0f) + m;
+      w[4 + i] = d * u8_minus((q >> (8 * i + 4)) & 0xF, 0.0f) + m;
     }
   }
 };
@@ -60,8 +63,8 @@ template <> struct Fmt<T_Q8_0> {
     const uint32_t q0 = ld_u32_a2(b + 2 + 8 * p), q1 = ld_u32_a2(b + 6 + 8 * p);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      w[i] = d * (float)(int8_t)((q0 >> (8 * i)) & 0xFF);
-      w[4 + i] = d * (float)(int8_t)((q1 >> (8 * i)) & 0xFF);
+      w[i] = d * u8_minus(((q0 >> (8 * i)) & 0xFF) ^ 0x80u, 128.0f);  // int8 = (u ^ 0x80) - 128
+      w[4 + i] = d * u8_minus(((q1 >> (8 * i)) & 0xFF) ^ 0x80u, 128.0f);
     }
   }
 };

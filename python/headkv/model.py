@@ -178,6 +178,7 @@ class Model:
         if not tokens:
             raise InvalidArgumentError("generate needs a non-empty prompt")
         with self._lock:
+            self._epoch += 1  # any suspended generation is over from here on
             if reset:
                 self._e.reset()
             if self._e.n_past + len(tokens) > self._e.n_ctx:

@@ -350,7 +350,11 @@ struct CudaContext::Impl {
       return;
     }
     rms_norm(xf, dm->output_norm, xn.get(), rows, hp.n_embd, hp.rms_eps, st);
+    const float* before = logits_d.get();
     logits_d.reserve((size_t)rows * hp.n_vocab, "logits");
+    // The decode graph writes the logits buffer it was captured with: a larger buffer (logits of
+    // several rows) invalidates it. (Never during capture: a single row always fits.)
+    if (logits_d.get() != before) drop_graph();
     linear(dm->output, xn.get(), rows, logits_d.get(), hp.n_vocab, false);
   }
 

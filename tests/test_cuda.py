@@ -80,6 +80,11 @@ def test_full_cache_logits_and_decode(smollm2, model, prompt, device, bound):
     model.eval([5, 6, 7], logits_all=True)
     g.eval([5, 6, 7], logits_all=True)
     assert np.abs(g.logits(all=True) - model.logits(all=True)).max() < bound
+    # single-token decode after it (the logits buffer grew: the decode graph must follow)
+    for tok in (8, 9):
+        model.eval([tok])
+        g.eval([tok])
+        assert np.abs(g.logits() - model.logits()).max() < bound
 
 
 def test_compressed_prompt_logits_fp32(smollm2, prompt, score_file):

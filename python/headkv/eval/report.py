@@ -8,6 +8,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from ..io import atomic_write, write_text_atomic
 from ..kv import METHODS
 from .metrics import mean
 from .runner import read_results
@@ -144,7 +145,7 @@ def write_csv(records: list[dict], path) -> None:
     metric_names = sorted({k for r in records for k in r["metrics"]})
     cols = ["task", "id", "config", "method", "budget", "seed", "length", "depth", "dataset", "kind", "n_prompt",
             "kv_bytes"] + metric_names + ["answer", "prediction", "time_s"]
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         w = csv.writer(f)
         w.writerow(cols)
         for r in records:
@@ -186,7 +187,8 @@ def plots(summary: dict, out_dir) -> list[str]:
             ax.legend(fontsize=8)
             fig.tight_layout()
             p = out_dir / f"{task}_{k}.png"
-            fig.savefig(p, dpi=100)
+            with atomic_write(p, "wb") as f:
+                fig.savefig(f, format="png", dpi=100)
             plt.close(fig)
             written.append(str(p))
         if task == "niah":
@@ -222,7 +224,8 @@ def _niah_heatmaps(t, out_dir, plt) -> list[str]:
         fig.suptitle(f"NIAH accuracy: {m}", fontsize=10)
         fig.tight_layout()
         p = out_dir / f"niah_heatmap_{m}.png"
-        fig.savefig(p, dpi=100)
+        with atomic_write(p, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
         plt.close(fig)
         written.append(str(p))
     return written
@@ -244,8 +247,8 @@ def write_reports(out_dir, make_plots=True) -> dict:
         raise FileNotFoundError(f"no results*.jsonl in {out_dir}")
     s = summarize(records)
     write_csv(records, out_dir / "results.csv")
-    (out_dir / "summary.json").write_text(json.dumps(_no_nan(s), indent=1, sort_keys=True) + "\n")
-    (out_dir / "summary.md").write_text(markdown(s) + "\n")
+    write_text_atomic(out_dir / "summary.json", json.dumps(_no_nan(s), indent=1, sort_keys=True) + "\n")
+    write_text_atomic(out_dir / "summary.md", markdown(s) + "\n")
     files = {"csv": str(out_dir / "results.csv"), "json": str(out_dir / "summary.json"),
              "markdown": str(out_dir / "summary.md")}
     if make_plots:

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..errors import ContextFullError, InvalidArgumentError
+from ..io import write_text_atomic
 from .engine import Config, EngineOptions, make_model
 
 RESULTS = "results.jsonl"
@@ -108,7 +109,7 @@ def check_manifest(out_dir: Path, m: dict) -> None:
                                        f"use another --out")
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(m, indent=1) + "\n")
+        write_text_atomic(p, json.dumps(m, indent=1) + "\n")
 
 
 class Runner:

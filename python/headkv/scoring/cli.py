@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import scores as hs
 from ..errors import Error, HeadkvIOError, InvalidArgumentError
+from ..io import atomic_write, write_text_atomic
 
 DEFAULT_LENGTHS = "250,500,1000"
 DEFAULT_DEPTHS = "0,0.25,0.5,0.75,1"
@@ -163,10 +164,7 @@ def write_examples(path, records, results):
         d = {k: v for k, v in r.items() if k not in keep}
         d["result"] = {k: v for k, v in res.items() if k != "id"}
         lines.append(json.dumps(d, ensure_ascii=False))
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def plot(path, scores, info, method, n_kept, budget, beta, window):
@@ -188,7 +186,8 @@ def plot(path, scores, info, method, n_kept, budget, beta, window):
     ax[1].set(title=f"KV per head, B={budget}, β={beta}", xlabel="KV head", ylabel="layer")
     fig.colorbar(im2, ax=ax[1])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
 
 

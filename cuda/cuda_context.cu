@@ -20,6 +20,7 @@
 #include "common.cuh"
 #include "device_buffer.cuh"
 #include "kernels.cuh"
+#include "quant.cuh"
 #include "weights.cuh"
 
 namespace headkv {
@@ -49,6 +50,9 @@ struct CudaContext::Impl {
   std::optional<HeadScores> scores;
   std::optional<BudgetPlan> plan;
   bool half_gemm = true;
+  // Single-token matvecs with int8 activations (fast precision; HEADKV_MATVEC=fp32 turns it off for
+  // comparisons).
+  bool mv_q8x = true;
   int32_t n_ctx = 0, ub = 2048, n_past = 0;
   std::shared_ptr<DevModel> dm;
   cudaStream_t st = nullptr;
@@ -87,6 +91,8 @@ struct CudaContext::Impl {
     if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0)
       fail(ErrorKind::InvalidArgument, "n_ctx, n_batch and n_threads must be >= 0");
     half_gemm = prec == CudaPrecision::Fast;
+    const char* mv_env = std::getenv("HEADKV_MATVEC");
+    mv_q8x = half_gemm && !(mv_env && std::string(mv_env) == "fp32");
     n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
     ub = std::min<int32_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
     method = parse_budget_method(kv.method);
@@ -222,13 +228,17 @@ struct CudaContext::Impl {
   // out (ldo) (=, +=) W · in for T rows of `in` (contiguous rows of W.cols floats).
   void linear(const DW& w, const float* in, int64_t T, float* out, int64_t ldo, bool add) {
     if (T <= kMatvecMaxT) {
-      matvec(w, nullptr, in, w.cols, out, ldo, (int)T, add ? MV_ADD : MV_STORE, st);
+      matvec(w, nullptr, in, w.cols, out, ldo, (int)T, add ? MV_ADD : MV_STORE, mv_q8x, st);
       return;
     }
     const void* B = in;
     if (half_gemm) {
       f32_to_f16(in, xh.get(), T * w.cols, st);
       B = xh.get();
+      if (w.type == T_F16) {  // fp16 weights go to cuBLAS as they are
+        gemm_nt(w.data, B, out, w.rows, T, w.cols, ldo, add ? 1.0f : 0.0f, true, st);
+        return;
+      }
     }
     const int64_t rows_per = std::max<int64_t>(1, wscratch_elems / w.cols);
     for (int64_t r0 = 0; r0 < w.rows; r0 += rows_per) {
@@ -242,13 +252,13 @@ struct CudaContext::Impl {
   void mlp(const DevLayer& L, float* xc, int64_t T) {
     const int64_t d = hp.n_embd, ff = hp.n_ff;
     if (T == 1 && L.gate.type == L.up.type && d % 4 == 0) {
-      matvec_norm_swiglu(L.gate, L.up, xc, L.ffn_norm, hp.rms_eps, gate.get(), st);
+      matvec_norm_swiglu(L.gate, L.up, xc, L.ffn_norm, hp.rms_eps, gate.get(), mv_q8x, st);
       linear(L.down, gate.get(), T, xc, d, true);
       return;
     }
     rms_norm(xc, L.ffn_norm, xn.get(), T, d, hp.rms_eps, st);
     if (T <= kMatvecMaxT && L.gate.type == L.up.type) {
-      matvec(L.gate, &L.up, xn.get(), d, gate.get(), ff, (int)T, MV_SWIGLU, st);
+      matvec(L.gate, &L.up, xn.get(), d, gate.get(), ff, (int)T, MV_SWIGLU, mv_q8x, st);
     } else {
       linear(L.gate, xn.get(), T, gate.get(), ff, false);
       linear(L.up, xn.get(), T, up.get(), ff, false);
@@ -290,7 +300,7 @@ struct CudaContext::Impl {
       const DW wqkv[3] = {L.wq, L.wk, L.wv};
       if (T == 1 && matvec_norm_fusable(wqkv, 3)) {
         float* ys[3] = {q.get(), k.get(), v.get()};
-        matvec_norm(wqkv, 3, ys, x.get(), L.attn_norm, hp.rms_eps, st);
+        matvec_norm(wqkv, 3, ys, x.get(), L.attn_norm, hp.rms_eps, mv_q8x, st);
       } else {
         qkv(L, x.get(), T);
       }
@@ -346,7 +356,7 @@ struct CudaContext::Impl {
   void head(const float* xf, int64_t rows) {
     if (rows == 1 && hp.n_embd % 4 == 0) {
       float* y = logits_d.get();
-      matvec_norm(&dm->output, 1, &y, xf, dm->output_norm, hp.rms_eps, st);
+      matvec_norm(&dm->output, 1, &y, xf, dm->output_norm, hp.rms_eps, mv_q8x, st);
       return;
     }
     rms_norm(xf, dm->output_norm, xn.get(), rows, hp.n_embd, hp.rms_eps, st);

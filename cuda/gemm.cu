@@ -15,8 +15,8 @@ namespace headkv::cu {
 namespace {
 
 template <class F, class OUT>
-__global__ void dequant_kernel(const uint8_t* __restrict__ W, size_t row_bytes, int64_t r0, int64_t n, int64_t cols,
-                               const int32_t* __restrict__ ids, OUT* __restrict__ out) {
+__global__ void dequant_kernel(const uint8_t* __restrict__ W, const uint8_t* __restrict__ S, int64_t r0, int64_t n,
+                               int64_t cols, const int32_t* __restrict__ ids, OUT* __restrict__ out) {
   const int64_t parts_per_row = cols / 8;
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n * parts_per_row) return;
@@ -25,7 +25,8 @@ __global__ void dequant_kernel(const uint8_t* __restrict__ W, size_t row_bytes, 
   const int p = (int)(q % 4);
   const int64_t src = ids ? ids[r] : r0 + r;
   float w[8];
-  F::part(W + src * row_bytes + b * F::bytes, p, w);
+  const int64_t nb = cols / 32;
+  F::part(blk_q<F>(W, src, nb, b), blk_s<F>(S, src, nb, b), p, w);
   OUT* o = out + r * cols + b * 32;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
@@ -46,7 +47,7 @@ void launch_dequant(const DW& w, int64_t r0, int64_t n, const int32_t* ids, OUT*
   if (total == 0) return;
   const bool ok = dispatch_type(w.type, [&](auto f) {
     using F = decltype(f);
-    dequant_kernel<F, OUT><<<(unsigned)cdiv(total, 256), 256, 0, s>>>(w.data, w.row_bytes, r0, n, w.cols, ids, out);
+    dequant_kernel<F, OUT><<<(unsigned)cdiv(total, 256), 256, 0, s>>>(w.data, w.sc, r0, n, w.cols, ids, out);
   });
   if (!ok) fail(ErrorKind::Unsupported, "CUDA backend: weight type " + std::to_string(w.type) + " cannot be dequantized");
   check_launch("dequantize");

@@ -8,25 +8,30 @@
 
 namespace headkv::cu {
 
-// A weight matrix on the device in its file format: rows x cols, row_bytes per row.
+// A weight matrix on the device: rows x cols, row_bytes per row in the file. Float types keep the
+// file's rows at data; quantized types are split (quant.cuh): quants at data, scales at sc.
 struct DW {
   int type = 0;
   const uint8_t* data = nullptr;
+  const uint8_t* sc = nullptr;
   int64_t rows = 0, cols = 0;
   size_t row_bytes = 0;
 };
 
 // ---- matvec.cu: y[t][r] (=, +=) W[r]·x[t] for T <= 8 tokens, reading W once.
+// q8x: a single token on Q4_0/Q4_1/Q8_0 weights takes the int8-activation kernel (matvec_q8x.cu:
+// x quantized to int8 per 32 values, dp4a; the fast precision) instead of fp32 activations.
 enum MatvecMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2 };  // SWIGLU: y = silu(W·x) * (W2·x)
 constexpr int kMatvecMaxT = 8;
 void matvec(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, int64_t ldy, int T, MatvecMode mode,
-            cudaStream_t s);
+            bool q8x, cudaStream_t s);
 // Single token with the RMSNorm fused in: ys[i] = ws[i] · (RMSNorm(x) * norm_w) for up to 3 weights
 // of one type and width (Q, K, V), or y = silu(gate · xn) * (up · xn).
 bool matvec_norm_fusable(const DW* ws, int n);
-void matvec_norm(const DW* ws, int n, float* const* ys, const float* x, const float* norm_w, float eps, cudaStream_t s);
+void matvec_norm(const DW* ws, int n, float* const* ys, const float* x, const float* norm_w, float eps, bool q8x,
+                 cudaStream_t s);
 void matvec_norm_swiglu(const DW& gate, const DW& up, const float* x, const float* norm_w, float eps, float* y,
-                        cudaStream_t s);
+                        bool q8x, cudaStream_t s);
 
 // ---- gemm.cu: dequantization, embedding rows, cuBLAS (loaded at run time).
 // out[i][c] for rows r0 .. r0+n-1 (row i = r0 + i), as fp32 (half_out false) or fp16.

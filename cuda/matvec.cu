@@ -9,6 +9,7 @@
 
 #include "common.cuh"
 #include "kernels.cuh"
+#include "matvec.cuh"
 #include "quant.cuh"
 
 namespace headkv::cu {
@@ -17,21 +18,6 @@ namespace {
 
 // Row-per-warp kernel: 4 warps x 2 rows, x read through L1 (several tokens; NORM stages it).
 constexpr int kWarpsN = 4, kRowsN = 2;
-
-struct MV {
-  const uint8_t* W[3];
-  float* y[3];
-  int64_t seg_end[3];  // cumulative row counts
-  int n_seg;
-  const uint8_t* W2;   // SwiGLU: the up projection (one segment)
-  size_t row_bytes;
-  int64_t rows, cols;
-  const float* x;
-  int64_t ldx, ldy;
-  int T;
-  const float* norm_w;
-  float eps;
-};
 
 template <class F, int MODE, int NT, bool NORM, bool STAGE, int kRowsPerWarp, int kWarps>
 __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
@@ -63,15 +49,18 @@ __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
   if (row0 >= a.rows) return;
   const uint8_t* wr[kRowsPerWarp];
   const uint8_t* wr2[kRowsPerWarp];
+  const uint8_t* sr[kRowsPerWarp];
+  const uint8_t* sr2[kRowsPerWarp];
   float* out[kRowsPerWarp];
 #pragma unroll
   for (int i = 0; i < kRowsPerWarp; ++i) {
     const int64_t r = min(row0 + i, a.rows - 1);
-    int s = 0;
-    while (s + 1 < a.n_seg && r >= a.seg_end[s]) ++s;
-    const int64_t local = r - (s ? a.seg_end[s - 1] : 0);
-    wr[i] = a.W[s] + local * a.row_bytes;
-    wr2[i] = MODE == MV_SWIGLU ? a.W2 + local * a.row_bytes : nullptr;
+    int64_t local;
+    const int s = mv_segment(a, r, &local);
+    wr[i] = blk_q<F>(a.W[s], local, nb, 0);
+    sr[i] = blk_s<F>(a.S[s], local, nb, 0);
+    wr2[i] = MODE == MV_SWIGLU ? blk_q<F>(a.W2, local, nb, 0) : nullptr;
+    sr2[i] = MODE == MV_SWIGLU ? blk_s<F>(a.S2, local, nb, 0) : nullptr;
     out[i] = a.y[s] + local;
   }
   const int p = lane & 3, odd = (lane >> 2) & 1;
@@ -89,8 +78,8 @@ __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
     float w[kRowsPerWarp][8], w2[kRowsPerWarp][8];
 #pragma unroll
     for (int i = 0; i < kRowsPerWarp; ++i) {
-      F::part(wr[i] + (size_t)b * F::bytes, p, w[i]);
-      if constexpr (MODE == MV_SWIGLU) F::part(wr2[i] + (size_t)b * F::bytes, p, w2[i]);
+      F::part(wr[i] + (size_t)b * F::qb, sr[i] + (size_t)b * F::sb, p, w[i]);
+      if constexpr (MODE == MV_SWIGLU) F::part(wr2[i] + (size_t)b * F::qb, sr2[i] + (size_t)b * F::sb, p, w2[i]);
     }
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
@@ -141,140 +130,8 @@ __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
 }
 
 
-// x-stationary single-token kernel: a block of 256 threads owns kXsRows rows; each thread keeps
-// its share of x (parts q = tid + i*256 of 8 elements, RMSNorm and w_norm applied) in registers,
-// loaded once, and streams the rows' weights against it: x is read once per kXsRows rows and
-// every thread has kXsRows * parts independent weight loads in flight.
-constexpr int kXsThreads = 256, kXsRows = 8;
-
-template <class F, int MODE, bool NORM, int NP>
-__global__ void __launch_bounds__(kXsThreads) matvec_xs_kernel(MV a) {
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int64_t nparts = a.cols / 8;
-  float xr[NP][8];
-  double ss = 0.0;
-#pragma unroll
-  for (int i = 0; i < NP; ++i) {
-    const int64_t q = tid + (int64_t)i * kXsThreads;
-    if (q < nparts) {
-      const int64_t b = q / 4;
-      const int p = (int)(q % 4);
-      const float* xb = a.x + b * 32;
-      const float4 lo = *reinterpret_cast<const float4*>(xb + F::off0(p));
-      const float4 hi = *reinterpret_cast<const float4*>(xb + F::off1(p));
-      float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-      if (NORM) {
-        const float4 wl = *reinterpret_cast<const float4*>(a.norm_w + b * 32 + F::off0(p));
-        const float4 wh = *reinterpret_cast<const float4*>(a.norm_w + b * 32 + F::off1(p));
-        const float w[8] = {wl.x, wl.y, wl.z, wl.w, wh.x, wh.y, wh.z, wh.w};
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          ss += (double)v[j] * v[j];
-          v[j] *= w[j];
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) xr[i][j] = v[j];
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) xr[i][j] = 0.0f;
-    }
-  }
-  __shared__ double dred[kXsThreads / 32];
-  __shared__ float red[kXsThreads / 32][kXsRows], red2[kXsThreads / 32][kXsRows];
-  float scale = 1.0f;
-  if (NORM) {
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    if (lane == 0) dred[warp] = ss;
-    __syncthreads();
-    double tot = 0.0;
-    for (int w = 0; w < kXsThreads / 32; ++w) tot += dred[w];
-    scale = 1.0f / sqrtf((float)(tot / a.cols) + a.eps);
-  }
-  const int64_t row0 = (int64_t)blockIdx.x * kXsRows;
-  float acc[kXsRows], acc2[kXsRows];
-#pragma unroll
-  for (int r = 0; r < kXsRows; ++r) {
-    acc[r] = acc2[r] = 0.0f;
-    const int64_t row = min(row0 + r, a.rows - 1);
-    int s = 0;
-    while (s + 1 < a.n_seg && row >= a.seg_end[s]) ++s;
-    const int64_t local = row - (s ? a.seg_end[s - 1] : 0);
-    const uint8_t* wr = a.W[s] + local * a.row_bytes;
-    const uint8_t* wr2 = MODE == MV_SWIGLU ? a.W2 + local * a.row_bytes : nullptr;
-#pragma unroll
-    for (int i = 0; i < NP; ++i) {
-      const int64_t q = tid + (int64_t)i * kXsThreads;
-      if (q < nparts) {
-        float w[8];
-        F::part(wr + (q / 4) * F::bytes, (int)(q % 4), w);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[r] += w[j] * xr[i][j];
-        if constexpr (MODE == MV_SWIGLU) {
-          F::part(wr2 + (q / 4) * F::bytes, (int)(q % 4), w);
-#pragma unroll
-          for (int j = 0; j < 8; ++j) acc2[r] += w[j] * xr[i][j];
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < kXsRows; ++r)
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
-      if constexpr (MODE == MV_SWIGLU) acc2[r] += __shfl_xor_sync(0xffffffffu, acc2[r], o);
-    }
-  if (lane == 0)
-#pragma unroll
-    for (int r = 0; r < kXsRows; ++r) {
-      red[warp][r] = acc[r];
-      red2[warp][r] = acc2[r];
-    }
-  __syncthreads();
-  if (tid < kXsRows && row0 + tid < a.rows) {
-    float v = 0.0f, u = 0.0f;
-    for (int w = 0; w < kXsThreads / 32; ++w) {
-      v += red[w][tid];
-      u += red2[w][tid];
-    }
-    v *= scale;
-    const int64_t row = row0 + tid;
-    int s = 0;
-    while (s + 1 < a.n_seg && row >= a.seg_end[s]) ++s;
-    float* o = a.y[s] + (row - (s ? a.seg_end[s - 1] : 0));
-    if (MODE == MV_STORE) *o = v;
-    else if (MODE == MV_ADD) *o += v;
-    else *o = v / (1.0f + expf(-v)) * (u * scale);
-  }
-}
-
-template <class F, int MODE, bool NORM>
-bool launch_xs(const MV& a, cudaStream_t s) {
-  const int64_t np = cdiv(a.cols / 8, kXsThreads);
-  const unsigned grid = (unsigned)cdiv(a.rows, kXsRows);
-  switch (np) {
-    case 1: matvec_xs_kernel<F, MODE, NORM, 1><<<grid, kXsThreads, 0, s>>>(a); return true;
-    case 2: matvec_xs_kernel<F, MODE, NORM, 2><<<grid, kXsThreads, 0, s>>>(a); return true;
-    case 3: case 4: matvec_xs_kernel<F, MODE, NORM, 4><<<grid, kXsThreads, 0, s>>>(a); return true;
-    case 5: case 6: case 7: case 8: matvec_xs_kernel<F, MODE, NORM, 8><<<grid, kXsThreads, 0, s>>>(a); return true;
-    default: return false;
-  }
-}
-
-// Single tokens use the row-per-warp kernel (231 t/s vs 188 for the x-stationary one on the 8B
-// Q4_0 file, H100, 2026-11-24); HEADKV_MATVEC=xs selects the x-stationary kernel (comparisons).
-bool use_xs() {
-  static const bool xs = [] {
-    const char* e = std::getenv("HEADKV_MATVEC");
-    return e && std::string(e) == "xs";
-  }();
-  return xs;
-}
-
 template <class F, int MODE, bool NORM>
 void launch(const MV& a, cudaStream_t s) {
-  if (a.T == 1 && use_xs() && launch_xs<F, MODE, NORM>(a, s)) return;
   if (a.T == 1) {
     const size_t smem = NORM ? (size_t)a.cols * sizeof(float) : 0;
     auto k = matvec_kernel<F, MODE, 1, NORM, NORM, kRowsN, kWarpsN>;
@@ -292,9 +149,10 @@ void launch(const MV& a, cudaStream_t s) {
   }
 }
 
-void run(const MV& a, int type, MatvecMode mode, bool norm, cudaStream_t s) {
+void run(const MV& a, int type, MatvecMode mode, bool norm, bool q8x, cudaStream_t s) {
   if (a.cols % 32) fail(ErrorKind::Unsupported, "CUDA backend: rows of " + std::to_string(a.cols) + " elements are not a multiple of 32");
   if (a.T < 1 || a.T > kMatvecMaxT || (norm && a.T != 1)) fail(ErrorKind::Internal, "matvec: bad token count");
+  if (q8x && a.T == 1 && matvec_q8x(a, type, mode, norm, s)) return;
   const bool ok = dispatch_type(type, [&](auto f) {
     using F = decltype(f);
     if (mode == MV_STORE) norm ? launch<F, MV_STORE, true>(a, s) : launch<F, MV_STORE, false>(a, s);
@@ -307,7 +165,6 @@ void run(const MV& a, int type, MatvecMode mode, bool norm, cudaStream_t s) {
 
 MV base(const DW& w, const float* x, int64_t ldx, int64_t ldy, int T) {
   MV a{};
-  a.row_bytes = w.row_bytes;
   a.cols = w.cols;
   a.x = x;
   a.ldx = ldx;
@@ -319,30 +176,34 @@ MV base(const DW& w, const float* x, int64_t ldx, int64_t ldy, int T) {
 }  // namespace
 
 void matvec(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, int64_t ldy, int T, MatvecMode mode,
-            cudaStream_t s) {
+            bool q8x, cudaStream_t s) {
   if (mode == MV_SWIGLU && (!w2 || w2->type != w.type || w2->rows != w.rows || w2->cols != w.cols))
     fail(ErrorKind::Internal, "matvec: SwiGLU weights must have one type and shape");
   MV a = base(w, x, ldx, ldy, T);
   a.W[0] = w.data;
+  a.S[0] = w.sc;
   a.y[0] = y;
   a.seg_end[0] = a.rows = w.rows;
   a.n_seg = 1;
   a.W2 = w2 ? w2->data : nullptr;
-  run(a, w.type, mode, false, s);
+  a.S2 = w2 ? w2->sc : nullptr;
+  run(a, w.type, mode, false, q8x, s);
 }
 
 bool matvec_norm_fusable(const DW* ws, int n) {
   for (int i = 1; i < n; ++i)
-    if (ws[i].type != ws[0].type || ws[i].cols != ws[0].cols || ws[i].row_bytes != ws[0].row_bytes) return false;
+    if (ws[i].type != ws[0].type || ws[i].cols != ws[0].cols) return false;
   return ws[0].cols % 4 == 0;
 }
 
-void matvec_norm(const DW* ws, int n, float* const* ys, const float* x, const float* norm_w, float eps, cudaStream_t s) {
+void matvec_norm(const DW* ws, int n, float* const* ys, const float* x, const float* norm_w, float eps, bool q8x,
+                 cudaStream_t s) {
   if (n < 1 || n > 3 || !matvec_norm_fusable(ws, n)) fail(ErrorKind::Internal, "matvec_norm: bad segments");
   MV a = base(ws[0], x, ws[0].cols, 0, 1);
   int64_t end = 0;
   for (int i = 0; i < n; ++i) {
     a.W[i] = ws[i].data;
+    a.S[i] = ws[i].sc;
     a.y[i] = ys[i];
     a.seg_end[i] = end += ws[i].rows;
   }
@@ -350,22 +211,24 @@ void matvec_norm(const DW* ws, int n, float* const* ys, const float* x, const fl
   a.n_seg = n;
   a.norm_w = norm_w;
   a.eps = eps;
-  run(a, ws[0].type, MV_STORE, true, s);
+  run(a, ws[0].type, MV_STORE, true, q8x, s);
 }
 
 void matvec_norm_swiglu(const DW& gate, const DW& up, const float* x, const float* norm_w, float eps, float* y,
-                        cudaStream_t s) {
+                        bool q8x, cudaStream_t s) {
   if (gate.type != up.type || gate.rows != up.rows || gate.cols != up.cols || gate.cols % 4)
     fail(ErrorKind::Internal, "matvec_norm_swiglu: gate and up differ");
   MV a = base(gate, x, gate.cols, 0, 1);
   a.W[0] = gate.data;
+  a.S[0] = gate.sc;
   a.y[0] = y;
   a.seg_end[0] = a.rows = gate.rows;
   a.n_seg = 1;
   a.W2 = up.data;
+  a.S2 = up.sc;
   a.norm_w = norm_w;
   a.eps = eps;
-  run(a, gate.type, MV_SWIGLU, true, s);
+  run(a, gate.type, MV_SWIGLU, true, q8x, s);
 }
 
 }  // namespace headkv::cu

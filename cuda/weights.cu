@@ -1,5 +1,6 @@
 #include "weights.cuh"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -26,6 +27,31 @@ std::shared_ptr<DevModel> g_last;  // the last model uploaded stays resident for
 
 size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
+// File blocks [scales (sb bytes) | quants (qb bytes)] -> quants at q, scales at s (quant.cuh).
+// Every size is even, so the copy goes in 2-byte words.
+__global__ void split_blocks_kernel(const uint16_t* __restrict__ raw, int64_t n_blocks, int sb, int qb,
+                                    uint16_t* __restrict__ q, uint16_t* __restrict__ s) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n_blocks) return;
+  const int sw = sb / 2, qw = qb / 2;
+  const uint16_t* src = raw + i * (sw + qw);
+  for (int j = 0; j < sw; ++j) s[i * sw + j] = src[j];
+  for (int j = 0; j < qw; ++j) q[i * qw + j] = src[sw + j];
+}
+
+struct Split {
+  int sb, qb;
+};
+Split split_of(int type) {
+  switch (type) {
+    case T_Q4_0: return {Fmt<T_Q4_0>::sb, Fmt<T_Q4_0>::qb};
+    case T_Q4_1: return {Fmt<T_Q4_1>::sb, Fmt<T_Q4_1>::qb};
+    default: return {Fmt<T_Q8_0>::sb, Fmt<T_Q8_0>::qb};
+  }
+}
+
+constexpr size_t kStageBytes = 64ull << 20;  // upload staging for split types
+
 }  // namespace
 
 std::shared_ptr<DevModel> DevModel::get(const Model& m) {
@@ -39,19 +65,34 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
     const uint8_t* src;
     size_t bytes;
     size_t off;
+    int type;       // split types: quants at off, scales at soff
+    size_t soff;
   };
   std::vector<Item> items;
   std::map<const uint8_t*, size_t> seen;  // tied embeddings are uploaded once
   size_t total = 0;
-  auto add = [&](const void* src, size_t bytes) {
+  bool any_split = false;
+  auto add = [&](const void* src, size_t bytes, int type = -1) {
     auto it = seen.find((const uint8_t*)src);
     if (it != seen.end()) return it->second;
     const size_t off = total;
-    items.push_back({(const uint8_t*)src, bytes, off});
+    Item item{(const uint8_t*)src, bytes, off, type, 0};
+    if (type >= 0 && type_split(type)) {
+      const Split sp = split_of(type);
+      const size_t nblk = bytes / (size_t)(sp.sb + sp.qb);
+      total += align256(nblk * sp.qb);
+      item.soff = total;
+      total += align256(nblk * sp.sb);
+      any_split = true;
+    } else {
+      item.type = -1;
+      total += align256(bytes);
+    }
+    items.push_back(item);
     seen[(const uint8_t*)src] = off;
-    total += align256(bytes);
     return off;
   };
+  std::map<size_t, size_t> scale_off;  // quants offset -> scales offset
   auto weight = [&](const Weight& w, const char* name, size_t* off) {
     if (!type_supported((int)w.type))
       fail(ErrorKind::Unsupported, "device 'cuda': weight " + std::string(name) + " has type " + type_name(w.type) +
@@ -59,7 +100,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
     if (w.cols % 32)
       fail(ErrorKind::Unsupported, "device 'cuda': weight " + std::string(name) + " has rows of " + std::to_string(w.cols) +
                                        " elements, not a multiple of 32");
-    *off = add(w.data, w.row_bytes * (size_t)w.rows);
+    *off = add(w.data, w.row_bytes * (size_t)w.rows, (int)w.type);
   };
   if (hp.head_dim != 64 && hp.head_dim != 128)
     fail(ErrorKind::Unsupported, "device 'cuda': head_dim " + std::to_string(hp.head_dim) + " is not supported (64, 128)");
@@ -92,14 +133,38 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   const size_t onorm = add(m.output_norm().data(), m.output_norm().size() * sizeof(float));
   const size_t rope = add(m.rope_inv_freq().data(), m.rope_inv_freq().size() * sizeof(float));
 
-  require_device_bytes(total, "uploading the model's weights");
+  require_device_bytes(total + (any_split ? kStageBytes : 0), "uploading the model's weights");
   auto dm = std::make_shared<DevModel>();
   dm->blob.alloc(total, "model weights");
-  for (const Item& it : items)
-    check(cudaMemcpy(dm->blob.get() + it.off, it.src, it.bytes, cudaMemcpyHostToDevice), "uploading weights");
+  {
+    DBuf<uint8_t> stage;
+    if (any_split) stage.alloc(kStageBytes, "weight upload staging");
+    for (const Item& it : items) {
+      if (it.type < 0) {
+        check(cudaMemcpy(dm->blob.get() + it.off, it.src, it.bytes, cudaMemcpyHostToDevice), "uploading weights");
+        continue;
+      }
+      scale_off[it.off] = it.soff;
+      const Split sp = split_of(it.type);
+      const size_t bb = (size_t)(sp.sb + sp.qb), per = kStageBytes / bb;
+      const size_t nblk = it.bytes / bb;
+      for (size_t b0 = 0; b0 < nblk; b0 += per) {
+        const size_t n = std::min(per, nblk - b0);
+        check(cudaMemcpy(stage.get(), it.src + b0 * bb, n * bb, cudaMemcpyHostToDevice), "uploading weights");
+        split_blocks_kernel<<<(unsigned)cdiv((int64_t)n, 256), 256>>>(
+            (const uint16_t*)stage.get(), (int64_t)n, sp.sb, sp.qb, (uint16_t*)(dm->blob.get() + it.off + b0 * sp.qb),
+            (uint16_t*)(dm->blob.get() + it.soff + b0 * sp.sb));
+        check_launch("splitting weight blocks");
+      }
+    }
+    check(cudaDeviceSynchronize(), "uploading weights");
+  }
   uint8_t* base = dm->blob.get();
   auto dw = [&](const Weight& w, size_t off) {
-    return DW{(int)w.type, base + off, w.rows, w.cols, w.row_bytes};
+    auto it = scale_off.find(off);
+    DW d{(int)w.type, base + off, nullptr, w.rows, w.cols, w.row_bytes};
+    if (it != scale_off.end()) d.sc = base + it->second;
+    return d;
   };
   dm->tok_embd = dw(m.tok_embd(), emb_off);
   dm->output = dw(m.output(), out_off);

@@ -1,0 +1,256 @@
+// Single-token matvec on Q4_0 / Q4_1 / Q8_0 weights with int8 activations (the fast precision).
+//
+// Each block first quantizes x (RMSNorm weight applied when NORM) to int8 in blocks of 32 values,
+// one scale per block (dx = max|x|/127), into shared memory; RMSNorm's 1/rms is a per-token factor,
+// so it is applied to the finished dot products. Then every warp takes whole rows (grid-stride):
+// lane l reads blocks l, l+32, ... of the row as one 16-byte load of quants (the split layout of
+// quant.cuh) plus its fp16 scale, and dots them with the int8 x through dp4a:
+//   Q4_0: d·(dx·Σq·xq − 8·dx·Σxq)   Q4_1: d·dx·Σq·xq + m·dx·Σxq   Q8_0: d·dx·Σq·xq
+// so a block of 32 weights costs 1 global load, 8 dp4a and a few integer ops.
+#include <algorithm>
+#include <string>
+
+#include "common.cuh"
+#include "matvec.cuh"
+#include "quant.cuh"
+
+namespace headkv::cu {
+
+namespace {
+
+constexpr int kThreads = 256, kWarps = kThreads / 32;
+
+__device__ __forceinline__ float lo_f16(uint32_t v) { return __half2float(__ushort_as_half((unsigned short)(v & 0xFFFFu))); }
+
+template <int T> struct Q8;
+
+template <> struct Q8<T_Q4_0> {
+  static constexpr int words = 1;  // 16-byte words of quants per block
+  __device__ __forceinline__ static int dot(const uint4* q, int4 xa, int4 xb) {
+    // byte j of the quants: element j (low nibble) and element j + 16 (high nibble)
+    const uint32_t w[4] = {q[0].x, q[0].y, q[0].z, q[0].w};
+    const int lo[4] = {xa.x, xa.y, xa.z, xa.w}, hi[4] = {xb.x, xb.y, xb.z, xb.w};
+    int s = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      s = __dp4a((int)(w[k] & 0x0F0F0F0Fu), lo[k], s);
+      s = __dp4a((int)((w[k] >> 4) & 0x0F0F0F0Fu), hi[k], s);
+    }
+    return s;
+  }
+  __device__ __forceinline__ static float combine(int s, uint32_t sc, float2 dx) {
+    return lo_f16(sc) * (dx.x * (float)s - 8.0f * dx.y);
+  }
+};
+
+template <> struct Q8<T_Q4_1> {
+  static constexpr int words = 1;
+  __device__ __forceinline__ static int dot(const uint4* q, int4 xa, int4 xb) { return Q8<T_Q4_0>::dot(q, xa, xb); }
+  __device__ __forceinline__ static float combine(int s, uint32_t sc, float2 dx) {  // sc: scale | min << 16
+    return lo_f16(sc) * dx.x * (float)s + lo_f16(sc >> 16) * dx.y;
+  }
+};
+
+template <> struct Q8<T_Q8_0> {
+  static constexpr int words = 2;
+  __device__ __forceinline__ static int dot(const uint4* q, int4 xa, int4 xb) {
+    int s = __dp4a((int)q[0].x, xa.x, 0);
+    s = __dp4a((int)q[0].y, xa.y, s);
+    s = __dp4a((int)q[0].z, xa.z, s);
+    s = __dp4a((int)q[0].w, xa.w, s);
+    s = __dp4a((int)q[1].x, xb.x, s);
+    s = __dp4a((int)q[1].y, xb.y, s);
+    s = __dp4a((int)q[1].z, xb.z, s);
+    return __dp4a((int)q[1].w, xb.w, s);
+  }
+  __device__ __forceinline__ static float combine(int s, uint32_t sc, float2 dx) { return lo_f16(sc) * dx.x * (float)s; }
+};
+
+__device__ __forceinline__ int pack4(int a, int b, int c, int d) {
+  return (a & 0xFF) | ((b & 0xFF) << 8) | ((c & 0xFF) << 16) | ((int)((unsigned)d << 24));
+}
+
+// x (times norm_w) -> int8 blocks in shared memory: xq (32 bytes per block), xd (dx, dx·Σxq).
+// Eight threads per block of 32 values; loads are issued in batches of kBatch per thread.
+// Returns this thread's share of Σx² (of x itself, for RMSNorm).
+template <bool NORM>
+__device__ __forceinline__ float quantize_x(const float* __restrict__ x, const float* __restrict__ nw, int64_t cols,
+                                            int* xq, float2* xd) {
+  constexpr int kBatch = NORM ? 4 : 8;  // NORM also loads the norm weights: keep registers for 3 blocks per SM
+  const int tid = threadIdx.x, lane = tid & 31;
+  const unsigned gmask = 0xFFu << (lane & 24);  // the 8 lanes of this block of 32 values
+  const int n4 = (int)(cols / 4);
+  float ss = 0.0f;
+  for (int c0 = tid; c0 < n4; c0 += kThreads * kBatch) {
+    float4 v[kBatch], w[kBatch];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int c = c0 + j * kThreads;
+      if (c < n4) {
+        v[j] = __ldg(reinterpret_cast<const float4*>(x) + c);
+        if (NORM) w[j] = __ldg(reinterpret_cast<const float4*>(nw) + c);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int c = c0 + j * kThreads;
+      if (c >= n4) break;  // uniform over each group of 8 lanes (n4 is a multiple of 8)
+      float4 u = v[j];
+      ss += u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w;
+      if (NORM) u = make_float4(u.x * w[j].x, u.y * w[j].y, u.z * w[j].z, u.w * w[j].w);
+      float m = fmaxf(fmaxf(fabsf(u.x), fabsf(u.y)), fmaxf(fabsf(u.z), fabsf(u.w)));
+#pragma unroll
+      for (int o = 4; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(gmask, m, o));
+      const float id = m > 0.0f ? 127.0f / m : 0.0f;
+      const int a = __float2int_rn(u.x * id), b = __float2int_rn(u.y * id), cc = __float2int_rn(u.z * id),
+                d = __float2int_rn(u.w * id);
+      xq[c] = pack4(a, b, cc, d);
+      int s = a + b + cc + d;
+#pragma unroll
+      for (int o = 4; o > 0; o >>= 1) s += __shfl_xor_sync(gmask, s, o);
+      if ((lane & 7) == 0) {
+        const float dx = m / 127.0f;
+        xd[c >> 3] = make_float2(dx, dx * (float)s);
+      }
+    }
+  }
+  return ss;
+}
+
+// U: blocks per lane per step (loads in flight); MODE as matvec.cu.
+template <int TYPE, int MODE, bool NORM, int U>
+__global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
+  using F = Fmt<TYPE>;
+  using Q = Q8<TYPE>;
+  extern __shared__ __align__(16) uint8_t smem[];
+  __shared__ float ssw[kWarps];
+  const int nb = (int)(a.cols / 32);
+  int4* xq = reinterpret_cast<int4*>(smem);                 // 2 per block
+  float2* xd = reinterpret_cast<float2*>(smem + nb * 32);  // 1 per block
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+
+  float ss = quantize_x<NORM>(a.x, a.norm_w, a.cols, reinterpret_cast<int*>(xq), xd);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (lane == 0) ssw[warp] = ss;
+  __syncthreads();
+  float scale = 1.0f;
+  if (NORM) {
+    float tot = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) tot += ssw[w];
+    scale = rsqrtf(tot / (float)a.cols + a.eps);
+  }
+  // x reads: lanes 4..7 of each quarter warp take their two 16-byte halves in the other order,
+  // so 8 lanes cover 32 distinct banks.
+  const int h = (lane >> 2) & 1;
+  constexpr bool two = MODE == MV_SWIGLU;
+
+  for (int64_t row = (int64_t)blockIdx.x * kWarps + warp; row < a.rows; row += (int64_t)gridDim.x * kWarps) {
+    int64_t local;
+    const int sg = mv_segment(a, row, &local);
+    const uint4* q1 = reinterpret_cast<const uint4*>(blk_q<F>(a.W[sg], local, nb, 0));
+    const uint8_t* s1 = blk_s<F>(a.S[sg], local, nb, 0);
+    const uint4* q2 = two ? reinterpret_cast<const uint4*>(blk_q<F>(a.W2, local, nb, 0)) : nullptr;
+    const uint8_t* s2 = two ? blk_s<F>(a.S2, local, nb, 0) : nullptr;
+    float acc = 0.0f, acc2 = 0.0f;
+    for (int b0 = 0; b0 < nb; b0 += 32 * U) {
+      uint4 w1[U][Q::words], w2[U][Q::words];
+      uint32_t sc1[U], sc2[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int b = b0 + u * 32 + lane;
+        if (b < nb) {
+#pragma unroll
+          for (int k = 0; k < Q::words; ++k) w1[u][k] = __ldg(q1 + (int64_t)b * Q::words + k);
+          sc1[u] = F::sb == 4 ? __ldg(reinterpret_cast<const uint32_t*>(s1) + b)
+                              : __ldg(reinterpret_cast<const uint16_t*>(s1) + b);
+          if (two) {
+#pragma unroll
+            for (int k = 0; k < Q::words; ++k) w2[u][k] = __ldg(q2 + (int64_t)b * Q::words + k);
+            sc2[u] = F::sb == 4 ? __ldg(reinterpret_cast<const uint32_t*>(s2) + b)
+                                : __ldg(reinterpret_cast<const uint16_t*>(s2) + b);
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int b = b0 + u * 32 + lane;
+        if (b < nb) {
+          const int4 xf = xq[2 * b + h], xs = xq[2 * b + 1 - h];
+          const int4 xa = h ? xs : xf, xb = h ? xf : xs;
+          const float2 dx = xd[b];
+          acc += Q::combine(Q::dot(w1[u], xa, xb), sc1[u], dx);
+          if (two) acc2 += Q::combine(Q::dot(w2[u], xa, xb), sc2[u], dx);
+        }
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      acc += __shfl_xor_sync(0xffffffffu, acc, o);
+      if (two) acc2 += __shfl_xor_sync(0xffffffffu, acc2, o);
+    }
+    if (lane == 0) {
+      float* out = a.y[sg] + local;
+      const float v = acc * scale;
+      if (MODE == MV_STORE) *out = v;
+      else if (MODE == MV_ADD) *out += v;
+      else *out = v / (1.0f + expf(-v)) * (acc2 * scale);
+    }
+  }
+}
+
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, c = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev);
+    return c > 0 ? c : 1;
+  }();
+  return n;
+}
+
+template <int TYPE, int MODE, bool NORM>
+void launch(const MV& a, cudaStream_t s) {
+  constexpr int U = MODE == MV_SWIGLU ? 2 : 4;
+  auto k = q8x_kernel<TYPE, MODE, NORM, U>;
+  const size_t smem = (size_t)(a.cols / 32) * 40;  // 32 B of int8 + (dx, dx·Σxq) per block
+  static size_t attr = 48 * 1024;
+  if (smem > attr) {
+    check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "matvec shared memory");
+    attr = smem;
+  }
+  // As many blocks as are resident at once, each quantizing x once and then striding over rows.
+  static int per_sm = 0;
+  static size_t per_sm_smem = 0;
+  if (!per_sm || per_sm_smem != smem) {
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem), "matvec occupancy");
+    per_sm = std::max(1, per_sm);
+    per_sm_smem = smem;
+  }
+  const int64_t blocks = std::min<int64_t>(cdiv(a.rows, kWarps), (int64_t)sm_count() * per_sm);
+  k<<<(unsigned)blocks, kThreads, smem, s>>>(a);
+}
+
+template <int TYPE>
+void launch_mode(const MV& a, MatvecMode mode, bool norm, cudaStream_t s) {
+  if (mode == MV_STORE) norm ? launch<TYPE, MV_STORE, true>(a, s) : launch<TYPE, MV_STORE, false>(a, s);
+  else if (mode == MV_ADD) norm ? launch<TYPE, MV_ADD, true>(a, s) : launch<TYPE, MV_ADD, false>(a, s);
+  else norm ? launch<TYPE, MV_SWIGLU, true>(a, s) : launch<TYPE, MV_SWIGLU, false>(a, s);
+}
+
+}  // namespace
+
+bool matvec_q8x(const MV& a, int type, MatvecMode mode, bool norm, cudaStream_t s) {
+  if (a.T != 1 || a.cols % 32 || a.ldx < a.cols) return false;
+  switch (type) {
+    case T_Q4_0: launch_mode<T_Q4_0>(a, mode, norm, s); break;
+    case T_Q4_1: launch_mode<T_Q4_1>(a, mode, norm, s); break;
+    case T_Q8_0: launch_mode<T_Q8_0>(a, mode, norm, s); break;
+    default: return false;
+  }
+  check_launch("matvec (int8 activations)");
+  return true;
+}
+
+}  // namespace headkv::cu

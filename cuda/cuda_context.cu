@@ -38,7 +38,9 @@ void check_kv_config(const KVConfig& kv) {
   if (!(kv.adakv_floor >= 0 && kv.adakv_floor <= 1)) bad("adakv floor must be in [0, 1]");
 }
 
-constexpr int kKeysPerItem = 64, kMaxSplits = 512;
+// Decode attention items: a layer's keys are cut into about kItemsPerSM items per SM, each of at
+// least kMinKeysPerItem keys (a block streams its item's keys in tiles of 128).
+constexpr int kMinKeysPerItem = 64, kItemsPerSM = 4, kMaxSplits = 512;
 
 }  // namespace
 
@@ -196,9 +198,12 @@ struct CudaContext::Impl {
     int max_items = 0;
     for (int l = 0; l < L; ++l) {
       layer_item0[l] = (int)ih.size();
+      const int64_t layer_cap = h_off[(l + 1) * H] - h_off[l * H];
+      const int64_t per_item =
+          std::max<int64_t>(kMinKeysPerItem, cdiv(cdiv(layer_cap, (int64_t)kItemsPerSM * sm_count()), 64) * 64);
       for (int g = 0; g < H; ++g) {
         const int64_t cap = h_off[l * H + g + 1] - h_off[l * H + g];
-        const int S = (int)std::clamp<int64_t>(cdiv(cap, kKeysPerItem), 1, kMaxSplits);
+        const int S = (int)std::clamp<int64_t>(cdiv(cap, per_item), 1, kMaxSplits);
         hs[l * H + g] = S;
         hf[l * H + g] = (int)ih.size() - layer_item0[l];
         for (int s = 0; s < S; ++s) {

@@ -132,6 +132,7 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
 constexpr int MT = 512;
 template <int HD>
 __global__ void __launch_bounds__(MT) merge_kernel(DecodeArgs a) {
+  grid_dependents_launch();  // the output projection (a PDL launch) may start prefetching weights
   constexpr int MG = MT / HD;
   const int h = blockIdx.x, tid = threadIdx.x, d = tid % HD, grp = tid / HD;
   const int G = a.nh / a.nkv, g = h / G, hh = h % G;

@@ -128,6 +128,27 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   int4* xq = reinterpret_cast<int4*>(smem);                 // 2 per block
   float2* xd = reinterpret_cast<float2*>(smem + nb * 32);  // 1 per block
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  constexpr bool two = MODE == MV_SWIGLU;
+
+  // Launched as a programmatic dependent of the previous kernel (pdl_launch): pull this warp's first
+  // row into L2 while that kernel finishes, then wait for it (x is its output).
+  {
+    const int64_t row = (int64_t)blockIdx.x * kWarps + warp;
+    if (row < a.rows) {
+      int64_t local;
+      const int sg = mv_segment(a, row, &local);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int b = u * 32 + lane;
+        if (b < nb) {
+          prefetch_l2(blk_q<F>(a.W[sg], local, nb, b));
+          if (two) prefetch_l2(blk_q<F>(a.W2, local, nb, b));
+        }
+      }
+    }
+  }
+  grid_dependency_wait();
+  grid_dependents_launch();
 
   float ss = quantize_x<NORM>(a.x, a.norm_w, a.cols, reinterpret_cast<int*>(xq), xd);
 #pragma unroll
@@ -144,7 +165,6 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   // x reads: lanes 4..7 of each quarter warp take their two 16-byte halves in the other order,
   // so 8 lanes cover 32 distinct banks.
   const int h = (lane >> 2) & 1;
-  constexpr bool two = MODE == MV_SWIGLU;
 
   for (int64_t row = (int64_t)blockIdx.x * kWarps + warp; row < a.rows; row += (int64_t)gridDim.x * kWarps) {
     int64_t local;
@@ -200,16 +220,6 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   }
 }
 
-int sm_count() {
-  static const int n = [] {
-    int dev = 0, c = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev);
-    return c > 0 ? c : 1;
-  }();
-  return n;
-}
-
 template <int TYPE, int MODE, bool NORM>
 void launch(const MV& a, cudaStream_t s) {
   constexpr int U = MODE == MV_SWIGLU ? 2 : 4;
@@ -229,7 +239,7 @@ void launch(const MV& a, cudaStream_t s) {
     per_sm_smem = smem;
   }
   const int64_t blocks = std::min<int64_t>(cdiv(a.rows, kWarps), (int64_t)sm_count() * per_sm);
-  k<<<(unsigned)blocks, kThreads, smem, s>>>(a);
+  pdl_launch(k, (unsigned)blocks, kThreads, smem, s, a);
 }
 
 template <int TYPE>

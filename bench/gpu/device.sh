@@ -83,5 +83,29 @@ json.dump({f'{l}-{h}': list(rng.random(3)) for l in range(32) for h in range(32)
     done | tee "$OUT/ab.txt"
     sort -k2 -n -r "$OUT/ab.txt" | head -1 | cut -d' ' -f1 > /tmp/matvec_best
     ;;
+  ab_env)  # ab_env VAR VALUE...: decode t/s at depth 0 on the 8B Q4_0 file for each VAR=VALUE
+    var=$1; shift
+    HB=$(dirname "$(command -v python3)")/headkv-bench
+    for v in "$@"; do
+      env "$var=$v" $HB -m /tmp/l3-8b-q4_0.gguf --device cuda -p 0 -n 64 -r 2 -o jsonl > "$OUT/ab_${var}_$v.jsonl"
+      echo "$var=$v $(python3 -c "import json; print(json.loads(open('$OUT/ab_${var}_$v.jsonl').readline())['avg_ts'])")"
+    done | tee -a "$OUT/ab.txt"
+    ;;
+  profile)  # profile TYPE [headkv-bench args]: per-kernel GPU time (nsys) of a decode run
+    t=$1; shift
+    NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+    [ -n "$NSYS" ] || { echo "no nsys"; exit 0; }
+    HB=$(dirname "$(command -v python3)")/headkv-bench
+    "$NSYS" profile -o /tmp/prof_$t -f true --stats=false $HB -m /tmp/l3-8b-$t.gguf --device cuda -r 1 "$@" > /dev/null 2>&1
+    "$NSYS" stats -r cuda_gpu_kern_sum -f csv -o "$OUT/prof_$t" /tmp/prof_$t.nsys-rep > /dev/null 2>&1
+    python3 - "$OUT/prof_${t}_cuda_gpu_kern_sum.csv" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+tot = sum(float(r["Total Time (ns)"]) for r in rows)
+for r in rows[:14]:
+    print(f'{float(r["Time (%)"]):5.1f}%  {int(r["Instances"]):6d}  {float(r["Avg (ns)"])/1e3:8.2f} us  {r["Name"][:90]}')
+print(f"total GPU kernel time {tot/1e6:.1f} ms")
+PY
+    ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

@@ -12,6 +12,7 @@
 //     (position and lengths are read from device memory, so every step replays the same graph).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <string>
@@ -83,6 +84,15 @@ struct CudaContext::Impl {
   DBuf<int32_t> step_in;  // [0] token, [1] position
   int32_t* step_host = nullptr;
   cudaGraphExec_t graph = nullptr;
+  // HEADKV_PROFILE=1: timing events captured into the decode graph between its stages; the mean
+  // GPU time per token of each stage is printed to stderr when the context ends (development).
+  struct Profile {
+    bool on = false, capturing = false;
+    std::vector<cudaEvent_t> ev;
+    std::vector<int> stage;
+    double ms[8] = {};
+    int64_t steps = 0;
+  } prof;
   std::vector<int32_t> history;
   uint64_t prefill_peak = 0;
   // HEADKV_KEEP_SELECTION_SCORES=1: pooled window scores of every layer kept on the host (tests).
@@ -95,6 +105,8 @@ struct CudaContext::Impl {
     half_gemm = prec == CudaPrecision::Fast;
     const char* mv_env = std::getenv("HEADKV_MATVEC");
     mv_q8x = half_gemm && !(mv_env && std::string(mv_env) == "fp32");
+    const char* prof_env = std::getenv("HEADKV_PROFILE");
+    prof.on = prof_env && std::string(prof_env) == "1";
     n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
     ub = std::min<int32_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
     method = parse_budget_method(kv.method);
@@ -127,7 +139,41 @@ struct CudaContext::Impl {
     }
   }
 
+  void mark(int stage) {
+    if (!prof.capturing) return;
+    cudaEvent_t e = nullptr;
+    check(cudaEventCreate(&e), "profile event");
+    check(cudaEventRecordWithFlags(e, st, cudaEventRecordExternal), "profile event");  // a graph node
+    prof.ev.push_back(e);
+    prof.stage.push_back(stage);
+  }
+
+  void profile_step() {
+    if (!prof.on || prof.ev.size() < 2) return;
+    check(cudaStreamSynchronize(st), "profile");
+    for (size_t i = 1; i < prof.ev.size(); ++i) {
+      float t = 0.0f;
+      if (cudaEventElapsedTime(&t, prof.ev[i - 1], prof.ev[i]) == cudaSuccess) prof.ms[prof.stage[i]] += t;
+    }
+    ++prof.steps;
+  }
+
+  void profile_report() {
+    if (!prof.steps) return;
+    static const char* names[8] = {"embed", "qkv matvec", "rope+store", "attention", "out matvec", "gate/up matvec",
+                                   "down matvec", "output head"};
+    double tot = 0.0;
+    for (double v : prof.ms) tot += v;
+    std::fprintf(stderr, "headkv profile: %lld decode steps, %.3f ms/token between the first and last event\n",
+                 (long long)prof.steps, tot / prof.steps);
+    for (int i = 0; i < 8; ++i)
+      std::fprintf(stderr, "  %-16s %8.1f us/token  %5.1f%%\n", names[i], 1e3 * prof.ms[i] / prof.steps,
+                   tot > 0 ? 100.0 * prof.ms[i] / tot : 0.0);
+  }
+
   ~Impl() {
+    profile_report();
+    for (cudaEvent_t e : prof.ev) cudaEventDestroy(e);
     if (graph) cudaGraphExecDestroy(graph);
     if (step_host) cudaFreeHost(step_host);
     if (st) {
@@ -186,6 +232,9 @@ struct CudaContext::Impl {
   void drop_graph() {
     if (graph) cudaGraphExecDestroy(graph);
     graph = nullptr;
+    for (cudaEvent_t e : prof.ev) cudaEventDestroy(e);
+    prof.ev.clear();
+    prof.stage.clear();
   }
 
   // Decode work items from the segments' capacities (fixed once the arena exists).
@@ -258,7 +307,9 @@ struct CudaContext::Impl {
     const int64_t d = hp.n_embd, ff = hp.n_ff;
     if (T == 1 && L.gate.type == L.up.type && d % 4 == 0) {
       matvec_norm_swiglu(L.gate, L.up, xc, L.ffn_norm, hp.rms_eps, gate.get(), mv_q8x, st);
+      mark(5);
       linear(L.down, gate.get(), T, xc, d, true);
+      mark(6);
       return;
     }
     rms_norm(xc, L.ffn_norm, xn.get(), T, d, hp.rms_eps, st);
@@ -299,9 +350,11 @@ struct CudaContext::Impl {
   // pos0_dev: the position is read from device memory (graph capture) instead of n_past.
   void forward_arena(int64_t T, const int32_t* pos0_dev) {
     const int H = hp.n_head_kv;
+    mark(0);
     embed_rows(dm->tok_embd, pos0_dev ? step_in.get() : tok.get(), T, x.get(), st);
     for (int il = 0; il < hp.n_layer; ++il) {
       const DevLayer& L = dm->layers[il];
+      mark(0);
       const DW wqkv[3] = {L.wq, L.wk, L.wv};
       if (T == 1 && matvec_norm_fusable(wqkv, 3)) {
         float* ys[3] = {q.get(), k.get(), v.get()};
@@ -309,6 +362,7 @@ struct CudaContext::Impl {
       } else {
         qkv(L, x.get(), T);
       }
+      mark(1);
       RopeStore r = rope_args(T);
       r.pos0 = n_past;
       r.pos0_dev = pos0_dev;
@@ -318,6 +372,7 @@ struct CudaContext::Impl {
       r.seg_off = seg_off.get() + il * H;
       r.used = used.get() + il * H;
       rope_store(r, st);
+      mark(2);
       if (T == 1) {
         DecodeArgs a;
         a.q = q.get();
@@ -351,7 +406,9 @@ struct CudaContext::Impl {
         f.seg_len = used.get() + il * H;
         half_gemm ? flash_attention_tc(f, st) : flash_attention(f, st);
       }
+      mark(3);
       linear(L.wo, att.get(), T, x.get(), hp.n_embd, true);
+      mark(4);
       mlp(L, x.get(), T);
     }
     add_used(used.get(), hp.n_layer * H, (int)T, st);
@@ -381,10 +438,14 @@ struct CudaContext::Impl {
     if (!graph) {
       cudaGraph_t g = nullptr;
       check(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "graph capture");
+      prof.capturing = prof.on;
       try {
         forward_arena(1, step_in.get() + 1);
         head(x.get(), 1);
+        mark(7);
+        prof.capturing = false;
       } catch (...) {
+        prof.capturing = false;
         cudaStreamEndCapture(st, &g);
         if (g) cudaGraphDestroy(g);
         throw;
@@ -398,6 +459,7 @@ struct CudaContext::Impl {
     step_host[1] = n_past;
     check(cudaMemcpyAsync(step_in.get(), step_host, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, st), "step input");
     check(cudaGraphLaunch(graph, st), "graph launch");
+    profile_step();
   }
 
   // ---- compressed prefill

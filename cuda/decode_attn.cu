@@ -9,120 +9,158 @@ namespace headkv::cu {
 
 namespace {
 
-constexpr int NT = 128, TILE = 128, MAXG = 8;
+constexpr int NT = 128, NW = NT / 32, MAXG = 8;
 
-template <int HD>
-__global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
-  constexpr int R = NT / HD;  // replicas over keys in the PV phase
-  const int item = blockIdx.x, tid = threadIdx.x;
+__device__ __forceinline__ void unpack8(const uint4& u, float* f) {
+  const __half2* hp = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __half22float2(hp[i]);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+
+// Each warp streams its own tiles of 32 keys (tiles w, w+NW, ... of the item), with no block-level
+// synchronisation until the end: a key's row is read by HD/8 lanes (16 bytes each, coalesced), all
+// of a tile's K (then V) loads are issued before any is used, the G query heads' vectors live in
+// registers (8 dims per lane), and the tile's probabilities pass through shared memory. The
+// warps' partial softmaxes are combined once per item.
+template <int HD, int G>
+__global__ void __launch_bounds__(NT, 3) split_kernel(DecodeArgs a) {
+  constexpr int LPK = HD / 8, KPS = 32 / LPK, NS = 32 / KPS;  // lanes per key, keys per step, steps
+  constexpr int NB = NS < 8 ? NS : 8;                            // steps per batch of loads
+  const int item = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int sub = lane / LPK, dl = (lane % LPK) * 8;  // this lane's key in a step, its 8 dims
   const int g = a.item_head[item], sp = a.item_split[item], S = a.head_splits[g];
-  const int G = a.nh / a.nkv;
-  __shared__ float qs[MAXG][HD];
-  __shared__ float sc[MAXG][TILE];
-  __shared__ float mh[MAXG], lh[MAXG], ah[MAXG];
-  __shared__ float red[R > 1 ? R : 1][MAXG][HD];
-  __shared__ __align__(16) __half vs[TILE][HD];  // the tile's values, staged with 16-byte loads
-  for (int i = tid; i < G * HD; i += NT) qs[i / HD][i % HD] = a.q[(g * G + i / HD) * HD + i % HD];
-  if (tid < G) {
-    mh[tid] = -INFINITY;
-    lh[tid] = 0.0f;
+  __shared__ float ps[NW][G][32];
+  __shared__ float wm[NW][G], wl[NW][G];
+  __shared__ float wo[NW][G][HD];
+  const float scale = rsqrtf((float)HD);
+  float q[G][8], o[G][8], m[G], l[G];
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    const float4 a0 = *reinterpret_cast<const float4*>(a.q + (g * G + h) * HD + dl);
+    const float4 a1 = *reinterpret_cast<const float4*>(a.q + (g * G + h) * HD + dl + 4);
+    q[h][0] = a0.x * scale; q[h][1] = a0.y * scale; q[h][2] = a0.z * scale; q[h][3] = a0.w * scale;
+    q[h][4] = a1.x * scale; q[h][5] = a1.y * scale; q[h][6] = a1.z * scale; q[h][7] = a1.w * scale;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o[h][i] = 0.0f;
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
   }
   const int64_t len = (int64_t)a.used[g] + 1;
   const int64_t chunk = (len + S - 1) / S;
   const int64_t start = sp * chunk, end = min(len, start + chunk);
   const __half* K = a.k + a.seg_off[g] * HD;
   const __half* V = a.v + a.seg_off[g] * HD;
-  const float scale = 1.0f / sqrtf((float)HD);
-  const int d = tid % HD, rep = tid / HD;
-  float o[MAXG];
+  for (int64_t t0 = start + warp * 32; t0 < end; t0 += NW * 32) {
+    // K in batches of NB steps (all of a batch's loads in flight before any is used)
 #pragma unroll
-  for (int h = 0; h < MAXG; ++h) o[h] = 0.0f;
-  __syncthreads();
-  for (int64_t k0 = start; k0 < end; k0 += TILE) {
-    const int64_t key = k0 + tid;
-    const int64_t n = min((int64_t)TILE, end - k0);
-    for (int i = tid; i < n * (HD / 8); i += NT) {
-      const int c = i / (HD / 8), j = (i % (HD / 8)) * 8;
-      *reinterpret_cast<uint4*>(&vs[c][j]) = *reinterpret_cast<const uint4*>(V + (k0 + c) * HD + j);
-    }
-    if (key < end) {
-      float s[MAXG];
+    for (int j0 = 0; j0 < NS; j0 += NB) {
+      uint4 buf[NB];
 #pragma unroll
-      for (int h = 0; h < MAXG; ++h) s[h] = 0.0f;
-      const uint4* kr = reinterpret_cast<const uint4*>(K + key * HD);
-      uint4 ku[HD / 8];
+      for (int j = 0; j < NB; ++j) {
+        const int64_t key = t0 + (j0 + j) * KPS + sub;
+        buf[j] = key < end ? *reinterpret_cast<const uint4*>(K + key * HD + dl) : make_uint4(0, 0, 0, 0);
+      }
 #pragma unroll
-      for (int c = 0; c < HD / 8; ++c) ku[c] = kr[c];  // all loads in flight at once
-#pragma unroll
-      for (int c = 0; c < HD / 8; ++c) {
-        const uint4 u = ku[c];
-        const __half2* hp = reinterpret_cast<const __half2*>(&u);
+      for (int j = 0; j < NB; ++j) {
         float kf[8];
+        unpack8(buf[j], kf);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float2 f = __half22float2(hp[i]);
-          kf[2 * i] = f.x;
-          kf[2 * i + 1] = f.y;
+        for (int h = 0; h < G; ++h) {
+          float s = 0.0f;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) s += q[h][i] * kf[i];
+#pragma unroll
+          for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+          const int slot = (j0 + j) * KPS + sub;
+          if (lane % LPK == 0) ps[warp][h][slot] = t0 + slot < end ? s : -INFINITY;
         }
-#pragma unroll
-        for (int h = 0; h < MAXG; ++h)
-          if (h < G)
-#pragma unroll
-            for (int i = 0; i < 8; ++i) s[h] += qs[h][c * 8 + i] * kf[i];
-      }
-#pragma unroll
-      for (int h = 0; h < MAXG; ++h)
-        if (h < G) sc[h][tid] = s[h] * scale;
-    } else {
-      for (int h = 0; h < G; ++h) sc[h][tid] = -INFINITY;
-    }
-    __syncthreads();
-    const int warp = tid >> 5, lane = tid & 31;
-    for (int h = warp; h < G; h += NT / 32) {
-      float mx = -INFINITY;
-      for (int c = lane; c < TILE; c += 32) mx = fmaxf(mx, sc[h][c]);
-      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      const float mn = fmaxf(mh[h], mx);
-      float sum = 0.0f;
-      for (int c = lane; c < TILE; c += 32) {
-        const float p = expf(sc[h][c] - mn);
-        sc[h][c] = p;
-        sum += p;
-      }
-      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-      if (lane == 0) {
-        ah[h] = expf(mh[h] - mn);
-        lh[h] = lh[h] * ah[h] + sum;
-        mh[h] = mn;
       }
     }
-    __syncthreads();
+    // the first batch of V goes out before the softmax math
+    uint4 vb[NB];
 #pragma unroll
-    for (int h = 0; h < MAXG; ++h)
-      if (h < G) o[h] *= ah[h];
-    for (int c = rep; c < n; c += R) {
-      const float v = __half2float(vs[c][d]);
-#pragma unroll
-      for (int h = 0; h < MAXG; ++h)
-        if (h < G) o[h] += sc[h][c] * v;
+    for (int j = 0; j < NB; ++j) {
+      const int64_t key = t0 + j * KPS + sub;
+      vb[j] = key < end ? *reinterpret_cast<const uint4*>(V + key * HD + dl) : make_uint4(0, 0, 0, 0);
     }
-    __syncthreads();
-  }
-  if (R > 1) {
-    for (int h = 0; h < G; ++h) red[rep][h][d] = o[h];
-    __syncthreads();
-    if (rep == 0)
-      for (int h = 0; h < G; ++h)
-        for (int r = 1; r < R; ++r) o[h] += red[r][h][d];
-  }
-  if (rep == 0) {
+    __syncwarp();
+#pragma unroll
     for (int h = 0; h < G; ++h) {
-      float* p = a.part + ((int64_t)item * G + h) * (HD + 2);
-      p[d] = o[h];
-      if (d == 0) {
-        p[HD] = mh[h];
-        p[HD + 1] = lh[h];
+      const float s = ps[warp][h][lane];
+      float mx = s;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float mn = fmaxf(m[h], mx);  // finite: the tile has at least one key
+      const float alpha = expf(m[h] - mn), p = expf(s - mn);
+      m[h] = mn;
+      l[h] = l[h] * alpha + p;  // per lane; summed over the warp at the end
+#pragma unroll
+      for (int i = 0; i < 8; ++i) o[h][i] *= alpha;
+      ps[warp][h][lane] = p;
+    }
+    __syncwarp();
+#pragma unroll
+    for (int j0 = 0; j0 < NS; j0 += NB) {
+      if (j0 > 0) {
+#pragma unroll
+        for (int j = 0; j < NB; ++j) {
+          const int64_t key = t0 + (j0 + j) * KPS + sub;
+          vb[j] = key < end ? *reinterpret_cast<const uint4*>(V + key * HD + dl) : make_uint4(0, 0, 0, 0);
+        }
       }
+#pragma unroll
+      for (int j = 0; j < NB; ++j) {
+        float vf[8];
+        unpack8(vb[j], vf);
+#pragma unroll
+        for (int h = 0; h < G; ++h) {
+          const float p = ps[warp][h][(j0 + j) * KPS + sub];
+#pragma unroll
+          for (int i = 0; i < 8; ++i) o[h][i] += p * vf[i];
+        }
+      }
+    }
+    __syncwarp();
+  }
+  // warp totals: o over the KPS key slots of a step, l over all lanes
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+#pragma unroll
+    for (int off = 16; off >= LPK; off >>= 1)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) o[h][i] += __shfl_xor_sync(0xffffffffu, o[h][i], off);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) l[h] += __shfl_xor_sync(0xffffffffu, l[h], off);
+    if (lane < LPK)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) wo[warp][h][dl + i] = o[h][i];
+    if (lane == 0) {
+      wm[warp][h] = m[h];
+      wl[warp][h] = l[h];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * HD; i += NT) {
+    const int h = i / HD, d = i % HD;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) M = fmaxf(M, wm[w][h]);
+    float acc = 0.0f, L = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      const float f = wl[w][h] == 0.0f ? 0.0f : expf(wm[w][h] - M);
+      acc += wo[w][h][d] * f;
+      L += wl[w][h] * f;
+    }
+    float* p = a.part + ((int64_t)item * G + h) * (HD + 2);
+    p[d] = acc;
+    if (d == 0) {
+      p[HD] = M;
+      p[HD + 1] = L;
     }
   }
 }
@@ -168,19 +206,34 @@ __global__ void __launch_bounds__(MT) merge_kernel(DecodeArgs a) {
   }
 }
 
+
+template <int HD, int G>
+void launch_split(const DecodeArgs& a, cudaStream_t s) {
+  split_kernel<HD, G><<<a.n_items, NT, 0, s>>>(a);
+}
+
+template <int HD>
+void launch_hd(const DecodeArgs& a, cudaStream_t s) {
+  switch (a.nh / a.nkv) {
+    case 1: launch_split<HD, 1>(a, s); break;
+    case 2: launch_split<HD, 2>(a, s); break;
+    case 3: launch_split<HD, 3>(a, s); break;
+    case 4: launch_split<HD, 4>(a, s); break;
+    case 5: launch_split<HD, 5>(a, s); break;
+    case 6: launch_split<HD, 6>(a, s); break;
+    case 7: launch_split<HD, 7>(a, s); break;
+    default: launch_split<HD, 8>(a, s); break;
+  }
+  merge_kernel<HD><<<a.nh, MT, 0, s>>>(a);
+}
+
 }  // namespace
 
 void decode_attention(const DecodeArgs& a, cudaStream_t s) {
   if (a.nh / a.nkv > MAXG) fail(ErrorKind::Unsupported, "CUDA backend: more than 8 query heads per KV head");
-  if (a.hd == 64) {
-    split_kernel<64><<<a.n_items, NT, 0, s>>>(a);
-    merge_kernel<64><<<a.nh, MT, 0, s>>>(a);
-  } else if (a.hd == 128) {
-    split_kernel<128><<<a.n_items, NT, 0, s>>>(a);
-    merge_kernel<128><<<a.nh, MT, 0, s>>>(a);
-  } else {
-    fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
-  }
+  if (a.hd == 64) launch_hd<64>(a, s);
+  else if (a.hd == 128) launch_hd<128>(a, s);
+  else fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
   check_launch("decode_attention");
 }
 

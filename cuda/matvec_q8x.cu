@@ -8,6 +8,7 @@
 //   Q4_0: d·(dx·Σq·xq − 8·dx·Σxq)   Q4_1: d·dx·Σq·xq + m·dx·Σxq   Q8_0: d·dx·Σq·xq
 // so a block of 32 weights costs 1 global load, 8 dp4a and a few integer ops.
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "common.cuh"
@@ -236,6 +237,7 @@ void launch(const MV& a, cudaStream_t s) {
   if (!per_sm || per_sm_smem != smem) {
     check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem), "matvec occupancy");
     per_sm = std::max(1, per_sm);
+    if (const char* e = std::getenv("HEADKV_Q8X_BLOCKS")) per_sm = std::clamp(std::atoi(e), 1, per_sm);  // A/B runs
     per_sm_smem = smem;
   }
   const int64_t blocks = std::min<int64_t>(cdiv(a.rows, kWarps), (int64_t)sm_count() * per_sm);

@@ -107,5 +107,11 @@ for r in rows[:14]:
 print(f"total GPU kernel time {tot/1e6:.1f} ms")
 PY
     ;;
+  stages)  # stages TYPE NAME [headkv-bench args]: GPU time per decode stage (HEADKV_PROFILE=1)
+    t=$1; name=$2; shift 2
+    HB=$(dirname "$(command -v python3)")/headkv-bench
+    HEADKV_PROFILE=1 $HB -m /tmp/l3-8b-$t.gguf --device cuda -r 1 -o jsonl "$@" > /dev/null 2> "$OUT/stages_$name.txt"
+    echo "== $name: $*"; grep -A9 "headkv profile" "$OUT/stages_$name.txt" | tail -9
+    ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

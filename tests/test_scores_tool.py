@@ -98,15 +98,43 @@ def test_f1_matches_paper_normalization():
 
 # ---- generators ----
 
+def _stage_facts(needle):
+    """(name, childhood activity, adult activity, adult sentence first?) read off a life-stage
+    needle's text by its life-stage words, independently of the generator."""
+    sents = [x.strip() for x in re.split(r"(?<=\.) ", needle)]
+    assert len(sents) == 2, needle
+    got = {}
+    for i, x in enumerate(sents):
+        stage = re.match(r"As (a child|an adult) ", x).group(1)
+        name, act = re.search(r"(\w+)'s favourite activity (?:was|became) (.+)\.$", x).groups()
+        got[stage] = (name, act, i)
+    assert got["a child"][0] == got["an adult"][0]
+    return got["a child"][0], got["a child"][1], got["an adult"][1], got["an adult"][2] == 0
+
+
 def test_needles_reproducible_disjoint_splits_and_correct_r2_answers():
     a = nd.generate("R2", 200, seed=3)
-    assert a == nd.generate("R2", 200, seed=3)
+    assert a == nd.generate("R2", 200, seed=3) and a == nd.generate("R2", 200, seed=3, family="life-stage")
     assert a != nd.generate("R2", 200, seed=4)
-    ev = nd.generate("R2", 200, seed=3, split="eval")
     names = lambda exs: {w for e in exs for w in re.findall(r"(\w+)'s favourite", e["needle"])}  # noqa: E731
-    assert names(a) and names(ev) and not names(a) & names(ev)
-    assert len({e["needle"] for e in a}) > 190          # varied, not a handful of strings
-    for e in a:   # the answer is the attribute of the person who wins the comparison
+    for fam in nd.R2_FAMILIES:
+        sc = nd.generate("R2", 200, seed=3, family=fam)
+        ev = nd.generate("R2", 200, seed=3, split="eval", family=fam)
+        assert names(sc) and names(ev) and not names(sc) & names(ev)
+        assert len({e["needle"] for e in sc}) > 190          # varied, not a handful of strings
+    # life-stage (default): the answer is the activity of the adult stage, the question names no stage
+    adult_first = 0
+    for e in a:
+        name, child, adult, first = _stage_facts(e["needle"])
+        assert e["answer"] == e["span"] == adult and e["distractor"] == child != adult, e
+        assert e["question"] == f"What is {name}'s favourite activity today?"
+        assert not re.search(r"adult|child|became|was", e["question"] + e["answer_prefix"])
+        assert "activity is" not in e["needle"]     # the prefix's wording points at neither sentence
+        assert e["family"] == "life-stage" and e["template"] == ("stage-reverse" if first else "stage-chrono")
+        adult_first += first
+    assert 70 <= adult_first <= 130           # both orders: neither the first nor the last fact answers
+    # comparison: the answer is the attribute of the person who wins the comparison
+    for e in nd.generate("R2", 200, seed=3, family="comparison"):
         assert e["answer"] in e["needle"] and e["span"] == e["answer"] and e["distractor"] != e["answer"]
         facts = dict(re.findall(r"(\w+)'s favourite activity is ([^.]+)\.", e["needle"]))
         nums = {n: int(v) for n, v in re.findall(r"(\w+) is (\d+) ", e["needle"])}
@@ -117,6 +145,10 @@ def test_needles_reproducible_disjoint_splits_and_correct_r2_answers():
     r = nd.generate("R", 30, seed=0)
     assert {e["template"] for e in r} == {"city-best", "favourite-food", "password"}
     assert all(e["answer"] in e["needle"] for e in r)
+    with pytest.raises(ValueError, match="family"):
+        nd.generate("R", 3, family="comparison")
+    with pytest.raises(ValueError, match="family"):
+        nd.generate("R2", 3, family="ages")
 
 
 def test_answer_span_tokens_cover_the_answer(model):
@@ -234,6 +266,8 @@ def test_cli_refuses_too_few_kept(tmp_path, capsys):
     rc, out = _cli(tmp_path, "--min-kept", "50")
     assert rc == 3 and not out.exists()
     assert "refusing to write" in capsys.readouterr().err
+    rc, out = _cli(tmp_path, "--method", "R", "--family", "comparison")
+    assert rc == 1 and not out.exists() and "--family applies to --method R2 only" in capsys.readouterr().err
 
 
 def test_cli_user_examples_and_bad_records(tmp_path, capsys):

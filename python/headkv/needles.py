@@ -2,28 +2,41 @@
 
     from headkv.needles import generate, prompt_text, f1_score
     exs = generate("R2", 50, seed=0, split="score")   # list of dicts, reproducible from the seed
+    old = generate("R2", 50, seed=0, family="comparison")   # the earlier R2 family, by name
 
 Every example is a dict:
 
     {"id": "R2-score-0-00003", "kind": "R2", "split": "score", "seed": 0, "index": 3,
-     "template": "age-older",
-     "needle":   "Mary's favourite activity is painting old boats. John's favourite activity is ...
-                  Mary is 41 years old. John is 29 years old.",        # text inserted in the haystack
+     "family": "life-stage", "template": "stage-reverse",
+     "needle":   "As an adult Mary's favourite activity became painting old boats. As a child Mary's
+                  favourite activity was baking rye bread.",           # text inserted in the haystack
      "span":     "painting old boats",      # where the answer sits inside the needle (verbatim)
-     "question": "What is the favourite activity of the older one of Mary and John?",
+     "question": "What is Mary's favourite activity today?",
      "answer":   "painting old boats",
-     "answer_prefix": "The favourite activity of the older one of Mary and John is",
-     "distractor": "..."}                   # R2 only: the other person's attribute
+     "answer_prefix": "Today Mary's favourite activity is",
+     "distractor": "baking rye bread"}      # R2 only: the answer without the reasoning step
 
 ``answer_prefix`` restates the question as the start of the reply; the scorer appends it after
 the chat template's assistant header, so a small instruct model answers with the value itself
-(SmolLM2-135M otherwise restates the whole question first). It names no person, so the
-comparison is still the model's to make.
+(SmolLM2-135M otherwise restates the whole question first). It never decides the reasoning step
+(no winner named; no wording shared with only the right sentence).
 
 * R needles state one fact whose value is copied back (``span == answer``).
-* R2 needles state two people, one attribute each, and one comparable number each (age, height,
-  birth year); the question asks for the attribute of the person who wins the comparison, so the
-  answer needs a comparison over the needle before the copy. The two numbers differ by at least 3.
+* R2 needles come in two families (``generate(..., family=...)``):
+  - ``"life-stage"`` (default): one person, two favourite activities, one as a child and one as an
+    adult ("As a child Mary's favourite activity was X. As an adult Mary changed, and Mary's
+    favourite activity became Y."); the question asks for the activity *today*, which neither
+    sentence names, so the answer needs the inference today -> adulthood (the later state) before
+    the copy. Half the needles state the adult activity first (templates ``stage-chrono`` /
+    ``stage-reverse``), so neither the first nor the last fact answers; the prefix
+    "Today Mary's favourite activity is" matches neither sentence's wording (was / became).
+    The ``distractor`` is the childhood activity.
+  - ``"comparison"`` (the first design): two people, one activity each, and one comparable
+    number each (age, height); the question asks for the activity of the older/younger/taller/
+    shorter one. The two numbers differ by at least 3; the distractor is the other person's
+    activity. SmolLM2-135M-Instruct answers these at chance (44 % right, 42 % the other person's),
+    so the default changed to life-stage (69 % right, 12 % the childhood activity);
+    see README "Head scores".
 * Splits: ``"score"`` (head scoring) and ``"eval"`` (evaluation) draw names, cities and items
   from disjoint halves of the pools, so no evaluation needle shares a name/city with a scoring
   needle, whatever the seeds; the generator's RNG is seeded by (seed, split, kind).
@@ -118,7 +131,7 @@ def _r_password(rng, split):
             f"What is the password of the {color} {obj}?", ans, f"The password of the {color} {obj} is")
 
 
-# ---- R2: a comparison over two people, then the copy ----
+# ---- R2 "comparison" (the first design): a comparison over two people, then the copy ----
 
 _COMPARISONS = [
     # template, sentence, value range, (question word, pick larger?)
@@ -151,19 +164,45 @@ def _r2(rng, split):
             tb if a_wins else ta)
 
 
-_GENERATORS = {"R": (_r_city, _r_food, _r_password), "R2": (_r2,)}
+# ---- R2 "life-stage": which of two stated states holds today ----
+
+_STAGES = {
+    # template: sentence with {n} (name), {old} (childhood activity), {new} (adult activity)
+    "stage-chrono": "As a child {n}'s favourite activity was {old}. As an adult {n} changed, and {n}'s "
+                    "favourite activity became {new}.",
+    "stage-reverse": "As an adult {n}'s favourite activity became {new}. As a child {n}'s favourite activity "
+                     "was {old}.",
+}
 
 
-def generate(kind: str, n: int, seed: int = 0, split: str = "score") -> list[dict]:
-    """``n`` needle examples of ``kind`` ("R" or "R2"), reproducible from (seed, split)."""
+def _r2_stage(rng, split):
+    name, = _pick(rng, _half(NAMES, split))
+    new, old = _pick(rng, ACTIVITIES, 2)
+    tmpl = "stage-reverse" if rng.integers(2) else "stage-chrono"
+    needle = _STAGES[tmpl].format(n=name, old=old, new=new)
+    return (tmpl, needle, f"What is {name}'s favourite activity today?", new, f"Today {name}'s favourite activity is",
+            old)
+
+
+R2_FAMILIES = ("life-stage", "comparison")
+_GENERATORS = {"R": (_r_city, _r_food, _r_password), "R2": (_r2_stage,), ("R2", "comparison"): (_r2,)}
+
+
+def generate(kind: str, n: int, seed: int = 0, split: str = "score", family: str | None = None) -> list[dict]:
+    """``n`` needle examples of ``kind`` ("R" or "R2"), reproducible from (seed, split).
+    ``family`` (R2 only): "life-stage" (default) or "comparison" (the first R2 design)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if n < 0:
         raise ValueError("n must be >= 0")
+    if family is not None and (kind != "R2" or family not in R2_FAMILIES):
+        raise ValueError(f"family is for R2 only, one of {R2_FAMILIES}; got kind={kind!r}, family={family!r}")
+    if kind == "R2":
+        family = family or R2_FAMILIES[0]
     rng = _rng(kind, seed, split)
-    gens = _GENERATORS[kind]
+    gens = _GENERATORS[(kind, family) if (kind, family) in _GENERATORS else kind]
     out = []
     for i in range(int(n)):
         tmpl, needle, q, ans, prefix, *other = gens[i % len(gens)](rng, split)
@@ -171,8 +210,10 @@ def generate(kind: str, n: int, seed: int = 0, split: str = "score") -> list[dic
         ex = {"id": f"{kind}-{split}-{seed}-{i:05d}", "kind": kind, "split": split, "seed": int(seed),
               "index": i, "template": tmpl, "needle": needle, "span": ans, "question": q, "answer": ans,
               "answer_prefix": prefix}
+        if family:
+            ex["family"] = family
         if other:
-            ex["distractor"] = other[0]  # R2: the other person's attribute (the answer without the reasoning)
+            ex["distractor"] = other[0]  # R2: the answer a model gives without the reasoning step
         out.append(ex)
     return out
 

@@ -59,6 +59,8 @@ def parser():
     p.add_argument("--per-cell", type=int, default=4, help="needles per (length, depth) cell")
     p.add_argument("--seed", type=int, default=0, help="needle generator seed")
     p.add_argument("--split", choices=("score", "eval"), default="score", help="needle pool (see headkv.needles)")
+    p.add_argument("--family", choices=("life-stage", "comparison"), default=None,
+                   help="R2 needle family (default life-stage; comparison: the first R2 design, see headkv.needles)")
     p.add_argument("--no-chat", action="store_true", help="plain 'Question/Answer' prompt instead of the chat template")
     p.add_argument("--extra-steps", type=int, default=1,
                    help="decode steps beyond the answer's token count (default 1: room for a leading space/period)")
@@ -95,7 +97,10 @@ def compute(args, log=print):
     if raw is None:
         from ..haystack import load_haystack
         hay = load_haystack(args.haystack)
-        raw = run.grid_examples(model, args.method, hay, lengths, depths, args.per_cell, seed=args.seed, split=args.split)
+        if args.family and args.method != "R2":
+            raise InvalidArgumentError("--family applies to --method R2 only")
+        raw = run.grid_examples(model, args.method, hay, lengths, depths, args.per_cell, seed=args.seed, split=args.split,
+                                family=args.family)
     records = [run.prepare(model, r, chat=not args.no_chat) for r in raw]
     need = max(len(r["ids"]) + r["n_answer_tokens"] + args.extra_steps + 8 for r in records)
     if n_ctx_train and need > n_ctx_train:
@@ -118,6 +123,8 @@ def compute(args, log=print):
         summary["distractor_rate"] = float(np.mean([rules_distractor(res["response"], r) for res, r in zip(results, raw)]))
     log(f"headkv-scores: {n_kept}/{len(records)} examples kept (answer F1 > {rules.F1_THRESHOLD}), "
         f"{summary['seconds_scoring']:.1f} s on the {backend.name} backend")
+    if "distractor_rate" in summary:
+        log(f"headkv-scores: {summary['distractor_rate']:.0%} answered the distractor (the answer without the reasoning step)")
 
     out = args.output or f"{os.path.splitext(os.path.basename(args.model))[0]}.{args.method}.json"
     ex_path = args.write_examples or out + ".examples.jsonl"
@@ -133,8 +140,10 @@ def compute(args, log=print):
     settings = {"tool": "headkv-scores", "method_rule": "paper (FYYFU/HeadKV Important_Head)", "backend": backend.name,
                 "haystack": "examples-file" if args.examples else (args.haystack or "PaulGrahamEssays"),
                 "n_examples": len(records), "n_kept": n_kept, "f1_threshold": rules.F1_THRESHOLD,
+                "distractor_rate": summary.get("distractor_rate"),
                 "context_lengths": None if args.examples else lengths, "depths": None if args.examples else depths,
                 "per_cell": None if args.examples else args.per_cell, "seed": args.seed, "split": args.split,
+                "needle_family": None if args.examples or args.method != "R2" else (args.family or "life-stage"),
                 "chat": not args.no_chat, "extra_steps": args.extra_steps, "seconds": summary["seconds_scoring"],
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")}
     if args.format == "official":

@@ -19,11 +19,12 @@ from ..haystack import build_context
 from .rules import F1_THRESHOLD, step_score
 
 
-def grid_examples(model, kind, haystack, lengths, depths, per_cell, seed=0, split="score", progress=False):
+def grid_examples(model, kind, haystack, lengths, depths, per_cell, seed=0, split="score", progress=False,
+                  family=None):
     """Generated needles over the grid lengths x depths (per_cell needles per cell), each in its
-    own haystack slice (essay offset = example index)."""
+    own haystack slice (essay offset = example index); ``family``: the R2 needle family."""
     n = len(lengths) * len(depths) * per_cell
-    gen = nd.generate(kind, n, seed=seed, split=split)
+    gen = nd.generate(kind, n, seed=seed, split=split, family=family)
     tok = lambda s: model.tokenize(s, add_bos=False)  # noqa: E731
     out, i = [], 0
     for L in lengths:

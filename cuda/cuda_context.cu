@@ -39,9 +39,9 @@ void check_kv_config(const KVConfig& kv) {
   if (!(kv.adakv_floor >= 0 && kv.adakv_floor <= 1)) bad("adakv floor must be in [0, 1]");
 }
 
-// Decode attention items: a layer's keys are cut into about kItemsPerSM items per SM, each of at
-// least kMinKeysPerItem keys (a block streams its item's keys in tiles of 128).
-constexpr int kMinKeysPerItem = 64, kItemsPerSM = 4, kMaxSplits = 512;
+// Decode attention items: a layer's keys are cut into at most one wave of blocks, each item of at
+// least kMinKeysPerItem keys, in multiples of 128 (a block's 4 warps stream tiles of 32 keys).
+constexpr int kMinKeysPerItem = 64, kMaxSplits = 512;
 
 }  // namespace
 
@@ -245,11 +245,16 @@ struct CudaContext::Impl {
     layer_item0.assign(L, 0);
     layer_items.assign(L, 0);
     int max_items = 0;
+    // one wave of the attention kernel: items per layer <= resident blocks (each head rounds up)
+    const int64_t wave = std::max<int64_t>(H, decode_attention_slots(hp.head_dim, G) - H);
+    const char* ie = std::getenv("HEADKV_ATTN_ITEMS");  // A/B runs: "sm4" = about 4 items per SM
+    const bool attn_items_sm4 = ie && std::string(ie) == "sm4";
     for (int l = 0; l < L; ++l) {
       layer_item0[l] = (int)ih.size();
       const int64_t layer_cap = h_off[(l + 1) * H] - h_off[l * H];
       const int64_t per_item =
-          std::max<int64_t>(kMinKeysPerItem, cdiv(cdiv(layer_cap, (int64_t)kItemsPerSM * sm_count()), 64) * 64);
+          attn_items_sm4 ? std::max<int64_t>(kMinKeysPerItem, cdiv(cdiv(layer_cap, 4 * (int64_t)sm_count()), 64) * 64)
+                         : std::max<int64_t>(kMinKeysPerItem, cdiv(cdiv(layer_cap, wave), 128) * 128);
       for (int g = 0; g < H; ++g) {
         const int64_t cap = h_off[l * H + g + 1] - h_off[l * H + g];
         const int S = (int)std::clamp<int64_t>(cdiv(cap, per_item), 1, kMaxSplits);

@@ -2,6 +2,8 @@
 // head's segment into head_splits[g] chunks (proportional to its capacity, so heads of very
 // different lengths cost alike per item); each item serves the G query heads of its KV head
 // (GQA-packed: K/V rows are read once per group). A second kernel merges the partial softmaxes.
+#include <algorithm>
+
 #include "common.cuh"
 #include "kernels.cuh"
 
@@ -227,7 +229,28 @@ void launch_hd(const DecodeArgs& a, cudaStream_t s) {
   merge_kernel<HD><<<a.nh, MT, 0, s>>>(a);
 }
 
+template <int HD>
+int blocks_per_sm_hd(int G) {
+  int n = 0;
+  auto occ = [&](auto k) { check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, NT, 0), "occupancy"); };
+  switch (G) {
+    case 1: occ(split_kernel<HD, 1>); break;
+    case 2: occ(split_kernel<HD, 2>); break;
+    case 3: occ(split_kernel<HD, 3>); break;
+    case 4: occ(split_kernel<HD, 4>); break;
+    case 5: occ(split_kernel<HD, 5>); break;
+    case 6: occ(split_kernel<HD, 6>); break;
+    case 7: occ(split_kernel<HD, 7>); break;
+    default: occ(split_kernel<HD, 8>); break;
+  }
+  return std::max(1, n);
+}
+
 }  // namespace
+
+int decode_attention_slots(int hd, int G) {
+  return (hd == 64 ? blocks_per_sm_hd<64>(G) : blocks_per_sm_hd<128>(G)) * sm_count();
+}
 
 void decode_attention(const DecodeArgs& a, cudaStream_t s) {
   if (a.nh / a.nkv > MAXG) fail(ErrorKind::Unsupported, "CUDA backend: more than 8 query heads per KV head");

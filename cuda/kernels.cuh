@@ -113,6 +113,8 @@ struct DecodeArgs {
   float* part = nullptr;
 };
 void decode_attention(const DecodeArgs& a, cudaStream_t s);
+// Blocks of the decode attention kernel resident at once on the device (one wave).
+int decode_attention_slots(int hd, int G);
 
 // ---- select.cu: per-layer selection on the device (see select/selection.h for the rules).
 // Pooled window scores [nkv][P] of the window queries qwin [a][nh][hd] over the layer's fp32 keys

@@ -107,6 +107,14 @@ for r in rows[:14]:
 print(f"total GPU kernel time {tot/1e6:.1f} ms")
 PY
     ;;
+  matrix)  # matrix DEPTH "VAR=V VAR=V" ...: decode t/s (full cache) per setting, one line each
+    d=$1; shift
+    HB=$(dirname "$(command -v python3)")/headkv-bench
+    for setting in "$@"; do
+      env $setting $HB -m /tmp/l3-8b-q4_0.gguf --device cuda -p 0 -n 64 -d $d -r 2 -o jsonl > /tmp/m.jsonl 2>/dev/null
+      echo "d=$d $setting: $(python3 -c "import json; print(round(json.loads(open('/tmp/m.jsonl').readline())['avg_ts'], 1))")"
+    done | tee -a "$OUT/matrix.txt"
+    ;;
   stages)  # stages TYPE NAME [headkv-bench args]: GPU time per decode stage (HEADKV_PROFILE=1)
     t=$1; name=$2; shift 2
     HB=$(dirname "$(command -v python3)")/headkv-bench

@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--needles-per-cell", type=int, default=2)
     t.add_argument("--reasoning-n", type=int, default=20, help="reasoning needles per kind")
     t.add_argument("--reasoning-kinds", type=_strs, default=["R2"])
+    t.add_argument("--reasoning-family", choices=("life-stage", "comparison"), default=None,
+                   help="R2 needle family (default life-stage; comparison: the first R2 design, see headkv.needles)")
     t.add_argument("--reasoning-lengths", type=_ints, default=[1024])
     t.add_argument("--reasoning-depths", type=_floats, default=[0.1, 0.3, 0.5, 0.7, 0.9])
     t.add_argument("--fidelity-essays", type=int, default=3)
@@ -99,7 +101,7 @@ def build_tasks(names, a):
             out.append(NiahTask(a.lengths, a.depths, a.needles_per_cell, a.seed, a.haystack))
         elif n == "reasoning-needles":
             out.append(ReasoningTask(a.reasoning_n, a.reasoning_kinds, a.reasoning_lengths, a.reasoning_depths,
-                                     a.seed, a.haystack))
+                                     a.seed, a.haystack, family=a.reasoning_family))
         elif n == "fidelity":
             out.append(FidelityTask(a.fidelity_essays, a.fidelity_prompt, a.fidelity_gen, a.fidelity_cont, a.seed,
                                     a.haystack))

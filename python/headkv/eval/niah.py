@@ -6,7 +6,8 @@
 * ``reasoning-needles``: the R2 needles of ``headkv.needles`` (the generator the head-score tool
   uses), drawn from its ``eval`` split so no evaluation needle shares names/cities/words with the
   needles that produced the scores; scored by the paper's answer F1 and by whether the whole
-  answer phrase appears.
+  answer phrase appears. R2 family: ``life-stage`` by default, ``comparison`` (the first design,
+  used for EVALUATION.md's rows) with ``family=`` / ``--reasoning-family comparison``.
 """
 from __future__ import annotations
 
@@ -102,18 +103,21 @@ class ReasoningTask(_NeedleTask):
     max_gen = 24
 
     def __init__(self, n=20, kinds=("R2",), lengths=(1024,), depths=(0.1, 0.3, 0.5, 0.7, 0.9), seed=0,
-                 haystack_dir=None):
+                 haystack_dir=None, family=None):
         super().__init__(seed, haystack_dir)
         self.n, self.kinds = int(n), list(kinds)
+        self.family = family  # R2 needle family (headkv.needles.R2_FAMILIES; None: the default)
         self.lengths, self.depths = [int(x) for x in lengths], [float(d) for d in depths]
 
     def examples(self, tok_model) -> list[dict]:
         out = []
         for kind in self.kinds:
-            for i, nx in enumerate(nd.generate(kind, self.n, seed=self.seed, split="eval")):
+            fam = self.family if kind == "R2" else None
+            for i, nx in enumerate(nd.generate(kind, self.n, seed=self.seed, split="eval", family=fam)):
                 L = self.lengths[i % len(self.lengths)]
                 d = self.depths[i % len(self.depths)]
-                ex = {"id": f"{nx['id']}/{L}/{d:g}", "kind": kind, "length": L, "depth": d, "needle": nx["needle"],
+                tag = f"/{nx['family']}" if nx.get("family") else ""   # families' needles never share an id
+                ex = {"id": f"{nx['id']}{tag}/{L}/{d:g}", "kind": kind, "length": L, "depth": d, "needle": nx["needle"],
                       "question": nx["question"], "answer": nx["answer"], "seed": self.seed,
                       "prompt": self._prompt(tok_model, nx["needle"], nx["question"], nx.get("answer_prefix", ""),
                                              L, d, 7 + i)}

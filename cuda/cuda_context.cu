@@ -469,13 +469,13 @@ struct CudaContext::Impl {
 
   // ---- compressed prefill
   void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
-  void select_layer(int il, int64_t N, const float* LK, const float* LV, const float* qwin, float* raw, float* pooled,
+  void select_layer(int il, int64_t N, const void* LK, const void* LV, const float* qwin, float* raw, float* pooled,
                     float* rowstat, uint8_t* flags, int32_t* list, int32_t* count);
 
   void eval(const int32_t* tokens, int64_t n, bool all_logits);
 };
 
-void CudaContext::Impl::select_layer(int il, int64_t N, const float* LK, const float* LV, const float* qwin, float* raw,
+void CudaContext::Impl::select_layer(int il, int64_t N, const void* LK, const void* LV, const float* qwin, float* raw,
                                      float* pooled, float* rowstat, uint8_t* flags, int32_t* list, int32_t* count) {
   const int H = hp.n_head_kv, hd = hp.head_dim;
   const int a = plan->window;
@@ -489,7 +489,7 @@ void CudaContext::Impl::select_layer(int il, int64_t N, const float* LK, const f
       for (int g = 0; g < H; ++g) sink[g] = std::min<int64_t>(kv.sink, caps[g]);
       streaming_flags(flags, P, H, sink.data(), caps.data(), nullptr, st);
     } else {
-      window_scores(qwin, LK, N, a, hp.n_head, H, hd, kv.kernel, kv.max_pool, raw, pooled, rowstat, st);
+      window_scores(qwin, LK, half_gemm, N, a, hp.n_head, H, hd, kv.kernel, kv.max_pool, raw, pooled, rowstat, st);
       if (keep_scores) {
         sel_scores.resize(hp.n_layer);
         sel_scores[il].resize((size_t)H * P);
@@ -521,7 +521,7 @@ void CudaContext::Impl::select_layer(int il, int64_t N, const float* LK, const f
     max_count = 0;
     for (int g = 0; g < H; ++g) max_count = std::max<int64_t>(max_count, caps[g] + a);
   }
-  gather_to_arena(list, count, N, H, hd, LK, LV, seg_off.get() + il * H, ak.get(), av.get(), apos.get(),
+  gather_to_arena(list, count, N, H, hd, LK, LV, half_gemm, seg_off.get() + il * H, ak.get(), av.get(), apos.get(),
                   used.get() + il * H, max_count, st);
 }
 
@@ -543,18 +543,31 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
   // Everything the prompt needs, checked before allocating any of it.
   uint64_t arena_b = 0;
   for (int64_t c : cap) arena_b += (uint64_t)c * CudaContext::entry_bytes(hd);
-  const uint64_t layer_kv = 2ull * H * N * hd * 4;
-  const uint64_t need = arena_b + layer_kv + (uint64_t)N * d * 4 + (uint64_t)a * nh * hd * 4 + 2ull * H * P * 4 +
+  // The layer's K/V: fp16 in the fast precision (what the arena keeps), fp32 in cuda-fp32.
+  const uint64_t layer_kv = 2ull * H * N * hd * (half_gemm ? 2 : 4);
+  // The prompt's residual stream (every token's activations between layers) is the largest buffer
+  // after the layer's K/V: fp16 in the fast precision (each chunk runs its layer in fp32 scratch).
+  const bool half_x = half_gemm;
+  const uint64_t need = arena_b + layer_kv + (uint64_t)N * d * (half_x ? 2 : 4) + (uint64_t)a * nh * hd * 4 + 2ull * H * P * 4 +
                         (uint64_t)H * P + (uint64_t)H * N * 4 + (uint64_t)nh * a * 8 + 1024;
   require_device_bytes(need, "a compressed prompt of " + std::to_string(N) + " tokens (arena " + std::to_string(arena_b) +
                                  " bytes, one layer's K/V " + std::to_string(layer_kv) + " bytes)");
   DBuf<float> X, LK, LV, qwin, raw, pooled, rowstat;
+  DBuf<__half> Xh, LKh, LVh;
   DBuf<uint8_t> flags;
   DBuf<int32_t> list, count;
   make_arena(cap);
-  X.alloc(N * d, "prompt activations");
-  LK.alloc((size_t)H * N * hd, "layer keys");
-  LV.alloc((size_t)H * N * hd, "layer values");
+  if (half_x) Xh.alloc(N * d, "prompt activations (fp16)");
+  else X.alloc(N * d, "prompt activations");
+  if (half_gemm) {
+    LKh.alloc((size_t)H * N * hd, "layer keys");
+    LVh.alloc((size_t)H * N * hd, "layer values");
+  } else {
+    LK.alloc((size_t)H * N * hd, "layer keys");
+    LV.alloc((size_t)H * N * hd, "layer values");
+  }
+  const void* lk = half_gemm ? (const void*)LKh.get() : (const void*)LK.get();
+  const void* lv = half_gemm ? (const void*)LVh.get() : (const void*)LV.get();
   qwin.alloc((size_t)std::max(a, 1) * nh * hd, "window queries");
   raw.alloc((size_t)H * std::max<int64_t>(P, 1), "window scores");
   pooled.alloc((size_t)H * std::max<int64_t>(P, 1), "pooled scores");
@@ -567,28 +580,36 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
   for (int64_t c0 = 0; c0 < N; c0 += ub) {
     const int64_t T = std::min<int64_t>(ub, N - c0);
     check(cudaMemcpyAsync(tok.get(), tokens + c0, T * sizeof(int32_t), cudaMemcpyHostToDevice, st), "tokens");
-    embed_rows(dm->tok_embd, tok.get(), T, X.get() + c0 * d, st);
+    if (half_x) {
+      embed_rows(dm->tok_embd, tok.get(), T, x.get(), st);
+      f32_to_f16(x.get(), Xh.get() + c0 * d, T * d, st);
+    } else {
+      embed_rows(dm->tok_embd, tok.get(), T, X.get() + c0 * d, st);
+    }
     check(cudaStreamSynchronize(st), "tokens");  // the host token buffer is reused
   }
   for (int il = 0; il < hp.n_layer; ++il) {
     const DevLayer& L = dm->layers[il];
     for (int64_t c0 = 0; c0 < N; c0 += ub) {
       const int64_t T = std::min<int64_t>(ub, N - c0);
-      float* xc = X.get() + c0 * d;
+      float* xc = half_x ? x.get() : X.get() + c0 * d;
+      if (half_x) f16_to_f32(Xh.get() + c0 * d, xc, T * d, st);
       qkv(L, xc, T);
       RopeStore r = rope_args(T);
       r.pos0 = (int32_t)c0;
-      r.kf = LK.get();
+      r.kf = LK.get();  // null in the fast precision
       r.vf = LV.get();
+      r.kfh = LKh.get();
+      r.vfh = LVh.get();
       r.ld_head = N;
       r.row0 = c0;
       rope_store(r, st);
       FlashArgs f;
       f.q = q.get();
       f.out = att.get();
-      f.k = LK.get();
-      f.v = LV.get();
-      f.half_kv = false;
+      f.k = lk;
+      f.v = lv;
+      f.half_kv = half_gemm;
       f.T = (int)T;
       f.nh = nh;
       f.nkv = H;
@@ -602,15 +623,17 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
                               (c0 + T - w0) * nh * hd * sizeof(float), cudaMemcpyDeviceToDevice, st), "window queries");
       linear(L.wo, att.get(), T, xc, d, true);
       mlp(L, xc, T);
+      if (half_x) f32_to_f16(xc, Xh.get() + c0 * d, T * d, st);
     }
-    select_layer(il, N, LK.get(), LV.get(), qwin.get(), raw.get(), pooled.get(), rowstat.get(), flags.get(), list.get(),
+    select_layer(il, N, lk, lv, qwin.get(), raw.get(), pooled.get(), rowstat.get(), flags.get(), list.get(),
                  count.get());
   }
   const int64_t rows = all_logits ? N : 1;
   logits_h.resize((size_t)rows * hp.n_vocab);
   for (int64_t r0 = N - rows; r0 < N; r0 += ub) {
     const int64_t R = std::min<int64_t>(ub, N - r0);
-    head(X.get() + r0 * d, R);
+    if (half_x) f16_to_f32(Xh.get() + r0 * d, x.get(), R * d, st);
+    head(half_x ? x.get() : X.get() + r0 * d, R);
     fetch_logits(R, logits_h.data() + (r0 - (N - rows)) * hp.n_vocab);
     check(cudaStreamSynchronize(st), "logits");
   }

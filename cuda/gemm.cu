@@ -35,6 +35,11 @@ __global__ void dequant_kernel(const uint8_t* __restrict__ W, const uint8_t* __r
   }
 }
 
+__global__ void h2f_kernel(const __half* __restrict__ in, float* __restrict__ out, int64_t n) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = __half2float(in[i]);
+}
+
 __global__ void f2h_kernel(const float* __restrict__ in, __half* __restrict__ out, int64_t n) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = __float2half_rn(in[i]);
@@ -108,6 +113,12 @@ void dequant_rows(const DW& w, int64_t r0, int64_t n, void* out, bool half_out, 
 
 void embed_rows(const DW& w, const int32_t* ids, int64_t T, float* out, cudaStream_t s) {
   launch_dequant(w, 0, T, ids, out, s);
+}
+
+void f16_to_f32(const __half* in, float* out, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  h2f_kernel<<<(unsigned)cdiv(n, 256), 256, 0, s>>>(in, out, n);
+  check_launch("f16_to_f32");
 }
 
 void f32_to_f16(const float* in, __half* out, int64_t n, cudaStream_t s) {

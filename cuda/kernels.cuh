@@ -39,6 +39,7 @@ void dequant_rows(const DW& w, int64_t r0, int64_t n, void* out, bool half_out, 
 // out[t][:] = row ids[t] of w, fp32.
 void embed_rows(const DW& w, const int32_t* ids, int64_t T, float* out, cudaStream_t s);
 void f32_to_f16(const float* in, __half* out, int64_t n, cudaStream_t s);
+void f16_to_f32(const __half* in, float* out, int64_t n, cudaStream_t s);
 // cuBLAS: C[t][r] = alpha * sum_c A[r][c] B[t][c] + beta * C[t][r] (row-major A: m x k, B: n x k,
 // C: n x m with leading dimension ldc). half_in: A and B are fp16, else fp32 (pedantic fp32).
 void blas_init(cudaStream_t s);  // throws Unsupported when libcublas cannot be loaded
@@ -49,7 +50,8 @@ void gemm_nt(const void* A, const void* B, float* C, int64_t m, int64_t n, int64
 void rms_norm(const float* x, const float* w, float* out, int64_t T, int64_t d, float eps, cudaStream_t s);
 void silu_mul(float* g, const float* u, int64_t n, cudaStream_t s);
 // RoPE on q [T][nh][hd] (in place) and k; k, v ([T][nkv][hd]) are stored to the target:
-//   layer buffer (fp32, head-major [g][N][hd]): kf/vf non-null, entry = g*ld_head + row0 + t
+//   layer buffer (head-major [g][N][hd]): kf/vf (fp32) or kfh/vfh (fp16) non-null,
+//     entry = g*ld_head + row0 + t
 //   arena (fp16): kh/vh/pos non-null, entry = seg_off[l*nkv+g] + used[l*nkv+g] + t, pos = pos0 + t
 // pos0: first position, read from *pos0_dev when non-null (graph replays).
 struct RopeStore {
@@ -63,6 +65,8 @@ struct RopeStore {
   const int32_t* pos0_dev = nullptr;
   float* kf = nullptr;
   float* vf = nullptr;
+  __half* kfh = nullptr;
+  __half* vfh = nullptr;
   int64_t ld_head = 0, row0 = 0;
   __half* kh = nullptr;
   __half* vh = nullptr;
@@ -117,9 +121,9 @@ void decode_attention(const DecodeArgs& a, cudaStream_t s);
 int decode_attention_slots(int hd, int G);
 
 // ---- select.cu: per-layer selection on the device (see select/selection.h for the rules).
-// Pooled window scores [nkv][P] of the window queries qwin [a][nh][hd] over the layer's fp32 keys
-// (head-major [g][N][hd]). rowstat: scratch of nh * a * 2 floats.
-void window_scores(const float* qwin, const float* K, int64_t N, int a, int nh, int nkv, int hd, int kernel,
+// Pooled window scores [nkv][P] of the window queries qwin [a][nh][hd] over the layer's keys
+// (head-major [g][N][hd], fp32 or fp16 when half_k). rowstat: scratch of nh * a * 2 floats.
+void window_scores(const float* qwin, const void* K, bool half_k, int64_t N, int a, int nh, int nkv, int hd, int kernel,
                    bool max_pool, float* raw, float* pooled, float* rowstat, cudaStream_t s);
 // flags[seg][j] = 1 for the top-k[seg] of s[seg][0..n) (ties: lower index first), skipping
 // exclude[seg][j] != 0. k from the host array (n_seg values). One block per segment.
@@ -134,10 +138,10 @@ void compact_flags(const uint8_t* flags, int64_t P, int64_t N, int nkv, int32_t*
                    cudaStream_t s);
 // Ada-KV: this layer's segment offsets from the counts (capacity = count + room); first offset fixed.
 void layer_offsets(int64_t* seg_off, const int32_t* count, int nkv, int64_t room, cudaStream_t s);
-// Copies each head's listed entries from the layer buffer (fp32 [g][N][hd]) into its arena segment
-// (fp16 K/V, positions) and sets used[g] = count[g].
-void gather_to_arena(const int32_t* list, const int32_t* count, int64_t N, int nkv, int hd, const float* K,
-                     const float* V, const int64_t* seg_off, __half* ak, __half* av, int32_t* apos, int32_t* used,
-                     int64_t max_count, cudaStream_t s);
+// Copies each head's listed entries from the layer buffer ([g][N][hd], fp32 or fp16 when half_kv)
+// into its arena segment (fp16 K/V, positions) and sets used[g] = count[g].
+void gather_to_arena(const int32_t* list, const int32_t* count, int64_t N, int nkv, int hd, const void* K,
+                     const void* V, bool half_kv, const int64_t* seg_off, __half* ak, __half* av, int32_t* apos,
+                     int32_t* used, int64_t max_count, cudaStream_t s);
 
 }  // namespace headkv::cu

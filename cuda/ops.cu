@@ -71,6 +71,10 @@ __global__ void rope_store_kernel(RopeStore a) {
     const int64_t e = g * a.ld_head + a.row0 + t;
     a.kf[e * a.hd + d] = kv;
     a.vf[e * a.hd + d] = vval;
+  } else if (a.kfh) {
+    const int64_t e = g * a.ld_head + a.row0 + t;
+    a.kfh[e * a.hd + d] = __float2half_rn(kv);
+    a.vfh[e * a.hd + d] = __float2half_rn(vval);
   } else {
     const int64_t e = a.seg_off[g] + a.used[g] + t;
     a.kh[e * a.hd + d] = __float2half_rn(kv);

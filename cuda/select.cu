@@ -17,20 +17,32 @@ struct I64s {
   int64_t v[MAXSEG];
 };
 
+// 4 consecutive key/value elements of the layer buffer (fp32, or fp16 in the fast precision).
+__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 ld4(const __half* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ __half to_half(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ __half to_half(__half v) { return v; }
+
 // Softmax statistics of one window query row (h, i) over its n_keys = P + i + 1 keys.
-__global__ void rowstat_kernel(const float* __restrict__ qwin, const float* __restrict__ K, int64_t N, int a, int nh,
+template <class KT>
+__global__ void rowstat_kernel(const float* __restrict__ qwin, const KT* __restrict__ K, int64_t N, int a, int nh,
                                int nkv, int hd, float* __restrict__ rowstat) {
   const int h = blockIdx.x / a, i = blockIdx.x % a, g = h / (nh / nkv);
   const int64_t P = N - a, n_keys = P + i + 1;
   const float* q = qwin + ((int64_t)i * nh + h) * hd;
-  const float* Kg = K + (int64_t)g * N * hd;
+  const KT* Kg = K + (int64_t)g * N * hd;
   const float scale = 1.0f / sqrtf((float)hd);
   float m = -INFINITY, l = 0.0f;
   for (int64_t j = threadIdx.x; j < n_keys; j += blockDim.x) {
-    const float* kr = Kg + j * hd;
+    const KT* kr = Kg + j * hd;
     float s = 0.0f;
     for (int d = 0; d < hd; d += 4) {
-      const float4 kv = *reinterpret_cast<const float4*>(kr + d);
+      const float4 kv = ld4(kr + d);
       s += q[d] * kv.x + q[d + 1] * kv.y + q[d + 2] * kv.z + q[d + 3] * kv.w;
     }
     s *= scale;
@@ -65,13 +77,14 @@ __global__ void rowstat_kernel(const float* __restrict__ qwin, const float* __re
 // raw[g][j] = mean over (group head hh, window query i) of softmax prob of key j, summed in the
 // CPU's order (hh outer, i inner).
 constexpr int RB = 32;  // rows (hh, i) per register batch
-__global__ void raw_kernel(const float* __restrict__ qwin, const float* __restrict__ K, int64_t N, int a, int nh,
+template <class KT>
+__global__ void raw_kernel(const float* __restrict__ qwin, const KT* __restrict__ K, int64_t N, int a, int nh,
                            int nkv, int hd, const float* __restrict__ rowstat, float* __restrict__ raw) {
   const int g = blockIdx.y, G = nh / nkv;
   const int64_t P = N - a;
   const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= P) return;
-  const float* kr = K + ((int64_t)g * N + j) * hd;
+  const KT* kr = K + ((int64_t)g * N + j) * hd;
   const float scale = 1.0f / sqrtf((float)hd);
   const int rows = G * a;
   float acc = 0.0f;
@@ -80,7 +93,7 @@ __global__ void raw_kernel(const float* __restrict__ qwin, const float* __restri
 #pragma unroll
     for (int r = 0; r < RB; ++r) s[r] = 0.0f;
     for (int d = 0; d < hd; d += 4) {
-      const float4 kv = *reinterpret_cast<const float4*>(kr + d);
+      const float4 kv = ld4(kr + d);
 #pragma unroll
       for (int r = 0; r < RB; ++r) {
         if (b0 + r < rows) {
@@ -236,8 +249,9 @@ __global__ void layer_offsets_kernel(int64_t* seg_off, const int32_t* count, int
   for (int g = 0; g + 1 < nkv; ++g) seg_off[g + 1] = seg_off[g] + count[g] + room;
 }
 
+template <class KT>
 __global__ void gather_kernel(const int32_t* __restrict__ list, const int32_t* __restrict__ count, int64_t N, int hd,
-                              const float* __restrict__ K, const float* __restrict__ V, const int64_t* __restrict__ seg_off,
+                              const KT* __restrict__ K, const KT* __restrict__ V, const int64_t* __restrict__ seg_off,
                               __half* ak, __half* av, int32_t* apos, int32_t* used) {
   const int g = blockIdx.y;
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -247,8 +261,8 @@ __global__ void gather_kernel(const int32_t* __restrict__ list, const int32_t* _
   if (idx >= count[g]) return;
   const int32_t j = list[g * N + idx];
   const int64_t dst = seg_off[g] + idx;
-  ak[dst * hd + d] = __float2half_rn(K[((int64_t)g * N + j) * hd + d]);
-  av[dst * hd + d] = __float2half_rn(V[((int64_t)g * N + j) * hd + d]);
+  ak[dst * hd + d] = to_half(K[((int64_t)g * N + j) * hd + d]);
+  av[dst * hd + d] = to_half(V[((int64_t)g * N + j) * hd + d]);
   if (d == 0) apos[dst] = j;
 }
 
@@ -261,11 +275,17 @@ I64s to_i64s(const int64_t* v, int n) {
 
 }  // namespace
 
-void window_scores(const float* qwin, const float* K, int64_t N, int a, int nh, int nkv, int hd, int kernel,
+void window_scores(const float* qwin, const void* K, bool half_k, int64_t N, int a, int nh, int nkv, int hd, int kernel,
                    bool max_pool, float* raw, float* pooled, float* rowstat, cudaStream_t s) {
   const int64_t P = N - a;
-  rowstat_kernel<<<nh * a, 256, 0, s>>>(qwin, K, N, a, nh, nkv, hd, rowstat);
-  raw_kernel<<<dim3((unsigned)cdiv(P, 128), nkv), 128, 0, s>>>(qwin, K, N, a, nh, nkv, hd, rowstat, raw);
+  const dim3 rg((unsigned)cdiv(P, 128), nkv);
+  if (half_k) {
+    rowstat_kernel<<<nh * a, 256, 0, s>>>(qwin, (const __half*)K, N, a, nh, nkv, hd, rowstat);
+    raw_kernel<<<rg, 128, 0, s>>>(qwin, (const __half*)K, N, a, nh, nkv, hd, rowstat, raw);
+  } else {
+    rowstat_kernel<<<nh * a, 256, 0, s>>>(qwin, (const float*)K, N, a, nh, nkv, hd, rowstat);
+    raw_kernel<<<rg, 128, 0, s>>>(qwin, (const float*)K, N, a, nh, nkv, hd, rowstat, raw);
+  }
   if (kernel > 1) pool_kernel<<<dim3((unsigned)cdiv(P, 256), nkv), 256, 0, s>>>(raw, pooled, P, kernel, max_pool);
   else check(cudaMemcpyAsync(pooled, raw, (size_t)nkv * P * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy scores");
   check_launch("window_scores");
@@ -295,12 +315,15 @@ void layer_offsets(int64_t* seg_off, const int32_t* count, int nkv, int64_t room
   check_launch("layer_offsets");
 }
 
-void gather_to_arena(const int32_t* list, const int32_t* count, int64_t N, int nkv, int hd, const float* K,
-                     const float* V, const int64_t* seg_off, __half* ak, __half* av, int32_t* apos, int32_t* used,
-                     int64_t max_count, cudaStream_t s) {
+void gather_to_arena(const int32_t* list, const int32_t* count, int64_t N, int nkv, int hd, const void* K,
+                     const void* V, bool half_kv, const int64_t* seg_off, __half* ak, __half* av, int32_t* apos,
+                     int32_t* used, int64_t max_count, cudaStream_t s) {
   if (max_count <= 0) return;
-  gather_kernel<<<dim3((unsigned)cdiv(max_count * hd, 256), nkv), 256, 0, s>>>(list, count, N, hd, K, V, seg_off, ak,
-                                                                               av, apos, used);
+  const dim3 grid((unsigned)cdiv(max_count * hd, 256), nkv);
+  if (half_kv)
+    gather_kernel<<<grid, 256, 0, s>>>(list, count, N, hd, (const __half*)K, (const __half*)V, seg_off, ak, av, apos, used);
+  else
+    gather_kernel<<<grid, 256, 0, s>>>(list, count, N, hd, (const float*)K, (const float*)V, seg_off, ak, av, apos, used);
   check_launch("gather_to_arena");
 }
 

@@ -214,6 +214,33 @@ def test_greedy_64_tokens_match_cpu(smollm2, model, prompt, score_file):
     assert agree >= 16
 
 
+@pytest.mark.parametrize("method", ["snapkv", "headkv"])
+def test_fast_compressed_prefill(smollm2, prompt, score_file, method):
+    """The fast precision's compressed prefill keeps the residual stream and the layer's K/V in fp16
+    (and runs fp16 GEMMs): kept positions overlap the CPU's, and decoding continues close to it."""
+    c = _make(smollm2, "cpu", method, 64, score_file)
+    g = _make(smollm2, "cuda", method, 64, score_file)
+    c.eval(prompt)
+    g.eval(prompt)
+    pc, pg = c.kv_positions(), g.kv_positions()
+    same = total = 0
+    for l in range(L):
+        for h in range(HKV):
+            a, b = set(pc[l][h].tolist()), set(pg[l][h].tolist())
+            same += len(a & b)
+            total += len(a)
+    d0 = np.abs(g.logits() - c.logits()).max()
+    top = int(c.logits().argmax()) == int(g.logits().argmax())
+    for t in (int(c.logits().argmax()), 100, 200):
+        c.eval([t])
+        g.eval([t])
+    d1 = np.abs(g.logits() - c.logits()).max()
+    print(f"{method} fast: kept positions shared with the CPU {same}/{total}, prompt max |dlogit| {d0:.3f}, "
+          f"after 3 decode steps {d1:.3f}")
+    assert same >= 0.95 * total and top
+    assert d0 < 0.5 and d1 < 1.0
+
+
 def test_out_of_memory_before_allocating(smollm2):
     with pytest.raises(headkv.OutOfMemoryError, match="bytes"):
         headkv.Model(smollm2, n_ctx=50_000_000, device="cuda")

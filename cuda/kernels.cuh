@@ -97,6 +97,9 @@ struct FlashArgs {
 void flash_attention(const FlashArgs& a, cudaStream_t s);
 // Same on tensor cores (fp16 Q/K/V/P, fp32 accumulation and softmax): the fast precision.
 void flash_attention_tc(const FlashArgs& a, cudaStream_t s);
+// flash_attn_mma.cu: the tensor-core kernel for fp16 K/V (mma.sync, registers-resident softmax);
+// false when it does not apply (fp32 K/V or another head size).
+bool flash_attention_mma(const FlashArgs& a, cudaStream_t s);
 
 // ---- decode_attn.cu: one query token per head over the per-head arena (fp16), split-K.
 // Work items of a layer: item i handles KV head item_head[i], split item_split[i] of

@@ -115,6 +115,29 @@ PY
       echo "d=$d $setting: $(python3 -c "import json; print(round(json.loads(open('/tmp/m.jsonl').readline())['avg_ts'], 1))")"
     done | tee -a "$OUT/matrix.txt"
     ;;
+  scores_gpu)  # headkv-scores: reference backend on the GPU (transformers, torch CUDA) vs native, same grid
+    G="-m $SMOL --method R2 --lengths 250,500 --depths 0,0.5,1 --per-cell 2 --seed 3 --allow-few -q"
+    S=$(dirname "$(command -v python3)")/headkv-scores
+    for b in native reference; do
+      t0=$(date +%s.%N)
+      $S $G --backend $b --device cuda -o /tmp/sc_$b.json > "$OUT/scores_$b.log" 2>&1 || tail -5 "$OUT/scores_$b.log"
+      echo "$b: $(python3 -c "print(round($(date +%s.%N) - $t0, 1))") s"
+    done | tee "$OUT/scores_gpu.txt"
+    python3 - <<'PY' | tee -a "$OUT/scores_gpu.txt"
+import json
+import numpy as np
+a, b = json.load(open("/tmp/sc_native.json")), json.load(open("/tmp/sc_reference.json"))
+ka = [json.loads(l) for l in open("/tmp/sc_native.json.examples.jsonl") if l.strip()]
+kb = [json.loads(l) for l in open("/tmp/sc_reference.json.examples.jsonl") if l.strip()]
+sa, sb = np.array(a["scores"], float), np.array(b["scores"], float)
+import torch
+print("torch", torch.__version__, "cuda:", torch.cuda.get_device_name(0))
+print("kept native", a["settings"]["n_kept"], "reference", b["settings"]["n_kept"], "of", a["settings"]["n_examples"])
+print("same responses:", [x.get("response") for x in ka] == [x.get("response") for x in kb],
+      "same kept:", [x.get("kept") for x in ka] == [x.get("kept") for x in kb])
+print("max |d score|:", float(np.abs(sa - sb).max()))
+PY
+    ;;
   stages)  # stages TYPE NAME [headkv-bench args]: GPU time per decode stage (HEADKV_PROFILE=1)
     t=$1; name=$2; shift 2
     HB=$(dirname "$(command -v python3)")/headkv-bench

@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
-#include <utility>
 
 #include "common/error.h"
 
@@ -34,10 +33,11 @@ inline int sm_count() {
   return n;
 }
 
-// Programmatic dependent launch (sm_90): a kernel launched with pdl_launch may start while the
-// previous kernel in the stream finishes; it must call grid_dependency_wait() before reading that
-// kernel's results (every block, before it exits). grid_dependents_launch() lets the next such
-// kernel start early. Both are no-ops without PDL. HEADKV_PDL=0 launches normally.
+// Programmatic dependent launch (sm_90): a kernel launched with the programmatic-serialization
+// attribute (when pdl_enabled()) may start while the previous kernel in the stream finishes; it must
+// call grid_dependency_wait() before reading that kernel's results (every block, before it exits).
+// grid_dependents_launch() lets the next such kernel start early. Both are no-ops without PDL.
+// HEADKV_PDL=0 launches normally.
 __device__ __forceinline__ void grid_dependency_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -59,22 +59,6 @@ inline bool pdl_enabled() {
     return major >= 9 && !(e && std::string(e) == "0");
   }();
   return on;
-}
-
-template <class... KArgs, class... Args>
-void pdl_launch(void (*kernel)(KArgs...), unsigned grid, unsigned block, size_t smem, cudaStream_t s,
-                Args&&... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(block);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
-  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), "kernel launch");
 }
 
 }  // namespace headkv::cu

@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   constexpr bool two = MODE == MV_SWIGLU;
 
-  // Launched as a programmatic dependent of the previous kernel (pdl_launch): pull this warp's first
+  // Launched as a programmatic dependent of the previous kernel (launch_cl): pull this warp's first
   // row into L2 while that kernel finishes, then wait for it (x is its output).
   {
     const int64_t row = (int64_t)blockIdx.x * kWarps + warp;

@@ -247,14 +247,10 @@ struct CudaContext::Impl {
     int max_items = 0;
     // one wave of the attention kernel: items per layer <= resident blocks (each head rounds up)
     const int64_t wave = std::max<int64_t>(H, decode_attention_slots(hp.head_dim, G) - H);
-    const char* ie = std::getenv("HEADKV_ATTN_ITEMS");  // A/B runs: "sm4" = about 4 items per SM
-    const bool attn_items_sm4 = ie && std::string(ie) == "sm4";
     for (int l = 0; l < L; ++l) {
       layer_item0[l] = (int)ih.size();
       const int64_t layer_cap = h_off[(l + 1) * H] - h_off[l * H];
-      const int64_t per_item =
-          attn_items_sm4 ? std::max<int64_t>(kMinKeysPerItem, cdiv(cdiv(layer_cap, 4 * (int64_t)sm_count()), 64) * 64)
-                         : std::max<int64_t>(kMinKeysPerItem, cdiv(cdiv(layer_cap, wave), 128) * 128);
+      const int64_t per_item = std::max<int64_t>(kMinKeysPerItem, cdiv(cdiv(layer_cap, wave), 128) * 128);
       for (int g = 0; g < H; ++g) {
         const int64_t cap = h_off[l * H + g + 1] - h_off[l * H + g];
         const int S = (int)std::clamp<int64_t>(cdiv(cap, per_item), 1, kMaxSplits);
@@ -546,9 +542,8 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
   // The layer's K/V: fp16 in the fast precision (what the arena keeps), fp32 in cuda-fp32.
   const uint64_t layer_kv = 2ull * H * N * hd * (half_gemm ? 2 : 4);
   // The prompt's residual stream (every token's activations between layers) is the largest buffer
-  // after the layer's K/V: fp16 in the fast precision (each chunk runs its layer in fp32 scratch).
-  const bool half_x = half_gemm;
-  const uint64_t need = arena_b + layer_kv + (uint64_t)N * d * (half_x ? 2 : 4) + (uint64_t)a * nh * hd * 4 + 2ull * H * P * 4 +
+  // after the layer's K/V: fp16 in the fast precision too (each chunk runs its layer in fp32 scratch).
+  const uint64_t need = arena_b + layer_kv + (uint64_t)N * d * (half_gemm ? 2 : 4) + (uint64_t)a * nh * hd * 4 + 2ull * H * P * 4 +
                         (uint64_t)H * P + (uint64_t)H * N * 4 + (uint64_t)nh * a * 8 + 1024;
   require_device_bytes(need, "a compressed prompt of " + std::to_string(N) + " tokens (arena " + std::to_string(arena_b) +
                                  " bytes, one layer's K/V " + std::to_string(layer_kv) + " bytes)");
@@ -557,12 +552,12 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
   DBuf<uint8_t> flags;
   DBuf<int32_t> list, count;
   make_arena(cap);
-  if (half_x) Xh.alloc(N * d, "prompt activations (fp16)");
-  else X.alloc(N * d, "prompt activations");
   if (half_gemm) {
+    Xh.alloc(N * d, "prompt activations (fp16)");
     LKh.alloc((size_t)H * N * hd, "layer keys");
     LVh.alloc((size_t)H * N * hd, "layer values");
   } else {
+    X.alloc(N * d, "prompt activations");
     LK.alloc((size_t)H * N * hd, "layer keys");
     LV.alloc((size_t)H * N * hd, "layer values");
   }
@@ -580,7 +575,7 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
   for (int64_t c0 = 0; c0 < N; c0 += ub) {
     const int64_t T = std::min<int64_t>(ub, N - c0);
     check(cudaMemcpyAsync(tok.get(), tokens + c0, T * sizeof(int32_t), cudaMemcpyHostToDevice, st), "tokens");
-    if (half_x) {
+    if (half_gemm) {
       embed_rows(dm->tok_embd, tok.get(), T, x.get(), st);
       f32_to_f16(x.get(), Xh.get() + c0 * d, T * d, st);
     } else {
@@ -592,8 +587,8 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
     const DevLayer& L = dm->layers[il];
     for (int64_t c0 = 0; c0 < N; c0 += ub) {
       const int64_t T = std::min<int64_t>(ub, N - c0);
-      float* xc = half_x ? x.get() : X.get() + c0 * d;
-      if (half_x) f16_to_f32(Xh.get() + c0 * d, xc, T * d, st);
+      float* xc = half_gemm ? x.get() : X.get() + c0 * d;
+      if (half_gemm) f16_to_f32(Xh.get() + c0 * d, xc, T * d, st);
       qkv(L, xc, T);
       RopeStore r = rope_args(T);
       r.pos0 = (int32_t)c0;
@@ -623,7 +618,7 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
                               (c0 + T - w0) * nh * hd * sizeof(float), cudaMemcpyDeviceToDevice, st), "window queries");
       linear(L.wo, att.get(), T, xc, d, true);
       mlp(L, xc, T);
-      if (half_x) f32_to_f16(xc, Xh.get() + c0 * d, T * d, st);
+      if (half_gemm) f32_to_f16(xc, Xh.get() + c0 * d, T * d, st);
     }
     select_layer(il, N, lk, lv, qwin.get(), raw.get(), pooled.get(), rowstat.get(), flags.get(), list.get(),
                  count.get());
@@ -632,8 +627,8 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
   logits_h.resize((size_t)rows * hp.n_vocab);
   for (int64_t r0 = N - rows; r0 < N; r0 += ub) {
     const int64_t R = std::min<int64_t>(ub, N - r0);
-    if (half_x) f16_to_f32(Xh.get() + r0 * d, x.get(), R * d, st);
-    head(half_x ? x.get() : X.get() + r0 * d, R);
+    if (half_gemm) f16_to_f32(Xh.get() + r0 * d, x.get(), R * d, st);
+    head(half_gemm ? x.get() : X.get() + r0 * d, R);
     fetch_logits(R, logits_h.data() + (r0 - (N - rows)) * hp.n_vocab);
     check(cudaStreamSynchronize(st), "logits");
   }

@@ -56,16 +56,20 @@ __global__ void __launch_bounds__(NT, 3) split_kernel(DecodeArgs a) {
   const int64_t start = sp * chunk, end = min(len, start + chunk);
   const __half* K = a.k + a.seg_off[g] * HD;
   const __half* V = a.v + a.seg_off[g] * HD;
+  // steps j0 .. j0+NB-1 of the tile at t0: this lane's 16 bytes of each key row (zeros past the end)
+  auto load_batch = [&](const __half* rows, int64_t t0, int j0, uint4* out) {
+#pragma unroll
+    for (int j = 0; j < NB; ++j) {
+      const int64_t key = t0 + (j0 + j) * KPS + sub;
+      out[j] = key < end ? *reinterpret_cast<const uint4*>(rows + key * HD + dl) : make_uint4(0, 0, 0, 0);
+    }
+  };
   for (int64_t t0 = start + warp * 32; t0 < end; t0 += NW * 32) {
     // K in batches of NB steps (all of a batch's loads in flight before any is used)
 #pragma unroll
     for (int j0 = 0; j0 < NS; j0 += NB) {
       uint4 buf[NB];
-#pragma unroll
-      for (int j = 0; j < NB; ++j) {
-        const int64_t key = t0 + (j0 + j) * KPS + sub;
-        buf[j] = key < end ? *reinterpret_cast<const uint4*>(K + key * HD + dl) : make_uint4(0, 0, 0, 0);
-      }
+      load_batch(K, t0, j0, buf);
 #pragma unroll
       for (int j = 0; j < NB; ++j) {
         float kf[8];
@@ -84,11 +88,7 @@ __global__ void __launch_bounds__(NT, 3) split_kernel(DecodeArgs a) {
     }
     // the first batch of V goes out before the softmax math
     uint4 vb[NB];
-#pragma unroll
-    for (int j = 0; j < NB; ++j) {
-      const int64_t key = t0 + j * KPS + sub;
-      vb[j] = key < end ? *reinterpret_cast<const uint4*>(V + key * HD + dl) : make_uint4(0, 0, 0, 0);
-    }
+    load_batch(V, t0, 0, vb);
     __syncwarp();
 #pragma unroll
     for (int h = 0; h < G; ++h) {
@@ -107,13 +107,7 @@ __global__ void __launch_bounds__(NT, 3) split_kernel(DecodeArgs a) {
     __syncwarp();
 #pragma unroll
     for (int j0 = 0; j0 < NS; j0 += NB) {
-      if (j0 > 0) {
-#pragma unroll
-        for (int j = 0; j < NB; ++j) {
-          const int64_t key = t0 + (j0 + j) * KPS + sub;
-          vb[j] = key < end ? *reinterpret_cast<const uint4*>(V + key * HD + dl) : make_uint4(0, 0, 0, 0);
-        }
-      }
+      if (j0 > 0) load_batch(V, t0, j0, vb);
 #pragma unroll
       for (int j = 0; j < NB; ++j) {
         float vf[8];

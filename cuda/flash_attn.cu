@@ -22,10 +22,7 @@ __global__ void __launch_bounds__(NTHR) flash_kernel(FlashArgs a) {
   const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
   const int h = blockIdx.y, G = a.nh / a.nkv, g = h / G;
   const int q0 = blockIdx.x * BQ;
-  const int64_t kbase = a.seg_off ? a.seg_off[g] : (int64_t)g * a.ld_head;
-  const int64_t nb = a.seg_len ? a.seg_len[g] : a.n_before;
-  const KT* K = static_cast<const KT*>(a.k) + kbase * HD;
-  const KT* V = static_cast<const KT*>(a.v) + kbase * HD;
+  const auto [K, V, nb] = flash_kv<KT, HD>(a, g);
   const float scale = 1.0f / sqrtf((float)HD);
 
   for (int i = tid; i < BQ * HD; i += NTHR) {

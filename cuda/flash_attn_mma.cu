@@ -59,10 +59,9 @@ __global__ void __launch_bounds__(NTHR) flash_mma_kernel(FlashArgs a) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int h = blockIdx.y, G = a.nh / a.nkv, g = h / G;
   const int q0 = blockIdx.x * BQ;
-  const int64_t kbase = a.seg_off ? a.seg_off[g] : (int64_t)g * a.ld_head;
-  const int64_t nb = a.seg_len ? a.seg_len[g] : a.n_before;
-  const __half* K = static_cast<const __half*>(a.k) + kbase * HD;
-  const __half* V = static_cast<const __half*>(a.v) + kbase * HD;
+  const FlashKV<__half> kv = flash_kv<__half, HD>(a, g);  // named: load_tile captures K and V
+  const __half *K = kv.K, *V = kv.V;
+  const int64_t nb = kv.n_before;
   const int64_t n_keys = nb + min(q0 + BQ, a.T);
   const int n_tiles = (int)((n_keys + BK - 1) / BK);
 

@@ -95,6 +95,20 @@ struct FlashArgs {
   int64_t n_before = 0;
 };
 void flash_attention(const FlashArgs& a, cudaStream_t s);
+// The keys a flash-attention block over KV head g sees: K/V rows (KT = float or __half) and how many
+// keys come before the chunk's first query.
+template <class KT>
+struct FlashKV {
+  const KT* K;
+  const KT* V;
+  int64_t n_before;
+};
+template <class KT, int HD>
+__device__ __forceinline__ FlashKV<KT> flash_kv(const FlashArgs& a, int g) {
+  const int64_t base = (a.seg_off ? a.seg_off[g] : (int64_t)g * a.ld_head) * HD;
+  return {static_cast<const KT*>(a.k) + base, static_cast<const KT*>(a.v) + base,
+          a.seg_len ? (int64_t)a.seg_len[g] : a.n_before};
+}
 // Same on tensor cores (fp16 Q/K/V/P, fp32 accumulation and softmax): the fast precision.
 void flash_attention_tc(const FlashArgs& a, cudaStream_t s);
 // flash_attn_mma.cu: the tensor-core kernel for fp16 K/V (mma.sync, registers-resident softmax);

@@ -8,10 +8,6 @@
 //   Q4_0: d·(dx·Σq·xq − 8·dx·Σxq)   Q4_1: d·dx·Σq·xq + m·dx·Σxq   Q8_0: d·dx·Σq·xq
 // so a block of 32 weights costs 1 global load, 8 dp4a and a few integer ops.
 #include <algorithm>
-#include <cstdlib>
-#include <string>
-
-#include <cooperative_groups.h>
 
 #include "common.cuh"
 #include "matvec.cuh"
@@ -20,8 +16,6 @@
 namespace headkv::cu {
 
 namespace {
-
-namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256, kWarps = kThreads / 32;
 
@@ -75,16 +69,16 @@ __device__ __forceinline__ int pack4(int a, int b, int c, int d) {
   return (a & 0xFF) | ((b & 0xFF) << 8) | ((c & 0xFF) << 16) | ((int)((unsigned)d << 24));
 }
 
-// x (times norm_w) -> int8 blocks in shared memory: xq (32 bytes per block), xd (dx, dx·Σxq), for
-// the blocks jb ≡ rank (mod CL) of x. Eight threads per block of 32 values; loads are issued in
-// batches of kBatch per thread. Returns this thread's share of Σx² (of x itself, for RMSNorm).
-template <bool NORM, int CL>
-__device__ __forceinline__ float quantize_x(const float* __restrict__ x, const float* __restrict__ nw, int nb, int rank,
-                                            int* xq, float2* xd) {
+// x (times norm_w) -> int8 blocks in shared memory: xq (32 bytes per block), xd (dx, dx·Σxq).
+// Eight threads per block of 32 values; loads are issued in batches of kBatch per thread.
+// Returns this thread's share of Σx² (of x itself, for RMSNorm).
+template <bool NORM>
+__device__ __forceinline__ float quantize_x(const float* __restrict__ x, const float* __restrict__ nw, int nb, int* xq,
+                                            float2* xd) {
   constexpr int kBatch = NORM ? 4 : 8;  // NORM also loads the norm weights: keep registers for 3 blocks per SM
   const int tid = threadIdx.x, lane = tid & 31;
   const unsigned gmask = 0xFFu << (lane & 24);  // the 8 lanes of this block of 32 values
-  const int n = (nb - rank + CL - 1) / CL * 8;   // float4s of this rank's blocks
+  const int n = nb * 8;                          // float4s of x
   float ss = 0.0f;
   for (int i0 = tid; i0 < n; i0 += kThreads * kBatch) {
     float4 v[kBatch], w[kBatch];
@@ -92,16 +86,14 @@ __device__ __forceinline__ float quantize_x(const float* __restrict__ x, const f
     for (int j = 0; j < kBatch; ++j) {
       const int i = i0 + j * kThreads;
       if (i < n) {
-        const int c = (rank + CL * (i >> 3)) * 8 + (i & 7);
-        v[j] = __ldg(reinterpret_cast<const float4*>(x) + c);
-        if (NORM) w[j] = __ldg(reinterpret_cast<const float4*>(nw) + c);
+        v[j] = __ldg(reinterpret_cast<const float4*>(x) + i);
+        if (NORM) w[j] = __ldg(reinterpret_cast<const float4*>(nw) + i);
       }
     }
 #pragma unroll
     for (int j = 0; j < kBatch; ++j) {
       const int i = i0 + j * kThreads;
       if (i >= n) break;  // uniform over each group of 8 lanes (n is a multiple of 8)
-      const int c = (rank + CL * (i >> 3)) * 8 + (i & 7);
       float4 u = v[j];
       ss += u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w;
       if (NORM) u = make_float4(u.x * w[j].x, u.y * w[j].y, u.z * w[j].z, u.w * w[j].w);
@@ -111,13 +103,13 @@ __device__ __forceinline__ float quantize_x(const float* __restrict__ x, const f
       const float id = m > 0.0f ? 127.0f / m : 0.0f;
       const int a = __float2int_rn(u.x * id), b = __float2int_rn(u.y * id), cc = __float2int_rn(u.z * id),
                 d = __float2int_rn(u.w * id);
-      xq[c] = pack4(a, b, cc, d);
+      xq[i] = pack4(a, b, cc, d);
       int s = a + b + cc + d;
 #pragma unroll
       for (int o = 4; o > 0; o >>= 1) s += __shfl_xor_sync(gmask, s, o);
       if ((lane & 7) == 0) {
         const float dx = m / 127.0f;
-        xd[c >> 3] = make_float2(dx, dx * (float)s);
+        xd[i >> 3] = make_float2(dx, dx * (float)s);
       }
     }
   }
@@ -125,9 +117,7 @@ __device__ __forceinline__ float quantize_x(const float* __restrict__ x, const f
 }
 
 // U: blocks per lane per step (loads in flight); MODE as matvec.cu.
-// CL > 1: launched as clusters of CL blocks; each block quantizes 1/CL of x and copies the rest
-// from its peers' shared memory (x is read from L2 once per cluster instead of once per block).
-template <int TYPE, int MODE, bool NORM, int U, int CL>
+template <int TYPE, int MODE, bool NORM, int U>
 __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   using F = Fmt<TYPE>;
   using Q = Q8<TYPE>;
@@ -139,7 +129,7 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   constexpr bool two = MODE == MV_SWIGLU;
 
-  // Launched as a programmatic dependent of the previous kernel (launch_cl): pull this warp's first
+  // Launched as a programmatic dependent of the previous kernel (launch_u): pull this warp's first
   // row into L2 while that kernel finishes, then wait for it (x is its output).
   {
     const int64_t row = (int64_t)blockIdx.x * kWarps + warp;
@@ -159,42 +149,18 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   grid_dependency_wait();
   grid_dependents_launch();
 
-  int rank = 0;
-  if constexpr (CL > 1) rank = (int)cg::this_cluster().block_rank();
-  float ss = quantize_x<NORM, CL>(a.x, a.norm_w, nb, rank, reinterpret_cast<int*>(xq), xd);
+  float ss = quantize_x<NORM>(a.x, a.norm_w, nb, reinterpret_cast<int*>(xq), xd);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   if (lane == 0) ssw[warp] = ss;
   __syncthreads();
-  __shared__ float ssb;  // this block's Σx²
-  if (threadIdx.x == 0) {
-    float t = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) t += ssw[w];
-    ssb = t;
-  }
-  float tot;
-  if constexpr (CL > 1) {
-    cg::cluster_group cluster = cg::this_cluster();
-    cluster.sync();  // every rank's blocks of x are quantized
-    for (int i = threadIdx.x; i < nb * 2; i += kThreads) {
-      const int r = (i >> 1) % CL;
-      if (r != rank) xq[i] = cluster.map_shared_rank(xq, r)[i];
-    }
-    for (int jb = threadIdx.x; jb < nb; jb += kThreads) {
-      const int r = jb % CL;
-      if (r != rank) xd[jb] = cluster.map_shared_rank(xd, r)[jb];
-    }
-    tot = 0.0f;
-#pragma unroll
-    for (int r = 0; r < CL; ++r) tot += *cluster.map_shared_rank(&ssb, r);
-    cluster.sync();  // peers are done reading this block's shared memory
-  } else {
-    __syncthreads();
-    tot = ssb;
-  }
   float scale = 1.0f;
-  if (NORM) scale = rsqrtf(tot / (float)a.cols + a.eps);
+  if (NORM) {
+    float tot = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) tot += ssw[w];
+    scale = rsqrtf(tot / (float)a.cols + a.eps);
+  }
   // x reads: lanes 4..7 of each quarter warp take their two 16-byte halves in the other order,
   // so 8 lanes cover 32 distinct banks.
   const int h = (lane >> 2) & 1;
@@ -253,105 +219,46 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   }
 }
 
-bool clusters_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("HEADKV_CLUSTER");
-    int dev = 0, major = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    return major >= 9 && e && std::string(e) == "1";
-  }();
-  return on;
-}
-
-int env_int(const char* name, int dflt) {
-  const char* e = std::getenv(name);
-  return e && *e ? std::atoi(e) : dflt;
-}
-
-template <int TYPE, int MODE, bool NORM, int U, int CL>
-cudaError_t launch_cl(const MV& a, cudaStream_t s) {
-  auto k = q8x_kernel<TYPE, MODE, NORM, U, CL>;
+template <int TYPE, int MODE, bool NORM, int U>
+void launch_u(const MV& a, cudaStream_t s) {
+  auto k = q8x_kernel<TYPE, MODE, NORM, U>;
   const size_t smem = (size_t)(a.cols / 32) * 40;  // 32 B of int8 + (dx, dx·Σxq) per block
   static size_t attr = 48 * 1024;
   if (smem > attr) {
     check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "matvec shared memory");
     attr = smem;
   }
-  cudaLaunchConfig_t cfg{};
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cudaLaunchAttribute at[2];
-  int n_at = 0;
-  if (CL > 1) {
-    at[n_at].id = cudaLaunchAttributeClusterDimension;
-    at[n_at].val.clusterDim.x = CL;
-    at[n_at].val.clusterDim.y = 1;
-    at[n_at].val.clusterDim.z = 1;
-    ++n_at;
-  }
-  if (pdl_enabled()) {
-    at[n_at].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[n_at].val.programmaticStreamSerializationAllowed = 1;
-    ++n_at;
-  }
-  cfg.attrs = at;
-  cfg.numAttrs = n_at;
-  // At most the blocks resident at once, each quantizing x (its share, with clusters) and then
-  // striding over rows; the grid is sized so every warp gets the same number of rows.
+  // At most the blocks resident at once, each quantizing x and then striding over rows; the grid is
+  // sized so every warp gets the same number of rows.
   static int max_blocks = 0;
   static size_t max_smem = 0;
   if (!max_blocks || max_smem != smem) {
     int n = 0;
-    cudaError_t e;
-    if (CL > 1) {
-      cfg.gridDim = dim3(CL * sm_count());
-      e = cudaOccupancyMaxActiveClusters(&n, k, &cfg);
-      n *= CL;
-    } else {
-      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, smem);
-      n *= sm_count();
-    }
-    if (e != cudaSuccess || n <= 0) {
-      cudaGetLastError();
-      return e != cudaSuccess ? e : cudaErrorInvalidConfiguration;
-    }
-    if (const char* env = std::getenv("HEADKV_Q8X_BLOCKS"))  // A/B runs: blocks per SM
-      n = std::min(n, std::max(CL, std::atoi(env) * sm_count() / CL * CL));
-    max_blocks = n;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, smem), "matvec occupancy");
+    max_blocks = std::max(1, n) * sm_count();
     max_smem = smem;
   }
-  static const bool balance = env_int("HEADKV_Q8X_BALANCE", 1) != 0;
   const int64_t rounds = cdiv(a.rows, kWarps * (int64_t)max_blocks);
-  const int64_t blocks = balance ? cdiv(cdiv(a.rows, kWarps * rounds), CL) * CL
-                                 : std::min<int64_t>(cdiv(a.rows, kWarps), max_blocks);
-  cfg.gridDim = dim3((unsigned)blocks);
-  const cudaError_t e = cudaLaunchKernelEx(&cfg, k, a);
-  if (e != cudaSuccess) cudaGetLastError();
-  return e;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3((unsigned)cdiv(a.rows, kWarps * rounds));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute pdl;
+  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &pdl;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, k, a), "matvec launch");
 }
 
-template <int TYPE, int MODE, bool NORM, int U>
-void launch_u(const MV& a, cudaStream_t s) {
-  // HEADKV_CLUSTER=1: clusters of 8 on sm_90, each block quantizing 1/8 of x (measured slower on
-  // the H100 than one block per x: 342 vs 370 t/s); a device that refuses them falls back for good.
-  static bool clusters = clusters_enabled();
-  if (clusters) {
-    if (launch_cl<TYPE, MODE, NORM, U, 8>(a, s) == cudaSuccess) return;
-    clusters = false;
-  }
-  check(launch_cl<TYPE, MODE, NORM, U, 1>(a, s), "matvec launch");
-}
-
-// U (blocks of 32 weights per lane in flight) covers a whole row where registers allow.
+// U = 4 blocks of 32 weights per lane in flight (2 per row for SwiGLU, which loads two rows). Also
+// measured on the H100, 8B Q4_0 and not kept: 8 per lane (368 vs 380 t/s), 16 on the 14336-wide down
+// projection, and clusters of 8 blocks sharing the quantized x through distributed shared memory
+// (342 vs 370 t/s).
 template <int TYPE, int MODE, bool NORM>
 void launch(const MV& a, cudaStream_t s) {
-  const int64_t nb = a.cols / 32;
-  constexpr int D = MODE == MV_SWIGLU ? 2 : 1;  // SwiGLU loads two rows at once
-  static const int umax = env_int("HEADKV_Q8X_U", 4);  // A/B runs (8: 368 vs 380 t/s with 4, H100)
-  if (nb <= 128 || umax <= 4) launch_u<TYPE, MODE, NORM, 4 / D>(a, s);
-  else launch_u<TYPE, MODE, NORM, 8 / D>(a, s);  // 16 measured slower on the 14336-wide down projection
+  launch_u<TYPE, MODE, NORM, MODE == MV_SWIGLU ? 2 : 4>(a, s);
 }
 
 template <int TYPE>

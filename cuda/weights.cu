@@ -65,7 +65,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
     const uint8_t* src;
     size_t bytes;
     size_t off;
-    int type;       // split types: quants at off, scales at soff
+    int type;  // ggml type, -1 for norm vectors; split types: quants at off, scales at soff
     size_t soff;
   };
   std::vector<Item> items;
@@ -77,22 +77,19 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
     if (it != seen.end()) return it->second;
     const size_t off = total;
     Item item{(const uint8_t*)src, bytes, off, type, 0};
-    if (type >= 0 && type_split(type)) {
+    if (type_split(type)) {
       const Split sp = split_of(type);
       const size_t nblk = bytes / (size_t)(sp.sb + sp.qb);
-      total += align256(nblk * sp.qb);
-      item.soff = total;
-      total += align256(nblk * sp.sb);
+      item.soff = off + align256(nblk * sp.qb);
+      total = item.soff + align256(nblk * sp.sb);
       any_split = true;
     } else {
-      item.type = -1;
       total += align256(bytes);
     }
     items.push_back(item);
     seen[(const uint8_t*)src] = off;
     return off;
   };
-  std::map<size_t, size_t> scale_off;  // quants offset -> scales offset
   auto weight = [&](const Weight& w, const char* name, size_t* off) {
     if (!type_supported((int)w.type))
       fail(ErrorKind::Unsupported, "device 'cuda': weight " + std::string(name) + " has type " + type_name(w.type) +
@@ -140,11 +137,10 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
     DBuf<uint8_t> stage;
     if (any_split) stage.alloc(kStageBytes, "weight upload staging");
     for (const Item& it : items) {
-      if (it.type < 0) {
+      if (!type_split(it.type)) {
         check(cudaMemcpy(dm->blob.get() + it.off, it.src, it.bytes, cudaMemcpyHostToDevice), "uploading weights");
         continue;
       }
-      scale_off[it.off] = it.soff;
       const Split sp = split_of(it.type);
       const size_t bb = (size_t)(sp.sb + sp.qb), per = kStageBytes / bb;
       const size_t nblk = it.bytes / bb;
@@ -161,9 +157,9 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   }
   uint8_t* base = dm->blob.get();
   auto dw = [&](const Weight& w, size_t off) {
-    auto it = scale_off.find(off);
     DW d{(int)w.type, base + off, nullptr, w.rows, w.cols, w.row_bytes};
-    if (it != scale_off.end()) d.sc = base + it->second;
+    if (type_split(d.type))  // the scales follow the quants (as add() laid them out)
+      d.sc = d.data + align256((size_t)w.rows * (w.cols / 32) * split_of(d.type).qb);
     return d;
   };
   dm->tok_embd = dw(m.tok_embd(), emb_off);

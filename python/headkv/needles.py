@@ -185,7 +185,8 @@ def _r2_stage(rng, split):
 
 
 R2_FAMILIES = ("life-stage", "comparison")
-_GENERATORS = {"R": (_r_city, _r_food, _r_password), "R2": (_r2_stage,), ("R2", "comparison"): (_r2,)}
+_GENERATORS = {("R", None): (_r_city, _r_food, _r_password), ("R2", "life-stage"): (_r2_stage,),
+               ("R2", "comparison"): (_r2,)}
 
 
 def generate(kind: str, n: int, seed: int = 0, split: str = "score", family: str | None = None) -> list[dict]:
@@ -202,7 +203,7 @@ def generate(kind: str, n: int, seed: int = 0, split: str = "score", family: str
     if kind == "R2":
         family = family or R2_FAMILIES[0]
     rng = _rng(kind, seed, split)
-    gens = _GENERATORS[(kind, family) if (kind, family) in _GENERATORS else kind]
+    gens = _GENERATORS[(kind, family)]
     out = []
     for i in range(int(n)):
         tmpl, needle, q, ans, prefix, *other = gens[i % len(gens)](rng, split)

@@ -13,6 +13,7 @@ import sys
 
 from ..errors import Error
 from ..kv import METHODS
+from ..needles import R2_FAMILIES
 
 TASKS = ("niah", "reasoning-needles", "longbench", "loogle", "fidelity")
 
@@ -68,8 +69,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--needles-per-cell", type=int, default=2)
     t.add_argument("--reasoning-n", type=int, default=20, help="reasoning needles per kind")
     t.add_argument("--reasoning-kinds", type=_strs, default=["R2"])
-    t.add_argument("--reasoning-family", choices=("life-stage", "comparison"), default=None,
-                   help="R2 needle family (default life-stage; comparison: the first R2 design, see headkv.needles)")
+    t.add_argument("--reasoning-family", choices=R2_FAMILIES, default=None,
+                   help=f"R2 needle family (default {R2_FAMILIES[0]}; comparison: the first R2 design, see headkv.needles)")
     t.add_argument("--reasoning-lengths", type=_ints, default=[1024])
     t.add_argument("--reasoning-depths", type=_floats, default=[0.1, 0.3, 0.5, 0.7, 0.9])
     t.add_argument("--fidelity-essays", type=int, default=3)

@@ -24,6 +24,7 @@ import numpy as np
 from .. import scores as hs
 from ..errors import Error, HeadkvIOError, InvalidArgumentError
 from ..io import atomic_write, write_text_atomic
+from ..needles import R2_FAMILIES
 
 DEFAULT_LENGTHS = "250,500,1000"
 DEFAULT_DEPTHS = "0,0.25,0.5,0.75,1"
@@ -59,8 +60,8 @@ def parser():
     p.add_argument("--per-cell", type=int, default=4, help="needles per (length, depth) cell")
     p.add_argument("--seed", type=int, default=0, help="needle generator seed")
     p.add_argument("--split", choices=("score", "eval"), default="score", help="needle pool (see headkv.needles)")
-    p.add_argument("--family", choices=("life-stage", "comparison"), default=None,
-                   help="R2 needle family (default life-stage; comparison: the first R2 design, see headkv.needles)")
+    p.add_argument("--family", choices=R2_FAMILIES, default=None,
+                   help=f"R2 needle family (default {R2_FAMILIES[0]}; comparison: the first R2 design, see headkv.needles)")
     p.add_argument("--no-chat", action="store_true", help="plain 'Question/Answer' prompt instead of the chat template")
     p.add_argument("--extra-steps", type=int, default=1,
                    help="decode steps beyond the answer's token count (default 1: room for a leading space/period)")
@@ -143,7 +144,7 @@ def compute(args, log=print):
                 "distractor_rate": summary.get("distractor_rate"),
                 "context_lengths": None if args.examples else lengths, "depths": None if args.examples else depths,
                 "per_cell": None if args.examples else args.per_cell, "seed": args.seed, "split": args.split,
-                "needle_family": None if args.examples or args.method != "R2" else (args.family or "life-stage"),
+                "needle_family": None if args.examples or args.method != "R2" else (args.family or R2_FAMILIES[0]),
                 "chat": not args.no_chat, "extra_steps": args.extra_steps, "seconds": summary["seconds_scoring"],
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")}
     if args.format == "official":

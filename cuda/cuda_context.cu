@@ -56,6 +56,8 @@ struct CudaContext::Impl {
   // Single-token matvecs with int8 activations (fast precision; HEADKV_MATVEC=fp32 turns it off for
   // comparisons).
   bool mv_q8x = true;
+  // One token's RoPE and K/V store fused into the Q/K/V projection (HEADKV_FUSE_ROPE=0: separate).
+  bool fuse_rope = true;
   int32_t n_ctx = 0, ub = 2048, n_past = 0;
   std::shared_ptr<DevModel> dm;
   cudaStream_t st = nullptr;
@@ -105,6 +107,8 @@ struct CudaContext::Impl {
     half_gemm = prec == CudaPrecision::Fast;
     const char* mv_env = std::getenv("HEADKV_MATVEC");
     mv_q8x = half_gemm && !(mv_env && std::string(mv_env) == "fp32");
+    const char* fr_env = std::getenv("HEADKV_FUSE_ROPE");
+    fuse_rope = !(fr_env && std::string(fr_env) == "0");
     const char* prof_env = std::getenv("HEADKV_PROFILE");
     prof.on = prof_env && std::string(prof_env) == "1";
     n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
@@ -356,14 +360,6 @@ struct CudaContext::Impl {
     for (int il = 0; il < hp.n_layer; ++il) {
       const DevLayer& L = dm->layers[il];
       mark(0);
-      const DW wqkv[3] = {L.wq, L.wk, L.wv};
-      if (T == 1 && matvec_norm_fusable(wqkv, 3)) {
-        float* ys[3] = {q.get(), k.get(), v.get()};
-        matvec_norm(wqkv, 3, ys, x.get(), L.attn_norm, hp.rms_eps, mv_q8x, st);
-      } else {
-        qkv(L, x.get(), T);
-      }
-      mark(1);
       RopeStore r = rope_args(T);
       r.pos0 = n_past;
       r.pos0_dev = pos0_dev;
@@ -372,7 +368,20 @@ struct CudaContext::Impl {
       r.pos = apos.get();
       r.seg_off = seg_off.get() + il * H;
       r.used = used.get() + il * H;
-      rope_store(r, st);
+      const DW wqkv[3] = {L.wq, L.wk, L.wv};
+      const bool one = T == 1 && matvec_norm_fusable(wqkv, 3);
+      if (one && fuse_rope && matvec_qkv_rope(wqkv, x.get(), L.attn_norm, hp.rms_eps, r, mv_q8x, st)) {
+        mark(1);  // RoPE and the K/V store ran in the projection's epilogue
+      } else {
+        if (one) {
+          float* ys[3] = {q.get(), k.get(), v.get()};
+          matvec_norm(wqkv, 3, ys, x.get(), L.attn_norm, hp.rms_eps, mv_q8x, st);
+        } else {
+          qkv(L, x.get(), T);
+        }
+        mark(1);
+        rope_store(r, st);
+      }
       mark(2);
       if (T == 1) {
         DecodeArgs a;

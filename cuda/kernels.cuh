@@ -21,7 +21,8 @@ struct DW {
 // ---- matvec.cu: y[t][r] (=, +=) W[r]·x[t] for T <= 8 tokens, reading W once.
 // q8x: a single token on Q4_0/Q4_1/Q8_0 weights takes the int8-activation kernel (matvec_q8x.cu:
 // x quantized to int8 per 32 values, dp4a; the fast precision) instead of fp32 activations.
-enum MatvecMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2 };  // SWIGLU: y = silu(W·x) * (W2·x)
+// SWIGLU: y = silu(W·x) * (W2·x); ROPE: Q/K/V rows with RoPE and the K/V store (matvec_qkv_rope).
+enum MatvecMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2, MV_ROPE = 3 };
 constexpr int kMatvecMaxT = 8;
 void matvec(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, int64_t ldy, int T, MatvecMode mode,
             bool q8x, cudaStream_t s);
@@ -75,6 +76,18 @@ struct RopeStore {
   const int32_t* used = nullptr;
 };
 void rope_store(const RopeStore& a, cudaStream_t s);
+// One token's RMSNorm -> Q, K, V (ws: wq, wk, wv) with RoPE and the arena store of rope_store fused
+// into the int8-activation matvec (r: arena target, T = 1, q = the Q output). False when that
+// matvec does not apply (weight type, fp32 activations): the caller runs the separate kernels.
+bool matvec_qkv_rope(const DW* ws, const float* x, const float* norm_w, float eps, const RopeStore& r, bool q8x,
+                     cudaStream_t s);
+// cos/sin of RoPE pair i at position pos (the CPU's arithmetic: fp32 angle, double cos/sin).
+__device__ __forceinline__ void rope_cs(int32_t pos, float scale, float inv_freq, float* c, float* s) {
+  const float p = (float)pos / scale;
+  const float theta = p * inv_freq;  // fp32 product, as the CPU computes it
+  *c = (float)cos((double)theta);
+  *s = (float)sin((double)theta);
+}
 // used[i] += T for i < n (end of an eval: the tokens appended to every segment).
 void add_used(int32_t* used, int n, int T, cudaStream_t s);
 void add_scalar(int32_t* p, int v, cudaStream_t s);

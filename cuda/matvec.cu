@@ -108,6 +108,15 @@ __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
         acc[i][t] += __shfl_xor_sync(0xffffffffu, acc[i][t], o);
         if constexpr (MODE == MV_SWIGLU) acc2[i][t] += __shfl_xor_sync(0xffffffffu, acc2[i][t], o);
       }
+  if constexpr (MODE == MV_ROPE) {  // one token, rows row0 and row0 + 1: a RoPE pair
+    static_assert(kRowsPerWarp == 2 && NT == 1, "RoPE epilogue: one pair of rows per warp");
+    if (lane == 0 && row0 + 1 < a.rows) {
+      int64_t local;
+      const int sg = mv_segment(a, row0, &local);
+      rope_epilogue(a.rope, sg, local, acc[0][0] * scale, acc[1][0] * scale);
+    }
+    return;
+  }
   if (lane == 0) {
 #pragma unroll
     for (int i = 0; i < kRowsPerWarp; ++i) {
@@ -143,7 +152,7 @@ void launch(const MV& a, cudaStream_t s) {
       }
     }
     k<<<(unsigned)cdiv(a.rows, kRowsN * kWarpsN), 32 * kWarpsN, smem, s>>>(a);
-  } else {
+  } else if constexpr (MODE != MV_ROPE) {
     matvec_kernel<F, MODE, kMatvecMaxT, false, false, kRowsN, kWarpsN>
         <<<(unsigned)cdiv(a.rows, kRowsN * kWarpsN), 32 * kWarpsN, 0, s>>>(a);
   }
@@ -157,6 +166,7 @@ void run(const MV& a, int type, MatvecMode mode, bool norm, bool q8x, cudaStream
     using F = decltype(f);
     if (mode == MV_STORE) norm ? launch<F, MV_STORE, true>(a, s) : launch<F, MV_STORE, false>(a, s);
     else if (mode == MV_ADD) launch<F, MV_ADD, false>(a, s);
+    else if (mode == MV_ROPE) launch<F, MV_ROPE, true>(a, s);
     else norm ? launch<F, MV_SWIGLU, true>(a, s) : launch<F, MV_SWIGLU, false>(a, s);
   });
   if (!ok) fail(ErrorKind::Unsupported, "CUDA backend: weight type " + std::to_string(type) + " has no matvec kernel");
@@ -212,6 +222,28 @@ void matvec_norm(const DW* ws, int n, float* const* ys, const float* x, const fl
   a.norm_w = norm_w;
   a.eps = eps;
   run(a, ws[0].type, MV_STORE, true, q8x, s);
+}
+
+bool matvec_qkv_rope(const DW* ws, const float* x, const float* norm_w, float eps, const RopeStore& r, bool q8x,
+                     cudaStream_t s) {
+  if (!matvec_norm_fusable(ws, 3) || r.T != 1 || !r.kh || !r.vh || !r.pos || r.hd % 2 || r.rope_dim % 2 ||
+      ws[0].rows != (int64_t)r.nh * r.hd || ws[1].rows != (int64_t)r.nkv * r.hd || ws[2].rows != ws[1].rows)
+    return false;
+  MV a = base(ws[0], x, ws[0].cols, 0, 1);
+  int64_t end = 0;
+  for (int i = 0; i < 3; ++i) {
+    a.W[i] = ws[i].data;
+    a.S[i] = ws[i].sc;
+    a.y[i] = i == 0 ? r.q : nullptr;
+    a.seg_end[i] = end += ws[i].rows;
+  }
+  a.rows = end;
+  a.n_seg = 3;
+  a.norm_w = norm_w;
+  a.eps = eps;
+  a.rope = r;
+  run(a, ws[0].type, MV_ROPE, true, q8x, s);
+  return true;
 }
 
 void matvec_norm_swiglu(const DW& gate, const DW& up, const float* x, const float* norm_w, float eps, float* y,

@@ -22,6 +22,7 @@ struct MV {
   int T;
   const float* norm_w;
   float eps;
+  RopeStore rope;  // MV_ROPE: rows are Q | K | V of one token (matvec_qkv_rope)
 };
 
 // Segment of row r and its row index inside that matrix.
@@ -30,6 +31,30 @@ __device__ __forceinline__ int mv_segment(const MV& a, int64_t r, int64_t* local
   while (s + 1 < a.n_seg && r >= a.seg_end[s]) ++s;
   *local = r - (s ? a.seg_end[s - 1] : 0);
   return s;
+}
+
+// Rows (local, local + 1) of segment sg (Q, K, V) of one token, as rope_store treats them: Q and K
+// pairs inside rope_dim are rotated; Q stays in r.q (fp32), K and V go to the arena entry after the
+// head's used ones (fp16), with the position.
+__device__ __forceinline__ void rope_epilogue(const RopeStore& r, int sg, int64_t local, float v0, float v1) {
+  const int head = (int)(local / r.hd), d = (int)(local % r.hd);
+  const int32_t pos = (r.pos0_dev ? *r.pos0_dev : r.pos0);
+  if (sg < 2 && d < r.rope_dim) {
+    float c, s;
+    rope_cs(pos, r.rope_scale, r.inv_freq[d / 2], &c, &s);
+    const float x0 = v0, x1 = v1;
+    v0 = x0 * c - x1 * s;
+    v1 = x0 * s + x1 * c;
+  }
+  if (sg == 0) {
+    r.q[local] = v0;
+    r.q[local + 1] = v1;
+    return;
+  }
+  const int64_t e = r.seg_off[head] + r.used[head];
+  __half* dst = (sg == 1 ? r.kh : r.vh) + e * r.hd + d;
+  *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(v0, v1);
+  if (sg == 2 && d == 0) r.pos[e] = pos;
 }
 
 // Single-token matvec with int8 activations (Q4_0, Q4_1, Q8_0): false for other types.

@@ -127,21 +127,30 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   int4* xq = reinterpret_cast<int4*>(smem);                 // 2 per block
   float2* xd = reinterpret_cast<float2*>(smem + nb * 32);  // 1 per block
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  constexpr bool two = MODE == MV_SWIGLU;
+  // SWIGLU: a warp's unit is row r of gate and of up; ROPE: rows 2r and 2r + 1 (one RoPE pair).
+  constexpr bool two = MODE == MV_SWIGLU || MODE == MV_ROPE, pair = MODE == MV_ROPE;
+  const int64_t units = pair ? a.rows / 2 : a.rows;
+  auto second = [&](int sg, int64_t local, const uint8_t** q2, const uint8_t** s2) {
+    *q2 = pair ? a.W[sg] : a.W2;
+    *s2 = pair ? a.S[sg] : a.S2;
+    return pair ? local + 1 : local;
+  };
 
   // Launched as a programmatic dependent of the previous kernel (launch_u): pull this warp's first
-  // row into L2 while that kernel finishes, then wait for it (x is its output).
+  // unit into L2 while that kernel finishes, then wait for it (x is its output).
   {
-    const int64_t row = (int64_t)blockIdx.x * kWarps + warp;
-    if (row < a.rows) {
+    const int64_t unit = (int64_t)blockIdx.x * kWarps + warp;
+    if (unit < units) {
       int64_t local;
-      const int sg = mv_segment(a, row, &local);
+      const int sg = mv_segment(a, pair ? 2 * unit : unit, &local);
+      const uint8_t *w2, *sc2;
+      const int64_t local2 = second(sg, local, &w2, &sc2);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int b = u * 32 + lane;
         if (b < nb) {
           prefetch_l2(blk_q<F>(a.W[sg], local, nb, b));
-          if (two) prefetch_l2(blk_q<F>(a.W2, local, nb, b));
+          if (two) prefetch_l2(blk_q<F>(w2, local2, nb, b));
         }
       }
     }
@@ -165,13 +174,15 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   // so 8 lanes cover 32 distinct banks.
   const int h = (lane >> 2) & 1;
 
-  for (int64_t row = (int64_t)blockIdx.x * kWarps + warp; row < a.rows; row += (int64_t)gridDim.x * kWarps) {
+  for (int64_t unit = (int64_t)blockIdx.x * kWarps + warp; unit < units; unit += (int64_t)gridDim.x * kWarps) {
     int64_t local;
-    const int sg = mv_segment(a, row, &local);
+    const int sg = mv_segment(a, pair ? 2 * unit : unit, &local);
+    const uint8_t *w2, *sc2;
+    const int64_t local2 = second(sg, local, &w2, &sc2);
     const uint4* q1 = reinterpret_cast<const uint4*>(blk_q<F>(a.W[sg], local, nb, 0));
     const uint8_t* s1 = blk_s<F>(a.S[sg], local, nb, 0);
-    const uint4* q2 = two ? reinterpret_cast<const uint4*>(blk_q<F>(a.W2, local, nb, 0)) : nullptr;
-    const uint8_t* s2 = two ? blk_s<F>(a.S2, local, nb, 0) : nullptr;
+    const uint4* q2 = two ? reinterpret_cast<const uint4*>(blk_q<F>(w2, local2, nb, 0)) : nullptr;
+    const uint8_t* s2 = two ? blk_s<F>(sc2, local2, nb, 0) : nullptr;
     float acc = 0.0f, acc2 = 0.0f;
     for (int b0 = 0; b0 < nb; b0 += 32 * U) {
       uint4 w1[U][Q::words], w2[U][Q::words];
@@ -214,7 +225,8 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
       const float v = acc * scale;
       if (MODE == MV_STORE) *out = v;
       else if (MODE == MV_ADD) *out += v;
-      else *out = v / (1.0f + expf(-v)) * (acc2 * scale);
+      else if (MODE == MV_SWIGLU) *out = v / (1.0f + expf(-v)) * (acc2 * scale);
+      else rope_epilogue(a.rope, sg, local, v, acc2 * scale);
     }
   }
 }
@@ -238,9 +250,10 @@ void launch_u(const MV& a, cudaStream_t s) {
     max_blocks = std::max(1, n) * sm_count();
     max_smem = smem;
   }
-  const int64_t rounds = cdiv(a.rows, kWarps * (int64_t)max_blocks);
+  const int64_t units = MODE == MV_ROPE ? a.rows / 2 : a.rows;
+  const int64_t rounds = cdiv(units, kWarps * (int64_t)max_blocks);
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3((unsigned)cdiv(a.rows, kWarps * rounds));
+  cfg.gridDim = dim3((unsigned)cdiv(units, kWarps * rounds));
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = s;
@@ -258,14 +271,15 @@ void launch_u(const MV& a, cudaStream_t s) {
 // (342 vs 370 t/s).
 template <int TYPE, int MODE, bool NORM>
 void launch(const MV& a, cudaStream_t s) {
-  launch_u<TYPE, MODE, NORM, MODE == MV_SWIGLU ? 2 : 4>(a, s);
+  launch_u<TYPE, MODE, NORM, MODE == MV_SWIGLU || MODE == MV_ROPE ? 2 : 4>(a, s);
 }
 
 template <int TYPE>
 void launch_mode(const MV& a, MatvecMode mode, bool norm, cudaStream_t s) {
   if (mode == MV_STORE) norm ? launch<TYPE, MV_STORE, true>(a, s) : launch<TYPE, MV_STORE, false>(a, s);
   else if (mode == MV_ADD) norm ? launch<TYPE, MV_ADD, true>(a, s) : launch<TYPE, MV_ADD, false>(a, s);
-  else norm ? launch<TYPE, MV_SWIGLU, true>(a, s) : launch<TYPE, MV_SWIGLU, false>(a, s);
+  else if (mode == MV_SWIGLU) norm ? launch<TYPE, MV_SWIGLU, true>(a, s) : launch<TYPE, MV_SWIGLU, false>(a, s);
+  else launch<TYPE, MV_ROPE, true>(a, s);
 }
 
 }  // namespace

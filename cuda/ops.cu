@@ -35,13 +35,6 @@ __global__ void silu_mul_kernel(float* g, const float* __restrict__ u, int64_t n
   }
 }
 
-__device__ __forceinline__ void rope_cs(int32_t pos, float scale, float inv_freq, float* c, float* s) {
-  const float p = (float)pos / scale;
-  const float theta = p * inv_freq;  // fp32 product, as the CPU computes it
-  *c = (float)cos((double)theta);
-  *s = (float)sin((double)theta);
-}
-
 // One block per (token, head): heads < nh rotate q in place; the others rotate k of KV head
 // g = head - nh and store k and v. One thread per dimension.
 __global__ void rope_store_kernel(RopeStore a) {

@@ -107,12 +107,14 @@ for r in rows[:14]:
 print(f"total GPU kernel time {tot/1e6:.1f} ms")
 PY
     ;;
-  matrix)  # matrix DEPTH "VAR=V VAR=V" ...: decode t/s (full cache) per setting, one line each
+  matrix)  # matrix DEPTH "VAR=V VAR=V" ...: decode t/s per setting, one line each; full cache, or
+    # headkv budget 1024 with KV=headkv; the file type from TYPE (default q4_0), tokens from N (64)
     d=$1; shift
     HB=$(dirname "$(command -v python3)")/headkv-bench
+    X=""; [ "${KV:-full}" = headkv ] && X="--kv-method headkv --kv-budget 1024 --scores /tmp/scores-8b.json"
     for setting in "$@"; do
-      env $setting $HB -m /tmp/l3-8b-q4_0.gguf --device cuda -p 0 -n 64 -d $d -r 2 -o jsonl > /tmp/m.jsonl 2>/dev/null
-      echo "d=$d $setting: $(python3 -c "import json; print(round(json.loads(open('/tmp/m.jsonl').readline())['avg_ts'], 1))")"
+      env $setting $HB -m /tmp/l3-8b-${TYPE:-q4_0}.gguf --device cuda -p 0 -n ${N:-64} -d $d -r 2 -o jsonl $X > /tmp/m.jsonl 2>/tmp/m.err
+      echo "${TYPE:-q4_0} ${KV:-full} d=$d $setting: $(python3 -c "import json; print(round(json.loads(open('/tmp/m.jsonl').readline())['avg_ts'], 1))" 2>/dev/null || tail -2 /tmp/m.err)"
     done | tee -a "$OUT/matrix.txt"
     ;;
   scores_gpu)  # headkv-scores: reference backend on the GPU (transformers, torch CUDA) vs native, same grid

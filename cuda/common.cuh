@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "common/error.h"
 
@@ -71,6 +72,25 @@ inline bool pdl_enabled() {
     return major >= 9 && !(e && std::string(e) == "0");
   }();
   return on;
+}
+
+// Launches kernel<<<grid, block, smem, s>>>(args...) as a programmatic dependent of the stream's
+// previous kernel (when pdl_enabled()); the kernel calls grid_dependency_wait() before reading that
+// kernel's results.
+template <class... P, class... A>
+void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, const char* what,
+                A&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute pdl;
+  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &pdl;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...), what);
 }
 
 }  // namespace headkv::cu

@@ -196,6 +196,27 @@ def test_int8_activation_decode(smollm2, model, prompt, monkeypatch):
     assert np.mean(kls) > np.mean(kls_f) or max(diffs) > 1e-3
 
 
+@pytest.mark.parametrize("device", ["cuda", "cuda-fp32"])
+def test_fused_rope_store_matches_separate_kernels(smollm2, prompt, device, monkeypatch):
+    """A decode step's RoPE and arena K/V store run in the Q/K/V matvec's epilogue (int8 matvec for
+    "cuda", fp32 for "cuda-fp32"); HEADKV_FUSE_ROPE=0 runs them as the separate rope_store kernel.
+    The arithmetic is the same, so the logits must be bit-identical at every step, for the full
+    cache and a compressed one."""
+    for method in ("full", "snapkv"):
+        monkeypatch.delenv("HEADKV_FUSE_ROPE", raising=False)
+        fused = _make(smollm2, device, method, 256)
+        monkeypatch.setenv("HEADKV_FUSE_ROPE", "0")  # read when the context is made
+        separate = _make(smollm2, device, method, 256)
+        for m in (fused, separate):
+            m.eval(prompt[:1500])
+        for _ in range(16):
+            lf, ls = fused.logits(), separate.logits()
+            assert np.array_equal(lf, ls)
+            tok = int(lf.argmax())
+            fused.eval([tok])
+            separate.eval([tok])
+
+
 def test_greedy_64_tokens_match_cpu(smollm2, model, prompt, score_file, monkeypatch):
     g = _make(smollm2, "cuda-fp32")
     assert _greedy(g, prompt, 64) == _greedy(model, prompt, 64)

@@ -18,7 +18,7 @@ stage=$1; shift
 case "$stage" in
   setup_a)
     cp -r .dev/gpu/site/. /tmp/site/
-    cp .dev/gpu/smol.aa /tmp/smol.aa
+    [ -f .dev/gpu/smol.aa ] && cp .dev/gpu/smol.aa /tmp/smol.aa
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.mem --format=csv | tee -a "$OUT/env.txt"
     ;;
   setup_b)
@@ -72,6 +72,18 @@ json.dump({f'{l}-{h}': list(rng.random(3)) for l in range(32) for h in range(32)
       pp)    $HB $M -p 4096,32768 -n 0 -r 2 > "$f"; $HB $M $H -p 4096,32768 -n 0 -r 1 >> "$f" ;;
       128k)  $HB $M $H -p 0 -n 64 -d 131072 -r 1 > "$f"; $HB $M $H -p 131072 -n 0 -r 1 >> "$f";
              $HB $M -p 0 -n 32 -d 131072 -r 1 >> "$f" ;;
+    esac
+    python3 bench/gpu/show.py "$f"
+    ;;
+  llama)  # llama TYPE tg|pp|128k: llama.cpp's CUDA llama-bench (carry .dev/llamacpp/cuda-bin) on the same file
+    t=$1; grp=$2
+    [ -x /tmp/llama-bench ] || { xz -dc .dev/llamacpp/cuda-bin/llama-bench.xz > /tmp/llama-bench && chmod +x /tmp/llama-bench; }
+    L="/tmp/llama-bench -m /tmp/l3-8b-$t.gguf -ngl 99 -o json"
+    f="$OUT/llama_${t}_$grp.json"
+    case "$grp" in
+      tg)   $L -p 0 -n 64 -d 0,8192,32768 -r 2 > "$f" 2>> "$OUT/llama.err" ;;
+      pp)   $L -p 4096,32768 -n 0 -r 2 > "$f" 2>> "$OUT/llama.err" ;;
+      128k) $L -p 0 -n 32 -d 131072 -r 1 > "$f" 2>> "$OUT/llama.err" ;;
     esac
     python3 bench/gpu/show.py "$f"
     ;;

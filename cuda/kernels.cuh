@@ -81,6 +81,14 @@ void rope_store(const RopeStore& a, cudaStream_t s);
 // matvec does not apply (weight type, fp32 activations): the caller runs the separate kernels.
 bool matvec_qkv_rope(const DW* ws, const float* x, const float* norm_w, float eps, const RopeStore& r, bool q8x,
                      cudaStream_t s);
+// The rotation of a RoPE pair, rounded after every product (no fused multiply-add), so that every
+// kernel applying it (rope_store, the matvec epilogue) and the CPU agree bit for bit on the inputs.
+__device__ __forceinline__ float rope_x(float x0, float x1, float c, float s) {
+  return __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+}
+__device__ __forceinline__ float rope_y(float x0, float x1, float c, float s) {
+  return __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+}
 // cos/sin of RoPE pair i at position pos (the CPU's arithmetic: fp32 angle, double cos/sin).
 __device__ __forceinline__ void rope_cs(int32_t pos, float scale, float inv_freq, float* c, float* s) {
   const float p = (float)pos / scale;

@@ -4,7 +4,6 @@
 // shared memory (sum of squares in double, as the CPU) and the dots read it from there; this
 // fuses the norm into the projection that follows it. Rows may span up to 3 weight matrices of
 // one type and width (Q, K, V in one launch); MV_ROPE ends a warp's row pair in rope_epilogue.
-// Single-token launches are programmatic dependents (PDL) of the previous kernel.
 #include <cstdlib>
 #include <string>
 
@@ -25,10 +24,6 @@ __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
   extern __shared__ float xs[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int nb = (int)(a.cols / 32);
-  if constexpr (NT == 1) {  // one token: a PDL launch (launch below); x is the previous kernel's output
-    grid_dependency_wait();
-    grid_dependents_launch();
-  }
   float scale = 1.0f;
   if (NORM) {
     __shared__ double red[kWarps];
@@ -156,10 +151,12 @@ void launch(const MV& a, cudaStream_t s) {
         attr = smem;
       }
     }
-    // Also measured (8B F16, H100) and not kept: an L2 prefetch of the warp's rows before the wait
-    // (134 vs 169 t/s), a one-wave grid striding over the rows (166 vs 172), 4 or 8 blocks in flight
-    // per lane instead of 2 (163, 166).
-    launch_pdl(k, dim3((unsigned)cdiv(a.rows, kRowsN * kWarpsN)), dim3(32 * kWarpsN), smem, s, "matvec", a);
+    // Launched normally: as a PDL dependent (with griddepcontrol.wait first) the fp32 decode with
+    // the fused RoPE/KV store went wrong after a few steps on the H100 (greedy tokens diverged from
+    // the CPU at step 12; HEADKV_PDL=0 or HEADKV_FUSE_ROPE=0 fixed it), cause not found. Also measured
+    // (8B F16) and not kept: an L2 prefetch of the warp's rows before the wait (134 vs 169 t/s), a
+    // one-wave grid striding over the rows (166 vs 172), 4 or 8 blocks in flight per lane (163, 166).
+    k<<<(unsigned)cdiv(a.rows, kRowsN * kWarpsN), 32 * kWarpsN, smem, s>>>(a);
   } else if constexpr (MODE != MV_ROPE) {
     matvec_kernel<F, MODE, kMatvecMaxT, false, false, kRowsN, kWarpsN>
         <<<(unsigned)cdiv(a.rows, kRowsN * kWarpsN), 32 * kWarpsN, 0, s>>>(a);

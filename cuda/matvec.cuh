@@ -43,8 +43,8 @@ __device__ __forceinline__ void rope_epilogue(const RopeStore& r, int sg, int64_
     float c, s;
     rope_cs(pos, r.rope_scale, r.inv_freq[d / 2], &c, &s);
     const float x0 = v0, x1 = v1;
-    v0 = x0 * c - x1 * s;
-    v1 = x0 * s + x1 * c;
+    v0 = rope_x(x0, x1, c, s);
+    v1 = rope_y(x0, x1, c, s);
   }
   if (sg == 0) {
     r.q[local] = v0;

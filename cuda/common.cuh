@@ -63,13 +63,18 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// True when the environment variable `name` is set to `value` (development switches).
+inline bool env_is(const char* name, const char* value) {
+  const char* e = std::getenv(name);
+  return e && std::string(e) == value;
+}
+
 inline bool pdl_enabled() {
   static const bool on = [] {
-    const char* e = std::getenv("HEADKV_PDL");
     int dev = 0, major = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    return major >= 9 && !(e && std::string(e) == "0");
+    return major >= 9 && !env_is("HEADKV_PDL", "0");
   }();
   return on;
 }

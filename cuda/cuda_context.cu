@@ -105,12 +105,9 @@ struct CudaContext::Impl {
     if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0)
       fail(ErrorKind::InvalidArgument, "n_ctx, n_batch and n_threads must be >= 0");
     half_gemm = prec == CudaPrecision::Fast;
-    const char* mv_env = std::getenv("HEADKV_MATVEC");
-    mv_q8x = half_gemm && !(mv_env && std::string(mv_env) == "fp32");
-    const char* fr_env = std::getenv("HEADKV_FUSE_ROPE");
-    fuse_rope = !(fr_env && std::string(fr_env) == "0");
-    const char* prof_env = std::getenv("HEADKV_PROFILE");
-    prof.on = prof_env && std::string(prof_env) == "1";
+    mv_q8x = half_gemm && !env_is("HEADKV_MATVEC", "fp32");
+    fuse_rope = !env_is("HEADKV_FUSE_ROPE", "0");
+    prof.on = env_is("HEADKV_PROFILE", "1");
     n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
     ub = std::min<int32_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
     method = parse_budget_method(kv.method);

@@ -5,7 +5,6 @@
 // rescale needs no fragment layout knowledge: P·V goes through a per-warp shared scratch.
 #include <mma.h>
 
-#include <cstdlib>
 #include <string>
 
 #include "common.cuh"
@@ -178,10 +177,7 @@ void launch(const FlashArgs& a, cudaStream_t s) {
 void flash_attention_tc(const FlashArgs& a, cudaStream_t s) {
   if (a.T == 0) return;
   // fp16 K/V: the mma.sync kernel (flash_attn_mma.cu); HEADKV_FLASH=wmma keeps this one (A/B runs)
-  static const bool wmma_only = [] {
-    const char* e = std::getenv("HEADKV_FLASH");
-    return e && std::string(e) == "wmma";
-  }();
+  static const bool wmma_only = env_is("HEADKV_FLASH", "wmma");
   if (!wmma_only && flash_attention_mma(a, s)) return;
   if (a.hd == 64) a.half_kv ? launch<__half, 64>(a, s) : launch<float, 64>(a, s);
   else if (a.hd == 128) a.half_kv ? launch<__half, 128>(a, s) : launch<float, 128>(a, s);

@@ -190,6 +190,23 @@ MV base(const DW& w, const float* x, int64_t ldx, int64_t ldy, int T) {
   return a;
 }
 
+// One token's RMSNorm(x) times up to 3 weights of one type and width, stacked as row segments.
+MV norm_segments(const DW* ws, int n, float* const* ys, const float* x, const float* norm_w, float eps) {
+  MV a = base(ws[0], x, ws[0].cols, 0, 1);
+  int64_t end = 0;
+  for (int i = 0; i < n; ++i) {
+    a.W[i] = ws[i].data;
+    a.S[i] = ws[i].sc;
+    a.y[i] = ys[i];
+    a.seg_end[i] = end += ws[i].rows;
+  }
+  a.rows = end;
+  a.n_seg = n;
+  a.norm_w = norm_w;
+  a.eps = eps;
+  return a;
+}
+
 }  // namespace
 
 void matvec(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, int64_t ldy, int T, MatvecMode mode,
@@ -216,19 +233,7 @@ bool matvec_norm_fusable(const DW* ws, int n) {
 void matvec_norm(const DW* ws, int n, float* const* ys, const float* x, const float* norm_w, float eps, bool q8x,
                  cudaStream_t s) {
   if (n < 1 || n > 3 || !matvec_norm_fusable(ws, n)) fail(ErrorKind::Internal, "matvec_norm: bad segments");
-  MV a = base(ws[0], x, ws[0].cols, 0, 1);
-  int64_t end = 0;
-  for (int i = 0; i < n; ++i) {
-    a.W[i] = ws[i].data;
-    a.S[i] = ws[i].sc;
-    a.y[i] = ys[i];
-    a.seg_end[i] = end += ws[i].rows;
-  }
-  a.rows = end;
-  a.n_seg = n;
-  a.norm_w = norm_w;
-  a.eps = eps;
-  run(a, ws[0].type, MV_STORE, true, q8x, s);
+  run(norm_segments(ws, n, ys, x, norm_w, eps), ws[0].type, MV_STORE, true, q8x, s);
 }
 
 bool matvec_qkv_rope(const DW* ws, const float* x, const float* norm_w, float eps, const RopeStore& r, bool q8x,
@@ -237,18 +242,8 @@ bool matvec_qkv_rope(const DW* ws, const float* x, const float* norm_w, float ep
       r.rope_dim % 2 || ws[0].rows != (int64_t)r.nh * r.hd || ws[1].rows != (int64_t)r.nkv * r.hd ||
       ws[2].rows != ws[1].rows)
     return false;
-  MV a = base(ws[0], x, ws[0].cols, 0, 1);
-  int64_t end = 0;
-  for (int i = 0; i < 3; ++i) {
-    a.W[i] = ws[i].data;
-    a.S[i] = ws[i].sc;
-    a.y[i] = i == 0 ? r.q : nullptr;
-    a.seg_end[i] = end += ws[i].rows;
-  }
-  a.rows = end;
-  a.n_seg = 3;
-  a.norm_w = norm_w;
-  a.eps = eps;
+  float* const ys[3] = {r.q, nullptr, nullptr};  // K and V go to the arena (rope_epilogue)
+  MV a = norm_segments(ws, 3, ys, x, norm_w, eps);
   a.rope = r;
   run(a, ws[0].type, MV_ROPE, true, q8x, s);
   return true;

@@ -32,23 +32,29 @@ __device__ __forceinline__ void unpack8(const uint4& u, float* f) {
 // softmaxes are combined once per item. Launched as a programmatic dependent (PDL): the first R-1
 // chunks of keys already in the arena are requested before griddepcontrol.wait, so they load while
 // the Q/K/V projection ends; the new token's row (written by that kernel) and q are read after it.
-template <int HD, int R>
-__host__ __device__ constexpr size_t async_ring_bytes() { return (size_t)NW * R * 32 * HD * sizeof(__half); }
-template <int HD, int G, int R>
-__host__ __device__ constexpr size_t async_smem() {
-  return async_ring_bytes<HD, R>() + (size_t)NW * G * 32 * sizeof(float);
+//
+// R = 3 chunks per warp (2 blocks per SM at hd 128). Measured on the H100 (8B Q4_0, decode t/s): R = 2
+// gives 426.6 / 401.3 / 251.3 (full d0, headkv-1024 at 8k, full 32k), R = 3 426.0 / 411.0 / 248.8,
+// R = 4 - / 406.7 / 223.5; the register-streaming kernel it replaced 397.2 / 351.2 (with the separate
+// RoPE kernel) / 200.3.
+constexpr int R = 3;
+template <int HD>
+__host__ __device__ constexpr size_t ring_bytes() { return (size_t)NW * R * 32 * HD * sizeof(__half); }
+template <int HD, int G>
+__host__ __device__ constexpr size_t split_smem() {
+  return ring_bytes<HD>() + (size_t)NW * G * 32 * sizeof(float);
 }
 
-template <int HD, int G, int R>
-__global__ void __launch_bounds__(NT) split_async_kernel(DecodeArgs a) {
+template <int HD, int G>
+__global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
   constexpr int LPK = HD / 8, KPS = 32 / LPK, NS = 32 / KPS;  // lanes per key, keys per step, steps
   constexpr int CH = 32 * HD, CPL = HD / 8;                   // halves per chunk; 16-byte copies per lane
-  static_assert((size_t)NW * G * HD * sizeof(float) <= async_ring_bytes<HD, R>(), "warp outputs alias the ring");
+  static_assert((size_t)NW * G * HD * sizeof(float) <= ring_bytes<HD>(), "warp outputs alias the ring");
   extern __shared__ __align__(16) uint8_t smem[];
   const int item = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int sub = lane / LPK, dl = (lane % LPK) * 8;
   __half* ring = reinterpret_cast<__half*>(smem) + warp * R * CH;
-  float(*ps)[32] = reinterpret_cast<float(*)[32]>(smem + async_ring_bytes<HD, R>()) + warp * G;
+  float(*ps)[32] = reinterpret_cast<float(*)[32]>(smem + ring_bytes<HD>()) + warp * G;
   __shared__ float wm[NW][G], wl[NW][G];
 
   // Everything up to griddepcontrol.wait reads only what earlier decode steps wrote.
@@ -248,31 +254,21 @@ __global__ void __launch_bounds__(MT) merge_kernel(DecodeArgs a) {
   }
 }
 
-
-// The split kernel for (HD, G) and the ring depth in use: its function, block count per SM and
-// dynamic shared memory (the attribute is raised once).
+// The split kernel for (HD, G) and its dynamic shared memory (the attribute is raised once).
 struct SplitFn {
   void (*fn)(DecodeArgs);
   size_t smem;
 };
-template <int HD, int G, int R>
-SplitFn async_fn() {
-  void (*fn)(DecodeArgs) = split_async_kernel<HD, G, R>;
-  constexpr size_t smem = async_smem<HD, G, R>();
-  static const bool once = [&] {
-    check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "attention shared memory");
+template <int HD, int G>
+SplitFn split_fn() {
+  constexpr size_t smem = split_smem<HD, G>();
+  static const bool once = [] {
+    check(cudaFuncSetAttribute(split_kernel<HD, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+          "attention shared memory");
     return true;
   }();
   (void)once;
-  return {fn, smem};
-}
-// R = 3 chunks per warp (2 blocks per SM at hd 128). Measured on the H100 (8B Q4_0, decode t/s): R = 2 gives
-// 426.6 / 401.3 / 251.3 (full d0, headkv-1024 at 8k, full 32k), R = 3 426.0 / 411.0 / 248.8, R = 4
-// - / 406.7 / 223.5; the register-streaming kernel it replaces 397.2 / 351.2 (with the separate RoPE
-// kernel) / 200.3.
-template <int HD, int G>
-SplitFn split_fn() {
-  return async_fn<HD, G, 3>();
+  return {split_kernel<HD, G>, smem};
 }
 template <int HD>
 SplitFn split_fn_g(int G) {
@@ -304,7 +300,8 @@ void decode_attention(const DecodeArgs& a, cudaStream_t s) {
     fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
   const SplitFn f = split_for(a.hd, a.nh / a.nkv);
   launch_pdl(f.fn, dim3((unsigned)a.n_items), dim3(NT), f.smem, s, "decode attention", a);
-  launch_pdl(a.hd == 64 ? merge_kernel<64> : merge_kernel<128>, dim3((unsigned)a.nh), dim3(MT), 0, s, "decode attention merge", a);
+  launch_pdl(a.hd == 64 ? merge_kernel<64> : merge_kernel<128>, dim3((unsigned)a.nh), dim3(MT), 0, s,
+             "decode attention merge", a);
   check_launch("decode_attention");
 }
 

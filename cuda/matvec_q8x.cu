@@ -257,10 +257,10 @@ void launch_u(const MV& a, cudaStream_t s) {
   launch_pdl(k, dim3((unsigned)cdiv(units, kWarps * rounds)), dim3(kThreads), smem, s, "matvec launch", a);
 }
 
-// U = 4 blocks of 32 weights per lane in flight (2 per row for SwiGLU, which loads two rows). Also
-// measured on the H100, 8B Q4_0 and not kept: 8 per lane (368 vs 380 t/s), 16 on the 14336-wide down
-// projection, and clusters of 8 blocks sharing the quantized x through distributed shared memory
-// (342 vs 370 t/s).
+// U = 4 blocks of 32 weights per lane in flight (2 per row for SwiGLU and RoPE pairs, which load two
+// rows). Also measured on the H100, 8B Q4_0 and not kept: 8 per lane (368 vs 380 t/s), 16 on the
+// 14336-wide down projection, and clusters of 8 blocks sharing the quantized x through distributed
+// shared memory (342 vs 370 t/s).
 template <int TYPE, int MODE, bool NORM>
 void launch(const MV& a, cudaStream_t s) {
   launch_u<TYPE, MODE, NORM, MODE == MV_SWIGLU || MODE == MV_ROPE ? 2 : 4>(a, s);

@@ -87,22 +87,6 @@ json.dump({f'{l}-{h}': list(rng.random(3)) for l in range(32) for h in range(32)
     esac
     python3 bench/gpu/show.py "$f"
     ;;
-  ab)  # decode matvec A/B on the 8B Q4_0 file: prints the faster HEADKV_MATVEC setting last
-    HB=$(dirname "$(command -v python3)")/headkv-bench
-    for v in xs warp; do
-      HEADKV_MATVEC=$v $HB -m /tmp/l3-8b-q4_0.gguf --device cuda -p 0 -n 64 -r 2 -o jsonl > "$OUT/ab_$v.jsonl"
-      echo "$v $(python3 -c "import json; print(json.loads(open('$OUT/ab_$v.jsonl').readline())['avg_ts'])")"
-    done | tee "$OUT/ab.txt"
-    sort -k2 -n -r "$OUT/ab.txt" | head -1 | cut -d' ' -f1 > /tmp/matvec_best
-    ;;
-  ab_env)  # ab_env VAR VALUE...: decode t/s at depth 0 on the 8B Q4_0 file for each VAR=VALUE
-    var=$1; shift
-    HB=$(dirname "$(command -v python3)")/headkv-bench
-    for v in "$@"; do
-      env "$var=$v" $HB -m /tmp/l3-8b-q4_0.gguf --device cuda -p 0 -n 64 -r 2 -o jsonl > "$OUT/ab_${var}_$v.jsonl"
-      echo "$var=$v $(python3 -c "import json; print(json.loads(open('$OUT/ab_${var}_$v.jsonl').readline())['avg_ts'])")"
-    done | tee -a "$OUT/ab.txt"
-    ;;
   profile)  # profile TYPE [headkv-bench args]: per-kernel GPU time (nsys) of a decode run
     t=$1; shift
     NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)

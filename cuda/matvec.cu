@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
     if (lane == 0 && row0 + 1 < a.rows) {
       int64_t local;
       const int sg = mv_segment(a, row0, &local);
-      rope_epilogue(a.rope, sg, local, acc[0][0] * scale, acc[1][0] * scale);
+      rope_epilogue(a.rope, rope_meta(a.rope, sg, local), sg, local, acc[0][0] * scale, acc[1][0] * scale);
     }
     return;
   }

@@ -35,26 +35,37 @@ __device__ __forceinline__ int mv_segment(const MV& a, int64_t r, int64_t* local
 
 // Rows (local, local + 1) of segment sg (Q, K, V) of one token, as rope_store treats them: Q and K
 // pairs inside rope_dim are rotated; Q stays in r.q (fp32), K and V go to the arena entry after the
-// head's used ones (fp16), with the position.
-__device__ __forceinline__ void rope_epilogue(const RopeStore& r, int sg, int64_t local, float v0, float v1) {
+// head's used ones (fp16), with the position. rope_meta reads only what earlier steps wrote (the
+// position, the arena counts), so a programmatic dependent computes it before its wait.
+struct RopeMeta {
+  float c = 1.0f, s = 0.0f;  // the pair's rotation (identity outside rope_dim and for V)
+  int64_t e = 0;             // arena entry (K, V)
+  int32_t pos = 0;
+};
+__device__ __forceinline__ RopeMeta rope_meta(const RopeStore& r, int sg, int64_t local) {
+  RopeMeta m;
   const int head = (int)(local / r.hd), d = (int)(local % r.hd);
-  const int32_t pos = (r.pos0_dev ? *r.pos0_dev : r.pos0);
+  m.pos = r.pos0_dev ? *r.pos0_dev : r.pos0;
+  if (sg < 2 && d < r.rope_dim) rope_cs(m.pos, r.rope_scale, r.inv_freq[d / 2], &m.c, &m.s);
+  if (sg > 0) m.e = r.seg_off[head] + r.used[head];
+  return m;
+}
+__device__ __forceinline__ void rope_epilogue(const RopeStore& r, const RopeMeta& m, int sg, int64_t local, float v0,
+                                              float v1) {
+  const int d = (int)(local % r.hd);
   if (sg < 2 && d < r.rope_dim) {
-    float c, s;
-    rope_cs(pos, r.rope_scale, r.inv_freq[d / 2], &c, &s);
     const float x0 = v0, x1 = v1;
-    v0 = rope_x(x0, x1, c, s);
-    v1 = rope_y(x0, x1, c, s);
+    v0 = rope_x(x0, x1, m.c, m.s);
+    v1 = rope_y(x0, x1, m.c, m.s);
   }
   if (sg == 0) {
     r.q[local] = v0;
     r.q[local + 1] = v1;
     return;
   }
-  const int64_t e = r.seg_off[head] + r.used[head];
-  __half* dst = (sg == 1 ? r.kh : r.vh) + e * r.hd + d;
+  __half* dst = (sg == 1 ? r.kh : r.vh) + m.e * r.hd + d;
   *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(v0, v1);
-  if (sg == 2 && d == 0) r.pos[e] = pos;
+  if (sg == 2 && d == 0) r.pos[m.e] = m.pos;
 }
 
 // Single-token matvec with int8 activations (Q4_0, Q4_1, Q8_0): false for other types.

@@ -18,7 +18,6 @@ namespace headkv::cu {
 
 namespace {
 
-constexpr int kThreads = 256, kWarps = kThreads / 32;
 
 __device__ __forceinline__ float lo_f16(uint32_t v) { return __half2float(__ushort_as_half((unsigned short)(v & 0xFFFFu))); }
 
@@ -73,7 +72,7 @@ __device__ __forceinline__ int pack4(int a, int b, int c, int d) {
 // x (times norm_w) -> int8 blocks in shared memory: xq (32 bytes per block), xd (dx, dx·Σxq).
 // Eight threads per block of 32 values; loads are issued in batches of kBatch per thread.
 // Returns this thread's share of Σx² (of x itself, for RMSNorm).
-template <bool NORM>
+template <bool NORM, int kThreads>
 __device__ __forceinline__ float quantize_x(const float* __restrict__ x, const float* __restrict__ nw, int nb, int* xq,
                                             float2* xd) {
   constexpr int kBatch = NORM ? 4 : 8;  // NORM also loads the norm weights: keep registers for 3 blocks per SM
@@ -118,8 +117,9 @@ __device__ __forceinline__ float quantize_x(const float* __restrict__ x, const f
 }
 
 // U: blocks per lane per step (loads in flight); MODE as matvec.cu.
-template <int TYPE, int MODE, bool NORM, int U>
+template <int TYPE, int MODE, bool NORM, int U, int kThreads>
 __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
+  constexpr int kWarps = kThreads / 32;
   using F = Fmt<TYPE>;
   using Q = Q8<TYPE>;
   extern __shared__ __align__(16) uint8_t smem[];
@@ -131,36 +131,71 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   // SWIGLU: a warp's unit is row r of gate and of up; ROPE: rows 2r and 2r + 1 (one RoPE pair).
   constexpr bool two = MODE == MV_SWIGLU || MODE == MV_ROPE, pair = MODE == MV_ROPE;
   const int64_t units = pair ? a.rows / 2 : a.rows;
-  auto second = [&](int sg, int64_t local, const uint8_t** q2, const uint8_t** s2) {
-    *q2 = pair ? a.W[sg] : a.W2;
-    *s2 = pair ? a.S[sg] : a.S2;
-    return pair ? local + 1 : local;
+  // A unit's rows: quants and scales of row 1 and, for SWIGLU and ROPE, row 2.
+  struct Row {
+    const uint4 *q1, *q2;
+    const uint8_t *s1, *s2;
+    int sg;
+    int64_t local;
+  };
+  auto row = [&](int64_t unit) {
+    Row r;
+    r.sg = mv_segment(a, pair ? 2 * unit : unit, &r.local);
+    const uint8_t* W2 = pair ? a.W[r.sg] : a.W2;
+    const uint8_t* S2 = pair ? a.S[r.sg] : a.S2;
+    const int64_t local2 = pair ? r.local + 1 : r.local;
+    r.q1 = reinterpret_cast<const uint4*>(blk_q<F>(a.W[r.sg], r.local, nb, 0));
+    r.s1 = blk_s<F>(a.S[r.sg], r.local, nb, 0);
+    r.q2 = two ? reinterpret_cast<const uint4*>(blk_q<F>(W2, local2, nb, 0)) : nullptr;
+    r.s2 = two ? blk_s<F>(S2, local2, nb, 0) : nullptr;
+    return r;
+  };
+  // One step of U blocks per lane of a unit's rows, into registers.
+  uint4 w1[U][Q::words], w2[U][Q::words];
+  uint32_t sc1[U], sc2[U];
+  auto load = [&](const Row& r, int b0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int b = b0 + u * 32 + lane;
+      if (b < nb) {
+#pragma unroll
+        for (int k = 0; k < Q::words; ++k) w1[u][k] = __ldg(r.q1 + (int64_t)b * Q::words + k);
+        sc1[u] = F::sb == 4 ? __ldg(reinterpret_cast<const uint32_t*>(r.s1) + b)
+                            : __ldg(reinterpret_cast<const uint16_t*>(r.s1) + b);
+        if (two) {
+#pragma unroll
+          for (int k = 0; k < Q::words; ++k) w2[u][k] = __ldg(r.q2 + (int64_t)b * Q::words + k);
+          sc2[u] = F::sb == 4 ? __ldg(reinterpret_cast<const uint32_t*>(r.s2) + b)
+                              : __ldg(reinterpret_cast<const uint16_t*>(r.s2) + b);
+        }
+      }
+    }
   };
 
-  // Launched as a programmatic dependent of the previous kernel (launch_u): pull the first blocks of
-  // this warp's first unit into L2 while that kernel finishes, then wait for it (x is its output).
-  // (A bulk prefetch of the unit's whole rows and scales measured slower: 397 vs 426 t/s, 8B Q4_0.)
-  {
-    const int64_t unit = (int64_t)blockIdx.x * kWarps + warp;
-    if (unit < units) {
-      int64_t local;
-      const int sg = mv_segment(a, pair ? 2 * unit : unit, &local);
-      const uint8_t *w2, *sc2;
-      const int64_t local2 = second(sg, local, &w2, &sc2);
+  // Launched as a programmatic dependent of the previous kernel (launch_u): what does not depend on
+  // it is started before the wait (x is its output): the first blocks of this warp's first unit are
+  // pulled into L2, and for RoPE the rotation and the arena entry are computed.
+  // Measured on the H100 (8B Q4_0) and not kept: a bulk prefetch of the unit's whole rows and scales
+  // (397 vs 426 t/s; for the Q/K/V and output projections alone, -1 to +3%), the first step loaded
+  // into registers instead of L2 (no change).
+  const int64_t unit0 = (int64_t)blockIdx.x * kWarps + warp;
+  RopeMeta meta;
+  if (unit0 < units) {
+    const Row r = row(unit0);
+    if (pair && lane == 0) meta = rope_meta(a.rope, r.sg, r.local);
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int b = u * 32 + lane;
-        if (b < nb) {
-          prefetch_l2(blk_q<F>(a.W[sg], local, nb, b));
-          if (two) prefetch_l2(blk_q<F>(w2, local2, nb, b));
-        }
+    for (int u = 0; u < U; ++u) {
+      const int b = u * 32 + lane;
+      if (b < nb) {
+        prefetch_l2(r.q1 + (int64_t)b * Q::words);
+        if (two) prefetch_l2(r.q2 + (int64_t)b * Q::words);
       }
     }
   }
   grid_dependency_wait();
   grid_dependents_launch();
 
-  float ss = quantize_x<NORM>(a.x, a.norm_w, nb, reinterpret_cast<int*>(xq), xd);
+  float ss = quantize_x<NORM, kThreads>(a.x, a.norm_w, nb, reinterpret_cast<int*>(xq), xd);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   if (lane == 0) ssw[warp] = ss;
@@ -176,35 +211,14 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   // so 8 lanes cover 32 distinct banks.
   const int h = (lane >> 2) & 1;
 
-  for (int64_t unit = (int64_t)blockIdx.x * kWarps + warp; unit < units; unit += (int64_t)gridDim.x * kWarps) {
-    int64_t local;
-    const int sg = mv_segment(a, pair ? 2 * unit : unit, &local);
-    const uint8_t *w2, *sc2;
-    const int64_t local2 = second(sg, local, &w2, &sc2);
-    const uint4* q1 = reinterpret_cast<const uint4*>(blk_q<F>(a.W[sg], local, nb, 0));
-    const uint8_t* s1 = blk_s<F>(a.S[sg], local, nb, 0);
-    const uint4* q2 = two ? reinterpret_cast<const uint4*>(blk_q<F>(w2, local2, nb, 0)) : nullptr;
-    const uint8_t* s2 = two ? blk_s<F>(sc2, local2, nb, 0) : nullptr;
+  for (int64_t unit = unit0; unit < units; unit += (int64_t)gridDim.x * kWarps) {
+    const Row r = row(unit);
+    if (pair && lane == 0 && unit != unit0) meta = rope_meta(a.rope, r.sg, r.local);
+    const int sg = r.sg;
+    const int64_t local = r.local;
     float acc = 0.0f, acc2 = 0.0f;
     for (int b0 = 0; b0 < nb; b0 += 32 * U) {
-      uint4 w1[U][Q::words], w2[U][Q::words];
-      uint32_t sc1[U], sc2[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int b = b0 + u * 32 + lane;
-        if (b < nb) {
-#pragma unroll
-          for (int k = 0; k < Q::words; ++k) w1[u][k] = __ldg(q1 + (int64_t)b * Q::words + k);
-          sc1[u] = F::sb == 4 ? __ldg(reinterpret_cast<const uint32_t*>(s1) + b)
-                              : __ldg(reinterpret_cast<const uint16_t*>(s1) + b);
-          if (two) {
-#pragma unroll
-            for (int k = 0; k < Q::words; ++k) w2[u][k] = __ldg(q2 + (int64_t)b * Q::words + k);
-            sc2[u] = F::sb == 4 ? __ldg(reinterpret_cast<const uint32_t*>(s2) + b)
-                                : __ldg(reinterpret_cast<const uint16_t*>(s2) + b);
-          }
-        }
-      }
+      load(r, b0);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int b = b0 + u * 32 + lane;
@@ -228,14 +242,15 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
       if (MODE == MV_STORE) *out = v;
       else if (MODE == MV_ADD) *out += v;
       else if (MODE == MV_SWIGLU) *out = v / (1.0f + expf(-v)) * (acc2 * scale);
-      else rope_epilogue(a.rope, sg, local, v, acc2 * scale);
+      else rope_epilogue(a.rope, meta, sg, local, v, acc2 * scale);
     }
   }
 }
 
-template <int TYPE, int MODE, bool NORM, int U>
+template <int TYPE, int MODE, bool NORM, int U, int kThreads>
 void launch_u(const MV& a, cudaStream_t s) {
-  auto k = q8x_kernel<TYPE, MODE, NORM, U>;
+  constexpr int kWarps = kThreads / 32;
+  auto k = q8x_kernel<TYPE, MODE, NORM, U, kThreads>;
   const size_t smem = (size_t)(a.cols / 32) * 40;  // 32 B of int8 + (dx, dx·Σxq) per block
   static size_t attr = 48 * 1024;
   if (smem > attr) {
@@ -260,10 +275,18 @@ void launch_u(const MV& a, cudaStream_t s) {
 // U = 4 blocks of 32 weights per lane in flight (2 per row for SwiGLU and RoPE pairs, which load two
 // rows). Also measured on the H100, 8B Q4_0 and not kept: 8 per lane (368 vs 380 t/s), 16 on the
 // 14336-wide down projection, and clusters of 8 blocks sharing the quantized x through distributed
-// shared memory (342 vs 370 t/s).
+// shared memory (342 vs 370 t/s); U = 4 for the Q/K/V pairs (one step per 4096-wide row pair): -1%.
+// Threads per block: every block quantizes all of x, so wide inputs (the 14336-wide down
+// projection) take 1024 threads (one block per SM, as many warps as 4 blocks of 256): x is quantized
+// once per SM instead of four times. Measured on the H100, 8B Q4_0, decode t/s at depth 0: down at
+// 1024 threads 457.7 vs 256 431.0 (512: +2.7%); the output projection (MV_ADD, 4096 wide) at 512
+// +0.9 to 1.1% (1024: +0.8%); Q/K/V and gate/up at 512 or 1024: no gain (-0.5 to +0.1%).
 template <int TYPE, int MODE, bool NORM>
 void launch(const MV& a, cudaStream_t s) {
-  launch_u<TYPE, MODE, NORM, MODE == MV_SWIGLU || MODE == MV_ROPE ? 2 : 4>(a, s);
+  constexpr int U = MODE == MV_SWIGLU || MODE == MV_ROPE ? 2 : 4;
+  if (a.cols > 8192) launch_u<TYPE, MODE, NORM, U, 1024>(a, s);
+  else if (MODE == MV_ADD) launch_u<TYPE, MODE, NORM, U, 512>(a, s);
+  else launch_u<TYPE, MODE, NORM, U, 256>(a, s);
 }
 
 template <int TYPE>

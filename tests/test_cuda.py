@@ -196,6 +196,38 @@ def test_int8_activation_decode(smollm2, model, prompt, monkeypatch):
     assert np.mean(kls) > np.mean(kls_f) or max(diffs) > 1e-3
 
 
+@pytest.mark.parametrize("wtype", ["Q4_0", "Q4_1", "Q8_0"])
+def test_int8_activation_block_sizes(tmp_path, smollm2, wtype, monkeypatch):
+    """The int8-activation matvecs pick their block size by shape: 1024 threads for inputs wider
+    than 8192 (the down projection of an FFN of 8704), 512 for the output projection, 256 for the
+    rest (SmolLM2's FFN is 1536 wide, so its tests reach neither of the first two). A tiny model of
+    each weight type: "cuda" (int8 activations) against "cuda" with HEADKV_MATVEC=fp32, prompt and
+    8 greedy steps; a block-size bug (a warp or a row left out, x quantized by a part of the block)
+    moves the logits by far more than int8 rounding does."""
+    from gguf_factory import write_tiny_llama
+
+    path = tmp_path / "m.gguf"
+    write_tiny_llama(path, smollm2, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=8704, wtype=wtype, seed=5)
+    monkeypatch.delenv("HEADKV_MATVEC", raising=False)
+    g = headkv.Model(str(path), n_ctx=256, device="cuda")
+    monkeypatch.setenv("HEADKV_MATVEC", "fp32")
+    gf = headkv.Model(str(path), n_ctx=256, device="cuda")
+    ids = [int(x) for x in np.random.default_rng(1).integers(0, g.n_vocab, 24)]
+    for m in (g, gf):
+        m.eval(ids)
+    worst, same = 0.0, 0
+    for _ in range(8):
+        lg, lf = g.logits(), gf.logits()
+        assert np.isfinite(lg).all()
+        worst = max(worst, float(np.abs(lg - lf).max() / np.abs(lf).max()))
+        tok = int(lf.argmax())
+        same += int(lg.argmax()) == tok
+        g.eval([tok])
+        gf.eval([tok])
+    print(f"{wtype}, FFN 8704: int8 vs fp32 activations, max |dlogit| / max |logit| {worst:.2e}, top-1 {same}/8")
+    assert worst < 0.05 and same >= 7
+
+
 @pytest.mark.parametrize("device", ["cuda", "cuda-fp32"])
 def test_fused_rope_store_matches_separate_kernels(smollm2, prompt, device, monkeypatch):
     """A decode step's RoPE and arena K/V store run in the Q/K/V matvec's epilogue (int8 matvec for

@@ -92,14 +92,14 @@ json.dump({f'{l}-{h}': list(rng.random(3)) for l in range(32) for h in range(32)
     NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
     [ -n "$NSYS" ] || { echo "no nsys"; exit 0; }
     HB=$(dirname "$(command -v python3)")/headkv-bench
-    "$NSYS" profile -o /tmp/prof_$t -f true --stats=false $HB -m /tmp/l3-8b-$t.gguf --device cuda -r 1 "$@" > /dev/null 2>&1
+    "$NSYS" profile -o /tmp/prof_$t -f true --stats=false --cuda-graph-trace=node $HB -m /tmp/l3-8b-$t.gguf --device cuda -r 1 "$@" > /dev/null 2>&1
     "$NSYS" stats -r cuda_gpu_kern_sum -f csv -o "$OUT/prof_$t" /tmp/prof_$t.nsys-rep > /dev/null 2>&1
     python3 - "$OUT/prof_${t}_cuda_gpu_kern_sum.csv" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 tot = sum(float(r["Total Time (ns)"]) for r in rows)
-for r in rows[:14]:
-    print(f'{float(r["Time (%)"]):5.1f}%  {int(r["Instances"]):6d}  {float(r["Avg (ns)"])/1e3:8.2f} us  {r["Name"][:90]}')
+for r in rows[:24]:
+    print(f'{float(r["Time (%)"]):5.1f}%  {int(r["Instances"]):6d}  {float(r["Avg (ns)"])/1e3:8.2f} us  {r["Name"][:140]}')
 print(f"total GPU kernel time {tot/1e6:.1f} ms")
 PY
     ;;

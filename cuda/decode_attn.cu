@@ -14,47 +14,37 @@ namespace {
 
 constexpr int NT = 128, NW = NT / 32, MAXG = 8;
 
-__device__ __forceinline__ void unpack8(const uint4& u, float* f) {
-  const __half2* hp = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 v = __half22float2(hp[i]);
-    f[2 * i] = v.x;
-    f[2 * i + 1] = v.y;
-  }
-}
+__device__ __forceinline__ float f16_round(float x) { return __half2float(__float2half_rn(x)); }
 
 // An item's keys are cut into tiles of 32; warp w takes tiles w, w+NW, ... with no block-level
 // synchronisation until the end. Each warp keeps a ring of R chunks in shared memory (a chunk = the
 // K or the V rows of one tile) filled by cp.async, so R-1 chunks are in flight while it computes on
-// one. A key row is read by HD/8 lanes (16 bytes each), the G query heads' vectors live in registers
-// (8 dims per lane), and the tile's probabilities pass through shared memory; the warps' partial
-// softmaxes are combined once per item. Launched as a programmatic dependent (PDL): the first R-1
-// chunks of keys already in the arena are requested before griddepcontrol.wait, so they load while
-// the Q/K/V projection ends; the new token's row (written by that kernel) and q are read after it.
+// one with tensor cores (below); the warps' partial softmaxes are combined once per item. Launched
+// as a programmatic dependent (PDL): the first R-1 chunks of keys already in the arena are requested
+// before griddepcontrol.wait, so they load while the Q/K/V projection ends; the new token's row
+// (written by that kernel) and q are read after it.
 //
 // R = 3 chunks per warp (2 blocks per SM at hd 128). Measured on the H100 (8B Q4_0, decode t/s): R = 2
 // gives 426.6 / 401.3 / 251.3 (full d0, headkv-1024 at 8k, full 32k), R = 3 426.0 / 411.0 / 248.8,
-// R = 4 - / 406.7 / 223.5; the register-streaming kernel it replaced 397.2 / 351.2 (with the separate
-// RoPE kernel) / 200.3.
+// R = 4 - / 406.7 / 223.5; the register-streaming kernel before it 397.2 / 351.2 (with the separate
+// RoPE kernel) / 200.3. The tile math on CUDA cores (16 lanes per key row, the G query vectors in
+// registers, shuffle reductions: ~2700 dependent instructions per warp and tile) gave 465.5 / 438.6 /
+// 254.3 where tensor cores give 481.9 / 452.8 / 268.6: at short contexts a warp's one tile is the
+// kernel's critical path.
 constexpr int R = 3;
+// Key rows in the ring are HD + 8 halves apart (16 bytes of padding: conflict-free ldmatrix).
 template <int HD>
-__host__ __device__ constexpr size_t ring_bytes() { return (size_t)NW * R * 32 * HD * sizeof(__half); }
-template <int HD, int G>
-__host__ __device__ constexpr size_t split_smem() {
-  return ring_bytes<HD>() + (size_t)NW * G * 32 * sizeof(float);
-}
+__host__ __device__ constexpr int ring_ld() { return HD + 8; }
+template <int HD>
+__host__ __device__ constexpr size_t ring_bytes() { return (size_t)NW * R * 32 * ring_ld<HD>() * sizeof(__half); }
 
 template <int HD, int G>
 __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
-  constexpr int LPK = HD / 8, KPS = 32 / LPK, NS = 32 / KPS;  // lanes per key, keys per step, steps
-  constexpr int CH = 32 * HD, CPL = HD / 8;                   // halves per chunk; 16-byte copies per lane
+  constexpr int LD = ring_ld<HD>(), CH = 32 * LD, CPL = HD / 8;  // row stride, halves per chunk, copies per lane
   static_assert((size_t)NW * G * HD * sizeof(float) <= ring_bytes<HD>(), "warp outputs alias the ring");
   extern __shared__ __align__(16) uint8_t smem[];
   const int item = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int sub = lane / LPK, dl = (lane % LPK) * 8;
   __half* ring = reinterpret_cast<__half*>(smem) + warp * R * CH;
-  float(*ps)[32] = reinterpret_cast<float(*)[32]>(smem + ring_bytes<HD>()) + warp * G;
   __shared__ float wm[NW][G], wl[NW][G];
 
   // Everything up to griddepcontrol.wait reads only what earlier decode steps wrote.
@@ -80,7 +70,7 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
         const int idx = j * 32 + lane, r = idx / (HD / 8), col = (idx % (HD / 8)) * 8;
         const int64_t key = t0 + r;
         if (before_wait && key == fresh && key < end) continue;
-        cp_async16(dst + r * HD + col, src + min(key, end - 1) * HD + col, key < end);
+        cp_async16(dst + r * LD + col, src + min(key, end - 1) * HD + col, key < end);
       }
     }
     cp_async_commit();
@@ -100,94 +90,119 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
     for (int j = 0; j < CPL; ++j) {
       const int idx = j * 32 + lane, r = idx / (HD / 8), col = (idx % (HD / 8)) * 8;
       if (t0 + r == fresh)
-        *reinterpret_cast<uint4*>(ring + (c % R) * CH + r * HD + col) =
+        *reinterpret_cast<uint4*>(ring + (c % R) * CH + r * LD + col) =
             *reinterpret_cast<const uint4*>(src + fresh * HD + col);
     }
   }
 
-  const float scale = rsqrtf((float)HD);
-  float q[G][8], o[G][8], m[G], l[G];
+  float(*wo)[G][HD] = reinterpret_cast<float(*)[G][HD]>(smem);  // the warps' outputs, after the ring's use
+  {
+    // Tensor cores: the G query heads are rows 0..G-1 of a 16-row A fragment, so S = Q·Kᵀ for a
+    // tile is 4 n-tiles x HD/16 k-steps of mma m16n8k16 and O += P·V is 2 k-steps x HD/8 n-tiles;
+    // P stays in registers (its accumulator layout is the A fragment). Rows 8 + r carry the fp16
+    // rounding residue of row r (q - fp16(q), p - fp16(p)), so the sums of rows r and 8 + r are
+    // products of fp32 q and p with the fp16 K and V, at no extra mma (rows G..7 are zero).
+    // This lane: rows r0 and r0 + 8 (head g*G + r0 when r0 < G), keys / dims c2, c2 + 1 of each
+    // 8-wide n-tile.
+    constexpr int KS = HD / 16, DT = HD / 8;
+    const int r0 = lane >> 2, c2 = (lane & 3) * 2;
+    const float sl2 = 1.4426950408889634f * rsqrtf((float)HD);  // softmax in base 2
+    uint32_t qa[KS][4];
+    {
+      const float* qr = a.q + (int64_t)(g * G + min(r0, G - 1)) * HD;
 #pragma unroll
-  for (int h = 0; h < G; ++h) {
-    const float4 a0 = *reinterpret_cast<const float4*>(a.q + (g * G + h) * HD + dl);
-    const float4 a1 = *reinterpret_cast<const float4*>(a.q + (g * G + h) * HD + dl + 4);
-    q[h][0] = a0.x * scale; q[h][1] = a0.y * scale; q[h][2] = a0.z * scale; q[h][3] = a0.w * scale;
-    q[h][4] = a1.x * scale; q[h][5] = a1.y * scale; q[h][6] = a1.z * scale; q[h][7] = a1.w * scale;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) o[h][i] = 0.0f;
-    m[h] = -INFINITY;
-    l[h] = 0.0f;
-  }
-
-  for (int c = 0; c < nch; ++c) {
-    issue(c + R - 1, false);
-    cp_async_wait<R - 1>();
-    __syncwarp();
-    const __half* buf = ring + (c % R) * CH;
-    if ((c & 1) == 0) {  // K: the tile's scores, then the online-softmax update
-      const int64_t t0 = tile0(c);
-#pragma unroll 4
-      for (int j = 0; j < NS; ++j) {
-        float kf[8];
-        unpack8(*reinterpret_cast<const uint4*>(buf + (j * KPS + sub) * HD + dl), kf);
-#pragma unroll
-        for (int h = 0; h < G; ++h) {
-          float s = 0.0f;
-#pragma unroll
-          for (int i = 0; i < 8; ++i) s += q[h][i] * kf[i];
-#pragma unroll
-          for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-          const int slot = j * KPS + sub;
-          if (lane % LPK == 0) ps[h][slot] = t0 + slot < end ? s : -INFINITY;
-        }
-      }
-      __syncwarp();
-#pragma unroll
-      for (int h = 0; h < G; ++h) {
-        const float s = ps[h][lane];
-        float mx = s;
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-        const float mn = fmaxf(m[h], mx);  // finite: the tile has at least one key
-        const float alpha = expf(m[h] - mn), p = expf(s - mn);
-        m[h] = mn;
-        l[h] = l[h] * alpha + p;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) o[h][i] *= alpha;
-        ps[h][lane] = p;
-      }
-    } else {  // V: o += p · v (rows past the end are zeros with p = 0)
-#pragma unroll 4
-      for (int j = 0; j < NS; ++j) {
-        float vf[8];
-        unpack8(*reinterpret_cast<const uint4*>(buf + (j * KPS + sub) * HD + dl), vf);
-#pragma unroll
-        for (int h = 0; h < G; ++h) {
-          const float p = ps[h][j * KPS + sub];
-#pragma unroll
-          for (int i = 0; i < 8; ++i) o[h][i] += p * vf[i];
-        }
+      for (int kk = 0; kk < KS; ++kk) {
+        const float2 x0 = *reinterpret_cast<const float2*>(qr + kk * 16 + c2);
+        const float2 x1 = *reinterpret_cast<const float2*>(qr + kk * 16 + 8 + c2);
+        qa[kk][0] = r0 < G ? pack_h2(x0.x, x0.y) : 0u;
+        qa[kk][2] = r0 < G ? pack_h2(x1.x, x1.y) : 0u;
+        qa[kk][1] = r0 < G ? pack_h2(x0.x - f16_round(x0.x), x0.y - f16_round(x0.y)) : 0u;
+        qa[kk][3] = r0 < G ? pack_h2(x1.x - f16_round(x1.x), x1.y - f16_round(x1.y)) : 0u;
       }
     }
-    __syncwarp();  // the slot is refilled by the next iteration's request
-  }
-  cp_async_wait<0>();
-  __syncthreads();  // every warp is done with its ring: the warp outputs reuse it
-  float(*wo)[G][HD] = reinterpret_cast<float(*)[G][HD]>(smem);
+    float o[DT][4], sc[4][4];
 #pragma unroll
-  for (int h = 0; h < G; ++h) {
+    for (int j = 0; j < DT; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float m = -INFINITY, l = 0.0f;  // row r0, base 2; l summed over this lane's keys
+    for (int c = 0; c < nch; ++c) {
+      issue(c + R - 1, false);
+      cp_async_wait<R - 1>();
+      __syncwarp();
+      const __half* buf = ring + (c % R) * CH;
+      if ((c & 1) == 0) {  // K: the tile's scores, then the online-softmax update
 #pragma unroll
-    for (int off = 16; off >= LPK; off >>= 1)
+        for (int j = 0; j < 4; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) o[h][i] += __shfl_xor_sync(0xffffffffu, o[h][i], off);
+        for (int kk = 0; kk < KS; ++kk) {
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) l[h] += __shfl_xor_sync(0xffffffffu, l[h], off);
-    if (lane < LPK)
+          for (int j = 0; j < 4; j += 2) {
+            uint32_t b[4];
+            ldsm_x4(b, buf + (j * 8 + (lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+            mma16816(sc[j], qa[kk], b[0], b[1]);
+            mma16816(sc[j + 1], qa[kk], b[2], b[3]);
+          }
+        }
+        const int64_t t0 = tile0(c);
+        float mx = -INFINITY;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) wo[warp][h][dl + i] = o[h][i];
-    if (lane == 0) {
-      wm[warp][h] = m[h];
-      wl[warp][h] = l[h];
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float v = t0 + j * 8 + c2 + e < end ? (sc[j][e] + sc[j][2 + e]) * sl2 : -INFINITY;
+            sc[j][e] = v;
+            mx = fmaxf(mx, v);
+          }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mn = fmaxf(m, mx);  // finite: the tile has at least one key
+        const float alpha = exp2f(m - mn);
+        m = mn;
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            sc[j][e] = exp2f(sc[j][e] - mn);
+            sum += sc[j][e];
+          }
+        l = l * alpha + sum;
+#pragma unroll
+        for (int j = 0; j < DT; ++j) {
+          o[j][0] *= alpha;
+          o[j][1] *= alpha;
+          o[j][2] *= alpha;
+          o[j][3] *= alpha;
+        }
+      } else {  // V: O += P·V (rows past the end are zeros with p = 0)
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+          const float* p0 = sc[2 * kk];
+          const float* p1 = sc[2 * kk + 1];
+          const uint32_t pf[4] = {pack_h2(p0[0], p0[1]), pack_h2(p0[0] - f16_round(p0[0]), p0[1] - f16_round(p0[1])),
+                                  pack_h2(p1[0], p1[1]), pack_h2(p1[0] - f16_round(p1[0]), p1[1] - f16_round(p1[1]))};
+#pragma unroll
+          for (int j = 0; j < DT; j += 2) {
+            uint32_t b[4];
+            ldsm_x4_t(b, buf + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + j * 8 + (lane >> 4) * 8);
+            mma16816(o[j], pf, b[0], b[1]);
+            mma16816(o[j + 1], pf, b[2], b[3]);
+          }
+        }
+      }
+      __syncwarp();  // the slot is refilled by the next iteration's request
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is done with its ring: the warp outputs reuse it
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (r0 < G) {
+#pragma unroll
+      for (int j = 0; j < DT; ++j)
+        *reinterpret_cast<float2*>(&wo[warp][r0][j * 8 + c2]) = make_float2(o[j][0] + o[j][2], o[j][1] + o[j][3]);
+      if ((lane & 3) == 0) {
+        wm[warp][r0] = m * 0.6931471805599453f;  // natural log units (the merge uses expf)
+        wl[warp][r0] = l;
+      }
     }
   }
   __syncthreads();
@@ -261,7 +276,7 @@ struct SplitFn {
 };
 template <int HD, int G>
 SplitFn split_fn() {
-  constexpr size_t smem = split_smem<HD, G>();
+  constexpr size_t smem = ring_bytes<HD>();
   static const bool once = [] {
     check(cudaFuncSetAttribute(split_kernel<HD, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
           "attention shared memory");

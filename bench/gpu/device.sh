@@ -87,20 +87,29 @@ json.dump({f'{l}-{h}': list(rng.random(3)) for l in range(32) for h in range(32)
     esac
     python3 bench/gpu/show.py "$f"
     ;;
-  profile)  # profile TYPE [headkv-bench args]: per-kernel GPU time (nsys) of a decode run
+  profile)  # profile TYPE [headkv-bench args]: per-kernel time and DRAM bytes (ncu) of one decode step
     t=$1; shift
-    NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
-    [ -n "$NSYS" ] || { echo "no nsys"; exit 0; }
     HB=$(dirname "$(command -v python3)")/headkv-bench
-    "$NSYS" profile -o /tmp/prof_$t -f true --stats=false --cuda-graph-trace=node $HB -m /tmp/l3-8b-$t.gguf --device cuda -r 1 "$@" > /dev/null 2>&1
-    "$NSYS" stats -r cuda_gpu_kern_sum -f csv -o "$OUT/prof_$t" /tmp/prof_$t.nsys-rep > /dev/null 2>&1
-    python3 - "$OUT/prof_${t}_cuda_gpu_kern_sum.csv" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-tot = sum(float(r["Total Time (ns)"]) for r in rows)
-for r in rows[:24]:
-    print(f'{float(r["Time (%)"]):5.1f}%  {int(r["Instances"]):6d}  {float(r["Avg (ns)"])/1e3:8.2f} us  {r["Name"][:140]}')
-print(f"total GPU kernel time {tot/1e6:.1f} ms")
+    # skips the first 300 kernels (load, warm-up), then 200: about one decode step of a 32-layer model
+    ncu --clock-control none --graph-profiling node --launch-skip 300 --launch-count 200 --csv \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum \
+      $HB -m /tmp/l3-8b-$t.gguf --device cuda -r 1 -o jsonl "$@" > "$OUT/ncu_$t.csv" 2> "$OUT/ncu_$t.err"
+    python3 - "$OUT/ncu_$t.csv" <<'PY' | tee "$OUT/profile_$t.txt"
+import collections, csv, io, re, sys
+rows = list(csv.DictReader(io.StringIO("".join(l for l in open(sys.argv[1]) if l.startswith('"')))))
+k = collections.OrderedDict()
+for r in rows:
+    d = k.setdefault(r["ID"], {"name": re.sub(r"\(.*", "", r["Kernel Name"]), "grid": r["Grid Size"], "block": r["Block Size"]})
+    d[r["Metric Name"]] = float(r["Metric Value"].replace(",", ""))
+agg = collections.OrderedDict()
+for d in k.values():
+    key = (d["name"], d["grid"], d["block"], round(d["dram__bytes_read.sum"] / 1e6))
+    a = agg.setdefault(key, [0, 0.0, 0.0])
+    a[0] += 1; a[1] += d["gpu__time_duration.sum"]; a[2] += d["dram__bytes_read.sum"]
+tot = sum(a[1] for a in agg.values())
+print(f"{len(k)} kernels (ncu runs each alone, caches flushed), {tot / 1e3:.0f} us in all")
+for (n, g, b, _), (c, t, by) in sorted(agg.items(), key=lambda x: -x[1][1]):
+    print(f"{c:4d} x {t / c / 1e3:7.2f} us {by / c / 1e6:8.2f} MB {by / t / 1e3:5.2f} TB/s  {g} x {b}  {n[-60:]}")
 PY
     ;;
   matrix)  # matrix DEPTH "VAR=V VAR=V" ...: decode t/s per setting, one line each; full cache, or

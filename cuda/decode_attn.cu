@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
     // rounding residue of row r (q - fp16(q), p - fp16(p)), so the sums of rows r and 8 + r are
     // products of fp32 q and p with the fp16 K and V, at no extra mma (rows G..7 are zero).
     // This lane: rows r0 and r0 + 8 (head g*G + r0 when r0 < G), keys / dims c2, c2 + 1 of each
-    // 8-wide n-tile.
+    // 8-wide n-tile. q must lie within fp16 range (|q| < 65504), as K and V in the arena do.
     constexpr int KS = HD / 16, DT = HD / 8;
     const int r0 = lane >> 2, c2 = (lane & 3) * 2;
     const float sl2 = 1.4426950408889634f * rsqrtf((float)HD);  // softmax in base 2

@@ -276,17 +276,24 @@ void launch_u(const MV& a, cudaStream_t s) {
 // rows). Also measured on the H100, 8B Q4_0 and not kept: 8 per lane (368 vs 380 t/s), 16 on the
 // 14336-wide down projection, and clusters of 8 blocks sharing the quantized x through distributed
 // shared memory (342 vs 370 t/s); U = 4 for the Q/K/V pairs (one step per 4096-wide row pair): -1%.
-// Threads per block: every block quantizes all of x, so wide inputs (the 14336-wide down
-// projection) take 1024 threads (one block per SM, as many warps as 4 blocks of 256): x is quantized
-// once per SM instead of four times. Measured on the H100, 8B Q4_0, decode t/s at depth 0: down at
-// 1024 threads 457.7 vs 256 431.0 (512: +2.7%); the output projection (MV_ADD, 4096 wide) at 512
-// +0.9 to 1.1% (1024: +0.8%); Q/K/V and gate/up at 512 or 1024: no gain (-0.5 to +0.1%).
+// Threads per block: every block quantizes all of x, so the wide plain projections (the
+// 14336-wide down projection) take 1024 threads (one block per SM, as many warps as 4 blocks of
+// 256): x is quantized once per SM instead of four times. Measured on the H100, 8B Q4_0, decode t/s
+// at depth 0: down at 1024 threads 457.7 vs 256 431.0 (512: +2.7%); the output projection (MV_ADD,
+// 4096 wide) at 512 +0.9 to 1.1% (1024: +0.8%); Q/K/V and gate/up at 512 or 1024: no gain (-0.5 to
+// +0.1%), and at 1024 (64 registers) the Q8_0 RoPE and SwiGLU kernels would spill.
+// HEADKV_MATVEC_THREADS=256 runs every shape at 256 (read at each launch: a GPU test requires the
+// same logits bit for bit).
 template <int TYPE, int MODE, bool NORM>
 void launch(const MV& a, cudaStream_t s) {
   constexpr int U = MODE == MV_SWIGLU || MODE == MV_ROPE ? 2 : 4;
-  if (a.cols > 8192) launch_u<TYPE, MODE, NORM, U, 1024>(a, s);
-  else if (MODE == MV_ADD) launch_u<TYPE, MODE, NORM, U, 512>(a, s);
-  else launch_u<TYPE, MODE, NORM, U, 256>(a, s);
+  if constexpr (MODE == MV_ADD || (MODE == MV_STORE && !NORM)) {
+    if (!env_is("HEADKV_MATVEC_THREADS", "256")) {
+      if (a.cols > 8192) return launch_u<TYPE, MODE, NORM, U, 1024>(a, s);
+      if (MODE == MV_ADD) return launch_u<TYPE, MODE, NORM, U, 512>(a, s);
+    }
+  }
+  launch_u<TYPE, MODE, NORM, U, 256>(a, s);
 }
 
 template <int TYPE>

@@ -83,6 +83,22 @@ __device__ __forceinline__ void mma16816(float* d, const uint32_t* a, uint32_t b
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+// Two 8-wide n-tiles of d += a · B from a row-major fp16 tile in shared memory (ld halves per row),
+// one k-step of 16. mma_abt2: B = Rᵀ, R's rows 0..15 are the n index (keys: S = Q·Kᵀ), `r` points
+// at R[n0][k0]. mma_ab2: B = R, R's rows 0..15 are the k index (values: O += P·V), `r` points at
+// R[k0][n0].
+__device__ __forceinline__ void mma_abt2(float* d0, float* d1, const uint32_t* a, const __half* r, int ld, int lane) {
+  uint32_t b[4];
+  ldsm_x4(b, r + ((lane >> 4) * 8 + (lane & 7)) * ld + ((lane >> 3) & 1) * 8);
+  mma16816(d0, a, b[0], b[1]);
+  mma16816(d1, a, b[2], b[3]);
+}
+__device__ __forceinline__ void mma_ab2(float* d0, float* d1, const uint32_t* a, const __half* r, int ld, int lane) {
+  uint32_t b[4];
+  ldsm_x4_t(b, r + (((lane >> 3) & 1) * 8 + (lane & 7)) * ld + (lane >> 4) * 8);
+  mma16816(d0, a, b[0], b[1]);
+  mma16816(d1, a, b[2], b[3]);
+}
 __device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
   const __half2 h = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&h);

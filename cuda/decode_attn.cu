@@ -135,12 +135,7 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk) {
 #pragma unroll
-          for (int j = 0; j < 4; j += 2) {
-            uint32_t b[4];
-            ldsm_x4(b, buf + (j * 8 + (lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-            mma16816(sc[j], qa[kk], b[0], b[1]);
-            mma16816(sc[j + 1], qa[kk], b[2], b[3]);
-          }
+          for (int j = 0; j < 4; j += 2) mma_abt2(sc[j], sc[j + 1], qa[kk], buf + j * 8 * LD + kk * 16, LD, lane);
         }
         const int64_t t0 = tile0(c);
         float mx = -INFINITY;
@@ -181,12 +176,7 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
           const uint32_t pf[4] = {pack_h2(p0[0], p0[1]), pack_h2(p0[0] - f16_round(p0[0]), p0[1] - f16_round(p0[1])),
                                   pack_h2(p1[0], p1[1]), pack_h2(p1[0] - f16_round(p1[0]), p1[1] - f16_round(p1[1]))};
 #pragma unroll
-          for (int j = 0; j < DT; j += 2) {
-            uint32_t b[4];
-            ldsm_x4_t(b, buf + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + j * 8 + (lane >> 4) * 8);
-            mma16816(o[j], pf, b[0], b[1]);
-            mma16816(o[j + 1], pf, b[2], b[3]);
-          }
+          for (int j = 0; j < DT; j += 2) mma_ab2(o[j], o[j + 1], pf, buf + kk * 16 * LD + j * 8, LD, lane);
         }
       }
       __syncwarp();  // the slot is refilled by the next iteration's request

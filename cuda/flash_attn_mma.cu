@@ -83,12 +83,7 @@ __global__ void __launch_bounds__(NTHR) flash_mma_kernel(FlashArgs a) {
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk) {
 #pragma unroll
-      for (int j = 0; j < NT; j += 2) {
-        uint32_t b[4];
-        ldsm_x4(b, Kt + (j * 8 + (lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-        mma16816(s[j], qf[kk], b[0], b[1]);
-        mma16816(s[j + 1], qf[kk], b[2], b[3]);
-      }
+      for (int j = 0; j < NT; j += 2) mma_abt2(s[j], s[j + 1], qf[kk], Kt + j * 8 * LD + kk * 16, LD, lane);
     }
     // causal / range mask where this tile reaches past a row's last key
     const bool edge = k0 + BK - 1 > nb + q0 + warp * 16 || k0 + BK > n_keys;
@@ -150,12 +145,7 @@ __global__ void __launch_bounds__(NTHR) flash_mma_kernel(FlashArgs a) {
       pf[2] = pack_h2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
       pf[3] = pack_h2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
-      for (int j = 0; j < DT; j += 2) {
-        uint32_t b[4];
-        ldsm_x4_t(b, Vt + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + j * 8 + (lane >> 4) * 8);
-        mma16816(o[j], pf, b[0], b[1]);
-        mma16816(o[j + 1], pf, b[2], b[3]);
-      }
+      for (int j = 0; j < DT; j += 2) mma_ab2(o[j], o[j + 1], pf, Vt + kk * 16 * LD + j * 8, LD, lane);
     }
     __syncthreads();  // the buffer is refilled by the next iteration's load
   }

@@ -26,7 +26,7 @@ __global__ void dequant_kernel(const uint8_t* __restrict__ W, const uint8_t* __r
   const int64_t src = ids ? ids[r] : r0 + r;
   float w[8];
   const int64_t nb = cols / 32;
-  F::part(blk_q<F>(W, src, nb, b), blk_s<F>(S, src, nb, b), p, w);
+  F::part(blk_q<F>(W, src, nb, b), blk_s<F>(S, src, nb, b), (int)(b % F::per), p, w);
   OUT* o = out + r * cols + b * 32;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {

@@ -76,10 +76,12 @@ __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
 #pragma unroll 2
   for (int b = lane >> 2; b < nb; b += 8) {
     float w[kRowsPerWarp][8], w2[kRowsPerWarp][8];
+    const size_t u = (unsigned)b / F::per;  // the block's unit and its place in it
+    const int j = (unsigned)b % F::per;
 #pragma unroll
     for (int i = 0; i < kRowsPerWarp; ++i) {
-      F::part(wr[i] + (size_t)b * F::qb, sr[i] + (size_t)b * F::sb, p, w[i]);
-      if constexpr (MODE == MV_SWIGLU) F::part(wr2[i] + (size_t)b * F::qb, sr2[i] + (size_t)b * F::sb, p, w2[i]);
+      F::part(wr[i] + u * F::qb, sr[i] + u * F::sb, j, p, w[i]);
+      if constexpr (MODE == MV_SWIGLU) F::part(wr2[i] + u * F::qb, sr2[i] + u * F::sb, j, p, w2[i]);
     }
 #pragma unroll
     for (int t = 0; t < NT; ++t) {

@@ -122,6 +122,7 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   constexpr int kWarps = kThreads / 32;
   using F = Fmt<TYPE>;
   using Q = Q8<TYPE>;
+  static_assert(F::per == 1, "int8 activations: one block per unit");
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ float ssw[kWarps];
   const int nb = (int)(a.cols / 32);

@@ -1,9 +1,11 @@
 // Weight formats on the device: every supported ggml type is read as blocks of 32 elements split
-// into 4 parts of 8. part(q, s, p, w) expands part p of a block to 8 floats (scale and offset
-// applied); off0(p) / off1(p) are the element offsets (4 each) inside the block of those 8 values.
+// into 4 parts of 8. part(u, s, j, p, w) expands part p of block j of a storage unit to 8 floats
+// (scale and offset applied); off0(p) / off1(p) are the element offsets (4 each) inside the block
+// of those 8 values. A unit is one block (per = 1) or, for the K-quants, a super-block of per = 8
+// blocks (256 elements) sharing one header of scales.
 //
-// Block (row r, block b) of a matrix with nb blocks per row sits at q + (r*nb + b)*qb, its scales at
-// s + (r*nb + b)*sb. Float types keep the file's rows (sb = 0). The quantized types are stored
+// Unit (row r, unit b / per) of a matrix with nb blocks per row sits at q + (r*nb/per + b/per)*qb,
+// its scales at s + (...)*sb. Float types, Q5_x and the K-quants keep the file's bytes (sb = 0). The quantized types are stored
 // split at upload (weights.cu): every block's quants in one region (16 B for Q4_0/Q4_1, 32 B for
 // Q8_0, so 16-byte aligned vector loads), the fp16 scales (Q4_1: scale, min) in another. Same bytes
 // as the file's interleaved blocks; the decode kernels read each as one 16-byte load.
@@ -14,7 +16,10 @@
 
 namespace headkv::cu {
 
-enum DevType : int { T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q8_0 = 8, T_BF16 = 30 };
+enum DevType : int {
+  T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8,
+  T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30
+};
 
 __device__ __forceinline__ float ld_f16(const uint8_t* p) {  // 2-byte aligned
   return __half2float(__ushort_as_half(*reinterpret_cast<const uint16_t*>(p)));
@@ -26,21 +31,27 @@ __device__ __forceinline__ float u8_minus(uint32_t v, float bias) { return __uin
 
 template <int T> struct Fmt;
 
-// Pointers to block (row, b) of a weight (q: quants or the float row, s: scales).
+// Pointers to the unit holding block (row, b) of a weight (q: quants or the float row, s: scales);
+// part() then takes j = b % F::per.
 template <class F>
 __device__ __forceinline__ const uint8_t* blk_q(const uint8_t* q, int64_t row, int64_t nb, int64_t b) {
-  return q + (row * nb + b) * F::qb;
+  return q + (row * (nb / F::per) + b / F::per) * F::qb;
 }
 template <class F>
 __device__ __forceinline__ const uint8_t* blk_s(const uint8_t* s, int64_t row, int64_t nb, int64_t b) {
-  return s + (row * nb + b) * F::sb;
+  return s + (row * (nb / F::per) + b / F::per) * F::sb;
+}
+// Unaligned-safe loads for the formats whose units are only 2-byte aligned (Q5_0, Q6_K).
+__device__ __forceinline__ uint32_t ld_u32_a2(const uint8_t* p) {
+  const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
+  return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
 }
 
 template <> struct Fmt<T_Q4_0> {
-  static constexpr int bytes = 18, qb = 16, sb = 2;
+  static constexpr int bytes = 18, qb = 16, sb = 2, per = 1;
   __device__ static int off0(int p) { return 4 * p; }
   __device__ static int off1(int p) { return 16 + 4 * p; }
-  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t* sc, int p, float* w) {
+  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t* sc, int, int p, float* w) {
     const float d = ld_f16(sc);
     const uint32_t q = *reinterpret_cast<const uint32_t*>(b + 4 * p);
 #pragma unroll
@@ -52,10 +63,10 @@ template <> struct Fmt<T_Q4_0> {
 };
 
 template <> struct Fmt<T_Q4_1> {
-  static constexpr int bytes = 20, qb = 16, sb = 4;
+  static constexpr int bytes = 20, qb = 16, sb = 4, per = 1;
   __device__ static int off0(int p) { return 4 * p; }
   __device__ static int off1(int p) { return 16 + 4 * p; }
-  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t* sc, int p, float* w) {
+  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t* sc, int, int p, float* w) {
     const float d = ld_f16(sc), m = ld_f16(sc + 2);
     const uint32_t q = *reinterpret_cast<const uint32_t*>(b + 4 * p);
 #pragma unroll
@@ -67,10 +78,10 @@ template <> struct Fmt<T_Q4_1> {
 };
 
 template <> struct Fmt<T_Q8_0> {
-  static constexpr int bytes = 34, qb = 32, sb = 2;
+  static constexpr int bytes = 34, qb = 32, sb = 2, per = 1;
   __device__ static int off0(int p) { return 8 * p; }
   __device__ static int off1(int p) { return 8 * p + 4; }
-  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t* sc, int p, float* w) {
+  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t* sc, int, int p, float* w) {
     const float d = ld_f16(sc);
     const uint32_t q0 = *reinterpret_cast<const uint32_t*>(b + 8 * p), q1 = *reinterpret_cast<const uint32_t*>(b + 8 * p + 4);
 #pragma unroll
@@ -81,11 +92,103 @@ template <> struct Fmt<T_Q8_0> {
   }
 };
 
-template <> struct Fmt<T_F16> {
-  static constexpr int bytes = 64, qb = 64, sb = 0;
+// Q5_0 / Q5_1 as in the file (22 / 24 bytes: d, [m,] qh:u32, qs[16]); element l of a block is the
+// low nibble of qs[l] (l < 16) or the high nibble of qs[l - 16], with bit l of qh as its fifth bit.
+template <> struct Fmt<T_Q5_0> {
+  static constexpr int bytes = 22, qb = 22, sb = 0, per = 1;
+  __device__ static int off0(int p) { return 4 * p; }
+  __device__ static int off1(int p) { return 16 + 4 * p; }
+  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t*, int, int p, float* w) {
+    const float d = ld_f16(b);
+    const uint32_t qh = ld_u32_a2(b + 2), q = ld_u32_a2(b + 6 + 4 * p);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      w[i] = d * u8_minus(((q >> (8 * i)) & 0xF) | (((qh >> (4 * p + i)) & 1) << 4), 16.0f);
+      w[4 + i] = d * u8_minus(((q >> (8 * i + 4)) & 0xF) | (((qh >> (16 + 4 * p + i)) & 1) << 4), 16.0f);
+    }
+  }
+};
+
+template <> struct Fmt<T_Q5_1> {
+  static constexpr int bytes = 24, qb = 24, sb = 0, per = 1;
+  __device__ static int off0(int p) { return 4 * p; }
+  __device__ static int off1(int p) { return 16 + 4 * p; }
+  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t*, int, int p, float* w) {
+    const float d = ld_f16(b), m = ld_f16(b + 2);
+    const uint32_t qh = *reinterpret_cast<const uint32_t*>(b + 4), q = *reinterpret_cast<const uint32_t*>(b + 8 + 4 * p);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      w[i] = d * u8_minus(((q >> (8 * i)) & 0xF) | (((qh >> (4 * p + i)) & 1) << 4), 0.0f) + m;
+      w[4 + i] = d * u8_minus(((q >> (8 * i + 4)) & 0xF) | (((qh >> (16 + 4 * p + i)) & 1) << 4), 0.0f) + m;
+    }
+  }
+};
+
+// Q4_K / Q5_K super-blocks (144 / 176 bytes: d, dmin:f16, scales[12] (6-bit sc, m per block),
+// [qh[32],] qs[128]). Block j's element l is nibble j&1 of qs[32*(j/2) + l] (and bit j of qh[l]);
+// its value is d*sc_j * q - dmin*m_j. The 8 values of part p are elements 8p..8p+7.
+template <bool Q5>
+struct FmtK45 {
+  static constexpr int bytes = Q5 ? 176 : 144, qb = bytes, sb = 0, per = 8;
   __device__ static int off0(int p) { return 8 * p; }
   __device__ static int off1(int p) { return 8 * p + 4; }
-  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t*, int p, float* w) {
+  __device__ __forceinline__ static void part(const uint8_t* u, const uint8_t*, int j, int p, float* w) {
+    const uint8_t* s = u + 4;
+    int sc, m;
+    if (j < 4) {
+      sc = s[j] & 63;
+      m = s[j + 4] & 63;
+    } else {
+      sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+      m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+    const float d1 = ld_f16(u) * (float)sc, m1 = ld_f16(u + 2) * (float)m;
+    const uint2 q = *reinterpret_cast<const uint2*>(u + (Q5 ? 48 : 16) + 32 * (j >> 1) + 8 * p);
+    const int sh = 4 * (j & 1);
+    uint2 h = make_uint2(0, 0);
+    if (Q5) h = *reinterpret_cast<const uint2*>(u + 16 + 8 * p);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t v0 = ((q.x >> (8 * i + sh)) & 0xF) | (((h.x >> (8 * i + j)) & 1) << 4);
+      const uint32_t v1 = ((q.y >> (8 * i + sh)) & 0xF) | (((h.y >> (8 * i + j)) & 1) << 4);
+      w[i] = d1 * u8_minus(v0, 0.0f) - m1;
+      w[4 + i] = d1 * u8_minus(v1, 0.0f) - m1;
+    }
+  }
+};
+template <> struct Fmt<T_Q4_K> : FmtK45<false> {};
+template <> struct Fmt<T_Q5_K> : FmtK45<true> {};
+
+// Q6_K super-blocks (210 bytes, 2-byte aligned: ql[128], qh[64], scales:i8[16], d:f16). Block j =
+// 4n + k (half n of 128 values, quarter k): element l has the low 4 bits in nibble k>>1 of
+// ql[64n + 32(k&1) + l], the high 2 in bits 2k of qh[32n + l], and scale sc[8n + l/16 + 2k]:
+// value d*sc * (q - 32).
+template <> struct Fmt<T_Q6_K> {
+  static constexpr int bytes = 210, qb = 210, sb = 0, per = 8;
+  __device__ static int off0(int p) { return 8 * p; }
+  __device__ static int off1(int p) { return 8 * p + 4; }
+  __device__ __forceinline__ static void part(const uint8_t* u, const uint8_t*, int j, int p, float* w) {
+    const int n = j >> 2, k = j & 3;
+    const float d1 = ld_f16(u + 208) * (float)(int8_t)u[192 + 8 * n + (p >> 1) + 2 * k];
+    const uint8_t* ql = u + 64 * n + 32 * (k & 1) + 8 * p;
+    const uint8_t* qh = u + 128 + 32 * n + 8 * p;
+    const uint32_t l0 = ld_u32_a2(ql), l1 = ld_u32_a2(ql + 4), h0 = ld_u32_a2(qh), h1 = ld_u32_a2(qh + 4);
+    const int sl = 4 * (k >> 1), shh = 2 * k;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t v0 = ((l0 >> (8 * i + sl)) & 0xF) | (((h0 >> (8 * i + shh)) & 3) << 4);
+      const uint32_t v1 = ((l1 >> (8 * i + sl)) & 0xF) | (((h1 >> (8 * i + shh)) & 3) << 4);
+      w[i] = d1 * u8_minus(v0, 32.0f);
+      w[4 + i] = d1 * u8_minus(v1, 32.0f);
+    }
+  }
+};
+
+template <> struct Fmt<T_F16> {
+  static constexpr int bytes = 64, qb = 64, sb = 0, per = 1;
+  __device__ static int off0(int p) { return 8 * p; }
+  __device__ static int off1(int p) { return 8 * p + 4; }
+  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t*, int, int p, float* w) {
     const uint4 u = *reinterpret_cast<const uint4*>(b + 16 * p);
     const __half2* h = reinterpret_cast<const __half2*>(&u);
 #pragma unroll
@@ -98,10 +201,10 @@ template <> struct Fmt<T_F16> {
 };
 
 template <> struct Fmt<T_BF16> {
-  static constexpr int bytes = 64, qb = 64, sb = 0;
+  static constexpr int bytes = 64, qb = 64, sb = 0, per = 1;
   __device__ static int off0(int p) { return 8 * p; }
   __device__ static int off1(int p) { return 8 * p + 4; }
-  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t*, int p, float* w) {
+  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t*, int, int p, float* w) {
     const uint4 u = *reinterpret_cast<const uint4*>(b + 16 * p);
     const uint32_t v[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
@@ -113,10 +216,10 @@ template <> struct Fmt<T_BF16> {
 };
 
 template <> struct Fmt<T_F32> {
-  static constexpr int bytes = 128, qb = 128, sb = 0;
+  static constexpr int bytes = 128, qb = 128, sb = 0, per = 1;
   __device__ static int off0(int p) { return 8 * p; }
   __device__ static int off1(int p) { return 8 * p + 4; }
-  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t*, int p, float* w) {
+  __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t*, int, int p, float* w) {
     const float4 a = *reinterpret_cast<const float4*>(b + 32 * p);
     const float4 c = *reinterpret_cast<const float4*>(b + 32 * p + 16);
     w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
@@ -134,6 +237,11 @@ bool dispatch_type(int type, F&& f) {
     case T_Q4_0: f(Fmt<T_Q4_0>{}); return true;
     case T_Q4_1: f(Fmt<T_Q4_1>{}); return true;
     case T_Q8_0: f(Fmt<T_Q8_0>{}); return true;
+    case T_Q5_0: f(Fmt<T_Q5_0>{}); return true;
+    case T_Q5_1: f(Fmt<T_Q5_1>{}); return true;
+    case T_Q4_K: f(Fmt<T_Q4_K>{}); return true;
+    case T_Q5_K: f(Fmt<T_Q5_K>{}); return true;
+    case T_Q6_K: f(Fmt<T_Q6_K>{}); return true;
     default: return false;
   }
 }
@@ -142,7 +250,11 @@ bool dispatch_type(int type, F&& f) {
 inline bool type_split(int type) { return type == T_Q4_0 || type == T_Q4_1 || type == T_Q8_0; }
 
 inline bool type_supported(int type) {
-  return type == T_F32 || type == T_F16 || type == T_BF16 || type == T_Q4_0 || type == T_Q4_1 || type == T_Q8_0;
+  switch (type) {
+    case T_F32: case T_F16: case T_BF16: case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q8_0:
+    case T_Q4_K: case T_Q5_K: case T_Q6_K: return true;
+    default: return false;
+  }
 }
 
 }  // namespace headkv::cu

@@ -93,7 +93,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   auto weight = [&](const Weight& w, const char* name, size_t* off) {
     if (!type_supported((int)w.type))
       fail(ErrorKind::Unsupported, "device 'cuda': weight " + std::string(name) + " has type " + type_name(w.type) +
-                                       ", which the CUDA backend does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)");
+                                       ", which the CUDA backend does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)");
     if (w.cols % 32)
       fail(ErrorKind::Unsupported, "device 'cuda': weight " + std::string(name) + " has rows of " + std::to_string(w.cols) +
                                        " elements, not a multiple of 32");

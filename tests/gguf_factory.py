@@ -30,9 +30,11 @@ def copy_tokenizer(writer, src_path):
 
 
 def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
-                     wtype="F32", seed=0, extra=None, alignment=None, tied=True):
+                     wtype="F32", seed=0, extra=None, alignment=None, tied=True, types=None, kscale=None):
     """A random-weight Llama GGUF with SmolLM2's vocabulary. `wtype` is a gguf-py
-    GGMLQuantizationType name for the 2-D weights (quantized with gguf.quants where possible)."""
+    GGMLQuantizationType name for the 2-D weights (quantized with gguf.quants where possible);
+    `types` maps a tensor name part ("attn_v", "ffn_down", ...) to another type for those tensors;
+    `kscale` gives K-quant weights centred values of about that super-block scale (random_kquant)."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -50,17 +52,18 @@ def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_h
     w.add_layer_norm_rms_eps(1e-5)
     for k, v in (extra or {}).items():
         w.add_key_value(k, v[0], v[1])
-    qt = gguf.GGMLQuantizationType[wtype]
     hd = n_embd // n_head
 
     def mat(name, rows, cols):
+        wt = next((t for part, t in (types or {}).items() if part in name), wtype)
+        qt = gguf.GGMLQuantizationType[wt]
         a = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
         if qt == gguf.GGMLQuantizationType.F32:
             w.add_tensor(name, a)
         elif qt == gguf.GGMLQuantizationType.F16:
             w.add_tensor(name, a.astype(np.float16))
-        elif wtype in _K_LAYOUT:
-            q = random_kquant(rows, cols, wtype, rng)
+        elif wt in _K_LAYOUT:
+            q = random_kquant(rows, cols, wt, rng, **({"scale": kscale, "centered": True} if kscale else {}))
             w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=qt)
         else:
             q = gguf.quants.quantize(a, qt)
@@ -115,12 +118,21 @@ _K_LAYOUT = {  # type name: (block bytes, [(byte offset of an fp16 scale field),
 }
 
 
-def random_kquant(rows, cols, name, rng, scale=2e-3):
-    """Random raw K-quant blocks (gguf-py cannot quantize K types) with small finite fp16 scales."""
+def random_kquant(rows, cols, name, rng, scale=2e-3, centered=False):
+    """Random raw K-quant blocks (gguf-py cannot quantize K types) with small finite fp16 scales.
+    centered: Q4_K / Q5_K values d*sc*q - dmin*m with m = sc and dmin = d * (middle q), so the
+    weights have mean ~0 like a real model's (random mins make every weight positive)."""
     nbytes, scale_offsets = _K_LAYOUT[name]
     nb = cols // 256
     raw = rng.integers(0, 256, size=(rows, nb, nbytes), dtype=np.uint8)
     for off in scale_offsets:
         d = (rng.random((rows, nb)) * scale + scale / 4).astype(np.float16)
         raw[:, :, off:off + 2] = d.view(np.uint8).reshape(rows, nb, 2)
+    if centered and name in ("Q4_K", "Q5_K"):
+        raw[:, :, 8:12] = raw[:, :, 4:8]  # m_j = sc_j for j < 4, and the top bits of j >= 4 agree
+        lo = raw[:, :, 12:16] & 0xF
+        raw[:, :, 12:16] = lo | (lo << 4)  # j >= 4: low nibble (sc) = high nibble (m)
+        d = raw[:, :, 0:2].copy().view(np.float16).astype(np.float32)
+        dmin = (d * (7.5 if name == "Q4_K" else 15.5)).astype(np.float16)
+        raw[:, :, 2:4] = dmin.view(np.uint8).reshape(rows, nb, 2)
     return raw.reshape(rows, nb * nbytes)

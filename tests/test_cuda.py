@@ -239,6 +239,48 @@ def test_int8_activation_block_sizes(tmp_path, smollm2, wtype, monkeypatch):
     assert 1e-4 < worst < 0.05 and same >= 7
 
 
+@pytest.mark.parametrize("wtype,types", [
+    ("Q5_0", None), ("Q5_1", None), ("Q4_K", None), ("Q5_K", None), ("Q6_K", None),
+    ("Q4_K", {"attn_v": "Q6_K", "ffn_down": "Q6_K", "token_embd": "Q6_K"}),  # as a Q4_K_M file mixes them
+])
+def test_other_weight_types(tmp_path, smollm2, wtype, types):
+    """Q5_0, Q5_1 and the K-quants (read in their super-blocks as the file stores them) have no
+    int8-activation kernel: they go through the generic decoders (dequantize + GEMM for the prompt,
+    the fp32 matvec for 2..8 tokens and for one token). In the mix, Q/K/V and gate/up/down differ in
+    type, so the separate (unfused) single-token kernels run too. Tiny random-weight models,
+    "cuda-fp32" and "cuda" against the CPU over a 40-token prompt, a 5-token chunk and 8 greedy
+    steps, with the bounds of the other tiny-model tests (fp16 KV cache, fp16 GEMMs for "cuda")."""
+    from gguf_factory import write_tiny_llama
+
+    path = tmp_path / "m.gguf"
+    write_tiny_llama(path, smollm2, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, wtype=wtype,
+                     types=types, seed=3, kscale=2e-4)
+    c = headkv.Model(str(path), n_ctx=256, n_threads=4)
+    gs = {d: headkv.Model(str(path), n_ctx=256, device=d) for d in ("cuda-fp32", "cuda")}
+    rng = np.random.default_rng(2)
+    worst = {d: 0.0 for d in gs}
+
+    def compare():
+        lc = c.logits()
+        for d, g in gs.items():
+            lg = g.logits()
+            assert np.isfinite(lg).all()
+            worst[d] = max(worst[d], float(np.abs(lg - lc).max() / np.abs(lc).max()))
+        return int(lc.argmax())
+
+    for chunk in ([int(x) for x in rng.integers(0, c.n_vocab, 40)], [int(x) for x in rng.integers(0, c.n_vocab, 5)]):
+        for m in (c, *gs.values()):
+            m.eval(chunk)
+        tok = compare()
+    for _ in range(8):
+        for m in (c, *gs.values()):
+            m.eval([tok])
+        tok = compare()
+    name = wtype + (" + Q6_K (attn_v, ffn_down, token_embd)" if types else "")
+    print(f"{name}: max |dlogit| / max |logit| cuda-fp32 {worst['cuda-fp32']:.2e}, cuda {worst['cuda']:.2e}")
+    assert worst["cuda-fp32"] < 0.02 and worst["cuda"] < 0.05
+
+
 @pytest.mark.parametrize("device", ["cuda", "cuda-fp32"])
 def test_fused_rope_store_matches_separate_kernels(smollm2, prompt, device, monkeypatch):
     """A decode step's RoPE and arena K/V store run in the Q/K/V matvec's epilogue (int8 matvec for

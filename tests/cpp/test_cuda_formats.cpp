@@ -1,0 +1,138 @@
+// The CUDA backend's weight decoders (cuda/quant.cuh), compiled for the host, against the CPU's
+// dequantize_row (itself checked on hand-built blocks in test_quant.cpp): for every type the GPU
+// takes, random rows are decoded block by block and part by part exactly as the GPU's dequantize
+// kernel and fp32 matvec walk them (blk_q / blk_s, part(j, p), off0 / off1). Built only with the
+// CUDA backend (it needs cuda_fp16.h); it runs on machines without a GPU.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "check.h"
+#include "common/fp16.h"
+#include "quant/quant.h"
+#include "quant/types.h"
+
+#ifndef __CUDA_ARCH__
+// The one device intrinsic quant.cuh uses that has no host version.
+static inline float __uint_as_float(unsigned int u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+#endif
+#include "../../cuda/quant.cuh"
+
+using namespace headkv;
+
+namespace {
+
+// Random bytes for `rows` rows of `cols` values; the fp16 fields (scales, mins) are set to small
+// finite values so every decoded value is finite. Returns the file's bytes.
+std::vector<uint8_t> random_rows(GGMLType t, int rows, int cols, std::mt19937& rng) {
+  const TypeTraits tr = type_traits(t);
+  const size_t rb = row_size(t, cols), nblk = (size_t)cols / tr.block_size;
+  std::vector<uint8_t> v(rb * rows);
+  for (auto& b : v) b = (uint8_t)rng();
+  std::uniform_real_distribution<float> u(0.25f, 2.0f);
+  auto f16 = [&](uint8_t* p, float f) {
+    const uint16_t h = f32_to_fp16(f);
+    std::memcpy(p, &h, 2);
+  };
+  std::vector<int> offs;  // fp16 fields inside a block
+  switch (t) {
+    case GGMLType::F16: case GGMLType::BF16:
+      for (size_t i = 0; i + 1 < v.size(); i += 2) {  // BF16's top half = an fp32 exponent: keep it small
+        if (t == GGMLType::F16) f16(&v[i], u(rng) - 1.0f);
+        else v[i + 1] = (uint8_t)(0x3E + (rng() & 1)) | (rng() & 0x80);
+      }
+      return v;
+    case GGMLType::F32:
+      for (size_t i = 0; i < v.size(); i += 4) {
+        const float f = u(rng) - 1.0f;
+        std::memcpy(&v[i], &f, 4);
+      }
+      return v;
+    case GGMLType::Q4_0: case GGMLType::Q5_0: case GGMLType::Q8_0: offs = {0}; break;
+    case GGMLType::Q4_1: case GGMLType::Q5_1: offs = {0, 2}; break;
+    case GGMLType::Q4_K: case GGMLType::Q5_K: offs = {0, 2}; break;
+    case GGMLType::Q6_K: offs = {208}; break;
+    default: break;
+  }
+  for (int r = 0; r < rows; ++r)
+    for (size_t b = 0; b < nblk; ++b)
+      for (int o : offs) f16(&v[r * rb + b * tr.type_size + o], u(rng) * (rng() & 1 ? 1.0f : -1.0f) * 1e-2f);
+  return v;
+}
+
+// Decodes all rows through Fmt<T> the way cuda/gemm.cu's dequant kernel does. Split types get the
+// upload's layout first (every block's quants, then every block's scales; cuda/weights.cu).
+template <class F>
+std::vector<float> decode(const std::vector<uint8_t>& file, int rows, int cols, bool split) {
+  const int64_t nb = cols / 32;
+  std::vector<uint8_t> q(file), s;
+  if (split) {
+    const size_t nblk = (size_t)rows * nb, bb = F::sb + F::qb;
+    q.assign(nblk * F::qb, 0);
+    s.assign(nblk * F::sb, 0);
+    for (size_t i = 0; i < nblk; ++i) {
+      std::memcpy(&s[i * F::sb], &file[i * bb], F::sb);
+      std::memcpy(&q[i * F::qb], &file[i * bb + F::sb], F::qb);
+    }
+  }
+  std::vector<float> y((size_t)rows * cols);
+  for (int r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < nb; ++b)
+      for (int p = 0; p < 4; ++p) {
+        float w[8];
+        F::part(cu::blk_q<F>(q.data(), r, nb, b), cu::blk_s<F>(s.data(), r, nb, b), (int)(b % F::per), p, w);
+        float* o = &y[(size_t)r * cols + b * 32];
+        for (int j = 0; j < 4; ++j) {
+          o[F::off0(p) + j] = w[j];
+          o[F::off1(p) + j] = w[4 + j];
+        }
+      }
+  return y;
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(7);
+  const int rows = 5, cols = 512;
+  int checked = 0;
+  for (GGMLType t : {GGMLType::F32, GGMLType::F16, GGMLType::BF16, GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0,
+                     GGMLType::Q5_1, GGMLType::Q8_0, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K}) {
+    const int id = (int)t;
+    CHECK(cu::type_supported(id));
+    const std::vector<uint8_t> file = random_rows(t, rows, cols, rng);
+    std::vector<float> ref((size_t)rows * cols);
+    for (int r = 0; r < rows; ++r)
+      dequantize_row(t, file.data() + r * row_size(t, cols), ref.data() + (size_t)r * cols, cols);
+    std::vector<float> got;
+    const bool ok = cu::dispatch_type(id, [&](auto f) {
+      using F = decltype(f);
+      got = decode<F>(file, rows, cols, cu::type_split(id));
+    });
+    CHECK(ok);
+    if (!ok) continue;
+    // Bit-identical up to the compilers' choice of fused multiply-add (d*q - m as one rounding).
+    float scale = 0.0f;
+    for (float v : ref) scale = std::fmax(scale, std::fabs(v));
+    CHECK(scale > 0.0f);
+    int bad = 0;
+    for (size_t i = 0; i < ref.size(); ++i)
+      if (!(std::fabs(got[i] - ref[i]) <= scale * 1e-6f)) {
+        if (++bad <= 3) std::printf("%s: element %zu: %g vs %g\n", type_name(t).c_str(), i, got[i], ref[i]);
+      }
+    CHECK(bad == 0);
+    ++checked;
+  }
+  CHECK(checked == 11);
+  // Types without a GPU decoder stay refused (weights.cu raises Unsupported for them).
+  CHECK(!cu::type_supported((int)GGMLType::IQ4_NL) && !cu::type_supported((int)GGMLType::Q2_K));
+  std::printf("%d types checked against the CPU decoder\n", checked);
+  return failures ? 1 : 0;
+}

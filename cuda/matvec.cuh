@@ -68,7 +68,7 @@ __device__ __forceinline__ void rope_epilogue(const RopeStore& r, const RopeMeta
   if (sg == 2 && d == 0) r.pos[m.e] = m.pos;
 }
 
-// Single-token matvec with int8 activations (Q4_0, Q4_1, Q8_0): false for other types.
+// Single-token matvec with int8 activations (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K): false for others.
 bool matvec_q8x(const MV& a, int type, MatvecMode mode, bool norm, cudaStream_t s);
 
 }  // namespace headkv::cu

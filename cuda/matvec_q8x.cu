@@ -1,69 +1,25 @@
-// Single-token matvec on Q4_0 / Q4_1 / Q8_0 weights with int8 activations (the fast precision).
+// Single-token matvec on Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K / Q6_K weights with int8 activations
+// (the fast precision).
 //
 // Each block first quantizes x (RMSNorm weight applied when NORM) to int8 in blocks of 32 values,
 // one scale per block (dx = max|x|/127), into shared memory; RMSNorm's 1/rms is a per-token factor,
 // so it is applied to the finished dot products. Then every warp takes whole rows (grid-stride):
-// lane l reads blocks l, l+32, ... of the row as one 16-byte load of quants (the split layout of
-// quant.cuh) plus its fp16 scale, and dots them with the int8 x through dp4a:
+// lane l reads items l, l+32, ... of the row (an item: one block, or two of a K-quant super-block)
+// as 16-byte loads and dots them with the int8 x through dp4a (q8x_types.cuh), e.g.
 //   Q4_0: d·(dx·Σq·xq − 8·dx·Σxq)   Q4_1: d·dx·Σq·xq + m·dx·Σxq   Q8_0: d·dx·Σq·xq
-// so a block of 32 weights costs 1 global load, 8 dp4a and a few integer ops. MV_ROPE (one token's
-// Q/K/V) gives each warp a RoPE pair of rows and ends in rope_epilogue (RoPE, arena K/V store).
+// so a Q4_0 block of 32 weights costs 1 global load, 8 dp4a and a few integer ops. MV_ROPE (one
+// token's Q/K/V) gives each warp a RoPE pair of rows and ends in rope_epilogue (RoPE, K/V store).
 #include <algorithm>
 
 #include "common.cuh"
 #include "matvec.cuh"
+#include "q8x_types.cuh"
 #include "quant.cuh"
 
 namespace headkv::cu {
 
 namespace {
 
-
-__device__ __forceinline__ float lo_f16(uint32_t v) { return __half2float(__ushort_as_half((unsigned short)(v & 0xFFFFu))); }
-
-template <int T> struct Q8;
-
-template <> struct Q8<T_Q4_0> {
-  static constexpr int words = 1;  // 16-byte words of quants per block
-  __device__ __forceinline__ static int dot(const uint4* q, int4 xa, int4 xb) {
-    // byte j of the quants: element j (low nibble) and element j + 16 (high nibble)
-    const uint32_t w[4] = {q[0].x, q[0].y, q[0].z, q[0].w};
-    const int lo[4] = {xa.x, xa.y, xa.z, xa.w}, hi[4] = {xb.x, xb.y, xb.z, xb.w};
-    int s = 0;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      s = __dp4a((int)(w[k] & 0x0F0F0F0Fu), lo[k], s);
-      s = __dp4a((int)((w[k] >> 4) & 0x0F0F0F0Fu), hi[k], s);
-    }
-    return s;
-  }
-  __device__ __forceinline__ static float combine(int s, uint32_t sc, float2 dx) {
-    return lo_f16(sc) * (dx.x * (float)s - 8.0f * dx.y);
-  }
-};
-
-template <> struct Q8<T_Q4_1> {
-  static constexpr int words = 1;
-  __device__ __forceinline__ static int dot(const uint4* q, int4 xa, int4 xb) { return Q8<T_Q4_0>::dot(q, xa, xb); }
-  __device__ __forceinline__ static float combine(int s, uint32_t sc, float2 dx) {  // sc: scale | min << 16
-    return lo_f16(sc) * dx.x * (float)s + lo_f16(sc >> 16) * dx.y;
-  }
-};
-
-template <> struct Q8<T_Q8_0> {
-  static constexpr int words = 2;
-  __device__ __forceinline__ static int dot(const uint4* q, int4 xa, int4 xb) {
-    int s = __dp4a((int)q[0].x, xa.x, 0);
-    s = __dp4a((int)q[0].y, xa.y, s);
-    s = __dp4a((int)q[0].z, xa.z, s);
-    s = __dp4a((int)q[0].w, xa.w, s);
-    s = __dp4a((int)q[1].x, xb.x, s);
-    s = __dp4a((int)q[1].y, xb.y, s);
-    s = __dp4a((int)q[1].z, xb.z, s);
-    return __dp4a((int)q[1].w, xb.w, s);
-  }
-  __device__ __forceinline__ static float combine(int s, uint32_t sc, float2 dx) { return lo_f16(sc) * dx.x * (float)s; }
-};
 
 __device__ __forceinline__ int pack4(int a, int b, int c, int d) {
   return (a & 0xFF) | ((b & 0xFF) << 8) | ((c & 0xFF) << 16) | ((int)((unsigned)d << 24));
@@ -122,10 +78,10 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   constexpr int kWarps = kThreads / 32;
   using F = Fmt<TYPE>;
   using Q = Q8<TYPE>;
-  static_assert(F::per == 1, "int8 activations: one block per unit");
+  static_assert(F::per % Q::per == 0, "int8 activations: items inside one unit");
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ float ssw[kWarps];
-  const int nb = (int)(a.cols / 32);
+  const int nb = (int)(a.cols / 32), nit = nb / Q::per;  // blocks and items per row
   int4* xq = reinterpret_cast<int4*>(smem);                 // 2 per block
   float2* xd = reinterpret_cast<float2*>(smem + nb * 32);  // 1 per block
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -134,8 +90,7 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   const int64_t units = pair ? a.rows / 2 : a.rows;
   // A unit's rows: quants and scales of row 1 and, for SWIGLU and ROPE, row 2.
   struct Row {
-    const uint4 *q1, *q2;
-    const uint8_t *s1, *s2;
+    const uint8_t *q1, *q2, *s1, *s2;
     int sg;
     int64_t local;
   };
@@ -145,30 +100,21 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
     const uint8_t* W2 = pair ? a.W[r.sg] : a.W2;
     const uint8_t* S2 = pair ? a.S[r.sg] : a.S2;
     const int64_t local2 = pair ? r.local + 1 : r.local;
-    r.q1 = reinterpret_cast<const uint4*>(blk_q<F>(a.W[r.sg], r.local, nb, 0));
+    r.q1 = blk_q<F>(a.W[r.sg], r.local, nb, 0);
     r.s1 = blk_s<F>(a.S[r.sg], r.local, nb, 0);
-    r.q2 = two ? reinterpret_cast<const uint4*>(blk_q<F>(W2, local2, nb, 0)) : nullptr;
+    r.q2 = two ? blk_q<F>(W2, local2, nb, 0) : nullptr;
     r.s2 = two ? blk_s<F>(S2, local2, nb, 0) : nullptr;
     return r;
   };
-  // One step of U blocks per lane of a unit's rows, into registers.
-  uint4 w1[U][Q::words], w2[U][Q::words];
-  uint32_t sc1[U], sc2[U];
-  auto load = [&](const Row& r, int b0) {
+  // One step of U items per lane of a unit's rows, into registers.
+  typename Q::W w1[U], w2[U];
+  auto load = [&](const Row& r, int i0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int b = b0 + u * 32 + lane;
-      if (b < nb) {
-#pragma unroll
-        for (int k = 0; k < Q::words; ++k) w1[u][k] = __ldg(r.q1 + (int64_t)b * Q::words + k);
-        sc1[u] = F::sb == 4 ? __ldg(reinterpret_cast<const uint32_t*>(r.s1) + b)
-                            : __ldg(reinterpret_cast<const uint16_t*>(r.s1) + b);
-        if (two) {
-#pragma unroll
-          for (int k = 0; k < Q::words; ++k) w2[u][k] = __ldg(r.q2 + (int64_t)b * Q::words + k);
-          sc2[u] = F::sb == 4 ? __ldg(reinterpret_cast<const uint32_t*>(r.s2) + b)
-                              : __ldg(reinterpret_cast<const uint16_t*>(r.s2) + b);
-        }
+      const int it = i0 + u * 32 + lane;
+      if (it < nit) {
+        Q::load(w1[u], r.q1, r.s1, it);
+        if (two) Q::load(w2[u], r.q2, r.s2, it);
       }
     }
   };
@@ -186,10 +132,10 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
     if (pair && lane == 0) meta = rope_meta(a.rope, r.sg, r.local);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int b = u * 32 + lane;
-      if (b < nb) {
-        prefetch_l2(r.q1 + (int64_t)b * Q::words);
-        if (two) prefetch_l2(r.q2 + (int64_t)b * Q::words);
+      const int it = u * 32 + lane;
+      if (it < nit) {
+        prefetch_l2(Q::addr(r.q1, it));
+        if (two) prefetch_l2(Q::addr(r.q2, it));
       }
     }
   }
@@ -218,17 +164,14 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
     const int sg = r.sg;
     const int64_t local = r.local;
     float acc = 0.0f, acc2 = 0.0f;
-    for (int b0 = 0; b0 < nb; b0 += 32 * U) {
-      load(r, b0);
+    for (int i0 = 0; i0 < nit; i0 += 32 * U) {
+      load(r, i0);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int b = b0 + u * 32 + lane;
-        if (b < nb) {
-          const int4 xf = xq[2 * b + h], xs = xq[2 * b + 1 - h];
-          const int4 xa = h ? xs : xf, xb = h ? xf : xs;
-          const float2 dx = xd[b];
-          acc += Q::combine(Q::dot(w1[u], xa, xb), sc1[u], dx);
-          if (two) acc2 += Q::combine(Q::dot(w2[u], xa, xb), sc2[u], dx);
+        const int it = i0 + u * 32 + lane;
+        if (it < nit) {
+          acc += Q{}(w1[u], xq, xd, it, h);
+          if (two) acc2 += Q{}(w2[u], xq, xd, it, h);
         }
       }
     }
@@ -287,10 +230,16 @@ void launch_u(const MV& a, cudaStream_t s) {
 // same logits bit for bit).
 template <int TYPE, int MODE, bool NORM>
 void launch(const MV& a, cudaStream_t s) {
-  constexpr int U = MODE == MV_SWIGLU || MODE == MV_ROPE ? 2 : 4;
+  // items per lane: the K-quants' items are 2 blocks, so about as many bytes are in flight
+  constexpr int U = (MODE == MV_SWIGLU || MODE == MV_ROPE ? 2 : 4) / Q8<TYPE>::per;
   if constexpr (MODE == MV_ADD || (MODE == MV_STORE && !NORM)) {
     if (!env_is("HEADKV_MATVEC_THREADS", "256")) {
-      if (a.cols > 8192) return launch_u<TYPE, MODE, NORM, U, 1024>(a, s);
+      // (the K-quants' items need more than 64 registers: they would spill at 1024 threads)
+      if constexpr (Q8<TYPE>::per == 1) {
+        if (a.cols > 8192) return launch_u<TYPE, MODE, NORM, U, 1024>(a, s);
+      } else if (a.cols > 8192) {
+        return launch_u<TYPE, MODE, NORM, U, 512>(a, s);
+      }
       if (MODE == MV_ADD) return launch_u<TYPE, MODE, NORM, U, 512>(a, s);
     }
   }
@@ -313,6 +262,9 @@ bool matvec_q8x(const MV& a, int type, MatvecMode mode, bool norm, cudaStream_t 
     case T_Q4_0: launch_mode<T_Q4_0>(a, mode, norm, s); break;
     case T_Q4_1: launch_mode<T_Q4_1>(a, mode, norm, s); break;
     case T_Q8_0: launch_mode<T_Q8_0>(a, mode, norm, s); break;
+    case T_Q4_K: launch_mode<T_Q4_K>(a, mode, norm, s); break;
+    case T_Q5_K: launch_mode<T_Q5_K>(a, mode, norm, s); break;
+    case T_Q6_K: launch_mode<T_Q6_K>(a, mode, norm, s); break;
     default: return false;
   }
   check_launch("matvec (int8 activations)");

@@ -5,10 +5,10 @@
 // blocks (256 elements) sharing one header of scales.
 //
 // Unit (row r, unit b / per) of a matrix with nb blocks per row sits at q + (r*nb/per + b/per)*qb,
-// its scales at s + (...)*sb. Float types, Q5_x and the K-quants keep the file's bytes (sb = 0). The quantized types are stored
+// its scales at s + (...)*sb. Float types, Q5_x, Q4_K and Q5_K keep the file's bytes (sb = 0). The quantized types are stored
 // split at upload (weights.cu): every block's quants in one region (16 B for Q4_0/Q4_1, 32 B for
-// Q8_0, so 16-byte aligned vector loads), the fp16 scales (Q4_1: scale, min) in another. Same bytes
-// as the file's interleaved blocks; the decode kernels read each as one 16-byte load.
+// Q8_0, 192 B per Q6_K super-block, so 16-byte aligned vector loads), the scales in another. Same
+// bytes as the file's interleaved blocks; the decode kernels read each as 16-byte loads.
 #pragma once
 #include <cuda_fp16.h>
 
@@ -49,6 +49,7 @@ __device__ __forceinline__ uint32_t ld_u32_a2(const uint8_t* p) {
 
 template <> struct Fmt<T_Q4_0> {
   static constexpr int bytes = 18, qb = 16, sb = 2, per = 1;
+  static constexpr bool s_first = true;  // file blocks: scales, then quants
   __device__ static int off0(int p) { return 4 * p; }
   __device__ static int off1(int p) { return 16 + 4 * p; }
   __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t* sc, int, int p, float* w) {
@@ -64,6 +65,7 @@ template <> struct Fmt<T_Q4_0> {
 
 template <> struct Fmt<T_Q4_1> {
   static constexpr int bytes = 20, qb = 16, sb = 4, per = 1;
+  static constexpr bool s_first = true;  // file blocks: scales, then quants
   __device__ static int off0(int p) { return 4 * p; }
   __device__ static int off1(int p) { return 16 + 4 * p; }
   __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t* sc, int, int p, float* w) {
@@ -79,6 +81,7 @@ template <> struct Fmt<T_Q4_1> {
 
 template <> struct Fmt<T_Q8_0> {
   static constexpr int bytes = 34, qb = 32, sb = 2, per = 1;
+  static constexpr bool s_first = true;  // file blocks: scales, then quants
   __device__ static int off0(int p) { return 8 * p; }
   __device__ static int off1(int p) { return 8 * p + 4; }
   __device__ __forceinline__ static void part(const uint8_t* b, const uint8_t* sc, int, int p, float* w) {
@@ -159,25 +162,26 @@ struct FmtK45 {
 template <> struct Fmt<T_Q4_K> : FmtK45<false> {};
 template <> struct Fmt<T_Q5_K> : FmtK45<true> {};
 
-// Q6_K super-blocks (210 bytes, 2-byte aligned: ql[128], qh[64], scales:i8[16], d:f16). Block j =
-// 4n + k (half n of 128 values, quarter k): element l has the low 4 bits in nibble k>>1 of
-// ql[64n + 32(k&1) + l], the high 2 in bits 2k of qh[32n + l], and scale sc[8n + l/16 + 2k]:
-// value d*sc * (q - 32).
+// Q6_K super-blocks (file: ql[128], qh[64], scales:i8[16], d:f16; 210 bytes) are stored split at
+// upload: ql | qh (192 bytes, 16-byte aligned) per super-block in one region, scales | d (18 bytes)
+// in another. Block j = 4n + k (half n of 128 values, quarter k): element l has the low 4 bits in
+// nibble k>>1 of ql[64n + 32(k&1) + l], the high 2 in bits 2k of qh[32n + l], and scale
+// sc[8n + l/16 + 2k]: value d*sc * (q - 32).
 template <> struct Fmt<T_Q6_K> {
-  static constexpr int bytes = 210, qb = 210, sb = 0, per = 8;
+  static constexpr int bytes = 210, qb = 192, sb = 18, per = 8;
+  static constexpr bool s_first = false;  // the file has the quants before the scales
   __device__ static int off0(int p) { return 8 * p; }
   __device__ static int off1(int p) { return 8 * p + 4; }
-  __device__ __forceinline__ static void part(const uint8_t* u, const uint8_t*, int j, int p, float* w) {
+  __device__ __forceinline__ static void part(const uint8_t* u, const uint8_t* s, int j, int p, float* w) {
     const int n = j >> 2, k = j & 3;
-    const float d1 = ld_f16(u + 208) * (float)(int8_t)u[192 + 8 * n + (p >> 1) + 2 * k];
-    const uint8_t* ql = u + 64 * n + 32 * (k & 1) + 8 * p;
-    const uint8_t* qh = u + 128 + 32 * n + 8 * p;
-    const uint32_t l0 = ld_u32_a2(ql), l1 = ld_u32_a2(ql + 4), h0 = ld_u32_a2(qh), h1 = ld_u32_a2(qh + 4);
+    const float d1 = ld_f16(s + 16) * (float)(int8_t)s[8 * n + (p >> 1) + 2 * k];
+    const uint2 l = *reinterpret_cast<const uint2*>(u + 64 * n + 32 * (k & 1) + 8 * p);
+    const uint2 h = *reinterpret_cast<const uint2*>(u + 128 + 32 * n + 8 * p);
     const int sl = 4 * (k >> 1), shh = 2 * k;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const uint32_t v0 = ((l0 >> (8 * i + sl)) & 0xF) | (((h0 >> (8 * i + shh)) & 3) << 4);
-      const uint32_t v1 = ((l1 >> (8 * i + sl)) & 0xF) | (((h1 >> (8 * i + shh)) & 3) << 4);
+      const uint32_t v0 = ((l.x >> (8 * i + sl)) & 0xF) | (((h.x >> (8 * i + shh)) & 3) << 4);
+      const uint32_t v1 = ((l.y >> (8 * i + sl)) & 0xF) | (((h.y >> (8 * i + shh)) & 3) << 4);
       w[i] = d1 * u8_minus(v0, 32.0f);
       w[4 + i] = d1 * u8_minus(v1, 32.0f);
     }
@@ -247,7 +251,7 @@ bool dispatch_type(int type, F&& f) {
 }
 
 // Types stored split (quants | scales) on the device.
-inline bool type_split(int type) { return type == T_Q4_0 || type == T_Q4_1 || type == T_Q8_0; }
+inline bool type_split(int type) { return type == T_Q4_0 || type == T_Q4_1 || type == T_Q8_0 || type == T_Q6_K; }
 
 inline bool type_supported(int type) {
   switch (type) {

@@ -27,27 +27,31 @@ std::shared_ptr<DevModel> g_last;  // the last model uploaded stays resident for
 
 size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
-// File blocks [scales (sb bytes) | quants (qb bytes)] -> quants at q, scales at s (quant.cuh).
-// Every size is even, so the copy goes in 2-byte words.
-__global__ void split_blocks_kernel(const uint16_t* __restrict__ raw, int64_t n_blocks, int sb, int qb,
+// File units [scales (sb bytes) | quants (qb bytes)] (s_first; Q6_K: quants, then scales) ->
+// quants at q, scales at s (quant.cuh). Every size is even, so the copy goes in 2-byte words.
+__global__ void split_blocks_kernel(const uint16_t* __restrict__ raw, int64_t n_blocks, int sb, int qb, bool s_first,
                                     uint16_t* __restrict__ q, uint16_t* __restrict__ s) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n_blocks) return;
   const int sw = sb / 2, qw = qb / 2;
   const uint16_t* src = raw + i * (sw + qw);
-  for (int j = 0; j < sw; ++j) s[i * sw + j] = src[j];
-  for (int j = 0; j < qw; ++j) q[i * qw + j] = src[sw + j];
+  const uint16_t* ss = s_first ? src : src + qw;
+  const uint16_t* qs = s_first ? src + sw : src;
+  for (int j = 0; j < sw; ++j) s[i * sw + j] = ss[j];
+  for (int j = 0; j < qw; ++j) q[i * qw + j] = qs[j];
 }
 
 struct Split {
-  int sb, qb;
+  int sb, qb, per;  // bytes of scales and quants per unit of `per` blocks of 32
+  bool s_first;
 };
 Split split_of(int type) {
-  switch (type) {
-    case T_Q4_0: return {Fmt<T_Q4_0>::sb, Fmt<T_Q4_0>::qb};
-    case T_Q4_1: return {Fmt<T_Q4_1>::sb, Fmt<T_Q4_1>::qb};
-    default: return {Fmt<T_Q8_0>::sb, Fmt<T_Q8_0>::qb};
-  }
+  Split sp{};
+  dispatch_type(type, [&](auto f) {
+    using F = decltype(f);
+    if constexpr (F::sb > 0) sp = {F::sb, F::qb, F::per, F::s_first};
+  });
+  return sp;
 }
 
 constexpr size_t kStageBytes = 64ull << 20;  // upload staging for split types
@@ -148,7 +152,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
         const size_t n = std::min(per, nblk - b0);
         check(cudaMemcpy(stage.get(), it.src + b0 * bb, n * bb, cudaMemcpyHostToDevice), "uploading weights");
         split_blocks_kernel<<<(unsigned)cdiv((int64_t)n, 256), 256>>>(
-            (const uint16_t*)stage.get(), (int64_t)n, sp.sb, sp.qb, (uint16_t*)(dm->blob.get() + it.off + b0 * sp.qb),
+            (const uint16_t*)stage.get(), (int64_t)n, sp.sb, sp.qb, sp.s_first, (uint16_t*)(dm->blob.get() + it.off + b0 * sp.qb),
             (uint16_t*)(dm->blob.get() + it.soff + b0 * sp.sb));
         check_launch("splitting weight blocks");
       }
@@ -159,7 +163,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   auto dw = [&](const Weight& w, size_t off) {
     DW d{(int)w.type, base + off, nullptr, w.rows, w.cols, w.row_bytes};
     if (type_split(d.type))  // the scales follow the quants (as add() laid them out)
-      d.sc = d.data + align256((size_t)w.rows * (w.cols / 32) * split_of(d.type).qb);
+      d.sc = d.data + align256((size_t)w.rows * (w.cols / 32 / split_of(d.type).per) * split_of(d.type).qb);
     return d;
   };
   dm->tok_embd = dw(m.tok_embd(), emb_off);

@@ -125,6 +125,8 @@ def random_kquant(rows, cols, name, rng, scale=2e-3, centered=False):
     nbytes, scale_offsets = _K_LAYOUT[name]
     nb = cols // 256
     raw = rng.integers(0, 256, size=(rows, nb, nbytes), dtype=np.uint8)
+    if centered:  # about the same weight spread for every type (Q5_K: q up to 31, Q6_K: |sc| up to 128)
+        scale /= {"Q4_K": 1, "Q5_K": 2, "Q6_K": 8}[name]
     for off in scale_offsets:
         d = (rng.random((rows, nb)) * scale + scale / 4).astype(np.float16)
         raw[:, :, off:off + 2] = d.view(np.uint8).reshape(rows, nb, 2)

@@ -196,19 +196,20 @@ def test_int8_activation_decode(smollm2, model, prompt, monkeypatch):
     assert np.mean(kls) > np.mean(kls_f) or max(diffs) > 1e-3
 
 
-@pytest.mark.parametrize("wtype", ["Q4_0", "Q4_1", "Q8_0"])
+@pytest.mark.parametrize("wtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"])
 def test_int8_activation_block_sizes(tmp_path, smollm2, wtype, monkeypatch):
     """The int8-activation matvecs pick their block size by shape: 1024 threads for the plain
     projections wider than 8192 (the down projection of an FFN of 8704), 512 for the output
     projection, 256 for the rest (SmolLM2's FFN is 1536 wide, so its tests reach neither of the
-    first two). Each warp computes its rows the same way whatever the block size, so the logits
+    first two); the K-quants take 512 where the others take 1024. Each warp computes its rows the same way whatever the block size, so the logits
     must equal those with every shape at 256 threads (HEADKV_MATVEC_THREADS=256) bit for bit, over
     a prompt and 8 greedy steps. Against fp32 activations (HEADKV_MATVEC=fp32) the int8 path must
     differ (it ran) by no more than int8 rounding does."""
     from gguf_factory import write_tiny_llama
 
     path = tmp_path / "m.gguf"
-    write_tiny_llama(path, smollm2, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=8704, wtype=wtype, seed=5)
+    write_tiny_llama(path, smollm2, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=8704, wtype=wtype, seed=5,
+                     kscale=2e-4)
     monkeypatch.delenv("HEADKV_MATVEC", raising=False)
     g = headkv.Model(str(path), n_ctx=256, device="cuda")
     g256 = headkv.Model(str(path), n_ctx=256, device="cuda")
@@ -243,29 +244,38 @@ def test_int8_activation_block_sizes(tmp_path, smollm2, wtype, monkeypatch):
     ("Q5_0", None), ("Q5_1", None), ("Q4_K", None), ("Q5_K", None), ("Q6_K", None),
     ("Q4_K", {"attn_v": "Q6_K", "ffn_down": "Q6_K", "token_embd": "Q6_K"}),  # as a Q4_K_M file mixes them
 ])
-def test_other_weight_types(tmp_path, smollm2, wtype, types):
-    """Q5_0, Q5_1 and the K-quants (read in their super-blocks as the file stores them) have no
-    int8-activation kernel: they go through the generic decoders (dequantize + GEMM for the prompt,
-    the fp32 matvec for 2..8 tokens and for one token). In the mix, Q/K/V and gate/up/down differ in
-    type, so the separate (unfused) single-token kernels run too. Tiny random-weight models,
-    "cuda-fp32" and "cuda" against the CPU over a 40-token prompt, a 5-token chunk and 8 greedy
-    steps, with the bounds of the other tiny-model tests (fp16 KV cache, fp16 GEMMs for "cuda")."""
+def test_other_weight_types(tmp_path, smollm2, wtype, types, monkeypatch):
+    """Q5_0, Q5_1 and the K-quants (read in their super-blocks as the file stores them; Q6_K split
+    into quants | scales at upload) go through the generic decoders (dequantize + GEMM for the
+    prompt, the fp32 matvec for 2..8 tokens and for one token in "cuda-fp32"). In "cuda" one token
+    takes the int8-activation matvec for the K-quants; Q5_0 / Q5_1 have none and stay on fp32
+    activations (identical to HEADKV_MATVEC=fp32). In the mix, Q/K/V and gate/up/down differ in
+    type, so the separate (unfused) single-token kernels run too. Tiny random-weight models against
+    the CPU over a 40-token prompt, a 5-token chunk and 8 greedy steps, with the bounds of the
+    other tiny-model tests (fp16 KV cache, fp16 GEMMs and int8 activations for "cuda")."""
     from gguf_factory import write_tiny_llama
 
     path = tmp_path / "m.gguf"
     write_tiny_llama(path, smollm2, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, wtype=wtype,
                      types=types, seed=3, kscale=2e-4)
     c = headkv.Model(str(path), n_ctx=256, n_threads=4)
+    monkeypatch.delenv("HEADKV_MATVEC", raising=False)
     gs = {d: headkv.Model(str(path), n_ctx=256, device=d) for d in ("cuda-fp32", "cuda")}
+    monkeypatch.setenv("HEADKV_MATVEC", "fp32")  # read when the context is made
+    gs["cuda, fp32 activations"] = headkv.Model(str(path), n_ctx=256, device="cuda")
+    int8_vs_fp32 = 0.0
     rng = np.random.default_rng(2)
     worst = {d: 0.0 for d in gs}
 
     def compare():
+        nonlocal int8_vs_fp32
         lc = c.logits()
         for d, g in gs.items():
             lg = g.logits()
             assert np.isfinite(lg).all()
             worst[d] = max(worst[d], float(np.abs(lg - lc).max() / np.abs(lc).max()))
+        d8 = np.abs(gs["cuda"].logits() - gs["cuda, fp32 activations"].logits()).max() / np.abs(lc).max()
+        int8_vs_fp32 = max(int8_vs_fp32, float(d8))
         return int(lc.argmax())
 
     for chunk in ([int(x) for x in rng.integers(0, c.n_vocab, 40)], [int(x) for x in rng.integers(0, c.n_vocab, 5)]):
@@ -277,8 +287,13 @@ def test_other_weight_types(tmp_path, smollm2, wtype, types):
             m.eval([tok])
         tok = compare()
     name = wtype + (" + Q6_K (attn_v, ffn_down, token_embd)" if types else "")
-    print(f"{name}: max |dlogit| / max |logit| cuda-fp32 {worst['cuda-fp32']:.2e}, cuda {worst['cuda']:.2e}")
-    assert worst["cuda-fp32"] < 0.02 and worst["cuda"] < 0.05
+    print(f"{name}: max |dlogit| / max |logit| cuda-fp32 {worst['cuda-fp32']:.2e}, cuda {worst['cuda']:.2e}, "
+          f"cuda with fp32 activations {worst['cuda, fp32 activations']:.2e}; int8 vs fp32 activations {int8_vs_fp32:.2e}")
+    assert worst["cuda-fp32"] < 0.02 and worst["cuda"] < 0.05 and worst["cuda, fp32 activations"] < 0.05
+    if wtype.endswith("_K"):
+        assert int8_vs_fp32 > 1e-5  # the int8 path ran (it must not silently fall back to fp32)
+    else:
+        assert int8_vs_fp32 == 0.0
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda-fp32"])

@@ -68,19 +68,22 @@ std::vector<uint8_t> random_rows(GGMLType t, int rows, int cols, std::mt19937& r
 }
 
 // Decodes all rows through Fmt<T> the way cuda/gemm.cu's dequant kernel does. Split types get the
-// upload's layout first (every block's quants, then every block's scales; cuda/weights.cu).
+// upload's layout first (every unit's quants, then every unit's scales; cuda/weights.cu).
 template <class F>
 std::vector<float> decode(const std::vector<uint8_t>& file, int rows, int cols, bool split) {
   const int64_t nb = cols / 32;
   std::vector<uint8_t> q(file), s;
-  if (split) {
-    const size_t nblk = (size_t)rows * nb, bb = F::sb + F::qb;
-    q.assign(nblk * F::qb, 0);
-    s.assign(nblk * F::sb, 0);
-    for (size_t i = 0; i < nblk; ++i) {
-      std::memcpy(&s[i * F::sb], &file[i * bb], F::sb);
-      std::memcpy(&q[i * F::qb], &file[i * bb + F::sb], F::qb);
+  if constexpr (F::sb > 0) {
+    CHECK(split);
+    const size_t units = (size_t)rows * nb / F::per, bb = F::sb + F::qb;
+    q.assign(units * F::qb, 0);
+    s.assign(units * F::sb, 0);
+    for (size_t i = 0; i < units; ++i) {
+      std::memcpy(&s[i * F::sb], &file[i * bb + (F::s_first ? 0 : F::qb)], F::sb);
+      std::memcpy(&q[i * F::qb], &file[i * bb + (F::s_first ? F::sb : 0)], F::qb);
     }
+  } else {
+    CHECK(!split);
   }
   std::vector<float> y((size_t)rows * cols);
   for (int r = 0; r < rows; ++r)

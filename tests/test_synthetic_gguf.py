@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,30 @@ def test_smollm2_shape_reads_back(tmp_path, wtype):
         assert abs(float(x.mean())) < 0.01
     norm = np.asarray(names["output_norm.weight"].data)
     assert np.all(norm == 1.0)
+
+
+def test_q4_k_m_mix(tmp_path):
+    """--type q4_k_m: llama-quantize's Q4_K_M layout (Q6_K output, and attn_v / ffn_down in the
+    use_more_bits layers: for 8 layers 0, 3, 6, 7), random Q6_K blocks of the usual spread, and the
+    file runs."""
+    import headkv
+    s = replace(msg.SHAPES["llama3-8b"], n_layer=8, n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    out = tmp_path / "m.gguf"
+    msg.write_model(str(out), s, "q4_k_m", str(smollm2_path()), verbose=False)
+    names = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
+    assert names["output.weight"].tensor_type == QT.Q6_K
+    assert names["token_embd.weight"].tensor_type == QT.Q4_K
+    for i in range(8):
+        want = QT.Q6_K if i in (0, 3, 6, 7) else QT.Q4_K
+        assert names[f"blk.{i}.attn_v.weight"].tensor_type == want
+        assert names[f"blk.{i}.ffn_down.weight"].tensor_type == want
+        assert names[f"blk.{i}.attn_q.weight"].tensor_type == QT.Q4_K
+    t = names["blk.0.ffn_down.weight"]
+    x = gguf.quants.dequantize(t.data, t.tensor_type)
+    assert 0.01 < float(x.std()) < 0.03 and abs(float(x.mean())) < 0.002
+    m = headkv.Model(str(out), n_ctx=64, n_threads=2)
+    m.eval([1, 2, 3, 4])
+    assert np.isfinite(m.logits()).all()
 
 
 def test_quantize_fill_and_q4k_roundtrip(tmp_path):

@@ -10,7 +10,8 @@ llama.cpp can load and run the result.
     python tools/make_synthetic_gguf.py --shape smollm2 --type f16 -o /tmp/smol-f16.gguf
     python tools/make_synthetic_gguf.py --shape llama3-70b --n-layer 2 --type q8_0 -o /tmp/l70-2l.gguf
 
-Weight types: f16, q8_0, q4_0, q4_k (norms are always f32).  Two ways to fill weights:
+Weight types: f16, q8_0, q4_0, q4_k, q4_k_m (Q4_K with llama-quantize's Q6_K tensors; norms are
+always f32).  Two ways to fill weights:
   --fill random     (default) random quantized blocks written directly (fast: ~1 GB/s)
   --fill quantize   gaussian f32 weights quantized with real rounding (slow, numerically sane)
 Either way the values are roughly N(0, 0.02)-sized, so activations stay finite.
@@ -58,9 +59,28 @@ SHAPES = {
                         rope_base=500000.0, tied=False),
 }
 
-WEIGHT_TYPES = {"f16": QT.F16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0, "q4_k": QT.Q4_K}
+WEIGHT_TYPES = {"f16": QT.F16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0, "q4_k": QT.Q4_K, "q4_k_m": QT.Q4_K}
 FILE_TYPES = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-              "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_k": gguf.LlamaFileType.MOSTLY_Q4_K_S}
+              "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_k": gguf.LlamaFileType.MOSTLY_Q4_K_S,
+              "q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M}
+
+
+def more_bits(i_layer: int, n_layer: int) -> bool:
+    """llama-quantize's use_more_bits: the layers whose attn_v / ffn_down Q4_K_M stores as Q6_K."""
+    return i_layer < n_layer // 8 or i_layer >= 7 * n_layer // 8 or (i_layer - n_layer // 8) % 3 == 2
+
+
+def q4_k_m_types(plan: list, n_layer: int) -> None:
+    """Q4_K_M's mix (as llama-quantize makes it): Q6_K for the output matrix (token_embd when tied)
+    and for attn_v and ffn_down in the more_bits layers; Q4_K elsewhere."""
+    has_output = any(p.name == "output.weight" for p in plan)
+    for p in plan:
+        if p.kind != "weight":
+            continue
+        if p.name == "output.weight" or (p.name == "token_embd.weight" and not has_output):
+            p.qtype = QT.Q6_K
+        elif p.name.endswith(("attn_v.weight", "ffn_down.weight")) and more_bits(int(p.name.split(".")[1]), n_layer):
+            p.qtype = QT.Q6_K
 
 
 def default_vocab_source() -> str | None:
@@ -106,6 +126,12 @@ def random_blocks(qtype: QT, rows: int, n_cols: int, rng: np.random.Generator, s
         d = np.full((nb, 1), std / 4.6, dtype=np.float16).view(np.uint8)
         qs = rng.integers(0, 256, size=(nb, 16), dtype=np.uint8)
         return np.concatenate([d, qs], axis=1).reshape(rows, -1)
+    if qtype == QT.Q6_K:  # ql:u8[128], qh:u8[64], scales:i8[16], d:f16; values d*sc*(q-32), q in 0..63
+        # all scales 64; uniform q - 32 has std ~18.5
+        lo = rng.integers(0, 256, size=(nb, 192), dtype=np.uint8)
+        scales = np.full((nb, 16), 64, dtype=np.uint8)
+        d = np.full((nb, 1), std / (18.5 * 64), dtype=np.float16).view(np.uint8)
+        return np.concatenate([lo, scales, d], axis=1).reshape(rows, -1)
     if qtype == QT.Q4_K:  # d, dmin:f16, scales:12 (6-bit sc/min), qs:u8[128]
         # all sub-block scales 32, mins 16: values d*32*q - dmin*16 with q in 0..15, centred
         # when dmin*16 = 7.5*d*32.
@@ -282,7 +308,15 @@ def write_model(out: str, s: Shape, wtype_name: str, vocab_src: str, *, fill: st
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     plan = plan_tensors(s, n_vocab, wtype, embd_type, out_type)
-    fallback = sorted({p.name.split(".")[-2] for p in plan if p.kind == "weight" and p.qtype not in (wtype, embd_type)})
+    if wtype_name == "q4_k_m":
+        if fill != "random":
+            raise SystemExit("--type q4_k_m: only --fill random (no Q6_K quantizer here)")
+        q4_k_m_types(plan, s.n_layer)
+        for p in plan:
+            if p.kind == "weight":
+                p.qtype = fit_type(p.qtype, p.shape[1])
+    fallback = sorted({p.name.split(".")[-2] for p in plan
+                       if p.kind == "weight" and p.qtype not in (wtype, embd_type, QT.Q6_K)})
     if fallback and verbose:
         print(f"note: {', '.join(fallback)} stored as Q8_0: rows of {s.n_embd} are not whole "
               f"{wtype.name} blocks", file=sys.stderr)

@@ -370,9 +370,16 @@ struct CudaContext::Impl {
       if (one && fuse_rope && matvec_qkv_rope(wqkv, x.get(), L.attn_norm, hp.rms_eps, r, mv_q8x, st)) {
         mark(1);  // RoPE and the K/V store ran in the projection's epilogue
       } else {
+        float* ys[3] = {q.get(), k.get(), v.get()};
         if (one) {
-          float* ys[3] = {q.get(), k.get(), v.get()};
           matvec_norm(wqkv, 3, ys, x.get(), L.attn_norm, hp.rms_eps, mv_q8x, st);
+        } else if (T == 1 && matvec_norm_fusable(wqkv, 1)) {
+          // Q, K, V of different types (Q4_K_M's Q6_K attn_v layers): one RMSNorm-fused matvec per
+          // run of one type, instead of a separate (single-block) RMSNorm and three matvecs
+          for (int i = 0, n; i < 3; i += n) {
+            for (n = 1; i + n < 3 && matvec_norm_fusable(wqkv + i, n + 1);) ++n;
+            matvec_norm(wqkv + i, n, ys + i, x.get(), L.attn_norm, hp.rms_eps, mv_q8x, st);
+          }
         } else {
           qkv(L, x.get(), T);
         }

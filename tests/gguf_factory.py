@@ -120,7 +120,7 @@ _K_LAYOUT = {  # type name: (block bytes, [(byte offset of an fp16 scale field),
 
 def random_kquant(rows, cols, name, rng, scale=2e-3, centered=False):
     """Random raw K-quant blocks (gguf-py cannot quantize K types) with small finite fp16 scales.
-    centered: Q4_K / Q5_K values d*sc*q - dmin*m with m = sc and dmin = d * (middle q), so the
+    centered: Q4_K / Q5_K values d*sc*q - dmin*m with m = sc / 2 and dmin = 2 d (middle q), so the
     weights have mean ~0 like a real model's (random mins make every weight positive)."""
     nbytes, scale_offsets = _K_LAYOUT[name]
     nb = cols // 256
@@ -131,10 +131,14 @@ def random_kquant(rows, cols, name, rng, scale=2e-3, centered=False):
         d = (rng.random((rows, nb)) * scale + scale / 4).astype(np.float16)
         raw[:, :, off:off + 2] = d.view(np.uint8).reshape(rows, nb, 2)
     if centered and name in ("Q4_K", "Q5_K"):
-        raw[:, :, 8:12] = raw[:, :, 4:8]  # m_j = sc_j for j < 4, and the top bits of j >= 4 agree
-        lo = raw[:, :, 12:16] & 0xF
-        raw[:, :, 12:16] = lo | (lo << 4)  # j >= 4: low nibble (sc) = high nibble (m)
+        # even 6-bit scales sc_j, mins m_j = sc_j / 2 (unlike sc, so a kernel that swaps them fails)
+        # and dmin = 2 d (middle q): d*sc*q - dmin*m = d*sc*(q - middle)
+        sc = rng.integers(1, 32, size=(rows, nb, 8)).astype(np.uint8) * 2
+        m = sc // 2
+        raw[:, :, 4:8] = (sc[..., 0:4] & 0x3F) | ((sc[..., 4:8] >> 4) << 6)
+        raw[:, :, 8:12] = (m[..., 0:4] & 0x3F) | ((m[..., 4:8] >> 4) << 6)
+        raw[:, :, 12:16] = (sc[..., 4:8] & 0xF) | ((m[..., 4:8] & 0xF) << 4)
         d = raw[:, :, 0:2].copy().view(np.float16).astype(np.float32)
-        dmin = (d * (7.5 if name == "Q4_K" else 15.5)).astype(np.float16)
+        dmin = (d * 2 * (7.5 if name == "Q4_K" else 15.5)).astype(np.float16)
         raw[:, :, 2:4] = dmin.view(np.uint8).reshape(rows, nb, 2)
     return raw.reshape(rows, nb * nbytes)

@@ -196,7 +196,7 @@ def test_int8_activation_decode(smollm2, model, prompt, monkeypatch):
     assert np.mean(kls) > np.mean(kls_f) or max(diffs) > 1e-3
 
 
-@pytest.mark.parametrize("wtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("wtype", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"])
 def test_int8_activation_block_sizes(tmp_path, smollm2, wtype, monkeypatch):
     """The int8-activation matvecs pick their block size by shape: 1024 threads for the plain
     projections wider than 8192 (the down projection of an FFN of 8704), 512 for the output

@@ -222,10 +222,12 @@ void launch_u(const MV& a, cudaStream_t s) {
 // shared memory (342 vs 370 t/s); U = 4 for the Q/K/V pairs (one step per 4096-wide row pair): -1%.
 // Threads per block: every block quantizes all of x, so the wide plain projections (the
 // 14336-wide down projection) take 1024 threads (one block per SM, as many warps as 4 blocks of
-// 256): x is quantized once per SM instead of four times. Measured on the H100, 8B Q4_0, decode t/s
-// at depth 0: down at 1024 threads 457.7 vs 256 431.0 (512: +2.7%); the output projection (MV_ADD,
-// 4096 wide) at 512 +0.9 to 1.1% (1024: +0.8%); Q/K/V and gate/up at 512 or 1024: no gain (-0.5 to
-// +0.1%), and at 1024 (64 registers) the Q8_0 RoPE and SwiGLU kernels would spill.
+// 256): x is quantized once per SM instead of four times; also for the K-quants (Q4_K_M, 8B,
+// depth 0: 396.7 vs 380.7 t/s at 512), Q5_K and Q6_K with one item per lane in flight so they fit
+// 64 registers. Measured on the H100, 8B Q4_0, decode t/s at depth 0: down at 1024 threads 457.7
+// vs 256 431.0 (512: +2.7%); the output projection (MV_ADD, 4096 wide) at 512 +0.9 to 1.1% (1024:
+// +0.8%); Q/K/V and gate/up at 512 or 1024: no gain (-0.5 to +0.1%), and at 1024 (64 registers)
+// the Q8_0 RoPE and SwiGLU kernels would spill.
 // HEADKV_MATVEC_THREADS=256 runs every shape at 256 (read at each launch: a GPU test requires the
 // same logits bit for bit).
 template <int TYPE, int MODE, bool NORM>
@@ -234,12 +236,9 @@ void launch(const MV& a, cudaStream_t s) {
   constexpr int U = (MODE == MV_SWIGLU || MODE == MV_ROPE ? 2 : 4) / Q8<TYPE>::per;
   if constexpr (MODE == MV_ADD || (MODE == MV_STORE && !NORM)) {
     if (!env_is("HEADKV_MATVEC_THREADS", "256")) {
-      // (the K-quants' items need more than 64 registers: they would spill at 1024 threads)
-      if constexpr (Q8<TYPE>::per == 1) {
-        if (a.cols > 8192) return launch_u<TYPE, MODE, NORM, U, 1024>(a, s);
-      } else if (a.cols > 8192) {
-        return launch_u<TYPE, MODE, NORM, U, 512>(a, s);
-      }
+      // (at 1024 threads, 64 registers: Q5_K's and Q6_K's items fit with one item per lane in flight)
+      constexpr int U1024 = TYPE == T_Q5_K || TYPE == T_Q6_K ? 1 : U;
+      if (a.cols > 8192) return launch_u<TYPE, MODE, NORM, U1024, 1024>(a, s);
       if (MODE == MV_ADD) return launch_u<TYPE, MODE, NORM, U, 512>(a, s);
     }
   }

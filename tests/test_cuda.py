@@ -201,7 +201,7 @@ def test_int8_activation_block_sizes(tmp_path, smollm2, wtype, monkeypatch):
     """The int8-activation matvecs pick their block size by shape: 1024 threads for the plain
     projections wider than 8192 (the down projection of an FFN of 8704), 512 for the output
     projection, 256 for the rest (SmolLM2's FFN is 1536 wide, so its tests reach neither of the
-    first two); the K-quants take 512 where the others take 1024. Each warp computes its rows the same way whatever the block size, so the logits
+    first two). Each warp computes its rows the same way whatever the block size, so the logits
     must equal those with every shape at 256 threads (HEADKV_MATVEC_THREADS=256) bit for bit, over
     a prompt and 8 greedy steps. Against fp32 activations (HEADKV_MATVEC=fp32) the int8 path must
     differ (it ran) by no more than int8 rounding does."""

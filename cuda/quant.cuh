@@ -14,6 +14,8 @@
 
 #include <cstdint>
 
+#include "quant/blocks.h"
+
 namespace headkv::cu {
 
 enum DevType : int {
@@ -136,15 +138,8 @@ struct FmtK45 {
   __device__ static int off0(int p) { return 8 * p; }
   __device__ static int off1(int p) { return 8 * p + 4; }
   __device__ __forceinline__ static void part(const uint8_t* u, const uint8_t*, int j, int p, float* w) {
-    const uint8_t* s = u + 4;
     int sc, m;
-    if (j < 4) {
-      sc = s[j] & 63;
-      m = s[j + 4] & 63;
-    } else {
-      sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-      m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-    }
+    qblk::kscale_min(u + 4, j, sc, m);
     const float d1 = ld_f16(u) * (float)sc, m1 = ld_f16(u + 2) * (float)m;
     const uint2 q = *reinterpret_cast<const uint2*>(u + (Q5 ? 48 : 16) + 32 * (j >> 1) + 8 * p);
     const int sh = 4 * (j & 1);

@@ -17,7 +17,11 @@ inline uint16_t rd16(const uint8_t* p) { uint16_t v; std::memcpy(&v, p, 2); retu
 inline uint32_t rd32(const uint8_t* p) { uint32_t v; std::memcpy(&v, p, 4); return v; }
 inline float f16at(const uint8_t* p) { return fp16_to_f32(rd16(p)); }
 
-// 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes of Q4_K / Q5_K.
+// 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes of Q4_K / Q5_K (also called by
+// the CUDA backend's decoders, cuda/quant.cuh).
+#ifdef __CUDACC__
+__host__ __device__
+#endif
 inline void kscale_min(const uint8_t* s, int j, int& sc, int& m) {
   if (j < 4) {
     sc = s[j] & 63;

@@ -20,8 +20,16 @@ __device__ __forceinline__ float lo_f16(uint32_t v) { return __half2float(__usho
 
 template <int T> struct Q8;
 
-// The one-block types (split layout: 16 or 32 bytes of quants, the fp16 scale(s) elsewhere).
-template <int T, int kWords>
+// s + Σ over 4 words of v[k] (4 int8 weights each) times 16 int8 x.
+__device__ __forceinline__ int dot4(const uint32_t* v, int4 x, int s) {
+  s = __dp4a((int)v[0], x.x, s);
+  s = __dp4a((int)v[1], x.y, s);
+  s = __dp4a((int)v[2], x.z, s);
+  return __dp4a((int)v[3], x.w, s);
+}
+// The one-block types (split layout: 16 or 32 bytes of quants, the fp16 scale(s) elsewhere); D
+// gives idot (the integer dot of a block) and combine (its scales).
+template <int T, int kWords, class D>
 struct Q8One {
   using F = Fmt<T>;
   static constexpr int per = 1, words = kWords;  // 16-byte words of quants per block
@@ -37,11 +45,10 @@ struct Q8One {
     for (int k = 0; k < kWords; ++k) w.q[k] = __ldg(reinterpret_cast<const uint4*>(q) + it * kWords + k);
     w.sc = F::sb == 4 ? __ldg(reinterpret_cast<const uint32_t*>(s) + it) : __ldg(reinterpret_cast<const uint16_t*>(s) + it);
   }
-  template <class Q>
-  __device__ __forceinline__ static float dot(const W& w, const int4* xq, const float2* xd, int64_t it, int h) {
+  __device__ __forceinline__ float operator()(const W& w, const int4* xq, const float2* xd, int64_t it, int h) const {
     const int4 xf = xq[2 * it + h], xs = xq[2 * it + 1 - h];
     const int4 xa = h ? xs : xf, xb = h ? xf : xs;
-    return Q::combine(Q::idot(w.q, xa, xb), w.sc, xd[it]);
+    return D::combine(D::idot(w.q, xa, xb), w.sc, xd[it]);
   }
 };
 
@@ -59,54 +66,31 @@ __device__ __forceinline__ int dot_nib(const uint4& q, int4 xa, int4 xb) {
   return s;
 }
 
-template <> struct Q8<T_Q4_0> : Q8One<T_Q4_0, 1> {
+template <> struct Q8<T_Q4_0> : Q8One<T_Q4_0, 1, Q8<T_Q4_0>> {
   __device__ __forceinline__ static int idot(const uint4* q, int4 xa, int4 xb) { return dot_nib(q[0], xa, xb); }
   __device__ __forceinline__ static float combine(int s, uint32_t sc, float2 dx) {
     return lo_f16(sc) * (dx.x * (float)s - 8.0f * dx.y);
   }
-  __device__ __forceinline__ float operator()(const W& w, const int4* xq, const float2* xd, int64_t it, int h) const {
-    return dot<Q8>(w, xq, xd, it, h);
-  }
 };
 
-template <> struct Q8<T_Q4_1> : Q8One<T_Q4_1, 1> {
+template <> struct Q8<T_Q4_1> : Q8One<T_Q4_1, 1, Q8<T_Q4_1>> {
   __device__ __forceinline__ static int idot(const uint4* q, int4 xa, int4 xb) { return dot_nib(q[0], xa, xb); }
   __device__ __forceinline__ static float combine(int s, uint32_t sc, float2 dx) {  // sc: scale | min << 16
     return lo_f16(sc) * dx.x * (float)s + lo_f16(sc >> 16) * dx.y;
   }
-  __device__ __forceinline__ float operator()(const W& w, const int4* xq, const float2* xd, int64_t it, int h) const {
-    return dot<Q8>(w, xq, xd, it, h);
-  }
 };
 
-template <> struct Q8<T_Q8_0> : Q8One<T_Q8_0, 2> {
+template <> struct Q8<T_Q8_0> : Q8One<T_Q8_0, 2, Q8<T_Q8_0>> {
   __device__ __forceinline__ static int idot(const uint4* q, int4 xa, int4 xb) {
-    int s = __dp4a((int)q[0].x, xa.x, 0);
-    s = __dp4a((int)q[0].y, xa.y, s);
-    s = __dp4a((int)q[0].z, xa.z, s);
-    s = __dp4a((int)q[0].w, xa.w, s);
-    s = __dp4a((int)q[1].x, xb.x, s);
-    s = __dp4a((int)q[1].y, xb.y, s);
-    s = __dp4a((int)q[1].z, xb.z, s);
-    return __dp4a((int)q[1].w, xb.w, s);
+    const uint32_t a[4] = {q[0].x, q[0].y, q[0].z, q[0].w}, b[4] = {q[1].x, q[1].y, q[1].z, q[1].w};
+    return dot4(b, xb, dot4(a, xa, 0));
   }
   __device__ __forceinline__ static float combine(int s, uint32_t sc, float2 dx) { return lo_f16(sc) * dx.x * (float)s; }
-  __device__ __forceinline__ float operator()(const W& w, const int4* xq, const float2* xd, int64_t it, int h) const {
-    return dot<Q8>(w, xq, xd, it, h);
-  }
 };
 
-// Σ over 8 words of v[k] (4 int8 weights each) times the 32 int8 x of block b.
+// Σ over 8 words of v[k] times the 32 int8 x of block b.
 __device__ __forceinline__ int dot8(const uint32_t* v, const int4* xq, int64_t b) {
-  const int4 xa = xq[2 * b], xb = xq[2 * b + 1];
-  int s = __dp4a((int)v[0], xa.x, 0);
-  s = __dp4a((int)v[1], xa.y, s);
-  s = __dp4a((int)v[2], xa.z, s);
-  s = __dp4a((int)v[3], xa.w, s);
-  s = __dp4a((int)v[4], xb.x, s);
-  s = __dp4a((int)v[5], xb.y, s);
-  s = __dp4a((int)v[6], xb.z, s);
-  return __dp4a((int)v[7], xb.w, s);
+  return dot4(v + 4, xq[2 * b + 1], dot4(v, xq[2 * b], 0));
 }
 __device__ __forceinline__ uint32_t byte_of(uint32_t w, int i) { return (w >> (8 * i)) & 0xFFu; }
 
@@ -127,9 +111,9 @@ struct Q8K45 {
     const uint4* qs = reinterpret_cast<const uint4*>(u + (Q5 ? 48 : 16) + 32 * (it & 3));
     w.q[0] = __ldg(qs);
     w.q[1] = __ldg(qs + 1);
-    if (Q5) {
+    if constexpr (Q5) {
       w.qh[0] = __ldg(reinterpret_cast<const uint4*>(u + 16));
-      w.qh[Q5 ? 1 : 0] = __ldg(reinterpret_cast<const uint4*>(u + 32));
+      w.qh[1] = __ldg(reinterpret_cast<const uint4*>(u + 32));
     }
   }
   // 6-bit scale and min of block j (0..7) from the header words y, z, w (scales[0..11]).
@@ -150,7 +134,7 @@ struct Q8K45 {
     for (int k = 0; k < 8; ++k) {
       va[k] = qw[k] & 0x0F0F0F0Fu;
       vb[k] = (qw[k] >> 4) & 0x0F0F0F0Fu;
-      if (Q5) {
+      if constexpr (Q5) {
         const uint4& hh = w.qh[k >> 2];
         const uint32_t h = (k & 3) == 0 ? hh.x : (k & 3) == 1 ? hh.y : (k & 3) == 2 ? hh.z : hh.w;
         va[k] |= ((h >> j0) & 0x01010101u) << 4;
@@ -208,10 +192,7 @@ template <> struct Q8<T_Q6_K> {
     // blocks A = 4n + k and B = A + 2 of super-block it >> 2
     const int64_t bA = 8 * (it >> 2) + 4 * ((it & 3) >> 1) + k, bB = bA + 2;
     const int4 a0 = xq[2 * bA], a1 = xq[2 * bA + 1], b0 = xq[2 * bB], b1 = xq[2 * bB + 1];
-    const int sA0 = __dp4a((int)va[3], a0.w, __dp4a((int)va[2], a0.z, __dp4a((int)va[1], a0.y, __dp4a((int)va[0], a0.x, 0))));
-    const int sA1 = __dp4a((int)va[7], a1.w, __dp4a((int)va[6], a1.z, __dp4a((int)va[5], a1.y, __dp4a((int)va[4], a1.x, 0))));
-    const int sB0 = __dp4a((int)vb[3], b0.w, __dp4a((int)vb[2], b0.z, __dp4a((int)vb[1], b0.y, __dp4a((int)vb[0], b0.x, 0))));
-    const int sB1 = __dp4a((int)vb[7], b1.w, __dp4a((int)vb[6], b1.z, __dp4a((int)vb[5], b1.y, __dp4a((int)vb[4], b1.x, 0))));
+    const int sA0 = dot4(va, a0, 0), sA1 = dot4(va + 4, a1, 0), sB0 = dot4(vb, b0, 0), sB1 = dot4(vb + 4, b1, 0);
     const int A = (int)(int8_t)(w.sa & 0xFF) * sA0 + (int)(int8_t)(w.sa >> 8) * sA1;
     const int B = (int)(int8_t)(w.sb & 0xFF) * sB0 + (int)(int8_t)(w.sb >> 8) * sB1;
     return lo_f16(w.d) * (xd[bA].x * (float)A + xd[bB].x * (float)B);

@@ -245,15 +245,14 @@ bool dispatch_type(int type, F&& f) {
   }
 }
 
-// Types stored split (quants | scales) on the device.
-inline bool type_split(int type) { return type == T_Q4_0 || type == T_Q4_1 || type == T_Q8_0 || type == T_Q6_K; }
-
+// Types with a decoder (dispatch_type), and those stored split (quants | scales) on the device.
 inline bool type_supported(int type) {
-  switch (type) {
-    case T_F32: case T_F16: case T_BF16: case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q8_0:
-    case T_Q4_K: case T_Q5_K: case T_Q6_K: return true;
-    default: return false;
-  }
+  return dispatch_type(type, [](auto) {});
+}
+inline bool type_split(int type) {
+  bool split = false;
+  dispatch_type(type, [&](auto f) { split = decltype(f)::sb > 0; });
+  return split;
 }
 
 }  // namespace headkv::cu

@@ -42,14 +42,14 @@ __global__ void split_blocks_kernel(const uint16_t* __restrict__ raw, int64_t n_
 }
 
 struct Split {
-  int sb, qb, per;  // bytes of scales and quants per unit of `per` blocks of 32
+  int sb, qb;  // bytes of scales and quants per unit (a block, or a Q6_K super-block)
   bool s_first;
 };
 Split split_of(int type) {
   Split sp{};
   dispatch_type(type, [&](auto f) {
     using F = decltype(f);
-    if constexpr (F::sb > 0) sp = {F::sb, F::qb, F::per, F::s_first};
+    if constexpr (F::sb > 0) sp = {F::sb, F::qb, F::s_first};
   });
   return sp;
 }
@@ -74,6 +74,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   };
   std::vector<Item> items;
   std::map<const uint8_t*, size_t> seen;  // tied embeddings are uploaded once
+  std::map<size_t, size_t> scales_at;      // split items: offset of the quants -> of the scales
   size_t total = 0;
   bool any_split = false;
   auto add = [&](const void* src, size_t bytes, int type = -1) {
@@ -86,6 +87,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
       const size_t nblk = bytes / (size_t)(sp.sb + sp.qb);
       item.soff = off + align256(nblk * sp.qb);
       total = item.soff + align256(nblk * sp.sb);
+      scales_at[off] = item.soff;
       any_split = true;
     } else {
       total += align256(bytes);
@@ -162,8 +164,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   uint8_t* base = dm->blob.get();
   auto dw = [&](const Weight& w, size_t off) {
     DW d{(int)w.type, base + off, nullptr, w.rows, w.cols, w.row_bytes};
-    if (type_split(d.type))  // the scales follow the quants (as add() laid them out)
-      d.sc = d.data + align256((size_t)w.rows * (w.cols / 32 / split_of(d.type).per) * split_of(d.type).qb);
+    if (type_split(d.type)) d.sc = base + scales_at.at(off);
     return d;
   };
   dm->tok_embd = dw(m.tok_embd(), emb_off);

@@ -18,6 +18,7 @@
 #include <string>
 
 #include "backend/cuda_context.h"
+#include "common/alloc.h"
 #include "common.cuh"
 #include "device_buffer.cuh"
 #include "kernels.cuh"
@@ -636,8 +637,7 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
     select_layer(il, N, lk, lv, qwin.get(), raw.get(), pooled.get(), rowstat.get(), flags.get(), list.get(),
                  count.get());
   }
-  const int64_t rows = all_logits ? N : 1;
-  logits_h.resize((size_t)rows * hp.n_vocab);
+  const int64_t rows = all_logits ? N : 1;  // logits_h was sized by eval() before the prompt ran
   for (int64_t r0 = N - rows; r0 < N; r0 += ub) {
     const int64_t R = std::min<int64_t>(ub, N - r0);
     if (half_gemm) f16_to_f32(Xh.get() + r0 * d, x.get(), R * d, st);
@@ -667,7 +667,13 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
         fail(ErrorKind::ContextFull, "compressed KV cache is full: " + std::to_string(n) + " more tokens do not fit the " +
                                          std::to_string(kv.max_new_tokens) + " decode slots reserved per head (raise max_new_tokens)");
   }
+  // Host logits first, with the CPU backend's checked allocation: a request larger than the memory
+  // available fails with OutOfMemory here, before any work, instead of an over-committed vector
+  // that gets the process killed when its pages are written.
   const int64_t rows = all_logits ? n : 1;
+  if (logits_h.size() < (uint64_t)rows * hp.n_vocab)
+    checked_assign(logits_h, checked_mul((uint64_t)rows, (uint64_t)hp.n_vocab, "logits"),
+                   all_logits ? "logits for every token" : "logits");
   if (method != BudgetMethod::Full && !arena) {
     try {
       prefill_compressed(tokens, n, all_logits);
@@ -687,29 +693,34 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
     n_logit_rows = rows;
     return;
   }
-  logits_h.resize((size_t)rows * hp.n_vocab);
   if (n == 1) {
     decode_graph_step(tokens[0]);
     fetch_logits(1, logits_h.data());
     check(cudaStreamSynchronize(st), "decode");
   } else {
-    for (int64_t off = 0; off < n; off += ub) {
-      const int64_t T = std::min<int64_t>(ub, n - off);
-      check(cudaMemcpyAsync(tok.get(), tokens + off, T * sizeof(int32_t), cudaMemcpyHostToDevice, st), "tokens");
-      forward_arena(T, nullptr);
-      n_past += (int32_t)T;
-      if (all_logits) {
-        for (int64_t r0 = 0; r0 < T; r0 += ub) {
-          head(x.get() + r0 * hp.n_embd, std::min<int64_t>(ub, T - r0));
-          fetch_logits(std::min<int64_t>(ub, T - r0), logits_h.data() + (off + r0) * hp.n_vocab);
+    const int32_t past0 = n_past;  // forward_arena places chunk c at n_past; restored on failure
+    try {
+      for (int64_t off = 0; off < n; off += ub) {
+        const int64_t T = std::min<int64_t>(ub, n - off);
+        check(cudaMemcpyAsync(tok.get(), tokens + off, T * sizeof(int32_t), cudaMemcpyHostToDevice, st), "tokens");
+        forward_arena(T, nullptr);
+        n_past += (int32_t)T;
+        if (all_logits) {
+          for (int64_t r0 = 0; r0 < T; r0 += ub) {
+            head(x.get() + r0 * hp.n_embd, std::min<int64_t>(ub, T - r0));
+            fetch_logits(std::min<int64_t>(ub, T - r0), logits_h.data() + (off + r0) * hp.n_vocab);
+          }
+        } else if (off + T == n) {
+          head(x.get() + (T - 1) * hp.n_embd, 1);
+          fetch_logits(1, logits_h.data());
         }
-      } else if (off + T == n) {
-        head(x.get() + (T - 1) * hp.n_embd, 1);
-        fetch_logits(1, logits_h.data());
+        check(cudaStreamSynchronize(st), "prefill");
       }
-      check(cudaStreamSynchronize(st), "prefill");
+    } catch (...) {
+      n_past = past0;
+      throw;
     }
-    n_past -= (int32_t)n;
+    n_past = past0;
   }
   for (auto& u : h_used) u += (int32_t)n;
   history.insert(history.end(), tokens, tokens + n);

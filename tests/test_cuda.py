@@ -399,6 +399,25 @@ def test_out_of_memory_before_allocating(smollm2):
     m.eval([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])  # still usable
 
 
+@pytest.mark.parametrize("method", ["full", "snapkv"])
+def test_all_logits_over_host_memory_fails_before_running(smollm2, method, monkeypatch):
+    """The host logits of every token are checked like the CPU backend's: over the memory limit the
+    eval fails with OutOfMemoryError before the prompt runs (no arena, nothing cached), and the
+    context still works afterwards."""
+    m = _make(smollm2, "cuda", method, 64)
+    ids = m.tokenize("one two three four five six seven eight nine ten " * 6)
+    monkeypatch.setenv("HEADKV_MEMORY_LIMIT", str(1 << 20))
+    with pytest.raises(headkv.OutOfMemoryError) as e:
+        m.eval(ids, logits_all=True)
+    assert f"{len(ids) * m.n_vocab * 4} bytes requested" in str(e.value)
+    assert m.n_past == 0
+    if method != "full":
+        assert m.kv_stats()["bytes_held"] == 0  # no arena was built
+    monkeypatch.delenv("HEADKV_MEMORY_LIMIT")
+    m.eval(ids)
+    assert m.n_past == len(ids) and np.isfinite(m.logits()).all()
+
+
 def test_generate_api_on_gpu(smollm2):
     m = headkv.Model(smollm2, n_ctx=512, device="cuda")
     out = m.create_completion("The capital of France is", max_tokens=8, temperature=0)

@@ -64,7 +64,7 @@ json.dump({f'{l}-{h}': list(rng.random(3)) for l in range(32) for h in range(32)
   bench8b)  # bench8b TYPE GROUP: the matrix on the Llama-3-8B-shaped file, one group per call
     t=$1; grp=$2
     HB=$(dirname "$(command -v python3)")/headkv-bench
-    M="-m /tmp/l3-8b-$t.gguf --device cuda --bandwidth 3350 -o jsonl"
+    M="-m /tmp/l3-8b-$t.gguf --device cuda --bandwidth ${BW:-4800} -o jsonl"  # BW: H200 4800 GB/s, H100 3350
     H="--kv-method headkv --kv-budget 1024 --scores /tmp/scores-8b.json"
     f="$OUT/hk_${t}_${grp}.jsonl"
     case "$grp" in
@@ -77,7 +77,7 @@ json.dump({f'{l}-{h}': list(rng.random(3)) for l in range(32) for h in range(32)
     ;;
   llama)  # llama TYPE tg|pp|128k: llama.cpp's CUDA llama-bench (carry .dev/llamacpp/cuda-bin) on the same file
     t=$1; grp=$2
-    [ -x /tmp/llama-bench ] || { xz -dc .dev/llamacpp/cuda-bin/llama-bench.xz > /tmp/llama-bench && chmod +x /tmp/llama-bench; }
+    [ -x /tmp/llama-bench ] || cp .dev/llamacpp/build-cuda/bin/llama-bench /tmp/llama-bench 2>/dev/null || { xz -dc .dev/llamacpp/cuda-bin/llama-bench.xz > /tmp/llama-bench && chmod +x /tmp/llama-bench; }
     L="/tmp/llama-bench -m /tmp/l3-8b-$t.gguf -ngl 99 -o json"
     f="$OUT/llama_${t}_$grp.json"
     case "$grp" in

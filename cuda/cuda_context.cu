@@ -130,14 +130,19 @@ struct CudaContext::Impl {
     dm = DevModel::get(m);
     require_device_bytes(full_kv + scratch_bytes(ub), "a context with n_ctx=" + std::to_string(n_ctx) + " (KV cache " +
                                                           std::to_string(full_kv) + " bytes + scratch)");
-    check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
-    blas_init(st);
-    alloc_scratch(ub);
-    step_in.alloc(2, "decode step input");
-    check(cudaMallocHost(&step_host, 2 * sizeof(int32_t)), "pinned step buffer");
-    if (method == BudgetMethod::Full) {
-      std::vector<int64_t> cap((size_t)L * H, n_ctx);
-      make_arena(cap);
+    try {  // a constructor that throws runs no destructor: the stream and pinned buffer go here
+      check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
+      blas_init(st);
+      alloc_scratch(ub);
+      step_in.alloc(2, "decode step input");
+      check(cudaMallocHost(&step_host, 2 * sizeof(int32_t)), "pinned step buffer");
+      if (method == BudgetMethod::Full) {
+        std::vector<int64_t> cap((size_t)L * H, n_ctx);
+        make_arena(cap);
+      }
+    } catch (...) {
+      release();
+      throw;
     }
   }
 
@@ -175,13 +180,19 @@ struct CudaContext::Impl {
 
   ~Impl() {
     profile_report();
-    for (cudaEvent_t e : prof.ev) cudaEventDestroy(e);
-    if (graph) cudaGraphExecDestroy(graph);
+    release();
+  }
+
+  // What the device buffers' own destructors do not free (idempotent).
+  void release() {
+    drop_graph();
     if (step_host) cudaFreeHost(step_host);
+    step_host = nullptr;
     if (st) {
       cudaStreamSynchronize(st);
       cudaStreamDestroy(st);
     }
+    st = nullptr;
   }
 
   int64_t qdim() const { return (int64_t)hp.n_head * hp.head_dim; }

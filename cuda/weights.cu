@@ -5,6 +5,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
 
 #include "quant.cuh"
 #include "quant/types.h"
@@ -13,12 +14,11 @@ namespace headkv::cu {
 
 namespace {
 
+// The model's id, not its address: a model loaded after this one was destroyed (from a file
+// rewritten at the same path with the same size, say) can get the same address and mapping.
 struct Key {
-  const Model* m;
-  const uint8_t* data;
-  std::string path;
-  uint64_t bytes;
-  bool operator==(const Key& o) const { return m == o.m && data == o.data && path == o.path && bytes == o.bytes; }
+  uint64_t model = 0;
+  bool operator==(const Key& o) const { return model == o.model; }
 };
 
 std::mutex g_mu;
@@ -60,7 +60,7 @@ constexpr size_t kStageBytes = 64ull << 20;  // upload staging for split types
 
 std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   std::lock_guard<std::mutex> lock(g_mu);
-  const Key key{&m, m.tok_embd().data, m.file().path(), m.weight_bytes()};
+  const Key key{m.id()};
   if (g_last && g_key == key) return g_last;
   g_last.reset();  // the previous model's weights go once no context uses them
 
@@ -73,12 +73,15 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
     size_t soff;
   };
   std::vector<Item> items;
-  std::map<const uint8_t*, size_t> seen;  // tied embeddings are uploaded once
+  // Tied embeddings (the same tensor twice) are uploaded once. Keyed on the bytes' type and size
+  // too, so that only the same tensor shares an upload (the reader also refuses overlapping tensors).
+  std::map<std::tuple<const uint8_t*, size_t, int>, size_t> seen;
   std::map<size_t, size_t> scales_at;      // split items: offset of the quants -> of the scales
   size_t total = 0;
   bool any_split = false;
   auto add = [&](const void* src, size_t bytes, int type = -1) {
-    auto it = seen.find((const uint8_t*)src);
+    const auto key = std::make_tuple((const uint8_t*)src, bytes, type);
+    auto it = seen.find(key);
     if (it != seen.end()) return it->second;
     const size_t off = total;
     Item item{(const uint8_t*)src, bytes, off, type, 0};
@@ -93,7 +96,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
       total += align256(bytes);
     }
     items.push_back(item);
-    seen[(const uint8_t*)src] = off;
+    seen[key] = off;
     return off;
   };
   auto weight = [&](const Weight& w, const char* name, size_t* off) {

@@ -1,5 +1,6 @@
 """Bad input gives a typed headkv.Error in Python and a message + non-zero exit in the CLI."""
 import shutil
+import struct
 import subprocess
 
 import pytest
@@ -46,6 +47,13 @@ def bad_files(tmp, tiny):
     p = _copy(tiny, tmp / "misaligned.gguf")
     patch(p, off_pos, "<Q", 3)
     cases.append(("misaligned offset", p, headkv.FormatError, "not aligned"))
+    p = _copy(tiny, tmp / "overlap.gguf")  # ffn_down (same bytes as ffn_up) placed on ffn_up's data
+    pos = tensor_info_positions(p)
+    with open(p, "rb") as f:
+        f.seek(pos["blk.1.ffn_up.weight"][1])
+        up_off = struct.unpack("<Q", f.read(8))[0]
+    patch(p, pos["blk.1.ffn_down.weight"][1], "<Q", up_off)
+    cases.append(("tensors sharing bytes", p, headkv.FormatError, "overlap in the file"))
     p = _copy(tiny, tmp / "type.gguf")
     type_pos, _ = tensor_info_positions(p)["blk.0.attn_q.weight"]
     patch(p, type_pos, "<I", 9999)

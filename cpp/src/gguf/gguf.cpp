@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <limits>
@@ -255,6 +256,20 @@ void GGUFFile::parse() {
                                   std::to_string(ti.nbytes) + " bytes) lies outside the file (data section is " +
                                   std::to_string(avail) + " bytes); the file is truncated or corrupt");
     ti.data = base_ + data_offset_ + ti.offset;
+  }
+  // No two tensors may share bytes (ggml's reader requires them back to back). A file whose tensors
+  // alias would be read differently by a backend that uploads or converts each tensor once.
+  std::vector<const TensorInfo*> by_off;
+  by_off.reserve(tensors_.size());
+  for (const TensorInfo& ti : tensors_) by_off.push_back(&ti);
+  std::sort(by_off.begin(), by_off.end(), [](const TensorInfo* a, const TensorInfo* b) { return a->offset < b->offset; });
+  for (size_t i = 1; i < by_off.size(); ++i) {
+    const TensorInfo& a = *by_off[i - 1];
+    const TensorInfo& b = *by_off[i];
+    if (b.offset < a.offset + a.nbytes)  // no overflow: a lies inside the file
+      fail(ErrorKind::Format, path_ + ": tensors '" + a.name + "' (offset " + std::to_string(a.offset) + ", " +
+                                  std::to_string(a.nbytes) + " bytes) and '" + b.name + "' (offset " +
+                                  std::to_string(b.offset) + ") overlap in the file");
   }
 }
 

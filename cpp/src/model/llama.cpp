@@ -1,11 +1,17 @@
 #include "model/llama.h"
 
+#include <atomic>
 #include <cmath>
 
 #include "common/error.h"
 #include "quant/quant.h"
 
 namespace headkv {
+
+Model::Model() {
+  static std::atomic<uint64_t> next{1};
+  id_ = next.fetch_add(1, std::memory_order_relaxed);
+}
 
 std::unique_ptr<Model> Model::load(const std::string& path) { return load(GGUFFile::open(path)); }
 

@@ -59,9 +59,12 @@ class Model {
   // Inverse frequencies per rotated pair (rope_dim/2), llama3 scaling / rope_freqs applied.
   const std::vector<float>& rope_inv_freq() const { return rope_inv_freq_; }
   uint64_t weight_bytes() const { return weight_bytes_; }
+  // Unique among the process's models: caches keyed on a model (the GPU's uploaded weights) use it,
+  // not the address, which a later model (another file at the same path, say) can be given.
+  uint64_t id() const { return id_; }
 
  private:
-  Model() = default;
+  Model();
   void load_hparams();
   void load_weights();
   Weight weight(const std::string& name, int64_t cols, int64_t rows, bool required = true);
@@ -76,6 +79,7 @@ class Model {
   std::vector<float> rope_inv_freq_;
   std::string chat_template_;
   uint64_t weight_bytes_ = 0;
+  uint64_t id_ = 0;
 };
 
 }  // namespace headkv

@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(32 * kWarps) matvec_kernel(MV a) {
 template <class F, int MODE, bool NORM>
 void launch(const MV& a, cudaStream_t s) {
   if (a.T == 1) {
-    const size_t smem = NORM ? (size_t)a.cols * sizeof(float) : 0;
+    const size_t smem = NORM ? mv_norm_smem(a.cols) : 0;
     // 8 warps per block when the block stages RMSNorm(x) (fewer blocks re-read and reduce x): 8B F16
     // decode 171.0 vs 168.9 t/s with 4 (16: 170.7). Without RMSNorm (output and down projections), 4
     // stays: 173.4-173.6 vs 171.4-171.6 with 8 and 170.3 with 16.

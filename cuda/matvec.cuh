@@ -25,6 +25,11 @@ struct MV {
   RopeStore rope;  // MV_ROPE: rows are Q | K | V of one token (matvec_qkv_rope)
 };
 
+// Dynamic shared memory of a single-token matvec over rows of `cols` values: RMSNorm(x) staged in
+// fp32 (matvec.cu), or x quantized to int8 blocks of 32, each with 8 bytes of scales (matvec_q8x.cu).
+constexpr size_t mv_norm_smem(int64_t cols) { return (size_t)cols * sizeof(float); }
+constexpr size_t mv_q8x_smem(int64_t cols) { return (size_t)(cols / 32) * 40; }
+
 // Segment of row r and its row index inside that matrix.
 __device__ __forceinline__ int mv_segment(const MV& a, int64_t r, int64_t* local) {
   int s = 0;

@@ -195,7 +195,7 @@ template <int TYPE, int MODE, bool NORM, int U, int kThreads>
 void launch_u(const MV& a, cudaStream_t s) {
   constexpr int kWarps = kThreads / 32;
   auto k = q8x_kernel<TYPE, MODE, NORM, U, kThreads>;
-  const size_t smem = (size_t)(a.cols / 32) * 40;  // 32 B of int8 + (dx, dx·Σxq) per block
+  const size_t smem = mv_q8x_smem(a.cols);  // 32 B of int8 + (dx, dx·Σxq) per block
   static size_t attr = 48 * 1024;
   if (smem > attr) {
     check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "matvec shared memory");

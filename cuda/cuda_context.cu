@@ -361,8 +361,8 @@ struct CudaContext::Impl {
   }
 
   // One chunk of T tokens through every layer, K/V appended to the arena at each segment's end.
-  // pos0_dev: the position is read from device memory (graph capture) instead of n_past.
-  void forward_arena(int64_t T, const int32_t* pos0_dev) {
+  // The chunk's first position is pos0, or read from device memory at pos0_dev (graph capture).
+  void forward_arena(int64_t T, int32_t pos0, const int32_t* pos0_dev) {
     const int H = hp.n_head_kv;
     mark(0);
     embed_rows(dm->tok_embd, pos0_dev ? step_in.get() : tok.get(), T, x.get(), st);
@@ -370,7 +370,7 @@ struct CudaContext::Impl {
       const DevLayer& L = dm->layers[il];
       mark(0);
       RopeStore r = rope_args(T);
-      r.pos0 = n_past;
+      r.pos0 = pos0;
       r.pos0_dev = pos0_dev;
       r.kh = ak.get();
       r.vh = av.get();
@@ -466,7 +466,7 @@ struct CudaContext::Impl {
       check(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "graph capture");
       prof.capturing = prof.on;
       try {
-        forward_arena(1, step_in.get() + 1);
+        forward_arena(1, 0, step_in.get() + 1);
         head(x.get(), 1);
         mark(7);
         prof.capturing = false;
@@ -709,29 +709,21 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
     fetch_logits(1, logits_h.data());
     check(cudaStreamSynchronize(st), "decode");
   } else {
-    const int32_t past0 = n_past;  // forward_arena places chunk c at n_past; restored on failure
-    try {
-      for (int64_t off = 0; off < n; off += ub) {
-        const int64_t T = std::min<int64_t>(ub, n - off);
-        check(cudaMemcpyAsync(tok.get(), tokens + off, T * sizeof(int32_t), cudaMemcpyHostToDevice, st), "tokens");
-        forward_arena(T, nullptr);
-        n_past += (int32_t)T;
-        if (all_logits) {
-          for (int64_t r0 = 0; r0 < T; r0 += ub) {
-            head(x.get() + r0 * hp.n_embd, std::min<int64_t>(ub, T - r0));
-            fetch_logits(std::min<int64_t>(ub, T - r0), logits_h.data() + (off + r0) * hp.n_vocab);
-          }
-        } else if (off + T == n) {
-          head(x.get() + (T - 1) * hp.n_embd, 1);
-          fetch_logits(1, logits_h.data());
+    for (int64_t off = 0; off < n; off += ub) {  // n_past moves only once every chunk has run
+      const int64_t T = std::min<int64_t>(ub, n - off);
+      check(cudaMemcpyAsync(tok.get(), tokens + off, T * sizeof(int32_t), cudaMemcpyHostToDevice, st), "tokens");
+      forward_arena(T, n_past + (int32_t)off, nullptr);
+      if (all_logits) {
+        for (int64_t r0 = 0; r0 < T; r0 += ub) {
+          head(x.get() + r0 * hp.n_embd, std::min<int64_t>(ub, T - r0));
+          fetch_logits(std::min<int64_t>(ub, T - r0), logits_h.data() + (off + r0) * hp.n_vocab);
         }
-        check(cudaStreamSynchronize(st), "prefill");
+      } else if (off + T == n) {
+        head(x.get() + (T - 1) * hp.n_embd, 1);
+        fetch_logits(1, logits_h.data());
       }
-    } catch (...) {
-      n_past = past0;
-      throw;
+      check(cudaStreamSynchronize(st), "prefill");
     }
-    n_past = past0;
   }
   for (auto& u : h_used) u += (int32_t)n;
   history.insert(history.end(), tokens, tokens + n);

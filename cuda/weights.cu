@@ -15,15 +15,10 @@ namespace headkv::cu {
 
 namespace {
 
-// The model's id, not its address: a model loaded after this one was destroyed (from a file
-// rewritten at the same path with the same size, say) can get the same address and mapping.
-struct Key {
-  uint64_t model = 0;
-  bool operator==(const Key& o) const { return model == o.model; }
-};
-
 std::mutex g_mu;
-Key g_key{};
+// Model::id(), not the address: a model loaded after this one was destroyed (from a file rewritten
+// at the same path with the same size, say) can get the same address and mapping.
+uint64_t g_model = 0;
 std::shared_ptr<DevModel> g_last;  // the last model uploaded stays resident for the next context
 
 size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
@@ -61,8 +56,7 @@ constexpr size_t kStageBytes = 64ull << 20;  // upload staging for split types
 
 std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   std::lock_guard<std::mutex> lock(g_mu);
-  const Key key{m.id()};
-  if (g_last && g_key == key) return g_last;
+  if (g_last && g_model == m.id()) return g_last;
   g_last.reset();  // the previous model's weights go once no context uses them
 
   const LlamaHParams& hp = m.hparams();
@@ -204,7 +198,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   dm->bytes = total;
   dm->max_weight_elems = max_elems;
   g_last = dm;
-  g_key = key;
+  g_model = m.id();
   return dm;
 }
 

@@ -41,23 +41,8 @@ void check_kv_config(const KVConfig& kv) {
 }
 
 // Decode attention items: a layer's keys are cut into at most one wave of blocks, each item of at
-// least kMinKeysPerItem keys (HEADKV_ATTN_MIN_ITEM overrides it), in multiples of 128 (a block's 4
-// warps stream tiles of 32 keys). When no KV head of a layer needs more than kClusterMax items
-// (HEADKV_ATTN_CLUSTER: that maximum, 0 = never; sm_90), every head of the layer gets the same
-// number of items, a power of two, run as one thread-block cluster per head that merges in
-// distributed shared memory instead of a merge kernel.
-constexpr int kMinKeysPerItem = 64, kMaxSplits = 512, kClusterMax = 16;
-
-int env_int(const char* name, int dflt, int lo, int hi) {
-  const char* e = std::getenv(name);
-  if (!e || !*e) return dflt;
-  char* end = nullptr;
-  const long v = std::strtol(e, &end, 10);
-  if (*end || v < lo || v > hi)
-    fail(ErrorKind::InvalidArgument, std::string(name) + "=" + e + ": expected an integer in [" + std::to_string(lo) +
-                                         ", " + std::to_string(hi) + "]");
-  return (int)v;
-}
+// least kMinKeysPerItem keys, in multiples of 128 (a block's 4 warps stream tiles of 32 keys).
+constexpr int kMinKeysPerItem = 64, kMaxSplits = 512;
 
 }  // namespace
 
@@ -87,8 +72,7 @@ struct CudaContext::Impl {
   std::vector<int32_t> h_used;
   // decode work items
   DBuf<int32_t> item_head, item_split, head_splits, head_first;
-  std::vector<int32_t> layer_item0, layer_items, layer_cluster;
-  int min_item_keys = kMinKeysPerItem, cluster_want = kClusterMax;
+  std::vector<int32_t> layer_item0, layer_items;
   DBuf<float> part;
   // chunk scratch
   DBuf<float> x, xn, q, k, v, att, gate, up;
@@ -125,8 +109,6 @@ struct CudaContext::Impl {
     mv_q8x = half_gemm && !env_is("HEADKV_MATVEC", "fp32");
     fuse_rope = !env_is("HEADKV_FUSE_ROPE", "0");
     prof.on = env_is("HEADKV_PROFILE", "1");
-    min_item_keys = env_int("HEADKV_ATTN_MIN_ITEM", kMinKeysPerItem, 32, 1 << 20);
-    cluster_want = env_int("HEADKV_ATTN_CLUSTER", kClusterMax, 0, kClusterMax);
     n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
     ub = std::min<int32_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
     method = parse_budget_method(kv.method);
@@ -275,31 +257,19 @@ struct CudaContext::Impl {
     std::vector<int32_t> ih, is, hs(L * H), hf(L * H);
     layer_item0.assign(L, 0);
     layer_items.assign(L, 0);
-    layer_cluster.assign(L, 0);
     int max_items = 0;
     // one wave of the attention kernel: items per layer <= resident blocks (each head rounds up)
     const int64_t wave = std::max<int64_t>(H, decode_attention_slots(hp.head_dim, G) - H);
-    const int cmax = decode_attention_max_cluster(hp.head_dim, G, cluster_want);
     for (int l = 0; l < L; ++l) {
       layer_item0[l] = (int)ih.size();
       const int64_t layer_cap = h_off[(l + 1) * H] - h_off[l * H];
-      const int64_t per_item = std::max<int64_t>(min_item_keys, cdiv(cdiv(layer_cap, wave), 128) * 128);
-      int smax = 1;
+      const int64_t per_item = std::max<int64_t>(kMinKeysPerItem, cdiv(cdiv(layer_cap, wave), 128) * 128);
       for (int g = 0; g < H; ++g) {
         const int64_t cap = h_off[l * H + g + 1] - h_off[l * H + g];
-        hs[l * H + g] = (int)std::clamp<int64_t>(cdiv(cap, per_item), 1, kMaxSplits);
-        smax = std::max(smax, hs[l * H + g]);
-      }
-      if (smax <= cmax) {  // cluster layer: C items per head (head-major, split = rank), C a power of 2
-        int C = 1;
-        while (C < smax) C *= 2;
-        if (C > cmax) C = smax;
-        layer_cluster[l] = C;
-        for (int g = 0; g < H; ++g) hs[l * H + g] = C;
-      }
-      for (int g = 0; g < H; ++g) {
+        const int S = (int)std::clamp<int64_t>(cdiv(cap, per_item), 1, kMaxSplits);
+        hs[l * H + g] = S;
         hf[l * H + g] = (int)ih.size() - layer_item0[l];
-        for (int s = 0; s < hs[l * H + g]; ++s) {
+        for (int s = 0; s < S; ++s) {
           ih.push_back(g);
           is.push_back(s);
         }
@@ -446,7 +416,6 @@ struct CudaContext::Impl {
         a.nkv = H;
         a.hd = hp.head_dim;
         a.part = part.get();
-        a.cluster = layer_cluster[il];
         decode_attention(a, st);
       } else {
         FlashArgs f;

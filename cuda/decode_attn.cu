@@ -1,11 +1,7 @@
 // Ragged split-K decode attention over the per-head arena: a layer's work items split every KV
 // head's segment into head_splits[g] chunks (proportional to its capacity, so heads of very
 // different lengths cost alike per item); each item serves the G query heads of its KV head
-// (GQA-packed: K/V rows are read once per group). A second kernel merges the partial softmaxes,
-// or (sm_90, DecodeArgs::cluster) the items of one KV head form a thread-block cluster that merges
-// them through distributed shared memory.
-#include <cooperative_groups.h>
-
+// (GQA-packed: K/V rows are read once per group). A second kernel merges the partial softmaxes.
 #include <algorithm>
 #include <string>
 
@@ -42,7 +38,7 @@ __host__ __device__ constexpr int ring_ld() { return HD + 8; }
 template <int HD>
 __host__ __device__ constexpr size_t ring_bytes() { return (size_t)NW * R * 32 * ring_ld<HD>() * sizeof(__half); }
 
-template <int HD, int G, bool CL>
+template <int HD, int G>
 __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
   constexpr int LD = ring_ld<HD>(), CH = 32 * LD, CPL = HD / 8;  // row stride, halves per chunk, copies per lane
   static_assert((size_t)NW * G * HD * sizeof(float) <= ring_bytes<HD>(), "warp outputs alias the ring");
@@ -200,9 +196,6 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
     }
   }
   __syncthreads();
-  // The block's partial softmax of each (head, dimension): to `part` for the merge kernel, or (CL)
-  // in place over wo[0] (each element is read and written by one thread) for the cluster merge.
-  __shared__ float cm[G], cl[G];
   for (int i = threadIdx.x; i < G * HD; i += NT) {
     const int h = i / HD, d = i % HD;
     float M = -INFINITY;
@@ -215,48 +208,12 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
       acc += wo[w][h][d] * f;
       L += wl[w][h] * f;
     }
-    if constexpr (CL) {
-      wo[0][h][d] = acc;
-      if (d == 0) {
-        cm[h] = M;
-        cl[h] = L;
-      }
-    } else {
-      float* p = a.part + ((int64_t)item * G + h) * (HD + 2);
-      p[d] = acc;
-      if (d == 0) {
-        p[HD] = M;
-        p[HD + 1] = L;
-      }
+    float* p = a.part + ((int64_t)item * G + h) * (HD + 2);
+    p[d] = acc;
+    if (d == 0) {
+      p[HD] = M;
+      p[HD + 1] = L;
     }
-  }
-  if constexpr (CL) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    // The cluster is one KV head's items (rank = split): block `rank` combines the elements rank*NT
-    // + tid, + C*NT, ... of the G x HD output from every block's shared memory, the same sums as the
-    // merge kernel. The second barrier keeps each block's shared memory alive until all have read it.
-    namespace cg = cooperative_groups;
-    cg::cluster_group cluster = cg::this_cluster();
-    cluster.sync();
-    const int C = (int)cluster.num_blocks(), rank = (int)cluster.block_rank();
-    for (int i = rank * NT + threadIdx.x; i < G * HD; i += C * NT) {
-      const int h = i / HD;
-      float M = -INFINITY;
-      for (int j = 0; j < C; ++j) {
-        if (*cluster.map_shared_rank(&cl[h], j) != 0.0f) M = fmaxf(M, *cluster.map_shared_rank(&cm[h], j));
-      }
-      float acc = 0.0f, L = 0.0f;
-      for (int j = 0; j < C; ++j) {
-        const float l = *cluster.map_shared_rank(&cl[h], j);
-        if (l == 0.0f) continue;
-        const float f = expf(*cluster.map_shared_rank(&cm[h], j) - M);
-        acc += cluster.map_shared_rank(&wo[0][0][0], j)[i] * f;
-        L += l * f;
-      }
-      a.out[(int64_t)g * G * HD + i] = acc / L;
-    }
-    cluster.sync();
-#endif
   }
 }
 
@@ -307,87 +264,46 @@ struct SplitFn {
   void (*fn)(DecodeArgs);
   size_t smem;
 };
-template <int HD, int G, bool CL>
+template <int HD, int G>
 SplitFn split_fn() {
   constexpr size_t smem = ring_bytes<HD>();
   static const bool once = [] {
-    check(cudaFuncSetAttribute(split_kernel<HD, G, CL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+    check(cudaFuncSetAttribute(split_kernel<HD, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
           "attention shared memory");
-    if (CL)  // clusters of up to 16 blocks (8 is the portable limit; the H100/H200 run 16)
-      check(cudaFuncSetAttribute(split_kernel<HD, G, CL>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
-            "attention cluster size");
     return true;
   }();
   (void)once;
-  return {split_kernel<HD, G, CL>, smem};
+  return {split_kernel<HD, G>, smem};
 }
-template <int HD, bool CL>
+template <int HD>
 SplitFn split_fn_g(int G) {
   switch (G) {
-    case 1: return split_fn<HD, 1, CL>();
-    case 2: return split_fn<HD, 2, CL>();
-    case 3: return split_fn<HD, 3, CL>();
-    case 4: return split_fn<HD, 4, CL>();
-    case 5: return split_fn<HD, 5, CL>();
-    case 6: return split_fn<HD, 6, CL>();
-    case 7: return split_fn<HD, 7, CL>();
-    default: return split_fn<HD, 8, CL>();
+    case 1: return split_fn<HD, 1>();
+    case 2: return split_fn<HD, 2>();
+    case 3: return split_fn<HD, 3>();
+    case 4: return split_fn<HD, 4>();
+    case 5: return split_fn<HD, 5>();
+    case 6: return split_fn<HD, 6>();
+    case 7: return split_fn<HD, 7>();
+    default: return split_fn<HD, 8>();
   }
 }
-SplitFn split_for(int hd, int G, bool cl) {
-  if (cl) return hd == 64 ? split_fn_g<64, true>(G) : split_fn_g<128, true>(G);
-  return hd == 64 ? split_fn_g<64, false>(G) : split_fn_g<128, false>(G);
-}
+SplitFn split_for(int hd, int G) { return hd == 64 ? split_fn_g<64>(G) : split_fn_g<128>(G); }
 
 }  // namespace
 
 int decode_attention_slots(int hd, int G) {
-  const SplitFn f = split_for(hd, G, false);
+  const SplitFn f = split_for(hd, G);
   int n = 0;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, f.fn, NT, f.smem), "occupancy");
   return std::max(1, n) * sm_count();
-}
-
-int decode_attention_max_cluster(int hd, int G, int want) {
-  int major = 0, dev = 0;
-  check(cudaGetDevice(&dev), "device");
-  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "device");
-  if (major < 9 || want < 1 || (hd != 64 && hd != 128) || G < 1 || G > MAXG) return 0;
-  const SplitFn f = split_for(hd, G, true);
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(16 * 16);
-  cfg.blockDim = dim3(NT);
-  cfg.dynamicSmemBytes = f.smem;
-  int c = 0;
-  if (cudaOccupancyMaxPotentialClusterSize(&c, f.fn, &cfg) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return std::min(c, want);
 }
 
 void decode_attention(const DecodeArgs& a, cudaStream_t s) {
   if (a.nh / a.nkv > MAXG) fail(ErrorKind::Unsupported, "CUDA backend: more than 8 query heads per KV head");
   if (a.hd != 64 && a.hd != 128)
     fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
-  const SplitFn f = split_for(a.hd, a.nh / a.nkv, a.cluster > 0);
-  if (a.cluster > 0) {  // one cluster per KV head, whose blocks each merge a slice of `out`
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3((unsigned)a.n_items);
-    cfg.blockDim = dim3(NT);
-    cfg.dynamicSmemBytes = f.smem;
-    cfg.stream = s;
-    cudaLaunchAttribute at[2];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = (unsigned)a.cluster;
-    at[0].val.clusterDim.y = at[0].val.clusterDim.z = 1;
-    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[1].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = pdl_enabled() ? 2 : 1;
-    check(cudaLaunchKernelEx(&cfg, f.fn, a), "decode attention (clusters)");
-    return;
-  }
+  const SplitFn f = split_for(a.hd, a.nh / a.nkv);
   launch_pdl(f.fn, dim3((unsigned)a.n_items), dim3(NT), f.smem, s, "decode attention", a);
   launch_pdl(a.hd == 64 ? merge_kernel<64> : merge_kernel<128>, dim3((unsigned)a.nh), dim3(MT), 0, s,
              "decode attention merge", a);

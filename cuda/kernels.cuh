@@ -139,9 +139,7 @@ bool flash_attention_mma(const FlashArgs& a, cudaStream_t s);
 // ---- decode_attn.cu: one query token per head over the per-head arena (fp16), split-K.
 // Work items of a layer: item i handles KV head item_head[i], split item_split[i] of
 // head_splits[g]; length of head g = used[g] + 1 (the token just appended). part: scratch of
-// n_items * G * (hd + 2) floats. cluster > 0 (sm_90): the items are head-major, `cluster` per KV
-// head (item_split = rank in the cluster), and one thread-block cluster per head merges its partial
-// softmaxes through distributed shared memory into `out` (no merge kernel; `part` is not used).
+// n_items * G * (hd + 2) floats.
 struct DecodeArgs {
   const float* q = nullptr;   // [nh][hd]
   float* out = nullptr;       // [nh][hd]
@@ -155,14 +153,10 @@ struct DecodeArgs {
   const int32_t* head_first = nullptr;   // [nkv] first item of head g
   int n_items = 0, nh = 0, nkv = 0, hd = 0;
   float* part = nullptr;
-  int cluster = 0;
 };
 void decode_attention(const DecodeArgs& a, cudaStream_t s);
 // Blocks of the decode attention kernel resident at once on the device (one wave).
 int decode_attention_slots(int hd, int G);
-// Largest cluster of one KV head's items the device can run (0: no clusters, before sm_90), at most
-// `want` (HEADKV_ATTN_CLUSTER; see cuda_context.cu).
-int decode_attention_max_cluster(int hd, int G, int want);
 
 // ---- select.cu: per-layer selection on the device (see select/selection.h for the rules).
 // Pooled window scores [nkv][P] of the window queries qwin [a][nh][hd] over the layer's keys

@@ -59,8 +59,6 @@ struct CudaContext::Impl {
   bool mv_q8x = true;
   // One token's RoPE and K/V store fused into the Q/K/V projection (HEADKV_FUSE_ROPE=0: separate).
   bool fuse_rope = true;
-  // Decode attention with the 3-chunk ring in every layer (HEADKV_ATTN_RING=3; see decode_attn.cu).
-  bool attn_ring3 = false;
   int32_t n_ctx = 0, ub = 2048, n_past = 0;
   std::shared_ptr<DevModel> dm;
   cudaStream_t st = nullptr;
@@ -75,7 +73,6 @@ struct CudaContext::Impl {
   // decode work items
   DBuf<int32_t> item_head, item_split, head_splits, head_first;
   std::vector<int32_t> layer_item0, layer_items;
-  std::vector<int64_t> layer_item_keys;  // the longest item of each layer (keys, heads at capacity)
   DBuf<float> part;
   // chunk scratch
   DBuf<float> x, xn, q, k, v, att, gate, up;
@@ -111,7 +108,6 @@ struct CudaContext::Impl {
     half_gemm = prec == CudaPrecision::Fast;
     mv_q8x = half_gemm && !env_is("HEADKV_MATVEC", "fp32");
     fuse_rope = !env_is("HEADKV_FUSE_ROPE", "0");
-    attn_ring3 = env_is("HEADKV_ATTN_RING", "3");
     prof.on = env_is("HEADKV_PROFILE", "1");
     n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
     ub = std::min<int32_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
@@ -261,7 +257,6 @@ struct CudaContext::Impl {
     std::vector<int32_t> ih, is, hs(L * H), hf(L * H);
     layer_item0.assign(L, 0);
     layer_items.assign(L, 0);
-    layer_item_keys.assign(L, 0);
     int max_items = 0;
     // one wave of the attention kernel: items per layer <= resident blocks (each head rounds up)
     const int64_t wave = std::max<int64_t>(H, decode_attention_slots(hp.head_dim, G) - H);
@@ -274,7 +269,6 @@ struct CudaContext::Impl {
         const int S = (int)std::clamp<int64_t>(cdiv(cap, per_item), 1, kMaxSplits);
         hs[l * H + g] = S;
         hf[l * H + g] = (int)ih.size() - layer_item0[l];
-        layer_item_keys[l] = std::max(layer_item_keys[l], cdiv(cap, S));
         for (int s = 0; s < S; ++s) {
           ih.push_back(g);
           is.push_back(s);
@@ -422,7 +416,6 @@ struct CudaContext::Impl {
         a.nkv = H;
         a.hd = hp.head_dim;
         a.part = part.get();
-        a.max_item_keys = attn_ring3 ? INT64_MAX : layer_item_keys[il];
         decode_attention(a, st);
       } else {
         FlashArgs f;

@@ -31,21 +31,17 @@ __device__ __forceinline__ float f16_round(float x) { return __half2float(__floa
 // registers, shuffle reductions: ~2700 dependent instructions per warp and tile) gave 465.5 / 438.6 /
 // 254.3 where tensor cores give 481.9 / 452.8 / 268.6: at short contexts a warp's one tile is the
 // kernel's critical path.
-// PRE = R - 1 chunks are requested before the wait. Layers whose items hold at most one tile per
-// warp (<= 32 * NW keys: the K and the V chunk of that tile) run with R = PRE = 2: both chunks are
-// requested before the wait, in two thirds of the shared memory (HEADKV_ATTN_RING=3, read when a context is made: always 3).
-constexpr int R3 = 3;
+constexpr int R = 3;
 // Key rows in the ring are HD + 8 halves apart (16 bytes of padding: conflict-free ldmatrix).
 template <int HD>
 __host__ __device__ constexpr int ring_ld() { return HD + 8; }
-template <int HD, int R>
+template <int HD>
 __host__ __device__ constexpr size_t ring_bytes() { return (size_t)NW * R * 32 * ring_ld<HD>() * sizeof(__half); }
 
-template <int HD, int G, int R, int PRE>
+template <int HD, int G>
 __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
   constexpr int LD = ring_ld<HD>(), CH = 32 * LD, CPL = HD / 8;  // row stride, halves per chunk, copies per lane
-  static_assert((size_t)NW * G * HD * sizeof(float) <= ring_bytes<HD, R>(), "warp outputs alias the ring");
-  static_assert(PRE == R - 1 || PRE == R, "PRE = R only for items of at most R chunks per warp");
+  static_assert((size_t)NW * G * HD * sizeof(float) <= ring_bytes<HD>(), "warp outputs alias the ring");
   extern __shared__ __align__(16) uint8_t smem[];
   const int item = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   __half* ring = reinterpret_cast<__half*>(smem) + warp * R * CH;
@@ -80,12 +76,12 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
     cp_async_commit();
   };
 #pragma unroll
-  for (int c = 0; c < PRE; ++c) issue(c, true);
+  for (int c = 0; c < R - 1; ++c) issue(c, true);
   grid_dependency_wait();
   grid_dependents_launch();  // the merge kernel (a PDL launch) may take its slots as blocks finish
   // the fresh row in the chunks requested before the wait
 #pragma unroll
-  for (int c = 0; c < PRE; ++c) {
+  for (int c = 0; c < R - 1; ++c) {
     if (c >= nch) break;
     const int64_t t0 = tile0(c);
     if (fresh < t0 || fresh >= t0 + 32 || fresh >= end) continue;
@@ -129,8 +125,8 @@ __global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
     for (int j = 0; j < DT; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
     float m = -INFINITY, l = 0.0f;  // row r0, base 2; l summed over this lane's keys
     for (int c = 0; c < nch; ++c) {
-      issue(c + PRE, false);  // past nch (always when PRE = R): an empty group
-      cp_async_wait<PRE>();
+      issue(c + R - 1, false);
+      cp_async_wait<R - 1>();
       __syncwarp();
       const __half* buf = ring + (c % R) * CH;
       if ((c & 1) == 0) {  // K: the tile's scores, then the online-softmax update
@@ -268,40 +264,36 @@ struct SplitFn {
   void (*fn)(DecodeArgs);
   size_t smem;
 };
-template <int HD, int G, int R, int PRE>
+template <int HD, int G>
 SplitFn split_fn() {
-  constexpr size_t smem = ring_bytes<HD, R>();
+  constexpr size_t smem = ring_bytes<HD>();
   static const bool once = [] {
-    check(cudaFuncSetAttribute(split_kernel<HD, G, R, PRE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+    check(cudaFuncSetAttribute(split_kernel<HD, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
           "attention shared memory");
     return true;
   }();
   (void)once;
-  return {split_kernel<HD, G, R, PRE>, smem};
+  return {split_kernel<HD, G>, smem};
 }
-template <int HD, int R, int PRE>
+template <int HD>
 SplitFn split_fn_g(int G) {
   switch (G) {
-    case 1: return split_fn<HD, 1, R, PRE>();
-    case 2: return split_fn<HD, 2, R, PRE>();
-    case 3: return split_fn<HD, 3, R, PRE>();
-    case 4: return split_fn<HD, 4, R, PRE>();
-    case 5: return split_fn<HD, 5, R, PRE>();
-    case 6: return split_fn<HD, 6, R, PRE>();
-    case 7: return split_fn<HD, 7, R, PRE>();
-    default: return split_fn<HD, 8, R, PRE>();
+    case 1: return split_fn<HD, 1>();
+    case 2: return split_fn<HD, 2>();
+    case 3: return split_fn<HD, 3>();
+    case 4: return split_fn<HD, 4>();
+    case 5: return split_fn<HD, 5>();
+    case 6: return split_fn<HD, 6>();
+    case 7: return split_fn<HD, 7>();
+    default: return split_fn<HD, 8>();
   }
 }
-// short_items: every item of the layer holds at most one tile per warp
-SplitFn split_for(int hd, int G, bool short_items) {
-  if (short_items) return hd == 64 ? split_fn_g<64, 2, 2>(G) : split_fn_g<128, 2, 2>(G);
-  return hd == 64 ? split_fn_g<64, R3, R3 - 1>(G) : split_fn_g<128, R3, R3 - 1>(G);
-}
+SplitFn split_for(int hd, int G) { return hd == 64 ? split_fn_g<64>(G) : split_fn_g<128>(G); }
 
 }  // namespace
 
 int decode_attention_slots(int hd, int G) {
-  const SplitFn f = split_for(hd, G, false);
+  const SplitFn f = split_for(hd, G);
   int n = 0;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, f.fn, NT, f.smem), "occupancy");
   return std::max(1, n) * sm_count();
@@ -311,8 +303,7 @@ void decode_attention(const DecodeArgs& a, cudaStream_t s) {
   if (a.nh / a.nkv > MAXG) fail(ErrorKind::Unsupported, "CUDA backend: more than 8 query heads per KV head");
   if (a.hd != 64 && a.hd != 128)
     fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
-  const bool short_items = a.max_item_keys <= 32 * NW;
-  const SplitFn f = split_for(a.hd, a.nh / a.nkv, short_items);
+  const SplitFn f = split_for(a.hd, a.nh / a.nkv);
   launch_pdl(f.fn, dim3((unsigned)a.n_items), dim3(NT), f.smem, s, "decode attention", a);
   launch_pdl(a.hd == 64 ? merge_kernel<64> : merge_kernel<128>, dim3((unsigned)a.nh), dim3(MT), 0, s,
              "decode attention merge", a);

@@ -12,13 +12,10 @@ namespace headkv::cu {
 
 namespace {
 
-constexpr int BK = 64;
+constexpr int BQ = 64, BK = 64, NW = 4, NTHR = NW * 32;
 
-// BQ queries per block (BQ / 16 warps). heavy_first: the query tiles with the most keys first (the
-// grid's last tiles, which are causal prefixes of the longest rows, otherwise run in the last wave).
-template <int HD, int BQ>
-__global__ void __launch_bounds__(BQ * 2) flash_mma_kernel(FlashArgs a, bool heavy_first) {
-  constexpr int NW = BQ / 16, NTHR = NW * 32;
+template <int HD>
+__global__ void __launch_bounds__(NTHR) flash_mma_kernel(FlashArgs a) {
   constexpr int LD = HD + 8;  // halves per shared row (16-byte pad: conflict-free ldmatrix)
   constexpr int NT = BK / 8, DT = HD / 8, KS = HD / 16;  // key n-tiles, dim n-tiles, dim k-steps
   extern __shared__ __align__(16) unsigned char smraw[];
@@ -27,7 +24,7 @@ __global__ void __launch_bounds__(BQ * 2) flash_mma_kernel(FlashArgs a, bool hea
   __half* Vs = Ks + 2 * BK * LD;                  // [2][BK][LD]
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int h = blockIdx.y, G = a.nh / a.nkv, g = h / G;
-  const int q0 = (heavy_first ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * BQ;
+  const int q0 = blockIdx.x * BQ;
   const FlashKV<__half> kv = flash_kv<__half, HD>(a, g);  // named: load_tile captures K and V
   const __half *K = kv.K, *V = kv.V;
   const int64_t nb = kv.n_before;
@@ -169,23 +166,17 @@ __global__ void __launch_bounds__(BQ * 2) flash_mma_kernel(FlashArgs a, bool hea
   }
 }
 
-template <int HD, int BQ>
-void launch_bq(const FlashArgs& a, cudaStream_t s) {
+template <int HD>
+void launch(const FlashArgs& a, cudaStream_t s) {
   constexpr int LD = HD + 8;
   const size_t smem = (size_t)(BQ + 4 * BK) * LD * sizeof(__half);
   static bool attr = false;
   if (!attr) {
-    check(cudaFuncSetAttribute(flash_mma_kernel<HD, BQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+    check(cudaFuncSetAttribute(flash_mma_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
           "flash attention (mma) shared memory");
     attr = true;
   }
-  static const bool heavy_first = env_is("HEADKV_FLASH_ORDER", "heavy");
-  flash_mma_kernel<HD, BQ><<<dim3((unsigned)cdiv(a.T, BQ), (unsigned)a.nh), BQ * 2, smem, s>>>(a, heavy_first);
-}
-template <int HD>
-void launch(const FlashArgs& a, cudaStream_t s) {
-  static const bool bq128 = env_is("HEADKV_FLASH_BQ", "128");
-  bq128 ? launch_bq<HD, 128>(a, s) : launch_bq<HD, 64>(a, s);
+  flash_mma_kernel<HD><<<dim3((unsigned)cdiv(a.T, BQ), (unsigned)a.nh), NTHR, smem, s>>>(a);
 }
 
 }  // namespace

@@ -153,7 +153,6 @@ struct DecodeArgs {
   const int32_t* head_first = nullptr;   // [nkv] first item of head g
   int n_items = 0, nh = 0, nkv = 0, hd = 0;
   float* part = nullptr;
-  int64_t max_item_keys = INT64_MAX;  // keys of the layer's longest item (all heads at capacity)
 };
 void decode_attention(const DecodeArgs& a, cudaStream_t s);
 // Blocks of the decode attention kernel resident at once on the device (one wave).

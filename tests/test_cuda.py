@@ -318,15 +318,12 @@ def test_fused_rope_store_matches_separate_kernels(smollm2, prompt, device, monk
 
 
 @pytest.mark.parametrize("n_head,n_head_kv,n_embd", [(16, 8, 2048), (8, 1, 1024), (24, 3, 1536)])
-def test_decode_attention_other_shapes(tmp_path, smollm2, n_head, n_head_kv, n_embd, monkeypatch):
+def test_decode_attention_other_shapes(tmp_path, smollm2, n_head, n_head_kv, n_embd):
     """The decode attention for head sizes and group widths SmolLM2 (hd 64, G 3) does not have:
     hd 128 with G 2 and 8, hd 64 with G 8, on tiny random-weight models, cuda-fp32 against the CPU.
     First one token on an empty cache (used = 0), then a 6000-token prompt with n_ctx 8192: each
     work item then spans several tiles per warp, so the new token's row also lands in chunks
-    requested after the kernel's wait (SmolLM2's tests only reach the chunks requested before).
-    Layers whose items hold at most one tile per warp run a 2-chunk ring with both chunks requested
-    before the wait; HEADKV_ATTN_RING=3 runs the 3-chunk ring everywhere: the same sums in the same
-    order, so the logits must be bit-identical."""
+    requested after the kernel's wait (SmolLM2's tests only reach the chunks requested before)."""
     from gguf_factory import write_tiny_llama
 
     path = tmp_path / "m.gguf"
@@ -334,23 +331,19 @@ def test_decode_attention_other_shapes(tmp_path, smollm2, n_head, n_head_kv, n_e
                      wtype="F16", seed=n_head)
     c = headkv.Model(str(path), n_ctx=8192, n_threads=8)
     g = headkv.Model(str(path), n_ctx=8192, device="cuda-fp32")
-    monkeypatch.setenv("HEADKV_ATTN_RING", "3")  # read when the context is made
-    g3 = headkv.Model(str(path), n_ctx=8192, device="cuda-fp32")
-    monkeypatch.delenv("HEADKV_ATTN_RING")
     rng = np.random.default_rng(0)
     worst = 0.0
     for prompt in ([int(rng.integers(0, c.n_vocab))], [int(x) for x in rng.integers(0, c.n_vocab, 6000)]):
-        for m in (c, g, g3):
+        for m in (c, g):
             m.reset()
             m.eval(prompt)
         for _ in range(8):
             lc, lg = c.logits(), g.logits()
             assert np.isfinite(lg).all()
-            assert np.array_equal(g3.logits(), lg)
             worst = max(worst, float(np.abs(lg - lc).max() / np.abs(lc).max()))
             tok = int(lc.argmax())
-            for m in (c, g, g3):
-                m.eval([tok])
+            c.eval([tok])
+            g.eval([tok])
     print(f"hd {n_embd // n_head}, G {n_head // n_head_kv}: max |dlogit| / max |logit| {worst:.2e}")
     assert worst < 0.02
 

@@ -122,6 +122,15 @@ PY
       echo "${TYPE:-q4_0} ${KV:-full} d=$d $setting: $(python3 -c "import json; print(round(json.loads(open('/tmp/m.jsonl').readline())['avg_ts'], 1))" 2>/dev/null || tail -2 /tmp/m.err)"
     done | tee -a "$OUT/matrix.txt"
     ;;
+  ppmatrix)  # ppmatrix PROMPT "VAR=V VAR=V" ...: full-cache prefill t/s per setting, one line each; the
+    # file type from TYPE (default f16), the chunk size (-b) from BATCH (default 512)
+    p=$1; shift
+    HB=$(dirname "$(command -v python3)")/headkv-bench
+    for setting in "$@"; do
+      env $setting $HB -m /tmp/l3-8b-${TYPE:-f16}.gguf --device cuda -p $p -n 0 -b ${BATCH:-512} -r 2 -o jsonl > /tmp/m.jsonl 2>/tmp/m.err
+      echo "${TYPE:-f16} pp$p b=${BATCH:-512} $setting: $(python3 -c "import json; print(round(json.loads(open('/tmp/m.jsonl').readline())['avg_ts'], 1))" 2>/dev/null || tail -2 /tmp/m.err)"
+    done | tee -a "$OUT/matrix.txt"
+    ;;
   scores_gpu)  # headkv-scores: reference backend on the GPU (transformers, torch CUDA) vs native, same grid
     G="-m $SMOL --method R2 --lengths 250,500 --depths 0,0.5,1 --per-cell 2 --seed 3 --allow-few -q"
     S=$(dirname "$(command -v python3)")/headkv-scores

@@ -264,17 +264,9 @@ struct SplitFn {
   void (*fn)(DecodeArgs);
   size_t smem;
 };
-// HEADKV_ATTN_SMEM (bytes, A/B switch): dynamic shared memory requested per block, at least the ring.
-inline size_t attn_smem(size_t ring) {
-  static const size_t pad = [] {
-    const char* e = std::getenv("HEADKV_ATTN_SMEM");
-    return e ? (size_t)std::atol(e) : (size_t)0;
-  }();
-  return std::max(ring, pad);
-}
 template <int HD, int G>
 SplitFn split_fn() {
-  static const size_t smem = attn_smem(ring_bytes<HD>());
+  constexpr size_t smem = ring_bytes<HD>();
   static const bool once = [] {
     check(cudaFuncSetAttribute(split_kernel<HD, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
           "attention shared memory");

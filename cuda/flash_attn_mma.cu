@@ -12,11 +12,10 @@ namespace headkv::cu {
 
 namespace {
 
-constexpr int BQ = 64, NW = 4, NTHR = NW * 32;
+constexpr int BQ = 64, BK = 64, NW = 4, NTHR = NW * 32;
 
-// BK keys per tile; MINB: blocks per SM the registers are limited for (A/B: HEADKV_FLASH_VARIANT)
-template <int HD, int BK, int MINB>
-__global__ void __launch_bounds__(NTHR, MINB) flash_mma_kernel(FlashArgs a) {
+template <int HD>
+__global__ void __launch_bounds__(NTHR) flash_mma_kernel(FlashArgs a) {
   constexpr int LD = HD + 8;  // halves per shared row (16-byte pad: conflict-free ldmatrix)
   constexpr int NT = BK / 8, DT = HD / 8, KS = HD / 16;  // key n-tiles, dim n-tiles, dim k-steps
   extern __shared__ __align__(16) unsigned char smraw[];
@@ -167,29 +166,17 @@ __global__ void __launch_bounds__(NTHR, MINB) flash_mma_kernel(FlashArgs a) {
   }
 }
 
-template <int HD, int BK, int MINB>
-void launch_v(const FlashArgs& a, cudaStream_t s) {
+template <int HD>
+void launch(const FlashArgs& a, cudaStream_t s) {
   constexpr int LD = HD + 8;
   const size_t smem = (size_t)(BQ + 4 * BK) * LD * sizeof(__half);
   static bool attr = false;
   if (!attr) {
-    check(cudaFuncSetAttribute(flash_mma_kernel<HD, BK, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+    check(cudaFuncSetAttribute(flash_mma_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
           "flash attention (mma) shared memory");
     attr = true;
   }
-  flash_mma_kernel<HD, BK, MINB><<<dim3((unsigned)cdiv(a.T, BQ), (unsigned)a.nh), NTHR, smem, s>>>(a);
-}
-template <int HD>
-void launch(const FlashArgs& a, cudaStream_t s) {
-  static const char* v = std::getenv("HEADKV_FLASH_VARIANT");
-  static const int var = v ? std::atoi(v) : 0;
-  switch (var) {
-    case 1: return launch_v<HD, 32, 1>(a, s);
-    case 2: return launch_v<HD, 32, 3>(a, s);
-    case 3: return launch_v<HD, 32, 4>(a, s);
-    case 4: return launch_v<HD, 64, 2>(a, s);
-    default: return launch_v<HD, 64, 1>(a, s);
-  }
+  flash_mma_kernel<HD><<<dim3((unsigned)cdiv(a.T, BQ), (unsigned)a.nh), NTHR, smem, s>>>(a);
 }
 
 }  // namespace

@@ -442,7 +442,11 @@ struct Runner {
     check(hk_context_new(model, &cp, &ctx), "hk_context_new (n_ctx " + std::to_string(cp.n_ctx) + ")");
     r.n_ctx = hk_context_n_ctx(ctx);
 
-    if (o.warmup && !compressing) {
+    // The compressing methods are warmed up too: without it, their first repetition at depth 0
+    // (nothing evaluated before the timer) includes the first use of every kernel of the step (CUDA
+    // loads modules lazily), the likely cause of the spread of headkv-1024 at depth 0 on the H200
+    // (one of two repetitions ~30 t/s below the other).
+    if (o.warmup) {
       hk_context_reset(ctx);
       if (t.n_prompt > 0) {
         auto w = random_tokens(std::min(t.n_prompt, t.n_batch), r.n_vocab, bos);

@@ -59,6 +59,8 @@ struct CudaContext::Impl {
   bool mv_q8x = true;
   // One token's RoPE and K/V store fused into the Q/K/V projection (HEADKV_FUSE_ROPE=0: separate).
   bool fuse_rope = true;
+  // Capture the decode graph at the end of a prompt (HEADKV_EAGER_GRAPH=0: at the first decode step).
+  bool eager_graph = true;
   int32_t n_ctx = 0, ub = 2048, n_past = 0;
   std::shared_ptr<DevModel> dm;
   cudaStream_t st = nullptr;
@@ -108,6 +110,7 @@ struct CudaContext::Impl {
     half_gemm = prec == CudaPrecision::Fast;
     mv_q8x = half_gemm && !env_is("HEADKV_MATVEC", "fp32");
     fuse_rope = !env_is("HEADKV_FUSE_ROPE", "0");
+    eager_graph = !env_is("HEADKV_EAGER_GRAPH", "0");
     prof.on = env_is("HEADKV_PROFILE", "1");
     n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
     ub = std::min<int32_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
@@ -460,7 +463,10 @@ struct CudaContext::Impl {
     check(cudaMemcpyAsync(dst, logits_d.get(), rows * hp.n_vocab * sizeof(float), cudaMemcpyDeviceToHost, st), "logits");
   }
 
-  void decode_graph_step(int32_t token) {
+  // The decode step's graph (one token: forward over the arena + output head), captured once per
+  // arena layout and logits buffer. It is captured when a prompt has been evaluated (eager_graph),
+  // so a prompt's cost includes it, and a decode step only replays it; otherwise at the first step.
+  void capture_decode_graph() {
     if (!graph) {
       cudaGraph_t g = nullptr;
       check(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "graph capture");
@@ -481,6 +487,19 @@ struct CudaContext::Impl {
       cudaGraphDestroy(g);
       check(e, "graph instantiate");
     }
+  }
+  // After a prompt: the graph is captured now (a failure here is left for the first decode step to
+  // report: the prompt itself has been evaluated).
+  void prepare_decode() {
+    if (!eager_graph || graph) return;
+    try {
+      capture_decode_graph();
+    } catch (...) {
+      cudaGetLastError();
+    }
+  }
+  void decode_graph_step(int32_t token) {
+    capture_decode_graph();
     step_host[0] = token;
     step_host[1] = n_past;
     check(cudaMemcpyAsync(step_in.get(), step_host, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, st), "step input");
@@ -702,6 +721,7 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
     history.insert(history.end(), tokens, tokens + n);
     n_past = (int32_t)n;
     n_logit_rows = rows;
+    prepare_decode();
     return;
   }
   if (n == 1) {
@@ -729,6 +749,7 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
   history.insert(history.end(), tokens, tokens + n);
   n_past += (int32_t)n;
   n_logit_rows = rows;
+  if (n > 1) prepare_decode();
 }
 
 // ---- public surface

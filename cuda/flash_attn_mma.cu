@@ -1,11 +1,16 @@
 // Causal GQA flash attention for the fast prefill over fp16 K/V (the arena or the compressed
 // prefill's layer buffer), FlashAttention-2 style on mma.sync m16n8k16: one block of 4 warps per
-// (64 queries, query head), each warp owning 16 query rows. Q stays in registers as A fragments;
-// key/value tiles of 64 are copied into shared memory with cp.async, double-buffered; S = Q·Kᵀ,
-// the online softmax and P (as fp16 A fragments) never leave registers; O accumulates in registers.
-// Measured slower on the H200 (F16 8B prefill at 32k, 13601 / 13530 t/s as is): 128-query blocks
-// (13029), 32-key tiles (12650; limited to 3 blocks per SM 13141, to 4 with spills 12811); the
-// heavy-first order of query tiles was within noise (13543 vs 13504).
+// (128 queries, query head), each warp owning 32 query rows (two 16-row m-tiles, so every K and V
+// fragment read from shared memory serves two mma). Key/value tiles of 32 are copied into shared
+// memory with cp.async, double-buffered; Q's fragments are read from shared memory at each k-step
+// (in registers they would spill); S = Q·Kᵀ, the online softmax (scores scaled inside the FFMA
+// that feeds ex2.approx.ftz) and P (as fp16 A fragments) never leave registers; O accumulates in
+// registers. A warp skips the tiles wholly past its rows' last key.
+// Measured on the H200 (F16 8B prefill at 32k, t/s, session 9): 16 rows per warp with Q in registers,
+// 64-key tiles and exp2f(s * scale - max) 13586 / 13578; the same with the scale in the FFMA and
+// ex2.approx.ftz 15223 / 15258; 32 rows per warp with 64-key tiles (spills 40 bytes) 16142 / 16151;
+// as here 16498 / 16530. Earlier (session 8, 16 rows per warp): 128-query blocks of 8 warps, 32-key
+// tiles with register limits and a heavy-first tile order were slower or within noise.
 #include <cuda_fp16.h>
 
 #include "common.cuh"
@@ -15,10 +20,17 @@ namespace headkv::cu {
 
 namespace {
 
-constexpr int BQ = 64, BK = 64, NW = 4, NTHR = NW * 32;
+constexpr int MT = 2, BK = 32, NW = 4, NTHR = NW * 32;  // m-tiles per warp, keys per tile
+
+__device__ __forceinline__ float ex2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 template <int HD>
-__global__ void __launch_bounds__(NTHR) flash_mma_kernel(FlashArgs a) {
+__global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
+  constexpr int BQ = 16 * MT * NW, RW = 16 * MT;
   constexpr int LD = HD + 8;  // halves per shared row (16-byte pad: conflict-free ldmatrix)
   constexpr int NT = BK / 8, DT = HD / 8, KS = HD / 16;  // key n-tiles, dim n-tiles, dim k-steps
   extern __shared__ __align__(16) unsigned char smraw[];
@@ -47,7 +59,7 @@ __global__ void __launch_bounds__(NTHR) flash_mma_kernel(FlashArgs a) {
   };
   load_tile(0, 0);
 
-  // Q (fp32) -> fp16 shared, then this warp's rows into A fragments
+  // Q (fp32) -> fp16 shared
   for (int i = tid; i < BQ * HD / 4; i += NTHR) {
     const int r = i / (HD / 4), c = (i % (HD / 4)) * 4;
     float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -55,17 +67,21 @@ __global__ void __launch_bounds__(NTHR) flash_mma_kernel(FlashArgs a) {
     *reinterpret_cast<uint2*>(Qs + r * LD + c) = make_uint2(pack_h2(v.x, v.y), pack_h2(v.z, v.w));
   }
   __syncthreads();
-  uint32_t qf[KS][4];
-#pragma unroll
-  for (int kk = 0; kk < KS; ++kk) ldsm_x4(qf[kk], Qs + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+  const __half* Qw = Qs + (warp * RW + (lane & 15)) * LD + (lane >> 4) * 8;  // this lane's ldmatrix row
 
   const float sl2 = 1.4426950408889634f / sqrtf((float)HD);  // softmax in base 2
   const int r0 = lane >> 2, c2 = (lane & 3) * 2;
-  const int t_a = q0 + warp * 16 + r0, t_b = t_a + 8;  // this lane's two query rows
-  float o[DT][4];
+  const int tw = q0 + warp * RW + r0;  // this lane's query rows: tw + 16 mt + {0, 8}
+  const int64_t w_last = nb + q0 + warp * RW + RW - 1;  // the warp's last row's last key
+  float o[MT][DT][4];
+  float m[MT][2], l[MT][2];
 #pragma unroll
-  for (int j = 0; j < DT; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int j = 0; j < DT; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.0f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.0f;
+  }
 
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int buf = tile & 1;
@@ -76,106 +92,148 @@ __global__ void __launch_bounds__(NTHR) flash_mma_kernel(FlashArgs a) {
       cp_async_wait<0>();
     }
     __syncthreads();
-    const __half* Kt = Ks + buf * BK * LD;
-    const __half* Vt = Vs + buf * BK * LD;
     const int64_t k0 = (int64_t)tile * BK;
-    // S = Q Kᵀ (16 rows x 64 keys per warp)
-    float s[NT][4];
+    if (k0 <= w_last) {  // warp-uniform: past it, every key of the tile is masked for this warp
+      const __half* Kt = Ks + buf * BK * LD;
+      const __half* Vt = Vs + buf * BK * LD;
+      // S = Q Kᵀ (RW rows x 64 keys per warp)
+      float s[MT][NT][4];
 #pragma unroll
-    for (int j = 0; j < NT; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
+        for (int j = 0; j < NT; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
 #pragma unroll
-      for (int j = 0; j < NT; j += 2) mma_abt2(s[j], s[j + 1], qf[kk], Kt + j * 8 * LD + kk * 16, LD, lane);
-    }
-    // causal / range mask where this tile reaches past a row's last key
-    const bool edge = k0 + BK - 1 > nb + q0 + warp * 16 || k0 + BK > n_keys;
-    float mx_a = -INFINITY, mx_b = -INFINITY;
+      for (int kk = 0; kk < KS; ++kk) {
+        uint32_t qa[MT][4];
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
+        for (int mt = 0; mt < MT; ++mt) ldsm_x4(qa[mt], Qw + mt * 16 * LD + kk * 16);
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t key = k0 + j * 8 + c2 + e;
-        float va = s[j][e] * sl2, vb = s[j][2 + e] * sl2;
-        if (edge) {
-          if (key > nb + t_a || t_a >= a.T || key >= n_keys) va = -INFINITY;
-          if (key > nb + t_b || t_b >= a.T || key >= n_keys) vb = -INFINITY;
+        for (int j = 0; j < NT; j += 2) {
+          uint32_t b[4];
+          ldsm_x4(b, Kt + (j * 8 + (lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma16816(s[mt][j], qa[mt], b[0], b[1]);
+            mma16816(s[mt][j + 1], qa[mt], b[2], b[3]);
+          }
         }
-        s[j][e] = va;
-        s[j][2 + e] = vb;
-        mx_a = fmaxf(mx_a, va);
-        mx_b = fmaxf(mx_b, vb);
       }
-    }
+      // causal / range mask where this tile reaches past a row's last key, then the online softmax
+      const bool edge = k0 + BK - 1 > nb + q0 + warp * RW || k0 + BK > n_keys;
 #pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, off));
-      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, off));
-    }
-    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-    const float al_a = mn_a == -INFINITY ? 1.0f : exp2f(m_a - mn_a);
-    const float al_b = mn_b == -INFINITY ? 1.0f : exp2f(m_b - mn_b);
-    m_a = mn_a;
-    m_b = mn_b;
-    float sum_a = 0.0f, sum_b = 0.0f;
+      for (int mt = 0; mt < MT; ++mt) {
+        // a key (rel: its index relative to the chunk's first query) is masked past the row's own
+        // position, which also covers the keys past n_keys; rows past T mask every key
+        const int t_a = tw + mt * 16, t_b = t_a + 8;
+        const int lim_a = t_a < a.T ? t_a : -(1 << 30), lim_b = t_b < a.T ? t_b : -(1 << 30);
+        const int rel = (int)(k0 - nb) + c2;
+        float mx_a = -INFINITY, mx_b = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
+        for (int j = 0; j < NT; ++j) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float pa = mn_a == -INFINITY ? 0.0f : exp2f(s[j][e] - mn_a);
-        const float pb = mn_b == -INFINITY ? 0.0f : exp2f(s[j][2 + e] - mn_b);
-        s[j][e] = pa;
-        s[j][2 + e] = pb;
-        sum_a += pa;
-        sum_b += pb;
+          for (int e = 0; e < 2; ++e) {
+            float va = s[mt][j][e], vb = s[mt][j][2 + e];
+            if (edge) {
+              if (rel + j * 8 + e > lim_a) va = -INFINITY;
+              if (rel + j * 8 + e > lim_b) vb = -INFINITY;
+            }
+            s[mt][j][e] = va;
+            s[mt][j][2 + e] = vb;
+            mx_a = fmaxf(mx_a, va);
+            mx_b = fmaxf(mx_b, vb);
+          }
+        }
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) {
+          mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, off));
+          mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, off));
+        }
+        const float mn_a = fmaxf(m[mt][0], mx_a), mn_b = fmaxf(m[mt][1], mx_b);
+        // raw units: the scaled max is subtracted inside the FFMA; a row with no key yet uses 0
+        // (ex2(-inf) = 0 for its masked scores and for alpha)
+        const float ms_a = mn_a == -INFINITY ? 0.0f : mn_a * sl2;
+        const float ms_b = mn_b == -INFINITY ? 0.0f : mn_b * sl2;
+        const float al_a = ex2_ftz(fmaf(m[mt][0], sl2, -ms_a)), al_b = ex2_ftz(fmaf(m[mt][1], sl2, -ms_b));
+        float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pa = ex2_ftz(fmaf(s[mt][j][e], sl2, -ms_a));
+            const float pb = ex2_ftz(fmaf(s[mt][j][2 + e], sl2, -ms_b));
+            s[mt][j][e] = pa;
+            s[mt][j][2 + e] = pb;
+            sum_a += pa;
+            sum_b += pb;
+          }
+        }
+        m[mt][0] = mn_a;
+        m[mt][1] = mn_b;
+        l[mt][0] = l[mt][0] * al_a + sum_a;  // per lane; the 4 lanes of a row are summed at the end
+        l[mt][1] = l[mt][1] * al_b + sum_b;
+#pragma unroll
+        for (int j = 0; j < DT; ++j) {
+          o[mt][j][0] *= al_a;
+          o[mt][j][1] *= al_a;
+          o[mt][j][2] *= al_b;
+          o[mt][j][3] *= al_b;
+        }
       }
-    }
-    l_a = l_a * al_a + sum_a;  // per lane; the 4 lanes of a row are summed at the end
-    l_b = l_b * al_b + sum_b;
+      // O += P V: P's accumulator layout is the A fragment of the next mma (16 keys per k-step)
 #pragma unroll
-    for (int j = 0; j < DT; ++j) {
-      o[j][0] *= al_a;
-      o[j][1] *= al_a;
-      o[j][2] *= al_b;
-      o[j][3] *= al_b;
-    }
-    // O += P V: P's accumulator layout is the A fragment of the next mma (16 keys per k-step)
+      for (int kk = 0; kk < BK / 16; ++kk) {
+        uint32_t pf[MT][4];
 #pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk) {
-      uint32_t pf[4];
-      pf[0] = pack_h2(s[2 * kk][0], s[2 * kk][1]);
-      pf[1] = pack_h2(s[2 * kk][2], s[2 * kk][3]);
-      pf[2] = pack_h2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pf[3] = pack_h2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        for (int mt = 0; mt < MT; ++mt) {
+          pf[mt][0] = pack_h2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+          pf[mt][1] = pack_h2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+          pf[mt][2] = pack_h2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+          pf[mt][3] = pack_h2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
 #pragma unroll
-      for (int j = 0; j < DT; j += 2) mma_ab2(o[j], o[j + 1], pf, Vt + kk * 16 * LD + j * 8, LD, lane);
+        for (int j = 0; j < DT; j += 2) {
+          uint32_t b[4];
+          ldsm_x4_t(b, Vt + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + j * 8 + (lane >> 4) * 8);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma16816(o[mt][j], pf[mt], b[0], b[1]);
+            mma16816(o[mt][j + 1], pf[mt], b[2], b[3]);
+          }
+        }
+      }
     }
     __syncthreads();  // the buffer is refilled by the next iteration's load
   }
 #pragma unroll
-  for (int off = 1; off < 4; off <<= 1) {
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
-  }
-  const float ia = l_a > 0.0f ? 1.0f / l_a : 0.0f, ib = l_b > 0.0f ? 1.0f / l_b : 0.0f;
+  for (int mt = 0; mt < MT; ++mt) {
+    float la = l[mt][0], lb = l[mt][1];
 #pragma unroll
-  for (int j = 0; j < DT; ++j) {
-    if (t_a < a.T)
-      *reinterpret_cast<float2*>(a.out + ((int64_t)t_a * a.nh + h) * HD + j * 8 + c2) =
-          make_float2(o[j][0] * ia, o[j][1] * ia);
-    if (t_b < a.T)
-      *reinterpret_cast<float2*>(a.out + ((int64_t)t_b * a.nh + h) * HD + j * 8 + c2) =
-          make_float2(o[j][2] * ib, o[j][3] * ib);
+    for (int off = 1; off < 4; off <<= 1) {
+      la += __shfl_xor_sync(0xffffffffu, la, off);
+      lb += __shfl_xor_sync(0xffffffffu, lb, off);
+    }
+    const float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
+    const int t_a = tw + mt * 16, t_b = t_a + 8;
+#pragma unroll
+    for (int j = 0; j < DT; ++j) {
+      if (t_a < a.T)
+        *reinterpret_cast<float2*>(a.out + ((int64_t)t_a * a.nh + h) * HD + j * 8 + c2) =
+            make_float2(o[mt][j][0] * ia, o[mt][j][1] * ia);
+      if (t_b < a.T)
+        *reinterpret_cast<float2*>(a.out + ((int64_t)t_b * a.nh + h) * HD + j * 8 + c2) =
+            make_float2(o[mt][j][2] * ib, o[mt][j][3] * ib);
+    }
   }
 }
 
 template <int HD>
 void launch(const FlashArgs& a, cudaStream_t s) {
-  constexpr int LD = HD + 8;
+  constexpr int LD = HD + 8, BQ = 16 * MT * NW;
   const size_t smem = (size_t)(BQ + 4 * BK) * LD * sizeof(__half);
   static bool attr = false;
   if (!attr) {
-    check(cudaFuncSetAttribute(flash_mma_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+    check(cudaFuncSetAttribute(flash_mma_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               (int)smem),
           "flash attention (mma) shared memory");
     attr = true;
   }

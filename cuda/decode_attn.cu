@@ -35,6 +35,9 @@ __device__ __forceinline__ float f16_round(float x) { return __half2float(__floa
 // thread-block cluster merging through distributed shared memory instead of the merge kernel
 // (497.3 with clusters of up to 16, 544.3 up to 8, vs 543.1), and a 2-chunk ring with both chunks
 // requested before the wait for items of one tile per warp (532.0 / 522.0 vs 544.0 / 538.1).
+// Session 9: the merge fused into this kernel (the last item of a KV head to finish, counted with an
+// atomic, merges its partials from shared memory) 466.5 / 465.4 vs 543.9 / 549.2, and 534.9 vs 574.5
+// for the full cache at depth 0: the separate merge kernel (a PDL launch) costs less.
 constexpr int R = 3;
 // Key rows in the ring are HD + 8 halves apart (16 bytes of padding: conflict-free ldmatrix).
 template <int HD>

@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
     if (k0 <= w_last) {  // warp-uniform: past it, every key of the tile is masked for this warp
       const __half* Kt = Ks + buf * BK * LD;
       const __half* Vt = Vs + buf * BK * LD;
-      // S = Q Kᵀ (RW rows x 64 keys per warp)
+      // S = Q Kᵀ (RW rows x BK keys per warp)
       float s[MT][NT][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)

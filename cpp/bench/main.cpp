@@ -4,7 +4,8 @@
 //
 // Flags shared with llama-bench keep its meaning; comma lists form a cross product. Tests:
 //   ppN [@ dD]   time to evaluate N prompt tokens in one hk_eval (after D untimed depth tokens)
-//   tgN [@ dD]   N single-token evals (after D untimed depth tokens)
+//   tgN [@ dD]   N single-token evals (after D untimed depth tokens; for a compressing method at
+//                depth 0, after an untimed 1-token prompt: the context's first eval compresses)
 //   ppN+tgM      -pg N,M: a prompt of N then M single-token evals, timed together
 // A warm-up run precedes each test; each repetition starts from an empty context. Written against
 // the public C API (headkv/headkv.h) only.
@@ -395,16 +396,22 @@ struct Runner {
     return bw;
   }
 
-  // One timed pass: depth (untimed), then the test. Returns nanoseconds.
-  double run_once(hk_context* ctx, const Test& t, int n_vocab, int32_t bos) {
+  // One timed pass: depth (untimed), then the test. Returns nanoseconds. A compressing method's tg
+  // test at depth 0 first evaluates the BOS (or one random token) untimed, as a depth of 1: a
+  // compressed context's first eval is the prompt it compresses (the arena is sized and the decode
+  // graph captured there), which the full cache's arena and graph, made with the context, do not
+  // pay in their first step; both then time n_gen decode steps.
+  double run_once(hk_context* ctx, const Test& t, int n_vocab, int32_t bos, bool compressing) {
     hk_context_reset(ctx);
-    if (t.n_depth > 0) {
-      auto depth = random_tokens(t.n_depth, n_vocab, bos);
+    const bool one_token_prompt = compressing && t.n_depth == 0 && t.n_prompt == 0 && t.n_gen > 0;
+    if (t.n_depth > 0 || one_token_prompt) {
+      auto depth = random_tokens(one_token_prompt ? 1 : t.n_depth, n_vocab, bos);
       check(hk_eval(ctx, depth.data(), depth.size()), "depth prefill");
     }
-    auto prompt = random_tokens(t.n_prompt, n_vocab, t.n_depth ? -1 : bos);
+    const bool empty = t.n_depth == 0 && !one_token_prompt;  // nothing evaluated yet: BOS first
+    auto prompt = random_tokens(t.n_prompt, n_vocab, empty ? bos : -1);
     auto gen = random_tokens(t.n_gen, n_vocab, -1);
-    if (t.n_depth == 0 && t.n_prompt == 0 && !gen.empty() && bos >= 0) gen[0] = bos;
+    if (empty && t.n_prompt == 0 && !gen.empty() && bos >= 0) gen[0] = bos;
     auto t0 = Clock::now();
     if (t.n_prompt > 0) check(hk_eval(ctx, prompt.data(), prompt.size()), "prompt eval");
     for (int i = 0; i < t.n_gen; ++i) check(hk_eval(ctx, &gen[i], 1), "decode eval");
@@ -457,7 +464,7 @@ struct Runner {
       }
     }
     for (int rep = 0; rep < o.reps; ++rep) {
-      double ns = run_once(ctx, t, r.n_vocab, bos);
+      double ns = run_once(ctx, t, r.n_vocab, bos, compressing);
       r.samples_ns.push_back(ns);
       if (o.progress)
         std::fprintf(stderr, "headkv-bench: %s %s rep %d/%d: %.2f t/s\n", basename_of(t.model).c_str(),

@@ -752,7 +752,7 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
   history.insert(history.end(), tokens, tokens + n);
   n_past += (int32_t)n;
   n_logit_rows = rows;
-  prepare_decode();  // (a single token has just captured or replayed it)
+  if (n > 1) prepare_decode();  // a single token has just captured or replayed the graph
 }
 
 // ---- public surface

@@ -41,10 +41,13 @@ void check_kv_config(const KVConfig& kv) {
 }
 
 // Decode attention items: a layer's keys are cut into at most one wave of blocks, each item of at
-// least kMinKeysPerItem keys, in multiples of 128 (a block's 4 warps stream tiles of 32 keys).
-// Measured on the H200 (session 9, 8B Q4_0 headkv-1024 at 8k, t/s; 128-key items here): items of at
-// least 256 / 512 / 1024 keys 535-537 / 509 / 467 vs 546-549; 64 / 96 / 32 keys (multiples of 32)
-// 544-549 / 548-551 / 531 vs 545-549.
+// least kMinKeysPerItem keys, in multiples of 32 keys per warp of a block (its warps stream tiles of
+// 32 keys; 8 warps: multiples of 256). Measured on the H200 with 4-warp blocks (session 9, 8B Q4_0
+// headkv-1024 at 8k, t/s; 128-key items): items of at least 256 / 512 / 1024 keys 535-537 / 509 /
+// 467 vs 546-549; 64 / 96 / 32 keys (multiples of 32) 544-549 / 548-551 / 531 vs 545-549. Session
+// 11: 8-warp blocks (one per SM, 256-key items, so each warp still holds one tile at 8k) 560.5-561.9
+// vs 553.7-556.2 at 8k, 558.3 vs 549.3 at 128k, full cache at 8k / 32k 504.0 / 358.2 vs 500.9 /
+// 351.1, depth 0 unchanged.
 constexpr int kMinKeysPerItem = 64, kMaxSplits = 512;
 
 }  // namespace
@@ -91,6 +94,15 @@ struct CudaContext::Impl {
   // decode graph
   DBuf<int32_t> step_in;  // [0] token, [1] position
   int32_t* step_host = nullptr;
+  // A decode step's logits: copied by the decode graph itself into pinned memory (no copy call, no
+  // staging through pageable memory), and the step's token and position read by the graph from
+  // step_host; HEADKV_LOGITS_IN_GRAPH=0 copies both outside the graph, the logits into logits_h.
+  bool logits_in_graph = true;
+  // Warps per decode attention block: 8 (items of multiples of 256 keys, one block per SM), or 4
+  // (multiples of 128, two blocks per SM) with HEADKV_ATTN_WARPS=4 or where 8 do not fit (sm_80).
+  int attn_warps = 8;
+  float* logits_pin = nullptr;
+  bool pinned_logits = false;  // the last eval's logits are in logits_pin
   cudaGraphExec_t graph = nullptr;
   // HEADKV_PROFILE=1: timing events captured into the decode graph between its stages; the mean
   // GPU time per token of each stage is printed to stderr when the context ends (development).
@@ -114,6 +126,7 @@ struct CudaContext::Impl {
     mv_q8x = half_gemm && !env_is("HEADKV_MATVEC", "fp32");
     fuse_rope = !env_is("HEADKV_FUSE_ROPE", "0");
     eager_graph = !env_is("HEADKV_EAGER_GRAPH", "0");
+    logits_in_graph = !env_is("HEADKV_LOGITS_IN_GRAPH", "0");
     prof.on = env_is("HEADKV_PROFILE", "1");
     n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
     ub = std::min<int32_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
@@ -134,6 +147,7 @@ struct CudaContext::Impl {
     const uint64_t L = hp.n_layer, H = hp.n_head_kv, hd = hp.head_dim;
     const uint64_t full_kv = method == BudgetMethod::Full ? (uint64_t)n_ctx * L * H * CudaContext::entry_bytes((int)hd) : 0;
     dm = DevModel::get(m);
+    attn_warps = decode_attention_warps(hp.head_dim, env_is("HEADKV_ATTN_WARPS", "4") ? 4 : 8);
     require_device_bytes(full_kv + scratch_bytes(ub), "a context with n_ctx=" + std::to_string(n_ctx) + " (KV cache " +
                                                           std::to_string(full_kv) + " bytes + scratch)");
     try {  // a constructor that throws runs no destructor: the stream and pinned buffer go here
@@ -142,6 +156,7 @@ struct CudaContext::Impl {
       alloc_scratch(ub);
       step_in.alloc(2, "decode step input");
       check(cudaMallocHost(&step_host, 2 * sizeof(int32_t)), "pinned step buffer");
+      check(cudaMallocHost(&logits_pin, (size_t)hp.n_vocab * sizeof(float)), "pinned logits buffer");
       if (method == BudgetMethod::Full) {
         std::vector<int64_t> cap((size_t)L * H, n_ctx);
         make_arena(cap);
@@ -194,6 +209,8 @@ struct CudaContext::Impl {
     drop_graph();
     if (step_host) cudaFreeHost(step_host);
     step_host = nullptr;
+    if (logits_pin) cudaFreeHost(logits_pin);
+    logits_pin = nullptr;
     if (st) {
       cudaStreamSynchronize(st);
       cudaStreamDestroy(st);
@@ -265,11 +282,12 @@ struct CudaContext::Impl {
     layer_items.assign(L, 0);
     int max_items = 0;
     // one wave of the attention kernel: items per layer <= resident blocks (each head rounds up)
-    const int64_t wave = std::max<int64_t>(H, decode_attention_slots(hp.head_dim, G) - H);
+    const int64_t wave = std::max<int64_t>(H, decode_attention_slots(hp.head_dim, G, attn_warps) - H);
+    const int64_t keys = 32 * attn_warps;  // a tile of 32 keys per warp
     for (int l = 0; l < L; ++l) {
       layer_item0[l] = (int)ih.size();
       const int64_t layer_cap = h_off[(l + 1) * H] - h_off[l * H];
-      const int64_t per_item = std::max<int64_t>(kMinKeysPerItem, cdiv(cdiv(layer_cap, wave), 128) * 128);
+      const int64_t per_item = std::max<int64_t>(kMinKeysPerItem, cdiv(cdiv(layer_cap, wave), keys) * keys);
       for (int g = 0; g < H; ++g) {
         const int64_t cap = h_off[l * H + g + 1] - h_off[l * H + g];
         const int S = (int)std::clamp<int64_t>(cdiv(cap, per_item), 1, kMaxSplits);
@@ -422,6 +440,7 @@ struct CudaContext::Impl {
         a.nkv = H;
         a.hd = hp.head_dim;
         a.part = part.get();
+        a.warps = attn_warps;
         decode_attention(a, st);
       } else {
         FlashArgs f;
@@ -475,9 +494,14 @@ struct CudaContext::Impl {
       check(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "graph capture");
       prof.capturing = prof.on;
       try {
+        if (logits_in_graph)
+          check(cudaMemcpyAsync(step_in.get(), step_host, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, st), "step input");
         forward_arena(1, 0, step_in.get() + 1);
         head(x.get(), 1);
         mark(7);
+        if (logits_in_graph)
+          check(cudaMemcpyAsync(logits_pin, logits_d.get(), hp.n_vocab * sizeof(float), cudaMemcpyDeviceToHost, st),
+                "logits");
         prof.capturing = false;
       } catch (...) {
         prof.capturing = false;
@@ -503,9 +527,10 @@ struct CudaContext::Impl {
   }
   void decode_graph_step(int32_t token) {
     capture_decode_graph();
-    step_host[0] = token;
+    step_host[0] = token;  // no step runs now (eval synchronizes): the graph reads them when it runs
     step_host[1] = n_past;
-    check(cudaMemcpyAsync(step_in.get(), step_host, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, st), "step input");
+    if (!logits_in_graph)
+      check(cudaMemcpyAsync(step_in.get(), step_host, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, st), "step input");
     check(cudaGraphLaunch(graph, st), "graph launch");
     profile_step();
   }
@@ -703,6 +728,7 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
   // Host logits first, with the CPU backend's checked allocation: a request larger than the memory
   // available fails with OutOfMemory here, before any work, instead of an over-committed vector
   // that gets the process killed when its pages are written.
+  pinned_logits = false;
   const int64_t rows = all_logits ? n : 1;
   if (logits_h.size() < (uint64_t)rows * hp.n_vocab)
     checked_assign(logits_h, checked_mul((uint64_t)rows, (uint64_t)hp.n_vocab, "logits"),
@@ -729,8 +755,9 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
   }
   if (n == 1) {
     decode_graph_step(tokens[0]);
-    fetch_logits(1, logits_h.data());
+    if (!logits_in_graph) fetch_logits(1, logits_h.data());
     check(cudaStreamSynchronize(st), "decode");
+    pinned_logits = logits_in_graph;
   } else {
     for (int64_t off = 0; off < n; off += ub) {  // n_past moves only once every chunk has run
       const int64_t T = std::min<int64_t>(ub, n - off);
@@ -784,9 +811,13 @@ void CudaContext::reset() {
 
 const float* CudaContext::logits() const {
   if (!p_->n_logit_rows) return nullptr;
+  if (p_->pinned_logits) return p_->logits_pin;
   return p_->logits_h.data() + (size_t)(p_->n_logit_rows - 1) * p_->hp.n_vocab;
 }
-const float* CudaContext::logits_all() const { return p_->n_logit_rows ? p_->logits_h.data() : nullptr; }
+const float* CudaContext::logits_all() const {
+  if (!p_->n_logit_rows) return nullptr;
+  return p_->pinned_logits ? p_->logits_pin : p_->logits_h.data();
+}
 int64_t CudaContext::n_logit_rows() const { return p_->n_logit_rows; }
 const Model& CudaContext::model() const { return p_->model; }
 int32_t CudaContext::n_ctx() const { return p_->n_ctx; }

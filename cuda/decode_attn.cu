@@ -12,7 +12,7 @@ namespace headkv::cu {
 
 namespace {
 
-constexpr int NT = 128, NW = NT / 32, MAXG = 8;
+constexpr int MAXG = 8;  // NW warps per block: 4, or 8 (DecodeArgs::warps)
 
 __device__ __forceinline__ float f16_round(float x) { return __half2float(__float2half_rn(x)); }
 
@@ -24,7 +24,8 @@ __device__ __forceinline__ float f16_round(float x) { return __half2float(__floa
 // before griddepcontrol.wait, so they load while the Q/K/V projection ends; the new token's row
 // (written by that kernel) and q are read after it.
 //
-// R = 3 chunks per warp (2 blocks per SM at hd 128). Measured on the H100 (8B Q4_0, decode t/s): R = 2
+// NW = 8 warps per block by default (one block per SM at hd 128; 4 warps: two, HEADKV_ATTN_WARPS=4).
+// R = 3 chunks per warp. Measured on the H100 (8B Q4_0, decode t/s): R = 2
 // gives 426.6 / 401.3 / 251.3 (full d0, headkv-1024 at 8k, full 32k), R = 3 426.0 / 411.0 / 248.8,
 // R = 4 - / 406.7 / 223.5; the register-streaming kernel before it 397.2 / 351.2 (with the separate
 // RoPE kernel) / 200.3. The tile math on CUDA cores (16 lanes per key row, the G query vectors in
@@ -42,13 +43,14 @@ constexpr int R = 3;
 // Key rows in the ring are HD + 8 halves apart (16 bytes of padding: conflict-free ldmatrix).
 template <int HD>
 __host__ __device__ constexpr int ring_ld() { return HD + 8; }
-template <int HD>
+template <int HD, int NW>
 __host__ __device__ constexpr size_t ring_bytes() { return (size_t)NW * R * 32 * ring_ld<HD>() * sizeof(__half); }
 
-template <int HD, int G>
-__global__ void __launch_bounds__(NT) split_kernel(DecodeArgs a) {
+template <int HD, int G, int NW>
+__global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
+  constexpr int NT = NW * 32;
   constexpr int LD = ring_ld<HD>(), CH = 32 * LD, CPL = HD / 8;  // row stride, halves per chunk, copies per lane
-  static_assert((size_t)NW * G * HD * sizeof(float) <= ring_bytes<HD>(), "warp outputs alias the ring");
+  static_assert((size_t)NW * G * HD * sizeof(float) <= ring_bytes<HD, NW>(), "warp outputs alias the ring");
   extern __shared__ __align__(16) uint8_t smem[];
   const int item = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   __half* ring = reinterpret_cast<__half*>(smem) + warp * R * CH;
@@ -266,43 +268,57 @@ __global__ void __launch_bounds__(MT) merge_kernel(DecodeArgs a) {
   }
 }
 
-// The split kernel for (HD, G) and its dynamic shared memory (the attribute is raised once).
+// The split kernel for (HD, G, NW) and its dynamic shared memory (the attribute is raised once).
 struct SplitFn {
   void (*fn)(DecodeArgs);
   size_t smem;
+  int threads;
 };
-template <int HD, int G>
+template <int HD, int G, int NW>
 SplitFn split_fn() {
-  constexpr size_t smem = ring_bytes<HD>();
+  constexpr size_t smem = ring_bytes<HD, NW>();
   static const bool once = [] {
-    check(cudaFuncSetAttribute(split_kernel<HD, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+    check(cudaFuncSetAttribute(split_kernel<HD, G, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
           "attention shared memory");
     return true;
   }();
   (void)once;
-  return {split_kernel<HD, G>, smem};
+  return {split_kernel<HD, G, NW>, smem, NW * 32};
 }
-template <int HD>
+template <int HD, int NW>
 SplitFn split_fn_g(int G) {
   switch (G) {
-    case 1: return split_fn<HD, 1>();
-    case 2: return split_fn<HD, 2>();
-    case 3: return split_fn<HD, 3>();
-    case 4: return split_fn<HD, 4>();
-    case 5: return split_fn<HD, 5>();
-    case 6: return split_fn<HD, 6>();
-    case 7: return split_fn<HD, 7>();
-    default: return split_fn<HD, 8>();
+    case 1: return split_fn<HD, 1, NW>();
+    case 2: return split_fn<HD, 2, NW>();
+    case 3: return split_fn<HD, 3, NW>();
+    case 4: return split_fn<HD, 4, NW>();
+    case 5: return split_fn<HD, 5, NW>();
+    case 6: return split_fn<HD, 6, NW>();
+    case 7: return split_fn<HD, 7, NW>();
+    default: return split_fn<HD, 8, NW>();
   }
 }
-SplitFn split_for(int hd, int G) { return hd == 64 ? split_fn_g<64>(G) : split_fn_g<128>(G); }
+SplitFn split_for(int hd, int G, int warps) {
+  if (warps == 8) return hd == 64 ? split_fn_g<64, 8>(G) : split_fn_g<128, 8>(G);
+  return hd == 64 ? split_fn_g<64, 4>(G) : split_fn_g<128, 4>(G);
+}
 
 }  // namespace
 
-int decode_attention_slots(int hd, int G) {
-  const SplitFn f = split_for(hd, G);
+int decode_attention_warps(int hd, int preferred) {
+  if (preferred != 8) return 4;
+  int dev = 0, optin = 0;
+  check(cudaGetDevice(&dev), "device");
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "device attributes");
+  // the ring plus the static per-warp softmax statistics (2 x 8 warps x 8 heads x 4 bytes)
+  const size_t need = (hd == 64 ? ring_bytes<64, 8>() : ring_bytes<128, 8>()) + 512;
+  return (size_t)optin >= need ? 8 : 4;
+}
+
+int decode_attention_slots(int hd, int G, int warps) {
+  const SplitFn f = split_for(hd, G, warps);
   int n = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, f.fn, NT, f.smem), "occupancy");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, f.fn, f.threads, f.smem), "occupancy");
   return std::max(1, n) * sm_count();
 }
 
@@ -310,8 +326,9 @@ void decode_attention(const DecodeArgs& a, cudaStream_t s) {
   if (a.nh / a.nkv > MAXG) fail(ErrorKind::Unsupported, "CUDA backend: more than 8 query heads per KV head");
   if (a.hd != 64 && a.hd != 128)
     fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
-  const SplitFn f = split_for(a.hd, a.nh / a.nkv);
-  launch_pdl(f.fn, dim3((unsigned)a.n_items), dim3(NT), f.smem, s, "decode attention", a);
+  if (a.warps != 4 && a.warps != 8) fail(ErrorKind::Internal, "decode attention: 4 or 8 warps per block");
+  const SplitFn f = split_for(a.hd, a.nh / a.nkv, a.warps);
+  launch_pdl(f.fn, dim3((unsigned)a.n_items), dim3(f.threads), f.smem, s, "decode attention", a);
   launch_pdl(a.hd == 64 ? merge_kernel<64> : merge_kernel<128>, dim3((unsigned)a.nh), dim3(MT), 0, s,
              "decode attention merge", a);
   check_launch("decode_attention");

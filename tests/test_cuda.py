@@ -317,6 +317,58 @@ def test_fused_rope_store_matches_separate_kernels(smollm2, prompt, device, monk
             separate.eval([tok])
 
 
+def test_decode_attention_block_widths_agree(smollm2, prompt, score_file, monkeypatch):
+    """Decode attention runs 8 warps per block where the GPU gives a block enough shared memory
+    (sm_90), else 4 (HEADKV_ATTN_WARPS=4 forces them): the items then cover 256 or 128 keys, so only
+    the order of the softmax merges differs. Logits within 1e-4 of max |logit| at every step, for the
+    full cache and a compressed one (the CPU comparisons in the other tests run the default)."""
+    worst = 0.0
+    for method in ("full", "headkv"):
+        monkeypatch.delenv("HEADKV_ATTN_WARPS", raising=False)
+        wide = _make(smollm2, "cuda", method, 256, score_file)
+        monkeypatch.setenv("HEADKV_ATTN_WARPS", "4")  # read when the context is made
+        narrow = _make(smollm2, "cuda", method, 256, score_file)
+        for m in (wide, narrow):
+            m.eval(prompt[:1500])
+        for _ in range(16):
+            lw, ln = wide.logits(), narrow.logits()
+            worst = max(worst, float(np.abs(lw - ln).max() / np.abs(ln).max()))
+            tok = int(ln.argmax())
+            wide.eval([tok])
+            narrow.eval([tok])
+    print(f"8 vs 4 warps per attention block: max |dlogit| / max |logit| {worst:.2e}")
+    assert worst < 1e-4
+
+
+def test_logits_copied_by_the_decode_graph(smollm2, prompt, score_file, monkeypatch):
+    """A decode step's token goes in and its logits come out through pinned buffers that the decode
+    graph itself reads and writes; HEADKV_LOGITS_IN_GRAPH=0 copies them outside the graph (the logits
+    into pageable memory). Bit-identical logits at every step, each step's own (they change from step
+    to step), for the full cache and a compressed one; a multi-token eval after decode steps returns
+    its own logits again."""
+    for method in ("full", "headkv"):
+        monkeypatch.delenv("HEADKV_LOGITS_IN_GRAPH", raising=False)
+        graph = _make(smollm2, "cuda", method, 256, score_file)
+        monkeypatch.setenv("HEADKV_LOGITS_IN_GRAPH", "0")  # read when the context is made
+        plain = _make(smollm2, "cuda", method, 256, score_file)
+        for m in (graph, plain):
+            m.eval(prompt[:1500])
+        prev = None
+        for _ in range(12):
+            lg, lp = graph.logits(), plain.logits()
+            assert np.array_equal(lg, lp)
+            assert prev is None or not np.array_equal(lg, prev)
+            prev = lg
+            tok = int(lg.argmax())
+            graph.eval([tok])
+            plain.eval([tok])
+        last = graph.logits()  # the last decode step's, in the pinned buffer
+        for m in (graph, plain):
+            m.eval(prompt[:4])
+        assert np.array_equal(graph.logits(), plain.logits())
+        assert not np.array_equal(graph.logits(), last)
+
+
 @pytest.mark.parametrize("n_head,n_head_kv,n_embd", [(16, 8, 2048), (8, 1, 1024), (24, 3, 1536)])
 def test_decode_attention_other_shapes(tmp_path, smollm2, n_head, n_head_kv, n_embd):
     """The decode attention for head sizes and group widths SmolLM2 (hd 64, G 3) does not have:

@@ -61,6 +61,28 @@ def _greedy(m, ids, n):
     return out
 
 
+def _env_pair(monkeypatch, var, value, ids, *make_args):
+    """Two contexts made by _make(*make_args), the first without the environment variable var, the
+    second with var=value (read when a context is made), each after evaluating ids."""
+    monkeypatch.delenv(var, raising=False)
+    a = _make(*make_args)
+    monkeypatch.setenv(var, value)
+    b = _make(*make_args)
+    for m in (a, b):
+        m.eval(ids)
+    return a, b
+
+
+def _lockstep(a, b, n):
+    """n decode steps of both contexts on b's greedy tokens; yields their logits before each step."""
+    for _ in range(n):
+        la, lb = a.logits(), b.logits()
+        yield la, lb
+        tok = int(lb.argmax())
+        a.eval([tok])
+        b.eval([tok])
+
+
 def test_device_visible():
     assert headkv._core.cuda_built() and headkv._core.cuda_device_count() >= 1
 
@@ -303,18 +325,9 @@ def test_fused_rope_store_matches_separate_kernels(smollm2, prompt, device, monk
     The arithmetic is the same, so the logits must be bit-identical at every step, for the full
     cache and a compressed one."""
     for method in ("full", "snapkv"):
-        monkeypatch.delenv("HEADKV_FUSE_ROPE", raising=False)
-        fused = _make(smollm2, device, method, 256)
-        monkeypatch.setenv("HEADKV_FUSE_ROPE", "0")  # read when the context is made
-        separate = _make(smollm2, device, method, 256)
-        for m in (fused, separate):
-            m.eval(prompt[:1500])
-        for _ in range(16):
-            lf, ls = fused.logits(), separate.logits()
+        fused, separate = _env_pair(monkeypatch, "HEADKV_FUSE_ROPE", "0", prompt[:1500], smollm2, device, method, 256)
+        for lf, ls in _lockstep(fused, separate, 16):
             assert np.array_equal(lf, ls)
-            tok = int(lf.argmax())
-            fused.eval([tok])
-            separate.eval([tok])
 
 
 def test_decode_attention_block_widths_agree(smollm2, prompt, score_file, monkeypatch):
@@ -326,18 +339,10 @@ def test_decode_attention_block_widths_agree(smollm2, prompt, score_file, monkey
     grown through 30 layers and the steps; the CPU comparisons in the other tests run the default)."""
     worst = 0.0
     for method in ("full", "headkv"):
-        monkeypatch.delenv("HEADKV_ATTN_WARPS", raising=False)
-        wide = _make(smollm2, "cuda-fp32", method, 256, score_file)
-        monkeypatch.setenv("HEADKV_ATTN_WARPS", "4")  # read when the context is made
-        narrow = _make(smollm2, "cuda-fp32", method, 256, score_file)
-        for m in (wide, narrow):
-            m.eval(prompt[:1500])
-        for _ in range(16):
-            lw, ln = wide.logits(), narrow.logits()
+        wide, narrow = _env_pair(monkeypatch, "HEADKV_ATTN_WARPS", "4", prompt[:1500], smollm2, "cuda-fp32", method, 256,
+                                 score_file)
+        for lw, ln in _lockstep(wide, narrow, 16):
             worst = max(worst, float(np.abs(lw - ln).max() / np.abs(ln).max()))
-            tok = int(ln.argmax())
-            wide.eval([tok])
-            narrow.eval([tok])
     print(f"8 vs 4 warps per attention block: max |dlogit| / max |logit| {worst:.2e}")
     assert worst < 1e-3
 
@@ -349,21 +354,13 @@ def test_logits_copied_by_the_decode_graph(smollm2, prompt, score_file, monkeypa
     to step), for the full cache and a compressed one; a multi-token eval after decode steps returns
     its own logits again."""
     for method in ("full", "headkv"):
-        monkeypatch.delenv("HEADKV_LOGITS_IN_GRAPH", raising=False)
-        graph = _make(smollm2, "cuda", method, 256, score_file)
-        monkeypatch.setenv("HEADKV_LOGITS_IN_GRAPH", "0")  # read when the context is made
-        plain = _make(smollm2, "cuda", method, 256, score_file)
-        for m in (graph, plain):
-            m.eval(prompt[:1500])
+        graph, plain = _env_pair(monkeypatch, "HEADKV_LOGITS_IN_GRAPH", "0", prompt[:1500], smollm2, "cuda", method, 256,
+                                 score_file)
         prev = None
-        for _ in range(12):
-            lg, lp = graph.logits(), plain.logits()
+        for lg, lp in _lockstep(graph, plain, 12):
             assert np.array_equal(lg, lp)
             assert prev is None or not np.array_equal(lg, prev)
             prev = lg
-            tok = int(lg.argmax())
-            graph.eval([tok])
-            plain.eval([tok])
         last = graph.logits()  # the last decode step's, in the pinned buffer
         for m in (graph, plain):
             m.eval(prompt[:4])

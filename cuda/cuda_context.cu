@@ -102,7 +102,7 @@ struct CudaContext::Impl {
   // (multiples of 128, two blocks per SM) with HEADKV_ATTN_WARPS=4 or where 8 do not fit (sm_80).
   int attn_warps = 8;
   float* logits_pin = nullptr;
-  bool pinned_logits = false;  // the last eval's logits are in logits_pin
+  bool pinned_logits = false;  // the last successful eval's logits are in logits_pin
   cudaGraphExec_t graph = nullptr;
   // HEADKV_PROFILE=1: timing events captured into the decode graph between its stages; the mean
   // GPU time per token of each stage is printed to stderr when the context ends (development).
@@ -728,7 +728,6 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
   // Host logits first, with the CPU backend's checked allocation: a request larger than the memory
   // available fails with OutOfMemory here, before any work, instead of an over-committed vector
   // that gets the process killed when its pages are written.
-  pinned_logits = false;
   const int64_t rows = all_logits ? n : 1;
   if (logits_h.size() < (uint64_t)rows * hp.n_vocab)
     checked_assign(logits_h, checked_mul((uint64_t)rows, (uint64_t)hp.n_vocab, "logits"),
@@ -750,6 +749,7 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
     history.insert(history.end(), tokens, tokens + n);
     n_past = (int32_t)n;
     n_logit_rows = rows;
+    pinned_logits = false;
     prepare_decode();
     return;
   }
@@ -757,7 +757,6 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
     decode_graph_step(tokens[0]);
     if (!logits_in_graph) fetch_logits(1, logits_h.data());
     check(cudaStreamSynchronize(st), "decode");
-    pinned_logits = logits_in_graph;
   } else {
     for (int64_t off = 0; off < n; off += ub) {  // n_past moves only once every chunk has run
       const int64_t T = std::min<int64_t>(ub, n - off);
@@ -779,6 +778,7 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
   history.insert(history.end(), tokens, tokens + n);
   n_past += (int32_t)n;
   n_logit_rows = rows;
+  pinned_logits = n == 1 && logits_in_graph;  // (set with the rows: a failed eval leaves the last ones)
   if (n > 1) prepare_decode();  // a single token has just captured or replayed the graph
 }
 

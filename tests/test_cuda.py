@@ -351,8 +351,8 @@ def test_logits_copied_by_the_decode_graph(smollm2, prompt, score_file, monkeypa
     """A decode step's token goes in and its logits come out through pinned buffers that the decode
     graph itself reads and writes; HEADKV_LOGITS_IN_GRAPH=0 copies them outside the graph (the logits
     into pageable memory). Bit-identical logits at every step, each step's own (they change from step
-    to step), for the full cache and a compressed one; a multi-token eval after decode steps returns
-    its own logits again."""
+    to step), for the full cache and a compressed one; a refused eval leaves them; a multi-token eval
+    after decode steps returns its own logits again."""
     for method in ("full", "headkv"):
         graph, plain = _env_pair(monkeypatch, "HEADKV_LOGITS_IN_GRAPH", "0", prompt[:1500], smollm2, "cuda", method, 256,
                                  score_file)
@@ -362,6 +362,9 @@ def test_logits_copied_by_the_decode_graph(smollm2, prompt, score_file, monkeypa
             assert prev is None or not np.array_equal(lg, prev)
             prev = lg
         last = graph.logits()  # the last decode step's, in the pinned buffer
+        with pytest.raises(headkv.errors.InvalidArgumentError):
+            graph.eval([graph.n_vocab])  # refused before any work: the last logits stay
+        assert np.array_equal(graph.logits(), last)
         for m in (graph, plain):
             m.eval(prompt[:4])
         assert np.array_equal(graph.logits(), plain.logits())

@@ -65,6 +65,9 @@ struct CudaContext::Impl {
   bool mv_q8x = true;
   // One token's RoPE and K/V store fused into the Q/K/V projection (HEADKV_FUSE_ROPE=0: separate).
   bool fuse_rope = true;
+  // Warps per decode attention block: 8 (items of multiples of 256 keys, one block per SM), or 4
+  // (multiples of 128, two blocks per SM) with HEADKV_ATTN_WARPS=4 or where 8 do not fit (sm_80).
+  int attn_warps = 8;
   // Capture the decode graph at the end of a prompt (HEADKV_EAGER_GRAPH=0: at the first decode step).
   bool eager_graph = true;
   int32_t n_ctx = 0, ub = 2048, n_past = 0;
@@ -98,9 +101,6 @@ struct CudaContext::Impl {
   // staging through pageable memory), and the step's token and position read by the graph from
   // step_host; HEADKV_LOGITS_IN_GRAPH=0 copies both outside the graph, the logits into logits_h.
   bool logits_in_graph = true;
-  // Warps per decode attention block: 8 (items of multiples of 256 keys, one block per SM), or 4
-  // (multiples of 128, two blocks per SM) with HEADKV_ATTN_WARPS=4 or where 8 do not fit (sm_80).
-  int attn_warps = 8;
   float* logits_pin = nullptr;
   bool pinned_logits = false;  // the last successful eval's logits are in logits_pin
   cudaGraphExec_t graph = nullptr;
@@ -494,14 +494,11 @@ struct CudaContext::Impl {
       check(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "graph capture");
       prof.capturing = prof.on;
       try {
-        if (logits_in_graph)
-          check(cudaMemcpyAsync(step_in.get(), step_host, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, st), "step input");
+        if (logits_in_graph) copy_step_input();
         forward_arena(1, 0, step_in.get() + 1);
         head(x.get(), 1);
         mark(7);
-        if (logits_in_graph)
-          check(cudaMemcpyAsync(logits_pin, logits_d.get(), hp.n_vocab * sizeof(float), cudaMemcpyDeviceToHost, st),
-                "logits");
+        if (logits_in_graph) fetch_logits(1, logits_pin);
         prof.capturing = false;
       } catch (...) {
         prof.capturing = false;
@@ -525,12 +522,15 @@ struct CudaContext::Impl {
       cudaGetLastError();
     }
   }
+  // The step's token and position, step_host -> step_in (a node of the graph with logits_in_graph).
+  void copy_step_input() {
+    check(cudaMemcpyAsync(step_in.get(), step_host, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, st), "step input");
+  }
   void decode_graph_step(int32_t token) {
     capture_decode_graph();
     step_host[0] = token;  // no step runs now (eval synchronizes): the graph reads them when it runs
     step_host[1] = n_past;
-    if (!logits_in_graph)
-      check(cudaMemcpyAsync(step_in.get(), step_host, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, st), "step input");
+    if (!logits_in_graph) copy_step_input();
     check(cudaGraphLaunch(graph, st), "graph launch");
     profile_step();
   }
@@ -809,14 +809,13 @@ void CudaContext::reset() {
   }
 }
 
-const float* CudaContext::logits() const {
-  if (!p_->n_logit_rows) return nullptr;
-  if (p_->pinned_logits) return p_->logits_pin;
-  return p_->logits_h.data() + (size_t)(p_->n_logit_rows - 1) * p_->hp.n_vocab;
-}
 const float* CudaContext::logits_all() const {
   if (!p_->n_logit_rows) return nullptr;
-  return p_->pinned_logits ? p_->logits_pin : p_->logits_h.data();
+  return p_->pinned_logits ? p_->logits_pin : p_->logits_h.data();  // pinned: one row
+}
+const float* CudaContext::logits() const {
+  const float* all = logits_all();
+  return all ? all + (size_t)(p_->n_logit_rows - 1) * p_->hp.n_vocab : nullptr;
 }
 int64_t CudaContext::n_logit_rows() const { return p_->n_logit_rows; }
 const Model& CudaContext::model() const { return p_->model; }

@@ -101,16 +101,12 @@ struct CudaContext::Impl {
   // staging through pageable memory), and the step's token and position read by the graph from
   // step_host; HEADKV_LOGITS_IN_GRAPH=0 copies both outside the graph, the logits into logits_h.
   bool logits_in_graph = true;
-  // With logits_in_graph, the graph has no copy nodes: the output head writes the logits straight
-  // into logits_pin (mapped pinned memory, over PCIe while it runs; HEADKV_LOGITS_DIRECT=0: a copy
-  // node after it), and the embedding reads the token from step_host while the position is a
-  // device counter that the graph advances (dev_pos mirrors it; -1: unknown, written before the
-  // next launch; HEADKV_STEP_COUNTER=0: a copy node of token and position at the graph's start).
-  bool logits_direct = true, step_counter = true;
-  int64_t dev_pos = -1;
-  int32_t* step_host_dev = nullptr;  // device addresses of the mapped pinned buffers
+  // (Measured slower on the H200, session 12, headkv-1024 at 8k: the output head writing the logits
+  // straight into mapped pinned memory instead of a copy node, 550.5 / 551.9 vs 559.5 / 561.1 t/s,
+  // its 4-byte stores crossing PCIe one by one; the token read from mapped memory and the position
+  // kept as a device counter advanced by the graph instead of the input copy node, 559.1 vs 559.5 /
+  // 561.1.)
   float* logits_pin = nullptr;
-  float* logits_pin_dev = nullptr;
   bool pinned_logits = false;  // the last successful eval's logits are in logits_pin
   cudaGraphExec_t graph = nullptr;
   // HEADKV_PROFILE=1: timing events captured into the decode graph between its stages; the mean
@@ -136,8 +132,6 @@ struct CudaContext::Impl {
     fuse_rope = !env_is("HEADKV_FUSE_ROPE", "0");
     eager_graph = !env_is("HEADKV_EAGER_GRAPH", "0");
     logits_in_graph = !env_is("HEADKV_LOGITS_IN_GRAPH", "0");
-    logits_direct = logits_in_graph && !env_is("HEADKV_LOGITS_DIRECT", "0");
-    step_counter = logits_in_graph && !env_is("HEADKV_STEP_COUNTER", "0");
     prof.on = env_is("HEADKV_PROFILE", "1");
     n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
     ub = std::min<int32_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
@@ -166,10 +160,8 @@ struct CudaContext::Impl {
       blas_init(st);
       alloc_scratch(ub);
       step_in.alloc(2, "decode step input");
-      check(cudaHostAlloc(&step_host, 2 * sizeof(int32_t), cudaHostAllocMapped), "pinned step buffer");
-      check(cudaHostGetDevicePointer(&step_host_dev, step_host, 0), "pinned step buffer");
-      check(cudaHostAlloc(&logits_pin, (size_t)hp.n_vocab * sizeof(float), cudaHostAllocMapped), "pinned logits buffer");
-      check(cudaHostGetDevicePointer(&logits_pin_dev, logits_pin, 0), "pinned logits buffer");
+      check(cudaMallocHost(&step_host, 2 * sizeof(int32_t)), "pinned step buffer");
+      check(cudaMallocHost(&logits_pin, (size_t)hp.n_vocab * sizeof(float)), "pinned logits buffer");
       if (method == BudgetMethod::Full) {
         std::vector<int64_t> cap((size_t)L * H, n_ctx);
         make_arena(cap);
@@ -222,9 +214,9 @@ struct CudaContext::Impl {
     if (st) cudaStreamSynchronize(st);  // (the graph writes the pinned buffers)
     drop_graph();
     if (step_host) cudaFreeHost(step_host);
-    step_host = step_host_dev = nullptr;
+    step_host = nullptr;
     if (logits_pin) cudaFreeHost(logits_pin);
-    logits_pin = logits_pin_dev = nullptr;
+    logits_pin = nullptr;
     if (st) cudaStreamDestroy(st);
     st = nullptr;
   }
@@ -396,12 +388,11 @@ struct CudaContext::Impl {
   }
 
   // One chunk of T tokens through every layer, K/V appended to the arena at each segment's end.
-  // The chunk's first position is pos0, or read from device memory at pos0_dev (graph capture: the
-  // token at step_tok; with step_counter the graph advances the position itself).
-  void forward_arena(int64_t T, int32_t pos0, const int32_t* pos0_dev, const int32_t* step_tok = nullptr) {
+  // The chunk's first position is pos0, or read from device memory at pos0_dev (graph capture).
+  void forward_arena(int64_t T, int32_t pos0, const int32_t* pos0_dev) {
     const int H = hp.n_head_kv;
     mark(0);
-    embed_rows(dm->tok_embd, step_tok ? step_tok : tok.get(), T, x.get(), st);
+    embed_rows(dm->tok_embd, pos0_dev ? step_in.get() : tok.get(), T, x.get(), st);
     for (int il = 0; il < hp.n_layer; ++il) {
       const DevLayer& L = dm->layers[il];
       mark(0);
@@ -474,16 +465,15 @@ struct CudaContext::Impl {
       mark(4);
       mlp(L, x.get(), T);
     }
-    add_used(used.get(), hp.n_layer * H, (int)T, st, step_tok && step_counter ? step_in.get() + 1 : nullptr);
+    add_used(used.get(), hp.n_layer * H, (int)T, st);
   }
 
-  // Final norm + output head for `rows` rows of xf into logits_d (row-major [rows][vocab]), or a
-  // single row into `row_out` where the fused single-row kernel applies (returns whether it did).
-  bool head(const float* xf, int64_t rows, float* row_out = nullptr) {
+  // Final norm + output head for `rows` rows of xf into logits_d (row-major [rows][vocab]).
+  void head(const float* xf, int64_t rows) {
     if (rows == 1 && hp.n_embd % 4 == 0) {
-      float* y = row_out ? row_out : logits_d.get();
+      float* y = logits_d.get();
       matvec_norm(&dm->output, 1, &y, xf, dm->output_norm, hp.rms_eps, mv_q8x, st);
-      return row_out != nullptr;
+      return;
     }
     rms_norm(xf, dm->output_norm, xn.get(), rows, hp.n_embd, hp.rms_eps, st);
     const float* before = logits_d.get();
@@ -492,7 +482,6 @@ struct CudaContext::Impl {
     // several rows) invalidates it. (Never during capture: a single row always fits.)
     if (logits_d.get() != before) drop_graph();
     linear(dm->output, xn.get(), rows, logits_d.get(), hp.n_vocab, false);
-    return false;
   }
 
   void fetch_logits(int64_t rows, float* dst) {
@@ -508,11 +497,11 @@ struct CudaContext::Impl {
       check(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "graph capture");
       prof.capturing = prof.on;
       try {
-        if (logits_in_graph && !step_counter) copy_step_input();
-        forward_arena(1, 0, step_in.get() + 1, step_counter ? step_host_dev : step_in.get());
-        const bool direct = head(x.get(), 1, logits_direct ? logits_pin_dev : nullptr);
+        if (logits_in_graph) copy_step_input();
+        forward_arena(1, 0, step_in.get() + 1);
+        head(x.get(), 1);
         mark(7);
-        if (logits_in_graph && !direct) fetch_logits(1, logits_pin);
+        if (logits_in_graph) fetch_logits(1, logits_pin);
         prof.capturing = false;
       } catch (...) {
         prof.capturing = false;
@@ -545,11 +534,7 @@ struct CudaContext::Impl {
     step_host[0] = token;  // no step runs now (eval synchronizes): the graph reads them when it runs
     step_host[1] = n_past;
     if (!logits_in_graph) copy_step_input();
-    if (step_counter && dev_pos != n_past)  // after a prompt or a reset (the graph advances it)
-      check(cudaMemcpyAsync(step_in.get() + 1, step_host + 1, sizeof(int32_t), cudaMemcpyHostToDevice, st), "position");
-    dev_pos = -1;  // unknown should the launch fail
     check(cudaGraphLaunch(graph, st), "graph launch");
-    dev_pos = n_past + 1;
     profile_step();
   }
 

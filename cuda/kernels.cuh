@@ -96,9 +96,8 @@ __device__ __forceinline__ void rope_cs(int32_t pos, float scale, float inv_freq
   *c = (float)cos((double)theta);
   *s = (float)sin((double)theta);
 }
-// used[i] += T for i < n (end of an eval: the tokens appended to every segment), and *pos += T
-// when pos is given (the decode graph's position counter). A PDL launch.
-void add_used(int32_t* used, int n, int T, cudaStream_t s, int32_t* pos = nullptr);
+// used[i] += T for i < n (end of an eval: the tokens appended to every segment). A PDL launch.
+void add_used(int32_t* used, int n, int T, cudaStream_t s);
 
 // ---- flash_attn.cu: causal GQA attention of T queries (q [T][nh][hd], fp32) over keys of each KV
 // head g at K + (seg_off ? seg_off[g] : g*ld_head) * hd (fp32 or fp16 rows of hd); query t sees

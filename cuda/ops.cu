@@ -78,12 +78,11 @@ __global__ void rope_store_kernel(RopeStore a) {
 
 // A programmatic dependent (PDL): the next kernel (the output head) may launch at once; the counts
 // change only after the previous kernel has finished (every reader of them has).
-__global__ void add_used_kernel(int32_t* used, int n, int T, int32_t* pos) {
+__global__ void add_used_kernel(int32_t* used, int n, int T) {
   grid_dependents_launch();
   grid_dependency_wait();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) used[i] += T;
-  if (pos && i == 0) *pos += T;
 }
 
 }  // namespace
@@ -106,9 +105,8 @@ void rope_store(const RopeStore& a, cudaStream_t s) {
   check_launch("rope_store");
 }
 
-void add_used(int32_t* used, int n, int T, cudaStream_t s, int32_t* pos) {
-  launch_pdl(add_used_kernel, dim3((unsigned)cdiv(n, 256)), dim3(256), 0, s, "add_used", used, n, T, pos);
+void add_used(int32_t* used, int n, int T, cudaStream_t s) {
+  launch_pdl(add_used_kernel, dim3((unsigned)cdiv(n, 256)), dim3(256), 0, s, "add_used", used, n, T);
 }
-
 
 }  // namespace headkv::cu

@@ -347,20 +347,16 @@ def test_decode_attention_block_widths_agree(smollm2, prompt, score_file, monkey
     assert worst < 1e-3
 
 
-@pytest.mark.parametrize("var", ["HEADKV_LOGITS_IN_GRAPH", "HEADKV_LOGITS_DIRECT", "HEADKV_STEP_COUNTER"])
-def test_logits_copied_by_the_decode_graph(smollm2, prompt, score_file, monkeypatch, var):
+def test_logits_copied_by_the_decode_graph(smollm2, prompt, score_file, monkeypatch):
     """A decode step's token goes in and its logits come out through pinned buffers that the decode
-    graph itself reads and writes: the output head writes the logits straight into mapped pinned
-    memory, the embedding reads the token from it and the position is a device counter advanced by
-    the graph. Each switch turns one part back into a copy: HEADKV_LOGITS_IN_GRAPH=0 copies token,
-    position and logits outside the graph (the logits into pageable memory), HEADKV_LOGITS_DIRECT=0
-    copies the logits in a graph node, HEADKV_STEP_COUNTER=0 copies token and position in a graph
-    node. Bit-identical logits at every step, each step's own (they change from step to step), for
-    the full cache and a compressed one; a refused eval leaves them; a multi-token eval after decode
-    steps returns its own logits again, and decode steps after it and after a reset (the position
-    counter rewritten) agree again."""
+    graph itself reads and writes; HEADKV_LOGITS_IN_GRAPH=0 copies them outside the graph (the logits
+    into pageable memory). Bit-identical logits at every step, each step's own (they change from step
+    to step), for the full cache and a compressed one; a refused eval leaves them; a multi-token eval
+    after decode steps returns its own logits again, and decode steps after it and after a reset
+    (new positions) agree again."""
     for method in ("full", "headkv"):
-        graph, plain = _env_pair(monkeypatch, var, "0", prompt[:1500], smollm2, "cuda", method, 256, score_file)
+        graph, plain = _env_pair(monkeypatch, "HEADKV_LOGITS_IN_GRAPH", "0", prompt[:1500], smollm2, "cuda", method, 256,
+                                 score_file)
         prev = None
         for lg, lp in _lockstep(graph, plain, 12):
             assert np.array_equal(lg, lp)

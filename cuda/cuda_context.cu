@@ -66,7 +66,8 @@ struct CudaContext::Impl {
   // One token's RoPE and K/V store fused into the Q/K/V projection (HEADKV_FUSE_ROPE=0: separate).
   bool fuse_rope = true;
   // Warps per decode attention block: 8 (items of multiples of 256 keys, one block per SM), or 4
-  // (multiples of 128, two blocks per SM) with HEADKV_ATTN_WARPS=4 or where 8 do not fit (sm_80).
+  // (multiples of 128, two blocks per SM) or 2 (64) with HEADKV_ATTN_WARPS=4 / 2 or where wider
+  // blocks do not fit (at hd 128: 4 on sm_80, 2 on sm_86 / sm_89).
   int attn_warps = 8;
   // Capture the decode graph at the end of a prompt (HEADKV_EAGER_GRAPH=0: at the first decode step).
   bool eager_graph = true;
@@ -152,7 +153,9 @@ struct CudaContext::Impl {
     const uint64_t L = hp.n_layer, H = hp.n_head_kv, hd = hp.head_dim;
     const uint64_t full_kv = method == BudgetMethod::Full ? (uint64_t)n_ctx * L * H * CudaContext::entry_bytes((int)hd) : 0;
     dm = DevModel::get(m);
-    attn_warps = decode_attention_warps(hp.head_dim, env_is("HEADKV_ATTN_WARPS", "4") ? 4 : 8);
+    attn_warps = decode_attention_warps(hp.head_dim, env_is("HEADKV_ATTN_WARPS", "2")   ? 2
+                                                     : env_is("HEADKV_ATTN_WARPS", "4") ? 4
+                                                                                        : 8);
     require_device_bytes(full_kv + scratch_bytes(ub), "a context with n_ctx=" + std::to_string(n_ctx) + " (KV cache " +
                                                           std::to_string(full_kv) + " bytes + scratch)");
     try {  // a constructor that throws runs no destructor: the stream and pinned buffer go here

@@ -6,13 +6,14 @@
 #include <string>
 
 #include "common.cuh"
+#include "decode_attn_smem.h"
 #include "kernels.cuh"
 
 namespace headkv::cu {
 
 namespace {
 
-constexpr int MAXG = 8;  // NW warps per block: 4, or 8 (DecodeArgs::warps)
+constexpr int MAXG = 8;  // NW warps per block: 8, 4 or 2 (DecodeArgs::warps)
 
 __device__ __forceinline__ float f16_round(float x) { return __half2float(__float2half_rn(x)); }
 
@@ -24,7 +25,8 @@ __device__ __forceinline__ float f16_round(float x) { return __half2float(__floa
 // before griddepcontrol.wait, so they load while the Q/K/V projection ends; the new token's row
 // (written by that kernel) and q are read after it.
 //
-// NW = 8 warps per block by default (one block per SM at hd 128; 4 warps: two, HEADKV_ATTN_WARPS=4).
+// NW = 8 warps per block by default (one block per SM at hd 128; 4 warps: two, HEADKV_ATTN_WARPS=4;
+// 2 warps where a block may have only ~99 KB of shared memory, sm_86 / sm_89 at hd 128).
 // R = 3 chunks per warp. Measured on the H100 (8B Q4_0, decode t/s): R = 2
 // gives 426.6 / 401.3 / 251.3 (full d0, headkv-1024 at 8k, full 32k), R = 3 426.0 / 411.0 / 248.8,
 // R = 4 - / 406.7 / 223.5; the register-streaming kernel before it 397.2 / 351.2 (with the separate
@@ -39,12 +41,14 @@ __device__ __forceinline__ float f16_round(float x) { return __half2float(__floa
 // Session 9: the merge fused into this kernel (the last item of a KV head to finish, counted with an
 // atomic, merges its partials from shared memory) 466.5 / 465.4 vs 543.9 / 549.2, and 534.9 vs 574.5
 // for the full cache at depth 0: the separate merge kernel (a PDL launch) costs less.
-constexpr int R = 3;
+constexpr int R = kDecodeRing;
 // Key rows in the ring are HD + 8 halves apart (16 bytes of padding: conflict-free ldmatrix).
 template <int HD>
 __host__ __device__ constexpr int ring_ld() { return HD + 8; }
 template <int HD, int NW>
 __host__ __device__ constexpr size_t ring_bytes() { return (size_t)NW * R * 32 * ring_ld<HD>() * sizeof(__half); }
+static_assert(ring_bytes<128, 8>() == decode_ring_bytes(128, 8) && ring_bytes<64, 2>() == decode_ring_bytes(64, 2),
+              "decode_attn_smem.h describes this ring");
 
 template <int HD, int G, int NW>
 __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
@@ -54,7 +58,7 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
   extern __shared__ __align__(16) uint8_t smem[];
   const int item = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   __half* ring = reinterpret_cast<__half*>(smem) + warp * R * CH;
-  __shared__ float wm[NW][G], wl[NW][G];
+  __shared__ float wm[NW][G], wl[NW][G];  // (counted in decode_block_smem for G <= 8)
 
   // Everything up to griddepcontrol.wait reads only what earlier decode steps wrote.
   const int g = a.item_head[item], sp = a.item_split[item], S = a.head_splits[g];
@@ -300,19 +304,22 @@ SplitFn split_fn_g(int G) {
 }
 SplitFn split_for(int hd, int G, int warps) {
   if (warps == 8) return hd == 64 ? split_fn_g<64, 8>(G) : split_fn_g<128, 8>(G);
+  if (warps == 2) return hd == 64 ? split_fn_g<64, 2>(G) : split_fn_g<128, 2>(G);
   return hd == 64 ? split_fn_g<64, 4>(G) : split_fn_g<128, 4>(G);
 }
 
 }  // namespace
 
 int decode_attention_warps(int hd, int preferred) {
-  if (preferred != 8) return 4;
   int dev = 0, optin = 0;
   check(cudaGetDevice(&dev), "device");
   check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "device attributes");
-  // the ring plus the static per-warp softmax statistics (2 x 8 warps x 8 heads x 4 bytes)
-  const size_t need = (hd == 64 ? ring_bytes<64, 8>() : ring_bytes<128, 8>()) + 512;
-  return (size_t)optin >= need ? 8 : 4;
+  const int w = decode_attention_warps_for((size_t)optin, hd, preferred);
+  if (!w)
+    fail(ErrorKind::Unsupported, "CUDA backend: the decode attention at head_dim " + std::to_string(hd) + " needs " +
+                                     std::to_string(decode_block_smem(hd, 2)) +
+                                     " bytes of shared memory per block; this device allows " + std::to_string(optin));
+  return w;
 }
 
 int decode_attention_slots(int hd, int G, int warps) {
@@ -326,7 +333,7 @@ void decode_attention(const DecodeArgs& a, cudaStream_t s) {
   if (a.nh / a.nkv > MAXG) fail(ErrorKind::Unsupported, "CUDA backend: more than 8 query heads per KV head");
   if (a.hd != 64 && a.hd != 128)
     fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
-  if (a.warps != 4 && a.warps != 8) fail(ErrorKind::Internal, "decode attention: 4 or 8 warps per block");
+  if (a.warps != 2 && a.warps != 4 && a.warps != 8) fail(ErrorKind::Internal, "decode attention: 2, 4 or 8 warps per block");
   const SplitFn f = split_for(a.hd, a.nh / a.nkv, a.warps);
   launch_pdl(f.fn, dim3((unsigned)a.n_items), dim3(f.threads), f.smem, s, "decode attention", a);
   launch_pdl(a.hd == 64 ? merge_kernel<64> : merge_kernel<128>, dim3((unsigned)a.nh), dim3(MT), 0, s,

@@ -151,14 +151,14 @@ struct DecodeArgs {
   const int32_t* head_splits = nullptr;  // [nkv]
   const int32_t* head_first = nullptr;   // [nkv] first item of head g
   int n_items = 0, nh = 0, nkv = 0, hd = 0;
-  int warps = 4;  // per block (4 or 8): an item's keys are split over them in tiles of 32
+  int warps = 4;  // per block (8, 4 or 2): an item's keys are split over them in tiles of 32
   float* part = nullptr;
 };
 void decode_attention(const DecodeArgs& a, cudaStream_t s);
 // Blocks of the decode attention kernel resident at once on the device (one wave).
 int decode_attention_slots(int hd, int G, int warps);
-// Warps per block to use: `preferred` (8) where the device gives a block enough shared memory for
-// it (sm_90: 227 KB), else 4 (sm_80's 163 KB holds 4 warps' rings at hd 128, not 8).
+// Warps per block to use: the widest of 8, 4, 2 up to `preferred` whose shared memory the device
+// gives a block (decode_attn_smem.h: at hd 128 sm_90 takes 8, sm_80 4, sm_86 / sm_89 2).
 int decode_attention_warps(int hd, int preferred);
 
 // ---- select.cu: per-layer selection on the device (see select/selection.h for the rules).

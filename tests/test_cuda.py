@@ -330,20 +330,22 @@ def test_fused_rope_store_matches_separate_kernels(smollm2, prompt, device, monk
             assert np.array_equal(lf, ls)
 
 
-def test_decode_attention_block_widths_agree(smollm2, prompt, score_file, monkeypatch):
+@pytest.mark.parametrize("narrow_warps", ["4", "2"])
+def test_decode_attention_block_widths_agree(smollm2, prompt, score_file, monkeypatch, narrow_warps):
     """Decode attention runs 8 warps per block where the GPU gives a block enough shared memory
-    (sm_90), else 4 (HEADKV_ATTN_WARPS=4 forces them): the items then cover 256 or 128 keys, so only
-    the order of the softmax merges differs. cuda-fp32 (with int8 activations a flipped rounding of x
-    moves the logits by far more: 4.7e-2 measured): logits within 1e-3 of max |logit| at each of 16
-    steps, for the full cache and a compressed one (measured 1.0e-4 on the H200: summation order,
-    grown through 30 layers and the steps; the CPU comparisons in the other tests run the default)."""
+    (sm_90), else 4 (sm_80) or 2 (sm_86 / sm_89 at hd 128; HEADKV_ATTN_WARPS=4 / 2 forces them): the
+    items then cover 256, 128 or 64 keys, so only the order of the softmax merges differs. cuda-fp32
+    (with int8 activations a flipped rounding of x moves the logits by far more: 4.7e-2 measured):
+    logits within 1e-3 of max |logit| at each of 16 steps, for the full cache and a compressed one
+    (8 vs 4 measured 1.0e-4 on the H200: summation order, grown through 30 layers and the steps; the
+    CPU comparisons in the other tests run the default)."""
     worst = 0.0
     for method in ("full", "headkv"):
-        wide, narrow = _env_pair(monkeypatch, "HEADKV_ATTN_WARPS", "4", prompt[:1500], smollm2, "cuda-fp32", method, 256,
-                                 score_file)
+        wide, narrow = _env_pair(monkeypatch, "HEADKV_ATTN_WARPS", narrow_warps, prompt[:1500], smollm2, "cuda-fp32",
+                                 method, 256, score_file)
         for lw, ln in _lockstep(wide, narrow, 16):
             worst = max(worst, float(np.abs(lw - ln).max() / np.abs(ln).max()))
-    print(f"8 vs 4 warps per attention block: max |dlogit| / max |logit| {worst:.2e}")
+    print(f"8 vs {narrow_warps} warps per attention block: max |dlogit| / max |logit| {worst:.2e}")
     assert worst < 1e-3
 
 
@@ -379,15 +381,18 @@ def test_logits_copied_by_the_decode_graph(smollm2, prompt, score_file, monkeypa
             assert np.array_equal(lg, lp)
 
 
-@pytest.mark.parametrize("n_head,n_head_kv,n_embd", [(16, 8, 2048), (8, 1, 1024), (24, 3, 1536)])
-def test_decode_attention_other_shapes(tmp_path, smollm2, n_head, n_head_kv, n_embd):
+@pytest.mark.parametrize("n_head,n_head_kv,n_embd,warps",
+                         [(16, 8, 2048, "8"), (8, 1, 1024, "8"), (24, 3, 1536, "8"), (16, 8, 2048, "2"), (8, 1, 1024, "2")])
+def test_decode_attention_other_shapes(tmp_path, smollm2, n_head, n_head_kv, n_embd, warps, monkeypatch):
     """The decode attention for head sizes and group widths SmolLM2 (hd 64, G 3) does not have:
-    hd 128 with G 2 and 8, hd 64 with G 8, on tiny random-weight models, cuda-fp32 against the CPU.
+    hd 128 with G 2 and 8, hd 64 with G 8, on tiny random-weight models, cuda-fp32 against the CPU;
+    hd 128 also with the 2-warp blocks that GPUs with ~99 KB of shared memory per block run.
     First one token on an empty cache (used = 0), then a 6000-token prompt with n_ctx 8192: each
     work item then spans several tiles per warp, so the new token's row also lands in chunks
     requested after the kernel's wait (SmolLM2's tests only reach the chunks requested before)."""
     from gguf_factory import write_tiny_llama
 
+    monkeypatch.setenv("HEADKV_ATTN_WARPS", warps)  # read when the context is made
     path = tmp_path / "m.gguf"
     write_tiny_llama(path, smollm2, n_embd=n_embd, n_layer=2, n_head=n_head, n_head_kv=n_head_kv, n_ff=256,
                      wtype="F16", seed=n_head)
@@ -406,7 +411,7 @@ def test_decode_attention_other_shapes(tmp_path, smollm2, n_head, n_head_kv, n_e
             tok = int(lc.argmax())
             c.eval([tok])
             g.eval([tok])
-    print(f"hd {n_embd // n_head}, G {n_head // n_head_kv}: max |dlogit| / max |logit| {worst:.2e}")
+    print(f"hd {n_embd // n_head}, G {n_head // n_head_kv}, {warps} warps: max |dlogit| / max |logit| {worst:.2e}")
     assert worst < 0.02
 
 

@@ -231,77 +231,15 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
 }
 
 // One block per query head: the head's partials are split over MG thread groups (one thread per
-// dimension in each). One pass: a thread loads the max, sum and value of each of its partials (up
-// to 4 in flight) and combines them at its own running max; the groups' results are then combined
-// through shared memory at the block's max. Empty partials (l = 0: an item past the head's keys)
-// weigh nothing. HEADKV_MERGE_2PASS=1: the earlier two passes (the head's max first, then the sums).
+// dimension in each), then combined through shared memory.
+// Measured on the H200 and not kept (session 12, branch next/merge-1pass): one pass, each thread's
+// partials loaded together and combined at its running max, then the groups at the block's max
+// (one round of L2 loads and one barrier fewer): headkv-1024 563.0 / 564.2 vs 555.5 / 558.1 t/s at
+// 8k and 561.6 vs 556.7 at 128k, but the full cache at 32k 333.4 / 337.4 / 335.0 vs 354.2 / 356.2
+// (15-16 partials per head there; not understood).
 constexpr int MT = 512;
 template <int HD>
 __global__ void __launch_bounds__(MT) merge_kernel(DecodeArgs a) {
-  grid_dependency_wait();    // a PDL launch: the split kernel's partials
-  grid_dependents_launch();  // the output projection (a PDL launch) may start prefetching weights
-  constexpr int MG = MT / HD, UN = 4;
-  const int h = blockIdx.x, tid = threadIdx.x, d = tid % HD, grp = tid / HD;
-  const int G = a.nh / a.nkv, g = h / G, hh = h % G;
-  const int first = a.head_first[g], n = a.head_splits[g];
-  __shared__ float accs[MG][HD], ms[MG], ls[MG];
-  float m = -INFINITY, L = 0.0f, acc = 0.0f;
-  for (int i0 = grp; i0 < n; i0 += MG * UN) {
-    float pm[UN], pl[UN], pv[UN];
-#pragma unroll
-    for (int u = 0; u < UN; ++u) {
-      const int i = i0 + u * MG;
-      pl[u] = 0.0f;
-      if (i < n) {
-        const float* p = a.part + ((int64_t)(first + i) * G + hh) * (HD + 2);
-        pm[u] = p[HD];
-        pl[u] = p[HD + 1];
-        pv[u] = p[d];
-      }
-    }
-    float mn = m;
-#pragma unroll
-    for (int u = 0; u < UN; ++u)
-      if (pl[u] > 0.0f) mn = fmaxf(mn, pm[u]);
-    if (mn == -INFINITY) continue;  // nothing yet
-    const float sc = m == -INFINITY ? 0.0f : expf(m - mn);
-    acc *= sc;
-    L *= sc;
-    m = mn;
-#pragma unroll
-    for (int u = 0; u < UN; ++u)
-      if (pl[u] > 0.0f) {
-        const float w = expf(pm[u] - m);
-        acc += pv[u] * w;
-        L += pl[u] * w;
-      }
-  }
-  accs[grp][d] = acc;
-  if (d == 0) {
-    ms[grp] = m;
-    ls[grp] = L;
-  }
-  __syncthreads();
-  if (grp == 0) {
-    float M = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < MG; ++j)
-      if (ls[j] > 0.0f) M = fmaxf(M, ms[j]);
-    float A = 0.0f, LL = 0.0f;
-#pragma unroll
-    for (int j = 0; j < MG; ++j)
-      if (ls[j] > 0.0f) {
-        const float w = expf(ms[j] - M);
-        A += accs[j][d] * w;
-        LL += ls[j] * w;
-      }
-    a.out[h * HD + d] = A / LL;
-  }
-}
-
-// The two-pass merge (HEADKV_MERGE_2PASS=1, for A/B).
-template <int HD>
-__global__ void __launch_bounds__(MT) merge2_kernel(DecodeArgs a) {
   grid_dependency_wait();    // a PDL launch: the split kernel's partials
   grid_dependents_launch();  // the output projection (a PDL launch) may start prefetching weights
   constexpr int MG = MT / HD;
@@ -403,10 +341,8 @@ void decode_attention(const DecodeArgs& a, cudaStream_t s) {
   if (a.warps != 2 && a.warps != 4 && a.warps != 8) fail(ErrorKind::Internal, "decode attention: 2, 4 or 8 warps per block");
   const SplitFn f = split_for(a.hd, a.nh / a.nkv, a.warps);
   launch_pdl(f.fn, dim3((unsigned)a.n_items), dim3(f.threads), f.smem, s, "decode attention", a);
-  static const bool two_pass = env_is("HEADKV_MERGE_2PASS", "1");
-  auto merge = two_pass ? (a.hd == 64 ? merge2_kernel<64> : merge2_kernel<128>)
-                        : (a.hd == 64 ? merge_kernel<64> : merge_kernel<128>);
-  launch_pdl(merge, dim3((unsigned)a.nh), dim3(MT), 0, s, "decode attention merge", a);
+  launch_pdl(a.hd == 64 ? merge_kernel<64> : merge_kernel<128>, dim3((unsigned)a.nh), dim3(MT), 0, s,
+             "decode attention merge", a);
   check_launch("decode_attention");
 }
 

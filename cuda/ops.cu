@@ -76,8 +76,8 @@ __global__ void rope_store_kernel(RopeStore a) {
   }
 }
 
-// A programmatic dependent (PDL): the next kernel (the output head) may launch at once; the counts
-// change only after the previous kernel has finished (every reader of them has).
+// A programmatic dependent (PDL): the next kernel (in decode, the output head) may launch at once;
+// the counts change only after the previous kernel has finished (every reader of them has).
 __global__ void add_used_kernel(int32_t* used, int n, int T) {
   grid_dependents_launch();
   grid_dependency_wait();

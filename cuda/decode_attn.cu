@@ -235,8 +235,10 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
 // Measured on the H200 and not kept (session 12, branch next/merge-1pass): one pass, each thread's
 // partials loaded together and combined at its running max, then the groups at the block's max
 // (one round of L2 loads and one barrier fewer): headkv-1024 563.0 / 564.2 vs 555.5 / 558.1 t/s at
-// 8k and 561.6 vs 556.7 at 128k, but the full cache at 32k 333.4 / 337.4 / 335.0 vs 354.2 / 356.2
-// (15-16 partials per head there; not understood).
+// 8k and 561.6 vs 556.7 at 128k, but the full cache at 32k 333.4 / 337.4 / 335.0 vs 354.2 / 356.2.
+// At full 32k it is faster when the kernels run serialized (HEADKV_PROFILE) and equal with
+// HEADKV_PDL=0, so the loss is in the PDL overlap (36 registers vs 32: larger early-launched blocks);
+// the branch holds it to 32 registers, not yet measured.
 constexpr int MT = 512;
 template <int HD>
 __global__ void __launch_bounds__(MT) merge_kernel(DecodeArgs a) {

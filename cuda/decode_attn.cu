@@ -46,14 +46,13 @@ constexpr int R = kDecodeRing;
 template <int HD>
 __host__ __device__ constexpr int ring_ld() { return HD + 8; }
 template <int HD, int NW>
-__host__ __device__ constexpr size_t ring_bytes() { return (size_t)NW * R * 32 * ring_ld<HD>() * sizeof(__half); }
-static_assert(ring_bytes<128, 8>() == decode_ring_bytes(128, 8) && ring_bytes<64, 2>() == decode_ring_bytes(64, 2),
-              "decode_attn_smem.h describes this ring");
+__host__ __device__ constexpr size_t ring_bytes() { return decode_ring_bytes(HD, NW); }
 
 template <int HD, int G, int NW>
 __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
   constexpr int NT = NW * 32;
   constexpr int LD = ring_ld<HD>(), CH = 32 * LD, CPL = HD / 8;  // row stride, halves per chunk, copies per lane
+  static_assert((size_t)NW * R * CH * sizeof(__half) == ring_bytes<HD, NW>(), "the warps' rings fill the allocation");
   static_assert((size_t)NW * G * HD * sizeof(float) <= ring_bytes<HD, NW>(), "warp outputs alias the ring");
   extern __shared__ __align__(16) uint8_t smem[];
   const int item = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;

@@ -230,50 +230,73 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
 }
 
 // One block per query head: the head's partials are split over MG thread groups (one thread per
-// dimension in each), then combined through shared memory.
-// Measured on the H200 and not kept (session 12, branch next/merge-1pass): one pass, each thread's
-// partials loaded together and combined at its running max, then the groups at the block's max
-// (one round of L2 loads and one barrier fewer): headkv-1024 563.0 / 564.2 vs 555.5 / 558.1 t/s at
-// 8k and 561.6 vs 556.7 at 128k, but the full cache at 32k 333.4 / 337.4 / 335.0 vs 354.2 / 356.2.
-// At full 32k it is faster when the kernels run serialized (HEADKV_PROFILE) and equal with
-// HEADKV_PDL=0, so the loss is in the PDL overlap (36 registers vs 32: larger early-launched blocks);
-// the branch holds it to 32 registers, not yet measured.
+// dimension in each). One pass: a thread loads the max, sum and value of UN of its partials at once
+// and combines them at its own running max; the groups' results are then combined through shared
+// memory at the block's max. Empty partials (l = 0: an item past the head's keys) weigh nothing.
+// Measured on the H200 (session 13, BENCHMARKS.md) against the earlier two passes (the head's max,
+// then the sums): headkv-1024 +0.6-1.3% from 8k to 128k, full cache within 0.6%. Held to 32
+// registers: at 36 its early-launched (PDL) blocks cost the full cache 5.5% at 32k (session 12);
+// UN = 4 spills at 32 and measured no better than UN = 2.
 constexpr int MT = 512;
 template <int HD>
-__global__ void __launch_bounds__(MT) merge_kernel(DecodeArgs a) {
+__global__ void __launch_bounds__(MT, 4) merge_kernel(DecodeArgs a) {
   grid_dependency_wait();    // a PDL launch: the split kernel's partials
   grid_dependents_launch();  // the output projection (a PDL launch) may start prefetching weights
-  constexpr int MG = MT / HD;
+  constexpr int MG = MT / HD, UN = 2;
   const int h = blockIdx.x, tid = threadIdx.x, d = tid % HD, grp = tid / HD;
   const int G = a.nh / a.nkv, g = h / G, hh = h % G;
   const int first = a.head_first[g], n = a.head_splits[g];
-  __shared__ float red[MT / 32];
-  __shared__ float accs[MG][HD], ls[MG];
-  float M = -INFINITY;
-  for (int i = tid; i < n; i += MT) M = fmaxf(M, a.part[((int64_t)(first + i) * G + hh) * (HD + 2) + HD]);
-  for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-  if ((tid & 31) == 0) red[tid >> 5] = M;
-  __syncthreads();
-  M = -INFINITY;
-  for (int w = 0; w < MT / 32; ++w) M = fmaxf(M, red[w]);
-  float L = 0.0f, acc = 0.0f;
-#pragma unroll 4
-  for (int i = grp; i < n; i += MG) {
-    const float* p = a.part + ((int64_t)(first + i) * G + hh) * (HD + 2);
-    const float l = p[HD + 1];
-    const float w = l == 0.0f ? 0.0f : expf(p[HD] - M);
-    L += l * w;
-    acc += p[d] * w;
+  __shared__ float accs[MG][HD], ms[MG], ls[MG];
+  float m = -INFINITY, L = 0.0f, acc = 0.0f;
+  for (int i0 = grp; i0 < n; i0 += MG * UN) {
+    float pm[UN], pl[UN], pv[UN];
+#pragma unroll
+    for (int u = 0; u < UN; ++u) {
+      const int i = i0 + u * MG;
+      pl[u] = 0.0f;
+      if (i < n) {
+        const float* p = a.part + ((int64_t)(first + i) * G + hh) * (HD + 2);
+        pm[u] = p[HD];
+        pl[u] = p[HD + 1];
+        pv[u] = p[d];
+      }
+    }
+    float mn = m;
+#pragma unroll
+    for (int u = 0; u < UN; ++u)
+      if (pl[u] > 0.0f) mn = fmaxf(mn, pm[u]);
+    if (mn == -INFINITY) continue;  // nothing yet
+    const float sc = m == -INFINITY ? 0.0f : expf(m - mn);
+    acc *= sc;
+    L *= sc;
+    m = mn;
+#pragma unroll
+    for (int u = 0; u < UN; ++u)
+      if (pl[u] > 0.0f) {
+        const float w = expf(pm[u] - m);
+        acc += pv[u] * w;
+        L += pl[u] * w;
+      }
   }
   accs[grp][d] = acc;
-  if (d == 0) ls[grp] = L;
+  if (d == 0) {
+    ms[grp] = m;
+    ls[grp] = L;
+  }
   __syncthreads();
   if (grp == 0) {
+    float M = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < MG; ++j)
+      if (ls[j] > 0.0f) M = fmaxf(M, ms[j]);
     float A = 0.0f, LL = 0.0f;
-    for (int j = 0; j < MG; ++j) {
-      A += accs[j][d];
-      LL += ls[j];
-    }
+#pragma unroll
+    for (int j = 0; j < MG; ++j)
+      if (ls[j] > 0.0f) {
+        const float w = expf(ms[j] - M);
+        A += accs[j][d] * w;
+        LL += ls[j] * w;
+      }
     a.out[h * HD + d] = A / LL;
   }
 }

@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
 // and combines them at its own running max; the groups' results are then combined through shared
 // memory at the block's max. Empty partials (l = 0: an item past the head's keys) weigh nothing.
 // Measured on the H200 (session 13, BENCHMARKS.md) against the earlier two passes (the head's max,
-// then the sums): headkv-1024 +0.6-1.3% from 8k to 128k, full cache within 0.6%. Held to 32
+// then the sums): headkv-1024 +0.5-0.9% from 8k to 128k, full cache within 1%. Held to 32
 // registers: at 36 its early-launched (PDL) blocks cost the full cache 5.5% at 32k (session 12);
 // UN = 4 spills at 32 and measured no better than UN = 2.
 constexpr int MT = 512;

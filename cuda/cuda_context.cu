@@ -148,6 +148,7 @@ struct CudaContext::Impl {
         scores = load_scores(kv.scores, &info);
       }
     }
+    require_supported_device();
     if (device_free_bytes() == 0) fail(ErrorKind::OutOfMemory, "no free GPU memory");
     // Everything this context needs at construction, checked before the first allocation.
     const uint64_t L = hp.n_layer, H = hp.n_head_kv, hd = hp.head_dim;

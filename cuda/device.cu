@@ -2,6 +2,11 @@
 #include <cuda_runtime.h>
 
 #include "device_buffer.cuh"
+#include "device_support.h"
+
+#ifndef HEADKV_CUDA_ARCHS_STR
+#define HEADKV_CUDA_ARCHS_STR "?"
+#endif
 
 extern "C" int headkv_cuda_device_count(void) {
   int n = 0;
@@ -27,6 +32,25 @@ extern "C" void headkv_cuda_reset_peak(void) {
 }
 
 namespace headkv::cu {
+
+namespace {
+__global__ void probe_kernel() {}  // built like every kernel: its image exists iff theirs do
+}  // namespace
+
+void require_supported_device() {
+  if (headkv_cuda_device_count() < 1) fail(ErrorKind::Unsupported, "device 'cuda': no CUDA device is visible");
+  int dev = 0, major = 0, minor = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
+  cudaFuncAttributes fa{};
+  const bool has_image = cudaFuncGetAttributes(&fa, probe_kernel) == cudaSuccess;
+  if (!has_image) cudaGetLastError();  // the failed query also left its error as the last error
+  const std::string why = device_support_problem(prop.name, major, minor, has_image, HEADKV_CUDA_ARCHS_STR);
+  if (!why.empty()) fail(ErrorKind::Unsupported, why);
+}
 
 uint64_t device_free_bytes() {
   if (headkv_cuda_device_count() < 1) fail(ErrorKind::Unsupported, "device 'cuda': no CUDA device is visible");

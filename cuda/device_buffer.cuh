@@ -23,6 +23,9 @@ MemCounter& mem_counter();
 
 // Free device memory (bytes); fails with Unsupported when no device is usable.
 uint64_t device_free_bytes();
+// UnsupportedError unless the current device can run this build (compute capability 8.0+, and a
+// kernel image for it); called before a context allocates anything.
+void require_supported_device();
 // Throws OutOfMemory naming `what` and the bytes when `bytes` exceed the free device memory
 // (keeping `reserve` bytes for the CUDA runtime and cuBLAS).
 void require_device_bytes(uint64_t bytes, const std::string& what, uint64_t reserve = 256ull << 20);

@@ -1,12 +1,20 @@
-// The decode attention's block width per device (cuda/decode_attn_smem.h), against shared memory
-// sizes worked out by hand: the split kernel's ring is warps x 3 chunks x 32 keys x (hd + 8) halves,
-// plus 2 floats per warp and query head (8 at most). Built with the CUDA backend; runs without a GPU.
+// Per-device choices of the CUDA backend, checked without a GPU (built with the CUDA backend):
+// - the decode attention's block width (cuda/decode_attn_smem.h), against shared memory sizes worked
+//   out by hand: the split kernel's ring is warps x 3 chunks x 32 keys x (hd + 8) halves, plus 2
+//   floats per warp and query head (8 at most);
+// - whether a device can run the build at all (cuda/device_support.h).
+#include <string>
+
 #include "../../cuda/decode_attn_smem.h"
+#include "../../cuda/device_support.h"
 
 #include "check.h"
 
 using headkv::cu::decode_attention_warps_for;
 using headkv::cu::decode_block_smem;
+using headkv::cu::device_support_problem;
+
+static bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 int main() {
   // hd 128: 8 warps 8*3*32*136*2 = 208896 + 512; 4 warps 104448 + 256; 2 warps 52224 + 128.
@@ -29,5 +37,17 @@ int main() {
   // exactly at the limit fits, one byte under does not
   CHECK(decode_attention_warps_for(209408, 128, 8) == 8);
   CHECK(decode_attention_warps_for(209407, 128, 8) == 4);
+
+  // devices: 8.0+ with a kernel image runs; below 8.0 never; no image names the arch to build for
+  CHECK(device_support_problem("NVIDIA H200", 9, 0, true, "90").empty());
+  CHECK(device_support_problem("NVIDIA A100", 8, 0, true, "80,90").empty());
+  const std::string t4 = device_support_problem("Tesla T4", 7, 5, true, "90");
+  CHECK(has(t4, "Tesla T4") && has(t4, "compute capability 7.5") && has(t4, "8.0"));
+  const std::string t4_noimg = device_support_problem("Tesla T4", 7, 5, false, "90");
+  CHECK(has(t4_noimg, "8.0"));  // too old comes first: rebuilding would not help
+  const std::string a10 = device_support_problem("NVIDIA A10", 8, 6, false, "90");
+  CHECK(has(a10, "compute capability 8.6") && has(a10, "HEADKV_CUDA_ARCHS=90") && has(a10, "-DHEADKV_CUDA_ARCHS=86"));
+  const std::string l4 = device_support_problem("NVIDIA L4", 8, 9, false, "80,90");
+  CHECK(has(l4, "HEADKV_CUDA_ARCHS=80,90") && has(l4, "-DHEADKV_CUDA_ARCHS=89"));
   return failures ? 1 : 0;
 }

@@ -39,16 +39,14 @@ __global__ void probe_kernel() {}  // built like every kernel: its image exists 
 
 void require_supported_device() {
   if (headkv_cuda_device_count() < 1) fail(ErrorKind::Unsupported, "device 'cuda': no CUDA device is visible");
-  int dev = 0, major = 0, minor = 0;
+  int dev = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
-  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
   cudaFuncAttributes fa{};
   const bool has_image = cudaFuncGetAttributes(&fa, probe_kernel) == cudaSuccess;
   if (!has_image) cudaGetLastError();  // the failed query also left its error as the last error
-  const std::string why = device_support_problem(prop.name, major, minor, has_image, HEADKV_CUDA_ARCHS_STR);
+  const std::string why = device_support_problem(prop.name, prop.major, prop.minor, has_image, HEADKV_CUDA_ARCHS_STR);
   if (!why.empty()) fail(ErrorKind::Unsupported, why);
 }
 

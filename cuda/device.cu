@@ -44,8 +44,10 @@ void require_supported_device() {
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
   cudaFuncAttributes fa{};
-  const bool has_image = cudaFuncGetAttributes(&fa, probe_kernel) == cudaSuccess;
-  if (!has_image) cudaGetLastError();  // the failed query also left its error as the last error
+  const cudaError_t e = cudaFuncGetAttributes(&fa, probe_kernel);
+  const bool has_image = !(e == cudaErrorNoKernelImageForDevice || e == cudaErrorInvalidDeviceFunction);
+  if (has_image) check(e, "cudaFuncGetAttributes");  // any other failure is not about this build
+  else cudaGetLastError();  // the failed query also left its error as the last error
   const std::string why = device_support_problem(prop.name, prop.major, prop.minor, has_image, HEADKV_CUDA_ARCHS_STR);
   if (!why.empty()) fail(ErrorKind::Unsupported, why);
 }

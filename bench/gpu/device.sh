@@ -42,12 +42,14 @@ case "$stage" in
       -o /tmp/smol-q4_0.gguf > /dev/null && python3 bench/gpu/smoke.py /tmp/smol-q4_0.gguf 2>&1 | tee -a "$OUT/smoke.txt"
     ;;
   archcheck)  # a build without machine code or PTX for this GPU (sm_80 only) must refuse it up front
-    cmake -S . -B /tmp/b80 -G Ninja -DHEADKV_CUDA=ON -DHEADKV_CUDA_ARCHS=80-real -DHEADKV_BUILD_TESTS=OFF > /dev/null \
-      && ninja -C /tmp/b80 headkv-cli > /tmp/b80.log 2>&1 || { tail -20 /tmp/b80.log; exit 1; }
+    { cmake -S . -B /tmp/b80 -G Ninja -DHEADKV_CUDA=ON -DHEADKV_CUDA_ARCHS=80-real -DHEADKV_BUILD_TESTS=OFF \
+      && ninja -C /tmp/b80 headkv-cli; } > /tmp/b80.log 2>&1 || { tail -20 /tmp/b80.log; exit 1; }
     [ -f /tmp/smol-q4_0.gguf ] || python3 tools/make_synthetic_gguf.py --vocab-from .dev/models/smollm2-vocab.gguf \
       --shape smollm2 --type q4_0 -o /tmp/smol-q4_0.gguf > /dev/null
     /tmp/b80/headkv-cli -m /tmp/smol-q4_0.gguf --device cuda -p "hi" -n 1 > /tmp/b80.out 2>&1
-    echo "cli rc=$?: $(tail -1 /tmp/b80.out)" | tee -a "$OUT/archcheck.txt"
+    rc=$?
+    echo "cli rc=$rc: $(tail -1 /tmp/b80.out)" | tee -a "$OUT/archcheck.txt"
+    [ $rc -ne 0 ] && grep -q "this build has no CUDA kernels" /tmp/b80.out || { echo "archcheck FAILED"; exit 1; }
     ;;
   test)
     python3 -m pytest -m gpu tests/test_cuda.py -q -s -ra -p no:cacheprovider "$@" 2>&1 | tee "$OUT/test_cuda.txt" | tail -60

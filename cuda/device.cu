@@ -35,10 +35,14 @@ namespace headkv::cu {
 
 namespace {
 __global__ void probe_kernel() {}  // built like every kernel: its image exists iff theirs do
+
+void require_visible_device() {
+  if (headkv_cuda_device_count() < 1) fail(ErrorKind::Unsupported, "device 'cuda': no CUDA device is visible");
+}
 }  // namespace
 
 void require_supported_device() {
-  if (headkv_cuda_device_count() < 1) fail(ErrorKind::Unsupported, "device 'cuda': no CUDA device is visible");
+  require_visible_device();
   int dev = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
   cudaDeviceProp prop{};
@@ -53,7 +57,7 @@ void require_supported_device() {
 }
 
 uint64_t device_free_bytes() {
-  if (headkv_cuda_device_count() < 1) fail(ErrorKind::Unsupported, "device 'cuda': no CUDA device is visible");
+  require_visible_device();
   size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
   return free_b;

@@ -23,6 +23,7 @@
 #include "device_buffer.cuh"
 #include "kernels.cuh"
 #include "quant.cuh"
+#include "select/spans.h"
 #include "weights.cuh"
 
 namespace headkv {
@@ -38,6 +39,7 @@ void check_kv_config(const KVConfig& kv) {
   if (kv.max_new_tokens < 0) bad("max_new_tokens must be >= 0");
   if (kv.sink < 0) bad("sink must be >= 0");
   if (!(kv.adakv_floor >= 0 && kv.adakv_floor <= 1)) bad("adakv floor must be in [0, 1]");
+  if (kv.span < 0) bad("span must be >= 0");
 }
 
 // Decode attention items: a layer's keys are cut into at most one wave of blocks, each item of at
@@ -124,6 +126,7 @@ struct CudaContext::Impl {
   // HEADKV_KEEP_SELECTION_SCORES=1: pooled window scores of every layer kept on the host (tests).
   bool keep_scores = std::getenv("HEADKV_KEEP_SELECTION_SCORES") != nullptr;
   std::vector<std::vector<float>> sel_scores;
+  std::vector<uint8_t> tok_edges;  // select/spans.h, filled at the first span-aware prompt
 
   Impl(const Model& m, const ContextParams& p, CudaPrecision prec) : model(m), hp(m.hparams()), kv(p.kv) {
     if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0)
@@ -142,6 +145,9 @@ struct CudaContext::Impl {
       if (kv.budget <= kv.window)
         fail(ErrorKind::InvalidArgument, "KV budget " + std::to_string(kv.budget) + " must be larger than the window " +
                                              std::to_string(kv.window));
+      for (int32_t t : kv.probe)
+        if (t < 0 || t >= hp.n_vocab)
+          fail(ErrorKind::InvalidArgument, "probe token id " + std::to_string(t) + " is outside the vocabulary");
       if (method == BudgetMethod::HeadKV) {
         if (kv.scores.empty()) fail(ErrorKind::InvalidArgument, "method 'headkv' needs a head score file (scores=...)");
         const ModelInfo info = model_info(m.file());
@@ -544,17 +550,20 @@ struct CudaContext::Impl {
 
   // ---- compressed prefill
   void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
-  void select_layer(int il, int64_t N, const void* LK, const void* LV, const float* qwin, float* raw, float* pooled,
-                    float* rowstat, uint8_t* flags, int32_t* list, int32_t* count);
+  // The layer buffers hold N rows: the prompt (n_prompt), then the observation probe if any.
+  void select_layer(int il, int64_t N, int64_t n_prompt, const void* LK, const void* LV, const float* qwin, float* raw,
+                    float* pooled, float* rowstat, const uint8_t* runs, uint8_t* flags, int32_t* list, int32_t* count);
 
   void eval(const int32_t* tokens, int64_t n, bool all_logits);
 };
 
-void CudaContext::Impl::select_layer(int il, int64_t N, const void* LK, const void* LV, const float* qwin, float* raw,
-                                     float* pooled, float* rowstat, uint8_t* flags, int32_t* list, int32_t* count) {
+void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const void* LK, const void* LV,
+                                     const float* qwin, float* raw, float* pooled, float* rowstat, const uint8_t* runs,
+                                     uint8_t* flags, int32_t* list, int32_t* count) {
   const int H = hp.n_head_kv, hd = hp.head_dim;
   const int a = plan->window;
-  const int64_t P = N - a;
+  const int64_t P = n_prompt - a;
+  const int n_win = N > n_prompt ? (int)(N - n_prompt) : a;  // the probe's tokens, or the prompt's last α
   std::vector<int64_t> caps(H);
   for (int g = 0; g < H; ++g) caps[g] = plan->at(il, g);
   if (P > 0) check(cudaMemsetAsync(flags, plan->compressed ? 0 : 1, (size_t)H * P, st), "flags");
@@ -564,7 +573,8 @@ void CudaContext::Impl::select_layer(int il, int64_t N, const void* LK, const vo
       for (int g = 0; g < H; ++g) sink[g] = std::min<int64_t>(kv.sink, caps[g]);
       streaming_flags(flags, P, H, sink.data(), caps.data(), nullptr, st);
     } else {
-      window_scores(qwin, LK, half_gemm, N, a, hp.n_head, H, hd, kv.kernel, kv.max_pool, raw, pooled, rowstat, st);
+      window_scores(qwin, LK, half_gemm, N, n_win, P, hp.n_head, H, hd, kv.kernel, kv.max_pool, runs, raw, pooled,
+                    rowstat, st);
       if (keep_scores) {
         sel_scores.resize(hp.n_layer);
         sel_scores[il].resize((size_t)H * P);
@@ -588,7 +598,7 @@ void CudaContext::Impl::select_layer(int il, int64_t N, const void* LK, const vo
       }
     }
   }
-  compact_flags(flags, P, N, H, list, count, st);
+  compact_flags(flags, P, n_prompt, N, H, list, count, st);
   int64_t max_count = N;
   if (method == BudgetMethod::AdaKV && plan->compressed) {
     layer_offsets(seg_off.get() + il * H, count, H, kv.max_new_tokens, st);
@@ -600,7 +610,7 @@ void CudaContext::Impl::select_layer(int il, int64_t N, const void* LK, const vo
                   used.get() + il * H, max_count, st);
 }
 
-void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits) {
+void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool all_logits) {
   const int H = hp.n_head_kv, hd = hp.head_dim, nh = hp.n_head;
   const int64_t d = hp.n_embd;
   BudgetParams bp;
@@ -610,11 +620,23 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
   bp.beta = kv.beta;
   bp.temp = kv.temp;
   sel_scores.clear();
-  plan = plan_budget(bp, scores ? &*scores : nullptr, hp.n_layer, nh, H, N);
+  plan = plan_budget(bp, scores ? &*scores : nullptr, hp.n_layer, nh, H, n_prompt);
   std::vector<int64_t> cap(plan->cap.size());
   for (size_t i = 0; i < cap.size(); ++i) cap[i] = (int64_t)plan->cap[i] + plan->window + kv.max_new_tokens;
+  const bool scored = plan->compressed && method != BudgetMethod::Streaming;
+  // The rows run through the layers: the prompt, then the observation probe (when it selects).
+  std::vector<int32_t> rows_tok(prompt, prompt + n_prompt);
+  if (scored) rows_tok.insert(rows_tok.end(), kv.probe.begin(), kv.probe.end());
+  const int32_t* tokens = rows_tok.data();
+  const int64_t N = (int64_t)rows_tok.size();
   const int a = plan->window;
-  const int64_t P = N - a;
+  const int64_t P = n_prompt - a;
+  const int n_win = N > n_prompt ? (int)(N - n_prompt) : a;
+  std::vector<uint8_t> runs_h;
+  if (scored && kv.span > 1) {
+    if (tok_edges.empty()) tok_edges = token_edges(model.tokenizer());
+    runs_h = run_continues(tok_edges, prompt, P, kv.span);
+  }
   // Everything the prompt needs, checked before allocating any of it.
   uint64_t arena_b = 0;
   for (int64_t c : cap) arena_b += (uint64_t)c * CudaContext::entry_bytes(hd);
@@ -622,15 +644,19 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
   const uint64_t layer_kv = 2ull * H * N * hd * (half_gemm ? 2 : 4);
   // The prompt's residual stream (every token's activations between layers) is the largest buffer
   // after the layer's K/V: fp16 in the fast precision too (each chunk runs its layer in fp32 scratch).
-  const uint64_t need = arena_b + layer_kv + (uint64_t)N * d * (half_gemm ? 2 : 4) + (uint64_t)a * nh * hd * 4 + 2ull * H * P * 4 +
-                        (uint64_t)H * P + (uint64_t)H * N * 4 + (uint64_t)nh * a * 8 + 1024;
+  const uint64_t need = arena_b + layer_kv + (uint64_t)N * d * (half_gemm ? 2 : 4) + (uint64_t)n_win * nh * hd * 4 +
+                        2ull * H * P * 4 + (uint64_t)H * P + (uint64_t)P + (uint64_t)H * N * 4 + (uint64_t)nh * n_win * 8 + 1024;
   require_device_bytes(need, "a compressed prompt of " + std::to_string(N) + " tokens (arena " + std::to_string(arena_b) +
                                  " bytes, one layer's K/V " + std::to_string(layer_kv) + " bytes)");
   DBuf<float> X, LK, LV, qwin, raw, pooled, rowstat;
   DBuf<__half> Xh, LKh, LVh;
-  DBuf<uint8_t> flags;
+  DBuf<uint8_t> flags, runs;
   DBuf<int32_t> list, count;
   make_arena(cap);
+  if (!runs_h.empty()) {
+    runs.alloc(runs_h.size(), "token runs");
+    check(cudaMemcpyAsync(runs.get(), runs_h.data(), runs_h.size(), cudaMemcpyHostToDevice, st), "token runs");
+  }
   if (half_gemm) {
     Xh.alloc(N * d, "prompt activations (fp16)");
     LKh.alloc((size_t)H * N * hd, "layer keys");
@@ -642,10 +668,10 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
   }
   const void* lk = half_gemm ? (const void*)LKh.get() : (const void*)LK.get();
   const void* lv = half_gemm ? (const void*)LVh.get() : (const void*)LV.get();
-  qwin.alloc((size_t)std::max(a, 1) * nh * hd, "window queries");
+  qwin.alloc((size_t)std::max(n_win, 1) * nh * hd, "window queries");
   raw.alloc((size_t)H * std::max<int64_t>(P, 1), "window scores");
   pooled.alloc((size_t)H * std::max<int64_t>(P, 1), "pooled scores");
-  rowstat.alloc((size_t)nh * std::max(a, 1) * 2, "softmax statistics");
+  rowstat.alloc((size_t)nh * std::max(n_win, 1) * 2, "softmax statistics");
   flags.alloc((size_t)H * std::max<int64_t>(P, 1), "selection flags");
   list.alloc((size_t)H * N, "kept lists");
   count.alloc(H, "kept counts");
@@ -691,23 +717,23 @@ void CudaContext::Impl::prefill_compressed(const int32_t* tokens, int64_t N, boo
       f.ld_head = N;
       f.n_before = c0;
       half_gemm ? flash_attention_tc(f, st) : flash_attention(f, st);
-      const int64_t w0 = std::max<int64_t>(c0, P);  // window rows in this chunk
+      const int64_t wb = N - n_win, w0 = std::max<int64_t>(c0, wb);  // window rows in this chunk
       if (w0 < c0 + T)
-        check(cudaMemcpyAsync(qwin.get() + (w0 - P) * nh * hd, q.get() + (w0 - c0) * nh * hd,
+        check(cudaMemcpyAsync(qwin.get() + (w0 - wb) * nh * hd, q.get() + (w0 - c0) * nh * hd,
                               (c0 + T - w0) * nh * hd * sizeof(float), cudaMemcpyDeviceToDevice, st), "window queries");
       linear(L.wo, att.get(), T, xc, d, true);
       mlp(L, xc, T);
       if (half_gemm) f32_to_f16(xc, Xh.get() + c0 * d, T * d, st);
     }
-    select_layer(il, N, lk, lv, qwin.get(), raw.get(), pooled.get(), rowstat.get(), flags.get(), list.get(),
-                 count.get());
+    select_layer(il, N, n_prompt, lk, lv, qwin.get(), raw.get(), pooled.get(), rowstat.get(), runs.get(), flags.get(),
+                 list.get(), count.get());
   }
-  const int64_t rows = all_logits ? N : 1;  // logits_h was sized by eval() before the prompt ran
-  for (int64_t r0 = N - rows; r0 < N; r0 += ub) {
-    const int64_t R = std::min<int64_t>(ub, N - r0);
+  const int64_t rows = all_logits ? n_prompt : 1;  // logits_h was sized by eval() before the prompt ran
+  for (int64_t r0 = n_prompt - rows; r0 < n_prompt; r0 += ub) {
+    const int64_t R = std::min<int64_t>(ub, n_prompt - r0);
     if (half_gemm) f16_to_f32(Xh.get() + r0 * d, x.get(), R * d, st);
     head(half_gemm ? x.get() : X.get() + r0 * d, R);
-    fetch_logits(R, logits_h.data() + (r0 - (N - rows)) * hp.n_vocab);
+    fetch_logits(R, logits_h.data() + (r0 - (n_prompt - rows)) * hp.n_vocab);
     check(cudaStreamSynchronize(st), "logits");
   }
   // Host mirrors of the arena layout (Ada-KV re-split layers on the device).

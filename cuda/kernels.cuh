@@ -162,10 +162,13 @@ int decode_attention_slots(int hd, int G, int warps);
 int decode_attention_warps(int hd, int preferred);
 
 // ---- select.cu: per-layer selection on the device (see select/selection.h for the rules).
-// Pooled window scores [nkv][P] of the window queries qwin [a][nh][hd] over the layer's keys
-// (head-major [g][N][hd], fp32 or fp16 when half_k). rowstat: scratch of nh * a * 2 floats.
-void window_scores(const float* qwin, const void* K, bool half_k, int64_t N, int a, int nh, int nkv, int hd, int kernel,
-                   bool max_pool, float* raw, float* pooled, float* rowstat, cudaStream_t s);
+// Pooled window scores [nkv][P] of the window queries qwin [a][nh][hd] (the layer's last a rows)
+// over the layer's keys (head-major [g][N][hd], fp32 or fp16 when half_k), for positions j < P
+// (P <= N - a). runs (device, P bytes, or null): token runs made equal to their maximum
+// (select/spans.h). rowstat: scratch of nh * a * 2 floats.
+void window_scores(const float* qwin, const void* K, bool half_k, int64_t N, int a, int64_t P, int nh, int nkv, int hd,
+                   int kernel, bool max_pool, const uint8_t* runs, float* raw, float* pooled, float* rowstat,
+                   cudaStream_t s);
 // flags[seg][j] = 1 for the top-k[seg] of s[seg][0..n) (ties: lower index first), skipping
 // exclude[seg][j] != 0. k from the host array (n_seg values). One block per segment.
 void topk_flags(const float* s, int64_t n, int n_seg, const int64_t* k_host, const uint8_t* exclude, uint8_t* flags,
@@ -173,9 +176,9 @@ void topk_flags(const float* s, int64_t n, int n_seg, const int64_t* k_host, con
 // Streaming: flags for sink + recent.
 void streaming_flags(uint8_t* flags, int64_t P, int nkv, const int64_t* sink_host, const int64_t* cap_host,
                      int64_t* scratch, cudaStream_t s);
-// Kept list per head: positions j < P with flags set (in order), then the window P..N-1.
-// list [nkv][N], count [nkv] (kept + window).
-void compact_flags(const uint8_t* flags, int64_t P, int64_t N, int nkv, int32_t* list, int32_t* count,
+// Kept list per head: positions j < P with flags set (in order), then the window P..n_keep-1.
+// list [nkv][N] (N >= n_keep), count [nkv] (kept + window).
+void compact_flags(const uint8_t* flags, int64_t P, int64_t n_keep, int64_t N, int nkv, int32_t* list, int32_t* count,
                    cudaStream_t s);
 // Ada-KV: this layer's segment offsets from the counts (capacity = count + room); first offset fixed.
 void layer_offsets(int64_t* seg_off, const int32_t* count, int nkv, int64_t room, cudaStream_t s);

@@ -33,7 +33,7 @@ template <class KT>
 __global__ void rowstat_kernel(const float* __restrict__ qwin, const KT* __restrict__ K, int64_t N, int a, int nh,
                                int nkv, int hd, float* __restrict__ rowstat) {
   const int h = blockIdx.x / a, i = blockIdx.x % a, g = h / (nh / nkv);
-  const int64_t P = N - a, n_keys = P + i + 1;
+  const int64_t n_keys = N - a + i + 1;
   const float* q = qwin + ((int64_t)i * nh + h) * hd;
   const KT* Kg = K + (int64_t)g * N * hd;
   const float scale = 1.0f / sqrtf((float)hd);
@@ -78,10 +78,9 @@ __global__ void rowstat_kernel(const float* __restrict__ qwin, const KT* __restr
 // CPU's order (hh outer, i inner).
 constexpr int RB = 32;  // rows (hh, i) per register batch
 template <class KT>
-__global__ void raw_kernel(const float* __restrict__ qwin, const KT* __restrict__ K, int64_t N, int a, int nh,
-                           int nkv, int hd, const float* __restrict__ rowstat, float* __restrict__ raw) {
+__global__ void raw_kernel(const float* __restrict__ qwin, const KT* __restrict__ K, int64_t N, int a, int64_t P,
+                           int nh, int nkv, int hd, const float* __restrict__ rowstat, float* __restrict__ raw) {
   const int g = blockIdx.y, G = nh / nkv;
-  const int64_t P = N - a;
   const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= P) return;
   const KT* kr = K + ((int64_t)g * N + j) * hd;
@@ -132,6 +131,23 @@ __global__ void pool_kernel(const float* __restrict__ raw, float* __restrict__ o
     v = v / (float)kernel;
   }
   out[g * P + j] = v;
+}
+
+// s[g][j] = max over j's token run (runs[t] = 1: t continues the run of t-1). In place: every
+// thread of a run writes the same maximum, so reading a value a neighbour already replaced gives
+// the same result.
+__global__ void run_max_kernel(float* s, const uint8_t* __restrict__ runs, int64_t P) {
+  const int g = blockIdx.y;
+  const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= P) return;
+  float* x = s + g * P;
+  int64_t a = j, b = j + 1;
+  while (a > 0 && runs[a]) --a;
+  while (b < P && runs[b]) ++b;
+  if (b - a < 2) return;
+  float m = x[a];
+  for (int64_t t = a + 1; t < b; ++t) m = fmaxf(m, x[t]);
+  x[j] = m;
 }
 
 __device__ __forceinline__ uint32_t order_key(float f) {
@@ -224,8 +240,8 @@ __global__ void streaming_kernel(uint8_t* flags, int64_t P, I64s sink, I64s cap)
   if (j < sink.v[g] || j >= P - (cap.v[g] - sink.v[g])) flags[g * P + j] = 1;
 }
 
-__global__ void __launch_bounds__(TK) compact_kernel(const uint8_t* __restrict__ flags, int64_t P, int64_t N,
-                                                     int32_t* __restrict__ list, int32_t* __restrict__ count) {
+__global__ void __launch_bounds__(TK) compact_kernel(const uint8_t* __restrict__ flags, int64_t P, int64_t n_keep,
+                                                     int64_t N, int32_t* __restrict__ list, int32_t* __restrict__ count) {
   const int g = blockIdx.x, tid = threadIdx.x;
   using Scan = cub::BlockScan<int, TK>;
   __shared__ typename Scan::TempStorage tmp;
@@ -241,8 +257,8 @@ __global__ void __launch_bounds__(TK) compact_kernel(const uint8_t* __restrict__
     base += agg;
     __syncthreads();
   }
-  for (int64_t w = tid; w < N - P; w += TK) out[base + w] = (int32_t)(P + w);
-  if (tid == 0) count[g] = (int32_t)(base + (N - P));
+  for (int64_t w = tid; w < n_keep - P; w += TK) out[base + w] = (int32_t)(P + w);
+  if (tid == 0) count[g] = (int32_t)(base + (n_keep - P));
 }
 
 __global__ void layer_offsets_kernel(int64_t* seg_off, const int32_t* count, int nkv, int64_t room) {
@@ -275,19 +291,21 @@ I64s to_i64s(const int64_t* v, int n) {
 
 }  // namespace
 
-void window_scores(const float* qwin, const void* K, bool half_k, int64_t N, int a, int nh, int nkv, int hd, int kernel,
-                   bool max_pool, float* raw, float* pooled, float* rowstat, cudaStream_t s) {
-  const int64_t P = N - a;
+void window_scores(const float* qwin, const void* K, bool half_k, int64_t N, int a, int64_t P, int nh, int nkv, int hd,
+                   int kernel, bool max_pool, const uint8_t* runs, float* raw, float* pooled, float* rowstat,
+                   cudaStream_t s) {
+  if (P > N - a) fail(ErrorKind::Internal, "window_scores: scored prefix overlaps the window queries");
   const dim3 rg((unsigned)cdiv(P, 128), nkv);
   if (half_k) {
     rowstat_kernel<<<nh * a, 256, 0, s>>>(qwin, (const __half*)K, N, a, nh, nkv, hd, rowstat);
-    raw_kernel<<<rg, 128, 0, s>>>(qwin, (const __half*)K, N, a, nh, nkv, hd, rowstat, raw);
+    raw_kernel<<<rg, 128, 0, s>>>(qwin, (const __half*)K, N, a, P, nh, nkv, hd, rowstat, raw);
   } else {
     rowstat_kernel<<<nh * a, 256, 0, s>>>(qwin, (const float*)K, N, a, nh, nkv, hd, rowstat);
-    raw_kernel<<<rg, 128, 0, s>>>(qwin, (const float*)K, N, a, nh, nkv, hd, rowstat, raw);
+    raw_kernel<<<rg, 128, 0, s>>>(qwin, (const float*)K, N, a, P, nh, nkv, hd, rowstat, raw);
   }
   if (kernel > 1) pool_kernel<<<dim3((unsigned)cdiv(P, 256), nkv), 256, 0, s>>>(raw, pooled, P, kernel, max_pool);
   else check(cudaMemcpyAsync(pooled, raw, (size_t)nkv * P * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy scores");
+  if (runs) run_max_kernel<<<dim3((unsigned)cdiv(P, 256), nkv), 256, 0, s>>>(pooled, runs, P);
   check_launch("window_scores");
 }
 
@@ -305,8 +323,9 @@ void streaming_flags(uint8_t* flags, int64_t P, int nkv, const int64_t* sink_hos
   check_launch("streaming_flags");
 }
 
-void compact_flags(const uint8_t* flags, int64_t P, int64_t N, int nkv, int32_t* list, int32_t* count, cudaStream_t s) {
-  compact_kernel<<<nkv, TK, 0, s>>>(flags, P, N, list, count);
+void compact_flags(const uint8_t* flags, int64_t P, int64_t n_keep, int64_t N, int nkv, int32_t* list, int32_t* count,
+                   cudaStream_t s) {
+  compact_kernel<<<nkv, TK, 0, s>>>(flags, P, n_keep, N, list, count);
   check_launch("compact");
 }
 

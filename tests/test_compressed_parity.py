@@ -4,6 +4,10 @@ gguf-py weights, NumPy selection and allocation), and the engine's next-token lo
 compression equal the reference model's with every dropped (position, KV head) masked out of
 attention.
 
+Selection is checked in its default, span-aware form (a kept token keeps the rest of its token
+run; the reference derives the runs from the GGUF vocabulary with its own byte decoding) and, for
+two methods, in the paper's form (span 0).
+
 Ties: both sides order candidates by (score desc, position asc), so exact ties (max pooling makes
 many) break the same way. The two sides compute scores in different float orders (engine fp32,
 reference fp64 over fp32 Q/K from an independent forward), so a pair of positions whose scores
@@ -16,6 +20,7 @@ import numpy as np
 import pytest
 
 import headkv
+from headkv.kv import DEFAULT_SPAN
 
 torch = pytest.importorskip("torch")
 from headkv.reference import budget as ref_budget  # noqa: E402
@@ -44,6 +49,46 @@ def score_file(tmp_path_factory):
     p.write_text(json.dumps(data))
     q = np.array([[np.mean(data[f"{l}-{h}"]) for h in range(9)] for l in range(30)])
     return str(p), q
+
+
+def _gpt2_bytes():
+    """GPT-2 byte-level BPE: the printable character standing for each byte (bytes_to_unicode)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
+        list(range(ord("\xae"), ord("\xff") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+@pytest.fixture(scope="module")
+def vocab(smollm2):
+    """(pieces as bytes, is-special flags) per token id, read with gguf-py (SmolLM2: byte-level BPE)."""
+    import gguf
+    r = gguf.GGUFReader(smollm2)
+    assert r.fields["tokenizer.ggml.model"].contents() == "gpt2"
+    dec = _gpt2_bytes()
+    toks = r.fields["tokenizer.ggml.tokens"].contents()
+    types = r.fields["tokenizer.ggml.token_type"].contents()
+    special = [t in (2, 3, 4) for t in types]
+    pieces = [b"" if sp else bytes(dec[ch] for ch in t) for t, sp in zip(toks, special)]
+    return pieces, special
+
+
+def test_token_runs_of_a_needle(model, vocab):
+    """Hand-checked runs: the digits of a number (one token each) and the period after them form one
+    run, the space token before them does not join; a run is cut every `span` tokens."""
+    ids = model.tokenize("The gate is 1392706. It", add_bos=False)
+    pieces, special = vocab
+    runs = ref_sel.token_runs([pieces[t] for t in ids], [special[t] for t in ids], 16)
+    texts = [pieces[t] for t in ids]
+    assert texts == [b"The", b" gate", b" is", b" ", b"1", b"3", b"9", b"2", b"7", b"0", b"6", b".", b" It"]
+    assert len(set(runs[4:12])) == 1 and len(set(runs)) == 6
+    cut = ref_sel.token_runs([pieces[t] for t in ids], [special[t] for t in ids], 3)
+    assert [len(np.nonzero(cut == r)[0]) for r in np.unique(cut)] == [1, 1, 1, 1, 3, 3, 2, 1]
 
 
 # (essay index, prompt tokens, budgets): one ~1k prompt over every budget, one ~3.5k over two
@@ -81,13 +126,20 @@ def _check_selection(got, want, s, method):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("span", [DEFAULT_SPAN, 0], ids=["span", "paper"])
 @pytest.mark.parametrize("method", METHODS)
-def test_kept_positions_and_logits_match_reference(method, case, smollm2, ref_model, score_file):
+def test_kept_positions_and_logits_match_reference(method, span, case, smollm2, ref_model, score_file, vocab):
     prompt, N = case["prompt"], len(case["prompt"])
+    if span == 0 and (method not in ("snapkv", "adakv") or N > 1024):
+        pytest.skip("the paper's selection is checked on the 1k case for two methods")
     L, Hkv = ref_model.n_layer, ref_model.n_head_kv
+    pieces, special = vocab
+    runs = ref_sel.token_runs([pieces[t] for t in prompt], [special[t] for t in prompt], span)
+    assert span == 0 or len(np.unique(runs[:N - WINDOW])) < N - WINDOW  # the prompt has runs to complete
     for budget in case["budgets"]:
         m = headkv.Model(smollm2, n_ctx=4096, n_threads=2, kv_method=method, kv_budget=budget,
-                         scores=score_file[0] if method == "headkv" else None, max_new_tokens=8)
+                         scores=score_file[0] if method == "headkv" else None, max_new_tokens=8,
+                         **({} if span else {"span": 0}))
         m.eval(prompt)
         got = m.kv_positions()
         caps = ref_budget.plan(method, score_file[1], L, Hkv, budget, WINDOW, 1.2, 1.0, N)
@@ -96,7 +148,7 @@ def test_kept_positions_and_logits_match_reference(method, case, smollm2, ref_mo
         swaps, masks = 0, []
         for l in range(L):
             K = case["cache"]["k"][l].numpy()
-            want, s = ref_sel.select_layer(method, case["win_q"][l].numpy(), K, caps[l])
+            want, s = ref_sel.select_layer(method, case["win_q"][l].numpy(), K, caps[l], runs=runs if span else None)
             got_l = [np.asarray(got[l][g][:-WINDOW]) for g in range(Hkv)]
             assert all(list(got[l][g][-WINDOW:]) == list(range(N - WINDOW, N)) for g in range(Hkv))
             swaps += _check_selection(got_l, want, s, method)

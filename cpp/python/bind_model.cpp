@@ -159,7 +159,8 @@ void bind_model(py::module_& m) {
   m.def("cuda_built", &cuda_backend_built, "whether this build has the CUDA backend");
   py::class_<KVConfig>(m, "KVConfigNative")
       .def(py::init([](const std::string& method, int budget, int window, double beta, double temp, int kernel,
-                       const std::string& pooling, const std::string& scores, int max_new_tokens) {
+                       const std::string& pooling, const std::string& scores, int max_new_tokens, int span,
+                       const std::vector<int32_t>& probe) {
              if (pooling != "max" && pooling != "avg")
                fail(ErrorKind::InvalidArgument, "pooling must be 'max' or 'avg', got '" + pooling + "'");
              KVConfig c;
@@ -172,11 +173,14 @@ void bind_model(py::module_& m) {
              c.max_pool = pooling == "max";
              c.scores = scores;
              c.max_new_tokens = max_new_tokens;
+             c.span = span;
+             c.probe = probe;
              return c;
            }),
            py::arg("method") = "full", py::arg("budget") = 128, py::arg("window") = 8, py::arg("beta") = 1.2,
            py::arg("temp") = 1.0, py::arg("kernel") = 7, py::arg("pooling") = "max", py::arg("scores") = "",
-           py::arg("max_new_tokens") = 512);
+           py::arg("max_new_tokens") = 512, py::arg("span") = KVConfig{}.span,
+           py::arg("probe") = std::vector<int32_t>{});
 
   py::class_<Engine>(m, "Engine")
       .def(py::init<const std::string&, int, int, int, const KVConfig&, const std::string&>(), py::arg("path"),

@@ -3,9 +3,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 METHODS = ("full", "snapkv", "streaming", "pyramidkv", "adakv", "headkv")
+
+# Span-aware selection (the default): token runs (numbers split into digits, codes, words split
+# into pieces) up to this many tokens are kept whole. See docs/kv_compression.md.
+DEFAULT_SPAN = 16
+# The question-free observation probe of ``probe="repeat"`` (KVzip-style: the attention of a
+# request to repeat the document marks what a later question may need).
+REPEAT_PROBE = "\n\nRepeat the text above word for word."
 
 
 @dataclass
@@ -18,9 +25,19 @@ class KVConfig:
     window: α, the last prompt tokens every head keeps and whose attention selects the rest.
     beta: HeadKV β; larger β = smaller shared pool (1.2 here: the official scripts' setting).
     temp: HeadKV score temperature.
-    pooling / kernel: 1-D pooling of the window attention before top-k (``max`` or ``avg``).
+    pooling / kernel: 1-D pooling of the window attention before top-k (``max`` or ``avg``;
+        default ``max``, 7).
+    span: span-aware selection: a kept token keeps the rest of its token run (no whitespace
+        between the tokens) up to ``span`` tokens; 0 = off. Default: ``DEFAULT_SPAN``, or 0 when
+        ``pooling`` or ``kernel`` is given (their explicit values reproduce the paper's rule).
+    probe: observation probe for compressing a context before its question exists (query-agnostic
+        use): ``"repeat"`` (a request to repeat the text), any other text, or token ids. The probe
+        runs after the prompt, its attention selects what each head keeps, and it is dropped: the
+        context then holds the compressed prompt only. None: the prompt's last ``window`` tokens
+        select (query-aware use: the question ends the prompt).
     scores: HeadKV score file (official HeadKV JSON or headkv's own format).
-    max_new_tokens: decode slots reserved per KV head.
+    max_new_tokens: decode slots reserved per KV head (tokens appended after the prompt: a later
+        question and the answer).
     """
 
     method: str = "full"
@@ -28,13 +45,30 @@ class KVConfig:
     window: int = 8
     beta: float = 1.2
     temp: float = 1.0
-    pooling: str = "max"
-    kernel: int = 7
+    pooling: Optional[str] = None
+    kernel: Optional[int] = None
+    span: Optional[int] = None
+    probe: Union[None, str, Sequence[int]] = None
     scores: Optional[str] = None
     max_new_tokens: int = 512
 
-    def native(self):
+    def resolved_span(self) -> int:
+        if self.span is not None:
+            return int(self.span)
+        return 0 if (self.pooling is not None or self.kernel is not None) else DEFAULT_SPAN
+
+    def probe_tokens(self, tokenize) -> list:
+        """Token ids of the probe (``tokenize(text)`` turns text into ids without BOS)."""
+        if self.probe is None or self.probe == "":
+            return []
+        if isinstance(self.probe, str):
+            return list(tokenize(REPEAT_PROBE if self.probe == "repeat" else self.probe))
+        return [int(t) for t in self.probe]
+
+    def native(self, tokenize=None):
         from . import _core
+        probe = self.probe_tokens(tokenize) if tokenize is not None else []
         return _core.KVConfigNative(self.method, int(self.budget), int(self.window), float(self.beta),
-                                    float(self.temp), int(self.kernel), self.pooling,
-                                    os.fspath(self.scores) if self.scores else "", int(self.max_new_tokens))
+                                    float(self.temp), 7 if self.kernel is None else int(self.kernel),
+                                    self.pooling or "max", os.fspath(self.scores) if self.scores else "",
+                                    int(self.max_new_tokens), self.resolved_span(), probe)

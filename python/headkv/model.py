@@ -28,7 +28,9 @@ class Model:
             fp32 GEMMs: the CPU backend's arithmetic up to summation order) where the CUDA backend
             is built. The GPU keeps the KV cache in fp16.
         kv: a :class:`KVConfig` (KV compression method and budget); keyword shortcuts
-            ``kv_method=..., kv_budget=..., scores=..., beta=..., window=..., pooling=..., kernel=...``.
+            ``kv_method=..., kv_budget=..., scores=..., beta=..., window=..., pooling=..., kernel=...,
+            span=..., probe=...``. Query-agnostic use (compress a document, ask later): ``probe="repeat"``,
+            ``eval(document)``, then ``generate(question, reset=False)``.
     """
 
     def __init__(self, model_path: Union[str, os.PathLike], n_ctx: int = 0, n_threads: Optional[int] = None,
@@ -63,7 +65,11 @@ class Model:
             kv = replace(kv, scores=shipped_scores(self.model_path, "R2"))
         self.kv = kv
         self.device = device
-        self._e = _core.Engine(self.model_path, n_ctx, n_threads or 0, n_batch, kv.native(), device)
+        tokenize = None
+        if isinstance(kv.probe, str) and kv.probe:  # probe text: tokenized with the model's vocabulary
+            tok = _core.Tokenizer(self.model_path)
+            tokenize = lambda s: tok.encode(s, False, False)  # noqa: E731
+        self._e = _core.Engine(self.model_path, n_ctx, n_threads or 0, n_batch, kv.native(tokenize), device)
         self.verbose = verbose
 
     # ---- properties ----

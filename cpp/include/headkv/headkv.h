@@ -72,6 +72,12 @@ typedef struct hk_context_params {
   const char* kv_scores;     /* HeadKV head-score file (official or headkv JSON) */
   int32_t kv_max_new_tokens; /* decode slots reserved per KV head (512) */
   const char* device;        /* NULL/"cpu", "cuda" (GPU, fp16 prefill GEMMs) or "cuda-fp32" (fp32 GEMMs) */
+  int32_t kv_span;           /* span-aware selection: token runs up to this long kept whole; 0 = off (the
+                              * paper's selection) */
+  const int32_t* kv_probe;   /* observation probe (query-agnostic compression): tokens appended after the
+                              * prompt whose attention selects, then dropped; NULL = the prompt's last
+                              * kv_window tokens select */
+  size_t kv_n_probe;         /* tokens in kv_probe */
 } hk_context_params;
 
 hk_context_params hk_context_default_params(void);

@@ -28,6 +28,7 @@ void check_kv_config(const KVConfig& kv) {
   if (kv.max_new_tokens < 0) bad("max_new_tokens must be >= 0");
   if (kv.sink < 0) bad("sink must be >= 0");
   if (!(kv.adakv_floor >= 0 && kv.adakv_floor <= 1)) bad("adakv floor must be in [0, 1]");
+  if (kv.span < 0) bad("span must be >= 0");
 }
 }  // namespace
 
@@ -44,6 +45,9 @@ Context::Context(const Model& model, const ContextParams& p)
     if (kv_.budget <= kv_.window)
       fail(ErrorKind::InvalidArgument, "KV budget " + std::to_string(kv_.budget) + " must be larger than the window " +
                                            std::to_string(kv_.window));
+    for (int32_t t : kv_.probe)
+      if (t < 0 || t >= hp_.n_vocab)
+        fail(ErrorKind::InvalidArgument, "probe token id " + std::to_string(t) + " is outside the vocabulary");
     if (method_ == BudgetMethod::HeadKV) {
       if (kv_.scores.empty()) fail(ErrorKind::InvalidArgument, "method 'headkv' needs a head score file (scores=...)");
       const ModelInfo info = model_info(model.file());

@@ -32,6 +32,11 @@ struct KVConfig {
   double temp = 1.0;            // HeadKV score temperature
   int32_t kernel = 7;           // pooling kernel
   bool max_pool = true;         // false: average pooling
+  int32_t span = 16;            // span-aware selection: token runs up to this long are kept whole
+                                // (select/spans.h); 0: off (the paper's selection)
+  std::vector<int32_t> probe;   // observation probe: tokens appended after the prompt whose attention
+                                // selects, then dropped (query-agnostic); empty: the prompt's last
+                                // `window` tokens select
   std::string scores;           // HeadKV score file (official or headkv format)
   int32_t max_new_tokens = 512; // decode room reserved per KV head
   int32_t sink = 4;             // streaming: attention-sink tokens kept at the start
@@ -91,7 +96,8 @@ class Context {
   struct KVView { const float* k; const float* v; int64_t n_before; };
   void forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out);
   void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
-  void select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N);
+  // K/V hold N rows (the prompt, then the probe when there is one); the prompt is the first n_prompt.
+  void select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N, int64_t n_prompt);
   // Pieces of the transformer block, shared by both paths.
   void rope_tables(int64_t pos0, int64_t T, std::vector<float>& cs, std::vector<float>& sn) const;
   void qkv(int il, const float* x, int64_t T, float* xn, float* q, float* k, float* v, const float* cs,
@@ -118,6 +124,8 @@ class Context {
   std::vector<float> logits_;
   int64_t n_logit_rows_ = 0;
   std::vector<int32_t> history_;
+  std::vector<uint8_t> tok_edges_;  // select/spans.h, filled at the first span-aware prompt
+  std::vector<uint8_t> runs_;       // the current prompt's token runs
   bool probe_on_ = false;
   int probe_layer_ = -1;      // layer whose attention() call records into probe_; -1: none
   int64_t probe_n_ = 0;

@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "model/context.h"
 #include "quant/quant.h"
+#include "select/spans.h"
 
 namespace headkv {
 
@@ -42,10 +43,10 @@ std::vector<std::vector<int32_t>> adakv_split(const std::vector<float>& scores, 
 
 }  // namespace
 
-void Context::select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N) {
+void Context::select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N, int64_t n_prompt) {
   const int nkv = hp_.n_head_kv, hd = hp_.head_dim;
   const int32_t a = plan_->window;
-  const int64_t P = N - a;
+  const int64_t P = n_prompt - a;
   std::vector<int32_t> caps(nkv);
   for (int g = 0; g < nkv; ++g) caps[g] = plan_->at(il, g);
   std::vector<std::vector<int32_t>> kept;
@@ -62,9 +63,11 @@ void Context::select_layer(int il, const float* q_win, const float* K, const flo
     }
   } else {
     SelectionParams sp;
-    sp.window = a;
+    sp.window = (int32_t)(N - n_prompt) + (N == n_prompt ? a : 0);  // the probe's tokens, or the prompt's last α
+    sp.prefix = P;
     sp.kernel = kv_.kernel;
     sp.max_pool = kv_.max_pool;
+    sp.runs = runs_.empty() ? nullptr : runs_.data();
     if (method_ == BudgetMethod::AdaKV) {
       const std::vector<float> sc = window_scores(q_win, hp_.n_head, nkv, hd, K, N * hd, hd, N, sp);
       kept = adakv_split(sc, nkv, P, caps, kv_.adakv_floor);
@@ -81,11 +84,11 @@ void Context::select_layer(int il, const float* q_win, const float* K, const flo
     const float* Kg = K + (size_t)g * N * hd;
     const float* Vg = V + (size_t)g * N * hd;
     for (int32_t j : kept[g]) arena_->append(il, g, j, Kg + (size_t)j * hd, Vg + (size_t)j * hd);
-    for (int64_t j = P; j < N; ++j) arena_->append(il, g, (int32_t)j, Kg + j * hd, Vg + j * hd);
+    for (int64_t j = P; j < n_prompt; ++j) arena_->append(il, g, (int32_t)j, Kg + j * hd, Vg + j * hd);
   }
 }
 
-void Context::prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits) {
+void Context::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool all_logits) {
   const int64_t d = hp_.n_embd, hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv;
   BudgetParams bp;
   bp.method = method_;
@@ -93,7 +96,18 @@ void Context::prefill_compressed(const int32_t* tokens, int64_t N, bool all_logi
   bp.window = kv_.window;
   bp.beta = kv_.beta;
   bp.temp = kv_.temp;
-  plan_ = plan_budget(bp, scores_ ? &*scores_ : nullptr, hp_.n_layer, (int)nh, (int)nkv, N);
+  plan_ = plan_budget(bp, scores_ ? &*scores_ : nullptr, hp_.n_layer, (int)nh, (int)nkv, n_prompt);
+  const bool scored = plan_->compressed && method_ != BudgetMethod::Streaming;
+  // The rows run through the layers: the prompt, then the observation probe (when it selects).
+  std::vector<int32_t> rows_tok(prompt, prompt + n_prompt);
+  if (scored) rows_tok.insert(rows_tok.end(), kv_.probe.begin(), kv_.probe.end());
+  const int32_t* tokens = rows_tok.data();
+  const int64_t N = (int64_t)rows_tok.size();
+  runs_.clear();
+  if (scored && kv_.span > 1) {
+    if (tok_edges_.empty()) tok_edges_ = token_edges(model_.tokenizer());
+    runs_ = run_continues(tok_edges_, prompt, n_prompt - plan_->window, kv_.span);
+  }
   // Arena sized once, before any layer runs: kept prefix + window + decode room per head.
   std::vector<int64_t> capacity(plan_->cap.size());
   for (size_t i = 0; i < capacity.size(); ++i) capacity[i] = (int64_t)plan_->cap[i] + plan_->window + kv_.max_new_tokens;
@@ -123,12 +137,13 @@ void Context::prefill_compressed(const int32_t* tokens, int64_t N, bool all_logi
       }
     attention(q.data(), N, [&](int g) { return KVView{&K[(size_t)g * N * hd], &V[(size_t)g * N * hd], 0}; },
               att.data());
-    select_layer(il, &q[(size_t)(N - plan_->window) * nh * hd], K.data(), V.data(), N);
+    const int64_t n_win = N > n_prompt ? N - n_prompt : plan_->window;
+    select_layer(il, &q[(size_t)(N - n_win) * nh * hd], K.data(), V.data(), N, n_prompt);
     out_and_mlp(il, att.data(), N, x.data(), tmp.data());
   }
-  const uint64_t rows = all_logits ? (uint64_t)N : 1;
+  const uint64_t rows = all_logits ? (uint64_t)n_prompt : 1;
   if (logits_.size() < rows * hp_.n_vocab) logits_.resize(rows * hp_.n_vocab);
-  final_logits(&x[(N - rows) * d], (int64_t)rows, logits_.data());
+  final_logits(&x[(n_prompt - rows) * d], (int64_t)rows, logits_.data());
 }
 
 }  // namespace headkv

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/simd.h"
+#include "select/spans.h"
 
 namespace headkv {
 
@@ -18,7 +19,8 @@ std::vector<float> window_scores(const float* q, int n_head, int n_head_kv, int 
   if (p.kernel < 1 || p.kernel % 2 == 0) fail(ErrorKind::InvalidArgument, "pooling kernel must be odd and >= 1");
   if (n_head_kv < 1 || n_head % n_head_kv) fail(ErrorKind::InvalidArgument, "n_head must be a multiple of n_head_kv");
   const int G = n_head / n_head_kv;
-  const int64_t P = N - a;
+  const int64_t P = p.prefix < 0 ? N - a : p.prefix;
+  if (P > N - a) fail(ErrorKind::InvalidArgument, "scored prefix overlaps the window queries");
   const float scale = 1.0f / std::sqrt((float)head_dim);
   std::vector<float> raw((size_t)n_head_kv * P, 0.0f), row((size_t)N);
   for (int g = 0; g < n_head_kv; ++g) {
@@ -27,7 +29,7 @@ std::vector<float> window_scores(const float* q, int n_head, int n_head_kv, int 
     for (int hh = 0; hh < G; ++hh) {
       const int h = g * G + hh;
       for (int64_t i = 0; i < a; ++i) {
-        const int64_t n_keys = P + i + 1;  // causal inside the window
+        const int64_t n_keys = N - a + i + 1;  // causal inside the window
         const float* qi = q + ((size_t)i * n_head + h) * head_dim;
         float mx = -INFINITY;
         for (int64_t j = 0; j < n_keys; ++j) {
@@ -43,7 +45,11 @@ std::vector<float> window_scores(const float* q, int n_head, int n_head_kv, int 
     const float mean = 1.0f / (float)(a * G);
     for (int64_t j = 0; j < P; ++j) acc[j] *= mean;
   }
-  if (p.kernel == 1) return raw;
+  if (p.kernel == 1) {
+    if (p.runs)
+      for (int g = 0; g < n_head_kv; ++g) run_max(&raw[(size_t)g * P], P, p.runs);
+    return raw;
+  }
   std::vector<float> pooled(raw.size());
   const int64_t r = p.kernel / 2;
   for (int g = 0; g < n_head_kv; ++g) {
@@ -61,6 +67,7 @@ std::vector<float> window_scores(const float* q, int n_head, int n_head_kv, int 
         o[j] = sum / (float)p.kernel;  // zero padding counts (count_include_pad=True)
       }
     }
+    if (p.runs) run_max(o, P, p.runs);
   }
   return pooled;
 }
@@ -81,7 +88,7 @@ std::vector<std::vector<int32_t>> select_window_topk(const float* q, int n_head,
                                                      int64_t N, const int32_t* cap, const SelectionParams& p,
                                                      std::vector<float>* scores_out) {
   std::vector<float> sc = window_scores(q, n_head, n_head_kv, head_dim, k, ldk_head, ldk_row, N, p);
-  const int64_t P = N - p.window;
+  const int64_t P = p.prefix < 0 ? N - p.window : p.prefix;
   std::vector<std::vector<int32_t>> out((size_t)n_head_kv);
   for (int g = 0; g < n_head_kv; ++g) {
     if (cap[g] < 0 || cap[g] > P)

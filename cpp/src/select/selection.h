@@ -6,8 +6,12 @@
 //      heads of its group, for every prefix key j < P = N - α;
 //   3. 1-D pooling over j (kernel k, stride 1, zero padding k/2 — PyTorch's max_pool1d /
 //      avg_pool1d(count_include_pad=True) as the official SnapKV/HeadKV code uses);
+//   3b. span-aware (`runs` set): every token run gets its maximum pooled score (select/spans.h);
 //   4. the top-`cap` prefix positions (ties: lower position first), returned in position order.
 // The α window itself is always kept and is not part of the result.
+// The scored prefix is the first P = N - α positions, unless `prefix` says otherwise: with an
+// observation probe (query-agnostic compression), the window queries are probe tokens appended
+// after the document and the scored prefix ends before the document's own last tokens.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -18,19 +22,21 @@ struct SelectionParams {
   int32_t window = 8;     // α
   int32_t kernel = 7;     // pooling kernel (odd, >= 1; 1 = no pooling)
   bool max_pool = true;   // false: average pooling
+  int64_t prefix = -1;    // positions scored (P); -1: N - window
+  const uint8_t* runs = nullptr;  // per scored position: continues the previous token's run (spans.h)
 };
 
 // q: the window queries, [α][n_head][head_dim] (RoPE applied); K(g) = k + g*ldk_head, rows of
 // head_dim floats with stride ldk_row, N rows (RoPE applied). cap[g] <= N - α prefix tokens per
 // KV head. Returns, per KV head, the chosen prefix positions in increasing order.
-// `scores_out` (optional) receives the pooled scores [n_head_kv][N - α].
+// `scores_out` (optional) receives the pooled scores [n_head_kv][P].
 std::vector<std::vector<int32_t>> select_window_topk(const float* q, int n_head, int n_head_kv, int head_dim,
                                                      const float* k, int64_t ldk_head, int64_t ldk_row,
                                                      int64_t n_tokens, const int32_t* cap,
                                                      const SelectionParams& p,
                                                      std::vector<float>* scores_out = nullptr);
 
-// Pooled window-attention scores only (steps 1-3), [n_head_kv][N - α].
+// Pooled window-attention scores only (steps 1-3b), [n_head_kv][P].
 std::vector<float> window_scores(const float* q, int n_head, int n_head_kv, int head_dim, const float* k,
                                  int64_t ldk_head, int64_t ldk_row, int64_t n_tokens, const SelectionParams& p);
 

@@ -32,6 +32,8 @@ class Tokenizer {
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
   // Bytes of one token as it appears in decoded output (no space stripping).
   virtual std::string token_to_piece(int32_t id) const = 0;
+  // Control, user-defined and unknown tokens (rendered by their text, never part of a word).
+  virtual bool is_special(int32_t id) const { return false; }
 
   int32_t n_vocab() const { return (int32_t)tokens_.size(); }
   const std::string& token_text(int32_t id) const { return tokens_.at(id); }

@@ -21,6 +21,7 @@ class VocabTokenizer : public Tokenizer {
   std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special) const override;
   std::string decode(const std::vector<int32_t>& ids) const override;
   std::string token_to_piece(int32_t id) const override;
+  bool is_special(int32_t id) const override { return id >= 0 && id < (int32_t)types_.size() && is_special_type(id); }
 
  protected:
   // Reads tokens, types, special ids and flags; `model` is "gpt2" or "llama".

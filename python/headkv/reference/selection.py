@@ -5,29 +5,62 @@ from __future__ import annotations
 import numpy as np
 
 
-def window_scores(q, k, kernel=7, max_pool=True):
-    """q: [window, n_head, d]; k: [n_head_kv, N, d] -> pooled scores [n_head_kv, N - window]."""
+_SPACE = b" \n\t\r\f\v"
+
+
+def token_runs(pieces, special, span):
+    """Run ids of a token sequence for span-aware selection. pieces: each token's decoded bytes;
+    special: whether each token is a special (control) token. Two neighbours share a run when the
+    left one ends and the right one starts with a non-whitespace byte and neither is special; runs
+    are cut every ``span`` tokens (span <= 1: every token its own run). Returns int ids, equal
+    within a run."""
+    ids, run, length = [], -1, 0
+    for i, (p, sp) in enumerate(zip(pieces, special)):
+        joins = (i > 0 and span > 1 and not sp and not special[i - 1] and len(p) and len(pieces[i - 1])
+                 and p[0] not in _SPACE and pieces[i - 1][-1] not in _SPACE and length < span)
+        if joins:
+            length += 1
+        else:
+            run, length = run + 1, 1
+        ids.append(run)
+    return np.asarray(ids, np.int64)
+
+
+def run_max(s, runs):
+    """s: scores [..., P]; runs: run ids [>= P] -> every position gets its run's maximum."""
+    r = np.asarray(runs)[: s.shape[-1]]
+    out = s.copy()
+    for rid in np.unique(r):
+        idx = np.nonzero(r == rid)[0]
+        if idx.size > 1:
+            out[..., idx] = s[..., idx].max(-1, keepdims=True)
+    return out
+
+
+def window_scores(q, k, kernel=7, max_pool=True, runs=None, prefix=None):
+    """q: [window, n_head, d] (the keys' last rows); k: [n_head_kv, N, d] -> pooled scores
+    [n_head_kv, P], P = ``prefix`` or N - window. ``runs``: token run ids (span-aware)."""
     a, n_head, d = q.shape
     n_kv, N, _ = k.shape
     G = n_head // n_kv
-    P = N - a
+    P = N - a if prefix is None else prefix
     out = np.zeros((n_kv, P), np.float64)
     for h in range(n_head):
         g = h // G
         logits = q[:, h, :].astype(np.float64) @ k[g].astype(np.float64).T / np.sqrt(d)  # [a, N]
         for i in range(a):
-            visible = P + i + 1
+            visible = N - a + i + 1
             row = logits[i, :visible]
             p = np.exp(row - row.max())
             p /= p.sum()
             out[g] += p[:P]
     out /= a * G
-    if kernel == 1:
-        return out
-    r = kernel // 2
-    padded = np.pad(out, ((0, 0), (r, r)), constant_values=-np.inf if max_pool else 0.0)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=1)
-    return windows.max(-1) if max_pool else windows.sum(-1) / kernel
+    if kernel > 1:
+        r = kernel // 2
+        padded = np.pad(out, ((0, 0), (r, r)), constant_values=-np.inf if max_pool else 0.0)
+        windows = np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=1)
+        out = windows.max(-1) if max_pool else windows.sum(-1) / kernel
+    return out if runs is None else run_max(out, runs)
 
 
 def select(q, k, caps, kernel=7, max_pool=True):
@@ -71,13 +104,14 @@ def streaming(P, caps, sink=4):
     return out
 
 
-def select_layer(method, q, k, caps, kernel=7, max_pool=True, sink=4, adakv_floor=0.2):
+def select_layer(method, q, k, caps, kernel=7, max_pool=True, sink=4, adakv_floor=0.2, runs=None, prefix=None):
     """Kept prefix positions per KV head of one layer for any method, and the pooled scores
-    (None for streaming). q: window queries [window, n_head, d]; k: [n_head_kv, N, d]."""
-    P = k.shape[1] - q.shape[0]
+    (None for streaming). q: window queries [window, n_head, d] (k's last rows); k: [n_head_kv, N, d];
+    prefix: positions scored (default N - window); runs: token run ids (span-aware selection)."""
+    P = k.shape[1] - q.shape[0] if prefix is None else prefix
     if method == "streaming":
         return streaming(P, caps, sink), None
-    s = window_scores(q, k, kernel, max_pool)
+    s = window_scores(q, k, kernel, max_pool, runs, prefix)
     if method == "adakv":
         return adakv_split(s, caps, adakv_floor), s
     return [topk(s[g], c) for g, c in enumerate(caps)], s

@@ -549,6 +549,10 @@ struct CudaContext::Impl {
   }
 
   // ---- compressed prefill
+  // Whether only each layer's total is binding and selection splits it among the heads (Ada-KV).
+  bool layer_pooled() const {
+    return method == BudgetMethod::AdaKV || (method == BudgetMethod::HeadKV && kv.adaptive);
+  }
   void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
   // The layer buffers hold N rows: the prompt (n_prompt), then the observation probe if any.
   void select_layer(int il, int64_t N, int64_t n_prompt, const void* LK, const void* LV, const float* qwin, float* raw,
@@ -573,8 +577,8 @@ void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const 
       for (int g = 0; g < H; ++g) sink[g] = std::min<int64_t>(kv.sink, caps[g]);
       streaming_flags(flags, P, H, sink.data(), caps.data(), nullptr, st);
     } else {
-      window_scores(qwin, LK, half_gemm, N, n_win, P, hp.n_head, H, hd, kv.kernel, kv.max_pool, runs, raw, pooled,
-                    rowstat, st);
+      window_scores(qwin, LK, half_gemm, N, n_win, P, hp.n_head, H, hd, kv.kernel, kv.max_pool, runs, kv.probe_echo,
+                    raw, pooled, rowstat, st);
       if (keep_scores) {
         sel_scores.resize(hp.n_layer);
         sel_scores[il].resize((size_t)H * P);
@@ -582,7 +586,7 @@ void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const 
               "scores");
         check(cudaStreamSynchronize(st), "scores");
       }
-      if (method == BudgetMethod::AdaKV) {
+      if (layer_pooled()) {
         std::vector<int64_t> fl(H);
         int64_t total = 0, floors = 0;
         for (int g = 0; g < H; ++g) {
@@ -600,7 +604,7 @@ void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const 
   }
   compact_flags(flags, P, n_prompt, N, H, list, count, st);
   int64_t max_count = N;
-  if (method == BudgetMethod::AdaKV && plan->compressed) {
+  if (layer_pooled() && plan->compressed) {
     layer_offsets(seg_off.get() + il * H, count, H, kv.max_new_tokens, st);
   } else {
     max_count = 0;
@@ -621,12 +625,14 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
   bp.temp = kv.temp;
   sel_scores.clear();
   plan = plan_budget(bp, scores ? &*scores : nullptr, hp.n_layer, nh, H, n_prompt);
+  plan->layer_pooled = layer_pooled();
   std::vector<int64_t> cap(plan->cap.size());
   for (size_t i = 0; i < cap.size(); ++i) cap[i] = (int64_t)plan->cap[i] + plan->window + kv.max_new_tokens;
   const bool scored = plan->compressed && method != BudgetMethod::Streaming;
   // The rows run through the layers: the prompt, then the observation probe (when it selects).
   std::vector<int32_t> rows_tok(prompt, prompt + n_prompt);
   if (scored) rows_tok.insert(rows_tok.end(), kv.probe.begin(), kv.probe.end());
+  if (scored && kv.probe_echo) rows_tok.insert(rows_tok.end(), prompt, prompt + n_prompt);
   const int32_t* tokens = rows_tok.data();
   const int64_t N = (int64_t)rows_tok.size();
   const int a = plan->window;
@@ -740,7 +746,7 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
   check(cudaMemcpyAsync(h_off.data(), seg_off.get(), h_off.size() * sizeof(int64_t), cudaMemcpyDeviceToHost, st), "offsets");
   check(cudaMemcpyAsync(h_used.data(), used.get(), h_used.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, st), "counts");
   check(cudaStreamSynchronize(st), "compressed prefill");
-  if (method == BudgetMethod::AdaKV) build_items();
+  if (layer_pooled()) build_items();
 }
 
 void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) {

@@ -165,10 +165,11 @@ int decode_attention_warps(int hd, int preferred);
 // Pooled window scores [nkv][P] of the window queries qwin [a][nh][hd] (the layer's last a rows)
 // over the layer's keys (head-major [g][N][hd], fp32 or fp16 when half_k), for positions j < P
 // (P <= N - a). runs (device, P bytes, or null): token runs made equal to their maximum
-// (select/spans.h). rowstat: scratch of nh * a * 2 floats.
+// (select/spans.h). max_q: maximum over window queries and group heads instead of the mean.
+// rowstat: scratch of nh * a * 2 floats.
 void window_scores(const float* qwin, const void* K, bool half_k, int64_t N, int a, int64_t P, int nh, int nkv, int hd,
-                   int kernel, bool max_pool, const uint8_t* runs, float* raw, float* pooled, float* rowstat,
-                   cudaStream_t s);
+                   int kernel, bool max_pool, const uint8_t* runs, bool max_q, float* raw, float* pooled,
+                   float* rowstat, cudaStream_t s);
 // flags[seg][j] = 1 for the top-k[seg] of s[seg][0..n) (ties: lower index first), skipping
 // exclude[seg][j] != 0. k from the host array (n_seg values). One block per segment.
 void topk_flags(const float* s, int64_t n, int n_seg, const int64_t* k_host, const uint8_t* exclude, uint8_t* flags,

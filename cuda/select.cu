@@ -79,7 +79,7 @@ __global__ void rowstat_kernel(const float* __restrict__ qwin, const KT* __restr
 constexpr int RB = 32;  // rows (hh, i) per register batch
 template <class KT>
 __global__ void raw_kernel(const float* __restrict__ qwin, const KT* __restrict__ K, int64_t N, int a, int64_t P,
-                           int nh, int nkv, int hd, const float* __restrict__ rowstat, float* __restrict__ raw) {
+                           int nh, int nkv, int hd, const float* __restrict__ rowstat, bool max_q, float* __restrict__ raw) {
   const int g = blockIdx.y, G = nh / nkv;
   const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= P) return;
@@ -107,11 +107,12 @@ __global__ void raw_kernel(const float* __restrict__ qwin, const KT* __restrict_
       if (b0 + r < rows) {
         const int hh = (b0 + r) / a, i = (b0 + r) % a;
         const int row = (g * G + hh) * a + i;
-        acc += expf(s[r] * scale - rowstat[row * 2]) * rowstat[row * 2 + 1];
+        const float pr = expf(s[r] * scale - rowstat[row * 2]) * rowstat[row * 2 + 1];
+        acc = max_q ? fmaxf(acc, pr) : acc + pr;
       }
     }
   }
-  raw[g * P + j] = acc * (1.0f / (float)(a * G));
+  raw[g * P + j] = max_q ? acc : acc * (1.0f / (float)(a * G));
 }
 
 __global__ void pool_kernel(const float* __restrict__ raw, float* __restrict__ out, int64_t P, int kernel, bool max_pool) {
@@ -292,16 +293,16 @@ I64s to_i64s(const int64_t* v, int n) {
 }  // namespace
 
 void window_scores(const float* qwin, const void* K, bool half_k, int64_t N, int a, int64_t P, int nh, int nkv, int hd,
-                   int kernel, bool max_pool, const uint8_t* runs, float* raw, float* pooled, float* rowstat,
-                   cudaStream_t s) {
+                   int kernel, bool max_pool, const uint8_t* runs, bool max_q, float* raw, float* pooled,
+                   float* rowstat, cudaStream_t s) {
   if (P > N - a) fail(ErrorKind::Internal, "window_scores: scored prefix overlaps the window queries");
   const dim3 rg((unsigned)cdiv(P, 128), nkv);
   if (half_k) {
     rowstat_kernel<<<nh * a, 256, 0, s>>>(qwin, (const __half*)K, N, a, nh, nkv, hd, rowstat);
-    raw_kernel<<<rg, 128, 0, s>>>(qwin, (const __half*)K, N, a, P, nh, nkv, hd, rowstat, raw);
+    raw_kernel<<<rg, 128, 0, s>>>(qwin, (const __half*)K, N, a, P, nh, nkv, hd, rowstat, max_q, raw);
   } else {
     rowstat_kernel<<<nh * a, 256, 0, s>>>(qwin, (const float*)K, N, a, nh, nkv, hd, rowstat);
-    raw_kernel<<<rg, 128, 0, s>>>(qwin, (const float*)K, N, a, P, nh, nkv, hd, rowstat, raw);
+    raw_kernel<<<rg, 128, 0, s>>>(qwin, (const float*)K, N, a, P, nh, nkv, hd, rowstat, max_q, raw);
   }
   if (kernel > 1) pool_kernel<<<dim3((unsigned)cdiv(P, 256), nkv), 256, 0, s>>>(raw, pooled, P, kernel, max_pool);
   else check(cudaMemcpyAsync(pooled, raw, (size_t)nkv * P * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy scores");

@@ -27,7 +27,7 @@ from headkv.reference import budget as ref_budget  # noqa: E402
 from headkv.reference import selection as ref_sel  # noqa: E402
 from headkv.reference.torch_llama import TorchLlama  # noqa: E402
 
-METHODS = ["snapkv", "streaming", "pyramidkv", "adakv", "headkv"]
+METHODS = ["snapkv", "streaming", "pyramidkv", "adakv", "headkv", "headkv-adaptive"]
 BUDGETS = [64, 128, 256, 512]
 WINDOW = 8
 N_DECODE = 3
@@ -132,6 +132,8 @@ def test_kept_positions_and_logits_match_reference(method, span, case, smollm2, 
     prompt, N = case["prompt"], len(case["prompt"])
     if span == 0 and (method not in ("snapkv", "adakv") or N > 1024):
         pytest.skip("the paper's selection is checked on the 1k case for two methods")
+    adaptive = method == "headkv-adaptive"  # headkv's caps, split per layer as Ada-KV splits them
+    method, sel_method = ("headkv", "adakv") if adaptive else (method, method)
     L, Hkv = ref_model.n_layer, ref_model.n_head_kv
     pieces, special = vocab
     runs = ref_sel.token_runs([pieces[t] for t in prompt], [special[t] for t in prompt], span)
@@ -139,7 +141,7 @@ def test_kept_positions_and_logits_match_reference(method, span, case, smollm2, 
     for budget in case["budgets"]:
         m = headkv.Model(smollm2, n_ctx=4096, n_threads=2, kv_method=method, kv_budget=budget,
                          scores=score_file[0] if method == "headkv" else None, max_new_tokens=8,
-                         **({} if span else {"span": 0}))
+                         adaptive=adaptive, **({} if span else {"span": 0}))
         m.eval(prompt)
         got = m.kv_positions()
         caps = ref_budget.plan(method, score_file[1], L, Hkv, budget, WINDOW, 1.2, 1.0, N)
@@ -148,10 +150,10 @@ def test_kept_positions_and_logits_match_reference(method, span, case, smollm2, 
         swaps, masks = 0, []
         for l in range(L):
             K = case["cache"]["k"][l].numpy()
-            want, s = ref_sel.select_layer(method, case["win_q"][l].numpy(), K, caps[l], runs=runs if span else None)
+            want, s = ref_sel.select_layer(sel_method, case["win_q"][l].numpy(), K, caps[l], runs=runs if span else None)
             got_l = [np.asarray(got[l][g][:-WINDOW]) for g in range(Hkv)]
             assert all(list(got[l][g][-WINDOW:]) == list(range(N - WINDOW, N)) for g in range(Hkv))
-            swaps += _check_selection(got_l, want, s, method)
+            swaps += _check_selection(got_l, want, s, sel_method)
             mask = torch.zeros(Hkv, N + N_DECODE, dtype=torch.bool)
             for g in range(Hkv):
                 mask[g, torch.as_tensor(want[g])] = True
@@ -172,3 +174,51 @@ def test_kept_positions_and_logits_match_reference(method, span, case, smollm2, 
             if i == 0 and budget == 64:  # the masks matter: full attention gives other logits
                 full_logits, _ = ref_model.forward([tok], prompt_cache())
                 assert np.abs(full_logits.numpy() - want_logits.numpy()).max() > 20 * MAX_ABS_DLOGIT
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["snapkv", "adakv"])
+def test_observation_probe_matches_reference(method, smollm2, model, essays, ref_model, vocab):
+    """Query-agnostic compression: the probe's queries select (the reference runs the prompt and
+    the probe together and scores the prompt's prefix with the probe's window), the probe leaves
+    nothing in the cache, and the next tokens decode at the prompt's own positions over the kept
+    entries (reference: the prompt alone, dropped entries masked)."""
+    ids = model.tokenize(essays[3])
+    prompt, cont = ids[:1024], ids[1024:1024 + N_DECODE]
+    N = len(prompt)
+    L, Hkv = ref_model.n_layer, ref_model.n_head_kv
+    probe = model.tokenize(headkv.kv.REPEAT_PROBE, add_bos=False)
+    probed = ref_model.new_cache()
+    _, probe_q = ref_model.forward(prompt + probe, probed, window=len(probe))
+    cache = ref_model.new_cache()
+    ref_model.forward(prompt, cache, window=WINDOW)
+    pieces, special = vocab
+    runs = ref_sel.token_runs([pieces[t] for t in prompt], [special[t] for t in prompt], DEFAULT_SPAN)
+    for budget in (64, 256):
+        m = headkv.Model(smollm2, n_ctx=4096, n_threads=2, kv_method=method, kv_budget=budget, probe="repeat",
+                         max_new_tokens=8)
+        m.eval(prompt)
+        assert m.n_past == N
+        plain = headkv.Model(smollm2, n_ctx=4096, n_threads=2, kv_method=method, kv_budget=budget, max_new_tokens=8)
+        plain.eval(prompt)  # the prompt's logits do not depend on the probe after it
+        assert np.abs(m.logits() - plain.logits()).max() < 1e-4
+        caps = ref_budget.plan(method, None, L, Hkv, budget, WINDOW, 1.2, 1.0, N)
+        got, swaps, masks, differs = m.kv_positions(), 0, [], False
+        for l in range(L):
+            want, s = ref_sel.select_layer(method, probe_q[l].numpy(), probed["k"][l].numpy(), caps[l], runs=runs,
+                                           prefix=N - WINDOW)
+            plain_l = plain.kv_positions()[l]
+            differs |= any(not np.array_equal(plain_l[g], got[l][g]) for g in range(Hkv))
+            assert all(list(got[l][g][-WINDOW:]) == list(range(N - WINDOW, N)) for g in range(Hkv))
+            swaps += _check_selection([np.asarray(got[l][g][:-WINDOW]) for g in range(Hkv)], want, s, method)
+            mask = torch.zeros(Hkv, N + N_DECODE, dtype=torch.bool)
+            for g in range(Hkv):
+                mask[g, torch.as_tensor(want[g])] = True
+            mask[:, N - WINDOW:] = True
+            masks.append(mask)
+        assert swaps <= 2 and differs  # the probe selects otherwise than the prompt's last tokens
+        c = {"k": list(cache["k"]), "v": list(cache["v"]), "n": N}
+        for i, tok in enumerate(cont):
+            m.eval([tok])
+            want_logits, _ = ref_model.forward([tok], c, key_mask=[mk[:, :N + i + 1] for mk in masks])
+            assert np.abs(m.logits() - want_logits.numpy()).max() < MAX_ABS_DLOGIT

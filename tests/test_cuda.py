@@ -180,6 +180,32 @@ def test_kept_positions_match_cpu(smollm2, prompt, score_file, method):
     print(method, "near-tie swaps over all budgets:", total_swaps)
 
 
+@pytest.mark.parametrize("kw", [dict(span=0), dict(probe="repeat"), dict(probe="repeat", span=0), dict(adaptive=True),
+                                dict(probe="reconstruct")], ids=["paper", "probe", "probe-paper", "adaptive", "reconstruct"])
+@pytest.mark.parametrize("method", ["snapkv", "adakv", "headkv"])
+def test_probe_and_paper_rule_match_cpu(smollm2, prompt, score_file, method, kw):
+    """The paper's selection (span 0), the question-free observation probes and headkv's adaptive
+    split select the same positions on the GPU as on the CPU; a probe leaves no entry behind and
+    the prompt's logits."""
+    ms = []
+    for dev in ("cpu", "cuda-fp32"):
+        m = headkv.Model(smollm2, n_ctx=2048, n_threads=4, device=dev, kv_method=method, kv_budget=64,
+                         max_new_tokens=80, scores=score_file if method == "headkv" else None, **kw)
+        m.eval(prompt)
+        ms.append(m)
+    c, g = ms
+    sc, sg = c.kv_stats(), g.kv_stats()
+    assert (sc["used"] == sg["used"]).all() and (sc["caps"] == sg["caps"]).all()
+    _check_positions(c.kv_positions(), g.kv_positions(), sg.get("selection_scores"), sc["window"], method == "adakv")
+    assert c.n_past == g.n_past == len(prompt)
+    assert max(int(x.max()) for layer in g.kv_positions() for x in layer) == len(prompt) - 1
+    assert abs(g.logits() - c.logits()).max() < 0.1
+    for t in (11, 12):
+        c.eval([t])
+        g.eval([t])
+    assert abs(g.logits() - c.logits()).max() < 0.1
+
+
 def _softmax(z):
     e = np.exp(z - z.max())
     return e / e.sum()

@@ -16,12 +16,13 @@
 namespace {
 
 struct Args {
-  std::string model, prompt, system;
+  std::string model, prompt, system, context, probe;
   int n_predict = 128, n_threads = 0, n_ctx = 0, n_batch = 512;
   bool chat = false;
   hk_sampler_params sp = hk_sampler_default_params();
   hk_context_params cp = hk_context_default_params();
   std::string kv_method = "full", scores;
+  bool span_set = false, pool_set = false;
   std::string device = "cpu";
 };
 
@@ -30,6 +31,9 @@ const char* kUsage =
     "  -m, --model PATH        GGUF model file\n"
     "  -p, --prompt TEXT       prompt\n"
     "  -f, --file PATH         read the prompt from a file\n"
+    "      --context-file PATH a document evaluated (and compressed) before the prompt, which is then\n"
+    "                          appended as a follow-up: the query-agnostic use of KV compression\n"
+    "                          (with --chat the user message is the document, a blank line, the prompt)\n"
     "  -n, --n-predict N       tokens to generate (default 128; -1 = until end of text/context)\n"
     "  -c, --ctx-size N        context size (default: the model's training context)\n"
     "  -b, --batch-size N      prompt tokens per forward chunk (default 512)\n"
@@ -51,7 +55,15 @@ const char* kUsage =
     "      --beta X            HeadKV beta (default 1.2)\n"
     "      --window N          observation window (default 8)\n"
     "      --pool max|avg      pooling before top-k (default max)\n"
-    "      --kernel K          pooling kernel (default 7)\n";
+    "      --kernel K          pooling kernel (default 7)\n"
+    "      --span N            span-aware selection: token runs up to N long kept whole (default 16;\n"
+    "                          0 = the paper's rule, the default when --pool or --kernel is given)\n"
+    "      --probe TEXT        observation probe: text run after the prompt (or the --context-file\n"
+    "                          document) whose attention selects, then dropped; 'repeat' = a request\n"
+    "                          to repeat the text, 'reconstruct' = that request followed by the text\n"
+    "                          itself (default: the prompt's last --window tokens select)\n"
+    "      --adaptive 0|1      headkv: split each layer's score-given total among its heads per prompt\n"
+    "                          (Ada-KV style; default 0)\n";
 
 [[noreturn]] void die(const std::string& msg) {
   std::fprintf(stderr, "headkv-cli: error: %s\n", msg.c_str());
@@ -95,6 +107,15 @@ Args parse(int argc, char** argv) {
       a.prompt = ss.str();
       have_prompt = true;
     }
+    else if (f == "--context-file") {
+      const std::string path = val();
+      std::ifstream in(path, std::ios::binary);
+      if (!in) die("cannot read context file '" + path + "'");
+      std::stringstream ss;
+      ss << in.rdbuf();
+      a.context = ss.str();
+      if (a.context.empty()) die("context file '" + path + "' is empty");
+    }
     else if (f == "-n" || f == "--n-predict") a.n_predict = (int)to_int(f, val());
     else if (f == "-c" || f == "--ctx-size") a.n_ctx = (int)to_int(f, val());
     else if (f == "-b" || f == "--batch-size") a.n_batch = (int)to_int(f, val());
@@ -114,14 +135,19 @@ Args parse(int argc, char** argv) {
     else if (f == "--scores") a.scores = val();
     else if (f == "--beta") a.cp.kv_beta = to_float(f, val());
     else if (f == "--window") a.cp.kv_window = (int)to_int(f, val());
-    else if (f == "--kernel") a.cp.kv_kernel = (int)to_int(f, val());
+    else if (f == "--kernel") { a.cp.kv_kernel = (int)to_int(f, val()); a.pool_set = true; }
     else if (f == "--pool") {
       const std::string p = val();
       if (p != "max" && p != "avg") die("--pool must be max or avg");
       a.cp.kv_avg_pool = p == "avg";
+      a.pool_set = true;
     }
+    else if (f == "--span") { a.cp.kv_span = (int)to_int(f, val()); a.span_set = true; }
+    else if (f == "--probe") a.probe = val();
+    else if (f == "--adaptive") a.cp.kv_adaptive = (int)to_int(f, val());
     else die("unknown argument '" + f + "' (see --help)");
   }
+  if (a.pool_set && !a.span_set) a.cp.kv_span = 0;  // explicit pooling: the paper's rule
   if (a.model.empty()) die("no model given (-m MODEL)");
   if (!have_prompt) die("no prompt given (-p PROMPT or -f FILE)");
   if (device != "cpu" && device != "cuda" && device != "cuda-fp32")
@@ -148,46 +174,74 @@ int main(int argc, char** argv) {
   check(hk_model_load(a.model.c_str(), &model), "loading model");
   const double t_load = now_s() - t0;
 
-  std::string text = a.prompt;
+  // The text to evaluate, as a document part (--context-file: evaluated, and compressed, first) and
+  // the rest (the prompt), each tokenized on its own.
+  std::string text = a.context.empty() ? a.prompt : a.context + a.prompt;
+  size_t split = a.context.size();
   bool special = false;
   if (a.chat) {
     std::vector<std::pair<std::string, std::string>> msgs;
     if (!a.system.empty()) msgs.emplace_back("system", a.system);
-    msgs.emplace_back("user", a.prompt);
+    msgs.emplace_back("user", a.context.empty() ? a.prompt : a.context + "\n\n" + a.prompt);
     try {
       text = headkv::render_chat(hk_model_chat_template(model), msgs, true);
     } catch (const std::exception& e) {
       die(std::string("--chat: ") + e.what());
     }
+    if (!a.context.empty()) {
+      const size_t at = text.find(a.context);
+      if (at == std::string::npos) die("--chat: the chat format changed the document's text");
+      split = at + a.context.size();
+    }
     special = true;
   }
+  auto tokenize = [&](const std::string& s, int add_bos, const char* what) {
+    std::vector<int32_t> out(s.size() + 16);
+    size_t n = 0;
+    check(hk_tokenize(model, s.data(), s.size(), add_bos, special, out.data(), out.size(), &n), what);
+    out.resize(n);
+    return out;
+  };
   // add_bos = -1: follow the model's add_bos_token metadata.
-  std::vector<int32_t> toks(text.size() + 16);
-  size_t n_tok = 0;
-  hk_status st = hk_tokenize(model, text.data(), text.size(), -1, special, toks.data(), toks.size(), &n_tok);
-  check(st, "tokenizing prompt");
-  toks.resize(n_tok);
+  std::vector<int32_t> toks = tokenize(text.substr(0, a.context.empty() ? text.size() : split), -1, "tokenizing prompt");
+  std::vector<int32_t> follow;
+  if (!a.context.empty()) follow = tokenize(text.substr(split), 0, "tokenizing prompt");
   if (toks.empty()) die("the prompt is empty after tokenization");
+  std::vector<int32_t> probe;
+  if (!a.probe.empty()) {
+    const bool echo = a.probe == "reconstruct";
+    const std::string pt = a.probe == "repeat" || echo ? "\n\nRepeat the text above word for word." : a.probe;
+    a.cp.kv_probe_echo = echo;
+    std::vector<int32_t> buf(pt.size() + 16);
+    size_t n = 0;
+    check(hk_tokenize(model, pt.data(), pt.size(), 0, 0, buf.data(), buf.size(), &n), "tokenizing --probe");
+    probe.assign(buf.begin(), buf.begin() + n);
+  }
 
   hk_context_params cp = a.cp;
   cp.kv_method = a.kv_method.c_str();
   cp.device = a.device.c_str();
   cp.kv_scores = a.scores.empty() ? nullptr : a.scores.c_str();
-  if (a.n_predict >= 0) cp.kv_max_new_tokens = a.n_predict + 1;
+  if (a.n_predict >= 0) cp.kv_max_new_tokens = a.n_predict + 1 + (int32_t)follow.size();
+  cp.kv_probe = probe.empty() ? nullptr : probe.data();
+  cp.kv_n_probe = probe.size();
+  cp.kv_probe_echo = a.cp.kv_probe_echo;
   cp.n_ctx = a.n_ctx;
   cp.n_threads = a.n_threads;
   cp.n_batch = a.n_batch;
   hk_context* ctx = nullptr;
   check(hk_context_new(model, &cp, &ctx), "creating context");
-  if ((int)toks.size() > hk_context_n_ctx(ctx))
-    die("prompt has " + std::to_string(toks.size()) + " tokens but the context holds " + std::to_string(hk_context_n_ctx(ctx)) +
+  if ((int)(toks.size() + follow.size()) > hk_context_n_ctx(ctx))
+    die("prompt has " + std::to_string(toks.size() + follow.size()) + " tokens but the context holds " + std::to_string(hk_context_n_ctx(ctx)) +
         " (raise --ctx-size)");
   hk_sampler* sampler = nullptr;
   check(hk_sampler_new(&a.sp, &sampler), "sampling parameters");
 
   const double t1 = now_s();
   check(hk_eval(ctx, toks.data(), toks.size()), "prompt evaluation");
+  if (!follow.empty()) check(hk_eval(ctx, follow.data(), follow.size()), "prompt evaluation (after the context)");
   const double t_prompt = now_s() - t1;
+  const size_t n_prompt = toks.size() + follow.size();
 
   const double t2 = now_s();
   int n_gen = 0;
@@ -213,7 +267,7 @@ int main(int argc, char** argv) {
   const double t_gen = now_s() - t2;
   std::fputc('\n', stdout);
   std::fprintf(stderr, "\nheadkv-cli: load %.2f s | prompt %zu tokens in %.3f s (%.1f t/s) | generated %d tokens in %.3f s (%.1f t/s)\n",
-               t_load, toks.size(), t_prompt, toks.size() / std::max(t_prompt, 1e-9), n_gen, t_gen,
+               t_load, n_prompt, t_prompt, n_prompt / std::max(t_prompt, 1e-9), n_gen, t_gen,
                n_gen / std::max(t_gen, 1e-9));
   hk_sampler_free(sampler);
   hk_context_free(ctx);

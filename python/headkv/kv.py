@@ -31,10 +31,14 @@ class KVConfig:
         between the tokens) up to ``span`` tokens; 0 = off. Default: ``DEFAULT_SPAN``, or 0 when
         ``pooling`` or ``kernel`` is given (their explicit values reproduce the paper's rule).
     probe: observation probe for compressing a context before its question exists (query-agnostic
-        use): ``"repeat"`` (a request to repeat the text), any other text, or token ids. The probe
+        use): ``"repeat"`` (a request to repeat the text), ``"reconstruct"`` (that request followed by
+        the prompt again: each token is scored by the attention its own repetition pays it, as KVzip
+        does; a second pass over the prompt), any other text, or token ids. The probe
         runs after the prompt, its attention selects what each head keeps, and it is dropped: the
         context then holds the compressed prompt only. None: the prompt's last ``window`` tokens
         select (query-aware use: the question ends the prompt).
+    adaptive: ``headkv`` only: each layer's total comes from the head scores and is split among
+        its heads per prompt as Ada-KV splits it (floors: 20 % of each head's score-given cap).
     scores: HeadKV score file (official HeadKV JSON or headkv's own format).
     max_new_tokens: decode slots reserved per KV head (tokens appended after the prompt: a later
         question and the answer).
@@ -49,6 +53,7 @@ class KVConfig:
     kernel: Optional[int] = None
     span: Optional[int] = None
     probe: Union[None, str, Sequence[int]] = None
+    adaptive: bool = False
     scores: Optional[str] = None
     max_new_tokens: int = 512
 
@@ -62,7 +67,7 @@ class KVConfig:
         if self.probe is None or self.probe == "":
             return []
         if isinstance(self.probe, str):
-            return list(tokenize(REPEAT_PROBE if self.probe == "repeat" else self.probe))
+            return list(tokenize(REPEAT_PROBE if self.probe in ("repeat", "reconstruct") else self.probe))
         return [int(t) for t in self.probe]
 
     def native(self, tokenize=None):
@@ -71,4 +76,5 @@ class KVConfig:
         return _core.KVConfigNative(self.method, int(self.budget), int(self.window), float(self.beta),
                                     float(self.temp), 7 if self.kernel is None else int(self.kernel),
                                     self.pooling or "max", os.fspath(self.scores) if self.scores else "",
-                                    int(self.max_new_tokens), self.resolved_span(), probe)
+                                    int(self.max_new_tokens), self.resolved_span(), probe,
+                                    self.probe == "reconstruct", bool(self.adaptive))

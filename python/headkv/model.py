@@ -228,14 +228,14 @@ class Model:
         return _core.Sampler(float(temperature), int(top_k), float(top_p), float(min_p), float(repeat_penalty),
                              int(repeat_last_n), int(seed))
 
-    def _completion_stream(self, prompt_tokens, max_tokens, stop, sampling) -> Iterator[tuple[str, Optional[str]]]:
+    def _completion_stream(self, prompt_tokens, max_tokens, stop, sampling, reset=True) -> Iterator[tuple[str, Optional[str]]]:
         """Yields (text, finish_reason, n_generated); finish_reason is set on the last piece."""
         if max_tokens is None or max_tokens <= 0:
-            max_tokens = self.n_ctx - len(prompt_tokens)
+            max_tokens = self.n_ctx - len(prompt_tokens) - (0 if reset else self.n_past)
         stop = [stop] if isinstance(stop, str) else list(stop or [])
         scanner, buf, n = StopScanner(stop), b"", 0
         finish = "length"
-        for tok in self.generate(prompt_tokens, max_tokens=max_tokens, **sampling):
+        for tok in self.generate(prompt_tokens, max_tokens=max_tokens, reset=reset, **sampling):
             n += 1
             buf += self._e.token_to_piece(tok)
             k = utf8_complete_prefix(buf)
@@ -255,20 +255,28 @@ class Model:
     def create_completion(self, prompt: Union[str, Sequence[int]], max_tokens: Optional[int] = 16,
                           temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
                           repeat_penalty: float = 1.0, stop: Union[str, list[str], None] = None,
-                          stream: bool = False, seed: Optional[int] = None, echo: bool = False):
-        """OpenAI-style completion dict, or an iterator of chunk dicts when ``stream``."""
-        prompt_tokens = self.tokenize(prompt) if isinstance(prompt, (str, bytes)) else [int(t) for t in prompt]
+                          stream: bool = False, seed: Optional[int] = None, echo: bool = False, reset: bool = True):
+        """OpenAI-style completion dict, or an iterator of chunk dicts when ``stream``.
+
+        ``reset=False`` appends the prompt to what the context holds instead of starting over: e.g.
+        a document evaluated (and compressed) before the question existed, the query-agnostic use
+        of KV compression (``Model(..., probe="repeat")``; the prompt is then tokenized without BOS)."""
+        if isinstance(prompt, (str, bytes)):
+            prompt_tokens = self.tokenize(prompt, add_bos=None if reset else False)
+        else:
+            prompt_tokens = [int(t) for t in prompt]
         if not prompt_tokens:
             prompt_tokens = [self._e.bos if self._e.bos >= 0 else 0]
-        if len(prompt_tokens) > self.n_ctx:
-            raise ContextFullError(f"prompt has {len(prompt_tokens)} tokens but n_ctx is {self.n_ctx}")
+        held = 0 if reset else self.n_past
+        if held + len(prompt_tokens) > self.n_ctx:
+            raise ContextFullError(f"prompt has {len(prompt_tokens)} tokens (+{held} held) but n_ctx is {self.n_ctx}")
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                         repeat_penalty=repeat_penalty, seed=seed)
         # Validate sampling parameters before any work (raises InvalidArgumentError).
         self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, 64, 0)
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         prefix = self.detokenize(prompt_tokens).decode("utf-8", errors="replace") if echo else ""
-        pieces = self._completion_stream(prompt_tokens, max_tokens, stop, sampling)
+        pieces = self._completion_stream(prompt_tokens, max_tokens, stop, sampling, reset=reset)
 
         def chunk(text, finish):
             return {"id": cid, "object": "text_completion", "created": created, "model": self.model_path,

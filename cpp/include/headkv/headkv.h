@@ -78,6 +78,10 @@ typedef struct hk_context_params {
                               * prompt whose attention selects, then dropped; NULL = the prompt's last
                               * kv_window tokens select */
   size_t kv_n_probe;         /* tokens in kv_probe */
+  int32_t kv_probe_echo;     /* 1: the probe is followed by the prompt again (each token scored by the
+                              * attention its repetition pays it; costs a second pass over the prompt) */
+  int32_t kv_adaptive;       /* headkv: 1 = each layer's score-given total is split among its heads per
+                              * prompt, as Ada-KV splits it */
 } hk_context_params;
 
 hk_context_params hk_context_default_params(void);

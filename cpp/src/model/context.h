@@ -37,10 +37,15 @@ struct KVConfig {
   std::vector<int32_t> probe;   // observation probe: tokens appended after the prompt whose attention
                                 // selects, then dropped (query-agnostic); empty: the prompt's last
                                 // `window` tokens select
+  bool probe_echo = false;      // the probe is followed by the prompt again (KVzip-style reconstruction:
+                                // each token is scored by the attention its own repetition pays it)
   std::string scores;           // HeadKV score file (official or headkv format)
   int32_t max_new_tokens = 512; // decode room reserved per KV head
   int32_t sink = 4;             // streaming: attention-sink tokens kept at the start
   double adakv_floor = 0.2;     // adakv: each head keeps at least this fraction of its budget
+  bool adaptive = false;        // headkv: each layer's total comes from the head scores, and is split
+                                // among its heads per prompt as Ada-KV splits it (floors: adakv_floor
+                                // of each head's score-given cap)
 };
 
 struct ContextParams {
@@ -76,6 +81,10 @@ class Context {
   // Compression state (nullptr / empty for the full cache or before the prompt).
   const KVConfig& kv_config() const { return kv_; }
   bool compressing() const { return method_ != BudgetMethod::Full; }
+  // Whether only each layer's total is binding and selection splits it among the heads (Ada-KV).
+  bool layer_pooled() const {
+    return method_ == BudgetMethod::AdaKV || (method_ == BudgetMethod::HeadKV && kv_.adaptive);
+  }
   const KVArena* arena() const { return arena_.get(); }
   const BudgetPlan* plan() const { return plan_ ? &*plan_ : nullptr; }
   // Bytes a full cache would hold for the current sequence plus the decode room.

@@ -65,17 +65,18 @@ void Context::select_layer(int il, const float* q_win, const float* K, const flo
     SelectionParams sp;
     sp.window = (int32_t)(N - n_prompt) + (N == n_prompt ? a : 0);  // the probe's tokens, or the prompt's last α
     sp.prefix = P;
+    sp.max_queries = kv_.probe_echo;
     sp.kernel = kv_.kernel;
     sp.max_pool = kv_.max_pool;
     sp.runs = runs_.empty() ? nullptr : runs_.data();
-    if (method_ == BudgetMethod::AdaKV) {
+    if (layer_pooled()) {
       const std::vector<float> sc = window_scores(q_win, hp_.n_head, nkv, hd, K, N * hd, hd, N, sp);
       kept = adakv_split(sc, nkv, P, caps, kv_.adakv_floor);
     } else {
       kept = select_window_topk(q_win, hp_.n_head, nkv, hd, K, N * hd, hd, N, caps.data(), sp);
     }
   }
-  if (method_ == BudgetMethod::AdaKV && plan_->compressed) {  // the layer's pool, split by score
+  if (layer_pooled() && plan_->compressed) {  // the layer's pool, split by score
     std::vector<int64_t> cap(nkv);
     for (int g = 0; g < nkv; ++g) cap[g] = (int64_t)kept[g].size() + a + kv_.max_new_tokens;
     arena_->resize_layer(il, cap);
@@ -97,10 +98,12 @@ void Context::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool a
   bp.beta = kv_.beta;
   bp.temp = kv_.temp;
   plan_ = plan_budget(bp, scores_ ? &*scores_ : nullptr, hp_.n_layer, (int)nh, (int)nkv, n_prompt);
+  plan_->layer_pooled = layer_pooled();
   const bool scored = plan_->compressed && method_ != BudgetMethod::Streaming;
   // The rows run through the layers: the prompt, then the observation probe (when it selects).
   std::vector<int32_t> rows_tok(prompt, prompt + n_prompt);
   if (scored) rows_tok.insert(rows_tok.end(), kv_.probe.begin(), kv_.probe.end());
+  if (scored && kv_.probe_echo) rows_tok.insert(rows_tok.end(), prompt, prompt + n_prompt);
   const int32_t* tokens = rows_tok.data();
   const int64_t N = (int64_t)rows_tok.size();
   runs_.clear();

@@ -39,11 +39,15 @@ std::vector<float> window_scores(const float* q, int n_head, int n_head_kv, int 
         double sum = 0.0;
         for (int64_t j = 0; j < n_keys; ++j) sum += (row[j] = std::exp(row[j] - mx));
         const float inv = (float)(1.0 / sum);
-        for (int64_t j = 0; j < P; ++j) acc[j] += row[j] * inv;
+        if (p.max_queries)
+          for (int64_t j = 0; j < P; ++j) acc[j] = std::max(acc[j], row[j] * inv);
+        else
+          for (int64_t j = 0; j < P; ++j) acc[j] += row[j] * inv;
       }
     }
     const float mean = 1.0f / (float)(a * G);
-    for (int64_t j = 0; j < P; ++j) acc[j] *= mean;
+    if (!p.max_queries)
+      for (int64_t j = 0; j < P; ++j) acc[j] *= mean;
   }
   if (p.kernel == 1) {
     if (p.runs)

@@ -23,6 +23,8 @@ struct SelectionParams {
   int32_t kernel = 7;     // pooling kernel (odd, >= 1; 1 = no pooling)
   bool max_pool = true;   // false: average pooling
   int64_t prefix = -1;    // positions scored (P); -1: N - window
+  bool max_queries = false;  // step 2 takes the maximum over window queries and group heads, not the
+                             // mean (a reconstruction probe: a token counts if its repetition reads it)
   const uint8_t* runs = nullptr;  // per scored position: continues the previous token's run (spans.h)
 };
 

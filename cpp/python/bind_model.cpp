@@ -61,6 +61,7 @@ struct Engine {
     d["caps"] = caps;
     d["window"] = p->window;
     d["compressed"] = p->compressed;
+    d["layer_pooled"] = p->layer_pooled;
     const auto sc = ctx->selection_scores();
     if (!sc.empty()) {
       py::list layers;

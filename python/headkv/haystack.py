@@ -17,6 +17,9 @@ API (stable; the scoring tool and the evaluation harness both use it):
   whole sentence) of the text.
   ``tokenizer_fn(text) -> sequence of token ids`` is only used to count tokens; the result has
   at most ``n_tokens`` tokens by that count up to a few tokens at the two joins.
+* ``insert_needles(tokenizer_fn, haystack, n_tokens, [(needle_text, depth), ...], offset=0)`` ->
+  the same with several needles, each at its own depth (``headkv.eval.ruler``'s multi-needle tasks).
+* ``cut_haystack(tokenizer_fn, haystack, n_tokens, offset=0)`` -> the needle-free text cut.
 * ``needle_char_span(context, needle_text)`` -> (start, end) character offsets of the needle.
 """
 from __future__ import annotations
@@ -79,18 +82,54 @@ def build_context(tokenizer_fn: Callable[[str], Sequence[int]], haystack: Sequen
                   depth: float, needle_text: str, offset: int = 0) -> str:
     """Haystack text of about ``n_tokens`` tokens (needle included) with ``needle_text`` inserted
     at a sentence boundary at or before fraction ``depth`` of it. See the module docstring."""
+    return insert_needles(tokenizer_fn, haystack, n_tokens, [(needle_text, depth)], offset=offset)
+
+
+def insert_needles(tokenizer_fn: Callable[[str], Sequence[int]], haystack: Sequence[str], n_tokens: int,
+                   needles: Sequence[tuple[str, float]], offset: int = 0) -> str:
+    """``build_context`` for several needles: haystack text of about ``n_tokens`` tokens (needles
+    included) with each ``(needle_text, depth)`` inserted at a sentence boundary at or before
+    fraction ``depth`` of the haystack text (depths are fractions of the text without needles;
+    needles at the same boundary keep their list order). One needle gives build_context's text."""
     if not haystack:
         raise InvalidArgumentError("the haystack is empty")
-    if not (0.0 <= float(depth) <= 1.0):
-        raise InvalidArgumentError(f"depth must be a fraction in [0, 1], got {depth!r}")
-    needle_text = needle_text.strip()
-    if not needle_text:
-        raise InvalidArgumentError("the needle text is empty")
-    n_needle = _n_tok(tokenizer_fn, needle_text)
-    target = int(n_tokens) - n_needle - 2     # 2: the joins around the needle
+    if not needles:
+        raise InvalidArgumentError("no needles to insert")
+    items = []
+    for text, depth in needles:
+        if not (0.0 <= float(depth) <= 1.0):
+            raise InvalidArgumentError(f"depth must be a fraction in [0, 1], got {depth!r}")
+        text = text.strip()
+        if not text:
+            raise InvalidArgumentError("the needle text is empty")
+        items.append((text, float(depth)))
+    n_needle = sum(_n_tok(tokenizer_fn, t) for t, _ in items)
+    target = int(n_tokens) - n_needle - 2 * len(items)     # 2: the joins around each needle
     if target < 16:
-        raise InvalidArgumentError(f"n_tokens={n_tokens} leaves no room for haystack text around a "
-                                   f"needle of {n_needle} tokens")
+        what = "a needle" if len(items) == 1 else f"{len(items)} needles"
+        raise InvalidArgumentError(f"n_tokens={n_tokens} leaves no room for haystack text around "
+                                   f"{what} of {n_needle} tokens")
+    cut = cut_haystack(tokenizer_fn, haystack, target, offset)
+    if any(d >= 1.0 for _, d in items):     # depth 1: after the last whole sentence (text after it dropped)
+        cut = cut[:_sentence_break(cut, len(cut))] or cut
+    # positions on the needle-free text; inserted from the last one so earlier offsets stay valid
+    pos = [(len(cut) if d >= 1.0 else _sentence_break(cut, int(len(cut) * d)), k) for k, (_, d) in enumerate(items)]
+    out = cut
+    for p, k in sorted(pos, reverse=True):
+        before, after = out[:p], out[p:]
+        sep1 = " " if before and not before[-1].isspace() else ""
+        sep2 = " " if after and not after[0].isspace() else ""
+        out = before + sep1 + items[k][0] + sep2 + after
+    return out
+
+
+def cut_haystack(tokenizer_fn: Callable[[str], Sequence[int]], haystack: Sequence[str], n_tokens: int,
+                 offset: int = 0) -> str:
+    """The longest prefix (cut at whitespace) of the essays joined by blank lines, from essay
+    ``offset`` on, cycling, with at most ``n_tokens`` tokens."""
+    if not haystack:
+        raise InvalidArgumentError("the haystack is empty")
+    target = int(n_tokens)
     # Enough text: essays from `offset`, cycling, until the token count passes the target.
     n = len(haystack)
     parts, i, text = [], 0, ""
@@ -115,15 +154,7 @@ def build_context(tokenizer_fn: Callable[[str], Sequence[int]], haystack: Sequen
     ws = max(cut.rfind(" "), cut.rfind("\n"))
     if ws > 0 and lo < len(text):
         cut = cut[:ws]
-    if depth >= 1.0:
-        cut = cut[:_sentence_break(cut, len(cut))] or cut
-        pos = len(cut)
-    else:
-        pos = _sentence_break(cut, int(len(cut) * float(depth)))
-    before, after = cut[:pos], cut[pos:]
-    sep1 = " " if before and not before[-1].isspace() else ""
-    sep2 = " " if after and not after[0].isspace() else ""
-    return before + sep1 + needle_text + sep2 + after
+    return cut
 
 
 def needle_char_span(context: str, needle_text: str) -> tuple[int, int]:

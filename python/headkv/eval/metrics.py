@@ -1,5 +1,5 @@
-"""Answer metrics: LongBench's per-dataset scores, LooGLE's matches, needle matches, and the
-distribution metrics of the fidelity task.
+"""Answer metrics: LongBench's per-dataset scores, LooGLE's matches, needle matches (niah's, and
+RULER's string match of all answers), and the distribution metrics of the fidelity task.
 
 The LongBench functions follow THUDM/LongBench ``metrics.py`` (rules re-implemented here):
 QA F1 over normalized tokens (lowercase, punctuation removed, articles a/an/the removed,
@@ -194,6 +194,22 @@ def contains_answer(prediction: str, answer: str) -> float:
     if not a:
         return 0.0
     return float(re.search(r"(?<!\w)" + re.escape(a) + r"(?!\w)", p) is not None)
+
+
+def _ws(s: str) -> str:
+    return " ".join(s.lower().split())
+
+
+def match_all(prediction: str, references: Sequence[str]) -> float:
+    """RULER's ``string_match_all`` with whole-token matches: the fraction of ``references`` that
+    occur in the prediction, case-insensitively (whitespace runs collapsed), each not inside a
+    longer run of letters/digits: "1392" is not found in "13927061" nor in "x1392"."""
+    if not references:
+        return 0.0
+    p = _ws(prediction)
+    hit = sum(1 for r in references
+              if _ws(r) and re.search(r"(?<!\w)" + re.escape(_ws(r)) + r"(?!\w)", p) is not None)
+    return hit / len(references)
 
 
 # ---------------------------------------------------------------- distributions

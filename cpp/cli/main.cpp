@@ -52,7 +52,7 @@ const char* kUsage =
     "      --kv-method M       full (default), snapkv, streaming, pyramidkv, adakv, headkv\n"
     "      --kv-budget B       KV entries per KV head on average, window included (default 128)\n"
     "      --scores FILE       head-importance score file (headkv)\n"
-    "      --beta X            HeadKV beta (default 1.2)\n"
+    "      --beta X            HeadKV beta (default 2; the paper's scripts: 1.2)\n"
     "      --window N          observation window (default 8)\n"
     "      --pool max|avg      pooling before top-k (default max)\n"
     "      --kernel K          pooling kernel (default 7)\n"

@@ -49,7 +49,7 @@ class EngineOptions:
     device: str = "cpu"
     scores: Optional[str] = None
     window: int = 8
-    beta: float = 1.2
+    beta: float = 2.0
     pooling: Optional[str] = None   # None: max (KVConfig's default)
     kernel: Optional[int] = None    # None: 7
     span: Optional[int] = None      # None: KVConfig's rule (span-aware unless pooling/kernel are given)

@@ -59,3 +59,21 @@ def test_cli_streams_and_times(smollm2):
               "-n", "16", "--temp", "0", "-c", "256", "-t", "2"], timeout=120)
     assert "Paris" in r.stdout
     assert "t/s" in r.stderr and "prompt" in r.stderr
+
+
+def test_cli_context_file_then_question(smollm2, essays, tmp_path):
+    """--context-file: the document is evaluated first and the prompt appended; with the full cache
+    the reply equals one prompt holding both (same tokens); compressed with a probe it still runs
+    and the prompt count covers both parts."""
+    from conftest import tool_path
+    doc = essays[2][:2500] + " The secret number of the blue gate is 5606394622. " + essays[3][:2500]
+    (tmp_path / "doc.txt").write_text(doc)
+    q = "What is the secret number of the blue gate?"
+    base = [tool_path("headkv-cli"), "-m", smollm2, "--chat", "-n", "24", "--temp", "0", "-c", "4096", "-t", "2"]
+    split = _run(base + ["--context-file", str(tmp_path / "doc.txt"), "-p", q], timeout=300)
+    whole = _run(base + ["-p", doc + "\n\n" + q], timeout=300)
+    assert split.stdout == whole.stdout and "5606394622" in split.stdout
+    n_whole = whole.stderr.split("prompt ")[1].split(" tokens")[0]
+    comp = _run(base + ["--context-file", str(tmp_path / "doc.txt"), "-p", q, "--kv-method", "snapkv",
+                        "--kv-budget", "256", "--probe", "repeat"], timeout=300)
+    assert comp.stderr.split("prompt ")[1].split(" tokens")[0] == n_whole

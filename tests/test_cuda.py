@@ -196,7 +196,8 @@ def test_probe_and_paper_rule_match_cpu(smollm2, prompt, score_file, method, kw)
     c, g = ms
     sc, sg = c.kv_stats(), g.kv_stats()
     assert (sc["used"] == sg["used"]).all() and (sc["caps"] == sg["caps"]).all()
-    _check_positions(c.kv_positions(), g.kv_positions(), sg.get("selection_scores"), sc["window"], method == "adakv")
+    assert sc["layer_pooled"] == sg["layer_pooled"] == (method == "adakv" or kw.get("adaptive", False))
+    _check_positions(c.kv_positions(), g.kv_positions(), sg.get("selection_scores"), sc["window"], sg["layer_pooled"])
     assert c.n_past == g.n_past == len(prompt)
     assert max(int(x.max()) for layer in g.kv_positions() for x in layer) == len(prompt) - 1
     assert abs(g.logits() - c.logits()).max() < 0.1

@@ -245,10 +245,22 @@ def test_query_agnostic_document_then_question(smollm2, model, essays, method):
         st = m.kv_stats()
         assert st["compressed"] and all(int(x.max()) == len(doc) - 1 for layer in m.kv_positions() for x in layer)
     out = m.create_completion(question, max_tokens=12, temperature=0, reset=False)
-    assert out["usage"]["prompt_tokens"] == len(question)
-    last_pending = out["choices"][0]["finish_reason"] == "length"  # the last token is sampled, not evaluated
-    assert m.n_past == len(doc) + len(question) + out["usage"]["completion_tokens"] - last_pending
+    assert m.n_past == len(doc) + len(question) + out["usage"]["completion_tokens"]  # appended, not restarted
     if method == "full":
         whole = headkv.Model(smollm2, n_ctx=2048, n_threads=2).create_completion(ids, max_tokens=12, temperature=0)
         assert out["choices"][0]["text"] == whole["choices"][0]["text"]
         assert "5606394622" in out["choices"][0]["text"]
+
+
+def test_probe_as_token_ids_equals_probe_text(smollm2, model, prompt):
+    """A probe given as token ids selects exactly as the same probe given as text, and differently
+    from no probe (the prompt's last tokens)."""
+    ids = model.tokenize(headkv.kv.REPEAT_PROBE, add_bos=False)
+    got = []
+    for probe in ("repeat", ids, None):
+        m = _model(smollm2, "snapkv", 64, probe=probe)
+        m.eval(prompt)
+        got.append([[list(x) for x in layer] for layer in m.kv_positions()])
+    assert got[0] == got[1] and got[0] != got[2]
+    with pytest.raises(headkv.InvalidArgumentError):
+        headkv.KVConfig(method="snapkv", probe="some text").native()

@@ -188,8 +188,8 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
       die(std::string("--chat: ") + e.what());
     }
-    if (!a.context.empty()) {
-      const size_t at = text.find(a.context);
+    if (!a.context.empty()) {  // the user message as a whole: the document cannot match inside the header
+      const size_t at = text.find(a.context + "\n\n" + a.prompt);
       if (at == std::string::npos) die("--chat: the chat format changed the document's text");
       split = at + a.context.size();
     }
@@ -222,7 +222,7 @@ int main(int argc, char** argv) {
   cp.kv_method = a.kv_method.c_str();
   cp.device = a.device.c_str();
   cp.kv_scores = a.scores.empty() ? nullptr : a.scores.c_str();
-  if (a.n_predict >= 0) cp.kv_max_new_tokens = a.n_predict + 1 + (int32_t)follow.size();
+  cp.kv_max_new_tokens = (a.n_predict >= 0 ? a.n_predict + 1 : cp.kv_max_new_tokens) + (int32_t)follow.size();
   cp.kv_probe = probe.empty() ? nullptr : probe.data();
   cp.kv_n_probe = probe.size();
   cp.kv_probe_echo = a.cp.kv_probe_echo;

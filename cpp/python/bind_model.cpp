@@ -180,7 +180,7 @@ void bind_model(py::module_& m) {
              c.adaptive = adaptive;
              return c;
            }),
-           py::arg("method") = "full", py::arg("budget") = 128, py::arg("window") = 8, py::arg("beta") = 1.2,
+           py::arg("method") = "full", py::arg("budget") = 128, py::arg("window") = 8, py::arg("beta") = KVConfig{}.beta,
            py::arg("temp") = 1.0, py::arg("kernel") = 7, py::arg("pooling") = "max", py::arg("scores") = "",
            py::arg("max_new_tokens") = 512, py::arg("span") = KVConfig{}.span,
            py::arg("probe") = std::vector<int32_t>{}, py::arg("probe_echo") = false,

@@ -66,17 +66,21 @@ class KVConfig:
             return int(self.span)
         return 0 if (self.pooling is not None or self.kernel is not None) else DEFAULT_SPAN
 
-    def probe_tokens(self, tokenize) -> list:
-        """Token ids of the probe (``tokenize(text)`` turns text into ids without BOS)."""
+    def probe_tokens(self, tokenize=None) -> list:
+        """Token ids of the probe (``tokenize(text)`` turns text into ids without BOS; needed for a
+        text probe)."""
         if self.probe is None or self.probe == "":
             return []
         if isinstance(self.probe, str):
+            if tokenize is None:
+                from .errors import InvalidArgumentError
+                raise InvalidArgumentError("a text probe needs the model's tokenizer (pass the KVConfig to Model)")
             return list(tokenize(REPEAT_PROBE if self.probe in ("repeat", "reconstruct") else self.probe))
         return [int(t) for t in self.probe]
 
     def native(self, tokenize=None):
         from . import _core
-        probe = self.probe_tokens(tokenize) if tokenize is not None else []
+        probe = self.probe_tokens(tokenize)
         return _core.KVConfigNative(self.method, int(self.budget), int(self.window), float(self.beta),
                                     float(self.temp), 7 if self.kernel is None else int(self.kernel),
                                     self.pooling or "max", os.fspath(self.scores) if self.scores else "",

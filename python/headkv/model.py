@@ -261,11 +261,14 @@ class Model:
         ``reset=False`` appends the prompt to what the context holds instead of starting over: e.g.
         a document evaluated (and compressed) before the question existed, the query-agnostic use
         of KV compression (``Model(..., probe="repeat")``; the prompt is then tokenized without BOS)."""
+        appending = not reset and self.n_past > 0
         if isinstance(prompt, (str, bytes)):
-            prompt_tokens = self.tokenize(prompt, add_bos=None if reset else False)
+            prompt_tokens = self.tokenize(prompt, add_bos=False if appending else None)
         else:
             prompt_tokens = [int(t) for t in prompt]
         if not prompt_tokens:
+            if appending:
+                raise InvalidArgumentError("an empty prompt cannot be appended to the held context")
             prompt_tokens = [self._e.bos if self._e.bos >= 0 else 0]
         held = 0 if reset else self.n_past
         if held + len(prompt_tokens) > self.n_ctx:

@@ -85,6 +85,14 @@ float to_float(const std::string& flag, const std::string& v) {
   return x;
 }
 
+std::string read_file(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) die(std::string("cannot read ") + what + " file '" + path + "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 Args parse(int argc, char** argv) {
   Args a;
   std::string device = "cpu";
@@ -98,22 +106,10 @@ Args parse(int argc, char** argv) {
     if (f == "-h" || f == "--help") { std::fputs(kUsage, stdout); std::exit(0); }
     else if (f == "-m" || f == "--model") a.model = val();
     else if (f == "-p" || f == "--prompt") { a.prompt = val(); have_prompt = true; }
-    else if (f == "-f" || f == "--file") {
-      const std::string path = val();
-      std::ifstream in(path, std::ios::binary);
-      if (!in) die("cannot read prompt file '" + path + "'");
-      std::stringstream ss;
-      ss << in.rdbuf();
-      a.prompt = ss.str();
-      have_prompt = true;
-    }
+    else if (f == "-f" || f == "--file") { a.prompt = read_file(val(), "prompt"); have_prompt = true; }
     else if (f == "--context-file") {
       const std::string path = val();
-      std::ifstream in(path, std::ios::binary);
-      if (!in) die("cannot read context file '" + path + "'");
-      std::stringstream ss;
-      ss << in.rdbuf();
-      a.context = ss.str();
+      a.context = read_file(path, "context");
       if (a.context.empty()) die("context file '" + path + "' is empty");
     }
     else if (f == "-n" || f == "--n-predict") a.n_predict = (int)to_int(f, val());

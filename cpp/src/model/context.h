@@ -48,6 +48,10 @@ struct KVConfig {
                                 // of each head's score-given cap)
 };
 
+// The rows a compressed prefill runs through its layers: the prompt, then, when the layer's
+// selection is scored, the observation probe and (probe_echo) the prompt again. Both backends.
+std::vector<int32_t> prefill_rows(const KVConfig& kv, const int32_t* prompt, int64_t n_prompt, bool scored);
+
 struct ContextParams {
   int32_t n_ctx = 0;      // 0: the model's training context
   int32_t n_threads = 0;  // 0: hardware concurrency

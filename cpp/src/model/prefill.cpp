@@ -43,6 +43,13 @@ std::vector<std::vector<int32_t>> adakv_split(const std::vector<float>& scores, 
 
 }  // namespace
 
+std::vector<int32_t> prefill_rows(const KVConfig& kv, const int32_t* prompt, int64_t n_prompt, bool scored) {
+  std::vector<int32_t> rows(prompt, prompt + n_prompt);
+  if (scored) rows.insert(rows.end(), kv.probe.begin(), kv.probe.end());
+  if (scored && kv.probe_echo) rows.insert(rows.end(), prompt, prompt + n_prompt);
+  return rows;
+}
+
 void Context::select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N, int64_t n_prompt) {
   const int nkv = hp_.n_head_kv, hd = hp_.head_dim;
   const int32_t a = plan_->window;
@@ -63,7 +70,7 @@ void Context::select_layer(int il, const float* q_win, const float* K, const flo
     }
   } else {
     SelectionParams sp;
-    sp.window = (int32_t)(N - n_prompt) + (N == n_prompt ? a : 0);  // the probe's tokens, or the prompt's last α
+    sp.window = (int32_t)(N > n_prompt ? N - n_prompt : a);  // the probe's tokens, or the prompt's last α
     sp.prefix = P;
     sp.max_queries = kv_.probe_echo;
     sp.kernel = kv_.kernel;
@@ -100,10 +107,7 @@ void Context::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool a
   plan_ = plan_budget(bp, scores_ ? &*scores_ : nullptr, hp_.n_layer, (int)nh, (int)nkv, n_prompt);
   plan_->layer_pooled = layer_pooled();
   const bool scored = plan_->compressed && method_ != BudgetMethod::Streaming;
-  // The rows run through the layers: the prompt, then the observation probe (when it selects).
-  std::vector<int32_t> rows_tok(prompt, prompt + n_prompt);
-  if (scored) rows_tok.insert(rows_tok.end(), kv_.probe.begin(), kv_.probe.end());
-  if (scored && kv_.probe_echo) rows_tok.insert(rows_tok.end(), prompt, prompt + n_prompt);
+  const std::vector<int32_t> rows_tok = prefill_rows(kv_, prompt, n_prompt, scored);
   const int32_t* tokens = rows_tok.data();
   const int64_t N = (int64_t)rows_tok.size();
   runs_.clear();

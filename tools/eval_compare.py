@@ -10,44 +10,30 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-NIAH_SUBTASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery")
-
-
-def mean(xs):
-    xs = list(xs)
-    return sum(xs) / len(xs) if xs else float("nan")
-
-
 def rows(folder: Path):
-    recs = []
-    for p in sorted(folder.glob("results*.jsonl")):
-        recs += [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
-    by = defaultdict(list)
-    for r in recs:
-        by[r["config"]].append(r)
-    out = []
-    for cfg, rs in by.items():
-        row = {"run": folder.name, "config": cfg, "n": len(rs)}
-        for mode in ("aware", "agnostic"):
-            sub = defaultdict(list)
-            for r in rs:
-                if r["task"] == "ruler" and r.get("mode") == mode:
-                    sub[r["subtask"]].append(r["metrics"]["score"])
-            if sub:
-                row[f"ruler_{mode}"] = mean(mean(v) for v in sub.values())
-                row[f"niah_{mode}"] = mean(mean(sub[s]) for s in NIAH_SUBTASKS if s in sub)
-        nia = [r for r in rs if r["task"] == "niah"]
-        if nia:
-            row["niah"] = mean(r["metrics"]["accuracy"] for r in nia)
-            for k in sorted({r.get("kind") or "4-digit" for r in nia}):
-                row[f"niah {k}"] = mean(r["metrics"]["accuracy"] for r in nia if (r.get("kind") or "4-digit") == k)
-        fid = [r for r in rs if r["task"] == "fidelity"]
-        if fid:
-            row["top1"] = mean(r["metrics"]["top1_agree"] for r in fid)
-            row["kl"] = mean(r["metrics"]["kl"] for r in fid)
-        row["kv_kib"] = mean(r["kv_bytes"] for r in rs) / 1024
-        out.append(row)
-    return out
+    """Per config of one folder: headkv-eval's own summary (report.summarize) flattened into one row."""
+    from headkv.eval.report import summarize
+    from headkv.eval.runner import read_results
+    summary = summarize(read_results(folder))
+    out = {}
+    for task, t in summary.items():
+        for cfg, c in t["configs"].items():
+            row = out.setdefault(cfg, {"run": folder.name, "config": cfg, "n": 0, "kv": []})
+            row["n"] += c["n"]
+            row["kv"].append((c["kv_bytes"], c["n"]))
+            if task == "ruler":
+                row.update({k: v for k, v in c.items() if k.startswith(("ruler_", "niah_"))})
+            elif task == "niah":
+                row["niah"] = c["accuracy"]
+                for kind, by_cfg in t.get("by_kind", {}).items():
+                    if cfg in by_cfg:
+                        row[f"niah {kind}"] = by_cfg[cfg]
+            elif task == "fidelity":
+                row["top1"], row["kl"] = c["top1_agree"], c["kl"]
+    for row in out.values():
+        kv = row.pop("kv")
+        row["kv_kib"] = sum(b * n for b, n in kv) / max(1, sum(n for _, n in kv)) / 1024
+    return list(out.values())
 
 
 def main(argv=None):

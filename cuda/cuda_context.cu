@@ -629,10 +629,7 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
   std::vector<int64_t> cap(plan->cap.size());
   for (size_t i = 0; i < cap.size(); ++i) cap[i] = (int64_t)plan->cap[i] + plan->window + kv.max_new_tokens;
   const bool scored = plan->compressed && method != BudgetMethod::Streaming;
-  // The rows run through the layers: the prompt, then the observation probe (when it selects).
-  std::vector<int32_t> rows_tok(prompt, prompt + n_prompt);
-  if (scored) rows_tok.insert(rows_tok.end(), kv.probe.begin(), kv.probe.end());
-  if (scored && kv.probe_echo) rows_tok.insert(rows_tok.end(), prompt, prompt + n_prompt);
+  const std::vector<int32_t> rows_tok = prefill_rows(kv, prompt, n_prompt, scored);
   const int32_t* tokens = rows_tok.data();
   const int64_t N = (int64_t)rows_tok.size();
   const int a = plan->window;

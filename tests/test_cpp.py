@@ -77,3 +77,25 @@ def test_cli_context_file_then_question(smollm2, essays, tmp_path):
     comp = _run(base + ["--context-file", str(tmp_path / "doc.txt"), "-p", q, "--kv-method", "snapkv",
                         "--kv-budget", "256", "--probe", "repeat"], timeout=300)
     assert comp.stderr.split("prompt ")[1].split(" tokens")[0] == n_whole
+    # With --context-file the default observation is the reconstruction probe: same reply as naming it.
+    hk = base + ["--context-file", str(tmp_path / "doc.txt"), "-p", q, "--kv-method", "headkv", "--kv-budget", "256"]
+    default, named = _run(hk, timeout=300), _run(hk + ["--probe", "reconstruct"], timeout=300)
+    assert default.stdout == named.stdout
+
+
+def test_cli_headkv_uses_shipped_scores(smollm2, tmp_path):
+    """--kv-method headkv without --scores: the shipped R2 file matched by fingerprint (compiled into
+    the library, so every front end agrees with Python's default); keeping the same positions as
+    naming that file. A model no shipped file matches gets the error naming headkv-scores."""
+    from conftest import tool_path
+    from gguf_factory import write_tiny_llama
+    from headkv.scores import shipped_scores
+    base = [tool_path("headkv-cli"), "-m", smollm2, "-p", "The quick brown fox " * 40, "-n", "8", "--temp", "0",
+            "-t", "2", "-c", "1024", "--kv-method", "headkv", "--kv-budget", "32"]
+    default = _run(base)
+    named = _run(base + ["--scores", shipped_scores(smollm2)])
+    assert default.stdout == named.stdout and default.stdout
+    tiny = write_tiny_llama(tmp_path / "tiny.gguf", smollm2)
+    r = subprocess.run([tool_path("headkv-cli"), "-m", str(tiny), "-p", "hello", "-n", "2", "--kv-method", "headkv",
+                        "--kv-budget", "32"], capture_output=True, text=True)
+    assert r.returncode == 1 and "no shipped score file matches this model" in r.stderr and "headkv-scores" in r.stderr

@@ -61,7 +61,8 @@ const char* kUsage =
     "      --probe TEXT        observation probe: text run after the prompt (or the --context-file\n"
     "                          document) whose attention selects, then dropped; 'repeat' = a request\n"
     "                          to repeat the text, 'reconstruct' = that request followed by the text\n"
-    "                          itself (default: the prompt's last --window tokens select)\n"
+    "                          itself, 'none' = the prompt's last --window tokens select (default:\n"
+    "                          reconstruct with --context-file, none otherwise)\n"
     "      --adaptive 0|1      headkv: split each layer's score-given total among its heads per prompt\n"
     "                          (Ada-KV style; default 0)\n";
 
@@ -203,6 +204,10 @@ int main(int argc, char** argv) {
   std::vector<int32_t> follow;
   if (!a.context.empty()) follow = tokenize(text.substr(split), 0, "tokenizing prompt");
   if (toks.empty()) die("the prompt is empty after tokenization");
+  // A document compressed before its question selects by reconstruction (EVALUATION.md: the best
+  // question-free observation measured); a prompt that holds its question selects by its last tokens.
+  if (a.probe.empty() && !a.context.empty()) a.probe = "reconstruct";
+  if (a.probe == "none") a.probe.clear();
   std::vector<int32_t> probe;
   if (!a.probe.empty()) {
     const bool echo = a.probe == "reconstruct";

@@ -7,6 +7,7 @@
 
 #include "common/alloc.h"
 #include "common/error.h"
+#include "select/shipped_scores.h"
 
 namespace headkv {
 
@@ -49,9 +50,7 @@ Context::Context(const Model& model, const ContextParams& p)
       if (t < 0 || t >= hp_.n_vocab)
         fail(ErrorKind::InvalidArgument, "probe token id " + std::to_string(t) + " is outside the vocabulary");
     if (method_ == BudgetMethod::HeadKV) {
-      if (kv_.scores.empty()) fail(ErrorKind::InvalidArgument, "method 'headkv' needs a head score file (scores=...)");
-      const ModelInfo info = model_info(model.file());
-      scores_ = load_scores(kv_.scores, &info);
+      scores_ = resolve_head_scores(kv_.scores, model_info(model.file()));  // the given file, or the shipped one
     }
   } else {
     // Full cache: 2 * layers * kv_heads * n_ctx * head_dim floats. Check before allocating.

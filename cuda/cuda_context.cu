@@ -23,6 +23,7 @@
 #include "device_buffer.cuh"
 #include "kernels.cuh"
 #include "quant.cuh"
+#include "select/shipped_scores.h"
 #include "select/spans.h"
 #include "weights.cuh"
 
@@ -149,9 +150,7 @@ struct CudaContext::Impl {
         if (t < 0 || t >= hp.n_vocab)
           fail(ErrorKind::InvalidArgument, "probe token id " + std::to_string(t) + " is outside the vocabulary");
       if (method == BudgetMethod::HeadKV) {
-        if (kv.scores.empty()) fail(ErrorKind::InvalidArgument, "method 'headkv' needs a head score file (scores=...)");
-        const ModelInfo info = model_info(m.file());
-        scores = load_scores(kv.scores, &info);
+        scores = resolve_head_scores(kv.scores, model_info(m.file()));  // the given file, or the shipped one
       }
     }
     require_supported_device();

@@ -233,3 +233,43 @@ def test_embeddings_match_transformers(llm, smollm2):
     assert np.linalg.norm(unit) == pytest.approx(1.0, abs=1e-9)
     assert np.asarray(unit) == pytest.approx(np.asarray(res["data"][0]["embedding"]) /
                                              np.linalg.norm(res["data"][0]["embedding"]), abs=1e-9)
+
+
+def test_native_sampler_mask_bias_and_penalties_by_hand():
+    logits = np.array([3.0, 2.0, 1.0, 0.5], dtype=np.float32)
+    greedy = lambda **kw: _core.Sampler(temperature=0.0, **kw)  # noqa: E731
+    assert greedy().sample_logits(logits) == 0
+    assert greedy().sample_logits(logits, mask=np.array([0b1010], dtype=np.int32)) == 1  # tokens 1 and 3 allowed
+    assert greedy(logit_bias={3: 2.6}).sample_logits(logits) == 3  # 0.5 + 2.6 > 3
+    # history [0, 0, 1]: token 0 seen twice, token 1 once
+    assert greedy(frequency_penalty=1.2).sample_logits(logits, [0, 0, 1]) == 2  # 0.6, 0.8, 1.0, 0.5
+    assert greedy(presence_penalty=1.2).sample_logits(logits, [0, 0, 1]) == 0   # 1.8, 0.8, 1.0, 0.5
+    assert greedy(repeat_penalty=2.0).sample_logits(logits, [0, 0, 1]) == 0     # 1.5, 1.0, 1.0, 0.5
+    assert greedy(repeat_penalty=4.0).sample_logits(logits, [0, 0, 1]) == 2     # 0.75, 0.5, 1.0, 0.5
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: m("hi", max_tokens=2, logit_bias={10**6: 1.0}),
+    lambda m: m("hi", max_tokens=2, logit_bias={1: float("nan")}),
+    lambda m: m("hi", max_tokens=2, logprobs=-1),
+    lambda m: m("hi", max_tokens=2, logit_bias={i: -math.inf for i in range(m.n_vocab())}),
+    lambda m: m.create_chat_completion([{"role": "user", "content": "hi"}], response_format={"type": "xml"}),
+    lambda m: m.create_chat_completion([{"role": "user", "content": "hi"}],
+                                       response_format={"type": "json_object", "schema": {"type": "foo"}}),
+    lambda m: m.create_chat_completion([{"role": "user", "content": 5}]),
+    lambda m: m.create_chat_completion([{"role": "user", "content": [{"type": "text"}]}]),
+    lambda m: m.embed(""),
+])
+def test_bad_arguments_raise_invalid_argument(llm, call):
+    with pytest.raises(InvalidArgumentError):
+        call(llm)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: m("hi", suffix="!"),
+    lambda m: m("hi", mirostat_mode=2),
+    lambda m: m.create_chat_completion([{"role": "user", "content": "hi"}], tools=[{"type": "function"}]),
+])
+def test_unsupported_features_raise_unsupported(llm, call):
+    with pytest.raises(UnsupportedError):
+        call(llm)

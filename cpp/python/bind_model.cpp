@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -209,6 +210,29 @@ void bind_model(py::module_& m) {
         std::copy_n(e.ctx->probe(), (size_t)hp.n_layer * hp.n_head * n, a.mutable_data());
         return a;
       })
+      .def("vocab", [](const Engine& e) {
+        // (pieces, special_ids): every token's bytes as decoded output shows them, and the ids of
+        // control / user-defined / unknown tokens (what a grammar engine must keep out of text)
+        const Tokenizer& t = e.model->tokenizer();
+        py::list pieces;
+        std::vector<int32_t> special;
+        for (int32_t i = 0; i < t.n_vocab(); ++i) {
+          pieces.append(py::bytes(t.token_to_piece(i)));
+          if (t.is_special(i)) special.push_back(i);
+        }
+        return py::make_tuple(pieces, special);
+      })
+      .def_property_readonly("eog_ids", [](const Engine& e) { return e.model->tokenizer().eog_ids(); })
+      .def("set_embeddings", [](Engine& e, bool on) { e.ctx->set_embeddings(on); }, py::arg("on") = true)
+      .def("embeddings", [](const Engine& e) {
+        // [n_tokens, n_embd] final-norm hidden states of the last eval (a copy)
+        if (!e.ctx->embeddings()) fail(ErrorKind::InvalidArgument, "no embeddings yet: call set_embeddings(True), then eval()");
+        const int64_t R = e.ctx->n_embd_rows(), d = e.model->hparams().n_embd;
+        py::array_t<float> a({R, d});
+        std::copy_n(e.ctx->embeddings(), R * d, a.mutable_data());
+        return a;
+      })
+      .def_property_readonly("n_embd", [](const Engine& e) { return e.model->hparams().n_embd; })
       .def("metadata", &Engine::metadata)
       .def("is_eog", [](const Engine& e, int32_t t) { return e.model->tokenizer().is_eog(t); })
       .def_property_readonly("n_past", [](const Engine& e) { return e.ctx->n_past(); })
@@ -224,9 +248,20 @@ void bind_model(py::module_& m) {
       .def_property_readonly("weight_bytes", [](const Engine& e) { return e.model->weight_bytes(); })
       .def_property_readonly("history", [](const Engine& e) { return e.ctx->history(); });
 
+  // mask: one bit per token id (int32 words, LSB first; a 0 bit excludes the token), as
+  // llguidance's token bitmask; None: no mask.
+  using Mask = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+  auto mask_ptr = [](const py::object& mask, int32_t n_vocab) -> const uint32_t* {
+    if (mask.is_none()) return nullptr;
+    Mask a = mask.cast<Mask>();
+    if (a.ndim() != 1 || a.size() < (n_vocab + 31) / 32)
+      fail(ErrorKind::InvalidArgument, "mask must be a 1-D int32 array of at least ceil(n_vocab / 32) words");
+    return reinterpret_cast<const uint32_t*>(a.data());
+  };
   py::class_<Sampler>(m, "Sampler")
       .def(py::init([](float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
-                       int repeat_last_n, uint64_t seed) {
+                       int repeat_last_n, uint64_t seed, float frequency_penalty, float presence_penalty,
+                       float typical_p, const std::map<int32_t, float>& logit_bias) {
              SamplerParams p;
              p.temperature = temperature;
              p.top_k = top_k;
@@ -235,18 +270,25 @@ void bind_model(py::module_& m) {
              p.repeat_penalty = repeat_penalty;
              p.repeat_last_n = repeat_last_n;
              p.seed = seed;
+             p.frequency_penalty = frequency_penalty;
+             p.presence_penalty = presence_penalty;
+             p.typical_p = typical_p;
+             p.logit_bias.assign(logit_bias.begin(), logit_bias.end());
              return std::make_unique<Sampler>(p);
            }),
            py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f,
-           py::arg("repeat_penalty") = 1.0f, py::arg("repeat_last_n") = 64, py::arg("seed") = 0xC0FFEE)
-      .def("sample", [](Sampler& s, const Engine& e) {
+           py::arg("repeat_penalty") = 1.0f, py::arg("repeat_last_n") = 64, py::arg("seed") = 0xC0FFEE,
+           py::arg("frequency_penalty") = 0.0f, py::arg("presence_penalty") = 0.0f, py::arg("typical_p") = 1.0f,
+           py::arg("logit_bias") = std::map<int32_t, float>{})
+      .def("sample", [mask_ptr](Sampler& s, const Engine& e, const py::object& mask) {
         const float* lg = e.ctx->logits();
         if (!lg) fail(ErrorKind::InvalidArgument, "no logits yet: call eval() first");
-        return s.sample(lg, e.model->hparams().n_vocab, e.ctx->history());
-      })
-      .def("sample_logits", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits,
-                               const std::vector<int32_t>& history) {
+        const int32_t V = e.model->hparams().n_vocab;
+        return s.sample(lg, V, e.ctx->history(), mask_ptr(mask, V));
+      }, py::arg("engine"), py::arg("mask") = py::none())
+      .def("sample_logits", [mask_ptr](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits,
+                                       const std::vector<int32_t>& history, const py::object& mask) {
         if (logits.ndim() != 1 || logits.size() == 0) fail(ErrorKind::InvalidArgument, "logits must be a non-empty 1-D array");
-        return s.sample(logits.data(), (int32_t)logits.size(), history);
-      }, py::arg("logits"), py::arg("history") = std::vector<int32_t>{});
+        return s.sample(logits.data(), (int32_t)logits.size(), history, mask_ptr(mask, (int32_t)logits.size()));
+      }, py::arg("logits"), py::arg("history") = std::vector<int32_t>{}, py::arg("mask") = py::none());
 }

@@ -6,9 +6,11 @@
 """
 from .errors import (ContextFullError, Error, FormatError, HeadkvIOError, InternalError,
                      InvalidArgumentError, OutOfMemoryError, UnsupportedError)
+from .grammar import LlamaGrammar
 from .kv import KVConfig
+from .llama import Llama
 from .model import Model
 
 __version__ = "0.1.0"
-__all__ = ["Model", "KVConfig", "Error", "FormatError", "HeadkvIOError", "UnsupportedError", "InvalidArgumentError",
+__all__ = ["Model", "Llama", "LlamaGrammar", "KVConfig", "Error", "FormatError", "HeadkvIOError", "UnsupportedError", "InvalidArgumentError",
            "OutOfMemoryError", "ContextFullError", "InternalError"]

@@ -172,14 +172,19 @@ class Model:
     # ---- generation ----
     def generate(self, tokens: Sequence[int], temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                  min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
-                 seed: Optional[int] = None, max_tokens: Optional[int] = None, reset: bool = True) -> Iterator[int]:
+                 seed: Optional[int] = None, max_tokens: Optional[int] = None, reset: bool = True,
+                 sampler=None) -> Iterator[int]:
         """Yields sampled token ids after the prompt ``tokens`` until an end-of-generation token
         (not yielded), ``max_tokens``, or the end of the context (n_ctx, or for compressing KV
         methods the ``max_new_tokens`` decode slots reserved per head).
 
         Calls made on the model while this iterator is suspended make its next step raise
-        InvalidArgumentError (the context is no longer the one it was generating in)."""
-        sampler = self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+        InvalidArgumentError (the context is no longer the one it was generating in).
+
+        ``sampler``: an object whose ``sample(engine)`` picks each token (e.g. headkv.sampling's
+        TokenSampler); it replaces the sampling keywords."""
+        if sampler is None:
+            sampler = self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         tokens = [int(t) for t in tokens]
         if not tokens:
             raise InvalidArgumentError("generate needs a non-empty prompt")

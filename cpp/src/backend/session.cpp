@@ -109,6 +109,11 @@ void Session::set_attention_probe(bool on) {
   cpu_->set_attention_probe(on);
 }
 
+void Session::set_embeddings(bool on) {
+  if (!cpu_) fail(ErrorKind::Unsupported, "embeddings are computed on the CPU backend only (device 'cpu')");
+  cpu_->set_embeddings(on);
+}
+
 std::vector<int32_t> Session::positions(int l, int g) const {
   if (cpu_) {
     const KVArena* a = cpu_->arena();

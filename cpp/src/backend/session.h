@@ -57,6 +57,12 @@ class Session {
   const float* probe() const { return cpu_ ? cpu_->probe() : nullptr; }
   int64_t probe_n() const { return cpu_ ? cpu_->probe_n() : 0; }
 
+  // Embeddings (final-norm hidden states of every evaluated token): CPU backend only
+  // (Unsupported on the GPU).
+  void set_embeddings(bool on);
+  const float* embeddings() const { return cpu_ ? cpu_->embeddings() : nullptr; }
+  int64_t n_embd_rows() const { return cpu_ ? cpu_->n_embd_rows() : 0; }
+
   Context* cpu() { return cpu_.get(); }
 
  private:

@@ -83,6 +83,7 @@ void Context::reset() {
   n_past_ = 0;
   probe_n_ = 0;
   n_logit_rows_ = 0;
+  n_embd_rows_ = 0;
   history_.clear();
   arena_.reset();
   plan_.reset();
@@ -95,6 +96,14 @@ void Context::set_attention_probe(bool on) {
   probe_on_ = on;
   probe_n_ = 0;
   if (!on) std::vector<float>().swap(probe_);
+}
+
+void Context::set_embeddings(bool on) {
+  if (on && compressing())
+    fail(ErrorKind::InvalidArgument, "embeddings need the full KV cache (method 'full'), not '" + kv_.method + "'");
+  embd_on_ = on;
+  n_embd_rows_ = 0;
+  if (!on) std::vector<float>().swap(embd_);
 }
 
 uint64_t Context::kv_bytes() const {
@@ -146,15 +155,18 @@ void Context::eval(const int32_t* tokens, int64_t n, bool all_logits) {
     n_logit_rows_ = (int64_t)rows;
     return;
   }
+  if (embd_on_ && embd_.size() < (uint64_t)n * hp_.n_embd)
+    alloc(embd_, checked_mul((uint64_t)n, (uint64_t)hp_.n_embd, "embeddings"), "embeddings");
   for (int64_t off = 0; off < n; off += n_batch_) {
     const int64_t T = std::min<int64_t>(n_batch_, n - off);
     const bool last = off + T == n;
     float* out = all_logits ? logits_.data() + (size_t)off * hp_.n_vocab : (last ? logits_.data() : nullptr);
-    forward(tokens + off, T, all_logits, out);
+    forward(tokens + off, T, all_logits, out, embd_on_ ? embd_.data() + (size_t)off * hp_.n_embd : nullptr);
     history_.insert(history_.end(), tokens + off, tokens + off + T);
     n_past_ += (int32_t)T;
   }
   n_logit_rows_ = (int64_t)rows;
+  n_embd_rows_ = embd_on_ ? n : 0;
 }
 
 }  // namespace headkv

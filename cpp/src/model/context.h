@@ -105,9 +105,18 @@ class Context {
   const float* probe() const { return probe_n_ ? probe_.data() : nullptr; }
   int64_t probe_n() const { return probe_n_; }
 
+  // Embeddings (full cache only): while on, each eval() keeps the final-norm hidden state of
+  // every token it evaluates, [n][n_embd] (what llama.cpp's embedding mode pools). Throws
+  // InvalidArgument when turned on for a compressing method.
+  void set_embeddings(bool on);
+  bool embeddings_on() const { return embd_on_; }
+  const float* embeddings() const { return n_embd_rows_ ? embd_.data() : nullptr; }
+  int64_t n_embd_rows() const { return n_embd_rows_; }
+
  private:
   struct KVView { const float* k; const float* v; int64_t n_before; };
-  void forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out);
+  // hidden_out (optional): the chunk's final-norm hidden states, [T][n_embd].
+  void forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out, float* hidden_out = nullptr);
   void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
   // K/V hold N rows (the prompt, then the probe when there is one); the prompt is the first n_prompt.
   void select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N, int64_t n_prompt);
@@ -143,6 +152,9 @@ class Context {
   int probe_layer_ = -1;      // layer whose attention() call records into probe_; -1: none
   int64_t probe_n_ = 0;
   std::vector<float> probe_;
+  bool embd_on_ = false;
+  std::vector<float> embd_;  // [n_embd_rows_][n_embd]
+  int64_t n_embd_rows_ = 0;
 };
 
 }  // namespace headkv

@@ -135,7 +135,7 @@ void Context::final_logits(const float* x, int64_t rows, float* out) {
   }
 }
 
-void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out) {
+void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out, float* hidden_out) {
   const int64_t d = hp_.n_embd, hd = hp_.head_dim, nkv = hp_.n_head_kv;
   const Weight& emb = model_.tok_embd();
   for (int64_t t = 0; t < T; ++t)
@@ -168,6 +168,9 @@ void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* 
     out_and_mlp(il, att_.data(), T, x_.data(), xn_.data());
   }
 
+  if (hidden_out)  // the final norm, as final_logits applies it before the output projection
+    for (int64_t t = 0; t < T; ++t)
+      rms_norm(&x_[t * d], model_.output_norm().data(), &hidden_out[t * d], d, hp_.rms_eps);
   if (!logits_out) return;
   const int64_t first = all_logits ? 0 : T - 1;
   final_logits(&x_[first * d], T - first, logits_out);

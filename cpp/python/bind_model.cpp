@@ -1,4 +1,5 @@
 // headkv._core.Engine (model + one context) and headkv._core.Sampler.
+#include <algorithm>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -18,6 +19,8 @@ using namespace headkv;
 
 namespace {
 
+constexpr int32_t kDefaultPythonCtx = 4096;
+
 struct Engine {
   std::unique_ptr<Model> model;
   std::unique_ptr<Session> ctx;
@@ -29,7 +32,9 @@ struct Engine {
       model = Model::load(path);
     }
     ContextParams p;
-    p.n_ctx = n_ctx;
+    // -1: Python's default context, 4096 tokens or the training context if shorter (the full
+    // cache is allocated at once; 0 asks for the whole training context).
+    p.n_ctx = n_ctx == -1 ? std::min<int32_t>(kDefaultPythonCtx, model->hparams().n_ctx_train) : n_ctx;
     p.n_threads = n_threads;
     p.n_batch = n_batch;
     p.kv = kv;
@@ -199,6 +204,10 @@ void bind_model(py::module_& m) {
       .def("eval", &Engine::eval, py::arg("tokens"), py::arg("logits_all") = false)
       .def("logits", &Engine::logits, py::arg("all") = false)
       .def("reset", [](Engine& e) { e.ctx->reset(); })
+      .def("truncate", [](Engine& e, int32_t n) { e.ctx->truncate(n); }, py::arg("n_keep"))
+      .def("set_max_new_tokens", [](Engine& e, int32_t n) { e.ctx->set_max_new_tokens(n); }, py::arg("n"))
+      .def_property_readonly("n_prompt", [](const Engine& e) { return e.ctx->n_prompt(); })
+      .def_property_readonly("compressing", [](const Engine& e) { return e.ctx->compressing(); })
       .def("set_attention_probe", [](Engine& e, bool on) { e.ctx->set_attention_probe(on); }, py::arg("on") = true)
       .def("attention_probe", [](const Engine& e) {
         // [n_layer, n_head, n_past] attention of the last evaluated token's query (a copy)

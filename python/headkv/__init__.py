@@ -9,8 +9,8 @@ from .errors import (ContextFullError, Error, FormatError, HeadkvIOError, Intern
 from .grammar import LlamaGrammar
 from .kv import KVConfig
 from .llama import Llama
-from .model import Model
+from .model import Model, ModelState
 
 __version__ = "0.1.0"
-__all__ = ["Model", "Llama", "LlamaGrammar", "KVConfig", "Error", "FormatError", "HeadkvIOError", "UnsupportedError", "InvalidArgumentError",
+__all__ = ["Model", "ModelState", "Llama", "LlamaGrammar", "KVConfig", "Error", "FormatError", "HeadkvIOError", "UnsupportedError", "InvalidArgumentError",
            "OutOfMemoryError", "ContextFullError", "InternalError"]

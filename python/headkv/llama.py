@@ -218,7 +218,7 @@ class Llama(Model):
                 raise InvalidArgumentError("an empty prompt cannot be appended to the held context")
             prompt_tokens = [self._e.bos if self._e.bos >= 0 else 0]
         held = 0 if reset else self.n_past
-        if held + len(prompt_tokens) > self.n_ctx:
+        if not self._e.compressing and held + len(prompt_tokens) > self.n_ctx:
             raise ContextFullError(f"prompt has {len(prompt_tokens)} tokens (+{held} held) but n_ctx is {self.n_ctx}")
         sampler = self._token_sampler(temperature, top_k, top_p, min_p, typical_p, repeat_penalty, frequency_penalty,
                                       presence_penalty, logit_bias, seed, grammar, logprobs)

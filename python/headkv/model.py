@@ -5,6 +5,8 @@ import os
 import threading
 import time
 import uuid
+import warnings
+from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -16,12 +18,25 @@ from .kv import KVConfig
 from .text import StopScanner, utf8_complete_prefix
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """What :meth:`Model.save_state` returns: the context's tokens and its compressed prompt's length."""
+    tokens: tuple
+    n_prompt: int
+    kv_method: str
+    model_path: str
+
+
 class Model:
     """A GGUF model with one inference context.
 
     Args:
         model_path: path to a GGUF file (architecture ``llama``: Llama 2/3, Mistral, SmolLM2).
-        n_ctx: context window in tokens; 0 = the model's training context.
+        n_ctx: context window in tokens (the full cache is allocated for it at once). None: 4096, or
+            the model's training context if shorter; 0: the training context. With a compressing KV
+            method it bounds nothing of the prompt: a prompt longer than n_ctx is compressed into
+            the per-head arena (decode room: ``max_new_tokens`` per head, raised to a request's
+            ``max_tokens`` when larger).
         n_threads: CPU threads; None = all cores.
         n_batch: tokens per prefill chunk.
         device: ``"cpu"``; ``"cuda"`` (GPU, fp16 tensor-core prefill GEMMs) or ``"cuda-fp32"`` (GPU,
@@ -31,16 +46,22 @@ class Model:
             ``kv_method=..., kv_budget=..., scores=..., beta=..., window=..., pooling=..., kernel=...,
             span=..., probe=...``. Query-agnostic use (compress a document, ask later): ``probe="repeat"``,
             ``eval(document)``, then ``generate(question, reset=False)``.
+        cache_prompt: prefix reuse (as llama-cpp-python and llama-server do). A prompt that starts with
+            tokens the context already holds evaluates only the rest: for the full cache the longest
+            common prefix (same results as a fresh run); for a compressing method, when the prompt
+            extends the compressed prompt (a follow-up turn about the same document), the compressed
+            KV is kept and the new tokens are appended. False: every call starts over.
     """
 
-    def __init__(self, model_path: Union[str, os.PathLike], n_ctx: int = 0, n_threads: Optional[int] = None,
+    def __init__(self, model_path: Union[str, os.PathLike], n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
                  n_batch: int = 512, device: str = "cpu", verbose: bool = False, kv: Optional[KVConfig] = None,
-                 kv_method: Optional[str] = None, kv_budget: Optional[int] = None, **kv_kwargs):
+                 kv_method: Optional[str] = None, kv_budget: Optional[int] = None, cache_prompt: bool = True,
+                 **kv_kwargs):
         if device not in ("cpu", "cuda", "cuda-fp32"):
             raise UnsupportedError(f"device {device!r} is not supported ('cpu', 'cuda', 'cuda-fp32')")
         if device != "cpu" and not _core.cuda_built():
             raise UnsupportedError(f"device {device!r} is not available in this build (supported: 'cpu')")
-        for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_threads", n_threads or 0)):
+        for name, v in (("n_ctx", 0 if n_ctx is None else n_ctx), ("n_batch", n_batch), ("n_threads", n_threads or 0)):
             if not isinstance(v, int) or v < 0:
                 raise InvalidArgumentError(f"{name} must be an integer >= 0, got {v!r}")
         self.model_path = os.fspath(model_path)
@@ -69,8 +90,11 @@ class Model:
         if isinstance(kv.probe, str) and kv.probe:  # probe text: tokenized with the model's vocabulary
             tok = _core.Tokenizer(self.model_path)
             tokenize = lambda s: tok.encode(s, False, False)  # noqa: E731
-        self._e = _core.Engine(self.model_path, n_ctx, n_threads or 0, n_batch, kv.native(tokenize), device)
+        self._e = _core.Engine(self.model_path, -1 if n_ctx is None else n_ctx, n_threads or 0, n_batch,
+                               kv.native(tokenize), device)
         self.verbose = verbose
+        self.cache_prompt = bool(cache_prompt)
+        self.n_reused = 0  # prompt tokens the last generate()/completion took from the context (prefix reuse)
 
     # ---- properties ----
     @property
@@ -127,6 +151,73 @@ class Model:
         with self._lock:
             self._epoch += 1
             self._e.reset()
+
+    def truncate(self, n_keep: int) -> None:
+        """Forgets the tokens at positions >= ``n_keep``. Full cache: any ``0 <= n_keep <= n_past``.
+        Compressed: 0 (reset) or at least the compressed prompt's tokens (``n_prompt``), e.g. back to
+        the document-only state after a question was appended. InvalidArgumentError otherwise."""
+        with self._lock:
+            self._epoch += 1
+            self._e.truncate(int(n_keep))
+
+    @property
+    def n_prompt(self) -> int:
+        """Tokens of the compressed prompt (0 for the full cache or before the prompt)."""
+        with self._lock:
+            return self._e.n_prompt
+
+    def tokens(self) -> list[int]:
+        """The tokens the context holds, in order."""
+        with self._lock:
+            return list(self._e.history)
+
+    def save_state(self) -> "ModelState":
+        """A snapshot of the context's tokens (and where its compressed prompt ends). ``load_state``
+        restores it: by rolling back when the context still extends it (no compute), else by
+        evaluating its tokens again (the same compressed selection: the same prompt is compressed
+        the same way, then the rest is appended)."""
+        with self._lock:
+            return ModelState(tuple(self._e.history), self._e.n_prompt, self.kv.method, self.model_path)
+
+    def load_state(self, state: "ModelState") -> None:
+        if not isinstance(state, ModelState) or state.model_path != self.model_path or state.kv_method != self.kv.method:
+            raise InvalidArgumentError("load_state needs a state saved from a Model of the same file and KV method")
+        with self._lock:
+            self._epoch += 1
+            hist, n = self._e.history, len(state.tokens)
+            if n == 0:
+                self._e.reset()
+            elif (len(hist) >= n and tuple(hist[:n]) == state.tokens and self._e.n_prompt == state.n_prompt
+                  and (state.n_prompt == 0 or n >= state.n_prompt)):
+                self._e.truncate(n)
+            else:
+                self._e.reset()
+                split = state.n_prompt or n
+                self._e.eval(list(state.tokens[:split]), False)
+                if split < n:
+                    self._e.eval(list(state.tokens[split:]), False)
+
+    def _reuse_prefix(self, tokens: list) -> list:
+        """Rolls the context back to the longest usable prefix of ``tokens`` it holds and returns
+        the tokens still to evaluate (at least one, for the next logits); resets when none is usable."""
+        e = self._e
+        keep = 0
+        if self.cache_prompt and e.n_past:
+            hist = e.history
+            n = 0
+            for a, b in zip(hist, tokens):
+                if a != b:
+                    break
+                n += 1
+            keep = min(n, len(tokens) - 1)
+            if e.compressing and keep < e.n_prompt:
+                keep = 0  # the compressed prompt is not a prefix of this one: compress it afresh
+        if keep:
+            e.truncate(keep)
+        else:
+            e.reset()
+        self.n_reused = keep
+        return tokens[keep:]
 
     def eval(self, tokens: Sequence[int], logits_all: bool = False) -> None:
         """Append tokens to the context (prefill or decode)."""
@@ -190,11 +281,16 @@ class Model:
             raise InvalidArgumentError("generate needs a non-empty prompt")
         with self._lock:
             self._epoch += 1  # any suspended generation is over from here on
-            if reset:
-                self._e.reset()
-            if self._e.n_past + len(tokens) > self._e.n_ctx:
+            if not self._e.compressing and len(tokens) + (0 if reset else self._e.n_past) > self._e.n_ctx:
                 raise ContextFullError(f"prompt of {len(tokens)} tokens does not fit the context "
-                                       f"({self._e.n_ctx} tokens, {self._e.n_past} in use)")
+                                       f"({self._e.n_ctx} tokens, {0 if reset else self._e.n_past} in use)")
+            if reset:
+                tokens = self._reuse_prefix(tokens)
+            else:
+                self.n_reused = self._e.n_past
+            if self._e.compressing and self._e.n_past == 0:  # a fresh compressed prompt: decode room for the request
+                room = self.kv.max_new_tokens if max_tokens is None else max(self.kv.max_new_tokens, int(max_tokens) + 1)
+                self._e.set_max_new_tokens(room)
             self._last_stop = None
             self._e.eval(tokens, False)
             self._epoch += 1
@@ -211,13 +307,16 @@ class Model:
             produced += 1
             with self._lock:
                 self._check_epoch(epoch)
-                if self._e.n_past >= self._e.n_ctx:
+                if not self._e.compressing and self._e.n_past >= self._e.n_ctx:
                     self._last_stop = "length"
                     return
                 try:
                     self._e.eval([tok], False)
                 except ContextFullError:  # a compressed head's decode slots are used up; nothing changed
-                    self._last_stop = "length"
+                    self._last_stop = "kv_full"
+                    warnings.warn(f"generation stopped: the compressed KV cache's decode room ({self._e.kv_stats()['capacity'].min()} "
+                                  f"entries per head, prompt included) is used up; raise KVConfig.max_new_tokens "
+                                  f"or pass a larger max_tokens", RuntimeWarning, stacklevel=3)
                     return
                 self._epoch += 1
                 epoch = self._epoch
@@ -236,7 +335,10 @@ class Model:
     def _completion_stream(self, prompt_tokens, max_tokens, stop, sampling, reset=True) -> Iterator[tuple[str, Optional[str]]]:
         """Yields (text, finish_reason, n_generated); finish_reason is set on the last piece."""
         if max_tokens is None or max_tokens <= 0:
-            max_tokens = self.n_ctx - len(prompt_tokens) - (0 if reset else self.n_past)
+            if self._e.compressing:  # until the decode room (max_new_tokens per head) is used up
+                max_tokens = self.kv.max_new_tokens if reset or not self.n_past else 1 << 30
+            else:
+                max_tokens = self.n_ctx - len(prompt_tokens) - (0 if reset else self.n_past)
         stop = [stop] if isinstance(stop, str) else list(stop or [])
         scanner, buf, n = StopScanner(stop), b"", 0
         finish = "length"
@@ -252,7 +354,9 @@ class Model:
                 finish = "stop"
                 break
         else:
-            if n < max_tokens and self._last_stop != "length":
+            if self._last_stop == "kv_full":
+                finish = "kv_full"  # the compressed cache's decode room is used up (a warning says so)
+            elif n < max_tokens and self._last_stop != "length":
                 finish = "stop"  # end-of-generation token
         tail = scanner.flush() + (buf.decode("utf-8", errors="replace") if not scanner.stopped else "")
         yield tail, finish, n
@@ -276,7 +380,7 @@ class Model:
                 raise InvalidArgumentError("an empty prompt cannot be appended to the held context")
             prompt_tokens = [self._e.bos if self._e.bos >= 0 else 0]
         held = 0 if reset else self.n_past
-        if held + len(prompt_tokens) > self.n_ctx:
+        if not self._e.compressing and held + len(prompt_tokens) > self.n_ctx:
             raise ContextFullError(f"prompt has {len(prompt_tokens)} tokens (+{held} held) but n_ctx is {self.n_ctx}")
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                         repeat_penalty=repeat_penalty, seed=seed)

@@ -91,6 +91,9 @@ int32_t hk_context_n_ctx(const hk_context* ctx);
 int32_t hk_context_n_past(const hk_context* ctx);
 /* Forget every cached token. */
 void hk_context_reset(hk_context* ctx);
+/* Forget the tokens at positions >= n_keep (prefix reuse: then evaluate only what differs). Full
+ * cache: 0 <= n_keep <= n_past; compressed: 0 or at least the compressed prompt's tokens. */
+hk_status hk_context_truncate(hk_context* ctx, int32_t n_keep);
 /* Appends `n` tokens to the sequence (prefill or decode) and computes the logits of the last one. */
 hk_status hk_eval(hk_context* ctx, const int32_t* tokens, size_t n);
 /* Logits (n_vocab floats) of the last evaluated token; NULL before the first eval. */

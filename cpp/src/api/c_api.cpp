@@ -132,6 +132,10 @@ void hk_context_free(hk_context* ctx) { delete ctx; }
 int32_t hk_context_n_ctx(const hk_context* c) { return c->c->n_ctx(); }
 int32_t hk_context_n_past(const hk_context* c) { return c->c->n_past(); }
 void hk_context_reset(hk_context* c) { c->c->reset(); }
+hk_status hk_context_truncate(hk_context* c, int32_t n_keep) {
+  if (!c) return null_arg("ctx");
+  return guard([&] { c->c->truncate(n_keep); });
+}
 uint64_t hk_context_kv_bytes(const hk_context* c) { return c->c->kv_bytes(); }
 uint64_t hk_context_peak_device_bytes(const hk_context* c) { return c->c->peak_device_bytes(); }
 int hk_cuda_device_count(void) { return headkv::cuda_devices(); }

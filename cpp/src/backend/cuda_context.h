@@ -33,6 +33,9 @@ class CudaContext {
 
   void eval(const int32_t* tokens, int64_t n, bool all_logits = false);
   void reset();
+  void truncate(int32_t n_keep);  // as Context::truncate
+  int32_t n_prompt() const;
+  void set_max_new_tokens(int32_t n);
 
   const float* logits() const;
   const float* logits_all() const;

@@ -72,6 +72,19 @@ void Session::reset() {
   gpu_->reset();
 #endif
 }
+void Session::truncate(int32_t n_keep) {
+  if (cpu_) return cpu_->truncate(n_keep);
+#ifdef HEADKV_WITH_CUDA
+  gpu_->truncate(n_keep);
+#endif
+}
+void Session::set_max_new_tokens(int32_t n) {
+  if (cpu_) return cpu_->set_max_new_tokens(n);
+#ifdef HEADKV_WITH_CUDA
+  gpu_->set_max_new_tokens(n);
+#endif
+}
+int32_t Session::n_prompt() const { HK_DISPATCH(cpu_->n_prompt(), gpu_->n_prompt()); }
 const float* Session::logits() const { HK_DISPATCH(cpu_->logits(), gpu_->logits()); }
 const float* Session::logits_all() const { HK_DISPATCH(cpu_->logits_all(), gpu_->logits_all()); }
 int64_t Session::n_logit_rows() const { HK_DISPATCH(cpu_->n_logit_rows(), gpu_->n_logit_rows()); }

@@ -25,6 +25,9 @@ class Session {
 
   void eval(const int32_t* tokens, int64_t n, bool all_logits = false);
   void reset();
+  void truncate(int32_t n_keep);       // Context::truncate
+  int32_t n_prompt() const;            // tokens of the compressed prompt (0: full cache / none yet)
+  void set_max_new_tokens(int32_t n);  // decode room of the next compressed prompt
   const float* logits() const;
   const float* logits_all() const;
   int64_t n_logit_rows() const;

@@ -90,6 +90,29 @@ void Context::reset() {
   prefill_peak_kv_bytes_ = 0;
 }
 
+void Context::truncate(int32_t n_keep) {
+  if (n_keep < 0 || n_keep > n_past_)
+    fail(ErrorKind::InvalidArgument, "truncate: " + std::to_string(n_keep) + " tokens to keep, the context holds " + std::to_string(n_past_));
+  if (n_keep == 0) return reset();
+  if (arena_) {
+    if (n_keep < n_prompt_)
+      fail(ErrorKind::InvalidArgument, "truncate: the compressed prompt's " + std::to_string(n_prompt_) +
+                                           " tokens cannot be partly forgotten (keep at least them, or reset)");
+    arena_->drop_last(n_past_ - n_keep);
+  }
+  n_past_ = n_keep;
+  history_.resize((size_t)n_keep);
+  n_logit_rows_ = 0;  // the logits were of a forgotten token
+  n_embd_rows_ = 0;
+  probe_n_ = 0;
+}
+
+void Context::set_max_new_tokens(int32_t n) {
+  if (n < 0) fail(ErrorKind::InvalidArgument, "max_new_tokens must be >= 0");
+  if (arena_) fail(ErrorKind::InvalidArgument, "max_new_tokens can only change before the compressed prompt is evaluated");
+  kv_.max_new_tokens = n;
+}
+
 void Context::set_attention_probe(bool on) {
   if (on && compressing())
     fail(ErrorKind::InvalidArgument, "the attention probe needs the full KV cache (method 'full'), not '" + kv_.method + "'");
@@ -123,7 +146,9 @@ const float* Context::logits() const {
 
 void Context::eval(const int32_t* tokens, int64_t n, bool all_logits) {
   if (n <= 0) fail(ErrorKind::InvalidArgument, "eval needs at least one token");
-  if (n > (int64_t)n_ctx_ - n_past_)
+  if (n > (int64_t)INT32_MAX / 2 - n_past_)
+    fail(ErrorKind::ContextFull, "positions past 2^30 are not supported (" + std::to_string(n_past_) + " + " + std::to_string(n) + ")");
+  if (!compressing() && n > (int64_t)n_ctx_ - n_past_)
     fail(ErrorKind::ContextFull, "context is full: " + std::to_string(n_past_) + " tokens cached + " + std::to_string(n) +
                                      " new > n_ctx " + std::to_string(n_ctx_));
   for (int64_t i = 0; i < n; ++i)
@@ -151,7 +176,7 @@ void Context::eval(const int32_t* tokens, int64_t n, bool all_logits) {
       throw;
     }
     history_.insert(history_.end(), tokens, tokens + n);
-    n_past_ = (int32_t)n;
+    n_past_ = n_prompt_ = (int32_t)n;
     n_logit_rows_ = (int64_t)rows;
     return;
   }

@@ -68,8 +68,21 @@ class Context {
   // Appends tokens at positions n_past..; computes logits of the last token, or of every token
   // when all_logits. Throws ContextFull when they do not fit (n_ctx, or a KV head's segment) and
   // InvalidArgument for token ids outside the vocabulary; then the context is left unchanged.
+  //
+  // n_ctx bounds the full cache. A compressing method's prompt may be longer than n_ctx (it is
+  // compressed layer by layer into the arena); its decode room is max_new_tokens per head.
   void eval(const int32_t* tokens, int64_t n, bool all_logits = false);
   void reset();
+  // Forgets the tokens at positions >= n_keep (prefix reuse: a new prompt that shares the first
+  // n_keep tokens evaluates only the rest). Full cache: 0 <= n_keep <= n_past. Compressed: n_keep = 0
+  // (reset) or n_prompt() <= n_keep <= n_past (the compressed prompt cannot be partly forgotten).
+  // Throws InvalidArgument otherwise, leaving the context unchanged.
+  void truncate(int32_t n_keep);
+  // Tokens of the compressed prompt (0 for the full cache or before the prompt).
+  int32_t n_prompt() const { return arena_ ? n_prompt_ : 0; }
+  // Decode room per head for the next compressed prompt (KVConfig::max_new_tokens); only before the
+  // prompt has been evaluated (InvalidArgument after).
+  void set_max_new_tokens(int32_t n);
 
   const float* logits() const;
   const float* logits_all() const { return n_logit_rows_ ? logits_.data() : nullptr; }
@@ -132,7 +145,7 @@ class Context {
 
   const Model& model_;
   const LlamaHParams& hp_;
-  int32_t n_ctx_ = 0, n_batch_ = 512, n_past_ = 0;
+  int32_t n_ctx_ = 0, n_batch_ = 512, n_past_ = 0, n_prompt_ = 0;
   ThreadPool pool_;
   KVConfig kv_;
   BudgetMethod method_ = BudgetMethod::Full;

@@ -69,6 +69,12 @@ void KVArena::resize_layer(int l, const std::vector<int64_t>& capacity) {
 
 void KVArena::clear() { std::fill(used_.begin(), used_.end(), 0); }
 
+void KVArena::drop_last(int64_t k) {
+  for (int64_t u : used_)
+    if (k < 0 || u < k) fail(ErrorKind::InvalidArgument, "cannot drop " + std::to_string(k) + " entries from a KV segment of " + std::to_string(u));
+  for (int64_t& u : used_) u -= k;
+}
+
 uint64_t KVArena::bytes() const { return (uint64_t)(offsets_.empty() ? 0 : offsets_.back()) * entry_bytes(head_dim_); }
 
 uint64_t KVArena::bytes_used() const {

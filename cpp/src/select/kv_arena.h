@@ -28,6 +28,9 @@ class KVArena {
   // Appends one entry to segment (l, g); throws ContextFull when the segment is full.
   void append(int l, int g, int32_t position, const float* key, const float* value);
   void clear();  // forget every entry (capacities stay)
+  // Forgets the last k entries of every segment (decoded tokens rolled back together); throws
+  // InvalidArgument when a segment holds fewer.
+  void drop_last(int64_t k);
   // Re-splits layer l's span among its heads (Ada-KV decides the split at selection time). Only
   // while the layer's segments are empty, and the layer's total must not change; nothing moves.
   void resize_layer(int l, const std::vector<int64_t>& capacity);

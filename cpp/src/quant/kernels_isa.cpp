@@ -4,7 +4,7 @@
 // sub-block is expanded to integer-valued floats q and scale*sum(q*x) (+ min*sum(x)) accumulates in
 // fp32; otherwise a scalar path dequantizes chunks and dots them. HEADKV_ISA names this copy's
 // namespace. No std:: templates here: a weak out-of-line copy built with AVX-512 flags could be
-// picked by the linker for the baseline code (tests/test_embed_build.py checks the objects).
+// picked by the linker for the baseline code (tests/test_cpp.py checks the objects).
 #include "common/cpu.h"
 #include "quant/blocks.h"
 #include "quant/kernels.h"

@@ -1,6 +1,6 @@
 /* Loads a model, tokenizes a prompt, evaluates it and greedy-generates N tokens through the
  * public C API; prints one token id per line on stdout and the text on stderr.
- * usage: app MODEL PROMPT N */
+ * usage: app MODEL PROMPT N [DEVICE]   (DEVICE: cpu (default), cuda, cuda-fp32) */
 #include <headkv/headkv.h>
 
 #include <stdio.h>
@@ -13,8 +13,8 @@ static int fail(const char* what) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    fprintf(stderr, "usage: app MODEL PROMPT N\n");
+  if (argc != 4 && argc != 5) {
+    fprintf(stderr, "usage: app MODEL PROMPT N [DEVICE]\n");
     return 2;
   }
   const int steps = atoi(argv[3]);
@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   hk_context_params cp = hk_context_default_params();
   cp.n_ctx = 512;
   cp.n_threads = 2;
+  if (argc == 5) cp.device = argv[4];
   hk_context* ctx = NULL;
   if (hk_context_new(model, &cp, &ctx) != HK_OK) return fail("context");
   if (hk_eval(ctx, ids, n) != HK_OK) return fail("eval");

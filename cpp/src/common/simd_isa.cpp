@@ -9,6 +9,10 @@
 
 #include "common/cpu.h"
 
+#ifndef HEADKV_ISA  // a build that compiles this file once (tests/fuzz) has the baseline level only
+#define HEADKV_ISA isa_baseline
+#endif
+
 namespace headkv::HEADKV_ISA {
 
 float dot_f32(const float* a, const float* b, int64_t n) {

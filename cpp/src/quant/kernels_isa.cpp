@@ -15,6 +15,10 @@
 #include <immintrin.h>
 #endif
 
+#ifndef HEADKV_ISA  // a build that compiles this file once (tests/fuzz) has the baseline level only
+#define HEADKV_ISA isa_baseline
+#endif
+
 namespace headkv::HEADKV_ISA {
 using namespace qblk;
 

@@ -62,8 +62,14 @@ def test_c_program_links_and_matches_python(installed, tmp_path, model, smollm2)
     ex, log = _build_example("c_example", prefix, tmp_path)
     assert "main.c" in log and "stdc++" not in log  # no C++ runtime named on the C link line
     prompt = "The quick brown fox"
+    expected = _python_greedy(model, prompt, 12)
     r = _run([str(ex / "app"), smollm2, prompt, "12"], timeout=120)
-    assert [int(x) for x in r.stdout.split()] == _python_greedy(model, prompt, 12)
+    assert [int(x) for x in r.stdout.split()] == expected
+    # every CPU kernel level (HEADKV_CPU) generates the same tokens
+    from headkv import _core
+    for level in _core.cpu_levels()[:-1]:
+        r = _run([str(ex / "app"), smollm2, prompt, "12"], timeout=300, env={**os.environ, "HEADKV_CPU": level})
+        assert [int(x) for x in r.stdout.split()] == expected, level
 
 
 def test_cpp_program_matches_python(installed, tmp_path, model, smollm2):

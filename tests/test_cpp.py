@@ -1,6 +1,10 @@
 """Builds the C++ library with CMake, runs the C++ unit tests (ctest), installs the package and
-builds a user program against it with find_package(headkv)."""
+builds a C program (project(app C)) and a C++ program against it with find_package(headkv); both
+must greedy-generate the tokens the Python Model generates. The build directory is reused between
+runs (build/cpp-tests, or HEADKV_CPP_BUILD), CPU only, Release."""
 import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,7 +25,7 @@ def installed(tmp_path_factory):
     prefix = tmp_path_factory.mktemp("prefix")
     gen = ["-G", "Ninja"] if subprocess.run(["ninja", "--version"], capture_output=True).returncode == 0 else []
     _run(["cmake", "-S", str(ROOT), "-B", str(build), *gen, "-DHEADKV_BUILD_TESTS=ON",
-          "-DCMAKE_BUILD_TYPE=Release"])
+          "-DCMAKE_BUILD_TYPE=Release", "-DHEADKV_CUDA=OFF", "-DHEADKV_NATIVE=OFF"])
     _run(["cmake", "--build", str(build), "-j", "2"], timeout=1800)
     _run(["cmake", "--install", str(build), "--prefix", str(prefix)])
     return build, prefix
@@ -33,24 +37,91 @@ def test_ctest_unit_tests(installed):
     assert "tests passed" in r.stdout
 
 
-def test_find_package_example_matches_python(installed, tmp_path, model, smollm2):
-    _, prefix = installed
-    ex = tmp_path / "example"
-    _run(["cmake", "-S", str(ROOT / "tests" / "cpp_example"), "-B", str(ex), f"-DCMAKE_PREFIX_PATH={prefix}"])
-    _run(["cmake", "--build", str(ex)], timeout=600)
-    prompt = "The quick brown fox"
-    r = _run([str(ex / "example"), smollm2, prompt, "12"], timeout=120)
-    ids = [int(x) for x in r.stdout.split()]
+def _python_greedy(model, prompt, n):
     model.reset()
-    expected = []
+    out = []
     model.eval(model.tokenize(prompt))
-    for _ in range(12):
+    for _ in range(n):
         t = int(model.logits().argmax())
-        expected.append(t)
+        out.append(t)
         model.eval([t])
-    assert ids == expected
+    return out
+
+
+def _build_example(name, prefix, tmp_path):
+    ex = tmp_path / name
+    _run(["cmake", "-S", str(ROOT / "tests" / name), "-B", str(ex), f"-DCMAKE_PREFIX_PATH={prefix}",
+          "-DCMAKE_BUILD_TYPE=Release"])
+    r = _run(["cmake", "--build", str(ex), "--verbose"], timeout=600)
+    return ex, r.stdout
+
+
+def test_c_program_links_and_matches_python(installed, tmp_path, model, smollm2):
+    """project(app C): compiled and linked by the C compiler alone against libheadkv.so."""
+    _, prefix = installed
+    ex, log = _build_example("c_example", prefix, tmp_path)
+    assert "main.c" in log and "stdc++" not in log  # no C++ runtime named on the C link line
+    prompt = "The quick brown fox"
+    expected = _python_greedy(model, prompt, 12)
+    r = _run([str(ex / "app"), smollm2, prompt, "12"], timeout=120)
+    assert [int(x) for x in r.stdout.split()] == expected
+    # every CPU kernel level (HEADKV_CPU) generates the same tokens
+    from headkv import _core
+    for level in _core.cpu_levels()[:-1]:
+        r = _run([str(ex / "app"), smollm2, prompt, "12"], timeout=300, env={**os.environ, "HEADKV_CPU": level})
+        assert [int(x) for x in r.stdout.split()] == expected, level
+
+
+def test_cpp_program_matches_python(installed, tmp_path, model, smollm2):
+    _, prefix = installed
+    ex, _ = _build_example("cpp_example", prefix, tmp_path)
+    prompt = "Once upon a time"
+    r = _run([str(ex / "example"), smollm2, prompt, "12"], timeout=120)
+    assert [int(x) for x in r.stdout.split()] == _python_greedy(model, prompt, 12)
     # the installed CLI came along
     assert (prefix / "bin" / "headkv-cli").exists()
+
+
+def test_installed_library_exports_only_the_c_api(installed):
+    _, prefix = installed
+    libs = sorted((prefix / "lib").glob("libheadkv.so*")) or sorted((prefix / "lib64").glob("libheadkv.so*"))
+    assert libs, "libheadkv.so was not installed"
+    syms = _run(["nm", "-D", "--defined-only", str(libs[0])]).stdout.split("\n")
+    names = {line.split()[-1] for line in syms if line.strip()}
+    assert "hk_model_load" in names and "hk_eval" in names
+    assert all(n.startswith("hk_") for n in names), sorted(n for n in names if not n.startswith("hk_"))[:10]
+    needed = _run(["readelf", "-d", str(libs[0])]).stdout
+    assert "libstdc++" in needed  # the C++ runtime comes as an ordinary shared dependency
+
+
+def test_isa_objects_define_no_weak_symbols(installed):
+    """The per-CPU-level kernel objects (compiled with AVX2 / AVX-512 flags) must not define weak
+    (COMDAT) symbols: the linker keeps one copy of each, and an AVX-512 copy of, say, a std::
+    template would then run on CPUs without AVX-512."""
+    build, _ = installed
+    objs = list(build.glob("CMakeFiles/headkv_isa_*.dir/**/*.o"))
+    levels = {o.relative_to(build).parts[1] for o in objs}
+    assert "headkv_isa_baseline.dir" in levels and len(objs) == 2 * len(levels), objs
+    for o in objs:
+        weak = [line for line in _run(["nm", "-C", "--defined-only", str(o)]).stdout.splitlines()
+                if line.split()[1:2] and line.split()[1] in ("W", "V", "u", "w", "v")]
+        assert not weak, f"{o}: {weak[:5]}"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
+                    reason="no nvcc")
+def test_cuda_package_config_names_no_cuda_path(tmp_path):
+    """With the CUDA backend the runtime is linked into libheadkv.so, so the exported targets
+    (generated at configure time) name no path of this machine's CUDA toolkit."""
+    build = tmp_path / "cuda"
+    _run(["cmake", "-S", str(ROOT), "-B", str(build), "-DHEADKV_CUDA=ON", "-DCMAKE_BUILD_TYPE=Release"],
+         timeout=300)
+    exported = list(build.glob("CMakeFiles/Export/**/headkvTargets*.cmake"))
+    assert exported
+    for f in exported:
+        text = f.read_text()
+        assert not re.search(r"cuda|cudart", text, re.IGNORECASE), f"{f} names CUDA"
+        assert "/usr/" not in text
 
 
 def test_cli_streams_and_times(smollm2):

@@ -55,6 +55,15 @@ def assert_bitexact(ours, ref):
     assert bad.size == 0, f"{bad.size} mismatches, first at {bad[0]}: {ours[bad[0]]!r} vs {ref[bad[0]]!r}"
 
 
+@pytest.fixture(params=core.cpu_levels())
+def cpu_level(request):
+    """Runs a test at each CPU kernel level this machine runs (baseline, avx2, avx512)."""
+    core.set_cpu_level(request.param)
+    assert core.cpu_level() == request.param
+    yield request.param
+    core.set_cpu_level("auto")
+
+
 def dot_tol(w, x):
     return 2e-5 * float(np.abs(w.astype(np.float64)) @ np.abs(x.astype(np.float64))) + 1e-30
 
@@ -156,7 +165,7 @@ def test_dequantize_gguf_quantized(t):
 # ---------------------------------------------------------------- vec_dot / matmul
 
 @pytest.mark.parametrize("t", SUPPORTED, ids=lambda t: t.name)
-def test_vec_dot(t):
+def test_vec_dot(t, cpu_level):
     rng = np.random.default_rng(11 + int(t))
     sizes = [256, 1536, 4096] + ([40, 7, 1, 33] if block_size(t) == 1 else [32 * 5] if block_size(t) == 32 else [])
     for n in sizes:
@@ -170,7 +179,7 @@ def test_vec_dot(t):
 
 @pytest.mark.parametrize("t", SUPPORTED, ids=lambda t: t.name)
 @pytest.mark.parametrize("n_tok", [1, 3, 4, 5, 7, 8, 13, 15, 16, 17, 50])
-def test_matmul(t, n_tok):
+def test_matmul(t, n_tok, cpu_level):
     rng = np.random.default_rng(1000 * int(t) + n_tok)
     K = 512 if block_size(t) == 256 else (96 if block_size(t) == 32 else 91)
     for rows, n_threads in [(37, 2), (16, 1), (100, 2), (5, 3)]:
@@ -185,7 +194,7 @@ def test_matmul(t, n_tok):
         assert (err <= tol).all(), (rows, n_threads, float((err / tol).max()))
 
 
-def test_matmul_large_k_prefill():
+def test_matmul_large_k_prefill(cpu_level):
     rng = np.random.default_rng(3)
     t, rows, K, n_tok = T.Q4_K, 70, 1536, 77  # K > one K block, ragged tiles
     raw = random_raw(t, rows * K, rng)
@@ -194,6 +203,23 @@ def test_matmul_large_k_prefill():
     ref = x.astype(np.float64) @ w.astype(np.float64).T
     tol = 2e-5 * (np.abs(x) @ np.abs(w).T)
     assert (np.abs(core.matmul(int(t), raw, rows, K, x) - ref) <= tol).all()
+
+
+def test_cpu_level_env(tmp_path):
+    """HEADKV_CPU picks the kernel level for a process; an unknown name is a typed error."""
+    import subprocess
+    import sys
+    code = "import headkv._core as c; print(c.cpu_level())"
+    for level in core.cpu_levels():
+        r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HEADKV_CPU": level},
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.strip() == level, r.stderr
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HEADKV_CPU": "sse9"},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "InvalidArgumentError: HEADKV_CPU=sse9: unknown CPU level" in r.stderr
+    with pytest.raises(InvalidArgumentError):
+        core.set_cpu_level("sse9")
+    assert core.cpu_level() == core.cpu_levels()[-1]
 
 
 # ---------------------------------------------------------------- errors

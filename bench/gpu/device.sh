@@ -3,7 +3,7 @@
 # Each stage appends its log to $OUT (or /tmp/hk-out). Files that must survive between calls of
 # one warm machine live in /tmp.
 #   setup_a / setup_b   copy the carried pieces (.dev/gpu: site packages, SmolLM2 in two parts)
-#   build               pip install . (CUDA backend, sm_90)
+#   build               pip install . with -DHEADKV_CUDA=ON (CUDA backend, sm_90)
 #   smoke               synthetic SmolLM2-shaped Q4_0: CPU vs GPU logits and kept positions
 #   test                pytest -m gpu tests/test_cuda.py on the real SmolLM2
 #   gen8b TYPE          Llama-3-8B-shaped random GGUF (q4_0 | f16) in /tmp
@@ -32,7 +32,8 @@ case "$stage" in
     ;;
   build)
     t0=$(date +%s)
-    python3 -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1
+    # HEADKV_CUDA=ON: AUTO would also find the GPU here, but the build must not quietly drop CUDA.
+    CMAKE_ARGS="-DHEADKV_CUDA=ON" python3 -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1
     rc=$?
     grep -E "error|headkv: CUDA backend" "$OUT/build.log" | head -40
     echo "build rc=$rc in $(( $(date +%s) - t0 )) s"

@@ -1,9 +1,11 @@
 // Python bindings of the weight kernels (cpp/src/quant): dequantize, vec_dot, matmul, type_info.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <string>
 
+#include "common/cpu.h"
 #include "common/error.h"
 #include "common/threadpool.h"
 #include "quant/quant.h"
@@ -59,6 +61,16 @@ size_t checked_row_size(GGMLType t, int64_t n) {
 }  // namespace
 
 void bind_quant(py::module_& m) {
+  m.def("cpu_level", [] { return std::string(headkv::cpu_level_name(headkv::cpu_kernels().level)); },
+        "CPU kernel level in use (baseline, avx2, avx512): HEADKV_CPU or the best this CPU runs.");
+  m.def("cpu_levels", [] {
+    std::vector<std::string> out;
+    for (headkv::CpuLevel l : headkv::cpu_levels()) out.emplace_back(headkv::cpu_level_name(l));
+    return out;
+  }, "CPU kernel levels this build has and this CPU runs, lowest first.");
+  m.def("set_cpu_level", &headkv::set_cpu_level, py::arg("level"),
+        "Switch the CPU kernels to a level by name, or 'auto' for the best (not while a model runs).");
+
   m.def("type_info", [](int type) {
     const auto tr = headkv::type_traits((GGMLType)(uint32_t)type);
     py::dict d;

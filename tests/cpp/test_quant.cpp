@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/cpu.h"
 #include "common/error.h"
 #include "common/fp16.h"
 #include "quant/quant.h"
@@ -79,22 +80,38 @@ int main() {
   dequantize_row(GGMLType::Q6_K, q6k, y, 256);
   for (int i = 0; i < 256; ++i) CHECK(y[i] == -32.f * (float)(i / 16 + 1));
 
-  // vec_dot / matmul agree with the dequantized weights.
+  // vec_dot / matmul agree with the dequantized weights at every CPU level this machine runs
+  // (vec_dot and the multi-token path through dot_multi, 9 tokens through the GEMM tile).
   std::vector<float> x(256);
   for (int i = 0; i < 256; ++i) x[i] = std::sin(0.1f * i);
   double ref = 0, mag = 0;
   for (int i = 0; i < 256; ++i) ref += (double)y[i] * x[i], mag += std::fabs((double)y[i] * x[i]);
   const double tol = 1e-5 * mag;
-  CHECK(std::fabs(vec_dot(GGMLType::Q6_K, q6k, x.data(), 256) - ref) < tol);
   std::vector<uint8_t> w(3 * 210);
   for (int r = 0; r < 3; ++r) std::memcpy(w.data() + 210 * r, q6k, 210);
   std::vector<float> X(9 * 256), Y(9 * 3);
   for (int j = 0; j < 9; ++j) std::memcpy(X.data() + 256 * j, x.data(), 1024);
   ThreadPool pool(2);
-  for (int nt : {1, 9}) {
-    matmul(GGMLType::Q6_K, w.data(), 3, 256, X.data(), nt, Y.data(), 3, pool);
-    for (int i = 0; i < 3 * nt; ++i) CHECK(std::fabs(Y[i] - ref) < tol);
+  for (CpuLevel level : cpu_levels()) {
+    set_cpu_level(cpu_level_name(level));
+    CHECK(cpu_kernels().level == level);
+    CHECK(std::fabs(vec_dot(GGMLType::Q6_K, q6k, x.data(), 256) - ref) < tol);
+    for (int nt : {1, 9}) {
+      matmul(GGMLType::Q6_K, w.data(), 3, 256, X.data(), nt, Y.data(), 3, pool);
+      for (int i = 0; i < 3 * nt; ++i) CHECK(std::fabs(Y[i] - ref) < tol);
+    }
+    // dequant_fast equals dequantize_row up to one rounding per element
+    float fast[256];
+    cpu_kernels().dequant_fast(GGMLType::Q4_K, q4k, fast, 256);
+    float exact[256];
+    dequantize_row(GGMLType::Q4_K, q4k, exact, 256);
+    for (int i = 0; i < 256; ++i) CHECK(std::fabs(fast[i] - exact[i]) <= 1e-6f * std::fabs(exact[i]));
   }
+  set_cpu_level("auto");
+  CHECK(cpu_kernels().level == cpu_levels().back());
+  bool threw_level = false;
+  try { set_cpu_level("sse9"); } catch (const Error& e) { threw_level = e.kind() == ErrorKind::InvalidArgument; }
+  CHECK(threw_level);
 
   // errors
   bool threw = false;

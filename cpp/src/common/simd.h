@@ -1,126 +1,29 @@
-// Small fp32 vector helpers used by attention and norms (AVX2/FMA with a portable fallback).
+// Small fp32 vector helpers used by attention and selection. Each call goes to the kernels of
+// the active CPU level (common/cpu.h; bodies in common/simd_isa.cpp).
 #pragma once
-#include <cmath>
 #include <cstdint>
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
+
+#include "common/cpu.h"
 
 namespace headkv {
 
-inline float dot_f32(const float* a, const float* b, int64_t n) {
-  int64_t i = 0;
-  float s = 0.0f;
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  for (; i + 16 <= n; i += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
-  }
-  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-  acc0 = _mm256_add_ps(acc0, acc1);
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  s = _mm_cvtss_f32(h);
-#endif
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
+inline float dot_f32(const float* a, const float* b, int64_t n) { return cpu_kernels().dot_f32(a, b, n); }
 
 // y += a * x
-inline void axpy_f32(float* y, float a, const float* x, int64_t n) {
-  int64_t i = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-  const __m256 va = _mm256_set1_ps(a);
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-#endif
-  for (; i < n; ++i) y[i] += a * x[i];
-}
+inline void axpy_f32(float* y, float a, const float* x, int64_t n) { cpu_kernels().axpy_f32(y, a, x, n); }
 
 // x[i] = exp(x[i] - mx) for x[i] <= mx (softmax numerators); returns their sum (in double).
 // The AVX2 path uses a degree-6 polynomial after range reduction (about 2 ulp of expf).
-inline double exp_shift_sum(float* x, int64_t n, float mx) {
-  int64_t i = 0;
-  double sum = 0.0;
-#if defined(__AVX2__) && defined(__FMA__)
-  const __m256 vmx = _mm256_set1_ps(mx), lo = _mm256_set1_ps(-87.0f);
-  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
-  const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
-  const __m256 c1 = _mm256_set1_ps(1.0f), c2 = _mm256_set1_ps(0.5f), c3 = _mm256_set1_ps(1.6666665459e-1f),
-               c4 = _mm256_set1_ps(4.1665795894e-2f), c5 = _mm256_set1_ps(8.3334519073e-3f),
-               c6 = _mm256_set1_ps(1.3981999507e-3f), c7 = _mm256_set1_ps(1.9875691500e-4f);
-  __m256 acc = _mm256_setzero_ps();
-  for (; i + 8 <= n; i += 8) {
-    __m256 v = _mm256_sub_ps(_mm256_loadu_ps(x + i), vmx);
-    const __m256 under = _mm256_cmp_ps(v, lo, _CMP_LT_OQ);
-    v = _mm256_max_ps(v, lo);
-    const __m256 k = _mm256_round_ps(_mm256_mul_ps(v, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(k, ln2_hi, v);
-    r = _mm256_fnmadd_ps(k, ln2_lo, r);
-    __m256 p = c7;
-    p = _mm256_fmadd_ps(p, r, c6);
-    p = _mm256_fmadd_ps(p, r, c5);
-    p = _mm256_fmadd_ps(p, r, c4);
-    p = _mm256_fmadd_ps(p, r, c3);
-    p = _mm256_fmadd_ps(p, r, c2);
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, c1));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    y = _mm256_andnot_ps(under, y);
-    _mm256_storeu_ps(x + i, y);
-    acc = _mm256_add_ps(acc, y);
-  }
-  float tmp[8];
-  _mm256_storeu_ps(tmp, acc);
-  for (float t : tmp) sum += t;
-#endif
-  for (; i < n; ++i) sum += (x[i] = std::exp(x[i] - mx));
-  return sum;
-}
+inline double exp_shift_sum(float* x, int64_t n, float mx) { return cpu_kernels().exp_shift_sum(x, n, mx); }
 
-// out[j] = dot(q, K + j*ld, n) for j < m: eight keys at a time, reduced together.
+// out[j] = dot(q, K + j*ld, n) for j < m.
 inline void dot_rows_f32(const float* q, const float* K, int64_t ld, int64_t n, int64_t m, float* out) {
-  int64_t j = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-  if (n % 8 == 0) {
-    for (; j + 8 <= m; j += 8) {
-      __m256 a[8];
-      for (int r = 0; r < 8; ++r) a[r] = _mm256_setzero_ps();
-      for (int64_t d = 0; d < n; d += 8) {
-        const __m256 qv = _mm256_loadu_ps(q + d);
-        for (int r = 0; r < 8; ++r) a[r] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(K + (j + r) * ld + d), a[r]);
-      }
-      // Transpose-reduce eight accumulators into one vector of eight sums.
-      const __m256 s01 = _mm256_hadd_ps(a[0], a[1]), s23 = _mm256_hadd_ps(a[2], a[3]);
-      const __m256 s45 = _mm256_hadd_ps(a[4], a[5]), s67 = _mm256_hadd_ps(a[6], a[7]);
-      const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
-      const __m256 lo = _mm256_permute2f128_ps(s0123, s4567, 0x20), hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
-      _mm256_storeu_ps(out + j, _mm256_add_ps(lo, hi));
-    }
-  }
-#endif
-  for (; j < m; ++j) out[j] = dot_f32(q, K + j * ld, n);
+  cpu_kernels().dot_rows_f32(q, K, ld, n, m, out);
 }
 
-// out[0..n) = sum_j p[j] * V[j*ld .. +n) for j < m, accumulating in registers when n == 64.
+// out[0..n) = sum_j p[j] * V[j*ld .. +n) for j < m.
 inline void weighted_rows_f32(const float* p, const float* V, int64_t ld, int64_t n, int64_t m, float* out) {
-#if defined(__AVX2__) && defined(__FMA__)
-  if (n == 64) {
-    __m256 a[8];
-    for (int r = 0; r < 8; ++r) a[r] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < m; ++j) {
-      const __m256 w = _mm256_set1_ps(p[j]);
-      const float* v = V + j * ld;
-      for (int r = 0; r < 8; ++r) a[r] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * r), a[r]);
-    }
-    for (int r = 0; r < 8; ++r) _mm256_storeu_ps(out + 8 * r, a[r]);
-    return;
-  }
-#endif
-  for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
-  for (int64_t j = 0; j < m; ++j) axpy_f32(out, p[j], V + j * ld, n);
+  cpu_kernels().weighted_rows_f32(p, V, ld, n, m, out);
 }
 
 }  // namespace headkv

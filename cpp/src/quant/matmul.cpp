@@ -1,56 +1,22 @@
 // matmul: decode (few tokens) = row-parallel multi-token vec_dot; prefill = weight panels
 // dequantized to fp32 (packed [k][MR]) x packed activations ([k][NR]) with a 16x6 FMA micro-kernel.
+// The inner kernels are the active CPU level's (common/cpu.h), fetched once per call.
 #include <algorithm>
 #include <vector>
 
+#include "common/cpu.h"
 #include "common/error.h"
 #include "quant/kernels.h"
 #include "quant/quant.h"
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
-
 namespace headkv {
 namespace {
 
-constexpr int MR = 16, NR = 6;       // register tile: 16 weight rows x 6 tokens
+constexpr int MR = qk::kMR, NR = qk::kNR;  // register tile: weight rows x tokens
 constexpr int64_t MC = 256, KC = 256;  // rows per dequantized panel, K block
 constexpr int64_t kGemmMinTok = 16;   // below this, the vec_dot path wins (measured)
 
-// C[j*ldc + i] (+)= sum_k a[k*MR + i] * b[k*NR + j], i < MR, j < NR.
-void kernel(int64_t kc, const float* a, const float* b, float* C, int64_t ldc, bool accum) {
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 c[NR][2];
-  for (int j = 0; j < NR; ++j) c[j][0] = c[j][1] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < kc; ++k, a += MR, b += NR) {
-    const __m256 a0 = _mm256_loadu_ps(a), a1 = _mm256_loadu_ps(a + 8);
-    for (int j = 0; j < NR; ++j) {
-      const __m256 bj = _mm256_broadcast_ss(b + j);
-      c[j][0] = _mm256_fmadd_ps(a0, bj, c[j][0]);
-      c[j][1] = _mm256_fmadd_ps(a1, bj, c[j][1]);
-    }
-  }
-  for (int j = 0; j < NR; ++j) {
-    float* cp = C + j * ldc;
-    if (accum) {
-      c[j][0] = _mm256_add_ps(c[j][0], _mm256_loadu_ps(cp));
-      c[j][1] = _mm256_add_ps(c[j][1], _mm256_loadu_ps(cp + 8));
-    }
-    _mm256_storeu_ps(cp, c[j][0]);
-    _mm256_storeu_ps(cp + 8, c[j][1]);
-  }
-#else
-  float c[NR][MR] = {};
-  for (int64_t k = 0; k < kc; ++k, a += MR, b += NR)
-    for (int j = 0; j < NR; ++j)
-      for (int i = 0; i < MR; ++i) c[j][i] += a[i] * b[j];
-  for (int j = 0; j < NR; ++j)
-    for (int i = 0; i < MR; ++i) C[j * ldc + i] = accum ? C[j * ldc + i] + c[j][i] : c[j][i];
-#endif
-}
-
-void matmul_vec(GGMLType t, const uint8_t* W, size_t rs, int64_t rows, int64_t K, const float* X,
+void matmul_vec(const CpuKernels& ck, GGMLType t, const uint8_t* W, size_t rs, int64_t rows, int64_t K, const float* X,
                 int64_t n_tok, float* Y, int64_t ldy, ThreadPool& pool) {
   const int64_t nch = K / 32;
   thread_local std::vector<float> xs;
@@ -62,14 +28,14 @@ void matmul_vec(GGMLType t, const uint8_t* W, size_t rs, int64_t rows, int64_t K
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t j0 = 0; j0 < n_tok; j0 += 4) {
         const int nt = (int)std::min<int64_t>(4, n_tok - j0);
-        qk::dot_multi(t, W + r * rs, X + j0 * K, K, nt, K, out, xsp ? xsp + j0 * nch : nullptr);
+        ck.dot_multi(t, W + r * rs, X + j0 * K, K, nt, K, out, xsp ? xsp + j0 * nch : nullptr);
         for (int j = 0; j < nt; ++j) Y[(j0 + j) * ldy + r] = out[j];
       }
   }, 16);
 }
 
 // Rows [mp0*MR, mp1*MR) x token groups [g0, g1) of the packed activations Xp.
-void gemm_block(GGMLType t, const uint8_t* W, size_t rs, int64_t rows, int64_t K, const float* Xp,
+void gemm_block(const CpuKernels& ck, GGMLType t, const uint8_t* W, size_t rs, int64_t rows, int64_t K, const float* Xp,
                 int64_t n_tok, float* Y, int64_t ldy, int64_t mp0, int64_t mp1, int64_t g0, int64_t g1) {
   const int64_t ng = (n_tok + NR - 1) / NR;
   thread_local std::vector<float> wp, row;
@@ -86,7 +52,7 @@ void gemm_block(GGMLType t, const uint8_t* W, size_t rs, int64_t rows, int64_t K
       for (int64_t c0 = 0; c0 < K; c0 += step) {
         const int64_t cn = std::min(step, K - c0);
         for (int i = 0; i < MR; ++i) {
-          if (r0 + i0 + i < rows) qk::dequant_fast(t, W + (r0 + i0 + i) * rs + c0 / bs * ts, row.data() + i * step, cn);
+          if (r0 + i0 + i < rows) ck.dequant_fast(t, W + (r0 + i0 + i) * rs + c0 / bs * ts, row.data() + i * step, cn);
           else std::fill(row.data() + i * step, row.data() + i * step + cn, 0.f);
         }
         for (int64_t k = 0; k < cn; ++k)
@@ -103,9 +69,9 @@ void gemm_block(GGMLType t, const uint8_t* W, size_t rs, int64_t rows, int64_t K
           const int64_t r = r0 + i, ni = std::min<int64_t>(MR, rows - r);
           float* C = Y + j0 * ldy + r;
           if (ni == MR && nj == NR) {
-            kernel(kc, a, b, C, ldy, k0 > 0);
+            ck.gemm_tile(kc, a, b, C, ldy, k0 > 0);
           } else {
-            kernel(kc, a, b, tile, MR, false);
+            ck.gemm_tile(kc, a, b, tile, MR, false);
             for (int64_t j = 0; j < nj; ++j)
               for (int64_t ii = 0; ii < ni; ++ii)
                 C[j * ldy + ii] = (k0 > 0 ? C[j * ldy + ii] : 0.f) + tile[j * MR + ii];
@@ -116,7 +82,7 @@ void gemm_block(GGMLType t, const uint8_t* W, size_t rs, int64_t rows, int64_t K
   }
 }
 
-void matmul_gemm(GGMLType t, const uint8_t* W, size_t rs, int64_t rows, int64_t K, const float* X,
+void matmul_gemm(const CpuKernels& ck, GGMLType t, const uint8_t* W, size_t rs, int64_t rows, int64_t K, const float* X,
                  int64_t n_tok, float* Y, int64_t ldy, ThreadPool& pool) {
   const int64_t ng = (n_tok + NR - 1) / NR, nmp = (rows + MR - 1) / MR;
   thread_local std::vector<float> xp;
@@ -137,11 +103,11 @@ void matmul_gemm(GGMLType t, const uint8_t* W, size_t rs, int64_t rows, int64_t 
   const int nt = pool.size();
   if (nmp >= 4 * nt || ng < nt) {  // split weight rows (each panel dequantized once)
     pool.parallel_for(nmp, [&](int64_t a, int64_t b) {
-      gemm_block(t, W, rs, rows, K, Xp, n_tok, Y, ldy, a, b, 0, ng);
+      gemm_block(ck, t, W, rs, rows, K, Xp, n_tok, Y, ldy, a, b, 0, ng);
     });
   } else {  // few rows, many tokens: split tokens
     pool.parallel_for(ng, [&](int64_t a, int64_t b) {
-      gemm_block(t, W, rs, rows, K, Xp, n_tok, Y, ldy, 0, nmp, a, b);
+      gemm_block(ck, t, W, rs, rows, K, Xp, n_tok, Y, ldy, 0, nmp, a, b);
     });
   }
 }
@@ -158,8 +124,9 @@ void matmul(GGMLType t, const uint8_t* W, int64_t rows, int64_t K, const float* 
     for (int64_t j = 0; j < n_tok; ++j) std::fill(Y + j * ldy, Y + j * ldy + rows, 0.f);
     return;
   }
-  if (n_tok < kGemmMinTok) matmul_vec(t, W, rs, rows, K, X, n_tok, Y, ldy, pool);
-  else matmul_gemm(t, W, rs, rows, K, X, n_tok, Y, ldy, pool);
+  const CpuKernels& ck = cpu_kernels();
+  if (n_tok < kGemmMinTok) matmul_vec(ck, t, W, rs, rows, K, X, n_tok, Y, ldy, pool);
+  else matmul_gemm(ck, t, W, rs, rows, K, X, n_tok, Y, ldy, pool);
 }
 
 }  // namespace headkv

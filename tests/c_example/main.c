@@ -1,0 +1,54 @@
+/* Loads a model, tokenizes a prompt, evaluates it and greedy-generates N tokens through the
+ * public C API; prints one token id per line on stdout and the text on stderr.
+ * usage: app MODEL PROMPT N [DEVICE]   (DEVICE: cpu (default), cuda, cuda-fp32) */
+#include <headkv/headkv.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(const char* what) {
+  fprintf(stderr, "app: %s: %s\n", what, hk_last_error());
+  return 1;
+}
+
+int main(int argc, char** argv) {
+  if (argc != 4 && argc != 5) {
+    fprintf(stderr, "usage: app MODEL PROMPT N [DEVICE]\n");
+    return 2;
+  }
+  const int steps = atoi(argv[3]);
+  hk_model* model = NULL;
+  if (hk_model_load(argv[1], &model) != HK_OK) return fail("load");
+
+  size_t n = 0;
+  int32_t ids[4096];
+  if (hk_tokenize(model, argv[2], strlen(argv[2]), -1, 0, ids, 4096, &n) != HK_OK) return fail("tokenize");
+
+  hk_context_params cp = hk_context_default_params();
+  cp.n_ctx = 512;
+  cp.n_threads = 2;
+  if (argc == 5) cp.device = argv[4];
+  hk_context* ctx = NULL;
+  if (hk_context_new(model, &cp, &ctx) != HK_OK) return fail("context");
+  if (hk_eval(ctx, ids, n) != HK_OK) return fail("eval");
+
+  /* greedy: the argmax of the logits, evaluated back in */
+  const int32_t n_vocab = hk_model_n_vocab(model);
+  for (int i = 0; i < steps; ++i) {
+    const float* logits = hk_logits(ctx);
+    int32_t best = 0;
+    for (int32_t t = 1; t < n_vocab; ++t)
+      if (logits[t] > logits[best]) best = t;
+    char piece[256];
+    const size_t len = hk_token_to_piece(model, best, piece, sizeof piece);
+    printf("%d\n", best);
+    fprintf(stderr, "%.*s", (int)(len < sizeof piece ? len : sizeof piece), piece);
+    if (hk_model_is_eog(model, best)) break;
+    if (hk_eval(ctx, &best, 1) != HK_OK) return fail("eval");
+  }
+  fprintf(stderr, "\n");
+  hk_context_free(ctx);
+  hk_model_free(model);
+  return 0;
+}

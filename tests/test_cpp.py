@@ -170,3 +170,23 @@ def test_cli_headkv_uses_shipped_scores(smollm2, tmp_path):
     r = subprocess.run([tool_path("headkv-cli"), "-m", str(tiny), "-p", "hello", "-n", "2", "--kv-method", "headkv",
                         "--kv-budget", "32"], capture_output=True, text=True)
     assert r.returncode == 1 and "no shipped score file matches this model" in r.stderr and "headkv-scores" in r.stderr
+
+
+def test_cli_conversation_reuses_prefix(smollm2, model, essays):
+    """-cnv: the second turn evaluates only its new tokens and replies what Python's chat completion
+    replies for the same conversation (full cache, greedy)."""
+    from conftest import tool_path
+    doc = essays[2][:1500] + " The secret number of the blue gate is 5606394622. " + essays[3][:1500]
+    q1, q2 = doc + "\n\nWhat is the secret number of the blue gate?", "Say it again."
+    r = subprocess.run([tool_path("headkv-cli"), "-m", smollm2, "-cnv", "-p", q1, "-n", "20", "--temp", "0",
+                        "-t", "2", "-c", "2048"], input=q2 + "\n", capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a1, a2 = r.stdout.split("\n")[:2]
+    turn = r.stderr.split("turn: ")[1]
+    new, reused = int(turn.split(" new tokens")[0]), int(turn.split("(")[1].split(" reused")[0])
+    msgs = [{"role": "user", "content": q1}]
+    n1 = len(model.tokenize(model.apply_chat_template(msgs), special=True))
+    assert reused >= n1 and new < 40
+    msgs += [{"role": "assistant", "content": a1}, {"role": "user", "content": q2}]
+    py = model.create_chat_completion(msgs, max_tokens=20, temperature=0)["choices"][0]["message"]["content"]
+    assert a2 == py

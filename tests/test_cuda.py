@@ -518,3 +518,21 @@ def test_generate_api_on_gpu(smollm2):
     assert out["usage"]["completion_tokens"] >= 1
     with pytest.raises(headkv.UnsupportedError):
         m._e.set_attention_probe(True)
+
+
+@pytest.mark.parametrize("method", ["full", "snapkv"])
+def test_truncate_prefix_reuse_and_long_prompt_on_gpu(smollm2, prompt, method):
+    """truncate() on the GPU: rolling back and decoding again gives the tokens a fresh context gives
+    (the device's per-segment counts move with it); a compressing method takes a prompt longer than
+    n_ctx; the CPU gives the same greedy tokens (cuda-fp32)."""
+    kw = {} if method == "full" else dict(kv_method=method, kv_budget=128, max_new_tokens=40)
+    m = headkv.Model(smollm2, n_ctx=2048 if method == "full" else 512, n_threads=4, device="cuda-fp32", **kw)
+    ids = prompt[:1200]
+    a = list(m.generate(ids, temperature=0, max_tokens=16))
+    m.truncate(len(ids) + 4)  # keep the prompt and 4 decoded tokens
+    b = list(m.generate(a[4:5], temperature=0, max_tokens=11, reset=False))
+    assert b == a[5:16]
+    c = list(m.generate(ids + a[:8], temperature=0, max_tokens=8))  # prefix reuse through generate()
+    assert m.n_reused == len(ids) + 7 and c == a[8:16]
+    cpu = headkv.Model(smollm2, n_ctx=2048 if method == "full" else 512, n_threads=4, **kw)
+    assert list(cpu.generate(ids, temperature=0, max_tokens=16)) == a

@@ -125,11 +125,14 @@ def test_snapkv_positions_match_transformers_attention(model, smollm2, essays):
 def test_compression_errors(smollm2, prompt, score_file, tmp_path):
     with pytest.raises(headkv.InvalidArgumentError, match="larger than the window"):
         _model(smollm2, "snapkv", 8)
-    # Model(method="headkv") without scores takes the shipped R2 file (issue 6); the engine itself
-    # still refuses an empty score path
-    assert _model(smollm2, "headkv", 64).kv.scores.endswith("SmolLM2-135M-Instruct.Q4_1.R2.json")
-    with pytest.raises(headkv.InvalidArgumentError, match="score file"):
-        headkv._core.Engine(smollm2, 256, 2, 512, headkv._core.KVConfigNative("headkv", 64, scores=""))
+    # Model(method="headkv") without scores takes the shipped R2 file (issue 6); so does the engine
+    # (the shipped files are compiled in): same plan as naming the file
+    named = _model(smollm2, "headkv", 64)
+    assert named.kv.scores.endswith("SmolLM2-135M-Instruct.Q4_1.R2.json")
+    bare = headkv._core.Engine(smollm2, 256, 2, 512, headkv._core.KVConfigNative("headkv", 64, scores=""))
+    named.eval(prompt[:300])
+    bare.eval(prompt[:300])
+    assert (bare.kv_stats()["caps"] == named.kv_stats()["caps"]).all()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({f"{l}-{h}": [1.0] for l in range(4) for h in range(H)}))
     with pytest.raises(headkv.Error):

@@ -124,3 +124,9 @@ def test_long_generation_from_compressed_context_and_its_limit(tmp_path, smollm2
     assert r2["choices"][0]["finish_reason"] == "kv_full"
     # 40 slots: the 2 appended prompt tokens, then one per generated token but the last sampled one
     assert r2["usage"]["completion_tokens"] == 40 - len(m2.tokenize(" four", add_bos=False)) + 1
+
+
+def test_example_model_path(smollm2):
+    assert headkv.example_model() == smollm2
+    with pytest.raises(headkv.HeadkvIOError, match="unknown example model"):
+        headkv.example_model("nosuch")

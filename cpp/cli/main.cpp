@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -17,8 +18,8 @@ namespace {
 
 struct Args {
   std::string model, prompt, system, context, probe;
-  int n_predict = 128, n_threads = 0, n_ctx = 0, n_batch = 512;
-  bool chat = false;
+  int n_predict = 128, n_threads = 0, n_ctx = -1, n_batch = 512;
+  bool chat = false, conversation = false;
   hk_sampler_params sp = hk_sampler_default_params();
   hk_context_params cp = hk_context_default_params();
   std::string kv_method = "full", scores;
@@ -35,7 +36,9 @@ const char* kUsage =
     "                          appended as a follow-up: the query-agnostic use of KV compression\n"
     "                          (with --chat the user message is the document, a blank line, the prompt)\n"
     "  -n, --n-predict N       tokens to generate (default 128; -1 = until end of text/context)\n"
-    "  -c, --ctx-size N        context size (default: the model's training context)\n"
+    "  -c, --ctx-size N        context size: what the full cache holds; a compressing --kv-method\n"
+    "                          takes longer prompts (default 4096, or the training context if\n"
+    "                          shorter; 0 = the training context)\n"
     "  -b, --batch-size N      prompt tokens per forward chunk (default 512)\n"
     "  -t, --threads N         CPU threads (default: all cores)\n"
     "      --temp T            temperature (default 0.8; 0 = greedy)\n"
@@ -46,8 +49,12 @@ const char* kUsage =
     "      --repeat-last-n N   tokens the penalty looks back over (default 64)\n"
     "  -s, --seed N            RNG seed\n"
     "      --chat              treat the prompt as a user message and apply the model's chat format\n"
+    "  -cnv, --conversation    interactive chat (implies --chat): after each reply, read the next user\n"
+    "                          message from stdin (an empty line or end of input ends); each turn\n"
+    "                          evaluates only its new tokens (prefix reuse)\n"
     "      --system TEXT       system message for --chat\n"
-    "      --device D          cpu (default), cuda, cuda-fp32 (where the CUDA backend is built)\n"
+    "      --device D          cpu (default), cuda, cuda-fp32 (where the CUDA backend is built), auto\n"
+    "                          (cuda when a GPU is usable, else cpu)\n"
     "KV cache compression (the prompt is compressed per KV head; see README):\n"
     "      --kv-method M       full (default), snapkv, streaming, pyramidkv, adakv, headkv\n"
     "      --kv-budget B       KV entries per KV head on average, window included (default 128)\n"
@@ -125,6 +132,7 @@ Args parse(int argc, char** argv) {
     else if (f == "--repeat-last-n") a.sp.repeat_last_n = (int)to_int(f, val());
     else if (f == "-s" || f == "--seed") a.sp.seed = (uint64_t)to_int(f, val());
     else if (f == "--chat") a.chat = true;
+    else if (f == "-cnv" || f == "--conversation") a.chat = a.conversation = true;
     else if (f == "--system") a.system = val();
     else if (f == "--device") device = val();
     else if (f == "--kv-method") a.kv_method = val();
@@ -147,10 +155,12 @@ Args parse(int argc, char** argv) {
   if (a.pool_set && !a.span_set) a.cp.kv_span = 0;  // explicit pooling: the paper's rule
   if (a.model.empty()) die("no model given (-m MODEL)");
   if (!have_prompt) die("no prompt given (-p PROMPT or -f FILE)");
+  if (device == "auto") device = hk_cuda_device_count() > 0 ? "cuda" : "cpu";
   if (device != "cpu" && device != "cuda" && device != "cuda-fp32")
-    die("device '" + device + "' is not supported (cpu, cuda, cuda-fp32)");
+    die("device '" + device + "' is not supported (cpu, cuda, cuda-fp32, auto)");
   a.device = device;
-  if (a.n_ctx < 0 || a.n_threads < 0 || a.n_batch <= 0) die("--ctx-size, --threads must be >= 0 and --batch-size > 0");
+  if (a.n_ctx < -1 || a.n_threads < 0 || a.n_batch <= 0) die("--ctx-size, --threads must be >= 0 and --batch-size > 0");
+  if (a.conversation && !a.context.empty()) die("-cnv and --context-file cannot be combined (paste the document in the chat)");
   return a;
 }
 
@@ -176,8 +186,8 @@ int main(int argc, char** argv) {
   std::string text = a.context.empty() ? a.prompt : a.context + a.prompt;
   size_t split = a.context.size();
   bool special = false;
+  std::vector<std::pair<std::string, std::string>> msgs;
   if (a.chat) {
-    std::vector<std::pair<std::string, std::string>> msgs;
     if (!a.system.empty()) msgs.emplace_back("system", a.system);
     msgs.emplace_back("user", a.context.empty() ? a.prompt : a.context + "\n\n" + a.prompt);
     try {
@@ -224,15 +234,18 @@ int main(int argc, char** argv) {
   cp.device = a.device.c_str();
   cp.kv_scores = a.scores.empty() ? nullptr : a.scores.c_str();
   cp.kv_max_new_tokens = (a.n_predict >= 0 ? a.n_predict + 1 : cp.kv_max_new_tokens) + (int32_t)follow.size();
+  if (a.conversation) cp.kv_max_new_tokens = std::max<int32_t>(cp.kv_max_new_tokens, 4096);  // later turns append
   cp.kv_probe = probe.empty() ? nullptr : probe.data();
   cp.kv_n_probe = probe.size();
   cp.kv_probe_echo = a.cp.kv_probe_echo;
-  cp.n_ctx = a.n_ctx;
+  // The default context as in Python: 4096 tokens, or the training context if shorter.
+  cp.n_ctx = a.n_ctx >= 0 ? a.n_ctx : std::min<int32_t>(4096, hk_model_n_ctx_train(model));
+  const bool compressing = a.kv_method != "full";
   cp.n_threads = a.n_threads;
   cp.n_batch = a.n_batch;
   hk_context* ctx = nullptr;
   check(hk_context_new(model, &cp, &ctx), "creating context");
-  if ((int)(toks.size() + follow.size()) > hk_context_n_ctx(ctx))
+  if (!compressing && (int)(toks.size() + follow.size()) > hk_context_n_ctx(ctx))
     die("prompt has " + std::to_string(toks.size() + follow.size()) + " tokens but the context holds " + std::to_string(hk_context_n_ctx(ctx)) +
         " (raise --ctx-size)");
   hk_sampler* sampler = nullptr;
@@ -244,32 +257,76 @@ int main(int argc, char** argv) {
   const double t_prompt = now_s() - t1;
   const size_t n_prompt = toks.size() + follow.size();
 
+  // Samples and prints one reply; the tokens it evaluates are appended to `held`.
+  std::vector<int32_t> held(toks);
+  held.insert(held.end(), follow.begin(), follow.end());
+  std::vector<char> piece(256);
+  auto reply = [&](int& n_gen) {
+    std::string out;
+    n_gen = 0;
+    while (a.n_predict < 0 || n_gen < a.n_predict) {
+      int32_t tok;
+      check(hk_sample(sampler, ctx, &tok), "sampling");
+      if (hk_model_is_eog(model, tok)) break;
+      size_t len = hk_token_to_piece(model, tok, piece.data(), piece.size());
+      if (len > piece.size()) {
+        piece.resize(len);
+        hk_token_to_piece(model, tok, piece.data(), piece.size());
+      }
+      std::fwrite(piece.data(), 1, len, stdout);
+      std::fflush(stdout);
+      out.append(piece.data(), len);
+      ++n_gen;
+      if (!compressing && hk_context_n_past(ctx) >= hk_context_n_ctx(ctx)) {
+        std::fprintf(stderr, "\nheadkv-cli: context full after %d tokens\n", n_gen);
+        break;
+      }
+      const hk_status s = hk_eval(ctx, &tok, 1);
+      if (s == HK_ERR_CONTEXT_FULL && compressing) {
+        std::fprintf(stderr, "\nheadkv-cli: the compressed KV cache's decode room is used up after %d tokens\n", n_gen);
+        break;
+      }
+      check(s, "decoding");
+      held.push_back(tok);
+    }
+    return out;
+  };
   const double t2 = now_s();
   int n_gen = 0;
-  std::vector<char> piece(256);
-  while (a.n_predict < 0 || n_gen < a.n_predict) {
-    int32_t tok;
-    check(hk_sample(sampler, ctx, &tok), "sampling");
-    if (hk_model_is_eog(model, tok)) break;
-    size_t len = hk_token_to_piece(model, tok, piece.data(), piece.size());
-    if (len > piece.size()) {
-      piece.resize(len);
-      hk_token_to_piece(model, tok, piece.data(), piece.size());
-    }
-    std::fwrite(piece.data(), 1, len, stdout);
-    std::fflush(stdout);
-    ++n_gen;
-    if (hk_context_n_past(ctx) >= hk_context_n_ctx(ctx)) {
-      std::fprintf(stderr, "\nheadkv-cli: context full after %d tokens\n", n_gen);
-      break;
-    }
-    check(hk_eval(ctx, &tok, 1), "decoding");
-  }
+  std::string answer = reply(n_gen);
   const double t_gen = now_s() - t2;
   std::fputc('\n', stdout);
   std::fprintf(stderr, "\nheadkv-cli: load %.2f s | prompt %zu tokens in %.3f s (%.1f t/s) | generated %d tokens in %.3f s (%.1f t/s)\n",
                t_load, n_prompt, t_prompt, n_prompt / std::max(t_prompt, 1e-9), n_gen, t_gen,
                n_gen / std::max(t_gen, 1e-9));
+  // -cnv: each turn renders the whole conversation and evaluates what the context does not hold yet.
+  for (std::string line; a.conversation;) {
+    std::fputs("\n> ", stderr);
+    if (!std::getline(std::cin, line) || line.empty()) break;
+    msgs.emplace_back("assistant", answer);
+    msgs.emplace_back("user", line);
+    std::string t;
+    try {
+      t = headkv::render_chat(hk_model_chat_template(model), msgs, true);
+    } catch (const std::exception& e) {
+      die(std::string("-cnv: ") + e.what());
+    }
+    const std::vector<int32_t> all = tokenize(t, -1, "tokenizing the conversation");
+    size_t keep = 0;
+    while (keep < held.size() && keep + 1 < all.size() && held[keep] == all[keep]) ++keep;
+    if (keep == 0 || hk_context_truncate(ctx, (int32_t)keep) != HK_OK) {  // compressed prompt not a prefix
+      hk_context_reset(ctx);
+      keep = 0;
+    }
+    held.assign(all.begin(), all.end());
+    const double t3 = now_s();
+    check(hk_eval(ctx, all.data() + keep, all.size() - keep), "evaluating the turn");
+    const double t_turn = now_s() - t3;
+    answer = reply(n_gen);
+    std::fputc('\n', stdout);
+    std::fprintf(stderr, "\nheadkv-cli: turn: %zu new tokens (%zu reused) in %.3f s | generated %d tokens\n",
+                 all.size() - keep, keep, t_turn, n_gen);
+  }
   hk_sampler_free(sampler);
   hk_context_free(ctx);
   hk_model_free(model);

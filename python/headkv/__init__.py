@@ -10,7 +10,8 @@ from .grammar import LlamaGrammar
 from .kv import KVConfig
 from .llama import Llama
 from .model import Model, ModelState
+from .examples import example_model
 
 __version__ = "0.1.0"
-__all__ = ["Model", "ModelState", "Llama", "LlamaGrammar", "KVConfig", "Error", "FormatError", "HeadkvIOError", "UnsupportedError", "InvalidArgumentError",
+__all__ = ["Model", "example_model", "ModelState", "Llama", "LlamaGrammar", "KVConfig", "Error", "FormatError", "HeadkvIOError", "UnsupportedError", "InvalidArgumentError",
            "OutOfMemoryError", "ContextFullError", "InternalError"]

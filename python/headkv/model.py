@@ -223,6 +223,8 @@ class Model:
         """Append tokens to the context (prefill or decode)."""
         with self._lock:
             self._epoch += 1
+            if self._e.compressing and self._e.n_past == 0:  # a fresh prompt: the configured decode room
+                self._e.set_max_new_tokens(self.kv.max_new_tokens)
             self._e.eval([int(t) for t in tokens], bool(logits_all))
 
     def logits(self, all: bool = False) -> np.ndarray:

@@ -74,7 +74,7 @@ struct CudaContext::Impl {
   int attn_warps = 8;
   // Capture the decode graph at the end of a prompt (HEADKV_EAGER_GRAPH=0: at the first decode step).
   bool eager_graph = true;
-  int32_t n_ctx = 0, ub = 2048, n_past = 0;
+  int32_t n_ctx = 0, ub = 2048, n_past = 0, n_prompt = 0;
   std::shared_ptr<DevModel> dm;
   cudaStream_t st = nullptr;
 
@@ -747,7 +747,9 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
 
 void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) {
   if (n <= 0) fail(ErrorKind::InvalidArgument, "eval needs at least one token");
-  if (n > (int64_t)n_ctx - n_past)
+  if (n > (int64_t)INT32_MAX / 2 - n_past)
+    fail(ErrorKind::ContextFull, "positions past 2^30 are not supported (" + std::to_string(n_past) + " + " + std::to_string(n) + ")");
+  if (method == BudgetMethod::Full && n > (int64_t)n_ctx - n_past)
     fail(ErrorKind::ContextFull, "context is full: " + std::to_string(n_past) + " tokens cached + " + std::to_string(n) +
                                      " new > n_ctx " + std::to_string(n_ctx));
   for (int64_t i = 0; i < n; ++i)
@@ -782,7 +784,7 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
       throw;
     }
     history.insert(history.end(), tokens, tokens + n);
-    n_past = (int32_t)n;
+    n_past = n_prompt = (int32_t)n;
     n_logit_rows = rows;
     pinned_logits = false;
     prepare_decode();
@@ -823,6 +825,35 @@ CudaContext::CudaContext(const Model& m, const ContextParams& p, CudaPrecision p
 CudaContext::~CudaContext() = default;
 
 void CudaContext::eval(const int32_t* tokens, int64_t n, bool all_logits) { p_->eval(tokens, n, all_logits); }
+
+void CudaContext::truncate(int32_t n_keep) {
+  Impl& I = *p_;
+  if (n_keep < 0 || n_keep > I.n_past)
+    fail(ErrorKind::InvalidArgument, "truncate: " + std::to_string(n_keep) + " tokens to keep, the context holds " + std::to_string(I.n_past));
+  if (n_keep == 0) return reset();
+  const bool comp = I.method != BudgetMethod::Full;
+  if (comp && I.arena && n_keep < I.n_prompt)
+    fail(ErrorKind::InvalidArgument, "truncate: the compressed prompt's " + std::to_string(I.n_prompt) +
+                                         " tokens cannot be partly forgotten (keep at least them, or reset)");
+  const int32_t k = I.n_past - n_keep;
+  if (k > 0) {  // every segment (full cache: one per head; arena: the decoded entries) drops k entries
+    add_used(I.used.get(), (int)I.h_used.size(), -k, I.st);
+    check(cudaStreamSynchronize(I.st), "truncate");
+    for (auto& u : I.h_used) u -= k;
+  }
+  I.n_past = n_keep;
+  I.history.resize((size_t)n_keep);
+  I.n_logit_rows = 0;  // the logits were of a forgotten token
+}
+
+int32_t CudaContext::n_prompt() const { return p_->method != BudgetMethod::Full && p_->arena ? p_->n_prompt : 0; }
+
+void CudaContext::set_max_new_tokens(int32_t n) {
+  if (n < 0) fail(ErrorKind::InvalidArgument, "max_new_tokens must be >= 0");
+  if (p_->method != BudgetMethod::Full && p_->arena)
+    fail(ErrorKind::InvalidArgument, "max_new_tokens can only change before the compressed prompt is evaluated");
+  p_->kv.max_new_tokens = n;
+}
 
 void CudaContext::reset() {
   Impl& I = *p_;

@@ -101,7 +101,7 @@ def test_pg_and_threads_cross_product(bench, smollm2):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--kv-method", "headkv"], "needs --scores"),
+    (["--kv-method", "headkv", "--scores", "/nonexistent.json"], "cannot open"),
     (["--kv-method", "full,h2o"], "not available in this build"),
     (["--kv-method", "snapkv", "-d", "16"], "not defined"),
     (["--kv-method", "bogus"], "unknown --kv-method"),
@@ -109,6 +109,8 @@ def test_pg_and_threads_cross_product(bench, smollm2):
     (["-o", "xml"], "-o must be"),
     (["-p", "abc"], "bad integer"),
     (["--frobnicate"], "unknown argument"),
+    (["--kv-method", "snapkv", "--kv-budget", "0.25"], "must be >= 1"),  # entries per head, as in the CLI
+    (["--kv-method", "snapkv", "--kv-budget", "64.5"], "whole numbers"),
 ])
 def test_rejects_clearly(bench, smollm2, args, msg):
     p = run(bench, "-m", smollm2, "-p", 8, "-n", 2, "-r", 1, *args, check=False)
@@ -127,9 +129,9 @@ def test_compressed_decode_holds_fewer_bytes(bench, smollm2):
 
 def test_kv_flags_parse_with_full(bench, smollm2):
     p = run(bench, "-m", smollm2, "-p", 8, "-n", 0, "-r", 1, "-t", 1, "--kv-method", "full", "--kv-budget",
-            "0.25,128", "--beta", "1.5", "-o", "json", "--bandwidth", 20)
+            "64,128", "--beta", "1.5", "-o", "json", "--bandwidth", 20)
     rows = json.loads(p.stdout)
-    assert [r["kv_budget"] for r in rows] == [0.25, 128]
+    assert [r["kv_budget"] for r in rows] == [64, 128]
     assert all(r["beta"] == 1.5 for r in rows)
     assert "ignored" in p.stderr
 
@@ -144,3 +146,14 @@ def test_help(bench):
     for flag in ("-m", "-p", "-n", "-d", "-r", "-t", "-o", "--device", "--kv-method", "--kv-budget", "--scores",
                  "--beta", "--bandwidth"):
         assert flag in p.stdout
+
+
+def test_headkv_without_scores_uses_the_shipped_file(bench, smollm2):
+    """As in the CLI and Python: --kv-method headkv alone takes the model's shipped R2 scores, and
+    holds the same KV bytes as naming that file."""
+    from headkv.scores import shipped_scores
+    args = ["-m", smollm2, "-p", 0, "-n", 2, "-d", 300, "-r", 1, "-t", 1, "--kv-method", "headkv", "--kv-budget", 64,
+            "-o", "json", "--bandwidth", 20]
+    a = json.loads(run(bench, *args).stdout)[0]
+    b = json.loads(run(bench, *args, "--scores", shipped_scores(smollm2)).stdout)[0]
+    assert a["kv_bytes"] == b["kv_bytes"] > 0

@@ -137,3 +137,15 @@ def test_cli_errors_leave_nothing_behind(tmp_path, smollm2):
                            capture_output=True, text=True, timeout=300)
         assert p.returncode == 1 and "headkv-eval: error:" in p.stderr and msg in p.stderr, p.stderr
         assert not out.exists()
+
+
+def test_missing_optional_package_fails_before_any_example(tmp_path, monkeypatch, capsys):
+    """headkv-eval checks the packages its tasks and plots need before computing anything."""
+    import importlib.util
+    from headkv.eval import cli
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    rc = cli.main(["niah", "--methods", "full", "--lengths", "256", "--depths", "0.5", "--needles-per-cell", "1",
+                   "--out", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 1 and "matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.jsonl").exists()

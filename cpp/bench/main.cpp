@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/threadpool.h"
 #include "headkv/headkv.h"
 
 namespace {
@@ -53,7 +54,7 @@ struct Options {
   std::vector<int> n_batch{512};
   std::vector<std::string> devices{"cpu"};
   std::vector<std::string> kv_methods{"full"};
-  std::vector<double> kv_budgets{0};  // 0: none (full cache); <1: fraction of the context; >=1: tokens per head
+  std::vector<double> kv_budgets{0};  // 0: the method's default (128); else KV entries per head
   std::vector<double> betas{0};       // 0: method default
   std::string scores;                 // per-head importance scores file (headkv method)
   int reps = 5;
@@ -124,15 +125,16 @@ void usage(FILE* f) {
       "  -n, --n-gen N[,N]            generated tokens per tg test (default 128; 0 = no tg test)\n"
       "  -pg N,M                      add a combined test: prompt N then M generated (repeatable)\n"
       "  -d, --n-depth D[,D]          tokens already in the context before the test (default 0)\n"
-      "  -t, --threads T[,T]          threads (default: hardware concurrency)\n"
+      "  -t, --threads T[,T]          threads (default: half the CPUs, about the physical cores)\n"
       "  -b, --batch-size B[,B]       prefill chunk size, context n_batch (default 512)\n"
       "  -r, --repetitions R          timed repetitions per test (default 5)\n"
       "  -o, --output md|json|csv|jsonl  output format on stdout (default md)\n"
-      "      --device cpu|cuda|auto   device (default cpu)\n"
+      "      --device D[,D]           cpu (default), cuda, cuda-fp32, auto (cuda when a GPU is usable)\n"
       "      --kv-method M[,M]        KV cache: full, snapkv, streaming, pyramidkv, adakv, headkv (compressing\n"
       "                               methods compress the depth+prompt as one prompt; pp needs -d 0)\n"
-      "      --kv-budget B[,B]        KV budget per head: <1 fraction of context, >=1 tokens\n"
-      "      --scores FILE            per-head importance scores (headkv method)\n"
+      "      --kv-budget B[,B]        KV entries per KV head on average, window included (default 128)\n"
+      "      --scores FILE            head-importance score file (headkv; default: the file shipped for the\n"
+      "                               model, matched by fingerprint)\n"
       "      --beta X[,X]             HeadKV beta: 1/beta of the budget is shared by score (default 2)\n"
       "      --bandwidth GBPS         memory bandwidth for the roofline (default: measured)\n"
       "      --seed S                 token RNG seed (default 1234)\n"
@@ -179,7 +181,12 @@ Options parse_args(int argc, char** argv) {
     }
     else if (a == "--device") o.devices = split(next());
     else if (a == "--kv-method") o.kv_methods = split(next());
-    else if (a == "--kv-budget") { o.kv_budgets = double_list(a, next(), 0); o.budgets_given = true; }
+    else if (a == "--kv-budget") {  // KV entries per head, as in the CLI and Python
+      o.kv_budgets = double_list(a, next(), 1);
+      for (double b : o.kv_budgets)
+        if (b != (double)(int64_t)b) die("--kv-budget takes KV entries per head (whole numbers), got " + std::to_string(b));
+      o.budgets_given = true;
+    }
     else if (a == "--beta") { o.betas = double_list(a, next(), 0); o.betas_given = true; }
     else if (a == "--scores") o.scores = next();
     else if (a == "--bandwidth") {
@@ -193,8 +200,7 @@ Options parse_args(int argc, char** argv) {
   }
   if (o.models.empty()) { usage(stderr); die("-m is required"); }
   if (!threads_given) {
-    unsigned hc = std::thread::hardware_concurrency();
-    o.n_threads = {hc ? (int)hc : 1};
+    o.n_threads = {headkv::default_thread_count()};
   }
   for (const auto& d : o.devices) {
     if (std::find(std::begin(kDevices), std::end(kDevices), d) == std::end(kDevices))
@@ -206,7 +212,6 @@ Options parse_args(int argc, char** argv) {
     if (std::find(std::begin(kKvMethods), std::end(kKvMethods), m) == std::end(kKvMethods))
       die("unknown --kv-method '" + m + "' (full, headkv, snapkv, pyramidkv, adakv, streaming, h2o)");
     if (m == "h2o") die("--kv-method h2o: not available in this build");
-    if (m == "headkv" && o.scores.empty()) die("--kv-method headkv needs --scores FILE");
     const bool pp = std::any_of(o.n_prompt.begin(), o.n_prompt.end(), [](int p) { return p > 0; }) || !o.pg.empty();
     const bool depth = std::any_of(o.n_depth.begin(), o.n_depth.end(), [](int d) { return d > 0; });
     if (m != "full" && pp && depth)
@@ -437,10 +442,8 @@ struct Runner {
     if (compressing) {
       if (t.n_depth > 0 && t.n_prompt > 0)
         die("--kv-method " + method + ": a pp test with -d > 0 is not defined (the prompt is compressed as a whole)");
-      const int ctx_tokens = t.n_depth + t.n_prompt;
       cp.kv_method = method.c_str();
       if (t.kv_budget >= 1) cp.kv_budget = (int32_t)t.kv_budget;
-      else if (t.kv_budget > 0) cp.kv_budget = std::max<int32_t>(cp.kv_window + 1, (int32_t)(t.kv_budget * ctx_tokens));
       if (t.beta > 0) cp.kv_beta = (float)t.beta;
       if (!o.scores.empty()) cp.kv_scores = o.scores.c_str();
       cp.kv_max_new_tokens = t.n_gen + 1;

@@ -40,7 +40,7 @@ const char* kUsage =
     "                          takes longer prompts (default 4096, or the training context if\n"
     "                          shorter; 0 = the training context)\n"
     "  -b, --batch-size N      prompt tokens per forward chunk (default 512)\n"
-    "  -t, --threads N         CPU threads (default: all cores)\n"
+    "  -t, --threads N         CPU threads (default: half the CPUs, about the physical cores)\n"
     "      --temp T            temperature (default 0.8; 0 = greedy)\n"
     "      --top-k N           top-k (default 40; 0 = off)\n"
     "      --top-p P           top-p (default 0.95; 1 = off)\n"

@@ -37,7 +37,8 @@ class Model:
             method it bounds nothing of the prompt: a prompt longer than n_ctx is compressed into
             the per-head arena (decode room: ``max_new_tokens`` per head, raised to a request's
             ``max_tokens`` when larger).
-        n_threads: CPU threads; None = all cores.
+        n_threads: CPU threads; None = half the CPUs (about the physical cores: a thread sharing a
+            core with another process stalls every parallel step).
         n_batch: tokens per prefill chunk.
         device: ``"cpu"``; ``"cuda"`` (GPU, fp16 tensor-core prefill GEMMs) or ``"cuda-fp32"`` (GPU,
             fp32 GEMMs: the CPU backend's arithmetic up to summation order) where the CUDA backend

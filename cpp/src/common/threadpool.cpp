@@ -8,7 +8,20 @@
 #define HEADKV_PAUSE() std::this_thread::yield()
 #endif
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
 namespace headkv {
+
+int default_thread_count() {
+  int n = (int)std::thread::hardware_concurrency();
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) n = CPU_COUNT(&set);
+#endif
+  return std::max(1, n / 2);
+}
 
 namespace {
 constexpr int kSpinBeforeSleep = 1 << 14;  // ~0.1-0.3 ms of pause instructions before sleeping

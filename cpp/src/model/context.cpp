@@ -13,9 +13,7 @@ namespace headkv {
 
 namespace {
 int default_threads(int n) {
-  if (n > 0) return n;
-  const unsigned hc = std::thread::hardware_concurrency();
-  return hc ? (int)hc : 1;
+  return n > 0 ? n : default_thread_count();
 }
 
 // Allocates a float buffer after checking the size against the memory available (common/alloc.h):

@@ -143,6 +143,22 @@ def build_tasks(names, a):
     return out
 
 
+# Optional packages each part needs (pip install ".[eval]"), checked before any example runs so a
+# missing one fails at once instead of after the whole grid.
+_NEEDS = {"longbench": ("rouge_score", "jieba", "rapidfuzz"), "loogle": ("rouge_score",), "plots": ("matplotlib",)}
+
+
+def check_dependencies(task_names, plots: bool) -> None:
+    import importlib.util
+    parts = list(task_names) + (["plots"] if plots else [])
+    missing = sorted({m for p in parts for m in _NEEDS.get(p, ()) if importlib.util.find_spec(m) is None})
+    if missing:
+        pip = {"rouge_score": "rouge-score"}
+        raise ImportError(f"missing optional packages {', '.join(missing)} (for {', '.join(parts)}): "
+                          f"pip install \"headkv[eval]\" (or {' '.join(pip.get(m, m) for m in missing)}); "
+                          f"--no-plots skips the plots")
+
+
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     try:
@@ -160,6 +176,7 @@ def main(argv=None) -> int:
                              window=a.window, beta=a.beta, pooling=a.pool, kernel=a.kernel, span=a.span,
                              probe=a.probe, adaptive=a.adaptive)
         tasks = build_tasks(a.tasks if a.command == "run" else [a.command], a)
+        check_dependencies([t.name for t in tasks], plots=not a.no_plots)
         try:
             shard = tuple(int(x) for x in a.shard.split("/"))
             assert len(shard) == 2

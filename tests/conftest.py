@@ -9,6 +9,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# PyTorch (the transformers oracle) on one thread unless asked otherwise: the tests alternate between
+# its OpenMP pool and headkv's own threads, and on 2 busy cores two OpenMP threads waiting on each
+# other at every barrier made a one-token transformers forward 14x slower than on one thread
+# (3.7 s against 0.26 s, SmolLM2, load ~10). Set before torch is first imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def _pkg_dir(name):
     spec = importlib.util.find_spec(name)
@@ -52,6 +58,19 @@ def smollm2():
 def model(smollm2):
     import headkv
     return headkv.Model(smollm2, n_ctx=2048, n_threads=2)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2):
+    """transformers loading the same SmolLM2 GGUF (float32, eager attention): the outside oracle,
+    loaded once per session (its GGUF loader parses the vocabulary in pure Python, tens of seconds
+    on 2 cores)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+    m = AutoModelForCausalLM.from_pretrained(os.path.dirname(smollm2), gguf_file=os.path.basename(smollm2),
+                                             dtype=torch.float32, attn_implementation="eager")
+    return m.eval()
 
 
 @pytest.fixture(scope="session")

@@ -2,30 +2,42 @@
 SmolLM2 vocabulary, and byte-level corruptions of real files."""
 from __future__ import annotations
 
+import functools
+import os
 import struct
 
 import numpy as np
 
 
-def copy_tokenizer(writer, src_path):
-    """Copies every tokenizer.* key of a GGUF into a GGUFWriter."""
+@functools.lru_cache(maxsize=4)
+def _tokenizer_fields(src_path, _stamp):
+    """(key, value, type, element type) of every tokenizer.* key of a GGUF. Read once per file
+    version (_stamp: size and mtime) and process: gguf-py parses SmolLM2's 49k-token vocabulary in
+    pure Python, seconds per read."""
     from gguf import GGUFReader
     from gguf.constants import GGUFValueType
 
-    r = GGUFReader(src_path)
+    out = []
+    for key, field in GGUFReader(src_path).fields.items():
+        if key.startswith("tokenizer."):
+            vt = field.types[0]
+            out.append((key, field.contents(), vt, field.types[1] if vt == GGUFValueType.ARRAY else None))
+    return tuple(out)
+
+
+def copy_tokenizer(writer, src_path):
+    """Copies every tokenizer.* key of a GGUF into a GGUFWriter."""
+    from gguf.constants import GGUFValueType
+
     n_vocab = 0
-    for key, field in r.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vt = field.types[0]
+    st = os.stat(src_path)
+    for key, vals, vt, et in _tokenizer_fields(os.path.abspath(os.fspath(src_path)), (st.st_size, st.st_mtime_ns)):
         if vt == GGUFValueType.ARRAY:
-            et = field.types[1]
-            vals = field.contents()
             if key == "tokenizer.ggml.tokens":
                 n_vocab = len(vals)
             writer.add_array(key, vals) if et == GGUFValueType.STRING else writer.add_key_value(key, vals, vt, sub_type=et)
         else:
-            writer.add_key_value(key, field.contents(), vt)
+            writer.add_key_value(key, vals, vt)
     return n_vocab
 
 

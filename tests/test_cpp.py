@@ -20,8 +20,12 @@ def installed(tmp_path_factory):
     build = Path(os.environ.get("HEADKV_CPP_BUILD", ROOT / "build" / "cpp-tests"))
     prefix = tmp_path_factory.mktemp("prefix")
     gen = ["-G", "Ninja"] if subprocess.run(["ninja", "--version"], capture_output=True).returncode == 0 else []
+    # the same backends as the installed extension: CUDA only where it was built (nvcc on a machine
+    # without a GPU would otherwise compile every .cu file again for nothing the tests run)
+    from headkv import _core
+    cuda = "ON" if _core.cuda_built() else "OFF"
     _run(["cmake", "-S", str(ROOT), "-B", str(build), *gen, "-DHEADKV_BUILD_TESTS=ON",
-          "-DCMAKE_BUILD_TYPE=Release"])
+          "-DCMAKE_BUILD_TYPE=Release", f"-DHEADKV_CUDA={cuda}"])
     _run(["cmake", "--build", str(build), "-j", "2"], timeout=1800)
     _run(["cmake", "--install", str(build), "--prefix", str(prefix)])
     return build, prefix

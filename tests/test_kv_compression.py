@@ -93,16 +93,12 @@ def test_headkv_caps_follow_scores(smollm2, prompt, score_file):
     assert len(set(expect.ravel().tolist())) > 5  # really per head
 
 
-def test_snapkv_positions_match_transformers_attention(model, smollm2, essays):
-    torch = pytest.importorskip("torch")
-    import os
-    from transformers import AutoModelForCausalLM
+def test_snapkv_positions_match_transformers_attention(model, smollm2, essays, hf_smollm2):
+    import torch
     ids = model.tokenize(essays[7][:1200])
     N, a, B = len(ids), 8, 48
-    hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(smollm2), gguf_file=os.path.basename(smollm2),
-                                              dtype=torch.float32, attn_implementation="eager")
     with torch.no_grad():
-        att = hf(torch.tensor([ids]), output_attentions=True).attentions  # L x [1, H, N, N]
+        att = hf_smollm2(torch.tensor([ids]), output_attentions=True).attentions  # L x [1, H, N, N]
     m = _model(smollm2, "snapkv", B, span=0)  # the paper's rule, restated below over transformers' attention
     m.eval(ids)
     pos = m.kv_positions()

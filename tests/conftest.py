@@ -3,6 +3,7 @@ import os
 import shutil
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,22 @@ def hf_smollm2(smollm2):
 def essays():
     d = essays_dir()
     return [p.read_text(encoding="utf-8") for p in sorted(d.glob("*.txt"))]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--time-budget", type=float, default=None, metavar="SECONDS",
+                     help="skip the tests that would start after SECONDS of this session "
+                          "(.ci/run gives the slow tests what is left of its 30 minutes)")
+
+
+def pytest_sessionstart(session):
+    session.config._headkv_t0 = time.monotonic()
+
+
+def pytest_runtest_setup(item):
+    budget = item.config.getoption("--time-budget")
+    if budget is not None and time.monotonic() - item.config._headkv_t0 > budget:
+        pytest.skip(f"--time-budget {budget:.0f} s spent before this test started")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -70,7 +70,8 @@ def test_cli_context_file_then_question(smollm2, essays, tmp_path):
     the reply equals one prompt holding both (same tokens); compressed with a probe it still runs
     and the prompt count covers both parts."""
     from conftest import tool_path
-    doc = essays[2][:2500] + " The secret number of the blue gate is 5606394622. " + essays[3][:2500]
+    # ends at a sentence's end: the token count of document + question then equals the whole prompt's
+    doc = essays[2][:1200] + " The secret number of the blue gate is 5606394622. " + essays[3][:1200].rsplit(". ", 1)[0] + "."
     (tmp_path / "doc.txt").write_text(doc)
     q = "What is the secret number of the blue gate?"
     base = [tool_path("headkv-cli"), "-m", smollm2, "--chat", "-n", "24", "--temp", "0", "-c", "4096", "-t", "2"]

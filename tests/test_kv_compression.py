@@ -43,9 +43,10 @@ def _greedy(m, ids, n):
 
 
 def test_budget_at_least_prompt_equals_full(model, smollm2, prompt):
+    full = _greedy(model, prompt, 16)
     for method in ("snapkv", "adakv"):
         m = _model(smollm2, method, budget=len(prompt) + 10)
-        assert _greedy(m, prompt, 16) == _greedy(model, prompt, 16)
+        assert _greedy(m, prompt, 16) == full
         assert not m.kv_stats()["compressed"]
 
 
@@ -207,7 +208,8 @@ def _answer(m, ids, n=13):
     return m.detokenize(out).decode()
 
 
-@pytest.mark.parametrize("number,colour,depth,offset", [("5606394622", "blue", 0.3, 0), ("2297436514", "green", 0.7, 2)])
+@pytest.mark.parametrize("number,colour,depth,offset", [
+    ("5606394622", "blue", 0.3, 0), pytest.param("2297436514", "green", 0.7, 2, marks=pytest.mark.slow)])
 def test_ten_digit_value_survives_budget_128(smollm2, model, essays, number, colour, depth, offset):
     """A 10-digit value (10 tokens: SmolLM2 has one token per digit) copied out of a 1k-token prompt
     at budget 128: the full cache answers it, span-aware headkv (the default) answers it whole,

@@ -6,7 +6,9 @@ attention.
 
 Selection is checked in its default, span-aware form (a kept token keeps the rest of its token
 run; the reference derives the runs from the GGUF vocabulary with its own byte decoding) and, for
-two methods, in the paper's form (span 0).
+two methods, in the paper's form (span 0). The default run checks a ~1k-token prompt at the smallest
+and the largest budget and the observation probe for one method at one budget; the tests marked
+slow add the budgets between, a ~3.5k-token prompt and the other probe cases.
 
 The logits are compared with the reference model attending over the engine's kept entries, which
 the selection check has just found equal to the reference's up to near-ties.

@@ -3,11 +3,18 @@ import os
 import shutil
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# PyTorch (the transformers oracle) on one thread unless asked otherwise: the tests alternate between
+# its OpenMP pool and headkv's own threads, and on 2 busy cores two OpenMP threads waiting on each
+# other at every barrier made a one-token transformers forward 14x slower than on one thread
+# (3.7 s against 0.26 s, SmolLM2, load ~10). Set before torch is first imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _pkg_dir(name):
@@ -55,9 +62,38 @@ def model(smollm2):
 
 
 @pytest.fixture(scope="session")
+def hf_smollm2(smollm2):
+    """transformers loading the same SmolLM2 GGUF (float32, eager attention): the outside oracle,
+    loaded once per session (its GGUF loader parses the vocabulary in pure Python, tens of seconds
+    on 2 cores)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+    m = AutoModelForCausalLM.from_pretrained(os.path.dirname(smollm2), gguf_file=os.path.basename(smollm2),
+                                             dtype=torch.float32, attn_implementation="eager")
+    return m.eval()
+
+
+@pytest.fixture(scope="session")
 def essays():
     d = essays_dir()
     return [p.read_text(encoding="utf-8") for p in sorted(d.glob("*.txt"))]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--time-budget", type=float, default=None, metavar="SECONDS",
+                     help="skip the tests that would start after SECONDS of this session "
+                          "(.ci/run gives the slow tests what is left of its 30 minutes)")
+
+
+def pytest_sessionstart(session):
+    session.config._headkv_t0 = time.monotonic()
+
+
+def pytest_runtest_setup(item):
+    budget = item.config.getoption("--time-budget")
+    if budget is not None and time.monotonic() - item.config._headkv_t0 > budget:
+        pytest.skip(f"--time-budget {budget:.0f} s spent before this test started")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,36 +2,59 @@
 SmolLM2 vocabulary, and byte-level corruptions of real files."""
 from __future__ import annotations
 
+import functools
+import os
 import struct
 
 import numpy as np
 
 
-def copy_tokenizer(writer, src_path):
-    """Copies every tokenizer.* key of a GGUF into a GGUFWriter."""
+@functools.lru_cache(maxsize=4)
+def _tokenizer_fields(src_path, _stamp):
+    """(key, value, type, element type) of every tokenizer.* key of a GGUF. Read once per file
+    version (_stamp: size and mtime) and process: gguf-py parses SmolLM2's 49k-token vocabulary in
+    pure Python, seconds per read."""
     from gguf import GGUFReader
     from gguf.constants import GGUFValueType
 
-    r = GGUFReader(src_path)
-    n_vocab = 0
-    for key, field in r.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vt = field.types[0]
+    out = []
+    for key, field in GGUFReader(src_path).fields.items():
+        if key.startswith("tokenizer."):
+            vt = field.types[0]
+            out.append((key, field.contents(), vt, field.types[1] if vt == GGUFValueType.ARRAY else None))
+    return tuple(out)
+
+
+def copy_tokenizer(writer, src_path, n_vocab=None):
+    """Copies every tokenizer.* key of a GGUF into a GGUFWriter; with n_vocab, only the first n_vocab
+    tokens, the merges among them, and the special-token ids below n_vocab (a small vocabulary keeps
+    a file quick to parse for transformers' GGUF loader, which reads it in pure Python)."""
+    from gguf.constants import GGUFValueType
+
+    st = os.stat(src_path)
+    fields = _tokenizer_fields(os.path.abspath(os.fspath(src_path)), (st.st_size, st.st_mtime_ns))
+    tokens = next(vals for key, vals, _, _ in fields if key == "tokenizer.ggml.tokens")
+    n_vocab = len(tokens) if n_vocab is None else min(n_vocab, len(tokens))
+    kept = set(tokens[:n_vocab])
+    for key, vals, vt, et in fields:
+        if n_vocab < len(tokens):
+            if key == "tokenizer.ggml.merges":
+                vals = [m for m in vals if all(x in kept for x in (*m.split(" ", 1), m.replace(" ", "", 1)))]
+            elif vt == GGUFValueType.ARRAY and len(vals) == len(tokens):
+                vals = vals[:n_vocab]
+            elif key.endswith("_token_id") and vals >= n_vocab:
+                continue
         if vt == GGUFValueType.ARRAY:
-            et = field.types[1]
-            vals = field.contents()
-            if key == "tokenizer.ggml.tokens":
-                n_vocab = len(vals)
             writer.add_array(key, vals) if et == GGUFValueType.STRING else writer.add_key_value(key, vals, vt, sub_type=et)
         else:
-            writer.add_key_value(key, field.contents(), vt)
+            writer.add_key_value(key, vals, vt)
     return n_vocab
 
 
 def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
-                     wtype="F32", seed=0, extra=None, alignment=None, tied=True, types=None, kscale=None):
-    """A random-weight Llama GGUF with SmolLM2's vocabulary. `wtype` is a gguf-py
+                     wtype="F32", seed=0, extra=None, alignment=None, tied=True, types=None, kscale=None,
+                     n_vocab=None):
+    """A random-weight Llama GGUF with SmolLM2's vocabulary (its first `n_vocab` tokens if given). `wtype` is a gguf-py
     GGMLQuantizationType name for the 2-D weights (quantized with gguf.quants where possible);
     `types` maps a tensor name part ("attn_v", "ffn_down", ...) to another type for those tensors;
     `kscale` gives K-quant weights centred values of about that super-block scale (random_kquant)."""
@@ -41,7 +64,7 @@ def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_h
     w = gguf.GGUFWriter(str(path), arch)
     if alignment:
         w.add_custom_alignment(alignment)
-    n_vocab = copy_tokenizer(w, vocab_src)
+    n_vocab = copy_tokenizer(w, vocab_src, n_vocab)
     w.add_block_count(n_layer)
     w.add_context_length(512)
     w.add_embedding_length(n_embd)

@@ -6,7 +6,9 @@ attention.
 
 Selection is checked in its default, span-aware form (a kept token keeps the rest of its token
 run; the reference derives the runs from the GGUF vocabulary with its own byte decoding) and, for
-two methods, in the paper's form (span 0).
+two methods, in the paper's form (span 0). The default run checks a ~1k-token prompt at the smallest
+and the largest budget and the observation probe for one method at one budget; the tests marked
+slow add the budgets between, a ~3.5k-token prompt and the other probe cases.
 
 The logits are compared with the reference model attending over the engine's kept entries, which
 the selection check has just found equal to the reference's up to near-ties.
@@ -31,7 +33,6 @@ from headkv.reference import selection as ref_sel  # noqa: E402
 from headkv.reference.torch_llama import TorchLlama  # noqa: E402
 
 METHODS = ["snapkv", "streaming", "pyramidkv", "adakv", "headkv", "headkv-adaptive"]
-BUDGETS = [64, 128, 256, 512]
 WINDOW = 8
 N_DECODE = 3
 MAX_ABS_DLOGIT = 5e-4   # the foundation issue's parity bound
@@ -94,11 +95,13 @@ def test_token_runs_of_a_needle(model, vocab):
     assert [len(np.nonzero(cut == r)[0]) for r in np.unique(cut)] == [1, 1, 1, 1, 3, 3, 2, 1]
 
 
-# (essay index, prompt tokens, budgets): one ~1k prompt over every budget, one ~3.5k over two
-CASES = [(3, 1024, BUDGETS), (14, 3584, [128, 512])]
+# (essay index, prompt tokens, {part: budgets}): one ~1k prompt over every budget (the smallest and
+# the largest in the default run, the two between in the slow run), one ~3.5k prompt over two (slow)
+CASES = [(3, 1024, {"ends": [64, 512], "middle": [128, 256]}), (14, 3584, {"ends": [128, 512]})]
 
 
-@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"essay{c[0]}-{c[1]}tok")
+@pytest.fixture(scope="module", params=[CASES[0], pytest.param(CASES[1], marks=pytest.mark.slow)],
+                ids=lambda c: f"essay{c[0]}-{c[1]}tok")
 def case(request, model, essays, ref_model):
     idx, n, budgets = request.param
     ids = model.tokenize(essays[idx])
@@ -131,20 +134,22 @@ def _check_selection(got, want, s, method):
     return swaps
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("part", ["ends", pytest.param("middle", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("span", [DEFAULT_SPAN, 0], ids=["span", "paper"])
 @pytest.mark.parametrize("method", METHODS)
-def test_kept_positions_and_logits_match_reference(method, span, case, smollm2, ref_model, score_file, vocab):
+def test_kept_positions_and_logits_match_reference(method, span, part, case, smollm2, ref_model, score_file, vocab):
     prompt, N = case["prompt"], len(case["prompt"])
     if span == 0 and (method not in ("snapkv", "adakv") or N > 1024):
         pytest.skip("the paper's selection is checked on the 1k case for two methods")
+    if part not in case["budgets"]:
+        pytest.skip("this case has no budgets of that part")
     adaptive = method == "headkv-adaptive"  # headkv's caps, split per layer as Ada-KV splits them
     method, sel_method = ("headkv", "adakv") if adaptive else (method, method)
     L, Hkv = ref_model.n_layer, ref_model.n_head_kv
     pieces, special = vocab
     runs = ref_sel.token_runs([pieces[t] for t in prompt], [special[t] for t in prompt], span)
     assert span == 0 or len(np.unique(runs[:N - WINDOW])) < N - WINDOW  # the prompt has runs to complete
-    for budget in case["budgets"]:
+    for budget in case["budgets"][part]:
         m = headkv.Model(smollm2, n_ctx=4096, n_threads=2, kv_method=method, kv_budget=budget,
                          scores=score_file[0] if method == "headkv" else None, max_new_tokens=8,
                          adaptive=adaptive, **({} if span else {"span": 0}))
@@ -184,9 +189,9 @@ def test_kept_positions_and_logits_match_reference(method, span, case, smollm2, 
                 assert np.abs(full_logits.numpy() - want_logits.numpy()).max() > 20 * MAX_ABS_DLOGIT
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["snapkv", "adakv"])
-def test_observation_probe_matches_reference(method, smollm2, model, essays, ref_model, vocab):
+@pytest.mark.parametrize("budget", [64, pytest.param(256, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", ["adakv", pytest.param("snapkv", marks=pytest.mark.slow)])
+def test_observation_probe_matches_reference(method, budget, smollm2, model, essays, ref_model, vocab):
     """Query-agnostic compression: the probe's queries select (the reference runs the prompt and
     the probe together and scores the prompt's prefix with the probe's window), the probe leaves
     nothing in the cache, and the next tokens decode at the prompt's own positions over the kept
@@ -202,32 +207,31 @@ def test_observation_probe_matches_reference(method, smollm2, model, essays, ref
     ref_model.forward(prompt, cache, window=WINDOW)
     pieces, special = vocab
     runs = ref_sel.token_runs([pieces[t] for t in prompt], [special[t] for t in prompt], DEFAULT_SPAN)
-    for budget in (64, 256):
-        m = headkv.Model(smollm2, n_ctx=4096, n_threads=2, kv_method=method, kv_budget=budget, probe="repeat",
-                         max_new_tokens=8)
-        m.eval(prompt)
-        assert m.n_past == N
-        plain = headkv.Model(smollm2, n_ctx=4096, n_threads=2, kv_method=method, kv_budget=budget, max_new_tokens=8)
-        plain.eval(prompt)  # the prompt's logits do not depend on the probe after it
-        assert np.abs(m.logits() - plain.logits()).max() < 1e-4
-        caps = ref_budget.plan(method, None, L, Hkv, budget, WINDOW, DEFAULT_BETA, 1.0, N)
-        got, swaps, masks, differs = m.kv_positions(), 0, [], False
-        for l in range(L):
-            want, s = ref_sel.select_layer(method, probe_q[l].numpy(), probed["k"][l].numpy(), caps[l], runs=runs,
-                                           prefix=N - WINDOW)
-            plain_l = plain.kv_positions()[l]
-            differs |= any(not np.array_equal(plain_l[g], got[l][g]) for g in range(Hkv))
-            assert all(list(got[l][g][-WINDOW:]) == list(range(N - WINDOW, N)) for g in range(Hkv))
-            got_l = [np.asarray(got[l][g][:-WINDOW]) for g in range(Hkv)]
-            swaps += _check_selection(got_l, want, s, method)
-            mask = torch.zeros(Hkv, N + N_DECODE, dtype=torch.bool)
-            for g in range(Hkv):
-                mask[g, torch.as_tensor(got_l[g], dtype=torch.long)] = True
-            mask[:, N - WINDOW:] = True
-            masks.append(mask)
-        assert swaps <= 2 and differs  # the probe selects otherwise than the prompt's last tokens
-        c = {"k": list(cache["k"]), "v": list(cache["v"]), "n": N}
-        for i, tok in enumerate(cont):
-            m.eval([tok])
-            want_logits, _ = ref_model.forward([tok], c, key_mask=[mk[:, :N + i + 1] for mk in masks])
-            assert np.abs(m.logits() - want_logits.numpy()).max() < MAX_ABS_DLOGIT
+    m = headkv.Model(smollm2, n_ctx=4096, n_threads=2, kv_method=method, kv_budget=budget, probe="repeat",
+                     max_new_tokens=8)
+    m.eval(prompt)
+    assert m.n_past == N
+    plain = headkv.Model(smollm2, n_ctx=4096, n_threads=2, kv_method=method, kv_budget=budget, max_new_tokens=8)
+    plain.eval(prompt)  # the prompt's logits do not depend on the probe after it
+    assert np.abs(m.logits() - plain.logits()).max() < 1e-4
+    caps = ref_budget.plan(method, None, L, Hkv, budget, WINDOW, DEFAULT_BETA, 1.0, N)
+    got, swaps, masks, differs = m.kv_positions(), 0, [], False
+    for l in range(L):
+        want, s = ref_sel.select_layer(method, probe_q[l].numpy(), probed["k"][l].numpy(), caps[l], runs=runs,
+                                       prefix=N - WINDOW)
+        plain_l = plain.kv_positions()[l]
+        differs |= any(not np.array_equal(plain_l[g], got[l][g]) for g in range(Hkv))
+        assert all(list(got[l][g][-WINDOW:]) == list(range(N - WINDOW, N)) for g in range(Hkv))
+        got_l = [np.asarray(got[l][g][:-WINDOW]) for g in range(Hkv)]
+        swaps += _check_selection(got_l, want, s, method)
+        mask = torch.zeros(Hkv, N + N_DECODE, dtype=torch.bool)
+        for g in range(Hkv):
+            mask[g, torch.as_tensor(got_l[g], dtype=torch.long)] = True
+        mask[:, N - WINDOW:] = True
+        masks.append(mask)
+    assert swaps <= 2 and differs  # the probe selects otherwise than the prompt's last tokens
+    c = {"k": list(cache["k"]), "v": list(cache["v"]), "n": N}
+    for i, tok in enumerate(cont):
+        m.eval([tok])
+        want_logits, _ = ref_model.forward([tok], c, key_mask=[mk[:, :N + i + 1] for mk in masks])
+        assert np.abs(m.logits() - want_logits.numpy()).max() < MAX_ABS_DLOGIT

@@ -9,7 +9,10 @@ import headkv
 from gguf_factory import patch, write_tiny_llama
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
-SHAPE = dict(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512)  # K-quants need rows of 256
+# K-quants need rows of 256. The first 2048 tokens of SmolLM2's vocabulary: transformers parses a
+# 49k-token vocabulary in pure Python on every load, seconds each, and the weights checked here do
+# not depend on the vocabulary's size.
+SHAPE = dict(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, n_vocab=2048)
 
 
 def _logits(path, ids):
@@ -19,8 +22,9 @@ def _logits(path, ids):
 
 
 @pytest.fixture(scope="module")
-def prompt_ids(model):
-    return model.tokenize("A short prompt, 12345 digits, and some words for the tiny random model.")
+def prompt_ids():
+    """Token ids for the random-weight models: any ids below the small vocabulary serve."""
+    return [int(t) for t in np.random.default_rng(3).integers(3, SHAPE["n_vocab"], 24)]
 
 
 @pytest.mark.parametrize("wtype", TYPES)
@@ -39,7 +43,7 @@ def test_weight_type_matches_transformers(wtype, tmp_path, smollm2, prompt_ids):
 
 
 def test_version_2_reads_like_version_3(tmp_path, smollm2, prompt_ids):
-    v3 = write_tiny_llama(tmp_path / "v3.gguf", smollm2, wtype="Q8_0")
+    v3 = write_tiny_llama(tmp_path / "v3.gguf", smollm2, wtype="Q8_0", n_vocab=SHAPE["n_vocab"])
     v2 = tmp_path / "v2.gguf"
     shutil.copyfile(v3, v2)
     patch(v2, 4, "<I", 2)  # v2 and v3 share the little-endian layout
@@ -47,8 +51,8 @@ def test_version_2_reads_like_version_3(tmp_path, smollm2, prompt_ids):
 
 
 def test_custom_alignment(tmp_path, smollm2, prompt_ids):
-    a32 = write_tiny_llama(tmp_path / "a32.gguf", smollm2, wtype="Q4_0")
-    a256 = write_tiny_llama(tmp_path / "a256.gguf", smollm2, wtype="Q4_0", alignment=256)
+    a32 = write_tiny_llama(tmp_path / "a32.gguf", smollm2, wtype="Q4_0", n_vocab=SHAPE["n_vocab"])
+    a256 = write_tiny_llama(tmp_path / "a256.gguf", smollm2, wtype="Q4_0", alignment=256, n_vocab=SHAPE["n_vocab"])
     assert headkv.Model(str(a256), n_ctx=16).metadata["general.alignment"] == 256
     np.testing.assert_array_equal(_logits(a32, prompt_ids), _logits(a256, prompt_ids))
     bad = tmp_path / "bad_align.gguf"

@@ -130,3 +130,9 @@ def test_example_model_path(smollm2):
     assert headkv.example_model() == smollm2
     with pytest.raises(headkv.HeadkvIOError, match="unknown example model"):
         headkv.example_model("nosuch")
+
+
+def test_device_auto_picks_a_usable_device(smollm2):
+    m = headkv.Model(smollm2, n_ctx=256, n_threads=1, device="auto")
+    want = "cuda" if headkv._core.cuda_built() and headkv._core.cuda_device_count() > 0 else "cpu"
+    assert m.device == want

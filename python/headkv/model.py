@@ -40,7 +40,7 @@ class Model:
         n_threads: CPU threads; None = half the CPUs (about the physical cores: a thread sharing a
             core with another process stalls every parallel step).
         n_batch: tokens per prefill chunk.
-        device: ``"cpu"``; ``"cuda"`` (GPU, fp16 tensor-core prefill GEMMs) or ``"cuda-fp32"`` (GPU,
+        device: ``"cpu"``; ``"auto"`` (``"cuda"`` when a GPU is usable, else ``"cpu"``); ``"cuda"`` (GPU, fp16 tensor-core prefill GEMMs) or ``"cuda-fp32"`` (GPU,
             fp32 GEMMs: the CPU backend's arithmetic up to summation order) where the CUDA backend
             is built. The GPU keeps the KV cache in fp16.
         kv: a :class:`KVConfig` (KV compression method and budget); keyword shortcuts
@@ -58,8 +58,10 @@ class Model:
                  n_batch: int = 512, device: str = "cpu", verbose: bool = False, kv: Optional[KVConfig] = None,
                  kv_method: Optional[str] = None, kv_budget: Optional[int] = None, cache_prompt: bool = True,
                  **kv_kwargs):
+        if device == "auto":  # as the CLI's --device auto: the GPU when one is usable
+            device = "cuda" if _core.cuda_built() and _core.cuda_device_count() > 0 else "cpu"
         if device not in ("cpu", "cuda", "cuda-fp32"):
-            raise UnsupportedError(f"device {device!r} is not supported ('cpu', 'cuda', 'cuda-fp32')")
+            raise UnsupportedError(f"device {device!r} is not supported ('cpu', 'cuda', 'cuda-fp32', 'auto')")
         if device != "cpu" and not _core.cuda_built():
             raise UnsupportedError(f"device {device!r} is not available in this build (supported: 'cpu')")
         for name, v in (("n_ctx", 0 if n_ctx is None else n_ctx), ("n_batch", n_batch), ("n_threads", n_threads or 0)):

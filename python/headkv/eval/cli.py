@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--scores", help="head-score file for the headkv method")
     g.add_argument("-c", "--n-ctx", type=int, default=8192)
     g.add_argument("-t", "--threads", type=int, default=2)
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda-fp32, auto")
     g.add_argument("--window", type=int, default=8)
     g.add_argument("--beta", type=float, default=2.0, help="HeadKV beta (default 2; the paper's scripts: 1.2)")
     g.add_argument("--pool", default=None, choices=("max", "avg"), help="pooling (default max)")

@@ -206,20 +206,11 @@ class Llama(Model):
         _unsupported_if(stopping_criteria is not None, "stopping_criteria")
         _unsupported_if(logits_processor is not None, "logits_processor")
         _unsupported_if(echo and logprobs is not None, "logprobs of the echoed prompt (echo with logprobs)")
-        appending = not reset and self.n_past > 0
+        prompt_tokens = self._prompt_tokens(prompt, reset)
         if isinstance(prompt, (str, bytes)):
             prompt_text = prompt.decode("utf-8", "replace") if isinstance(prompt, bytes) else prompt
-            prompt_tokens = self.tokenize(prompt, add_bos=False if appending else None)
         else:
-            prompt_tokens = [int(t) for t in prompt]
-            prompt_text = self.detokenize(prompt_tokens).decode("utf-8", "replace")
-        if not prompt_tokens:
-            if appending:
-                raise InvalidArgumentError("an empty prompt cannot be appended to the held context")
-            prompt_tokens = [self._e.bos if self._e.bos >= 0 else 0]
-        held = 0 if reset else self.n_past
-        if not self._e.compressing and held + len(prompt_tokens) > self.n_ctx:
-            raise ContextFullError(f"prompt has {len(prompt_tokens)} tokens (+{held} held) but n_ctx is {self.n_ctx}")
+            prompt_text = self.detokenize([int(t) for t in prompt]).decode("utf-8", "replace")
         sampler = self._token_sampler(temperature, top_k, top_p, min_p, typical_p, repeat_penalty, frequency_penalty,
                                       presence_penalty, logit_bias, seed, grammar, logprobs)
         cid, created, name = f"cmpl-{uuid.uuid4()}", int(time.time()), model or self.model_path

@@ -366,15 +366,9 @@ class Model:
         tail = scanner.flush() + (buf.decode("utf-8", errors="replace") if not scanner.stopped else "")
         yield tail, finish, n
 
-    def create_completion(self, prompt: Union[str, Sequence[int]], max_tokens: Optional[int] = 16,
-                          temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
-                          repeat_penalty: float = 1.0, stop: Union[str, list[str], None] = None,
-                          stream: bool = False, seed: Optional[int] = None, echo: bool = False, reset: bool = True):
-        """OpenAI-style completion dict, or an iterator of chunk dicts when ``stream``.
-
-        ``reset=False`` appends the prompt to what the context holds instead of starting over: e.g.
-        a document evaluated (and compressed) before the question existed, the query-agnostic use
-        of KV compression (``Model(..., probe="repeat")``; the prompt is then tokenized without BOS)."""
+    def _prompt_tokens(self, prompt, reset: bool) -> list:
+        """A completion's prompt as token ids (text appended to a held context gets no BOS; an empty
+        prompt is the BOS token), checked against n_ctx for the full cache."""
         appending = not reset and self.n_past > 0
         if isinstance(prompt, (str, bytes)):
             prompt_tokens = self.tokenize(prompt, add_bos=False if appending else None)
@@ -387,6 +381,18 @@ class Model:
         held = 0 if reset else self.n_past
         if not self._e.compressing and held + len(prompt_tokens) > self.n_ctx:
             raise ContextFullError(f"prompt has {len(prompt_tokens)} tokens (+{held} held) but n_ctx is {self.n_ctx}")
+        return prompt_tokens
+
+    def create_completion(self, prompt: Union[str, Sequence[int]], max_tokens: Optional[int] = 16,
+                          temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
+                          repeat_penalty: float = 1.0, stop: Union[str, list[str], None] = None,
+                          stream: bool = False, seed: Optional[int] = None, echo: bool = False, reset: bool = True):
+        """OpenAI-style completion dict, or an iterator of chunk dicts when ``stream``.
+
+        ``reset=False`` appends the prompt to what the context holds instead of starting over: e.g.
+        a document evaluated (and compressed) before the question existed, the query-agnostic use
+        of KV compression (``Model(..., probe="repeat")``; the prompt is then tokenized without BOS)."""
+        prompt_tokens = self._prompt_tokens(prompt, reset)
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                         repeat_penalty=repeat_penalty, seed=seed)
         # Validate sampling parameters before any work (raises InvalidArgumentError).

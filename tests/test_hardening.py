@@ -18,7 +18,7 @@ from headkv.io import atomic_write, write_json_atomic
 
 REGRESSIONS = Path(__file__).resolve().parent / "fuzz" / "regressions"
 PROMPTS = ["The capital of France is", "Water boils at", "One, two, three,", "The opposite of hot is"]
-SMOL_KV_BYTES_PER_POS = 2 * 30 * 3 * 64 * 4  # K+V, layers, KV heads, head_dim, fp32
+SMOL_KV_BYTES_PER_POS = 2 * 30 * 3 * 64 * 2  # K+V, layers, KV heads, head_dim, f16 (the default cache type)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ run; the reference derives the runs from the GGUF vocabulary with its own byte d
 two methods, in the paper's form (span 0).
 
 The logits are compared with the reference model attending over the engine's kept entries, which
-the selection check has just found equal to the reference's up to near-ties.
+the selection check has just found equal to the reference's up to near-ties, stored as the engine
+stores them (K/V rounded to f16, the default cache type; selection scores use fp32 K on both sides).
 
 Ties: both sides order candidates by (score desc, position asc), so exact ties (max pooling makes
 many) break the same way. The two sides compute scores in different float orders (engine fp32,
@@ -169,18 +170,20 @@ def test_kept_positions_and_logits_match_reference(method, span, case, smollm2, 
             masks.append(mask)
         assert swaps <= 2, f"{swaps} near-tie swaps (distinct scores)"
 
-        def prompt_cache():
-            return {"k": list(case["cache"]["k"]), "v": list(case["cache"]["v"]), "n": N}
+        def prompt_cache():  # the arena holds the kept K/V as f16 (the default cache type)
+            return {"k": [k.half().float() for k in case["cache"]["k"]],
+                    "v": [v.half().float() for v in case["cache"]["v"]], "n": N}
         cache = prompt_cache()
         for i, tok in enumerate(case["cont"]):
             m.eval([tok])
             n_keys = N + i + 1
-            want_logits, _ = ref_model.forward([tok], cache, key_mask=[mk[:, :n_keys] for mk in masks])
+            want_logits, _ = ref_model.forward([tok], cache, key_mask=[mk[:, :n_keys] for mk in masks],
+                                               kv_dtype=torch.float16)
             d = np.abs(m.logits() - want_logits.numpy()).max()
             assert d < MAX_ABS_DLOGIT, (method, budget, i, d)
             assert int(m.logits().argmax()) == int(want_logits.argmax())
             if i == 0 and budget == 64:  # the masks matter: full attention gives other logits
-                full_logits, _ = ref_model.forward([tok], prompt_cache())
+                full_logits, _ = ref_model.forward([tok], prompt_cache(), kv_dtype=torch.float16)
                 assert np.abs(full_logits.numpy() - want_logits.numpy()).max() > 20 * MAX_ABS_DLOGIT
 
 
@@ -226,8 +229,9 @@ def test_observation_probe_matches_reference(method, smollm2, model, essays, ref
             mask[:, N - WINDOW:] = True
             masks.append(mask)
         assert swaps <= 2 and differs  # the probe selects otherwise than the prompt's last tokens
-        c = {"k": list(cache["k"]), "v": list(cache["v"]), "n": N}
-        for i, tok in enumerate(cont):
+        c = {"k": [k.half().float() for k in cache["k"]], "v": [v.half().float() for v in cache["v"]], "n": N}
+        for i, tok in enumerate(cont):  # the arena holds f16 K/V (the default cache type): so does the reference
             m.eval([tok])
-            want_logits, _ = ref_model.forward([tok], c, key_mask=[mk[:, :N + i + 1] for mk in masks])
+            want_logits, _ = ref_model.forward([tok], c, key_mask=[mk[:, :N + i + 1] for mk in masks],
+                                               kv_dtype=torch.float16)
             assert np.abs(m.logits() - want_logits.numpy()).max() < MAX_ABS_DLOGIT

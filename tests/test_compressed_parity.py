@@ -35,7 +35,12 @@ METHODS = ["snapkv", "streaming", "pyramidkv", "adakv", "headkv", "headkv-adapti
 BUDGETS = [64, 128, 256, 512]
 WINDOW = 8
 N_DECODE = 3
-MAX_ABS_DLOGIT = 5e-4   # the foundation issue's parity bound
+# The foundation issue's parity bound was 5e-4 with fp32 K/V on both sides. Decode logits over
+# f16-stored K/V (the default cache type; the reference rounds its K/V to f16 too):
+# the two sides' fp32 K/V differ in summation order (~1e-6 relative), and rounding to half turns a few
+# of those into one-ulp half differences (~5e-4 relative), which move the logits more than fp32
+# rounding does. Measured 7.8e-4 (snapkv, budget 64, first decode step); bound with ~4x margin.
+F16_MAX_ABS_DLOGIT = 3e-3
 SCORE_RTOL = 1e-4       # near-tie width between fp32 engine and fp64 reference scores
 
 
@@ -180,11 +185,11 @@ def test_kept_positions_and_logits_match_reference(method, span, case, smollm2, 
             want_logits, _ = ref_model.forward([tok], cache, key_mask=[mk[:, :n_keys] for mk in masks],
                                                kv_dtype=torch.float16)
             d = np.abs(m.logits() - want_logits.numpy()).max()
-            assert d < MAX_ABS_DLOGIT, (method, budget, i, d)
+            assert d < F16_MAX_ABS_DLOGIT, (method, budget, i, d)
             assert int(m.logits().argmax()) == int(want_logits.argmax())
             if i == 0 and budget == 64:  # the masks matter: full attention gives other logits
                 full_logits, _ = ref_model.forward([tok], prompt_cache(), kv_dtype=torch.float16)
-                assert np.abs(full_logits.numpy() - want_logits.numpy()).max() > 20 * MAX_ABS_DLOGIT
+                assert np.abs(full_logits.numpy() - want_logits.numpy()).max() > 20 * F16_MAX_ABS_DLOGIT
 
 
 @pytest.mark.slow
@@ -234,4 +239,4 @@ def test_observation_probe_matches_reference(method, smollm2, model, essays, ref
             m.eval([tok])
             want_logits, _ = ref_model.forward([tok], c, key_mask=[mk[:, :N + i + 1] for mk in masks],
                                                kv_dtype=torch.float16)
-            assert np.abs(m.logits() - want_logits.numpy()).max() < MAX_ABS_DLOGIT
+            assert np.abs(m.logits() - want_logits.numpy()).max() < F16_MAX_ABS_DLOGIT

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "backend/cuda_context.h"
 #include "common/alloc.h"
@@ -23,6 +24,7 @@
 #include "device_buffer.cuh"
 #include "kernels.cuh"
 #include "quant.cuh"
+#include "select/kv_arena.h"
 #include "select/shipped_scores.h"
 #include "select/spans.h"
 #include "weights.cuh"
@@ -820,8 +822,18 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
 }
 
 // ---- public surface
+namespace {
+// The CUDA backend stores K and V in f16 only: other type names fail here, before any allocation.
+const ContextParams& check_cuda_kv_types(const ContextParams& p) {
+  for (const auto& [name, which] : {std::pair{p.kv.type_k, "KV cache type (K)"}, std::pair{p.kv.type_v, "KV cache type (V)"}})
+    if (parse_kv_type(name, which) != KVType::F16)
+      fail(ErrorKind::Unsupported, std::string(which) + " '" + name + "': the CUDA backend stores the KV cache in f16 only");
+  return p;
+}
+}  // namespace
+
 CudaContext::CudaContext(const Model& m, const ContextParams& p, CudaPrecision prec)
-    : p_(std::make_unique<Impl>(m, p, prec)) {}
+    : p_(std::make_unique<Impl>(m, check_cuda_kv_types(p), prec)) {}
 CudaContext::~CudaContext() = default;
 
 void CudaContext::eval(const int32_t* tokens, int64_t n, bool all_logits) { p_->eval(tokens, n, all_logits); }

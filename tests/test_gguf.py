@@ -16,7 +16,7 @@ SHAPE = dict(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, n_vocab=204
 
 
 def _logits(path, ids):
-    m = headkv.Model(str(path), n_ctx=128, n_threads=2)
+    m = headkv.Model(str(path), n_ctx=128, n_threads=2, type_k="f32", type_v="f32")  # fp32 K/V as the oracle
     m.eval(ids, logits_all=True)
     return m.logits(all=True)
 

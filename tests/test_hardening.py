@@ -18,7 +18,7 @@ from headkv.io import atomic_write, write_json_atomic
 
 REGRESSIONS = Path(__file__).resolve().parent / "fuzz" / "regressions"
 PROMPTS = ["The capital of France is", "Water boils at", "One, two, three,", "The opposite of hot is"]
-SMOL_KV_BYTES_PER_POS = 2 * 30 * 3 * 64 * 4  # K+V, layers, KV heads, head_dim, fp32
+SMOL_KV_BYTES_PER_POS = 2 * 30 * 3 * 64 * 2  # K+V, layers, KV heads, head_dim, f16 (the default cache type)
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +133,12 @@ def test_huge_n_ctx_fails_cleanly(smollm2, m, reference):
 
 
 def test_kv_cache_over_memory_limit(smollm2, memory_limit):
-    memory_limit(50 << 20)  # the vocabulary fits (~21 MB of metadata), a 2048-token cache does not
+    # the vocabulary fits (~21 MB of metadata), a 4096-token f16 cache (94 MB) does not (2048 tokens
+    # fitted once the default cache type became f16: 47 MB)
+    memory_limit(50 << 20)
     with pytest.raises(headkv.OutOfMemoryError) as e:
-        headkv.Model(smollm2, n_ctx=2048, n_threads=1)
-    assert f"{SMOL_KV_BYTES_PER_POS * 2048} bytes requested, {50 << 20} bytes available" in str(e.value)
+        headkv.Model(smollm2, n_ctx=4096, n_threads=1)
+    assert f"{SMOL_KV_BYTES_PER_POS * 4096} bytes requested, {50 << 20} bytes available" in str(e.value)
 
 
 def test_all_logits_over_memory_limit_leaves_context_unchanged(m, memory_limit):

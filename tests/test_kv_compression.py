@@ -67,9 +67,9 @@ def test_arena_accounting_and_positions(method, smollm2, prompt, score_file):
     assert (cap == used + 32).all()  # decode room
     assert st["bytes_held"] == cap.sum() * st["entry_bytes"]
     assert st["bytes_used"] == used.sum() * st["entry_bytes"]
-    full_prompt_bytes = N * 2 * L * HKV * HD * 4
+    full_prompt_bytes = N * 2 * L * HKV * HD * 2  # the full cache in the same (default f16) type
     assert st["bytes_used"] < full_prompt_bytes / 4
-    # peak during prefill: one layer's full K/V (and its projections) plus the arena
+    # peak during prefill: one layer's full K/V (and its projections, fp32) plus the arena
     assert st["prefill_peak_bytes"] <= 4 * N * HKV * HD * 4 + st["bytes_held"]
     pos = m.kv_positions()
     for l in range(L):

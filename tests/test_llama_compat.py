@@ -19,7 +19,8 @@ PROMPT = "The capital of France is"
 @pytest.fixture(scope="module")
 def llm(smollm2):
     return Llama(model_path=smollm2, n_ctx=1024, n_threads=2, n_gpu_layers=0, seed=1234, logits_all=False,
-                 use_mmap=True, use_mlock=False, embedding=True, chat_format=None, verbose=False)
+                 use_mmap=True, use_mlock=False, embedding=True, chat_format=None, verbose=False,
+                 type_k="f32", type_v="f32")  # fp32 K/V: logprobs are replayed below in other batch shapes
 
 
 def _logits_after(llm, tokens):

@@ -193,7 +193,7 @@ def torch_backend(smollm2):
 
 
 def test_attention_probe_matches_transformers(smollm2, torch_backend, essays):
-    m = headkv.Model(smollm2, n_ctx=1024, n_threads=2)
+    m = headkv.Model(smollm2, n_ctx=1024, n_threads=2, type_k="f32", type_v="f32")  # fp32 K/V as the oracle
     m.attention_probe(True)
     ids = m.tokenize(essays[0][:1500])
     from headkv.scoring.backends import NativeBackend
@@ -211,7 +211,7 @@ def test_attention_probe_matches_transformers(smollm2, torch_backend, essays):
 
 @pytest.mark.parametrize("method", ["R2", "R"])
 def test_native_equals_reference_on_fixed_grid(smollm2, torch_backend, method):
-    m = headkv.Model(smollm2, n_ctx=1024, n_threads=2)
+    m = headkv.Model(smollm2, n_ctx=1024, n_threads=2, type_k="f32", type_v="f32")  # fp32 K/V as the oracle
     hay = load_haystack()
     recs = run.grid_examples(m, method, hay, [250], [0.0, 0.35, 0.7, 1.0], 1, seed=11)
     from headkv.scoring.backends import NativeBackend

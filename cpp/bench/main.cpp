@@ -54,6 +54,7 @@ struct Options {
   std::vector<int> n_batch{512};
   std::vector<std::string> devices{"cpu"};
   std::vector<std::string> kv_methods{"full"};
+  std::vector<std::string> types_k{"f16"}, types_v{"f16"};  // KV cache element types (llama-bench's -ctk/-ctv)
   std::vector<double> kv_budgets{0};  // 0: the method's default (128); else KV entries per head
   std::vector<double> betas{0};       // 0: method default
   std::string scores;                 // per-head importance scores file (headkv method)
@@ -133,6 +134,8 @@ void usage(FILE* f) {
       "      --kv-method M[,M]        KV cache: full, snapkv, streaming, pyramidkv, adakv, headkv (compressing\n"
       "                               methods compress the depth+prompt as one prompt; pp needs -d 0)\n"
       "      --kv-budget B[,B]        KV entries per KV head on average, window included (default 128)\n"
+      "  -ctk, --cache-type-k T[,T]   KV cache key type: f16 (default), f32 (CPU only)\n"
+      "  -ctv, --cache-type-v T[,T]   KV cache value type: f16 (default), f32 (CPU only)\n"
       "      --scores FILE            head-importance score file (headkv; default: the file shipped for the\n"
       "                               model, matched by fingerprint)\n"
       "      --beta X[,X]             HeadKV beta: 1/beta of the budget is shared by score (default 2)\n"
@@ -181,6 +184,8 @@ Options parse_args(int argc, char** argv) {
     }
     else if (a == "--device") o.devices = split(next());
     else if (a == "--kv-method") o.kv_methods = split(next());
+    else if (a == "-ctk" || a == "--cache-type-k") o.types_k = split(next());
+    else if (a == "-ctv" || a == "--cache-type-v") o.types_v = split(next());
     else if (a == "--kv-budget") {  // KV entries per head, as in the CLI and Python
       o.kv_budgets = double_list(a, next(), 1);
       for (double b : o.kv_budgets)
@@ -323,7 +328,7 @@ double measure_bandwidth_gbps(int n_threads) {
 struct Test {
   std::string model;
   int n_prompt = 0, n_gen = 0, n_depth = 0, n_threads = 1, n_batch = 512;
-  std::string device, kv_method;
+  std::string device, kv_method, type_k = "f16", type_v = "f16";
   double kv_budget = 0, beta = 0;
 
   std::string kind() const {
@@ -437,6 +442,8 @@ struct Runner {
     cp.n_ctx = t.n_ctx();
     cp.n_threads = t.n_threads;
     cp.n_batch = t.n_batch;
+    cp.type_k = t.type_k.c_str();
+    cp.type_v = t.type_v.c_str();
     const std::string method = t.kv_method == "streamingllm" ? "streaming" : t.kv_method;
     const bool compressing = method != "full";
     if (compressing) {
@@ -539,6 +546,8 @@ std::string to_json(const Result& r, const Env& e, const std::string& indent) {
     << in << "\"n_batch\": " << r.t.n_batch << ",\n"
     << in << "\"n_ctx\": " << r.n_ctx << ",\n"
     << in << "\"kv_method\": " << json_str(r.t.kv_method) << ",\n"
+    << in << "\"type_k\": " << json_str(r.t.type_k) << ",\n"
+    << in << "\"type_v\": " << json_str(r.t.type_v) << ",\n"
     << in << "\"kv_budget\": " << (r.t.kv_budget > 0 ? json_num(r.t.kv_budget) : "null") << ",\n"
     << in << "\"beta\": " << (r.t.beta > 0 ? json_num(r.t.beta) : "null") << ",\n"
     << in << "\"n_prompt\": " << r.t.n_prompt << ",\n"
@@ -587,6 +596,7 @@ void print_md_row(const Result& r) {
   else std::snprintf(roof, sizeof roof, "-");
   std::string kv = r.t.kv_method;
   if (r.t.kv_budget > 0) kv += "/" + json_num(r.t.kv_budget);
+  if (r.t.type_k != "f16" || r.t.type_v != "f16") kv += " " + r.t.type_k + "/" + r.t.type_v;
   std::printf("| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", basename_of(r.t.model).c_str(), size,
               r.t.n_threads, kv.c_str(), r.t.name().c_str(), ts, mib(r.kv_bytes).c_str(),
               mib(r.peak_rss).c_str(), roof);
@@ -596,19 +606,19 @@ void print_md_row(const Result& r) {
 const char* kCsvCols =
     "model_filename,device,n_threads,n_batch,n_ctx,kv_method,kv_budget,beta,n_prompt,n_gen,n_depth,test,"
     "avg_ns,stddev_ns,avg_ts,stddev_ts,weight_bytes,kv_bytes,kv_bytes_read,peak_rss_bytes,"
-    "peak_device_bytes,bandwidth_gbps,roofline_fraction";
+    "peak_device_bytes,bandwidth_gbps,roofline_fraction,type_k,type_v";
 
 void print_csv_row(const Result& r) {
   auto q = [](const std::string& s) { return "\"" + s + "\""; };
   double rf = r.roofline();
-  std::printf("%s,%s,%d,%d,%d,%s,%g,%g,%d,%d,%d,%s,%lld,%lld,%.6f,%.6f,%llu,%llu,%llu,%llu,0,%.3f,%s\n",
+  std::printf("%s,%s,%d,%d,%d,%s,%g,%g,%d,%d,%d,%s,%lld,%lld,%.6f,%.6f,%llu,%llu,%llu,%llu,0,%.3f,%s,%s,%s\n",
               q(r.t.model).c_str(), r.t.device.c_str(), r.t.n_threads, r.t.n_batch, r.n_ctx,
               r.t.kv_method.c_str(), r.t.kv_budget, r.t.beta, r.t.n_prompt, r.t.n_gen, r.t.n_depth,
               q(r.t.name()).c_str(), (long long)std::llround(Result::mean(r.samples_ns)),
               (long long)std::llround(Result::stdev(r.samples_ns)), r.avg_ts(), r.stdev_ts(),
               (unsigned long long)r.weight_bytes, (unsigned long long)r.kv_bytes,
               (unsigned long long)r.kv_bytes_read, (unsigned long long)r.peak_rss, r.bandwidth_gbps,
-              std::isfinite(rf) ? json_num(rf).c_str() : "");
+              std::isfinite(rf) ? json_num(rf).c_str() : "", r.t.type_k.c_str(), r.t.type_v.c_str());
   std::fflush(stdout);
 }
 
@@ -623,6 +633,8 @@ int main(int argc, char** argv) {
   for (const auto& m : o.models)
     for (const auto& dev : o.devices)
       for (const auto& kvm : o.kv_methods)
+       for (const auto& tk : o.types_k)
+        for (const auto& tv : o.types_v)
         for (double budget : o.kv_budgets)
           for (double beta : o.betas)
             for (int nb : o.n_batch)
@@ -630,6 +642,7 @@ int main(int argc, char** argv) {
                 for (int d : o.n_depth) {
                   Test base;
                   base.model = m; base.device = dev == "auto" ? "cpu" : dev; base.kv_method = kvm;
+                  base.type_k = tk; base.type_v = tv;
                   base.kv_budget = budget; base.beta = beta; base.n_batch = nb; base.n_threads = nt;
                   base.n_depth = d;
                   for (int p : o.n_prompt)

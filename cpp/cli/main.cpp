@@ -23,6 +23,7 @@ struct Args {
   hk_sampler_params sp = hk_sampler_default_params();
   hk_context_params cp = hk_context_default_params();
   std::string kv_method = "full", scores;
+  std::string type_k = "f16", type_v = "f16";  // KV cache element types (-ctk / -ctv)
   bool span_set = false, pool_set = false;
   std::string device = "cpu";
 };
@@ -58,6 +59,8 @@ const char* kUsage =
     "KV cache compression (the prompt is compressed per KV head; see README):\n"
     "      --kv-method M       full (default), snapkv, streaming, pyramidkv, adakv, headkv\n"
     "      --kv-budget B       KV entries per KV head on average, window included (default 128)\n"
+    "  -ctk, --cache-type-k T  KV cache key type: f16 (default), f32 (CPU only)\n"
+    "  -ctv, --cache-type-v T  KV cache value type: f16 (default), f32 (CPU only)\n"
     "      --scores FILE       head-importance score file (headkv)\n"
     "      --beta X            HeadKV beta (default 2; the paper's scripts: 1.2)\n"
     "      --window N          observation window (default 8)\n"
@@ -136,6 +139,8 @@ Args parse(int argc, char** argv) {
     else if (f == "--system") a.system = val();
     else if (f == "--device") device = val();
     else if (f == "--kv-method") a.kv_method = val();
+    else if (f == "-ctk" || f == "--cache-type-k") a.type_k = val();
+    else if (f == "-ctv" || f == "--cache-type-v") a.type_v = val();
     else if (f == "--kv-budget") a.cp.kv_budget = (int)to_int(f, val());
     else if (f == "--scores") a.scores = val();
     else if (f == "--beta") a.cp.kv_beta = to_float(f, val());
@@ -231,6 +236,8 @@ int main(int argc, char** argv) {
 
   hk_context_params cp = a.cp;
   cp.kv_method = a.kv_method.c_str();
+  cp.type_k = a.type_k.c_str();
+  cp.type_v = a.type_v.c_str();
   cp.device = a.device.c_str();
   cp.kv_scores = a.scores.empty() ? nullptr : a.scores.c_str();
   cp.kv_max_new_tokens = (a.n_predict >= 0 ? a.n_predict + 1 : cp.kv_max_new_tokens) + (int32_t)follow.size();

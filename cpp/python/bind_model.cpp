@@ -167,7 +167,8 @@ void bind_model(py::module_& m) {
   py::class_<KVConfig>(m, "KVConfigNative")
       .def(py::init([](const std::string& method, int budget, int window, double beta, double temp, int kernel,
                        const std::string& pooling, const std::string& scores, int max_new_tokens, int span,
-                       const std::vector<int32_t>& probe, bool probe_echo, bool adaptive) {
+                       const std::vector<int32_t>& probe, bool probe_echo, bool adaptive,
+                       const std::string& type_k, const std::string& type_v) {
              if (pooling != "max" && pooling != "avg")
                fail(ErrorKind::InvalidArgument, "pooling must be 'max' or 'avg', got '" + pooling + "'");
              KVConfig c;
@@ -184,13 +185,16 @@ void bind_model(py::module_& m) {
              c.probe = probe;
              c.probe_echo = probe_echo;
              c.adaptive = adaptive;
+             c.type_k = type_k;
+             c.type_v = type_v;
              return c;
            }),
            py::arg("method") = "full", py::arg("budget") = 128, py::arg("window") = 8, py::arg("beta") = KVConfig{}.beta,
            py::arg("temp") = 1.0, py::arg("kernel") = 7, py::arg("pooling") = "max", py::arg("scores") = "",
            py::arg("max_new_tokens") = 512, py::arg("span") = KVConfig{}.span,
            py::arg("probe") = std::vector<int32_t>{}, py::arg("probe_echo") = false,
-           py::arg("adaptive") = KVConfig{}.adaptive);
+           py::arg("adaptive") = KVConfig{}.adaptive, py::arg("type_k") = KVConfig{}.type_k,
+           py::arg("type_v") = KVConfig{}.type_v);
 
   py::class_<Engine>(m, "Engine")
       .def(py::init<const std::string&, int, int, int, const KVConfig&, const std::string&>(), py::arg("path"),

@@ -46,6 +46,9 @@ class KVConfig:
     scores: HeadKV score file (official HeadKV JSON or headkv's own format).
     max_new_tokens: decode slots reserved per KV head (tokens appended after the prompt: a later
         question and the answer).
+    type_k / type_v: element type of the stored keys / values (llama.cpp's and llama-cpp-python's
+        names): ``"f16"`` (default; IEEE half, read directly by attention) or ``"f32"`` (reference).
+        The CUDA backend stores f16 only. ``q8_0`` / ``q4_0`` raise UnsupportedError (not yet built).
     """
 
     method: str = "full"
@@ -60,6 +63,8 @@ class KVConfig:
     adaptive: bool = False
     scores: Optional[str] = None
     max_new_tokens: int = 512
+    type_k: str = "f16"
+    type_v: str = "f16"
 
     def resolved_span(self) -> int:
         if self.span is not None:
@@ -80,9 +85,13 @@ class KVConfig:
 
     def native(self, tokenize=None):
         from . import _core
+        for name in ("type_k", "type_v"):
+            if not isinstance(getattr(self, name), str):
+                from .errors import InvalidArgumentError
+                raise InvalidArgumentError(f"{name} must be a cache type name such as 'f16', got {getattr(self, name)!r}")
         probe = self.probe_tokens(tokenize)
         return _core.KVConfigNative(self.method, int(self.budget), int(self.window), float(self.beta),
                                     float(self.temp), 7 if self.kernel is None else int(self.kernel),
                                     self.pooling or "max", os.fspath(self.scores) if self.scores else "",
                                     int(self.max_new_tokens), self.resolved_span(), probe,
-                                    self.probe == "reconstruct", bool(self.adaptive))
+                                    self.probe == "reconstruct", bool(self.adaptive), self.type_k, self.type_v)

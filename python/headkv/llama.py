@@ -40,8 +40,10 @@ _DEFAULT_ONLY = {"vocab_only": False, "kv_overrides": None, "split_mode": 1, "ma
                  "rope_scaling_type": -1, "rope_freq_base": 0.0, "rope_freq_scale": 0.0, "yarn_ext_factor": -1.0,
                  "yarn_attn_factor": 1.0, "yarn_beta_fast": 32.0, "yarn_beta_slow": 1.0, "yarn_orig_ctx": 0,
                  "attention_type": -1, "lora_base": None, "lora_path": None, "lora_scale": 1.0,
-                 "chat_handler": None, "draft_model": None, "tokenizer": None, "type_k": None, "type_v": None,
-                 "spm_infill": False}
+                 "chat_handler": None, "draft_model": None, "tokenizer": None, "spm_infill": False}
+# llama-cpp-python passes the KV cache types as GGML type ids (llama_cpp.GGML_TYPE_*); headkv takes
+# the names. Ids of types headkv does not build map to their names so the error says which.
+_GGML_TYPE_NAMES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 20: "iq4_nl", 30: "bf16"}
 
 # Built-in templates for chat_format names (None: the GGUF's own tokenizer.chat_template).
 _CHAT_FORMATS = {
@@ -87,6 +89,12 @@ class Llama(Model):
                     raise InvalidArgumentError(f"{k}={v!r} cannot be honoured by headkv (only {default!r} is)")
         for k in _NO_EFFECT & kwargs.keys():
             kwargs.pop(k)
+        for k in ("type_k", "type_v"):  # KV cache types: names ("f16") or GGML type ids; None: f16
+            v = kwargs.pop(k, None)
+            if isinstance(v, int) and not isinstance(v, bool):
+                v = _GGML_TYPE_NAMES.get(v, f"ggml type {v}")
+            if v is not None:
+                kwargs[k] = v
         if not isinstance(n_gpu_layers, int):
             raise InvalidArgumentError(f"n_gpu_layers must be an integer, got {n_gpu_layers!r}")
         if chat_format is not None and chat_format not in _CHAT_FORMATS:

@@ -48,12 +48,14 @@ int main() {
   CHECK(m.find("1200 bytes requested") != std::string::npos && v.empty());
   checked_assign(v, 250, "floats", 2.0f);
   CHECK(v.size() == 250 && v[249] == 2.0f);
-  // The KV arena checks its total before allocating: 10 heads x 100 entries x 516 bytes.
-  m = error_of([] { KVArena a(2, 5, 64, std::vector<int64_t>(10, 100)); }, ErrorKind::OutOfMemory);
+  // The KV arena checks its total before allocating: 10 heads x 100 entries x 516 bytes (f32).
+  m = error_of([] { KVArena a(2, 5, 64, std::vector<int64_t>(10, 100), KVType::F32, KVType::F32); }, ErrorKind::OutOfMemory);
   CHECK(m.find("KV arena") != std::string::npos && m.find("516000 bytes requested, 1000 bytes available") != std::string::npos);
   unsetenv("HEADKV_MEMORY_LIMIT");
-  KVArena ok(2, 5, 64, std::vector<int64_t>(10, 100));
+  KVArena ok(2, 5, 64, std::vector<int64_t>(10, 100), KVType::F32, KVType::F32);
   CHECK(ok.bytes() == 516000);
+  KVArena half(2, 5, 64, std::vector<int64_t>(10, 100), KVType::F16, KVType::F16);
+  CHECK(half.bytes() == 1000ull * (2 * 64 * 2 + 4));
   // Element counts whose byte size overflows 64 bits never reach the allocator.
   m = error_of([&] { checked_assign(v, UINT64_MAX / 2, "too many floats"); }, ErrorKind::OutOfMemory);
   CHECK(m.find("overflows 64 bits") != std::string::npos);

@@ -12,7 +12,7 @@ using namespace headkv;
 int main() {
   const int L = 2, H = 3, D = 4;
   std::vector<int64_t> cap = {2, 0, 5, 1, 3, 4};
-  KVArena a(L, H, D, cap);
+  KVArena a(L, H, D, cap, KVType::F32, KVType::F32);
   CHECK(a.bytes() == 15ull * (2 * D * 4 + 4));
   CHECK(a.capacity(1, 2) == 4 && a.used(1, 2) == 0);
   float k[D], v[D];
@@ -20,10 +20,11 @@ int main() {
     for (int d = 0; d < D; ++d) k[d] = 10 * i + d, v[d] = -k[d];
     a.append(0, 2, 100 + i, k, v);
   }
-  const float* seg_k = a.k(0, 2);
-  CHECK(a.used(0, 2) == 5 && a.pos(0, 2)[4] == 104 && seg_k[4 * D + 3] == 43 && a.v(0, 2)[D] == -10);
+  const float* seg_k = static_cast<const float*>(a.k(0, 2));
+  CHECK(a.used(0, 2) == 5 && a.pos(0, 2)[4] == 104 && seg_k[4 * D + 3] == 43 &&
+        static_cast<const float*>(a.v(0, 2))[D] == -10);
   // the neighbouring segments are untouched and laid out back to back (CSR)
-  CHECK(a.k(1, 0) == a.k(0, 2) + 5 * D && a.used(1, 0) == 0);
+  CHECK(static_cast<const float*>(a.k(1, 0)) == seg_k + 5 * D && a.used(1, 0) == 0);
   bool threw = false;
   try {
     a.append(0, 2, 105, k, v);
@@ -38,16 +39,39 @@ int main() {
     threw = e.kind() == ErrorKind::ContextFull;
   }
   CHECK(threw);
-  CHECK(a.bytes_used() == 5ull * KVArena::entry_bytes(D));
+  CHECK(a.bytes_used() == 5ull * KVArena::entry_bytes(D, KVType::F32, KVType::F32));
   a.clear();
   CHECK(a.used(0, 2) == 0 && a.bytes_used() == 0);
   threw = false;
   try {
-    KVArena huge(1, 1, 128, {int64_t(1) << 60});
+    KVArena huge(1, 1, 128, {int64_t(1) << 60}, KVType::F16, KVType::F16);
   } catch (const Error& e) {
     threw = e.kind() == ErrorKind::OutOfMemory;
   }
   CHECK(threw);
+  {  // f16 keys, f32 values: halves stored (round to nearest even), bytes follow the element sizes
+    KVArena h(1, 1, D, {2}, KVType::F16, KVType::F32);
+    CHECK(h.bytes() == 2ull * (D * 2 + D * 4 + 4));
+    const float kk[D] = {1.0f, -2.5f, 65504.0f, 1.0f + 1.0f / 4096}, vv[D] = {0.1f, 0.2f, 0.3f, 0.4f};
+    h.append(0, 0, 7, kk, vv);
+    const uint16_t* hk = static_cast<const uint16_t*>(h.k(0, 0));
+    CHECK(hk[0] == 0x3c00 && hk[1] == 0xc100 && hk[2] == 0x7bff && hk[3] == 0x3c00);  // 1+2^-12 ties to 1
+    CHECK(static_cast<const float*>(h.v(0, 0))[2] == 0.3f && h.pos(0, 0)[0] == 7);
+  }
+  threw = false;
+  try {
+    parse_kv_type("q8_0", "type_k");
+  } catch (const Error& e) {
+    threw = e.kind() == ErrorKind::Unsupported;
+  }
+  CHECK(threw);
+  threw = false;
+  try {
+    parse_kv_type("half", "type_k");
+  } catch (const Error& e) {
+    threw = e.kind() == ErrorKind::InvalidArgument;
+  }
+  CHECK(threw && parse_kv_type("f16", "t") == KVType::F16 && parse_kv_type("f32", "t") == KVType::F32);
   std::printf(failures ? "FAILED\n" : "ok\n");
   return failures ? 1 : 0;
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/cpu.h"
+#include "common/fp16.h"
 #include "common/simd.h"
 
 using namespace headkv;
@@ -60,6 +61,53 @@ static int check_level(const CpuKernels& k, const char* name) {
         }
         if (std::fabs(y[d] - (0.5 + 0.25 * (double)q[d])) > 1e-6) {
           std::printf("%s: axpy mismatch n=%d d=%d\n", name, n, d);
+          ++bad;
+        }
+      }
+    }
+  }
+  // f16 storage: conversion bit-identical to the portable round-to-nearest-even (halfway cases,
+  // subnormals, overflow, NaN), and the f16-row kernels against double sums over the halves' values.
+  {
+    std::vector<float> x = {0.0f, -0.0f, 1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048, 65504.0f, 65520.0f, 1e-7f,
+                            -6.1e-5f, 3.14159f, NAN, -INFINITY, 1e5f, 2.98e-8f, -0.333333f, 1024.5f, 7.0f, 0.1f};
+    std::vector<uint16_t> h(x.size());
+    k.f32_to_f16_row(x.data(), h.data(), (int64_t)x.size());
+    for (size_t i = 0; i < x.size(); ++i)
+      if (h[i] != f32_to_fp16(x[i])) {
+        std::printf("%s: f16 conversion mismatch i=%zu: %04x vs %04x\n", name, i, h[i], f32_to_fp16(x[i]));
+        ++bad;
+      }
+  }
+  for (int n : {64, 40, 3}) {
+    for (int m : {1, 8, 13, 40}) {
+      std::vector<float> q(n), Kf(m * n), p(m), out(m), wsum(n);
+      std::vector<uint16_t> K(m * n);
+      for (float& v : q) v = U(rng) / 50.0f + 1.0f;
+      for (float& v : Kf) v = U(rng) / 50.0f + 1.0f;
+      for (float& v : p) v = -U(rng) / 100.0f;
+      for (int i = 0; i < m * n; ++i) K[i] = f32_to_fp16(Kf[i]);
+      k.dot_rows_f16(q.data(), K.data(), n, n, m, out.data());
+      k.weighted_rows_f16(p.data(), K.data(), n, n, m, wsum.data());
+      for (int j = 0; j < m; ++j) {
+        double r = 0, mag = 0;
+        for (int d = 0; d < n; ++d) {
+          const double kv = fp16_to_f32(K[j * n + d]);
+          r += q[d] * kv, mag += std::fabs(q[d] * kv);
+        }
+        if (std::fabs(out[j] - r) > 1e-6 * mag) {
+          std::printf("%s: f16 dot mismatch n=%d m=%d j=%d: %g vs %g\n", name, n, m, j, out[j], r);
+          ++bad;
+        }
+      }
+      for (int d = 0; d < n; ++d) {
+        double r = 0, mag = 0;
+        for (int j = 0; j < m; ++j) {
+          const double kv = fp16_to_f32(K[j * n + d]);
+          r += p[j] * kv, mag += std::fabs(p[j] * kv);
+        }
+        if (std::fabs(wsum[d] - r) > 1e-6 * mag) {
+          std::printf("%s: f16 weighted-rows mismatch n=%d m=%d d=%d: %g vs %g\n", name, n, m, d, wsum[d], r);
           ++bad;
         }
       }

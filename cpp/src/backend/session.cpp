@@ -103,7 +103,7 @@ uint64_t Session::prefill_peak_kv_bytes() const {
 }
 uint64_t Session::entry_bytes() const {
   const int hd = model().hparams().head_dim;
-  HK_DISPATCH(KVArena::entry_bytes(hd), CudaContext::entry_bytes(hd));
+  HK_DISPATCH(KVArena::entry_bytes(hd, cpu_->type_k(), cpu_->type_v()), CudaContext::entry_bytes(hd));
 }
 uint64_t Session::peak_device_bytes() const { HK_DISPATCH(0ull, gpu_->peak_device_bytes()); }
 bool Session::has_arena() const { HK_DISPATCH(cpu_->arena() != nullptr, gpu_->has_arena()); }

@@ -28,6 +28,9 @@ struct CpuKernels {
                     const float* xs);
   void (*dequant_fast)(GGMLType t, const uint8_t* w, float* y, int64_t n);
   void (*gemm_tile)(int64_t kc, const float* a, const float* b, float* C, int64_t ldc, bool accum);
+  void (*dot_rows_f16)(const float* q, const uint16_t* K, int64_t ld, int64_t n, int64_t m, float* out);
+  void (*weighted_rows_f16)(const float* p, const uint16_t* V, int64_t ld, int64_t n, int64_t m, float* out);
+  void (*f32_to_f16_row)(const float* x, uint16_t* y, int64_t n);
 };
 
 const char* cpu_level_name(CpuLevel level);
@@ -53,7 +56,10 @@ const CpuKernels* cpu_kernels_for(CpuLevel level);
   void dot_multi(GGMLType t, const uint8_t* w, const float* x, int64_t ldx, int nt, int64_t n, float* out,    \
                  const float* xs);                                                                            \
   void dequant_fast(GGMLType t, const uint8_t* w, float* y, int64_t n);                                       \
-  void gemm_tile(int64_t kc, const float* a, const float* b, float* C, int64_t ldc, bool accum);
+  void gemm_tile(int64_t kc, const float* a, const float* b, float* C, int64_t ldc, bool accum);              \
+  void dot_rows_f16(const float* q, const uint16_t* K, int64_t ld, int64_t n, int64_t m, float* out);         \
+  void weighted_rows_f16(const float* p, const uint16_t* V, int64_t ld, int64_t n, int64_t m, float* out);    \
+  void f32_to_f16_row(const float* x, uint16_t* y, int64_t n);
 namespace isa_baseline { HEADKV_ISA_DECLS }
 namespace isa_avx2 { HEADKV_ISA_DECLS }
 namespace isa_avx512 { HEADKV_ISA_DECLS }

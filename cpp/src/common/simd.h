@@ -26,4 +26,14 @@ inline void weighted_rows_f32(const float* p, const float* V, int64_t ld, int64_
   cpu_kernels().weighted_rows_f32(p, V, ld, n, m, out);
 }
 
+// The same over f16 storage (the KV cache): K / V rows are IEEE halves read directly.
+inline void dot_rows_f16(const float* q, const uint16_t* K, int64_t ld, int64_t n, int64_t m, float* out) {
+  cpu_kernels().dot_rows_f16(q, K, ld, n, m, out);
+}
+inline void weighted_rows_f16(const float* p, const uint16_t* V, int64_t ld, int64_t n, int64_t m, float* out) {
+  cpu_kernels().weighted_rows_f16(p, V, ld, n, m, out);
+}
+// y[i] = half(x[i]), round to nearest even.
+inline void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) { cpu_kernels().f32_to_f16_row(x, y, n); }
+
 }  // namespace headkv

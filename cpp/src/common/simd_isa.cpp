@@ -1,4 +1,4 @@
-// fp32 vector helpers (see common/simd.h), compiled once per CPU level: the AVX2/FMA paths are
+// fp32 and fp16-storage vector helpers (see common/simd.h), compiled once per CPU level: the AVX2/FMA paths are
 // taken where the level's target flags define __AVX2__ and __FMA__, the portable loops elsewhere.
 // HEADKV_ISA names this copy's namespace (isa_baseline, isa_avx2, isa_avx512).
 #include <cmath>
@@ -8,6 +8,7 @@
 #endif
 
 #include "common/cpu.h"
+#include "common/fp16.h"
 
 #ifndef HEADKV_ISA  // a build that compiles this file once (tests/fuzz) has the baseline level only
 #define HEADKV_ISA isa_baseline
@@ -128,6 +129,89 @@ void weighted_rows_f32(const float* p, const float* V, int64_t ld, int64_t n, in
 #endif
   for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
   for (int64_t j = 0; j < m; ++j) axpy_f32(out, p[j], V + j * ld, n);
+}
+
+// f16 storage (KV cache): the keys/values are IEEE halves, converted to fp32 in registers (F16C)
+// as they are read; the portable path converts one element at a time.
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define HEADKV_F16C 1
+static inline __m256 load_h8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+#endif
+
+// out[j] = dot(q, K + j*ld, n) for j < m, K in f16.
+void dot_rows_f16(const float* q, const uint16_t* K, int64_t ld, int64_t n, int64_t m, float* out) {
+  int64_t j = 0;
+#ifdef HEADKV_F16C
+  if (n % 8 == 0) {
+    for (; j + 8 <= m; j += 8) {
+      __m256 a[8];
+      for (int r = 0; r < 8; ++r) a[r] = _mm256_setzero_ps();
+      for (int64_t d = 0; d < n; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + d);
+        for (int r = 0; r < 8; ++r) a[r] = _mm256_fmadd_ps(qv, load_h8(K + (j + r) * ld + d), a[r]);
+      }
+      const __m256 s01 = _mm256_hadd_ps(a[0], a[1]), s23 = _mm256_hadd_ps(a[2], a[3]);
+      const __m256 s45 = _mm256_hadd_ps(a[4], a[5]), s67 = _mm256_hadd_ps(a[6], a[7]);
+      const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+      const __m256 lo = _mm256_permute2f128_ps(s0123, s4567, 0x20), hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
+      _mm256_storeu_ps(out + j, _mm256_add_ps(lo, hi));
+    }
+    for (; j < m; ++j) {
+      __m256 a = _mm256_setzero_ps();
+      for (int64_t d = 0; d < n; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load_h8(K + j * ld + d), a);
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_movehdup_ps(h));
+      out[j] = _mm_cvtss_f32(h);
+    }
+  }
+#endif
+  for (; j < m; ++j) {
+    float s = 0.0f;
+    for (int64_t d = 0; d < n; ++d) s += q[d] * fp16_to_f32(K[j * ld + d]);
+    out[j] = s;
+  }
+}
+
+// out[0..n) = sum_j p[j] * V[j*ld .. +n) for j < m, V in f16.
+void weighted_rows_f16(const float* p, const uint16_t* V, int64_t ld, int64_t n, int64_t m, float* out) {
+#ifdef HEADKV_F16C
+  if (n == 64) {
+    __m256 a[8];
+    for (int r = 0; r < 8; ++r) a[r] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < m; ++j) {
+      const __m256 w = _mm256_set1_ps(p[j]);
+      const uint16_t* v = V + j * ld;
+      for (int r = 0; r < 8; ++r) a[r] = _mm256_fmadd_ps(w, load_h8(v + 8 * r), a[r]);
+    }
+    for (int r = 0; r < 8; ++r) _mm256_storeu_ps(out + 8 * r, a[r]);
+    return;
+  }
+  if (n % 8 == 0) {
+    for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
+    for (int64_t j = 0; j < m; ++j) {
+      const __m256 w = _mm256_set1_ps(p[j]);
+      for (int64_t i = 0; i < n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_fmadd_ps(w, load_h8(V + j * ld + i), _mm256_loadu_ps(out + i)));
+    }
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
+  for (int64_t j = 0; j < m; ++j)
+    for (int64_t i = 0; i < n; ++i) out[i] += p[j] * fp16_to_f32(V[j * ld + i]);
+}
+
+// y[i] = half(x[i]), round to nearest even (F16C and the portable path agree bit for bit).
+void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) {
+  int64_t i = 0;
+#ifdef HEADKV_F16C
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+  for (; i < n; ++i) y[i] = f32_to_fp16(x[i]);
 }
 
 }  // namespace headkv::HEADKV_ISA

@@ -36,6 +36,8 @@ Context::Context(const Model& model, const ContextParams& p)
   if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0)
     fail(ErrorKind::InvalidArgument, "n_ctx, n_batch and n_threads must be >= 0");
   if (p.n_threads > 1024) fail(ErrorKind::InvalidArgument, "n_threads " + std::to_string(p.n_threads) + " is too large");
+  type_k_ = parse_kv_type(kv_.type_k, "KV cache type (K)");
+  type_v_ = parse_kv_type(kv_.type_v, "KV cache type (V)");
   n_ctx_ = p.n_ctx ? p.n_ctx : hp_.n_ctx_train;
   n_batch_ = std::min<int32_t>(p.n_batch ? p.n_batch : 512, n_ctx_);
   method_ = parse_budget_method(kv_.method);
@@ -51,13 +53,14 @@ Context::Context(const Model& model, const ContextParams& p)
       scores_ = resolve_head_scores(kv_.scores, model_info(model.file()));  // the given file, or the shipped one
     }
   } else {
-    // Full cache: 2 * layers * kv_heads * n_ctx * head_dim floats. Check before allocating.
+    // Full cache: layers * kv_heads * n_ctx * head_dim elements each of K and V. Check before allocating.
     const std::string what = "the KV cache for n_ctx=" + std::to_string(n_ctx_);
-    const uint64_t per_pos = 2ull * hp_.n_layer * hp_.n_head_kv * hp_.head_dim;
-    const uint64_t kv_floats = checked_mul(per_pos, (uint64_t)n_ctx_, what);
-    check_alloc(checked_mul(kv_floats, sizeof(float), what), what);  // keys and values together
-    alloc(k_, kv_floats / 2, "KV cache (keys)");
-    alloc(v_, kv_floats / 2, "KV cache (values)");
+    const uint64_t per_pos = (uint64_t)hp_.n_layer * hp_.n_head_kv * hp_.head_dim;
+    const uint64_t elems = checked_mul(per_pos, (uint64_t)n_ctx_, what);
+    const uint64_t bk = checked_mul(elems, kv_type_size(type_k_), what), bv = checked_mul(elems, kv_type_size(type_v_), what);
+    check_alloc(bk + bv, what);  // keys and values together
+    checked_assign(k_, bk, "KV cache (keys)");
+    checked_assign(v_, bv, "KV cache (values)");
   }
   const uint64_t B = (uint64_t)n_batch_;
   {  // scratch for one chunk, all buffers together
@@ -129,12 +132,12 @@ void Context::set_embeddings(bool on) {
 
 uint64_t Context::kv_bytes() const {
   if (compressing()) return arena_ ? arena_->bytes() : 0;
-  return (k_.size() + v_.size()) * sizeof(float);
+  return k_.size() + v_.size();
 }
 
 uint64_t Context::full_kv_bytes() const {
   const uint64_t positions = compressing() ? (uint64_t)n_past_ + (arena_ ? kv_.max_new_tokens : 0) : (uint64_t)n_ctx_;
-  return positions * 2ull * hp_.n_layer * hp_.n_head_kv * hp_.head_dim * sizeof(float);
+  return positions * hp_.n_layer * hp_.n_head_kv * hp_.head_dim * (kv_type_size(type_k_) + kv_type_size(type_v_));
 }
 
 const float* Context::logits() const {

@@ -43,6 +43,8 @@ struct KVConfig {
   int32_t max_new_tokens = 512; // decode room reserved per KV head
   int32_t sink = 4;             // streaming: attention-sink tokens kept at the start
   double adakv_floor = 0.2;     // adakv: each head keeps at least this fraction of its budget
+  std::string type_k = "f16";   // element type of stored keys: f16 | f32 (llama.cpp's -ctk names; the
+  std::string type_v = "f16";   // CUDA backend stores f16 only); values likewise (-ctv)
   bool adaptive = false;        // headkv: each layer's total comes from the head scores, and is split
                                 // among its heads per prompt as Ada-KV splits it (floors: adakv_floor
                                 // of each head's score-given cap)
@@ -93,6 +95,8 @@ class Context {
   int32_t n_past() const { return n_past_; }
   int32_t n_threads() const { return pool_.size(); }
   uint64_t kv_bytes() const;
+  KVType type_k() const { return type_k_; }
+  KVType type_v() const { return type_v_; }
   const std::vector<int32_t>& history() const { return history_; }
 
   // Compression state (nullptr / empty for the full cache or before the prompt).
@@ -127,7 +131,8 @@ class Context {
   int64_t n_embd_rows() const { return n_embd_rows_; }
 
  private:
-  struct KVView { const float* k; const float* v; int64_t n_before; };
+  // Keys / values of one KV head, rows of head_dim elements of type tk / tv.
+  struct KVView { const void* k; const void* v; int64_t n_before; KVType tk = KVType::F32, tv = KVType::F32; };
   // hidden_out (optional): the chunk's final-norm hidden states, [T][n_embd].
   void forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out, float* hidden_out = nullptr);
   void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
@@ -140,8 +145,12 @@ class Context {
   void attention(const float* q, int64_t T, const std::function<KVView(int)>& view, float* out);
   void out_and_mlp(int il, const float* att, int64_t T, float* x, float* tmp);
   void final_logits(const float* x, int64_t rows, float* out);
-  float* k_at(int il, int h, int64_t pos) { return &k_[(((size_t)il * hp_.n_head_kv + h) * n_ctx_ + pos) * hp_.head_dim]; }
-  float* v_at(int il, int h, int64_t pos) { return &v_[(((size_t)il * hp_.n_head_kv + h) * n_ctx_ + pos) * hp_.head_dim]; }
+  uint8_t* k_at(int il, int h, int64_t pos) {
+    return &k_[(((size_t)il * hp_.n_head_kv + h) * n_ctx_ + pos) * hp_.head_dim * kv_type_size(type_k_)];
+  }
+  uint8_t* v_at(int il, int h, int64_t pos) {
+    return &v_[(((size_t)il * hp_.n_head_kv + h) * n_ctx_ + pos) * hp_.head_dim * kv_type_size(type_v_)];
+  }
 
   const Model& model_;
   const LlamaHParams& hp_;
@@ -153,7 +162,8 @@ class Context {
   std::optional<BudgetPlan> plan_;
   std::unique_ptr<KVArena> arena_;
   uint64_t prefill_peak_kv_bytes_ = 0;
-  std::vector<float> k_, v_;  // full cache: [layer][kv_head][pos][head_dim]
+  KVType type_k_ = KVType::F16, type_v_ = KVType::F16;
+  std::vector<uint8_t> k_, v_;  // full cache: [layer][kv_head][pos][head_dim] elements of type_k_ / type_v_
   // scratch for one chunk of up to n_batch tokens
   std::vector<float> x_, xn_, q_, kc_, vc_, att_, gate_, up_, rope_cos_, rope_sin_;
   std::vector<float> logits_;

@@ -69,7 +69,8 @@ void Context::qkv(int il, const float* x, int64_t T, float* xn, float* q, float*
 }
 
 // Causal GQA attention of T queries ([T][n_head][head_dim]) over a KV view per KV head whose
-// rows n_before .. n_before+T-1 are the chunk's own keys. One job per (token, KV head) so the
+// rows n_before .. n_before+T-1 are the chunk's own keys. K / V rows are read in their stored type
+// (f16 converted in registers, no dequantized copy). One job per (token, KV head) so the
 // group's query heads reuse the K/V rows while they are hot in cache.
 void Context::attention(const float* qs, int64_t T, const std::function<KVView(int)>& view, float* out) {
   const int hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv, group = nh / nkv;
@@ -90,14 +91,18 @@ void Context::attention(const float* qs, int64_t T, const std::function<KVView(i
       for (int hh = 0; hh < group; ++hh) {
         const int h = g * group + hh;
         float* s = sc.data();
-        dot_rows_f32(&qs[((size_t)t * nh + h) * hd], kv.k, hd, hd, n_keys, s);
+        const float* qh = &qs[((size_t)t * nh + h) * hd];
+        if (kv.tk == KVType::F16) dot_rows_f16(qh, static_cast<const uint16_t*>(kv.k), hd, hd, n_keys, s);
+        else dot_rows_f32(qh, static_cast<const float*>(kv.k), hd, hd, n_keys, s);
         float mx = -INFINITY;
         for (int64_t j = 0; j < n_keys; ++j) mx = std::max(mx, s[j] *= scale);
         const float inv = (float)(1.0 / exp_shift_sum(s, n_keys, mx));
         for (int64_t j = 0; j < n_keys; ++j) s[j] *= inv;
         if (probe_layer_ >= 0 && t == T - 1)  // attention probe: the chunk's last query
           std::copy_n(s, n_keys, &probe_[((size_t)probe_layer_ * nh + h) * probe_n_]);
-        weighted_rows_f32(s, kv.v, hd, hd, n_keys, &out[((size_t)t * nh + h) * hd]);
+        float* oh = &out[((size_t)t * nh + h) * hd];
+        if (kv.tv == KVType::F16) weighted_rows_f16(s, static_cast<const uint16_t*>(kv.v), hd, hd, n_keys, oh);
+        else weighted_rows_f32(s, static_cast<const float*>(kv.v), hd, hd, n_keys, oh);
       }
     }
   });
@@ -153,16 +158,17 @@ void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* 
         for (int g = 0; g < nkv; ++g)
           arena_->append(il, g, n_past_ + (int32_t)t, &kc_[(t * nkv + g) * hd], &vc_[(t * nkv + g) * hd]);
       attention(q_.data(), T, [&](int g) {
-        return KVView{arena_->k(il, g), arena_->v(il, g), arena_->used(il, g) - T};
+        return KVView{arena_->k(il, g), arena_->v(il, g), arena_->used(il, g) - T, arena_->type_k(), arena_->type_v()};
       }, att_.data());
     } else {
       for (int64_t t = 0; t < T; ++t)
         for (int g = 0; g < nkv; ++g) {
-          std::copy_n(&kc_[(t * nkv + g) * hd], hd, k_at(il, g, n_past_ + t));
-          std::copy_n(&vc_[(t * nkv + g) * hd], hd, v_at(il, g, n_past_ + t));
+          store_kv_row(type_k_, &kc_[(t * nkv + g) * hd], hd, k_at(il, g, n_past_ + t));
+          store_kv_row(type_v_, &vc_[(t * nkv + g) * hd], hd, v_at(il, g, n_past_ + t));
         }
       probe_layer_ = probe_on_ ? il : -1;
-      attention(q_.data(), T, [&](int g) { return KVView{k_at(il, g, 0), v_at(il, g, 0), n_past_}; }, att_.data());
+      attention(q_.data(), T, [&](int g) { return KVView{k_at(il, g, 0), v_at(il, g, 0), n_past_, type_k_, type_v_}; },
+                att_.data());
       probe_layer_ = -1;
     }
     out_and_mlp(il, att_.data(), T, x_.data(), xn_.data());

@@ -118,7 +118,7 @@ void Context::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool a
   // Arena sized once, before any layer runs: kept prefix + window + decode room per head.
   std::vector<int64_t> capacity(plan_->cap.size());
   for (size_t i = 0; i < capacity.size(); ++i) capacity[i] = (int64_t)plan_->cap[i] + plan_->window + kv_.max_new_tokens;
-  arena_ = std::make_unique<KVArena>(hp_.n_layer, (int)nkv, (int)hd, capacity);
+  arena_ = std::make_unique<KVArena>(hp_.n_layer, (int)nkv, (int)hd, capacity, type_k_, type_v_);
 
   {  // the prompt's activations and one layer's full K/V, checked before anything is allocated
     const std::string what = "compressed prefill buffers for " + std::to_string(N) + " prompt tokens";

@@ -7,11 +7,29 @@
 
 #include "common/alloc.h"
 #include "common/error.h"
+#include "common/simd.h"
 
 namespace headkv {
 
-KVArena::KVArena(int n_layer, int n_head_kv, int head_dim, const std::vector<int64_t>& capacity)
-    : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim) {
+KVType parse_kv_type(const std::string& name, const char* which) {
+  if (name == "f16") return KVType::F16;
+  if (name == "f32") return KVType::F32;
+  for (const char* q : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "bf16"})
+    if (name == q)
+      fail(ErrorKind::Unsupported, std::string(which) + " '" + name + "' is not yet supported; f16 or f32");
+  fail(ErrorKind::InvalidArgument, std::string(which) + " '" + name + "' is not a KV cache type (f16, f32)");
+}
+
+const char* kv_type_name(KVType t) { return t == KVType::F16 ? "f16" : "f32"; }
+
+void store_kv_row(KVType t, const float* x, int64_t n, void* dst) {
+  if (t == KVType::F16) f32_to_f16_row(x, static_cast<uint16_t*>(dst), n);
+  else std::copy_n(x, n, static_cast<float*>(dst));
+}
+
+KVArena::KVArena(int n_layer, int n_head_kv, int head_dim, const std::vector<int64_t>& capacity, KVType type_k,
+                 KVType type_v)
+    : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), type_k_(type_k), type_v_(type_v) {
   if (n_layer <= 0 || n_head_kv <= 0 || head_dim <= 0 || capacity.size() != (size_t)n_layer * n_head_kv)
     fail(ErrorKind::InvalidArgument, "KV arena: capacities must be given for every (layer, KV head)");
   offsets_.assign(capacity.size() + 1, 0);
@@ -23,11 +41,11 @@ KVArena::KVArena(int n_layer, int n_head_kv, int head_dim, const std::vector<int
   }
   const uint64_t entries = (uint64_t)offsets_.back();
   const std::string what = "the KV arena (" + std::to_string(entries) + " entries)";
-  const uint64_t need = checked_mul(entries, entry_bytes(head_dim), what);
+  const uint64_t need = checked_mul(entries, entry_bytes(), what);
   check_alloc(need, what);
   try {
-    k_.resize((size_t)entries * head_dim);
-    v_.resize((size_t)entries * head_dim);
+    k_.resize((size_t)(entries * head_dim * kv_type_size(type_k)));
+    v_.resize((size_t)(entries * head_dim * kv_type_size(type_v)));
     pos_.resize((size_t)entries);
   } catch (const std::bad_alloc&) {
     k_ = {};
@@ -46,8 +64,8 @@ void KVArena::append(int l, int g, int32_t position, const float* key, const flo
     fail(ErrorKind::ContextFull, "KV head (layer " + std::to_string(l) + ", head " + std::to_string(g) +
                                      ") is full: its segment holds " + std::to_string(cap) + " entries");
   const size_t at = (size_t)(offsets_[s] + used_[s]);
-  std::copy_n(key, head_dim_, &k_[at * head_dim_]);
-  std::copy_n(value, head_dim_, &v_[at * head_dim_]);
+  store_kv_row(type_k_, key, head_dim_, &k_[at * head_dim_ * kv_type_size(type_k_)]);
+  store_kv_row(type_v_, value, head_dim_, &v_[at * head_dim_ * kv_type_size(type_v_)]);
   pos_[at] = position;
   ++used_[s];
 }
@@ -75,12 +93,12 @@ void KVArena::drop_last(int64_t k) {
   for (int64_t& u : used_) u -= k;
 }
 
-uint64_t KVArena::bytes() const { return (uint64_t)(offsets_.empty() ? 0 : offsets_.back()) * entry_bytes(head_dim_); }
+uint64_t KVArena::bytes() const { return (uint64_t)(offsets_.empty() ? 0 : offsets_.back()) * entry_bytes(); }
 
 uint64_t KVArena::bytes_used() const {
   uint64_t n = 0;
   for (int64_t u : used_) n += (uint64_t)u;
-  return n * entry_bytes(head_dim_);
+  return n * entry_bytes();
 }
 
 }  // namespace headkv

@@ -72,12 +72,14 @@ class TorchLlama:
         return torch.cat((out, x[..., self.rope_dim:]), dim=-1)
 
     @torch.no_grad()
-    def forward(self, ids, cache, key_mask=None, window=0):
+    def forward(self, ids, cache, key_mask=None, window=0, kv_dtype=None):
         """Appends `ids` to the cache; returns (logits of the last token [n_vocab], window queries).
 
         key_mask: per layer a bool [n_head_kv, n_keys_after] (True = the key may be attended), applied
         on top of causality to every new query; None = full attention.
         window > 0: also returns per layer the RoPE'd queries of the last `window` tokens, [window, n_head, d].
+        kv_dtype: the new keys / values are rounded to this storage type (e.g. torch.float16, the
+        engine's f16 KV cache) before they are stored and attended; None = kept in the compute dtype.
         """
         T, n0 = len(ids), cache["n"]
         H, Hkv, d = self.n_head, self.n_head_kv, self.head_dim
@@ -92,6 +94,8 @@ class TorchLlama:
             q = self._rope((h @ W("attn_q").T).view(T, H, d), pos)
             k = self._rope((h @ W("attn_k").T).view(T, Hkv, d), pos)
             v = (h @ W("attn_v").T).view(T, Hkv, d)
+            if kv_dtype is not None:
+                k, v = k.to(kv_dtype).to(self.dtype), v.to(kv_dtype).to(self.dtype)
             K = cache["k"][l] = torch.cat((cache["k"][l], k.transpose(0, 1)), dim=1)
             V = cache["v"][l] = torch.cat((cache["v"][l], v.transpose(0, 1)), dim=1)
             if window:

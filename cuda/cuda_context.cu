@@ -887,6 +887,111 @@ void CudaContext::reset() {
   }
 }
 
+KVState CudaContext::save_state() const {
+  const Impl& I = *p_;
+  const int L = I.hp.n_layer, H = I.hp.n_head_kv, hd = I.hp.head_dim;
+  KVState s;
+  s.n_layer = L;
+  s.n_head_kv = H;
+  s.head_dim = hd;
+  s.n_vocab = I.hp.n_vocab;
+  s.method = I.kv.method;
+  s.type_k = s.type_v = KVType::F16;
+  s.n_past = I.n_past;
+  s.n_prompt = n_prompt();
+  s.history = I.history;
+  if (const float* lg = logits()) s.logits.assign(lg, lg + I.hp.n_vocab);
+  const bool comp = I.method != BudgetMethod::Full;
+  s.arena = comp && I.arena;
+  if (s.arena) {
+    s.window = I.plan->window;
+    s.plan_compressed = I.plan->compressed;
+    s.layer_pooled = I.plan->layer_pooled;
+    s.cap = I.plan->cap;
+  }
+  if (comp && !I.arena) {  // a compressing context before its prompt: nothing cached
+    s.used.assign((size_t)L * H, 0);
+    return s;
+  }
+  const size_t rb = kv_row_bytes(KVType::F16, hd);
+  uint64_t entries = 0;
+  for (int32_t u : I.h_used) entries += (uint64_t)u;
+  s.k.resize(entries * rb);
+  s.v.resize(entries * rb);
+  if (s.arena) s.pos.resize(entries);
+  size_t e = 0;
+  for (int i = 0; i < L * H; ++i) {
+    const int64_t n = I.h_used[i], at = I.h_off[i];
+    s.used.push_back(n);
+    if (s.arena) s.capacity.push_back(I.h_off[i + 1] - at);
+    if (n) {
+      check(cudaMemcpy(&s.k[e * rb], I.ak.get() + at * hd, n * rb, cudaMemcpyDeviceToHost), "save state");
+      check(cudaMemcpy(&s.v[e * rb], I.av.get() + at * hd, n * rb, cudaMemcpyDeviceToHost), "save state");
+      if (s.arena) check(cudaMemcpy(&s.pos[e], I.apos.get() + at, n * sizeof(int32_t), cudaMemcpyDeviceToHost), "save state");
+    }
+    e += (size_t)n;
+  }
+  return s;
+}
+
+void CudaContext::load_state(const KVState& s) {
+  Impl& I = *p_;
+  const int L = I.hp.n_layer, H = I.hp.n_head_kv, hd = I.hp.head_dim;
+  check_state(s, L, H, hd, I.hp.n_vocab, I.kv.method, KVType::F16, KVType::F16, I.n_ctx);
+  if (s.arena) {
+    uint64_t entries = 0;
+    for (int64_t c : s.capacity) entries += (uint64_t)c;
+    require_device_bytes(entries * entry_bytes(hd), "the KV arena of a loaded state (" + std::to_string(entries) + " entries)");
+  }
+  if (!s.logits.empty() && I.logits_h.size() < (size_t)I.hp.n_vocab)
+    checked_assign(I.logits_h, (uint64_t)I.hp.n_vocab, "logits");
+  reset();
+  const size_t rb = kv_row_bytes(KVType::F16, hd);
+  try {
+    if (s.arena) I.make_arena(s.capacity);
+    std::vector<int32_t> pos;
+    size_t e = 0;
+    for (int i = 0; i < L * H; ++i) {
+      const int64_t n = s.used[i], at = I.h_off[i];
+      if (n) {
+        check(cudaMemcpy(I.ak.get() + at * hd, &s.k[e * rb], n * rb, cudaMemcpyHostToDevice), "load state");
+        check(cudaMemcpy(I.av.get() + at * hd, &s.v[e * rb], n * rb, cudaMemcpyHostToDevice), "load state");
+        if (!s.arena) {  // the full cache's positions are its rows
+          pos.resize((size_t)n);
+          for (int64_t j = 0; j < n; ++j) pos[j] = (int32_t)j;
+        }
+        const int32_t* p = s.arena ? &s.pos[e] : pos.data();
+        check(cudaMemcpy(I.apos.get() + at, p, n * sizeof(int32_t), cudaMemcpyHostToDevice), "load state");
+      }
+      I.h_used[i] = (int32_t)n;
+      e += (size_t)n;
+    }
+    check(cudaMemcpy(I.used.get(), I.h_used.data(), I.h_used.size() * sizeof(int32_t), cudaMemcpyHostToDevice), "load state");
+  } catch (...) {
+    reset();
+    throw;
+  }
+  if (s.arena) {
+    BudgetPlan plan;
+    plan.n_layer = L;
+    plan.n_head_kv = H;
+    plan.cap = s.cap;
+    plan.window = s.window;
+    plan.compressed = s.plan_compressed;
+    plan.layer_pooled = s.layer_pooled;
+    I.plan = std::move(plan);
+    I.n_prompt = s.n_prompt;
+  }
+  I.n_past = s.n_past;
+  I.history = s.history;
+  if (!s.logits.empty()) {
+    std::copy(s.logits.begin(), s.logits.end(), I.logits_h.begin());
+    I.n_logit_rows = 1;
+    I.pinned_logits = false;
+  }
+  if (s.arena) I.prepare_decode();
+}
+
 const float* CudaContext::logits_all() const {
   if (!p_->n_logit_rows) return nullptr;
   return p_->pinned_logits ? p_->logits_pin : p_->logits_h.data();  // pinned: one row

@@ -74,19 +74,70 @@ def test_truncate_and_state(smollm2, doc):
     with pytest.raises(InvalidArgumentError, match="cannot be partly forgotten"):
         m.truncate(len(d) - 1)
     assert m.n_past == len(d) + len(q) + len(a1)  # generate() evaluates each token it yields
-    m.load_state(doc_state)  # a rollback: the compressed document is kept, the question forgotten
+    m.truncate(len(d))  # a rollback: the compressed document is kept, the question forgotten
     assert m.n_past == len(d) and m.n_prompt == len(d)
-    a2 = list(m.generate(q, temperature=0, max_tokens=12, reset=False))
-    assert a2 == a1
-    m.reset()
-    m.load_state(doc_state)  # nothing to roll back to: compressed again from the tokens, same selection
-    assert m.n_prompt == len(d)
     assert list(m.generate(q, temperature=0, max_tokens=12, reset=False)) == a1
     with pytest.raises(InvalidArgumentError):
         m.truncate(m.n_past + 1)
-    other = headkv.Model(smollm2, n_ctx=2048, n_threads=2)
-    with pytest.raises(InvalidArgumentError, match="same file and KV method"):
-        other.load_state(doc_state)
+    m.reset()
+    m.load_state(doc_state)  # the snapshot holds the compressed arena: restored by copying, no prefill
+    assert m.n_past == m.n_prompt == len(d) and m.tokens() == d
+    assert list(m.generate(q, temperature=0, max_tokens=12, reset=False)) == a1
+
+
+@pytest.mark.parametrize("method", ["full", "headkv", "adakv"])
+def test_state_bytes_restore_the_sequence_in_a_fresh_model(smollm2, doc, method):
+    """save_state's bytes rebuild the sequence in another Model: the same kept positions per head,
+    the same bytes held, the same last logits, and the same continuation, token for token (the
+    snapshot is the KV itself, not a recipe to recompute it)."""
+    import numpy as np
+    kw = dict(n_ctx=2048, n_threads=2, kv_method=method, kv_budget=96)
+    m = headkv.Model(smollm2, **kw)
+    d = m.tokenize(doc)
+    m.eval(d)
+    m.eval(m.tokenize(" Question: the secret number?", add_bos=False))
+    st = m.save_state()
+    assert isinstance(st.data, bytes) and st.n_tokens == m.n_past and st.n_prompt == m.n_prompt
+    logits, held = np.array(m.logits()), m.kv_stats()["bytes_held"]
+    positions = m.kv_positions() if method != "full" else None
+    want = list(m.generate([m.tokens()[-1]], temperature=0, max_tokens=8, reset=False))
+    fresh = headkv.Model(smollm2, **kw)
+    fresh.load_state(st)
+    assert fresh.tokens() == list(st.tokens) and fresh.n_prompt == st.n_prompt
+    np.testing.assert_array_equal(fresh.logits(), logits)
+    assert fresh.kv_stats()["bytes_held"] == held
+    if method != "full":
+        assert all(list(a) == list(b) for la, lb in zip(fresh.kv_positions(), positions) for a, b in zip(la, lb))
+    assert list(fresh.generate([fresh.tokens()[-1]], temperature=0, max_tokens=8, reset=False)) == want
+
+
+def test_bad_states_are_refused_and_leave_the_context_unchanged(smollm2, doc):
+    import dataclasses
+    import numpy as np
+    m = headkv.Model(smollm2, n_ctx=2048, n_threads=2, kv_method="snapkv", kv_budget=64)
+    d = m.tokenize(doc)[:400]
+    m.eval(d)
+    st = m.save_state()
+    logits = np.array(m.logits())
+    full = headkv.Model(smollm2, n_ctx=2048, n_threads=2)
+    full.eval(d[:50])
+    cases = [
+        (full, st, "KV method 'snapkv'"),
+        (headkv.Model(smollm2, n_ctx=2048, n_threads=2, kv_method="snapkv", kv_budget=64, type_k="f32"), st,
+         "cache types"),
+        (m, dataclasses.replace(st, data=st.data[:-7]), "not a headkv state"),
+        (m, dataclasses.replace(st, data=b"GGUF" + st.data[4:]), "bad magic"),
+        (m, dataclasses.replace(st, data=st.data + b"\0"), "trailing"),
+        (headkv.Model(smollm2, n_ctx=32, n_threads=2), full.save_state(), "more than n_ctx"),
+    ]
+    for target, state, msg in cases:
+        with pytest.raises(InvalidArgumentError, match=msg):
+            target.load_state(state)
+    assert m.tokens() == d and m.n_prompt == len(d)
+    np.testing.assert_array_equal(m.logits(), logits)
+    assert full.tokens() == d[:50]
+    with pytest.raises(InvalidArgumentError):
+        m.load_state("not a state")
 
 
 def test_prompt_four_times_n_ctx_compressed_and_answered(smollm2, essays):

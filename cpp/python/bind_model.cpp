@@ -210,6 +210,14 @@ void bind_model(py::module_& m) {
       .def("reset", [](Engine& e) { e.ctx->reset(); })
       .def("truncate", [](Engine& e, int32_t n) { e.ctx->truncate(n); }, py::arg("n_keep"))
       .def("set_max_new_tokens", [](Engine& e, int32_t n) { e.ctx->set_max_new_tokens(n); }, py::arg("n"))
+      .def("save_state", [](const Engine& e) {
+        const std::vector<uint8_t> b = e.ctx->save_state();
+        return py::bytes(reinterpret_cast<const char*>(b.data()), b.size());
+      })
+      .def("load_state", [](Engine& e, const py::bytes& data) {
+        const std::string_view b = data;
+        e.ctx->load_state(reinterpret_cast<const uint8_t*>(b.data()), b.size());
+      }, py::arg("data"))
       .def_property_readonly("n_prompt", [](const Engine& e) { return e.ctx->n_prompt(); })
       .def_property_readonly("compressing", [](const Engine& e) { return e.ctx->compressing(); })
       .def("set_attention_probe", [](Engine& e, bool on) { e.ctx->set_attention_probe(on); }, py::arg("on") = true)

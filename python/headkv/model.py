@@ -20,11 +20,19 @@ from .text import StopScanner, utf8_complete_prefix
 
 @dataclass(frozen=True)
 class ModelState:
-    """What :meth:`Model.save_state` returns: the context's tokens and its compressed prompt's length."""
+    """What :meth:`Model.save_state` returns: the context's tokens, its compressed prompt's length
+    and ``data``, the engine's snapshot of the sequence (last logits and KV cache, the compressed
+    per-head arena included; bytes that can be written to a file and given to ``load_state`` of a
+    Model of the same file, KV method and cache types, on either device where the types match)."""
     tokens: tuple
     n_prompt: int
     kv_method: str
     model_path: str
+    data: bytes = b""
+
+    @property
+    def n_tokens(self) -> int:  # llama-cpp-python's LlamaState field
+        return len(self.tokens)
 
 
 class Model:
@@ -175,30 +183,20 @@ class Model:
             return list(self._e.history)
 
     def save_state(self) -> "ModelState":
-        """A snapshot of the context's tokens (and where its compressed prompt ends). ``load_state``
-        restores it: by rolling back when the context still extends it (no compute), else by
-        evaluating its tokens again (the same compressed selection: the same prompt is compressed
-        the same way, then the rest is appended)."""
+        """A snapshot of the sequence: tokens, last logits and KV entries (a compressed context's
+        arena and budget plan as they are, so restoring it costs a copy, not a prefill)."""
         with self._lock:
-            return ModelState(tuple(self._e.history), self._e.n_prompt, self.kv.method, self.model_path)
+            return ModelState(tuple(self._e.history), self._e.n_prompt, self.kv.method, self.model_path,
+                              self._e.save_state())
 
     def load_state(self, state: "ModelState") -> None:
-        if not isinstance(state, ModelState) or state.model_path != self.model_path or state.kv_method != self.kv.method:
-            raise InvalidArgumentError("load_state needs a state saved from a Model of the same file and KV method")
+        """Restores a :meth:`save_state` snapshot. A state from another model shape, KV method or
+        cache type raises InvalidArgumentError and leaves the context as it was."""
+        if not isinstance(state, ModelState):
+            raise InvalidArgumentError("load_state needs a ModelState from save_state()")
         with self._lock:
+            self._e.load_state(state.data)
             self._epoch += 1
-            hist, n = self._e.history, len(state.tokens)
-            if n == 0:
-                self._e.reset()
-            elif (len(hist) >= n and tuple(hist[:n]) == state.tokens and self._e.n_prompt == state.n_prompt
-                  and (state.n_prompt == 0 or n >= state.n_prompt)):
-                self._e.truncate(n)
-            else:
-                self._e.reset()
-                split = state.n_prompt or n
-                self._e.eval(list(state.tokens[:split]), False)
-                if split < n:
-                    self._e.eval(list(state.tokens[split:]), False)
 
     def _reuse_prefix(self, tokens: list) -> list:
         """Rolls the context back to the longest usable prefix of ``tokens`` it holds and returns

@@ -1,5 +1,7 @@
 /* Loads a model, tokenizes a prompt, evaluates it and greedy-generates N tokens through the
- * public C API; prints one token id per line on stdout and the text on stderr.
+ * public C API; prints one token id per line on stdout and the text on stderr. The prompt's state is
+ * saved after its eval and restored after generating; generating again from it must repeat the
+ * tokens (exit 3 otherwise).
  * usage: app MODEL PROMPT N [DEVICE]   (DEVICE: cpu (default), cuda, cuda-fp32) */
 #include <headkv/headkv.h>
 
@@ -33,13 +35,21 @@ int main(int argc, char** argv) {
   if (hk_context_new(model, &cp, &ctx) != HK_OK) return fail("context");
   if (hk_eval(ctx, ids, n) != HK_OK) return fail("eval");
 
+  size_t state_size = 0;
+  if (hk_context_state_save(ctx, NULL, 0, &state_size) != HK_OK) return fail("state size");
+  uint8_t* state = malloc(state_size);
+  if (!state || hk_context_state_save(ctx, state, state_size, &state_size) != HK_OK) return fail("state save");
+
   /* greedy: the argmax of the logits, evaluated back in */
   const int32_t n_vocab = hk_model_n_vocab(model);
+  int32_t* out = malloc(sizeof(int32_t) * (steps > 0 ? steps : 1));
+  int n_out = 0;
   for (int i = 0; i < steps; ++i) {
     const float* logits = hk_logits(ctx);
     int32_t best = 0;
     for (int32_t t = 1; t < n_vocab; ++t)
       if (logits[t] > logits[best]) best = t;
+    out[n_out++] = best;
     char piece[256];
     const size_t len = hk_token_to_piece(model, best, piece, sizeof piece);
     printf("%d\n", best);
@@ -48,6 +58,21 @@ int main(int argc, char** argv) {
     if (hk_eval(ctx, &best, 1) != HK_OK) return fail("eval");
   }
   fprintf(stderr, "\n");
+
+  if (hk_context_state_load(ctx, state, state_size) != HK_OK) return fail("state load");
+  for (int i = 0; i < n_out; ++i) {
+    const float* logits = hk_logits(ctx);
+    int32_t best = 0;
+    for (int32_t t = 1; t < n_vocab; ++t)
+      if (logits[t] > logits[best]) best = t;
+    if (best != out[i]) {
+      fprintf(stderr, "app: token %d after the restored state is %d, was %d\n", i, best, out[i]);
+      return 3;
+    }
+    if (i + 1 < n_out && hk_eval(ctx, &best, 1) != HK_OK) return fail("eval");
+  }
+  free(out);
+  free(state);
   hk_context_free(ctx);
   hk_model_free(model);
   return 0;

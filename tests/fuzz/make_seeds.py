@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the seed corpora for the fuzz targets (tests/fuzz/fuzz_gguf.cpp, fuzz_scores.cpp).
+"""Writes the seed corpora for the fuzz targets (tests/fuzz/fuzz_gguf.cpp, fuzz_scores.cpp, fuzz_state.cpp).
 
     python tests/fuzz/make_seeds.py OUT_DIR [--smollm2 PATH]
 
@@ -9,6 +9,9 @@ OUT_DIR/gguf:   tiny Llama GGUFs with small BPE (gpt2) and SentencePiece (llama)
                 the vocabulary) and SmolLM2's tokenizer-only metadata as a vocab-only file.
 OUT_DIR/scores: official HeadKV score files and headkv-scores files (matching the fuzz target's
                 2 x 4 model and not), plus JSON edge cases.
+OUT_DIR/state:  saved context states (cpp/src/model/state.h's layout, written here from its
+                description): full cache and compressed arena, f16 and f32, for a 2-layer,
+                1-KV-head, head-size-4 model.
 The files are small (the largest real one is the SmolLM2 vocab-only file) so a fuzzer runs fast.
 """
 from __future__ import annotations
@@ -226,6 +229,45 @@ def score_seeds(out: Path):
         (out / name).write_bytes(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
 
 
+def state_bytes(method="full", arena=False, tk=1, tv=1, n_past=3, used=None, cap=None, window=1):
+    """One state in model/state.h's byte layout (types: 0 f32, 1 f16)."""
+    import struct
+    L, H, hd, V = 2, 1, 4, 8
+    used = used if used is not None else [n_past] * (L * H)
+    def vec(fmt, xs):
+        return struct.pack("<Q", len(xs)) + b"".join(struct.pack("<" + fmt, x) for x in xs)
+    b = b"HKVSTATE" + struct.pack("<I", 1) + struct.pack("<4i", L, H, hd, V)
+    b += struct.pack("<Q", len(method)) + method.encode() + struct.pack("<BB", tk, tv)
+    b += struct.pack("<ii", n_past, n_past if arena else 0)
+    b += vec("i", list(range(n_past))) + vec("f", [0.5 * i for i in range(V)])
+    b += struct.pack("<BiBB", arena, window if arena else 0, arena, 0)
+    b += vec("i", [2] * (L * H) if arena else [])
+    b += vec("q", cap if arena else []) + vec("q", used)
+    e = sum(used)
+    b += vec("i", [i % n_past for i in range(e)] if arena else [])
+    b += vec("B", [7] * (e * hd * (2 if tk else 4))) + vec("B", [9] * (e * hd * (2 if tv else 4)))
+    return b
+
+
+def state_seeds(out: Path):
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = {
+        "full_f16.bin": state_bytes(),
+        "full_f32.bin": state_bytes(tk=0, tv=0),
+        "full_empty.bin": state_bytes(n_past=0),
+        "arena.bin": state_bytes("headkv", arena=True, used=[3, 2], cap=[5, 4]),
+        "arena_mixed.bin": state_bytes("snapkv", arena=True, tk=0, used=[1, 3], cap=[3, 3]),
+    }
+    rng = np.random.default_rng(1)
+    a = seeds["arena.bin"]
+    for i, cut in enumerate(rng.integers(0, len(a), 8)):
+        seeds[f"cut{i}.bin"] = a[:cut]
+    for i, at in enumerate(rng.integers(0, len(a), 24)):  # one byte changed: counts, types, positions
+        seeds[f"flip{i}.bin"] = a[:at] + bytes([a[at] ^ int(rng.integers(1, 256))]) + a[at + 1:]
+    for name, b in seeds.items():
+        (out / name).write_bytes(b)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
@@ -241,7 +283,8 @@ def main():
     out = Path(a.out)
     gguf_seeds(out / "gguf", smollm2)
     score_seeds(out / "scores")
-    for d in ("gguf", "scores"):
+    state_seeds(out / "state")
+    for d in ("gguf", "scores", "state"):
         files = sorted((out / d).iterdir())
         print(f"{d}: {len(files)} seeds, {sum(f.stat().st_size for f in files)} bytes")
 

@@ -98,6 +98,14 @@ void hk_context_reset(hk_context* ctx);
 /* Forget the tokens at positions >= n_keep (prefix reuse: then evaluate only what differs). Full
  * cache: 0 <= n_keep <= n_past; compressed: 0 or at least the compressed prompt's tokens. */
 hk_status hk_context_truncate(hk_context* ctx, int32_t n_keep);
+/* The sequence's state (tokens, last logits, KV cache: the compressed per-head arena and its plan
+ * included) as bytes, to restore later into a context of the same model, KV method and cache types
+ * (either backend, where the cache types match). hk_context_state_save writes at most `capacity`
+ * bytes and the size to *written; with dst NULL it only reports the size (InvalidArgument when
+ * capacity is too small). hk_context_state_load replaces the sequence; a foreign or malformed buffer
+ * fails with InvalidArgument and leaves the context unchanged. */
+hk_status hk_context_state_save(const hk_context* ctx, uint8_t* dst, size_t capacity, size_t* written);
+hk_status hk_context_state_load(hk_context* ctx, const uint8_t* src, size_t size);
 /* Appends `n` tokens to the sequence (prefill or decode) and computes the logits of the last one. */
 hk_status hk_eval(hk_context* ctx, const int32_t* tokens, size_t n);
 /* Logits (n_vocab floats) of the last evaluated token; NULL before the first eval. */

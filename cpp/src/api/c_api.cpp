@@ -2,6 +2,7 @@
 // hk_status codes plus a per-thread message.
 #include "headkv/headkv.h"
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -138,6 +139,22 @@ void hk_context_reset(hk_context* c) { c->c->reset(); }
 hk_status hk_context_truncate(hk_context* c, int32_t n_keep) {
   if (!c) return null_arg("ctx");
   return guard([&] { c->c->truncate(n_keep); });
+}
+hk_status hk_context_state_save(const hk_context* c, uint8_t* dst, size_t capacity, size_t* written) {
+  if (!c || !written) return null_arg("ctx and written");
+  return guard([&] {
+    const std::vector<uint8_t> b = c->c->save_state();
+    *written = b.size();
+    if (!dst) return;
+    if (capacity < b.size())
+      headkv::fail(headkv::ErrorKind::InvalidArgument, "the state needs " + std::to_string(b.size()) + " bytes, the buffer holds " +
+                                                          std::to_string(capacity));
+    std::copy(b.begin(), b.end(), dst);
+  });
+}
+hk_status hk_context_state_load(hk_context* c, const uint8_t* src, size_t size) {
+  if (!c || (!src && size)) return null_arg("ctx and src");
+  return guard([&] { c->c->load_state(src, size); });
 }
 uint64_t hk_context_kv_bytes(const hk_context* c) { return c->c->kv_bytes(); }
 uint64_t hk_context_peak_device_bytes(const hk_context* c) { return c->c->peak_device_bytes(); }

@@ -36,6 +36,8 @@ class CudaContext {
   void truncate(int32_t n_keep);  // as Context::truncate
   int32_t n_prompt() const;
   void set_max_new_tokens(int32_t n);
+  KVState save_state() const;       // as Context::save_state (f16 K/V)
+  void load_state(const KVState& s);  // as Context::load_state
 
   const float* logits() const;
   const float* logits_all() const;

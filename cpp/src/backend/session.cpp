@@ -84,6 +84,14 @@ void Session::set_max_new_tokens(int32_t n) {
   gpu_->set_max_new_tokens(n);
 #endif
 }
+std::vector<uint8_t> Session::save_state() const { HK_DISPATCH(serialize_state(cpu_->save_state()), serialize_state(gpu_->save_state())); }
+void Session::load_state(const uint8_t* data, size_t n) {
+  const KVState s = deserialize_state(data, n);
+  if (cpu_) return cpu_->load_state(s);
+#ifdef HEADKV_WITH_CUDA
+  gpu_->load_state(s);
+#endif
+}
 int32_t Session::n_prompt() const { HK_DISPATCH(cpu_->n_prompt(), gpu_->n_prompt()); }
 const float* Session::logits() const { HK_DISPATCH(cpu_->logits(), gpu_->logits()); }
 const float* Session::logits_all() const { HK_DISPATCH(cpu_->logits_all(), gpu_->logits_all()); }

@@ -28,6 +28,8 @@ class Session {
   void truncate(int32_t n_keep);       // Context::truncate
   int32_t n_prompt() const;            // tokens of the compressed prompt (0: full cache / none yet)
   void set_max_new_tokens(int32_t n);  // decode room of the next compressed prompt
+  std::vector<uint8_t> save_state() const;         // Context::save_state, serialized (model/state.h)
+  void load_state(const uint8_t* data, size_t n);  // InvalidArgument for a foreign or malformed state
   const float* logits() const;
   const float* logits_all() const;
   int64_t n_logit_rows() const;

@@ -18,6 +18,7 @@
 #include "common/threadpool.h"
 #include "model/llama.h"
 #include "select/budget.h"
+#include "model/state.h"
 #include "select/kv_arena.h"
 #include "select/scores.h"
 #include "select/selection.h"
@@ -80,6 +81,13 @@ class Context {
   // (reset) or n_prompt() <= n_keep <= n_past (the compressed prompt cannot be partly forgotten).
   // Throws InvalidArgument otherwise, leaving the context unchanged.
   void truncate(int32_t n_keep);
+  // The sequence as host data (model/state.h): tokens, last logits, KV entries (the compressed
+  // arena and its plan included).
+  KVState save_state() const;
+  // Replaces the sequence with a saved one. Throws InvalidArgument when the state does not fit this
+  // context (model shape, method, cache types, n_ctx) and OutOfMemory when its arena cannot be
+  // allocated; the context is unchanged then.
+  void load_state(const KVState& s);
   // Tokens of the compressed prompt (0 for the full cache or before the prompt).
   int32_t n_prompt() const { return arena_ ? n_prompt_ : 0; }
   // Decode room per head for the next compressed prompt (KVConfig::max_new_tokens); only before the

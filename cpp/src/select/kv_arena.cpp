@@ -70,6 +70,19 @@ void KVArena::append(int l, int g, int32_t position, const float* key, const flo
   ++used_[s];
 }
 
+void KVArena::append_rows(int l, int g, int64_t n, const int32_t* positions, const void* keys, const void* values) {
+  const size_t s = seg(l, g);
+  if (n < 0 || used_[s] + n > offsets_[s + 1] - offsets_[s])
+    fail(ErrorKind::ContextFull, "KV head (layer " + std::to_string(l) + ", head " + std::to_string(g) + ") cannot take " +
+                                     std::to_string(n) + " more entries");
+  const size_t at = (size_t)(offsets_[s] + used_[s]);
+  const size_t rk = (size_t)head_dim_ * kv_type_size(type_k_), rv = (size_t)head_dim_ * kv_type_size(type_v_);
+  std::copy_n(static_cast<const uint8_t*>(keys), (size_t)n * rk, &k_[at * rk]);
+  std::copy_n(static_cast<const uint8_t*>(values), (size_t)n * rv, &v_[at * rv]);
+  std::copy_n(positions, n, &pos_[at]);
+  used_[s] += n;
+}
+
 void KVArena::resize_layer(int l, const std::vector<int64_t>& capacity) {
   if (l < 0 || l >= n_layer_ || capacity.size() != (size_t)n_head_kv_)
     fail(ErrorKind::InvalidArgument, "KV arena: resize_layer needs one capacity per KV head");

@@ -45,6 +45,9 @@ class KVArena {
   // Appends one entry to segment (l, g), converting the fp32 key / value to the element types; throws
   // ContextFull when the segment is full.
   void append(int l, int g, int32_t position, const float* key, const float* value);
+  // Appends n entries already in the stored types (a loaded state's rows); throws ContextFull when
+  // they do not fit the segment.
+  void append_rows(int l, int g, int64_t n, const int32_t* positions, const void* keys, const void* values);
   void clear();  // forget every entry (capacities stay)
   // Forgets the last k entries of every segment (decoded tokens rolled back together); throws
   // InvalidArgument when a segment holds fewer.

@@ -539,3 +539,40 @@ def test_truncate_prefix_reuse_and_long_prompt_on_gpu(smollm2, prompt, method):
     assert m.n_reused == len(ids) + 7 and c == a[8:16]
     cpu = headkv.Model(smollm2, n_ctx=2048 if method == "full" else 512, n_threads=4, **kw)
     assert list(cpu.generate(ids, temperature=0, max_tokens=16)) == a
+
+
+@pytest.mark.parametrize("method", ["full", "headkv", "adakv"])
+def test_state_save_load_on_gpu_and_across_backends(smollm2, prompt, method):
+    """save_state on the GPU restores into a fresh GPU context: same kept positions, same logits, the
+    same greedy continuation. The layout is backend-neutral: the GPU's state loads into a CPU context
+    (f16 both) and continues with the GPU's greedy tokens (cuda-fp32: the CPU's arithmetic up to
+    summation order), and the CPU's state loads onto the GPU."""
+    kw = {} if method == "full" else dict(kv_method=method, kv_budget=128, max_new_tokens=40)
+    gpu = headkv.Model(smollm2, n_ctx=2048, n_threads=4, device="cuda-fp32", **kw)
+    ids = prompt[:1200]
+    gpu.eval(ids)
+    st = gpu.save_state()
+    first = int(np.argmax(gpu.logits()))
+    a = [first] + list(gpu.generate([first], temperature=0, max_tokens=11, reset=False))
+    g2 = headkv.Model(smollm2, n_ctx=2048, n_threads=4, device="cuda-fp32", **kw)
+    g2.load_state(st)
+    if method != "full":
+        assert all(list(x) == list(y) for lx, ly in zip(g2.kv_positions(), _positions_after(smollm2, ids, kw))
+                   for x, y in zip(lx, ly))
+    assert int(np.argmax(g2.logits())) == first
+    assert [first] + list(g2.generate([first], temperature=0, max_tokens=11, reset=False)) == a
+    cpu = headkv.Model(smollm2, n_ctx=2048, n_threads=4, **kw)
+    cpu.load_state(st)
+    assert cpu.tokens() == ids and int(np.argmax(cpu.logits())) == first
+    assert [first] + list(cpu.generate([first], temperature=0, max_tokens=11, reset=False)) == a
+    cpu.reset()
+    cpu.eval(ids)
+    g3 = headkv.Model(smollm2, n_ctx=2048, n_threads=4, device="cuda-fp32", **kw)
+    g3.load_state(cpu.save_state())
+    assert [first] + list(g3.generate([first], temperature=0, max_tokens=11, reset=False)) == a
+
+
+def _positions_after(smollm2, ids, kw):
+    m = headkv.Model(smollm2, n_ctx=2048, n_threads=4, device="cuda-fp32", **kw)
+    m.eval(ids)
+    return m.kv_positions()

@@ -264,9 +264,7 @@ int main(int argc, char** argv) {
   const double t_prompt = now_s() - t1;
   const size_t n_prompt = toks.size() + follow.size();
 
-  // Samples and prints one reply; the tokens it evaluates are appended to `held`.
-  std::vector<int32_t> held(toks);
-  held.insert(held.end(), follow.begin(), follow.end());
+  // Samples and prints one reply.
   std::vector<char> piece(256);
   auto reply = [&](int& n_gen) {
     std::string out;
@@ -294,7 +292,6 @@ int main(int argc, char** argv) {
         break;
       }
       check(s, "decoding");
-      held.push_back(tok);
     }
     return out;
   };
@@ -319,13 +316,9 @@ int main(int argc, char** argv) {
       die(std::string("-cnv: ") + e.what());
     }
     const std::vector<int32_t> all = tokenize(t, -1, "tokenizing the conversation");
-    size_t keep = 0;
-    while (keep < held.size() && keep + 1 < all.size() && held[keep] == all[keep]) ++keep;
-    if (keep == 0 || hk_context_truncate(ctx, (int32_t)keep) != HK_OK) {  // compressed prompt not a prefix
-      hk_context_reset(ctx);
-      keep = 0;
-    }
-    held.assign(all.begin(), all.end());
+    int32_t kept = 0;  // what the context holds of the conversation is not evaluated again
+    check(hk_context_reuse_prefix(ctx, all.data(), all.size(), &kept), "prefix reuse");
+    const size_t keep = (size_t)kept;
     const double t3 = now_s();
     check(hk_eval(ctx, all.data() + keep, all.size() - keep), "evaluating the turn");
     const double t_turn = now_s() - t3;

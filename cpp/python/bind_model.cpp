@@ -210,6 +210,8 @@ void bind_model(py::module_& m) {
       .def("reset", [](Engine& e) { e.ctx->reset(); })
       .def("truncate", [](Engine& e, int32_t n) { e.ctx->truncate(n); }, py::arg("n_keep"))
       .def("set_max_new_tokens", [](Engine& e, int32_t n) { e.ctx->set_max_new_tokens(n); }, py::arg("n"))
+      .def("reuse_prefix", [](Engine& e, const std::vector<int32_t>& t) { return e.ctx->reuse_prefix(t.data(), (int64_t)t.size()); },
+           py::arg("tokens"))
       .def("save_state", [](const Engine& e) {
         const std::vector<uint8_t> b = e.ctx->save_state();
         return py::bytes(reinterpret_cast<const char*>(b.data()), b.size());

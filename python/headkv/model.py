@@ -201,22 +201,11 @@ class Model:
     def _reuse_prefix(self, tokens: list) -> list:
         """Rolls the context back to the longest usable prefix of ``tokens`` it holds and returns
         the tokens still to evaluate (at least one, for the next logits); resets when none is usable."""
-        e = self._e
-        keep = 0
-        if self.cache_prompt and e.n_past:
-            hist = e.history
-            n = 0
-            for a, b in zip(hist, tokens):
-                if a != b:
-                    break
-                n += 1
-            keep = min(n, len(tokens) - 1)
-            if e.compressing and keep < e.n_prompt:
-                keep = 0  # the compressed prompt is not a prefix of this one: compress it afresh
-        if keep:
-            e.truncate(keep)
+        if self.cache_prompt:
+            keep = self._e.reuse_prefix([int(t) for t in tokens])
         else:
-            e.reset()
+            keep = 0
+            self._e.reset()
         self.n_reused = keep
         return tokens[keep:]
 

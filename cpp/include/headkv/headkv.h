@@ -98,6 +98,11 @@ void hk_context_reset(hk_context* ctx);
 /* Forget the tokens at positions >= n_keep (prefix reuse: then evaluate only what differs). Full
  * cache: 0 <= n_keep <= n_past; compressed: 0 or at least the compressed prompt's tokens. */
 hk_status hk_context_truncate(hk_context* ctx, int32_t n_keep);
+/* Prefix reuse (llama-cpp-python's cache_prompt): rolls the context back to the longest prefix of
+ * tokens[0..n) it holds that it can keep (at most n - 1, so the last token is evaluated for its
+ * logits; a compressed context keeps all of its compressed prompt or nothing; resets when none) and
+ * writes that count to *n_kept; then evaluate tokens + *n_kept. */
+hk_status hk_context_reuse_prefix(hk_context* ctx, const int32_t* tokens, size_t n, int32_t* n_kept);
 /* The sequence's state (tokens, last logits, KV cache: the compressed per-head arena and its plan
  * included) as bytes, to restore later into a context of the same model, KV method and cache types
  * (either backend, where the cache types match). hk_context_state_save writes at most `capacity`

@@ -140,6 +140,10 @@ hk_status hk_context_truncate(hk_context* c, int32_t n_keep) {
   if (!c) return null_arg("ctx");
   return guard([&] { c->c->truncate(n_keep); });
 }
+hk_status hk_context_reuse_prefix(hk_context* c, const int32_t* tokens, size_t n, int32_t* n_kept) {
+  if (!c || !n_kept || (!tokens && n)) return null_arg("ctx, tokens and n_kept");
+  return guard([&] { *n_kept = c->c->reuse_prefix(tokens, (int64_t)n); });
+}
 hk_status hk_context_state_save(const hk_context* c, uint8_t* dst, size_t capacity, size_t* written) {
   if (!c || !written) return null_arg("ctx and written");
   return guard([&] {

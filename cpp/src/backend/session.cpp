@@ -84,6 +84,15 @@ void Session::set_max_new_tokens(int32_t n) {
   gpu_->set_max_new_tokens(n);
 #endif
 }
+int32_t Session::reuse_prefix(const int32_t* tokens, int64_t n) {
+  const std::vector<int32_t>& h = history();
+  int64_t keep = 0;
+  while (keep < (int64_t)h.size() && keep + 1 < n && h[(size_t)keep] == tokens[keep]) ++keep;
+  if (compressing() && keep < n_prompt()) keep = 0;  // the compressed prompt is not a prefix of this one
+  if (keep) truncate((int32_t)keep);
+  else reset();
+  return (int32_t)keep;
+}
 std::vector<uint8_t> Session::save_state() const { HK_DISPATCH(serialize_state(cpu_->save_state()), serialize_state(gpu_->save_state())); }
 void Session::load_state(const uint8_t* data, size_t n) {
   const KVState s = deserialize_state(data, n);

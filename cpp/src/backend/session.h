@@ -26,6 +26,11 @@ class Session {
   void eval(const int32_t* tokens, int64_t n, bool all_logits = false);
   void reset();
   void truncate(int32_t n_keep);       // Context::truncate
+  // Prefix reuse: rolls the context back to the longest prefix of tokens[0..n) it holds that it can
+  // keep (at most n - 1 tokens, so the last one is evaluated for its logits; a compressed context
+  // keeps all of its compressed prompt or nothing) and returns how many tokens it kept; resets when
+  // none. The caller then evaluates tokens[kept..n).
+  int32_t reuse_prefix(const int32_t* tokens, int64_t n);
   int32_t n_prompt() const;            // tokens of the compressed prompt (0: full cache / none yet)
   void set_max_new_tokens(int32_t n);  // decode room of the next compressed prompt
   std::vector<uint8_t> save_state() const;         // Context::save_state, serialized (model/state.h)

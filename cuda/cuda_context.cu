@@ -382,6 +382,21 @@ struct CudaContext::Impl {
     linear(L.wk, xn.get(), T, k.get(), kvdim(), false);
     linear(L.wv, xn.get(), T, v.get(), kvdim(), false);
   }
+  // What the architecture adds between the projections and RoPE (model/arch.h): Q/K/V biases,
+  // per-head q/k RMSNorm (in place: each thread reads its element before writing it).
+  void qkv_post(const DevLayer& L, int64_t T) {
+    if (L.bq) {
+      add_bias(q.get(), L.bq, T, qdim(), st);
+      add_bias(k.get(), L.bk, T, kvdim(), st);
+      add_bias(v.get(), L.bv, T, kvdim(), st);
+    }
+    if (L.q_norm) {
+      rms_norm(q.get(), L.q_norm, q.get(), T * hp.n_head, hp.head_dim, hp.rms_eps, st);
+      rms_norm(k.get(), L.k_norm, k.get(), T * hp.n_head_kv, hp.head_dim, hp.rms_eps, st);
+    }
+  }
+  // The fused RMSNorm/QKV/RoPE/store matvec covers the plain llama block only.
+  bool qkv_fusable() const { return !hp.arch->qkv_bias && !hp.arch->qk_norm && !hp.arch->rope_neox; }
 
   RopeStore rope_args(int64_t T) const {
     RopeStore r;
@@ -393,6 +408,7 @@ struct CudaContext::Impl {
     r.nkv = hp.n_head_kv;
     r.hd = hp.head_dim;
     r.rope_dim = hp.rope_dim;
+    r.neox = hp.arch->rope_neox;
     r.inv_freq = dm->rope_inv_freq;
     r.rope_scale = hp.rope_scale;
     return r;
@@ -417,7 +433,7 @@ struct CudaContext::Impl {
       r.used = used.get() + il * H;
       const DW wqkv[3] = {L.wq, L.wk, L.wv};
       const bool one = T == 1 && matvec_norm_fusable(wqkv, 3);
-      if (one && fuse_rope && matvec_qkv_rope(wqkv, x.get(), L.attn_norm, hp.rms_eps, r, mv_q8x, st)) {
+      if (one && fuse_rope && qkv_fusable() && matvec_qkv_rope(wqkv, x.get(), L.attn_norm, hp.rms_eps, r, mv_q8x, st)) {
         mark(1);  // RoPE and the K/V store ran in the projection's epilogue
       } else {
         float* ys[3] = {q.get(), k.get(), v.get()};
@@ -433,6 +449,7 @@ struct CudaContext::Impl {
         } else {
           qkv(L, x.get(), T);
         }
+        qkv_post(L, T);
         mark(1);
         rope_store(r, st);
       }
@@ -699,6 +716,7 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
       float* xc = half_gemm ? x.get() : X.get() + c0 * d;
       if (half_gemm) f16_to_f32(Xh.get() + c0 * d, xc, T * d, st);
       qkv(L, xc, T);
+      qkv_post(L, T);
       RopeStore r = rope_args(T);
       r.pos0 = (int32_t)c0;
       r.kf = LK.get();  // null in the fast precision

@@ -50,6 +50,8 @@ void gemm_nt(const void* A, const void* B, float* C, int64_t m, int64_t n, int64
 // ---- ops.cu
 void rms_norm(const float* x, const float* w, float* out, int64_t T, int64_t d, float eps, cudaStream_t s);
 void silu_mul(float* g, const float* u, int64_t n, cudaStream_t s);
+// x[t][i] += b[i] for T rows of n (Q/K/V biases).
+void add_bias(float* x, const float* b, int64_t T, int64_t n, cudaStream_t s);
 // RoPE on q [T][nh][hd] (in place) and k; k, v ([T][nkv][hd]) are stored to the target:
 //   layer buffer (head-major [g][N][hd]): kf/vf (fp32) or kfh/vfh (fp16) non-null,
 //     entry = g*ld_head + row0 + t
@@ -60,6 +62,7 @@ struct RopeStore {
   const float* k = nullptr;
   const float* v = nullptr;
   int T = 0, nh = 0, nkv = 0, hd = 0, rope_dim = 0;
+  bool neox = false;  // rotate (x[i], x[i + rope_dim/2]) instead of adjacent pairs (model/arch.h)
   const float* inv_freq = nullptr;
   float rope_scale = 1.0f;
   int32_t pos0 = 0;

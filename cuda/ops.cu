@@ -40,24 +40,28 @@ __global__ void silu_mul_kernel(float* g, const float* __restrict__ u, int64_t n
 __global__ void rope_store_kernel(RopeStore a) {
   const int t = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
   const int32_t pos = (a.pos0_dev ? *a.pos0_dev : a.pos0) + t;
-  if (head < a.nh) {
-    if (d >= a.rope_dim / 2) return;
+  const int half = a.rope_dim / 2;
+  if (head < a.nh) {  // thread d rotates pair d: (2d, 2d+1), or (d, d+half) NeoX-style
+    if (d >= half) return;
     float c, s;
     rope_cs(pos, a.rope_scale, a.inv_freq[d], &c, &s);
-    float* v = a.q + ((int64_t)t * a.nh + head) * a.hd + 2 * d;
-    const float x0 = v[0], x1 = v[1];
-    v[0] = rope_x(x0, x1, c, s);
-    v[1] = rope_y(x0, x1, c, s);
+    float* v = a.q + ((int64_t)t * a.nh + head) * a.hd;
+    const int i0 = a.neox ? d : 2 * d, i1 = a.neox ? d + half : 2 * d + 1;
+    const float x0 = v[i0], x1 = v[i1];
+    v[i0] = rope_x(x0, x1, c, s);
+    v[i1] = rope_y(x0, x1, c, s);
     return;
   }
   const int g = head - a.nh;
   const float* kr = a.k + ((int64_t)t * a.nkv + g) * a.hd;
   float kv = kr[d];
-  if (d < a.rope_dim) {
+  if (d < a.rope_dim) {  // thread d writes element d of its pair
+    const int pair = a.neox ? d % half : d / 2;
+    const bool second = a.neox ? d >= half : (d & 1);
     float c, s;
-    rope_cs(pos, a.rope_scale, a.inv_freq[d / 2], &c, &s);
-    const float x0 = kr[d & ~1], x1 = kr[d | 1];
-    kv = (d & 1) ? rope_y(x0, x1, c, s) : rope_x(x0, x1, c, s);
+    rope_cs(pos, a.rope_scale, a.inv_freq[pair], &c, &s);
+    const float x0 = a.neox ? kr[pair] : kr[d & ~1], x1 = a.neox ? kr[pair + half] : kr[d | 1];
+    kv = second ? rope_y(x0, x1, c, s) : rope_x(x0, x1, c, s);
   }
   const float vval = a.v[((int64_t)t * a.nkv + g) * a.hd + d];
   if (a.kf) {
@@ -74,6 +78,11 @@ __global__ void rope_store_kernel(RopeStore a) {
     a.vh[e * a.hd + d] = __float2half_rn(vval);
     if (d == 0) a.pos[e] = pos;
   }
+}
+
+__global__ void add_bias_kernel(float* x, const float* __restrict__ b, int64_t n, int64_t total) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < total) x[i] += b[i % n];
 }
 
 // A programmatic dependent (PDL): the next kernel (in decode, the output head) may launch at once;
@@ -97,6 +106,12 @@ void silu_mul(float* g, const float* u, int64_t n, cudaStream_t s) {
   if (n == 0) return;
   silu_mul_kernel<<<(unsigned)cdiv(n, 256), 256, 0, s>>>(g, u, n);
   check_launch("silu_mul");
+}
+
+void add_bias(float* x, const float* b, int64_t T, int64_t n, cudaStream_t s) {
+  if (T == 0) return;
+  add_bias_kernel<<<(unsigned)cdiv(T * n, 256), 256, 0, s>>>(x, b, n, T * n);
+  check_launch("add_bias");
 }
 
 void rope_store(const RopeStore& a, cudaStream_t s) {

@@ -122,7 +122,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   }
 
   struct LOff {
-    size_t wq, wk, wv, wo, gate, up, down, an, fn;
+    size_t wq, wk, wv, wo, gate, up, down, an, fn, bq, bk, bv, qn, kn;
   };
   std::vector<LOff> lo(hp.n_layer);
   size_t emb_off, out_off;
@@ -142,6 +142,12 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
       max_elems = std::max<int64_t>(max_elems, w->rows * w->cols);
     lo[il].an = add(L.attn_norm.data(), L.attn_norm.size() * sizeof(float));
     lo[il].fn = add(L.ffn_norm.data(), L.ffn_norm.size() * sizeof(float));
+    auto opt = [&](const std::vector<float>& v) { return v.empty() ? SIZE_MAX : add(v.data(), v.size() * sizeof(float)); };
+    lo[il].bq = opt(L.bq);
+    lo[il].bk = opt(L.bk);
+    lo[il].bv = opt(L.bv);
+    lo[il].qn = opt(L.q_norm);
+    lo[il].kn = opt(L.k_norm);
   }
   const size_t onorm = add(m.output_norm().data(), m.output_norm().size() * sizeof(float));
   const size_t rope = add(m.rope_inv_freq().data(), m.rope_inv_freq().size() * sizeof(float));
@@ -192,6 +198,12 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
     D.down = dw(L.w_down, lo[il].down);
     D.attn_norm = (const float*)(base + lo[il].an);
     D.ffn_norm = (const float*)(base + lo[il].fn);
+    auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : (const float*)(base + off); };
+    D.bq = opt(lo[il].bq);
+    D.bk = opt(lo[il].bk);
+    D.bv = opt(lo[il].bv);
+    D.q_norm = opt(lo[il].qn);
+    D.k_norm = opt(lo[il].kn);
   }
   dm->output_norm = (const float*)(base + onorm);
   dm->rope_inv_freq = (const float*)(base + rope);

@@ -14,6 +14,11 @@ struct DevLayer {
   DW wq, wk, wv, wo, gate, up, down;
   const float* attn_norm = nullptr;
   const float* ffn_norm = nullptr;
+  const float* bq = nullptr;  // Q/K/V biases (qwen2), null when the architecture has none
+  const float* bk = nullptr;
+  const float* bv = nullptr;
+  const float* q_norm = nullptr;  // per-head q/k RMSNorm weights (qwen3), null otherwise
+  const float* k_norm = nullptr;
 };
 
 struct DevModel {

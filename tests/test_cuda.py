@@ -576,3 +576,44 @@ def _positions_after(smollm2, ids, kw):
     m = headkv.Model(smollm2, n_ctx=2048, n_threads=4, device="cuda-fp32", **kw)
     m.eval(ids)
     return m.kv_positions()
+
+
+@pytest.mark.parametrize("arch,extra", [("qwen2", {}), ("qwen3", {"head_dim": 128})])
+def test_model_families_on_gpu(tmp_path, smollm2, arch, extra):
+    """qwen2 (Q/K/V biases) and qwen3 (per-head q/k norms, head size from key_length), both NeoX RoPE,
+    on the GPU against the CPU: a 40-token prompt, a 5-token chunk and 8 greedy steps with the other
+    tiny-model tests' bounds (the decode step takes the unfused Q/K/V path: the fused epilogue is the
+    plain llama block's); a compressed prompt keeps the CPU's positions (cuda-fp32)."""
+    from gguf_factory import write_tiny_llama
+
+    path = tmp_path / f"{arch}.gguf"
+    write_tiny_llama(path, smollm2, arch=arch, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, wtype="Q8_0",
+                     seed=3, **extra)
+    c = headkv.Model(str(path), n_ctx=256, n_threads=4)
+    gs = {d: headkv.Model(str(path), n_ctx=256, device=d) for d in ("cuda-fp32", "cuda")}
+    rng = np.random.default_rng(2)
+    worst = {d: 0.0 for d in gs}
+    same = 0
+    tok = None
+    for step in range(10):
+        chunk = ([int(x) for x in rng.integers(0, c.n_vocab, 40)] if step == 0 else
+                 [int(x) for x in rng.integers(0, c.n_vocab, 5)] if step == 1 else [tok])
+        for m in (c, *gs.values()):
+            m.eval(chunk)
+        lc = c.logits()
+        for d, g in gs.items():
+            worst[d] = max(worst[d], float(np.abs(g.logits() - lc).max() / np.abs(lc).max()))
+        tok = int(lc.argmax())
+        same += int(gs["cuda-fp32"].logits().argmax()) == tok
+    print(f"{arch}: max |dlogit| / max |logit| cuda-fp32 {worst['cuda-fp32']:.2e}, cuda {worst['cuda']:.2e}")
+    assert worst["cuda-fp32"] < 0.02 and worst["cuda"] < 0.05 and same == 10
+    ids = [int(x) for x in rng.integers(0, c.n_vocab, 200)]
+    kw = dict(n_ctx=256, kv_method="snapkv", kv_budget=48)
+    pc = headkv.Model(str(path), n_threads=4, **kw)
+    pg = headkv.Model(str(path), device="cuda-fp32", **kw)
+    pc.eval(ids)
+    pg.eval(ids)
+    shared = sum(len(set(a) & set(b)) for la, lb in zip(pc.kv_positions(), pg.kv_positions()) for a, b in zip(la, lb))
+    total = sum(len(a) for la in pc.kv_positions() for a in la)
+    assert shared >= 0.98 * total, (shared, total)
+    assert np.abs(pg.logits() - pc.logits()).max() / np.abs(pc.logits()).max() < 0.02

@@ -1,5 +1,5 @@
-// The Llama transformer block: RMSNorm -> QKV -> RoPE -> causal GQA attention over a KV view ->
-// output projection -> RMSNorm -> SwiGLU MLP. Used by chunked prefill/decode over the full cache
+// The transformer block of model/arch.h: RMSNorm -> QKV (+ bias) -> (q/k RMSNorm) -> RoPE ->
+// causal GQA attention over a KV view -> output projection -> RMSNorm -> SwiGLU MLP. Used by chunked prefill/decode over the full cache
 // or the arena (forward) and by the layer-by-layer compressed prefill (prefill.cpp).
 #include <algorithm>
 #include <cmath>
@@ -33,6 +33,25 @@ void rope(float* x, int n_heads, int head_dim, int rope_dim, const float* cs, co
   }
 }
 
+// NeoX-style RoPE: rotates (x[i], x[i + rope_dim/2]) of each head (Qwen, Gemma, Phi-3 files).
+void rope_neox(float* x, int n_heads, int head_dim, int rope_dim, const float* cs, const float* sn) {
+  const int half = rope_dim / 2;
+  for (int h = 0; h < n_heads; ++h) {
+    float* v = x + (size_t)h * head_dim;
+    for (int i = 0; i < half; ++i) {
+      const float a = v[i], b = v[i + half];
+      v[i] = a * cs[i] - b * sn[i];
+      v[i + half] = a * sn[i] + b * cs[i];
+    }
+  }
+}
+
+void add_bias(float* x, const std::vector<float>& b, int64_t T) {
+  const size_t n = b.size();
+  for (int64_t t = 0; t < T; ++t)
+    for (size_t i = 0; i < n; ++i) x[t * n + i] += b[i];
+}
+
 void mm(const Weight& w, const float* x, int64_t T, float* y, ThreadPool& pool) {
   matmul(w.type, w.data, w.rows, w.cols, x, T, y, w.rows, pool);
 }
@@ -62,9 +81,19 @@ void Context::qkv(int il, const float* x, int64_t T, float* xn, float* q, float*
   mm(L.wq, xn, T, q, pool_);
   mm(L.wk, xn, T, k, pool_);
   mm(L.wv, xn, T, v, pool_);
+  if (hp_.arch->qkv_bias) {
+    add_bias(q, L.bq, T);
+    add_bias(k, L.bk, T);
+    add_bias(v, L.bv, T);
+  }
+  if (hp_.arch->qk_norm) {  // per head, in place (rms_norm reads each element before writing it)
+    for (int64_t r = 0; r < T * nh; ++r) rms_norm(&q[r * hd], L.q_norm.data(), &q[r * hd], hd, hp_.rms_eps);
+    for (int64_t r = 0; r < T * nkv; ++r) rms_norm(&k[r * hd], L.k_norm.data(), &k[r * hd], hd, hp_.rms_eps);
+  }
+  const auto rot = hp_.arch->rope_neox ? rope_neox : rope;
   for (int64_t t = 0; t < T; ++t) {
-    rope(&q[t * nh * hd], (int)nh, (int)hd, hp_.rope_dim, &cs[t * half], &sn[t * half]);
-    rope(&k[t * nkv * hd], (int)nkv, (int)hd, hp_.rope_dim, &cs[t * half], &sn[t * half]);
+    rot(&q[t * nh * hd], (int)nh, (int)hd, hp_.rope_dim, &cs[t * half], &sn[t * half]);
+    rot(&k[t * nkv * hd], (int)nkv, (int)hd, hp_.rope_dim, &cs[t * half], &sn[t * half]);
   }
 }
 

@@ -20,14 +20,17 @@ std::unique_ptr<Model> Model::load(std::unique_ptr<GGUFFile> file) {
   m->file_ = std::move(file);
   const std::string& path = m->file_->path();
   const std::string arch = m->file_->get_str_or("general.architecture", "");
-  if (arch != "llama")
-    fail(ErrorKind::Unsupported, path + ": architecture '" + arch + "' is not supported (headkv runs 'llama': Llama 2/3, Mistral, SmolLM2)");
+  m->hp_.arch = find_arch(arch);
+  if (!m->hp_.arch)
+    fail(ErrorKind::Unsupported, path + ": architecture '" + arch + "' is not supported (headkv runs " + supported_archs() + ")");
   m->load_hparams();
   m->tok_ = Tokenizer::from_gguf(*m->file_);
   m->chat_template_ = m->file_->get_str_or("tokenizer.chat_template", "");
   m->load_weights();
   return m;
 }
+
+std::string Model::key(const char* k) const { return std::string(hp_.arch->name) + "." + k; }
 
 void Model::load_hparams() {
   const GGUFFile& f = *file_;
@@ -36,24 +39,24 @@ void Model::load_hparams() {
       fail(ErrorKind::Format, f.path() + ": metadata '" + key + "' = " + std::to_string(v) + " is out of range");
     return (int32_t)v;
   };
-  hp_.n_embd = need_pos("llama.embedding_length", f.get_int("llama.embedding_length"), 1 << 17);
-  hp_.n_layer = need_pos("llama.block_count", f.get_int("llama.block_count"), 1024);
-  hp_.n_head = need_pos("llama.attention.head_count", f.get_int("llama.attention.head_count"), 1024);
-  hp_.n_head_kv = need_pos("llama.attention.head_count_kv",
-                           f.get_int_or("llama.attention.head_count_kv", hp_.n_head), 1024);
-  hp_.n_ff = need_pos("llama.feed_forward_length", f.get_int("llama.feed_forward_length"), 1 << 20);
-  hp_.n_ctx_train = need_pos("llama.context_length", f.get_int_or("llama.context_length", 4096), 1 << 24);
+  hp_.n_embd = need_pos(key("embedding_length"), f.get_int(key("embedding_length")), 1 << 17);
+  hp_.n_layer = need_pos(key("block_count"), f.get_int(key("block_count")), 1024);
+  hp_.n_head = need_pos(key("attention.head_count"), f.get_int(key("attention.head_count")), 1024);
+  hp_.n_head_kv = need_pos(key("attention.head_count_kv"),
+                           f.get_int_or(key("attention.head_count_kv"), hp_.n_head), 1024);
+  hp_.n_ff = need_pos(key("feed_forward_length"), f.get_int(key("feed_forward_length")), 1 << 20);
+  hp_.n_ctx_train = need_pos(key("context_length"), f.get_int_or(key("context_length"), 4096), 1 << 24);
   if (hp_.n_head % hp_.n_head_kv != 0)
     fail(ErrorKind::Format, f.path() + ": head_count " + std::to_string(hp_.n_head) +
                                 " is not a multiple of head_count_kv " + std::to_string(hp_.n_head_kv));
   const int64_t hd_default = hp_.n_embd / hp_.n_head;
-  hp_.head_dim = need_pos("llama.attention.key_length", f.get_int_or("llama.attention.key_length", hd_default), 4096);
-  if (f.get_int_or("llama.attention.value_length", hp_.head_dim) != hp_.head_dim)
+  hp_.head_dim = need_pos(key("attention.key_length"), f.get_int_or(key("attention.key_length"), hd_default), 4096);
+  if (f.get_int_or(key("attention.value_length"), hp_.head_dim) != hp_.head_dim)
     fail(ErrorKind::Unsupported, f.path() + ": key_length != value_length is not supported");
-  hp_.rope_dim = need_pos("llama.rope.dimension_count", f.get_int_or("llama.rope.dimension_count", hp_.head_dim), hp_.head_dim);
+  hp_.rope_dim = need_pos(key("rope.dimension_count"), f.get_int_or(key("rope.dimension_count"), hp_.head_dim), hp_.head_dim);
   if (hp_.rope_dim % 2) fail(ErrorKind::Format, f.path() + ": odd rope dimension count");
-  hp_.rope_theta = (float)f.get_float_or("llama.rope.freq_base", 10000.0);
-  hp_.rms_eps = (float)f.get_float_or("llama.attention.layer_norm_rms_epsilon", 1e-5);
+  hp_.rope_theta = (float)f.get_float_or(key("rope.freq_base"), 10000.0);
+  hp_.rms_eps = (float)f.get_float_or(key("attention.layer_norm_rms_epsilon"), 1e-5);
   if (!(hp_.rope_theta > 0) || !(hp_.rms_eps > 0) || !std::isfinite(hp_.rope_theta))
     fail(ErrorKind::Format, f.path() + ": invalid rope.freq_base or rms epsilon");
 
@@ -61,16 +64,16 @@ void Model::load_hparams() {
   const int half = hp_.rope_dim / 2;
   rope_inv_freq_.resize(half);
   for (int i = 0; i < half; ++i) rope_inv_freq_[i] = (float)std::pow((double)hp_.rope_theta, -2.0 * i / hp_.rope_dim);
-  const std::string scaling = f.get_str_or("llama.rope.scaling.type", "none");
-  const double factor = f.get_float_or("llama.rope.scaling.factor", 1.0);
+  const std::string scaling = f.get_str_or(key("rope.scaling.type"), "none");
+  const double factor = f.get_float_or(key("rope.scaling.factor"), 1.0);
   if (scaling == "linear") {
     if (!(factor > 0)) fail(ErrorKind::Format, f.path() + ": rope.scaling.factor must be > 0");
     hp_.rope_scale = (float)factor;
   } else if (scaling == "llama3") {
     // Llama 3.1 rule: long wavelengths divided by `factor`, short kept, smooth in between.
-    const double lo = f.get_float_or("llama.rope.scaling.low_freq_factor", 1.0);
-    const double hi = f.get_float_or("llama.rope.scaling.high_freq_factor", 4.0);
-    const double orig = f.get_float_or("llama.rope.scaling.original_context_length", 8192);
+    const double lo = f.get_float_or(key("rope.scaling.low_freq_factor"), 1.0);
+    const double hi = f.get_float_or(key("rope.scaling.high_freq_factor"), 4.0);
+    const double orig = f.get_float_or(key("rope.scaling.original_context_length"), 8192);
     for (int i = 0; i < half; ++i) {
       const double freq = rope_inv_freq_[i], wavelen = 2 * M_PI / freq;
       double nf;
@@ -140,6 +143,15 @@ void Model::load_weights() {
     LayerWeights& L = layers_[il];
     L.attn_norm = vec(p + "attn_norm.weight", d);
     L.ffn_norm = vec(p + "ffn_norm.weight", d);
+    if (hp_.arch->qkv_bias) {
+      L.bq = vec(p + "attn_q.bias", hp_.n_head * hd);
+      L.bk = vec(p + "attn_k.bias", hp_.n_head_kv * hd);
+      L.bv = vec(p + "attn_v.bias", hp_.n_head_kv * hd);
+    }
+    if (hp_.arch->qk_norm) {
+      L.q_norm = vec(p + "attn_q_norm.weight", hd);
+      L.k_norm = vec(p + "attn_k_norm.weight", hd);
+    }
     L.wq = weight(p + "attn_q.weight", d, hp_.n_head * hd);
     L.wk = weight(p + "attn_k.weight", d, hp_.n_head_kv * hd);
     L.wv = weight(p + "attn_v.weight", d, hp_.n_head_kv * hd);

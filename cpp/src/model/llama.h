@@ -1,5 +1,5 @@
-// Llama-family model (Llama 2/3, Mistral, SmolLM2): hyper-parameters and weights bound to the
-// mmap'd GGUF. Weights stay in their quantized file formats; only small vectors (norms, RoPE
+// A decoder model of one of the architectures in model/arch.h (Llama 2/3, Mistral, SmolLM2, Qwen2,
+// Qwen3): hyper-parameters and weights bound to the mmap'd GGUF. Weights stay in their quantized file formats; only small vectors (norms, RoPE
 // frequencies) are converted to fp32 at load.
 #pragma once
 #include <cstdint>
@@ -8,11 +8,13 @@
 #include <vector>
 
 #include "gguf/gguf.h"
+#include "model/arch.h"
 #include "tokenize/tokenizer.h"
 
 namespace headkv {
 
 struct LlamaHParams {
+  const ArchInfo* arch = nullptr;  // the architecture's table entry (never null after load)
   int32_t n_vocab = 0;
   int32_t n_ctx_train = 0;
   int32_t n_embd = 0;
@@ -37,6 +39,8 @@ struct Weight {
 
 struct LayerWeights {
   std::vector<float> attn_norm, ffn_norm;
+  std::vector<float> bq, bk, bv;        // arch->qkv_bias: [n_head * head_dim], [n_head_kv * head_dim] x2
+  std::vector<float> q_norm, k_norm;    // arch->qk_norm: [head_dim] each
   Weight wq, wk, wv, wo, w_gate, w_up, w_down;
 };
 
@@ -66,6 +70,7 @@ class Model {
  private:
   Model();
   void load_hparams();
+  std::string key(const char* k) const;  // "<architecture>.<k>"
   void load_weights();
   Weight weight(const std::string& name, int64_t cols, int64_t rows, bool required = true);
   std::vector<float> vec(const std::string& name, int64_t n);

@@ -956,6 +956,9 @@ void CudaContext::load_state(const KVState& s) {
   Impl& I = *p_;
   const int L = I.hp.n_layer, H = I.hp.n_head_kv, hd = I.hp.head_dim;
   check_state(s, L, H, hd, I.hp.n_vocab, I.kv.method, KVType::F16, KVType::F16, I.n_ctx);
+  if (!s.arena)
+    for (int64_t n : s.used)
+      if (n != s.n_past) fail(ErrorKind::InvalidArgument, "the state does not fit this context: its full cache lacks positions");
   if (s.arena) {
     uint64_t entries = 0;
     for (int64_t c : s.capacity) entries += (uint64_t)c;

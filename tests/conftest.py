@@ -56,6 +56,17 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def gemma3():
+    """Gemma-3-270M Q4_K_M (sliding-window layers, GeGLU, post-norms, head size 256), joined from its
+    PyPI part packages on first use."""
+    import headkv
+    try:
+        return headkv.example_model("gemma3-270m")
+    except headkv.HeadkvIOError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="session")
 def model(smollm2):
     import headkv
     return headkv.Model(smollm2, n_ctx=2048, n_threads=2)

@@ -49,14 +49,26 @@ Context::Context(const Model& model, const ContextParams& p)
     for (int32_t t : kv_.probe)
       if (t < 0 || t >= hp_.n_vocab)
         fail(ErrorKind::InvalidArgument, "probe token id " + std::to_string(t) + " is outside the vocabulary");
+    if (hp_.has_swa())
+      fail(ErrorKind::Unsupported, "KV method '" + kv_.method + "': compressing a sliding-window model (" +
+                                       hp_.arch->name + ") is not built yet; use the full cache (its local layers keep a ring of the window)");
     if (method_ == BudgetMethod::HeadKV) {
       scores_ = resolve_head_scores(kv_.scores, model_info(model.file()));  // the given file, or the shipped one
     }
   } else {
-    // Full cache: layers * kv_heads * n_ctx * head_dim elements each of K and V. Check before allocating.
+    // Full cache: per layer, kv_heads * rows * head_dim elements each of K and V, rows = n_ctx (a
+    // sliding-window layer: a ring of n_swa + n_batch, enough for a chunk and the window before it).
+    // Check before allocating.
     const std::string what = "the KV cache for n_ctx=" + std::to_string(n_ctx_);
-    const uint64_t per_pos = (uint64_t)hp_.n_layer * hp_.n_head_kv * hp_.head_dim;
-    const uint64_t elems = checked_mul(per_pos, (uint64_t)n_ctx_, what);
+    rows_.assign(hp_.n_layer, n_ctx_);
+    layer_row0_.assign(hp_.n_layer, 0);
+    uint64_t rows = 0;
+    for (int il = 0; il < hp_.n_layer; ++il) {
+      if (hp_.is_swa(il)) rows_[il] = std::min<int64_t>(n_ctx_, (int64_t)hp_.n_swa + n_batch_);
+      layer_row0_[il] = (int64_t)rows;
+      rows += (uint64_t)rows_[il] * hp_.n_head_kv;
+    }
+    const uint64_t elems = checked_mul(rows, (uint64_t)hp_.head_dim, what);
     const uint64_t bk = checked_mul(elems, kv_type_size(type_k_), what), bv = checked_mul(elems, kv_type_size(type_v_), what);
     check_alloc(bk + bv, what);  // keys and values together
     checked_assign(k_, bk, "KV cache (keys)");
@@ -91,10 +103,20 @@ void Context::reset() {
   prefill_peak_kv_bytes_ = 0;
 }
 
+bool Context::can_truncate(int32_t n_keep) const {
+  if (arena_ || n_keep == 0) return true;
+  for (int il = 0; il < hp_.n_layer; ++il)  // the window before n_keep must be the ring's
+    if (hp_.is_swa(il) && std::max<int64_t>(0, (int64_t)n_keep - hp_.n_swa + 1) < (int64_t)n_past_ - rows_[il]) return false;
+  return true;
+}
+
 void Context::truncate(int32_t n_keep) {
   if (n_keep < 0 || n_keep > n_past_)
     fail(ErrorKind::InvalidArgument, "truncate: " + std::to_string(n_keep) + " tokens to keep, the context holds " + std::to_string(n_past_));
   if (n_keep == 0) return reset();
+  if (!can_truncate(n_keep))
+    fail(ErrorKind::InvalidArgument, "truncate: the sliding-window layers no longer hold the window before position " +
+                                         std::to_string(n_keep) + " (reset and evaluate again)");
   if (arena_) {
     if (n_keep < n_prompt_)
       fail(ErrorKind::InvalidArgument, "truncate: the compressed prompt's " + std::to_string(n_prompt_) +
@@ -136,6 +158,7 @@ uint64_t Context::kv_bytes() const {
 }
 
 uint64_t Context::full_kv_bytes() const {
+  // What a cache of n_ctx rows in every layer would hold (for the full cache: n_ctx positions).
   const uint64_t positions = compressing() ? (uint64_t)n_past_ + (arena_ ? kv_.max_new_tokens : 0) : (uint64_t)n_ctx_;
   return positions * hp_.n_layer * hp_.n_head_kv * hp_.head_dim * (kv_type_size(type_k_) + kv_type_size(type_v_));
 }

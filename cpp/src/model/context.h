@@ -81,6 +81,9 @@ class Context {
   // (reset) or n_prompt() <= n_keep <= n_past (the compressed prompt cannot be partly forgotten).
   // Throws InvalidArgument otherwise, leaving the context unchanged.
   void truncate(int32_t n_keep);
+  // Whether the full cache still holds what decoding from n_keep needs (a sliding-window layer's
+  // ring may have overwritten the window before n_keep).
+  bool can_truncate(int32_t n_keep) const;
   // The sequence as host data (model/state.h): tokens, last logits, KV entries (the compressed
   // arena and its plan included).
   KVState save_state() const;
@@ -140,25 +143,32 @@ class Context {
 
  private:
   // Keys / values of one KV head, rows of head_dim elements of type tk / tv.
-  struct KVView { const void* k; const void* v; int64_t n_before; KVType tk = KVType::F32, tv = KVType::F32; };
+  // ring > 0: key j is row j % ring (a sliding-window layer's ring); window > 0: a query attends only
+  // to the last `window` keys up to itself.
+  struct KVView {
+    const void* k; const void* v; int64_t n_before; KVType tk = KVType::F32, tv = KVType::F32;
+    int64_t ring = 0, window = 0;
+  };
   // hidden_out (optional): the chunk's final-norm hidden states, [T][n_embd].
   void forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out, float* hidden_out = nullptr);
   void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
   // K/V hold N rows (the prompt, then the probe when there is one); the prompt is the first n_prompt.
   void select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N, int64_t n_prompt);
   // Pieces of the transformer block, shared by both paths.
-  void rope_tables(int64_t pos0, int64_t T, std::vector<float>& cs, std::vector<float>& sn) const;
+  // cos/sin of positions pos0.. for layer il's RoPE (sliding-window layers may have their own base).
+  void rope_tables(int il, int64_t pos0, int64_t T, std::vector<float>& cs, std::vector<float>& sn) const;
   void qkv(int il, const float* x, int64_t T, float* xn, float* q, float* k, float* v, const float* cs,
            const float* sn);
   void attention(const float* q, int64_t T, const std::function<KVView(int)>& view, float* out);
   void out_and_mlp(int il, const float* att, int64_t T, float* x, float* tmp);
   void final_logits(const float* x, int64_t rows, float* out);
-  uint8_t* k_at(int il, int h, int64_t pos) {
-    return &k_[(((size_t)il * hp_.n_head_kv + h) * n_ctx_ + pos) * hp_.head_dim * kv_type_size(type_k_)];
+  // Full cache row of (layer, KV head, position): layer il keeps rows_[il] rows per head, n_ctx, or
+  // for a sliding-window layer a ring of n_swa + n_batch rows (position pos at row pos % rows).
+  size_t kv_row(int il, int h, int64_t pos) const {
+    return (size_t)layer_row0_[il] + (size_t)h * rows_[il] + (size_t)(pos % rows_[il]);
   }
-  uint8_t* v_at(int il, int h, int64_t pos) {
-    return &v_[(((size_t)il * hp_.n_head_kv + h) * n_ctx_ + pos) * hp_.head_dim * kv_type_size(type_v_)];
-  }
+  uint8_t* k_at(int il, int h, int64_t pos) { return &k_[kv_row(il, h, pos) * hp_.head_dim * kv_type_size(type_k_)]; }
+  uint8_t* v_at(int il, int h, int64_t pos) { return &v_[kv_row(il, h, pos) * hp_.head_dim * kv_type_size(type_v_)]; }
 
   const Model& model_;
   const LlamaHParams& hp_;
@@ -171,9 +181,10 @@ class Context {
   std::unique_ptr<KVArena> arena_;
   uint64_t prefill_peak_kv_bytes_ = 0;
   KVType type_k_ = KVType::F16, type_v_ = KVType::F16;
-  std::vector<uint8_t> k_, v_;  // full cache: [layer][kv_head][pos][head_dim] elements of type_k_ / type_v_
+  std::vector<uint8_t> k_, v_;  // full cache: [layer][kv_head][row][head_dim] elements of type_k_ / type_v_
+  std::vector<int64_t> rows_, layer_row0_;  // full cache rows per (layer, head); first row of each layer
   // scratch for one chunk of up to n_batch tokens
-  std::vector<float> x_, xn_, q_, kc_, vc_, att_, gate_, up_, rope_cos_, rope_sin_;
+  std::vector<float> x_, xn_, q_, kc_, vc_, att_, gate_, up_, rope_cos_, rope_sin_, rope_cos_swa_, rope_sin_swa_;
   std::vector<float> logits_;
   int64_t n_logit_rows_ = 0;
   std::vector<int32_t> history_;

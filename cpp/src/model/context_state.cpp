@@ -30,24 +30,30 @@ KVState Context::save_state() const {
     s.layer_pooled = plan_->layer_pooled;
     s.cap = plan_->cap;
   }
+  // Entries per segment: the arena's used ones; the full cache's last min(n_past, rows) positions
+  // (every position, except in a sliding-window layer's ring).
+  auto held = [&](int l, int g) -> int64_t { return arena_ ? arena_->used(l, g) : std::min<int64_t>(n_past_, rows_[l]); };
   uint64_t entries = 0;
   for (int l = 0; l < L; ++l)
-    for (int g = 0; g < H; ++g) entries += arena_ ? (uint64_t)arena_->used(l, g) : (uint64_t)n_past_;
+    for (int g = 0; g < H; ++g) entries += (uint64_t)held(l, g);
   s.k.resize(entries * rk);
   s.v.resize(entries * rv);
   size_t e = 0;
+  auto* self = const_cast<Context*>(this);  // k_at / v_at only compute addresses
   for (int l = 0; l < L; ++l)
     for (int g = 0; g < H; ++g) {
-      const int64_t n = arena_ ? arena_->used(l, g) : n_past_;
+      const int64_t n = held(l, g);
       s.used.push_back(n);
       if (arena_) {
         s.capacity.push_back(arena_->capacity(l, g));
         s.pos.insert(s.pos.end(), arena_->pos(l, g), arena_->pos(l, g) + n);
         std::memcpy(&s.k[e * rk], arena_->k(l, g), (size_t)n * rk);
         std::memcpy(&s.v[e * rv], arena_->v(l, g), (size_t)n * rv);
-      } else if (n) {
-        std::memcpy(&s.k[e * rk], const_cast<Context*>(this)->k_at(l, g, 0), (size_t)n * rk);
-        std::memcpy(&s.v[e * rv], const_cast<Context*>(this)->v_at(l, g, 0), (size_t)n * rv);
+      } else {
+        for (int64_t j = 0; j < n; ++j) {  // positions n_past - n .. n_past - 1, in order
+          std::memcpy(&s.k[(e + j) * rk], self->k_at(l, g, n_past_ - n + j), rk);
+          std::memcpy(&s.v[(e + j) * rv], self->v_at(l, g, n_past_ - n + j), rv);
+        }
       }
       e += (size_t)n;
     }
@@ -58,6 +64,15 @@ void Context::load_state(const KVState& s) {
   check_state(s, hp_.n_layer, hp_.n_head_kv, hp_.head_dim, hp_.n_vocab, kv_.method, type_k_, type_v_, n_ctx_);
   const int L = hp_.n_layer, H = hp_.n_head_kv, hd = hp_.head_dim;
   const size_t rk = kv_row_bytes(type_k_, hd), rv = kv_row_bytes(type_v_, hd);
+  if (!s.arena)  // the full cache: every position, or in a ring at least the window before n_past
+    for (int l = 0; l < L; ++l)
+      for (int g = 0; g < H; ++g) {
+        const int64_t n = s.used[(size_t)l * H + g];
+        const int64_t need = hp_.is_swa(l) ? std::min<int64_t>(s.n_past, hp_.n_swa - 1) : s.n_past;
+        if (n < need)
+          fail(ErrorKind::InvalidArgument, "the state does not fit this context: layer " + std::to_string(l) + " holds " +
+                                               std::to_string(n) + " of the " + std::to_string(need) + " positions it needs");
+      }
   // Everything that can fail (allocation) happens before the context changes.
   std::unique_ptr<KVArena> arena;
   if (s.arena) {
@@ -84,13 +99,16 @@ void Context::load_state(const KVState& s) {
     plan_ = std::move(plan);
     n_prompt_ = s.n_prompt;
   } else {
+    size_t e = 0;
     for (int l = 0; l < L; ++l)
       for (int g = 0; g < H; ++g) {
-        const size_t e = ((size_t)l * H + g) * (size_t)s.n_past;
-        if (s.n_past) {
-          std::memcpy(k_at(l, g, 0), &s.k[e * rk], (size_t)s.n_past * rk);
-          std::memcpy(v_at(l, g, 0), &s.v[e * rv], (size_t)s.n_past * rv);
+        const int64_t n = s.used[(size_t)l * H + g], skip = std::max<int64_t>(0, n - rows_[l]);  // older than the ring
+        for (int64_t j = skip; j < n; ++j) {
+          const int64_t pos = s.n_past - n + j;
+          std::memcpy(k_at(l, g, pos), &s.k[(e + j) * rk], rk);
+          std::memcpy(v_at(l, g, pos), &s.v[(e + j) * rv], rv);
         }
+        e += (size_t)n;
       }
   }
   n_past_ = s.n_past;

@@ -52,18 +52,25 @@ void add_bias(float* x, const std::vector<float>& b, int64_t T) {
     for (size_t i = 0; i < n; ++i) x[t * n + i] += b[i];
 }
 
+// GELU, tanh approximation (Gemma's gelu_pytorch_tanh).
+float gelu_tanh(float x) {
+  return 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
 void mm(const Weight& w, const float* x, int64_t T, float* y, ThreadPool& pool) {
   matmul(w.type, w.data, w.rows, w.cols, x, T, y, w.rows, pool);
 }
 
 }  // namespace
 
-void Context::rope_tables(int64_t pos0, int64_t T, std::vector<float>& cs, std::vector<float>& sn) const {
+void Context::rope_tables(int il, int64_t pos0, int64_t T, std::vector<float>& cs, std::vector<float>& sn) const {
   const int half = hp_.rope_dim / 2;
-  const std::vector<float>& inv_freq = model_.rope_inv_freq();
+  const std::vector<float>& inv_freq = model_.rope_inv_freq(il);
+  // Linear position scaling is the global layers' (Gemma 3 scales only those; others have no local layers).
+  const float scale = hp_.is_swa(il) ? 1.0f : hp_.rope_scale;
   if (cs.size() < (size_t)(T * half)) cs.resize(T * half), sn.resize(T * half);
   for (int64_t t = 0; t < T; ++t) {
-    const float pos = (float)(pos0 + t) / hp_.rope_scale;
+    const float pos = (float)(pos0 + t) / scale;
     for (int i = 0; i < half; ++i) {
       const float theta = pos * inv_freq[i];  // fp32 product, as the reference computes it
       cs[t * half + i] = (float)std::cos((double)theta);
@@ -117,21 +124,40 @@ void Context::attention(const float* qs, int64_t T, const std::function<KVView(i
       const int g = (int)(job % nkv);
       const KVView& kv = views[g];
       const int64_t n_keys = kv.n_before + t + 1;  // causal
+      // Keys first..n_keys-1 (a sliding window keeps the last `window`); with a ring, key j is row
+      // j % ring, so the keys are at most two runs of rows.
+      const int64_t first = kv.window ? std::max<int64_t>(0, n_keys - kv.window) : 0, n = n_keys - first;
+      const int64_t r0 = kv.ring ? first % kv.ring : first, n1 = kv.ring ? std::min(n, kv.ring - r0) : n;
+      const size_t kb = (size_t)hd * kv_type_size(kv.tk), vb = (size_t)hd * kv_type_size(kv.tv);
+      const uint8_t* K = static_cast<const uint8_t*>(kv.k);
+      const uint8_t* V = static_cast<const uint8_t*>(kv.v);
       for (int hh = 0; hh < group; ++hh) {
         const int h = g * group + hh;
         float* s = sc.data();
         const float* qh = &qs[((size_t)t * nh + h) * hd];
-        if (kv.tk == KVType::F16) dot_rows_f16(qh, static_cast<const uint16_t*>(kv.k), hd, hd, n_keys, s);
-        else dot_rows_f32(qh, static_cast<const float*>(kv.k), hd, hd, n_keys, s);
+        auto dots = [&](int64_t row, int64_t cnt, float* out) {
+          if (kv.tk == KVType::F16) dot_rows_f16(qh, reinterpret_cast<const uint16_t*>(K + row * kb), hd, hd, cnt, out);
+          else dot_rows_f32(qh, reinterpret_cast<const float*>(K + row * kb), hd, hd, cnt, out);
+        };
+        dots(r0, n1, s);
+        if (n1 < n) dots(0, n - n1, s + n1);
         float mx = -INFINITY;
-        for (int64_t j = 0; j < n_keys; ++j) mx = std::max(mx, s[j] *= scale);
-        const float inv = (float)(1.0 / exp_shift_sum(s, n_keys, mx));
-        for (int64_t j = 0; j < n_keys; ++j) s[j] *= inv;
-        if (probe_layer_ >= 0 && t == T - 1)  // attention probe: the chunk's last query
-          std::copy_n(s, n_keys, &probe_[((size_t)probe_layer_ * nh + h) * probe_n_]);
+        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j] *= scale);
+        const float inv = (float)(1.0 / exp_shift_sum(s, n, mx));
+        for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+        if (probe_layer_ >= 0 && t == T - 1)  // attention probe: the chunk's last query (positions first..)
+          std::copy_n(s, n, &probe_[((size_t)probe_layer_ * nh + h) * probe_n_ + first]);
         float* oh = &out[((size_t)t * nh + h) * hd];
-        if (kv.tv == KVType::F16) weighted_rows_f16(s, static_cast<const uint16_t*>(kv.v), hd, hd, n_keys, oh);
-        else weighted_rows_f32(s, static_cast<const float*>(kv.v), hd, hd, n_keys, oh);
+        auto mix = [&](const float* w, int64_t row, int64_t cnt, float* o) {
+          if (kv.tv == KVType::F16) weighted_rows_f16(w, reinterpret_cast<const uint16_t*>(V + row * vb), hd, hd, cnt, o);
+          else weighted_rows_f32(w, reinterpret_cast<const float*>(V + row * vb), hd, hd, cnt, o);
+        };
+        mix(s, r0, n1, oh);
+        if (n1 < n) {  // second run: accumulate (weighted_rows writes its output)
+          std::vector<float> tail((size_t)hd);
+          mix(s + n1, 0, n - n1, tail.data());
+          for (int i = 0; i < hd; ++i) oh[i] += tail[i];
+        }
       }
     }
   });
@@ -141,7 +167,10 @@ void Context::attention(const float* qs, int64_t T, const std::function<KVView(i
 void Context::out_and_mlp(int il, const float* att, int64_t T, float* x, float* tmp) {
   const LayerWeights& L = model_.layers()[il];
   const int64_t d = hp_.n_embd, ff = hp_.n_ff;
+  const bool post = hp_.arch->post_norms, gelu = hp_.arch->gelu;
   mm(L.wo, att, T, tmp, pool_);
+  if (post)
+    for (int64_t t = 0; t < T; ++t) rms_norm(&tmp[t * d], L.post_attn_norm.data(), &tmp[t * d], d, hp_.rms_eps);
   for (int64_t i = 0; i < T * d; ++i) x[i] += tmp[i];
   for (int64_t off = 0; off < T; off += n_batch_) {
     const int64_t C = std::min<int64_t>(n_batch_, T - off);
@@ -151,9 +180,11 @@ void Context::out_and_mlp(int il, const float* att, int64_t T, float* x, float* 
     mm(L.w_up, tmp, C, up_.data(), pool_);
     for (int64_t i = 0; i < C * ff; ++i) {
       const float g = gate_[i];
-      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
+      gate_[i] = (gelu ? gelu_tanh(g) : g / (1.0f + std::exp(-g))) * up_[i];
     }
     mm(L.w_down, gate_.data(), C, tmp, pool_);
+    if (post)
+      for (int64_t t = 0; t < C; ++t) rms_norm(&tmp[t * d], L.post_ffn_norm.data(), &tmp[t * d], d, hp_.rms_eps);
     for (int64_t i = 0; i < C * d; ++i) xc[i] += tmp[i];
   }
 }
@@ -174,14 +205,26 @@ void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* 
   const Weight& emb = model_.tok_embd();
   for (int64_t t = 0; t < T; ++t)
     dequantize_row(emb.type, emb.data + (size_t)tokens[t] * emb.row_bytes, &x_[t * d], d);
-  rope_tables(n_past_, T, rope_cos_, rope_sin_);
+  if (hp_.embd_scale != 1.0f)
+    for (int64_t i = 0; i < T * d; ++i) x_[i] *= hp_.embd_scale;
+  // RoPE tables of the global layers and, where there are any, of the sliding-window layers.
+  const auto first_layer = [&](bool swa) {
+    for (int il = 0; il < hp_.n_layer; ++il)
+      if (hp_.is_swa(il) == swa) return il;
+    return -1;
+  };
+  const int il_global = first_layer(false), il_local = first_layer(true);
+  if (il_global >= 0) rope_tables(il_global, n_past_, T, rope_cos_, rope_sin_);
+  if (il_local >= 0) rope_tables(il_local, n_past_, T, rope_cos_swa_, rope_sin_swa_);
   if (probe_on_ && !arena_) {
     probe_n_ = n_past_ + T;
     probe_.assign((size_t)hp_.n_layer * hp_.n_head * probe_n_, 0.0f);
   }
 
   for (int il = 0; il < hp_.n_layer; ++il) {
-    qkv(il, x_.data(), T, xn_.data(), q_.data(), kc_.data(), vc_.data(), rope_cos_.data(), rope_sin_.data());
+    const bool local = hp_.is_swa(il);
+    qkv(il, x_.data(), T, xn_.data(), q_.data(), kc_.data(), vc_.data(), (local ? rope_cos_swa_ : rope_cos_).data(),
+        (local ? rope_sin_swa_ : rope_sin_).data());
     if (arena_) {
       for (int64_t t = 0; t < T; ++t)
         for (int g = 0; g < nkv; ++g)
@@ -196,8 +239,11 @@ void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* 
           store_kv_row(type_v_, &vc_[(t * nkv + g) * hd], hd, v_at(il, g, n_past_ + t));
         }
       probe_layer_ = probe_on_ ? il : -1;
-      attention(q_.data(), T, [&](int g) { return KVView{k_at(il, g, 0), v_at(il, g, 0), n_past_, type_k_, type_v_}; },
-                att_.data());
+      attention(q_.data(), T, [&](int g) {
+        KVView kv{k_at(il, g, 0), v_at(il, g, 0), n_past_, type_k_, type_v_};
+        if (local) kv.ring = rows_[il], kv.window = hp_.n_swa;
+        return kv;
+      }, att_.data());
       probe_layer_ = -1;
     }
     out_and_mlp(il, att_.data(), T, x_.data(), xn_.data());

@@ -88,6 +88,20 @@ void Model::load_hparams() {
   } else if (scaling != "none" && scaling != "") {
     fail(ErrorKind::Unsupported, f.path() + ": rope scaling type '" + scaling + "' is not supported");
   }
+  const ArchInfo& A = *hp_.arch;
+  if (A.embd_scale) hp_.embd_scale = std::sqrt((float)hp_.n_embd);
+  if (A.swa_pattern > 0) {
+    const int64_t w = f.get_int_or(key("attention.sliding_window"), 0);
+    if (w < 0 || w > (1 << 24)) fail(ErrorKind::Format, f.path() + ": attention.sliding_window is out of range");
+    hp_.n_swa = (int32_t)w;
+    hp_.swa.assign(hp_.n_layer, 0);
+    for (int il = 0; il < hp_.n_layer; ++il) hp_.swa[il] = (il + 1) % A.swa_pattern != 0;
+    if (hp_.n_swa && A.rope_base_swa > 0) {
+      rope_inv_freq_swa_.resize(half);
+      for (int i = 0; i < half; ++i)
+        rope_inv_freq_swa_[i] = (float)std::pow((double)A.rope_base_swa, -2.0 * i / hp_.rope_dim);
+    }
+  }
   // llama.cpp's converters store Llama 3.1 frequency factors as a tensor instead.
   if (const TensorInfo* rf = f.tensor("rope_freqs.weight")) {
     if (rf->nelements() != half) fail(ErrorKind::Format, f.path() + ": rope_freqs.weight has the wrong size");
@@ -151,6 +165,10 @@ void Model::load_weights() {
     if (hp_.arch->qk_norm) {
       L.q_norm = vec(p + "attn_q_norm.weight", hd);
       L.k_norm = vec(p + "attn_k_norm.weight", hd);
+    }
+    if (hp_.arch->post_norms) {
+      L.post_attn_norm = vec(p + "post_attention_norm.weight", d);
+      L.post_ffn_norm = vec(p + "post_ffw_norm.weight", d);
     }
     L.wq = weight(p + "attn_q.weight", d, hp_.n_head * hd);
     L.wk = weight(p + "attn_k.weight", d, hp_.n_head_kv * hd);

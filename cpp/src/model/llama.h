@@ -27,6 +27,11 @@ struct LlamaHParams {
   float rope_theta = 10000.0f;
   float rope_scale = 1.0f;  // linear position scaling (positions are divided by it)
   float rms_eps = 1e-5f;
+  float embd_scale = 1.0f;      // arch->embd_scale: sqrt(n_embd)
+  int32_t n_swa = 0;            // sliding window of the local layers (0: none)
+  std::vector<uint8_t> swa;     // [n_layer]: 1 for a sliding-window layer
+  bool is_swa(int il) const { return n_swa > 0 && swa[(size_t)il]; }
+  bool has_swa() const { return n_swa > 0; }
 };
 
 // A 2-D weight matrix in its file format: `rows` rows of `cols` elements.
@@ -41,6 +46,7 @@ struct LayerWeights {
   std::vector<float> attn_norm, ffn_norm;
   std::vector<float> bq, bk, bv;        // arch->qkv_bias: [n_head * head_dim], [n_head_kv * head_dim] x2
   std::vector<float> q_norm, k_norm;    // arch->qk_norm: [head_dim] each
+  std::vector<float> post_attn_norm, post_ffn_norm;  // arch->post_norms: [n_embd] each
   Weight wq, wk, wv, wo, w_gate, w_up, w_down;
 };
 
@@ -62,6 +68,10 @@ class Model {
   const std::vector<LayerWeights>& layers() const { return layers_; }
   // Inverse frequencies per rotated pair (rope_dim/2), llama3 scaling / rope_freqs applied.
   const std::vector<float>& rope_inv_freq() const { return rope_inv_freq_; }
+  // Layer il's RoPE frequencies (the sliding-window layers' own base where the architecture has one).
+  const std::vector<float>& rope_inv_freq(int il) const {
+    return hp_.is_swa(il) && !rope_inv_freq_swa_.empty() ? rope_inv_freq_swa_ : rope_inv_freq_;
+  }
   uint64_t weight_bytes() const { return weight_bytes_; }
   // Unique among the process's models: caches keyed on a model (the GPU's uploaded weights) use it,
   // not the address, which a later model (another file at the same path, say) can be given.
@@ -81,7 +91,7 @@ class Model {
   Weight tok_embd_, output_;
   std::vector<float> output_norm_;
   std::vector<LayerWeights> layers_;
-  std::vector<float> rope_inv_freq_;
+  std::vector<float> rope_inv_freq_, rope_inv_freq_swa_;
   std::string chat_template_;
   uint64_t weight_bytes_ = 0;
   uint64_t id_ = 0;

@@ -133,7 +133,7 @@ void Context::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool a
   const Weight& emb = model_.tok_embd();
   for (int64_t t = 0; t < N; ++t)
     dequantize_row(emb.type, emb.data + (size_t)tokens[t] * emb.row_bytes, &x[t * d], d);
-  rope_tables(0, N, cs, sn);
+  rope_tables(0, 0, N, cs, sn);  // one RoPE for every layer: sliding-window models are not compressed
 
   for (int il = 0; il < hp_.n_layer; ++il) {
     qkv(il, x.data(), N, tmp.data(), q.data(), kc.data(), vc.data(), cs.data(), sn.data());

@@ -138,7 +138,7 @@ KVState deserialize_state(const uint8_t* data, size_t n) {
   for (size_t i = 0; i < S; ++i) {
     if (s.used[i] < 0 || s.used[i] > s.n_past) Reader::bad("a segment's count is out of range");
     if (s.arena && (s.capacity.size() != S || s.used[i] > s.capacity[i])) Reader::bad("a segment holds more than its capacity");
-    if (!s.arena && s.used[i] != s.n_past) Reader::bad("a full-cache segment must hold n_past entries");
+
     entries += (uint64_t)s.used[i];
   }
   if (s.arena) {

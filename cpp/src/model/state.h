@@ -24,8 +24,9 @@ struct KVState {
   int32_t n_past = 0, n_prompt = 0;  // n_prompt: the compressed prompt's tokens (0: full cache)
   std::vector<int32_t> history;      // n_past tokens
   std::vector<float> logits;         // the last token's logits (n_vocab), or empty
-  // KV. Segments are (layer, KV head) in order. Full cache: used[s] = n_past, positions implied
-  // (0..n_past-1), no capacities. Arena: each segment's capacity, used entries and positions.
+  // KV. Segments are (layer, KV head) in order. Full cache: the segment's last used[s] positions
+  // (n_past - used .. n_past - 1: all of them, or a sliding-window layer's ring), no capacities.
+  // Arena: each segment's capacity, used entries and positions.
   bool arena = false;
   int32_t window = 0;                // budget plan (arena only)
   bool plan_compressed = false, layer_pooled = false;

@@ -5,9 +5,11 @@ In-process requests go through httpx's ASGI transport / FastAPI's TestClient; on
 uvicorn on a free localhost port for the openai client and a real client disconnect."""
 import asyncio
 import json
+import runpy
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -321,6 +323,11 @@ def test_uvicorn_openai_client_and_disconnect(smollm2, alone):
         assert text == want
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=base + "/v1", api_key="bad").models.list()
+        example = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "server_client.py"))
+        answers = example["main"](["--base-url", base + "/v1", "--api-key", "k", "--max-tokens", "6"])
+        questions = ["Say hello in Spanish.", "What is 3 + 4?", "Name a color.", "What do bees make?"]
+        assert answers == [alone().create_chat_completion([{"role": "user", "content": q}], temperature=0, max_tokens=6)
+                           ["choices"][0]["message"]["content"] for q in questions]
 
         # A client that leaves mid-stream: its generation stops and the sequence is freed.
         eos = p.model.token_eos()

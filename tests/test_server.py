@@ -112,6 +112,49 @@ def test_concurrent_requests_equal_alone(smollm2, alone, kv):
         p.close()
 
 
+def test_load_no_lost_or_mixed_answers(smollm2, alone):
+    """24 requests at once on 2 sequences (queue): streamed and not, good and bad, in a mix; every good
+    answer is its own prompt's, every bad one a 400, and the pool is idle afterwards."""
+    p = headkv.SequencePool(smollm2, 2, n_ctx=N_CTX, n_threads=1)
+    try:
+        app = create_app(p)
+        prompts = [f"Fact number {i}: the" for i in range(8)]
+        reqs = []
+        for i in range(24):
+            if i % 6 == 5:
+                reqs.append(("/v1/completions", {"prompt": prompts[i % 8], "max_tokens": -1}))
+            else:
+                reqs.append(("/v1/completions", {"prompt": prompts[i % 8], "max_tokens": 4, "temperature": 0,
+                                                 "stream": i % 2 == 1}))
+
+        async def run():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=300) as c:
+                return await asyncio.gather(*(c.post(path, json=body) for path, body in reqs))
+        rs = asyncio.run(run())
+        ref = alone()
+        want = {s: ref.create_completion(s, temperature=0, max_tokens=4)["choices"][0]["text"] for s in prompts}
+        n_gen = 0
+        for (path, body), r in zip(reqs, rs):
+            if body["max_tokens"] < 0:
+                assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+                continue
+            assert r.status_code == 200
+            if body["stream"]:
+                chunks = [json.loads(d) for d in _events(r.text)[:-1]]
+                text = "".join(c["choices"][0]["text"] for c in chunks)
+                n_gen += chunks[-1]["timings"]["predicted_n"]
+            else:
+                text = r.json()["choices"][0]["text"]
+                n_gen += r.json()["usage"]["completion_tokens"]
+            assert text == want[body["prompt"]]
+        st = p.stats()
+        assert (st["busy"], st["waiting"], st["requests"], st["refused"]) == (0, 0, 20, 0)
+        assert st["tokens_generated"] == n_gen == 80
+        assert st["kv_bytes_total"] == sum(s.model.kv_stats()["bytes_held"] for s in p.sequences)
+    finally:
+        p.close()
+
+
 def test_stream_equals_nonstream_and_sse_framing(client):
     body = dict(GREEDY, messages=CHATS[0])
     whole = client.post("/v1/chat/completions", json=body).json()

@@ -181,6 +181,25 @@ def test_stream_equals_nonstream_and_sse_framing(client):
     assert chunks[-1]["timings"]["predicted_n"] == whole["usage"]["completion_tokens"]
 
 
+def test_logprobs_equal_llama_alone(client, smollm2):
+    ref = headkv.Llama(smollm2, n_ctx=N_CTX, n_threads=1, verbose=False)
+    got = client.post("/v1/completions", json=dict(GREEDY, prompt="Logprobs: one, two,", logprobs=3)).json()
+    want = ref.create_completion("Logprobs: one, two,", logprobs=3, **GREEDY)
+    assert got["usage"] == want["usage"]
+    g, w = got["choices"][0], want["choices"][0]
+    assert (g["text"], g["finish_reason"]) == (w["text"], w["finish_reason"])
+    assert g["logprobs"]["tokens"] == w["logprobs"]["tokens"] and g["logprobs"]["text_offset"] == w["logprobs"]["text_offset"]
+    assert g["logprobs"]["token_logprobs"] == pytest.approx(w["logprobs"]["token_logprobs"], abs=0.02)
+    assert [sorted(d) for d in g["logprobs"]["top_logprobs"]] == [sorted(d) for d in w["logprobs"]["top_logprobs"]]
+    got = client.post("/v1/chat/completions", json=dict(GREEDY, messages=CHATS[1], logprobs=True, top_logprobs=2)).json()
+    want = ref.create_chat_completion(CHATS[1], logprobs=True, top_logprobs=2, **GREEDY)
+    g, w = got["choices"][0], want["choices"][0]
+    assert g["message"] == w["message"] and g["finish_reason"] == w["finish_reason"]
+    assert [t["token"] for t in g["logprobs"]["content"]] == [t["token"] for t in w["logprobs"]["content"]]
+    assert [t["logprob"] for t in g["logprobs"]["content"]] == \
+        pytest.approx([t["logprob"] for t in w["logprobs"]["content"]], abs=0.02)
+
+
 def test_followup_turn_reuses_prefix(client, pool, alone):
     turn1 = [{"role": "user", "content": "My name is Ada. Remember it."}]
     r1 = client.post("/v1/chat/completions", json=dict(GREEDY, messages=turn1)).json()
@@ -390,6 +409,15 @@ def test_uvicorn_openai_client_and_disconnect(smollm2, alone):
             r = hc.post("/v1/completions", json=dict(GREEDY, prompt=PROMPTS[0]))
             assert r.status_code == 200 and r.json()["id_slot"] == 0
             assert p.stats()["tokens_generated"] == n_done + r.json()["usage"]["completion_tokens"]
+            # The same for a non-streamed request whose client gives up waiting.
+            with pytest.raises(httpx.ReadTimeout):
+                hc.post("/v1/completions", json=dict(body, stream=False), timeout=1.0)
+            deadline = time.monotonic() + 60
+            while p.sequences[0].busy or p.stats()["requests"] < 6:
+                assert time.monotonic() < deadline, "the sequence was not freed after the client left"
+                time.sleep(0.05)
+            assert p.sequences[0].model.n_generated < 400
+            assert hc.post("/v1/completions", json=dict(GREEDY, prompt=PROMPTS[0])).status_code == 200
     finally:
         server.should_exit = True
         th.join(30)

@@ -8,6 +8,7 @@ sequence's cache; ``prompt_n``: prompt tokens evaluated; ``predicted_n``: tokens
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -15,7 +16,7 @@ import time
 from typing import Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse
 
@@ -77,6 +78,59 @@ def _extras(pool: SequencePool, model, n_prompt: int) -> dict:
                                         "predicted_n": model.n_generated}}
 
 
+def _assemble(chunks: list, done: "_Done") -> dict:
+    """The non-streamed answer from a completion's or chat completion's stream chunks (the same text,
+    finish reason and logprobs that ``stream=False`` gives)."""
+    first = chunks[0]
+    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    finish = next((c["finish_reason"] for c in reversed(choices) if c["finish_reason"]), None)
+    lps = [c["logprobs"] for c in choices if c["logprobs"]]
+    usage = {"prompt_tokens": done.n_prompt, "completion_tokens": done.n_generated,
+             "total_tokens": done.n_prompt + done.n_generated}
+    head = {"id": first["id"], "created": first["created"], "model": first["model"]}
+    if first["object"] == "chat.completion.chunk":
+        text = "".join(c["delta"].get("content") or "" for c in choices)
+        logprobs = {"content": [t for lp in lps for t in lp["content"]], "refusal": None} if lps else None
+        return {**head, "object": "chat.completion", "usage": usage,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "logprobs": logprobs, "finish_reason": finish}]}
+    keys = ("tokens", "text_offset", "token_logprobs", "top_logprobs")
+    logprobs = {k: [v for lp in lps for v in lp[k]] for k in keys} if lps else None
+    return {**head, "object": "text_completion", "usage": usage,
+            "choices": [{"text": "".join(c["text"] for c in choices), "index": 0, "logprobs": logprobs,
+                         "finish_reason": finish}]}
+
+
+class _Gate:
+    """ASGI middleware: the API key check (every path but /health) and the answer counters. Plain
+    ASGI rather than Starlette's BaseHTTPMiddleware, so that the endpoints see the client's
+    disconnect as it happens."""
+
+    def __init__(self, app, api_key: Optional[str], counts: dict):
+        self.app, self.api_key, self.counts = app, api_key, counts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        counts = self.counts
+        counts["requests"] += 1
+
+        async def counted(msg):
+            if msg["type"] == "http.response.start":
+                st = msg["status"]
+                counts["by_status"][st] = counts["by_status"].get(st, 0) + 1
+                counts["errors"] += st >= 400
+            await send(msg)
+
+        if self.api_key is not None and scope["path"] != "/health":
+            auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), self.api_key.encode()):
+                resp = APIError(401, "invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
+                return await resp.response()(scope, receive, counted)
+        await self.app(scope, receive, counted)
+
+
 def create_app(pool: SequencePool, model_id: Optional[str] = None, api_key: Optional[str] = None) -> FastAPI:
     """The FastAPI app serving ``pool``. ``model_id``: the name clients use (default: the GGUF's file
     name; its path is accepted too); ``api_key``: when set, every endpoint but /health needs
@@ -89,23 +143,7 @@ def create_app(pool: SequencePool, model_id: Optional[str] = None, api_key: Opti
     http = {"requests": 0, "errors": 0, "by_status": {}}
     app.state.http = http
 
-    @app.middleware("http")
-    async def count_and_auth(request: Request, call_next):
-        http["requests"] += 1
-        if api_key is not None and request.url.path != "/health":
-            auth = request.headers.get("authorization", "")
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-                resp = APIError(401, "invalid or missing API key (Authorization: Bearer ...)",
-                                code="invalid_api_key").response()
-            else:
-                resp = await call_next(request)
-        else:
-            resp = await call_next(request)
-        http["by_status"][resp.status_code] = http["by_status"].get(resp.status_code, 0) + 1
-        if resp.status_code >= 400:
-            http["errors"] += 1
-        return resp
+    app.add_middleware(_Gate, api_key=api_key, counts=http)
 
     @app.exception_handler(APIError)
     async def _api_error(request, e: APIError):
@@ -132,18 +170,39 @@ def create_app(pool: SequencePool, model_id: Optional[str] = None, api_key: Opti
             raise ContextFullError(f"the prompt has {len(tokens)} tokens but the context holds {int(m.n_ctx)} "
                                    f"(-c/--ctx-size, per sequence)")
 
-    async def respond(req, tokens: list, run):
+    async def whole(request: Request, items):
+        """A non-streamed answer, assembled from the streamed chunks; a client that leaves before it
+        is ready stops the generation (as a streamed one does)."""
+        async def collect():
+            try:
+                return [x async for x in items]
+            finally:
+                await items.aclose()
+
+        async def disconnected():
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        got, gone = asyncio.ensure_future(collect()), asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait({got, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not got.done():  # the client left: stop the generation, free the sequence
+            got.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await got
+            return Response(status_code=499)  # nobody reads it (nginx's "client closed request")
+        try:
+            out = got.result()
+        except Exception as e:
+            raise api_error(e) from None
+        i = next(k for k, x in enumerate(out) if isinstance(x, _Done))
+        return JSONResponse(dict(_assemble(out[:i], out[i]), **out[i + 1]))
+
+    async def respond(request: Request, req, tokens: list, run):
         """Runs ``run(model, stream)`` on a sequence; a JSON response or an SSE stream."""
         n_prompt = len(tokens)
-        if not req.stream:
-            def whole(m):
-                out = run(m, False)
-                out.update(_extras(pool, m, n_prompt))
-                yield out
-            try:  # to the end: the sequence is released (and counted) before the answer goes out
-                return JSONResponse([out async for out in pool.stream(tokens, whole)][0])
-            except Exception as e:
-                raise api_error(e) from None
 
         def streamed(m):
             yield from run(m, True)
@@ -151,6 +210,8 @@ def create_app(pool: SequencePool, model_id: Optional[str] = None, api_key: Opti
             yield _extras(pool, m, n_prompt)
 
         items = pool.stream(tokens, streamed)
+        if not req.stream:
+            return await whole(request, items)
         try:  # the first chunk before the response starts: errors are still JSON with a status
             first = await items.__anext__()
         except Exception as e:
@@ -213,7 +274,7 @@ def create_app(pool: SequencePool, model_id: Optional[str] = None, api_key: Opti
         except Exception as e:
             raise api_error(e) from None
         kw = dict(req.sampling(), echo=req.echo, logprobs=req.logprobs, suffix=req.suffix, model=model_id)
-        return await respond(req, tokens, lambda m, stream: m.create_completion(tokens, stream=stream, **kw))
+        return await respond(request, req, tokens, lambda m, stream: m.create_completion(tokens, stream=stream, **kw))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -229,7 +290,7 @@ def create_app(pool: SequencePool, model_id: Optional[str] = None, api_key: Opti
             kw["max_tokens"] = req.max_completion_tokens
         kw.update(response_format=req.response_format, tools=req.tools, tool_choice=req.tool_choice,
                   logprobs=req.logprobs, top_logprobs=req.top_logprobs, model=model_id)
-        return await respond(req, tokens, lambda m, stream: m.create_chat_completion(messages, stream=stream, **kw))
+        return await respond(request, req, tokens, lambda m, stream: m.create_chat_completion(messages, stream=stream, **kw))
 
     @app.get("/metrics")
     async def metrics():

@@ -107,6 +107,7 @@ class Model:
         self.verbose = verbose
         self.cache_prompt = bool(cache_prompt)
         self.n_reused = 0  # prompt tokens the last generate()/completion took from the context (prefix reuse)
+        self.n_generated = 0  # tokens the last (or current) completion has generated so far
 
     # ---- properties ----
     @property
@@ -335,8 +336,10 @@ class Model:
         stop = [stop] if isinstance(stop, str) else list(stop or [])
         scanner, buf, n = StopScanner(stop), b"", 0
         finish = "length"
+        self.n_generated = 0
         for tok in self.generate(prompt_tokens, max_tokens=max_tokens, reset=reset, **sampling):
             n += 1
+            self.n_generated = n
             buf += self._e.token_to_piece(tok)
             k = utf8_complete_prefix(buf)
             text = scanner.feed(buf[:k].decode("utf-8", errors="replace"))
@@ -411,6 +414,16 @@ class Model:
         return out
 
     __call__ = create_completion
+
+    def create_completions(self, prompts: Sequence, **kwargs) -> list:
+        """``create_completion(prompt, **kwargs)`` for each prompt, one after another in this context
+        (each prompt reuses what it shares with the one before). Several contexts in threads:
+        ``headkv.SequencePool(path, n_seq).create_completions(prompts, **kwargs)``."""
+        if kwargs.get("stream"):
+            raise InvalidArgumentError("create_completions does not stream")
+        if isinstance(prompts, (str, bytes)):
+            raise InvalidArgumentError("create_completions takes a list of prompts")
+        return [self.create_completion(p, **kwargs) for p in prompts]
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         bos = self._e.token_to_piece(self._e.bos).decode("utf-8", "replace") if self._e.bos >= 0 else ""

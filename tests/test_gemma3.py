@@ -112,8 +112,34 @@ def test_prefix_reuse_truncate_and_state_with_the_ring(gemma3, prompt):
         list(fresh.generate([t], temperature=0, max_tokens=6, reset=False))
 
 
-def test_compression_and_gpu_are_refused_with_typed_errors(gemma3):
-    with pytest.raises(headkv.UnsupportedError, match="sliding-window"):
-        headkv.Model(gemma3, n_ctx=512, kv_method="snapkv", kv_budget=64)
+def test_compression_keeps_the_windows_and_budgets_the_global_layers(gemma3, prompt, tmp_path):
+    """Compressing methods on a sliding-window model: each local layer keeps the prompt's last
+    window - 1 positions (all a later query sees), the budget goes to the 3 global layers. A budget
+    above the prompt gives the full cache's logits and greedy tokens (fp32 K/V on both sides)."""
+    ids = prompt[:1200]
+    full = _f32(gemma3, n_ctx=2048)
+    want = list(full.generate(ids, temperature=0, max_tokens=6))
+    big = _f32(gemma3, n_ctx=2048, kv_method="snapkv", kv_budget=4096)
+    assert list(big.generate(ids, temperature=0, max_tokens=6)) == want
+    n = len(ids)
+    import json
+    rng = np.random.default_rng(0)
+    scores = tmp_path / "scores.json"  # the official format: "layer-head" -> per-example scores
+    scores.write_text(json.dumps({f"{l}-{h}": list(rng.random(2)) for l in range(18) for h in range(4)}))
+    for method in ("snapkv", "adakv", "pyramidkv", "headkv"):
+        m = headkv.Model(gemma3, n_threads=2, n_ctx=512, kv_method=method, kv_budget=128, max_new_tokens=8,
+                         scores=str(scores) if method == "headkv" else None)
+        m.eval(ids)
+        pos = m.kv_positions()
+        for l in range(18):
+            held = [list(p) for p in pos[l]]
+            if (l + 1) % 6:  # local
+                assert held == [list(range(n - WINDOW + 1, n))], (method, l)
+            else:
+                assert 8 < len(held[0]) <= 256 and held[0][-8:] == list(range(n - 8, n)), (method, l)
+        kept = sum(len(pos[l][0]) for l in (5, 11, 17))  # the global layers share the budget
+        assert kept == 3 * 128 if method != "headkv" else 3 * 120 < kept <= 3 * 128, (method, kept)
+        st = m.kv_stats()
+        assert st["bytes_held"] < st["bytes_full"]
     with pytest.raises(headkv.UnsupportedError, match="no tokenizer.chat_template"):
         headkv.Model(gemma3, n_ctx=64).apply_chat_template([{"role": "user", "content": "hi"}])

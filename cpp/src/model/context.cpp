@@ -49,9 +49,6 @@ Context::Context(const Model& model, const ContextParams& p)
     for (int32_t t : kv_.probe)
       if (t < 0 || t >= hp_.n_vocab)
         fail(ErrorKind::InvalidArgument, "probe token id " + std::to_string(t) + " is outside the vocabulary");
-    if (hp_.has_swa())
-      fail(ErrorKind::Unsupported, "KV method '" + kv_.method + "': compressing a sliding-window model (" +
-                                       hp_.arch->name + ") is not built yet; use the full cache (its local layers keep a ring of the window)");
     if (method_ == BudgetMethod::HeadKV) {
       scores_ = resolve_head_scores(kv_.scores, model_info(model.file()));  // the given file, or the shipped one
     }

@@ -152,6 +152,9 @@ class Context {
   // hidden_out (optional): the chunk's final-norm hidden states, [T][n_embd].
   void forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out, float* hidden_out = nullptr);
   void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
+  // The budget plan of a compressed prompt: over every layer, or, with sliding-window layers, over
+  // the global ones (the local ones keep their window).
+  BudgetPlan plan_compressed_layers(const BudgetParams& bp, int64_t n_prompt) const;
   // K/V hold N rows (the prompt, then the probe when there is one); the prompt is the first n_prompt.
   void select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N, int64_t n_prompt);
   // Pieces of the transformer block, shared by both paths.

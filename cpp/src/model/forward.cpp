@@ -229,8 +229,10 @@ void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* 
       for (int64_t t = 0; t < T; ++t)
         for (int g = 0; g < nkv; ++g)
           arena_->append(il, g, n_past_ + (int32_t)t, &kc_[(t * nkv + g) * hd], &vc_[(t * nkv + g) * hd]);
-      attention(q_.data(), T, [&](int g) {
-        return KVView{arena_->k(il, g), arena_->v(il, g), arena_->used(il, g) - T, arena_->type_k(), arena_->type_v()};
+      attention(q_.data(), T, [&](int g) {  // a sliding-window layer's entries are consecutive positions
+        KVView kv{arena_->k(il, g), arena_->v(il, g), arena_->used(il, g) - T, arena_->type_k(), arena_->type_v()};
+        if (local) kv.window = hp_.n_swa;
+        return kv;
       }, att_.data());
     } else {
       for (int64_t t = 0; t < T; ++t)

@@ -1,5 +1,8 @@
 // Compressed prefill: the whole prompt goes through one layer at a time with full causal
 // attention; right after each layer every KV head keeps only its selected tokens in the arena.
+// Sliding-window layers (model/arch.h) are not compressed: each of their heads keeps the prompt's
+// last window - 1 positions (all a later query can see) plus the decode room; the budget is
+// planned over the global layers.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -50,6 +53,33 @@ std::vector<int32_t> prefill_rows(const KVConfig& kv, const int32_t* prompt, int
   return rows;
 }
 
+BudgetPlan Context::plan_compressed_layers(const BudgetParams& bp, int64_t n_prompt) const {
+  const int nh = hp_.n_head, nkv = hp_.n_head_kv;
+  if (!hp_.has_swa()) return plan_budget(bp, scores_ ? &*scores_ : nullptr, hp_.n_layer, nh, nkv, n_prompt);
+  // The global layers share the budget (their rows of the score file); each sliding-window layer
+  // keeps the window before the observation window.
+  std::vector<int> global;
+  for (int il = 0; il < hp_.n_layer; ++il)
+    if (!hp_.is_swa(il)) global.push_back(il);
+  std::optional<HeadScores> sub;
+  if (scores_) {
+    sub = *scores_;
+    sub->n_layer = (int32_t)global.size();
+    sub->score.clear();
+    for (int il : global)
+      for (int h = 0; h < nh; ++h) sub->score.push_back(scores_->at(il, h));
+  }
+  const BudgetPlan pg = plan_budget(bp, sub ? &*sub : nullptr, (int)global.size(), nh, nkv, n_prompt);
+  BudgetPlan plan = pg;
+  plan.n_layer = hp_.n_layer;
+  const int64_t P = n_prompt - pg.window;
+  const int32_t local = (int32_t)std::max<int64_t>(0, std::min<int64_t>(P, (int64_t)hp_.n_swa - 1 - pg.window));
+  plan.cap.assign((size_t)hp_.n_layer * nkv, local);
+  for (size_t i = 0; i < global.size(); ++i)
+    for (int g = 0; g < nkv; ++g) plan.cap[(size_t)global[i] * nkv + g] = pg.cap[i * nkv + g];
+  return plan;
+}
+
 void Context::select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N, int64_t n_prompt) {
   const int nkv = hp_.n_head_kv, hd = hp_.head_dim;
   const int32_t a = plan_->window;
@@ -57,7 +87,11 @@ void Context::select_layer(int il, const float* q_win, const float* K, const flo
   std::vector<int32_t> caps(nkv);
   for (int g = 0; g < nkv; ++g) caps[g] = plan_->at(il, g);
   std::vector<std::vector<int32_t>> kept;
-  if (!plan_->compressed) {
+  if (hp_.is_swa(il)) {  // the prefix's last cap positions (the window before the observation window)
+    kept.assign(nkv, {});
+    for (int g = 0; g < nkv; ++g)
+      for (int64_t j = P - caps[g]; j < P; ++j) kept[g].push_back((int32_t)j);
+  } else if (!plan_->compressed) {
     kept.assign(nkv, {});
     for (auto& k : kept)
       for (int64_t j = 0; j < P; ++j) k.push_back((int32_t)j);
@@ -83,7 +117,7 @@ void Context::select_layer(int il, const float* q_win, const float* K, const flo
       kept = select_window_topk(q_win, hp_.n_head, nkv, hd, K, N * hd, hd, N, caps.data(), sp);
     }
   }
-  if (layer_pooled() && plan_->compressed) {  // the layer's pool, split by score
+  if (layer_pooled() && plan_->compressed && !hp_.is_swa(il)) {  // the layer's pool, split by score
     std::vector<int64_t> cap(nkv);
     for (int g = 0; g < nkv; ++g) cap[g] = (int64_t)kept[g].size() + a + kv_.max_new_tokens;
     arena_->resize_layer(il, cap);
@@ -104,7 +138,7 @@ void Context::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool a
   bp.window = kv_.window;
   bp.beta = kv_.beta;
   bp.temp = kv_.temp;
-  plan_ = plan_budget(bp, scores_ ? &*scores_ : nullptr, hp_.n_layer, (int)nh, (int)nkv, n_prompt);
+  plan_ = plan_compressed_layers(bp, n_prompt);
   plan_->layer_pooled = layer_pooled();
   const bool scored = plan_->compressed && method_ != BudgetMethod::Streaming;
   const std::vector<int32_t> rows_tok = prefill_rows(kv_, prompt, n_prompt, scored);
@@ -133,17 +167,32 @@ void Context::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool a
   const Weight& emb = model_.tok_embd();
   for (int64_t t = 0; t < N; ++t)
     dequantize_row(emb.type, emb.data + (size_t)tokens[t] * emb.row_bytes, &x[t * d], d);
-  rope_tables(0, 0, N, cs, sn);  // one RoPE for every layer: sliding-window models are not compressed
+  if (hp_.embd_scale != 1.0f)
+    for (int64_t i = 0; i < N * d; ++i) x[i] *= hp_.embd_scale;
+  std::vector<float> cs_swa, sn_swa;  // the sliding-window layers' RoPE
+  int il_global = 0;
+  while (il_global < hp_.n_layer && hp_.is_swa(il_global)) ++il_global;
+  if (il_global < hp_.n_layer) rope_tables(il_global, 0, N, cs, sn);
+  for (int il = 0; il < hp_.n_layer; ++il)
+    if (hp_.is_swa(il)) {
+      rope_tables(il, 0, N, cs_swa, sn_swa);
+      break;
+    }
 
   for (int il = 0; il < hp_.n_layer; ++il) {
-    qkv(il, x.data(), N, tmp.data(), q.data(), kc.data(), vc.data(), cs.data(), sn.data());
+    const bool local = hp_.is_swa(il);
+    qkv(il, x.data(), N, tmp.data(), q.data(), kc.data(), vc.data(), (local ? cs_swa : cs).data(),
+        (local ? sn_swa : sn).data());
     for (int64_t t = 0; t < N; ++t)
       for (int g = 0; g < nkv; ++g) {
         std::copy_n(&kc[(t * nkv + g) * hd], hd, &K[((size_t)g * N + t) * hd]);
         std::copy_n(&vc[(t * nkv + g) * hd], hd, &V[((size_t)g * N + t) * hd]);
       }
-    attention(q.data(), N, [&](int g) { return KVView{&K[(size_t)g * N * hd], &V[(size_t)g * N * hd], 0}; },
-              att.data());
+    attention(q.data(), N, [&](int g) {
+      KVView kv{&K[(size_t)g * N * hd], &V[(size_t)g * N * hd], 0};
+      if (local) kv.window = hp_.n_swa;
+      return kv;
+    }, att.data());
     const int64_t n_win = N > n_prompt ? N - n_prompt : plan_->window;
     select_layer(il, &q[(size_t)(N - n_win) * nh * hd], K.data(), V.data(), N, n_prompt);
     out_and_mlp(il, att.data(), N, x.data(), tmp.data());

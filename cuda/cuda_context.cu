@@ -47,12 +47,8 @@ void check_kv_config(const KVConfig& kv) {
 
 // Decode attention items: a layer's keys are cut into at most one wave of blocks, each item of at
 // least kMinKeysPerItem keys, in multiples of 32 keys per warp of a block (its warps stream tiles of
-// 32 keys; 8 warps: multiples of 256). Measured on the H200 with 4-warp blocks (session 9, 8B Q4_0
-// headkv-1024 at 8k, t/s; 128-key items): items of at least 256 / 512 / 1024 keys 535-537 / 509 /
-// 467 vs 546-549; 64 / 96 / 32 keys (multiples of 32) 544-549 / 548-551 / 531 vs 545-549. Session
-// 11: 8-warp blocks (one per SM, 256-key items, so each warp still holds one tile at 8k) 560.5-561.9
-// vs 553.7-556.2 at 8k, 558.3 vs 549.3 at 128k, full cache at 8k / 32k 504.0 / 358.2 vs 500.9 /
-// 351.1, depth 0 unchanged.
+// 32 keys; 8 warps: multiples of 256, so each warp still holds one tile of a short item). Longer
+// minimum items were slower and shorter ones no faster (BENCHMARKS.md, History).
 constexpr int kMinKeysPerItem = 64, kMaxSplits = 512;
 
 }  // namespace
@@ -107,11 +103,8 @@ struct CudaContext::Impl {
   // staging through pageable memory), and the step's token and position read by the graph from
   // step_host; HEADKV_LOGITS_IN_GRAPH=0 copies both outside the graph, the logits into logits_h.
   bool logits_in_graph = true;
-  // (Measured slower on the H200, session 12, headkv-1024 at 8k: the output head writing the logits
-  // straight into mapped pinned memory instead of a copy node, 550.5 / 551.9 vs 559.5 / 561.1 t/s,
-  // its 4-byte stores crossing PCIe one by one; the token read from mapped memory and the position
-  // kept as a device counter advanced by the graph instead of the input copy node, 559.1 vs 559.5 /
-  // 561.1.)
+  // (Copy nodes, not mapped memory: the output head storing into mapped pinned memory sends each
+  // 4-byte store across PCIe on its own, and a mapped token read gained nothing; BENCHMARKS.md.)
   float* logits_pin = nullptr;
   bool pinned_logits = false;  // the last successful eval's logits are in logits_pin
   cudaGraphExec_t graph = nullptr;

@@ -27,20 +27,11 @@ __device__ __forceinline__ float f16_round(float x) { return __half2float(__floa
 //
 // NW = 8 warps per block by default (one block per SM at hd 128; 4 warps: two, HEADKV_ATTN_WARPS=4;
 // 2 warps where a block may have only ~99 KB of shared memory, sm_86 / sm_89 at hd 128).
-// R = 3 chunks per warp. Measured on the H100 (8B Q4_0, decode t/s): R = 2
-// gives 426.6 / 401.3 / 251.3 (full d0, headkv-1024 at 8k, full 32k), R = 3 426.0 / 411.0 / 248.8,
-// R = 4 - / 406.7 / 223.5; the register-streaming kernel before it 397.2 / 351.2 (with the separate
-// RoPE kernel) / 200.3. The tile math on CUDA cores (16 lanes per key row, the G query vectors in
-// registers, shuffle reductions: ~2700 dependent instructions per warp and tile) gave 465.5 / 438.6 /
-// 254.3 where tensor cores give 481.9 / 452.8 / 268.6: at short contexts a warp's one tile is the
-// kernel's critical path.
-// Also measured slower, on the H200 (session 8, headkv-1024 at 8k): the items of one KV head as a
-// thread-block cluster merging through distributed shared memory instead of the merge kernel
-// (497.3 with clusters of up to 16, 544.3 up to 8, vs 543.1), and a 2-chunk ring with both chunks
-// requested before the wait for items of one tile per warp (532.0 / 522.0 vs 544.0 / 538.1).
-// Session 9: the merge fused into this kernel (the last item of a KV head to finish, counted with an
-// atomic, merges its partials from shared memory) 466.5 / 465.4 vs 543.9 / 549.2, and 534.9 vs 574.5
-// for the full cache at depth 0: the separate merge kernel (a PDL launch) costs less.
+// R = 3 chunks per warp: the best of 2, 3 and 4 over short and long contexts. The tile math runs on
+// tensor cores because at short contexts a warp's one tile is the kernel's critical path (on CUDA
+// cores it was a long chain of dependent instructions). Merging the partials in this kernel (by the
+// last item of a KV head) or in a thread-block cluster was slower than the separate merge kernel,
+// a PDL launch; figures in BENCHMARKS.md, History.
 constexpr int R = kDecodeRing;
 // Key rows in the ring are HD + 8 halves apart (16 bytes of padding: conflict-free ldmatrix).
 template <int HD>
@@ -233,10 +224,9 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
 // dimension in each). One pass: a thread loads the max, sum and value of UN of its partials at once
 // and combines them at its own running max; the groups' results are then combined through shared
 // memory at the block's max. Empty partials (l = 0: an item past the head's keys) weigh nothing.
-// Measured on the H200 (session 13, BENCHMARKS.md) against the earlier two passes (the head's max,
-// then the sums): headkv-1024 +0.5-0.9% from 8k to 128k, full cache within 1%. Held to 32
-// registers: at 36 its early-launched (PDL) blocks cost the full cache 5.5% at 32k (session 12);
-// UN = 4 spills at 32 and measured no better than UN = 2.
+// One pass replaced two (the head's max, then the sums): one dependent round of loads and a barrier
+// fewer. Held to 32 registers (UN = 2 partials in flight): with more registers its early-launched
+// (PDL) blocks slowed the full cache at long contexts, and UN = 4 spills (BENCHMARKS.md, History).
 constexpr int MT = 512;
 template <int HD>
 __global__ void __launch_bounds__(MT, 4) merge_kernel(DecodeArgs a) {

@@ -6,11 +6,8 @@
 // (in registers they would spill); S = Q·Kᵀ, the online softmax (scores scaled inside the FFMA
 // that feeds ex2.approx.ftz) and P (as fp16 A fragments) never leave registers; O accumulates in
 // registers. A warp skips the tiles wholly past its rows' last key.
-// Measured on the H200 (F16 8B prefill at 32k, t/s, session 9): 16 rows per warp with Q in registers,
-// 64-key tiles and exp2f(s * scale - max) 13586 / 13578; the same with the scale in the FFMA and
-// ex2.approx.ftz 15223 / 15258; 32 rows per warp with 64-key tiles (spills 40 bytes) 16142 / 16151;
-// as here 16498 / 16530. Earlier (session 8, 16 rows per warp): 128-query blocks of 8 warps, 32-key
-// tiles with register limits and a heavy-first tile order were slower or within noise.
+// Each of these choices (32 rows per warp, 32-key tiles without spills, the scale inside the FFMA)
+// beat the variants tried; 128-query blocks and a heavy-first tile order did not (BENCHMARKS.md).
 #include <cuda_fp16.h>
 
 #include "common.cuh"

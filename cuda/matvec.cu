@@ -145,9 +145,8 @@ template <class F, int MODE, bool NORM>
 void launch(const MV& a, cudaStream_t s) {
   if (a.T == 1) {
     const size_t smem = NORM ? mv_norm_smem(a.cols) : 0;
-    // 8 warps per block when the block stages RMSNorm(x) (fewer blocks re-read and reduce x): 8B F16
-    // decode 171.0 vs 168.9 t/s with 4 (16: 170.7). Without RMSNorm (output and down projections), 4
-    // stays: 173.4-173.6 vs 171.4-171.6 with 8 and 170.3 with 16.
+    // 8 warps per block when the block stages RMSNorm(x), so fewer blocks re-read and reduce x; without
+    // RMSNorm (output and down projections) 4 warps are faster (BENCHMARKS.md, History).
     constexpr int warps = NORM ? 8 : kWarpsN;
     auto k = matvec_kernel<F, MODE, 1, NORM, NORM, kRowsN, warps>;
     if constexpr (NORM) {
@@ -157,10 +156,8 @@ void launch(const MV& a, cudaStream_t s) {
         attr = smem;
       }
     }
-    // Launched normally: as PDL dependents these matvecs gave no speed (8B F16 169.3 vs 169.4 t/s).
-    // Also measured (8B F16) and not kept: an L2 prefetch of the warp's rows before the wait (134 vs
-    // 169 t/s), a one-wave grid striding over the rows (166 vs 172), 4 or 8 blocks in flight per lane
-    // (163, 166; without RMSNorm only: 169.7 vs 169.0).
+    // Launched normally: PDL launches, an L2 prefetch of the rows before the wait, a one-wave grid and
+    // more blocks in flight per lane gained nothing or lost on 8B F16 (BENCHMARKS.md, History).
     k<<<(unsigned)cdiv(a.rows, kRowsN * warps), 32 * warps, smem, s>>>(a);
   } else if constexpr (MODE != MV_ROPE) {
     matvec_kernel<F, MODE, kMatvecMaxT, false, false, kRowsN, kWarpsN>

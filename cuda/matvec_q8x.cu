@@ -122,9 +122,8 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   // Launched as a programmatic dependent of the previous kernel (launch_u): what does not depend on
   // it is started before the wait (x is its output): the first blocks of this warp's first unit are
   // pulled into L2, and for RoPE the rotation and the arena entry are computed.
-  // Measured on the H100 (8B Q4_0) and not kept: a bulk prefetch of the unit's whole rows and scales
-  // (397 vs 426 t/s; for the Q/K/V and output projections alone, -1 to +3%), the first step loaded
-  // into registers instead of L2 (no change).
+  // (A bulk prefetch of the unit's whole rows and scales, or the first step loaded into registers
+  // instead of L2, did not pay: BENCHMARKS.md, History.)
   const int64_t unit0 = (int64_t)blockIdx.x * kWarps + warp;
   RopeMeta meta;
   if (unit0 < units) {
@@ -217,17 +216,13 @@ void launch_u(const MV& a, cudaStream_t s) {
 }
 
 // U = 4 blocks of 32 weights per lane in flight (2 per row for SwiGLU and RoPE pairs, which load two
-// rows). Also measured on the H100, 8B Q4_0 and not kept: 8 per lane (368 vs 380 t/s), 16 on the
-// 14336-wide down projection, and clusters of 8 blocks sharing the quantized x through distributed
-// shared memory (342 vs 370 t/s); U = 4 for the Q/K/V pairs (one step per 4096-wide row pair): -1%.
+// rows); more per lane, or clusters sharing the quantized x, were slower (BENCHMARKS.md, History).
 // Threads per block: every block quantizes all of x, so the wide plain projections (the
 // 14336-wide down projection) take 1024 threads (one block per SM, as many warps as 4 blocks of
-// 256): x is quantized once per SM instead of four times; also for the K-quants (Q4_K_M, 8B,
-// depth 0: 396.7 vs 380.7 t/s at 512), Q5_K and Q6_K with one item per lane in flight so they fit
-// 64 registers. Measured on the H100, 8B Q4_0, decode t/s at depth 0: down at 1024 threads 457.7
-// vs 256 431.0 (512: +2.7%); the output projection (MV_ADD, 4096 wide) at 512 +0.9 to 1.1% (1024:
-// +0.8%); Q/K/V and gate/up at 512 or 1024: no gain (-0.5 to +0.1%), and at 1024 (64 registers)
-// the Q8_0 RoPE and SwiGLU kernels would spill.
+// 256): x is quantized once per SM instead of four times; also for the K-quants, Q5_K and Q6_K with
+// one item per lane in flight so they fit 64 registers. The output projection (MV_ADD) takes 512;
+// Q/K/V and gate/up stay at 256: more gained nothing, and at 1024 (64 registers) the Q8_0 RoPE and
+// SwiGLU kernels would spill.
 // HEADKV_MATVEC_THREADS=256 runs every shape at 256 (read at each launch: a GPU test requires the
 // same logits bit for bit).
 template <int TYPE, int MODE, bool NORM>

@@ -12,8 +12,7 @@ namespace headkv {
 
 // Threads used when none are asked for: half the CPUs this process may run on (at least 1), about
 // the physical cores. Every parallel step waits for its slowest thread, so a thread that shares a
-// core with another process stalls all of them: on a 2-core machine with one busy neighbour, decode
-// ran 4x slower on 2 threads than on 1 (BENCHMARKS.md).
+// core with another process stalls all of them (BENCHMARKS.md, thread count).
 int default_thread_count();
 
 class ThreadPool {

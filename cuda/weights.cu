@@ -103,7 +103,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
                                        " elements, not a multiple of 32");
     *off = add(w.data, w.row_bytes * (size_t)w.rows, (int)w.type);
   };
-  if (hp.arch->post_norms || hp.arch->gelu || hp.arch->embd_scale || hp.has_swa())
+  if (hp.arch->post_norms || hp.arch->gelu || hp.arch->embd_scale || hp.arch->softcaps || hp.has_swa())
     fail(ErrorKind::Unsupported, std::string("device 'cuda': architecture '") + hp.arch->name +
                                      "' runs on the CPU only for now (post-norms, GeGLU and sliding-window layers are not built on the GPU)");
   if (hp.head_dim != 64 && hp.head_dim != 128)

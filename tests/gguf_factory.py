@@ -53,9 +53,11 @@ def copy_tokenizer(writer, src_path, n_vocab=None):
 
 def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
                      wtype="F32", seed=0, extra=None, alignment=None, tied=True, types=None, kscale=None,
-                     n_vocab=None, head_dim=None):
+                     n_vocab=None, head_dim=None, sliding_window=None):
     """A random-weight GGUF of a llama-block architecture (arch "llama", "qwen2" with Q/K/V biases,
-    "qwen3" with per-head q/k norms; `head_dim` other than n_embd/n_head is written as key_length) with SmolLM2's vocabulary (its first `n_vocab` tokens if given). `wtype` is a gguf-py
+    "qwen3" with per-head q/k norms; "gemma2" / "gemma3" with post-norms, `sliding_window` and, for
+    gemma2, logit soft-capping (50 / 30), for gemma3 q/k norms; `head_dim` other than n_embd/n_head is
+    written as key_length) with SmolLM2's vocabulary (its first `n_vocab` tokens if given). `wtype` is a gguf-py
     GGMLQuantizationType name for the 2-D weights (quantized with gguf.quants where possible);
     `types` maps a tensor name part ("attn_v", "ffn_down", ...) to another type for those tensors;
     `kscale` gives K-quant weights centred values of about that super-block scale (random_kquant)."""
@@ -74,6 +76,11 @@ def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_h
     w.add_head_count_kv(n_head_kv)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
+    if sliding_window:
+        w.add_sliding_window(sliding_window)
+    if arch == "gemma2":
+        w.add_attn_logit_softcapping(50.0)
+        w.add_final_logit_softcapping(30.0)
     for k, v in (extra or {}).items():
         w.add_key_value(k, v[0], v[1])
     hd = head_dim or n_embd // n_head
@@ -114,9 +121,12 @@ def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_h
         if arch == "qwen2":
             for part, n in (("attn_q", n_head * hd), ("attn_k", n_head_kv * hd), ("attn_v", n_head_kv * hd)):
                 w.add_tensor(p + part + ".bias", (0.1 * rng.standard_normal(n)).astype(np.float32))
-        if arch == "qwen3":
+        if arch in ("qwen3", "gemma3"):
             vec(p + "attn_q_norm.weight", hd)
             vec(p + "attn_k_norm.weight", hd)
+        if arch in ("gemma2", "gemma3"):
+            vec(p + "post_attention_norm.weight", n_embd)
+            vec(p + "post_ffw_norm.weight", n_embd)
         mat(p + "ffn_gate.weight", n_ff, n_embd)
         mat(p + "ffn_up.weight", n_ff, n_embd)
         mat(p + "ffn_down.weight", n_embd, n_ff)

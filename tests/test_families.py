@@ -1,6 +1,9 @@
 """Model families of the architecture table (cpp/src/model/arch.h) against transformers loading the
 same GGUF: random-weight files of each architecture (Q/K/V biases for qwen2; per-head q/k norms and
-a head size other than n_embd / n_head, given as key_length, for qwen3; NeoX RoPE for both)."""
+a head size other than n_embd / n_head, given as key_length, for qwen3; NeoX RoPE for all; gemma2:
+embedding scale, GeGLU, post-norms, attention and final soft-capping, every other layer sliding
+over 8 positions; gemma3: q/k norms and 5 sliding-window layers with their own RoPE base to each
+global one). The 24-token prompt is longer than the windows."""
 import numpy as np
 import pytest
 
@@ -8,9 +11,12 @@ import headkv
 from gguf_factory import write_tiny_llama
 
 SHAPE = dict(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, n_vocab=2048)
-# transformers reads no key_length for qwen3 GGUFs and uses its config default, 128.
-ARCHS = {"qwen2": {}, "qwen3": {"head_dim": 128}}
-# Measured: 3.1e-6 (qwen2), 3.6e-6 (qwen3) on logits of magnitude ~3.5; the weight-type test's bound.
+# transformers reads no key_length for qwen3 / gemma GGUFs and uses its config defaults (128; 256,
+# also the gemmas' query_pre_attn_scalar).
+ARCHS = {"qwen2": {}, "qwen3": {"head_dim": 128}, "gemma2": {"head_dim": 256, "sliding_window": 8},
+         "gemma3": {"head_dim": 256, "sliding_window": 8, "n_layer": 6}}
+# Measured: 3.1e-6 (qwen2), 3.6e-6 (qwen3), 2.6e-6 (gemma2), 4.7e-6 (gemma3) on logits of magnitude
+# 3.5-6.3; the weight-type test's bound.
 REL_BOUND = 1e-4
 
 
@@ -20,7 +26,8 @@ def ids():
 
 
 def _files(tmp_path, smollm2, arch, wtype="F32"):
-    return write_tiny_llama(tmp_path / f"tiny_{arch}_{wtype}.gguf", smollm2, arch=arch, wtype=wtype, **SHAPE, **ARCHS[arch])
+    return write_tiny_llama(tmp_path / f"tiny_{arch}_{wtype}.gguf", smollm2, arch=arch, wtype=wtype,
+                            **{**SHAPE, **ARCHS[arch]})
 
 
 @pytest.mark.parametrize("wtype", ["F32", "Q8_0"])

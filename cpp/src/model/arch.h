@@ -24,6 +24,7 @@ struct ArchInfo {
   bool gelu;              // GeGLU MLP (tanh-approximated GELU) instead of SwiGLU
   int swa_pattern;        // sliding-window layers: every layer but each swa_pattern-th (0: none)
   float rope_base_swa;    // RoPE base of the sliding-window layers (0: the file's freq_base)
+  bool softcaps;          // <name>.attn_logit_softcapping / final_logit_softcapping: c * tanh(x / c)
 };
 
 // nullptr for an architecture headkv does not run.

@@ -110,7 +110,7 @@ void Context::qkv(int il, const float* x, int64_t T, float* xn, float* q, float*
 // group's query heads reuse the K/V rows while they are hot in cache.
 void Context::attention(const float* qs, int64_t T, const std::function<KVView(int)>& view, float* out) {
   const int hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv, group = nh / nkv;
-  const float scale = 1.0f / std::sqrt((float)hd);
+  const float scale = hp_.attn_scale, cap = hp_.attn_softcap;
   std::vector<KVView> views(nkv);
   int64_t max_keys = 0;
   for (int g = 0; g < nkv; ++g) {
@@ -142,7 +142,11 @@ void Context::attention(const float* qs, int64_t T, const std::function<KVView(i
         dots(r0, n1, s);
         if (n1 < n) dots(0, n - n1, s + n1);
         float mx = -INFINITY;
-        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j] *= scale);
+        if (cap > 0)
+          for (int64_t j = 0; j < n; ++j) s[j] = cap * std::tanh(s[j] * scale / cap);
+        else
+          for (int64_t j = 0; j < n; ++j) s[j] *= scale;
+        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
         const float inv = (float)(1.0 / exp_shift_sum(s, n, mx));
         for (int64_t j = 0; j < n; ++j) s[j] *= inv;
         if (probe_layer_ >= 0 && t == T - 1)  // attention probe: the chunk's last query (positions first..)
@@ -198,6 +202,8 @@ void Context::final_logits(const float* x, int64_t rows, float* out) {
       rms_norm(&x[(off + t) * d], model_.output_norm().data(), &xn_[t * d], d, hp_.rms_eps);
     matmul(w.type, w.data, w.rows, w.cols, xn_.data(), C, out + off * w.rows, w.rows, pool_);
   }
+  if (const float c = hp_.final_softcap; c > 0)
+    for (int64_t i = 0; i < rows * w.rows; ++i) out[i] = c * std::tanh(out[i] / c);
 }
 
 void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out, float* hidden_out) {

@@ -90,6 +90,13 @@ void Model::load_hparams() {
   }
   const ArchInfo& A = *hp_.arch;
   if (A.embd_scale) hp_.embd_scale = std::sqrt((float)hp_.n_embd);
+  hp_.attn_scale = 1.0f / std::sqrt((float)hp_.head_dim);
+  if (A.softcaps) {
+    hp_.attn_softcap = (float)f.get_float_or(key("attn_logit_softcapping"), 0.0);
+    hp_.final_softcap = (float)f.get_float_or(key("final_logit_softcapping"), 0.0);
+    if (!(hp_.attn_softcap >= 0) || !(hp_.final_softcap >= 0) || !std::isfinite(hp_.attn_softcap) || !std::isfinite(hp_.final_softcap))
+      fail(ErrorKind::Format, f.path() + ": invalid logit soft-capping");
+  }
   if (A.swa_pattern > 0) {
     const int64_t w = f.get_int_or(key("attention.sliding_window"), 0);
     if (w < 0 || w > (1 << 24)) fail(ErrorKind::Format, f.path() + ": attention.sliding_window is out of range");

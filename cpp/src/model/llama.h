@@ -28,6 +28,9 @@ struct LlamaHParams {
   float rope_scale = 1.0f;  // linear position scaling (positions are divided by it)
   float rms_eps = 1e-5f;
   float embd_scale = 1.0f;      // arch->embd_scale: sqrt(n_embd)
+  float attn_scale = 0.0f;      // attention score scale (1/sqrt(head_dim) unless the architecture says)
+  float attn_softcap = 0.0f;    // arch->softcaps: scores -> c * tanh(scores / c) (0: none)
+  float final_softcap = 0.0f;   // likewise for the output logits
   int32_t n_swa = 0;            // sliding window of the local layers (0: none)
   std::vector<uint8_t> swa;     // [n_layer]: 1 for a sliding-window layer
   bool is_swa(int il) const { return n_swa > 0 && swa[(size_t)il]; }

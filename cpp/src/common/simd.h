@@ -33,6 +33,20 @@ inline void dot_rows_f16(const float* q, const uint16_t* K, int64_t ld, int64_t 
 inline void weighted_rows_f16(const float* p, const uint16_t* V, int64_t ld, int64_t n, int64_t m, float* out) {
   cpu_kernels().weighted_rows_f16(p, V, ld, n, m, out);
 }
+// The same over q8_0 / q4_0 storage (layouts in select/kv_arena.h): rows of n values (n a multiple of
+// 32) every ld bytes, blocks expanded in registers.
+inline void dot_rows_q8_0(const float* q, const uint8_t* K, int64_t ld, int64_t n, int64_t m, float* out) {
+  cpu_kernels().dot_rows_q8_0(q, K, ld, n, m, out);
+}
+inline void weighted_rows_q8_0(const float* p, const uint8_t* V, int64_t ld, int64_t n, int64_t m, float* out) {
+  cpu_kernels().weighted_rows_q8_0(p, V, ld, n, m, out);
+}
+inline void dot_rows_q4_0(const float* q, const uint8_t* K, int64_t ld, int64_t n, int64_t m, float* out) {
+  cpu_kernels().dot_rows_q4_0(q, K, ld, n, m, out);
+}
+inline void weighted_rows_q4_0(const float* p, const uint8_t* V, int64_t ld, int64_t n, int64_t m, float* out) {
+  cpu_kernels().weighted_rows_q4_0(p, V, ld, n, m, out);
+}
 // y[i] = half(x[i]), round to nearest even.
 inline void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) { cpu_kernels().f32_to_f16_row(x, y, n); }
 

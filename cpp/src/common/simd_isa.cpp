@@ -1,8 +1,10 @@
-// fp32 and fp16-storage vector helpers (see common/simd.h), compiled once per CPU level: the AVX2/FMA paths are
-// taken where the level's target flags define __AVX2__ and __FMA__, the portable loops elsewhere.
+// fp32 vector helpers and the f16 / q8_0 / q4_0 KV-row kernels (see common/simd.h), compiled once per
+// CPU level: the AVX2/FMA paths are taken where the level's target flags define __AVX2__ and __FMA__
+// (the block kernels use AVX-512 where __AVX512F__ is defined), the portable loops elsewhere.
 // HEADKV_ISA names this copy's namespace (isa_baseline, isa_avx2, isa_avx512).
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
@@ -212,6 +214,210 @@ void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
 #endif
   for (; i < n; ++i) y[i] = f32_to_fp16(x[i]);
+}
+
+}  // namespace headkv::HEADKV_ISA
+
+// q8_0 / q4_0 storage (KV cache, layouts in select/kv_arena.h): rows of 32-value blocks, ld in bytes.
+// Each block is expanded to fp32 in registers (exact: an f16 scale times a small integer) and used
+// with fp32 FMA against the fp32 query or softmax weights; no dequantized copy of the cache is made.
+namespace headkv::HEADKV_ISA {
+namespace {
+
+inline float blk_scale(const uint8_t* b) {
+  uint16_t h;
+  std::memcpy(&h, b, 2);
+#ifdef HEADKV_F16C
+  return _cvtsh_ss(h);
+#else
+  return fp16_to_f32(h);
+#endif
+}
+
+struct Q8_0 {
+  static constexpr int64_t bytes = 34;
+  static void deq(const uint8_t* b, float* y) {  // portable: the 32 integers (scale applied by the caller)
+    for (int i = 0; i < 32; ++i) y[i] = (float)(int8_t)b[2 + i];
+  }
+#ifdef HEADKV_F16C
+  static void unpack(const uint8_t* b, __m256 v[4]) {
+    for (int c = 0; c < 4; ++c)
+      v[c] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 2 + 8 * c))));
+  }
+#endif
+#ifdef __AVX512F__
+  static void unpack(const uint8_t* b, __m512 v[2]) {
+    for (int c = 0; c < 2; ++c)
+      v[c] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2 + 16 * c))));
+  }
+#endif
+};
+
+struct Q4_0 {
+  static constexpr int64_t bytes = 18;
+  static void deq(const uint8_t* b, float* y) {
+    for (int i = 0; i < 16; ++i) {
+      y[i] = (float)((b[2 + i] & 0xF) - 8);
+      y[i + 16] = (float)((b[2 + i] >> 4) - 8);
+    }
+  }
+#ifdef HEADKV_F16C
+  // Bytes of (nibble - 8): elements 0..15 (low nibbles) and 16..31 (high nibbles).
+  static void nibbles(const uint8_t* b, __m128i& lo, __m128i& hi) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2));
+    const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    lo = _mm_sub_epi8(_mm_and_si128(raw, mask), eight);
+    hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), eight);
+  }
+  static void unpack(const uint8_t* b, __m256 v[4]) {
+    __m128i lo, hi;
+    nibbles(b, lo, hi);
+    v[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+    v[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+    v[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+    v[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+  }
+#endif
+#ifdef __AVX512F__
+  static void unpack(const uint8_t* b, __m512 v[2]) {
+    __m128i lo, hi;
+    nibbles(b, lo, hi);
+    v[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo));
+    v[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi));
+  }
+#endif
+};
+
+#ifdef HEADKV_F16C
+// Eight row accumulators -> one vector of their eight horizontal sums.
+inline __m256 reduce8(const __m256 a[8]) {
+  const __m256 s01 = _mm256_hadd_ps(a[0], a[1]), s23 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 s45 = _mm256_hadd_ps(a[4], a[5]), s67 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+  const __m256 lo = _mm256_permute2f128_ps(s0123, s4567, 0x20), hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
+  return _mm256_add_ps(lo, hi);
+}
+#endif
+
+// out[j] = sum over blocks b of d_jb * dot(q[32b..], ints of block (j, b)), eight rows at a time.
+template <class B>
+void dot_rows_blk(const float* q, const uint8_t* K, int64_t ld, int64_t n, int64_t m, float* out) {
+  const int64_t nb = n / 32;
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  for (; j + 8 <= m; j += 8) {
+    __m512 a[8];
+    for (int r = 0; r < 8; ++r) a[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m512 q0 = _mm512_loadu_ps(q + 32 * b), q1 = _mm512_loadu_ps(q + 32 * b + 16);
+      for (int r = 0; r < 8; ++r) {
+        const uint8_t* blk = K + (j + r) * ld + b * B::bytes;
+        __m512 v[2];
+        B::unpack(blk, v);
+        const __m512 t = _mm512_fmadd_ps(q1, v[1], _mm512_mul_ps(q0, v[0]));
+        a[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(blk_scale(blk)), a[r]);
+      }
+    }
+    __m256 h[8];
+    for (int r = 0; r < 8; ++r) h[r] = _mm256_add_ps(_mm512_castps512_ps256(a[r]), _mm512_extractf32x8_ps(a[r], 1));
+    _mm256_storeu_ps(out + j, reduce8(h));
+  }
+#elif defined(HEADKV_F16C)
+  for (; j + 8 <= m; j += 8) {
+    __m256 a[8];
+    for (int r = 0; r < 8; ++r) a[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256 qv[4];
+      for (int c = 0; c < 4; ++c) qv[c] = _mm256_loadu_ps(q + 32 * b + 8 * c);
+      for (int r = 0; r < 8; ++r) {
+        const uint8_t* blk = K + (j + r) * ld + b * B::bytes;
+        __m256 v[4];
+        B::unpack(blk, v);
+        __m256 t = _mm256_mul_ps(qv[0], v[0]);
+        for (int c = 1; c < 4; ++c) t = _mm256_fmadd_ps(qv[c], v[c], t);
+        a[r] = _mm256_fmadd_ps(t, _mm256_set1_ps(blk_scale(blk)), a[r]);
+      }
+    }
+    _mm256_storeu_ps(out + j, reduce8(a));
+  }
+#endif
+  float y[32];
+  for (; j < m; ++j) {
+    float s = 0.0f;
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = K + j * ld + b * B::bytes;
+      B::deq(blk, y);
+      float t = 0.0f;
+      for (int i = 0; i < 32; ++i) t += q[32 * b + i] * y[i];
+      s += blk_scale(blk) * t;
+    }
+    out[j] = s;
+  }
+}
+
+// out[0..n) = sum_j p[j] * row j, each block's weight p[j] * d_jb applied to its integers. Rows of up
+// to 128 values accumulate in registers; longer rows in out.
+template <class B, int NB>
+void weighted_rows_regs(const float* p, const uint8_t* V, int64_t ld, int64_t m, float* out) {
+#if defined(__AVX512F__)
+  __m512 a[2 * NB];
+  for (int c = 0; c < 2 * NB; ++c) a[c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < m; ++j)
+    for (int b = 0; b < NB; ++b) {
+      const uint8_t* blk = V + j * ld + b * B::bytes;
+      const __m512 w = _mm512_set1_ps(p[j] * blk_scale(blk));
+      __m512 v[2];
+      B::unpack(blk, v);
+      for (int c = 0; c < 2; ++c) a[2 * b + c] = _mm512_fmadd_ps(w, v[c], a[2 * b + c]);
+    }
+  for (int c = 0; c < 2 * NB; ++c) _mm512_storeu_ps(out + 16 * c, a[c]);
+#elif defined(HEADKV_F16C)
+  __m256 a[4 * NB];
+  for (int c = 0; c < 4 * NB; ++c) a[c] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < m; ++j)
+    for (int b = 0; b < NB; ++b) {
+      const uint8_t* blk = V + j * ld + b * B::bytes;
+      const __m256 w = _mm256_set1_ps(p[j] * blk_scale(blk));
+      __m256 v[4];
+      B::unpack(blk, v);
+      for (int c = 0; c < 4; ++c) a[4 * b + c] = _mm256_fmadd_ps(w, v[c], a[4 * b + c]);
+    }
+  for (int c = 0; c < 4 * NB; ++c) _mm256_storeu_ps(out + 8 * c, a[c]);
+#endif
+}
+
+template <class B>
+void weighted_rows_blk(const float* p, const uint8_t* V, int64_t ld, int64_t n, int64_t m, float* out) {
+  const int64_t nb = n / 32;
+#ifdef HEADKV_F16C
+  if (nb == 1) return weighted_rows_regs<B, 1>(p, V, ld, m, out);
+  if (nb == 2) return weighted_rows_regs<B, 2>(p, V, ld, m, out);
+  if (nb == 4) return weighted_rows_regs<B, 4>(p, V, ld, m, out);
+#endif
+  float y[32];
+  for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
+  for (int64_t j = 0; j < m; ++j)
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = V + j * ld + b * B::bytes;
+      B::deq(blk, y);
+      const float w = p[j] * blk_scale(blk);
+      for (int i = 0; i < 32; ++i) out[32 * b + i] += w * y[i];
+    }
+}
+
+}  // namespace
+
+void dot_rows_q8_0(const float* q, const uint8_t* K, int64_t ld, int64_t n, int64_t m, float* out) {
+  dot_rows_blk<Q8_0>(q, K, ld, n, m, out);
+}
+void weighted_rows_q8_0(const float* p, const uint8_t* V, int64_t ld, int64_t n, int64_t m, float* out) {
+  weighted_rows_blk<Q8_0>(p, V, ld, n, m, out);
+}
+void dot_rows_q4_0(const float* q, const uint8_t* K, int64_t ld, int64_t n, int64_t m, float* out) {
+  dot_rows_blk<Q4_0>(q, K, ld, n, m, out);
+}
+void weighted_rows_q4_0(const float* p, const uint8_t* V, int64_t ld, int64_t n, int64_t m, float* out) {
+  weighted_rows_blk<Q4_0>(p, V, ld, n, m, out);
 }
 
 }  // namespace headkv::HEADKV_ISA

@@ -38,6 +38,8 @@ Context::Context(const Model& model, const ContextParams& p)
   if (p.n_threads > 1024) fail(ErrorKind::InvalidArgument, "n_threads " + std::to_string(p.n_threads) + " is too large");
   type_k_ = parse_kv_type(kv_.type_k, "KV cache type (K)");
   type_v_ = parse_kv_type(kv_.type_v, "KV cache type (V)");
+  check_kv_row(type_k_, hp_.head_dim, "KV cache type (K)");
+  check_kv_row(type_v_, hp_.head_dim, "KV cache type (V)");
   n_ctx_ = p.n_ctx ? p.n_ctx : hp_.n_ctx_train;
   n_batch_ = std::min<int32_t>(p.n_batch ? p.n_batch : 512, n_ctx_);
   method_ = parse_budget_method(kv_.method);
@@ -55,9 +57,9 @@ Context::Context(const Model& model, const ContextParams& p)
   } else {
     // Full cache: layers * kv_heads * n_ctx * head_dim elements each of K and V. Check before allocating.
     const std::string what = "the KV cache for n_ctx=" + std::to_string(n_ctx_);
-    const uint64_t per_pos = (uint64_t)hp_.n_layer * hp_.n_head_kv * hp_.head_dim;
-    const uint64_t elems = checked_mul(per_pos, (uint64_t)n_ctx_, what);
-    const uint64_t bk = checked_mul(elems, kv_type_size(type_k_), what), bv = checked_mul(elems, kv_type_size(type_v_), what);
+    const uint64_t rows = checked_mul((uint64_t)hp_.n_layer * hp_.n_head_kv, (uint64_t)n_ctx_, what);
+    const uint64_t bk = checked_mul(rows, kv_row_bytes(type_k_, hp_.head_dim), what);
+    const uint64_t bv = checked_mul(rows, kv_row_bytes(type_v_, hp_.head_dim), what);
     check_alloc(bk + bv, what);  // keys and values together
     checked_assign(k_, bk, "KV cache (keys)");
     checked_assign(v_, bv, "KV cache (values)");
@@ -137,7 +139,7 @@ uint64_t Context::kv_bytes() const {
 
 uint64_t Context::full_kv_bytes() const {
   const uint64_t positions = compressing() ? (uint64_t)n_past_ + (arena_ ? kv_.max_new_tokens : 0) : (uint64_t)n_ctx_;
-  return positions * hp_.n_layer * hp_.n_head_kv * hp_.head_dim * (kv_type_size(type_k_) + kv_type_size(type_v_));
+  return positions * hp_.n_layer * hp_.n_head_kv * (kv_row_bytes(type_k_, hp_.head_dim) + kv_row_bytes(type_v_, hp_.head_dim));
 }
 
 const float* Context::logits() const {

@@ -146,10 +146,10 @@ class Context {
   void out_and_mlp(int il, const float* att, int64_t T, float* x, float* tmp);
   void final_logits(const float* x, int64_t rows, float* out);
   uint8_t* k_at(int il, int h, int64_t pos) {
-    return &k_[(((size_t)il * hp_.n_head_kv + h) * n_ctx_ + pos) * hp_.head_dim * kv_type_size(type_k_)];
+    return &k_[(((size_t)il * hp_.n_head_kv + h) * n_ctx_ + pos) * kv_row_bytes(type_k_, hp_.head_dim)];
   }
   uint8_t* v_at(int il, int h, int64_t pos) {
-    return &v_[(((size_t)il * hp_.n_head_kv + h) * n_ctx_ + pos) * hp_.head_dim * kv_type_size(type_v_)];
+    return &v_[(((size_t)il * hp_.n_head_kv + h) * n_ctx_ + pos) * kv_row_bytes(type_v_, hp_.head_dim)];
   }
 
   const Model& model_;
@@ -163,7 +163,7 @@ class Context {
   std::unique_ptr<KVArena> arena_;
   uint64_t prefill_peak_kv_bytes_ = 0;
   KVType type_k_ = KVType::F16, type_v_ = KVType::F16;
-  std::vector<uint8_t> k_, v_;  // full cache: [layer][kv_head][pos][head_dim] elements of type_k_ / type_v_
+  std::vector<uint8_t> k_, v_;  // full cache: [layer][kv_head][pos] rows of head_dim elements of type_k_ / type_v_
   // scratch for one chunk of up to n_batch tokens
   std::vector<float> x_, xn_, q_, kc_, vc_, att_, gate_, up_, rope_cos_, rope_sin_;
   std::vector<float> logits_;

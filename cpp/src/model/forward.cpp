@@ -68,9 +68,32 @@ void Context::qkv(int il, const float* x, int64_t T, float* xn, float* q, float*
   }
 }
 
+namespace {
+// out[j] = q · key row j (j < m) for contiguous rows of hd elements of type t, read in place.
+void dot_rows_kv(KVType t, const float* q, const void* K, int64_t hd, int64_t m, float* out) {
+  const int64_t ld = (int64_t)kv_row_bytes(t, hd);
+  switch (t) {
+    case KVType::F32: return dot_rows_f32(q, static_cast<const float*>(K), hd, hd, m, out);
+    case KVType::F16: return dot_rows_f16(q, static_cast<const uint16_t*>(K), hd, hd, m, out);
+    case KVType::Q8_0: return dot_rows_q8_0(q, static_cast<const uint8_t*>(K), ld, hd, m, out);
+    case KVType::Q4_0: return dot_rows_q4_0(q, static_cast<const uint8_t*>(K), ld, hd, m, out);
+  }
+}
+// out[0..hd) = sum_j p[j] * value row j, rows as above.
+void weighted_rows_kv(KVType t, const float* p, const void* V, int64_t hd, int64_t m, float* out) {
+  const int64_t ld = (int64_t)kv_row_bytes(t, hd);
+  switch (t) {
+    case KVType::F32: return weighted_rows_f32(p, static_cast<const float*>(V), hd, hd, m, out);
+    case KVType::F16: return weighted_rows_f16(p, static_cast<const uint16_t*>(V), hd, hd, m, out);
+    case KVType::Q8_0: return weighted_rows_q8_0(p, static_cast<const uint8_t*>(V), ld, hd, m, out);
+    case KVType::Q4_0: return weighted_rows_q4_0(p, static_cast<const uint8_t*>(V), ld, hd, m, out);
+  }
+}
+}  // namespace
+
 // Causal GQA attention of T queries ([T][n_head][head_dim]) over a KV view per KV head whose
 // rows n_before .. n_before+T-1 are the chunk's own keys. K / V rows are read in their stored type
-// (f16 converted in registers, no dequantized copy). One job per (token, KV head) so the
+// (f16 converted and q8_0/q4_0 blocks expanded in registers, no dequantized copy). One job per (token, KV head) so the
 // group's query heads reuse the K/V rows while they are hot in cache.
 void Context::attention(const float* qs, int64_t T, const std::function<KVView(int)>& view, float* out) {
   const int hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv, group = nh / nkv;
@@ -92,8 +115,7 @@ void Context::attention(const float* qs, int64_t T, const std::function<KVView(i
         const int h = g * group + hh;
         float* s = sc.data();
         const float* qh = &qs[((size_t)t * nh + h) * hd];
-        if (kv.tk == KVType::F16) dot_rows_f16(qh, static_cast<const uint16_t*>(kv.k), hd, hd, n_keys, s);
-        else dot_rows_f32(qh, static_cast<const float*>(kv.k), hd, hd, n_keys, s);
+        dot_rows_kv(kv.tk, qh, kv.k, hd, n_keys, s);
         float mx = -INFINITY;
         for (int64_t j = 0; j < n_keys; ++j) mx = std::max(mx, s[j] *= scale);
         const float inv = (float)(1.0 / exp_shift_sum(s, n_keys, mx));
@@ -101,8 +123,7 @@ void Context::attention(const float* qs, int64_t T, const std::function<KVView(i
         if (probe_layer_ >= 0 && t == T - 1)  // attention probe: the chunk's last query
           std::copy_n(s, n_keys, &probe_[((size_t)probe_layer_ * nh + h) * probe_n_]);
         float* oh = &out[((size_t)t * nh + h) * hd];
-        if (kv.tv == KVType::F16) weighted_rows_f16(s, static_cast<const uint16_t*>(kv.v), hd, hd, n_keys, oh);
-        else weighted_rows_f32(s, static_cast<const float*>(kv.v), hd, hd, n_keys, oh);
+        weighted_rows_kv(kv.tv, s, kv.v, hd, n_keys, oh);
       }
     }
   });

@@ -82,6 +82,16 @@ struct Engine {
     return d;
   }
 
+  // Stored K / V rows of (layer, KV head) as bytes in the cache's element types (CPU backend).
+  py::tuple kv_rows(int l, int g) {
+    Context* c = ctx->cpu();
+    if (!c) fail(ErrorKind::Unsupported, "kv_rows reads the CPU backend's KV cache only");
+    const Context::KVRows r = c->kv_rows(l, g);
+    const int hd = model->hparams().head_dim;
+    const size_t kb = (size_t)r.n * kv_row_bytes(c->type_k(), hd), vb = (size_t)r.n * kv_row_bytes(c->type_v(), hd);
+    return py::make_tuple(py::bytes(static_cast<const char*>(r.k), kb), py::bytes(static_cast<const char*>(r.v), vb));
+  }
+
   py::list kv_positions() const {
     if (!ctx->has_arena()) fail(ErrorKind::InvalidArgument, "kv_positions needs a compressing KV method after the prompt was evaluated");
     const LlamaHParams& hp = model->hparams();
@@ -202,6 +212,8 @@ void bind_model(py::module_& m) {
            py::arg("device") = "cpu")
       .def("kv_stats", &Engine::kv_stats)
       .def("kv_positions", &Engine::kv_positions)
+      .def("kv_rows", &Engine::kv_rows, py::arg("layer"), py::arg("kv_head"),
+           "(keys, values) of one KV head as stored on the CPU: bytes of rows in the cache's types")
       .def("tokenize", &Engine::tokenize, py::arg("text"), py::arg("add_bos") = false, py::arg("special") = false)
       .def("detokenize", &Engine::detokenize)
       .def("token_to_piece", &Engine::token_to_piece)

@@ -137,6 +137,16 @@ uint64_t Context::kv_bytes() const {
   return k_.size() + v_.size();
 }
 
+Context::KVRows Context::kv_rows(int il, int g) const {
+  if (il < 0 || il >= hp_.n_layer || g < 0 || g >= hp_.n_head_kv)
+    fail(ErrorKind::InvalidArgument, "kv_rows: no layer " + std::to_string(il) + ", KV head " + std::to_string(g));
+  if (arena_) return {arena_->k(il, g), arena_->v(il, g), arena_->used(il, g)};
+  if (compressing()) return {nullptr, nullptr, 0};
+  const size_t row = (size_t)il * hp_.n_head_kv + g;
+  return {&k_[row * n_ctx_ * kv_row_bytes(type_k_, hp_.head_dim)], &v_[row * n_ctx_ * kv_row_bytes(type_v_, hp_.head_dim)],
+          n_past_};
+}
+
 uint64_t Context::full_kv_bytes() const {
   const uint64_t positions = compressing() ? (uint64_t)n_past_ + (arena_ ? kv_.max_new_tokens : 0) : (uint64_t)n_ctx_;
   return positions * hp_.n_layer * hp_.n_head_kv * (kv_row_bytes(type_k_, hp_.head_dim) + kv_row_bytes(type_v_, hp_.head_dim));

@@ -107,6 +107,11 @@ class Context {
     return method_ == BudgetMethod::AdaKV || (method_ == BudgetMethod::HeadKV && kv_.adaptive);
   }
   const KVArena* arena() const { return arena_.get(); }
+  // Stored rows of (layer il, KV head g), for tests and references: keys and values (rows of
+  // kv_row_bytes(type, head_dim) bytes) and their count: the full cache's n_past rows, or the arena
+  // segment's used entries (positions in arena()->pos).
+  struct KVRows { const void* k; const void* v; int64_t n; };
+  KVRows kv_rows(int il, int g) const;
   const BudgetPlan* plan() const { return plan_ ? &*plan_ : nullptr; }
   // Bytes a full cache would hold for the current sequence plus the decode room.
   uint64_t full_kv_bytes() const;

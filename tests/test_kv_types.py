@@ -337,3 +337,27 @@ def test_block_type_needs_head_size_multiple_of_32(smollm2, tmp_path):
         headkv.Model(str(path), n_ctx=1 << 28, n_threads=1)
     m = headkv.Model(str(path), n_ctx=64, n_threads=1)  # the tiny model itself runs (f16)
     m.eval([1, 2, 3])
+
+
+# Teacher-forced top-1 agreement with the f16 cache at the same budget, SmolLM2, 1024-token essay prompts
+# then 256 forced tokens (tokens 1024..1279 of essays 17 and 33):
+#                  full           headkv 128     headkv 512
+#   q8_0/q8_0      0.984  0.992   0.984  0.984   0.988  0.984
+#   q4_0/q4_0      0.820  0.781   0.785  0.773   0.797  0.770
+#   f32/f32        1.000  1.000   0.996  1.000   1.000  1.000
+@pytest.mark.parametrize("method,budget", [("full", 0), ("headkv", 128), ("headkv", 512)])
+def test_q8_0_top1_agreement_with_f16(smollm2, essays, method, budget):
+    """Issue 26: q8_0 K and V keep >= 97% of the f16 cache's greedy tokens over 256 teacher-forced
+    tokens after a 1024-token prompt (essay 17), for the full cache and headkv at budgets 128 and 512."""
+    ids = headkv.Model(smollm2, n_ctx=64, n_threads=1).tokenize(essays[17])
+    assert len(ids) >= 1280
+
+    def top1(t):
+        kw = {} if method == "full" else {"kv_budget": budget, "max_new_tokens": 257}
+        m = headkv.Model(smollm2, n_ctx=1300, n_threads=2, kv_method=method, type_k=t, type_v=t, **kw)
+        m.eval(ids[:1024])
+        m.eval(ids[1024:1280], logits_all=True)
+        return np.array(m.logits(all=True)).argmax(1)
+
+    agree = (top1("q8_0") == top1("f16")).mean()
+    assert agree >= 0.97, agree

@@ -47,8 +47,9 @@ class KVConfig:
     max_new_tokens: decode slots reserved per KV head (tokens appended after the prompt: a later
         question and the answer).
     type_k / type_v: element type of the stored keys / values (llama.cpp's and llama-cpp-python's
-        names): ``"f16"`` (default; IEEE half, read directly by attention) or ``"f32"`` (reference).
-        The CUDA backend stores f16 only. ``q8_0`` / ``q4_0`` raise UnsupportedError (not yet built).
+        names): ``"f16"`` (default; IEEE half, read directly by attention), ``"f32"`` (reference), ``"q8_0"``
+        or ``"q4_0"`` (llama.cpp's 32-value blocks, read in place by attention; the head size must be a
+        multiple of 32, else UnsupportedError). The CUDA backend stores f16 only (UnsupportedError).
     """
 
     method: str = "full"

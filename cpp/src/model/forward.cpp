@@ -93,8 +93,8 @@ void weighted_rows_kv(KVType t, const float* p, const void* V, int64_t hd, int64
 
 // Causal GQA attention of T queries ([T][n_head][head_dim]) over a KV view per KV head whose
 // rows n_before .. n_before+T-1 are the chunk's own keys. K / V rows are read in their stored type
-// (f16 converted and q8_0/q4_0 blocks expanded in registers, no dequantized copy). One job per (token, KV head) so the
-// group's query heads reuse the K/V rows while they are hot in cache.
+// (f16 converted and q8_0/q4_0 blocks expanded in registers, no dequantized copy). One job per
+// (token, KV head) so the group's query heads reuse the K/V rows while they are hot in cache.
 void Context::attention(const float* qs, int64_t T, const std::function<KVView(int)>& view, float* out) {
   const int hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv, group = nh / nkv;
   const float scale = 1.0f / std::sqrt((float)hd);

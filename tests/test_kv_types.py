@@ -361,3 +361,13 @@ def test_q8_0_top1_agreement_with_f16(smollm2, essays, method, budget):
 
     agree = (top1("q8_0") == top1("f16")).mean()
     assert agree >= 0.97, agree
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", ["f32", "q8_0", "q4_0"])
+def test_cuda_refuses_cpu_only_types_before_allocation(smollm2, t):
+    """The CUDA backend stores f16 only: the CPU-only types fail with UnsupportedError even where the
+    cache could never be allocated (n_ctx 2^28), so the check comes first."""
+    for kw in ({"type_k": t}, {"type_v": t}):
+        with pytest.raises(headkv.UnsupportedError, match="f16 only"):
+            headkv.Model(smollm2, n_ctx=1 << 28, device="cuda", **kw)

@@ -366,8 +366,8 @@ def test_q8_0_top1_agreement_with_f16(smollm2, essays, method, budget):
 @pytest.mark.gpu
 @pytest.mark.parametrize("t", ["f32", "q8_0", "q4_0"])
 def test_cuda_refuses_cpu_only_types_before_allocation(smollm2, t):
-    """The CUDA backend stores f16 only: the CPU-only types fail with UnsupportedError even where the
-    cache could never be allocated (n_ctx 2^28), so the check comes first."""
+    """The CUDA backend stores f16 only: the CPU-only types fail with UnsupportedError (checked in the
+    CUDA context's constructor before its buffers are made; not run where this was written, no GPU)."""
     for kw in ({"type_k": t}, {"type_v": t}):
         with pytest.raises(headkv.UnsupportedError, match="f16 only"):
-            headkv.Model(smollm2, n_ctx=1 << 28, device="cuda", **kw)
+            headkv.Model(smollm2, n_ctx=256, device="cuda", **kw)

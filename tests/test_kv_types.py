@@ -371,3 +371,38 @@ def test_cuda_refuses_cpu_only_types_before_allocation(smollm2, t):
     for kw in ({"type_k": t}, {"type_v": t}):
         with pytest.raises(headkv.UnsupportedError, match="f16 only"):
             headkv.Model(smollm2, n_ctx=256, device="cuda", **kw)
+
+
+def test_budget_in_bytes_compares_types_at_equal_memory(smollm2, prompt):
+    """kv_budget_bytes=X: the budget becomes the most entries per head whose kept entries (30 layers x 3
+    KV heads) fit X at the types' entry size, so f16 / q8_0 / q4_0 hold about the same bytes with
+    260/140/76-byte entries: X = 90 * 260 * 96 gives budgets 96, 178, 328, and with no decode room the
+    arena holds at most X."""
+    X = 90 * 260 * 96
+    for t, entry, budget in (("f16", 260, 96), ("q8_0", 140, 178), ("q4_0", 76, 328), ("q8_0/f16", 200, 124)):
+        tk, tv = (t.split("/") * 2)[:2]
+        m = headkv.Model(smollm2, n_ctx=1024, n_threads=2, kv_method="snapkv", kv_budget_bytes=X, max_new_tokens=0,
+                         type_k=tk, type_v=tv)
+        m.eval(prompt)
+        st = m.kv_stats()
+        assert st["budget"] == budget == X // (90 * entry) and st["entry_bytes"] == entry
+        assert X - 90 * entry < st["bytes_held"] <= X, (t, st["bytes_held"])
+    with pytest.raises(headkv.InvalidArgumentError, match="holds 4 entries per KV head"):
+        headkv.Model(smollm2, kv_method="snapkv", kv_budget_bytes=90 * 140 * 5 - 1, type_k="q8_0", type_v="q8_0")
+    with pytest.raises(headkv.InvalidArgumentError, match=">= 0"):
+        headkv.Model(smollm2, kv_method="snapkv", kv_budget_bytes=-1)
+
+
+def test_cli_budget_in_mib(smollm2, prompt):
+    """headkv-cli --kv-budget-mib M: a compressed run whose budget is M MiB of entries; a budget too small
+    for the window fails with the bytes named, a non-positive one is refused."""
+    from conftest import tool_path
+    cli = [tool_path("headkv-cli"), "-m", smollm2, "-p", "hello there, how are you", "-n", "2", "-c", "256",
+           "--kv-method", "snapkv", "--temp", "0"]
+    r = subprocess.run(cli + ["--kv-budget-mib", "1", "-ctk", "q8_0", "-ctv", "q8_0"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(cli + ["--kv-budget-mib", "0.001"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "KV budget of 1048 bytes holds 0 entries per KV head" in r.stderr, r.stderr
+    r = subprocess.run(cli + ["--kv-budget-mib", "-2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "positive number of MiB" in r.stderr, r.stderr

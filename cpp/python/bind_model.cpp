@@ -45,6 +45,7 @@ struct Engine {
     const LlamaHParams& hp = model->hparams();
     py::dict d;
     d["method"] = ctx->kv_config().method;
+    d["budget"] = ctx->kv_config().budget;  // entries per KV head on average (resolved from budget_bytes when given)
     d["bytes_held"] = ctx->kv_bytes();
     d["bytes_full"] = ctx->full_kv_bytes();
     d["prefill_peak_bytes"] = ctx->prefill_peak_kv_bytes();
@@ -178,7 +179,7 @@ void bind_model(py::module_& m) {
       .def(py::init([](const std::string& method, int budget, int window, double beta, double temp, int kernel,
                        const std::string& pooling, const std::string& scores, int max_new_tokens, int span,
                        const std::vector<int32_t>& probe, bool probe_echo, bool adaptive,
-                       const std::string& type_k, const std::string& type_v) {
+                       const std::string& type_k, const std::string& type_v, int64_t budget_bytes) {
              if (pooling != "max" && pooling != "avg")
                fail(ErrorKind::InvalidArgument, "pooling must be 'max' or 'avg', got '" + pooling + "'");
              KVConfig c;
@@ -197,6 +198,7 @@ void bind_model(py::module_& m) {
              c.adaptive = adaptive;
              c.type_k = type_k;
              c.type_v = type_v;
+             c.budget_bytes = budget_bytes;
              return c;
            }),
            py::arg("method") = "full", py::arg("budget") = 128, py::arg("window") = 8, py::arg("beta") = KVConfig{}.beta,
@@ -204,7 +206,7 @@ void bind_model(py::module_& m) {
            py::arg("max_new_tokens") = 512, py::arg("span") = KVConfig{}.span,
            py::arg("probe") = std::vector<int32_t>{}, py::arg("probe_echo") = false,
            py::arg("adaptive") = KVConfig{}.adaptive, py::arg("type_k") = KVConfig{}.type_k,
-           py::arg("type_v") = KVConfig{}.type_v);
+           py::arg("type_v") = KVConfig{}.type_v, py::arg("budget_bytes") = 0);
 
   py::class_<Engine>(m, "Engine")
       .def(py::init<const std::string&, int, int, int, const KVConfig&, const std::string&>(), py::arg("path"),

@@ -88,6 +88,9 @@ typedef struct hk_context_params {
                               * the backend cannot run or an unusable head size fail with HK_ERR_UNSUPPORTED,
                               * unknown names with HK_ERR_INVALID_ARGUMENT, before anything is allocated */
   const char* type_v;        /* element type of stored values (-ctv), as type_k */
+  int64_t kv_budget_bytes;   /* > 0: the KV budget as bytes of kept entries, all layers and KV heads together
+                              * (decode room not counted), replacing kv_budget: kv_budget becomes the most
+                              * entries per head that fit at the cache types' entry size (0) */
 } hk_context_params;
 
 hk_context_params hk_context_default_params(void);

@@ -22,8 +22,9 @@ static double block_value(const uint8_t* blk, bool q8, int i) {
   return d * (nib - 8);
 }
 
-// q8_0 / q4_0 rows (random scales and integers, rows ld bytes apart): dot and weighted-row kernels
-// against double sums over the values the blocks decode to.
+// q8_0 / q4_0 rows (random scales and integers, rows ld bytes apart), nq queries at once (query r at
+// q + r*ldq, results at out + r*ldo, strides padded): dot and weighted-row kernels against double sums
+// over the values the blocks decode to.
 static int check_blocks(const CpuKernels& k, const char* name, std::mt19937& rng) {
   std::uniform_real_distribution<float> U(-1.0f, 1.0f);
   int bad = 0;
@@ -31,9 +32,10 @@ static int check_blocks(const CpuKernels& k, const char* name, std::mt19937& rng
     const int bytes = q8 ? 34 : 18;
     const char* tn = q8 ? "q8_0" : "q4_0";
     for (int n : {32, 64, 96, 128, 256})
-      for (int m : {1, 8, 13, 40})
-        for (int pad : {0, 5}) {
-          const int64_t ld = n / 32 * bytes + pad;
+      for (int m : {1, 4, 7, 13, 40})
+        for (int nq : {1, 2, 3, 5}) {
+          const int pad = nq % 2 ? 0 : 5;
+          const int64_t ld = n / 32 * bytes + pad, ldq = n + pad, ldo = m + pad, ldw = n + 3;
           std::vector<uint8_t> K(m * ld);
           for (auto& b : K) b = (uint8_t)(rng() & 0xFF);
           for (int j = 0; j < m; ++j)
@@ -43,25 +45,29 @@ static int check_blocks(const CpuKernels& k, const char* name, std::mt19937& rng
               K[j * ld + b * bytes + 1] = h >> 8;
             }
           auto val = [&](int j, int d) { return block_value(&K[j * ld + d / 32 * bytes], q8, d % 32); };
-          std::vector<float> q(n), p(m), out(m), wsum(n);
+          std::vector<float> q(nq * ldq), p(nq * ldo), out(nq * ldo, NAN), wsum(nq * ldw, NAN);
           for (float& v : q) v = U(rng);
           for (float& v : p) v = (U(rng) + 1.0f) / 2;
-          (q8 ? k.dot_rows_q8_0 : k.dot_rows_q4_0)(q.data(), K.data(), ld, n, m, out.data());
-          (q8 ? k.weighted_rows_q8_0 : k.weighted_rows_q4_0)(p.data(), K.data(), ld, n, m, wsum.data());
-          for (int j = 0; j < m; ++j) {
-            double r = 0, mag = 0;
-            for (int d = 0; d < n; ++d) r += q[d] * val(j, d), mag += std::fabs(q[d] * val(j, d));
-            if (std::fabs(out[j] - r) > 1e-6 * mag) {
-              std::printf("%s: %s dot mismatch n=%d m=%d j=%d: %g vs %g\n", name, tn, n, m, j, out[j], r);
-              ++bad;
+          (q8 ? k.dot_rows_q8_0 : k.dot_rows_q4_0)(q.data(), nq, ldq, K.data(), ld, n, m, out.data(), ldo);
+          (q8 ? k.weighted_rows_q8_0 : k.weighted_rows_q4_0)(p.data(), nq, ldo, K.data(), ld, n, m, wsum.data(), ldw);
+          for (int r = 0; r < nq; ++r) {
+            for (int j = 0; j < m; ++j) {
+              double ref = 0, mag = 0;
+              for (int d = 0; d < n; ++d) ref += q[r * ldq + d] * val(j, d), mag += std::fabs(q[r * ldq + d] * val(j, d));
+              if (!(std::fabs(out[r * ldo + j] - ref) <= 1e-6 * mag)) {
+                std::printf("%s: %s dot mismatch n=%d m=%d nq=%d r=%d j=%d: %g vs %g\n", name, tn, n, m, nq, r, j,
+                            out[r * ldo + j], ref);
+                ++bad;
+              }
             }
-          }
-          for (int d = 0; d < n; ++d) {
-            double r = 0, mag = 0;
-            for (int j = 0; j < m; ++j) r += p[j] * val(j, d), mag += std::fabs(p[j] * val(j, d));
-            if (std::fabs(wsum[d] - r) > 1e-6 * mag) {
-              std::printf("%s: %s weighted-rows mismatch n=%d m=%d d=%d: %g vs %g\n", name, tn, n, m, d, wsum[d], r);
-              ++bad;
+            for (int d = 0; d < n; ++d) {
+              double ref = 0, mag = 0;
+              for (int j = 0; j < m; ++j) ref += p[r * ldo + j] * val(j, d), mag += std::fabs(p[r * ldo + j] * val(j, d));
+              if (!(std::fabs(wsum[r * ldw + d] - ref) <= 1e-6 * mag)) {
+                std::printf("%s: %s weighted-rows mismatch n=%d m=%d nq=%d r=%d d=%d: %g vs %g\n", name, tn, n, m, nq, r,
+                            d, wsum[r * ldw + d], ref);
+                ++bad;
+              }
             }
           }
         }

@@ -2,6 +2,7 @@
 // CPU level: the AVX2/FMA paths are taken where the level's target flags define __AVX2__ and __FMA__
 // (the block kernels use AVX-512 where __AVX512F__ is defined), the portable loops elsewhere.
 // HEADKV_ISA names this copy's namespace (isa_baseline, isa_avx2, isa_avx512).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -221,6 +222,12 @@ void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) {
 // q8_0 / q4_0 storage (KV cache, layouts in select/kv_arena.h): rows of 32-value blocks, ld in bytes.
 // Each block is expanded to fp32 in registers (exact: an f16 scale times a small integer) and used
 // with fp32 FMA against the fp32 query or softmax weights; no dequantized copy of the cache is made.
+// GCC 12 reports -Wmaybe-uninitialized inside its own AVX-512 intrinsics (the _mm512_undefined_*
+// pass-through operand of the masked builtins) wherever they are inlined; the operand is never read.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 namespace headkv::HEADKV_ISA {
 namespace {
 
@@ -289,135 +296,206 @@ struct Q4_0 {
 };
 
 #ifdef HEADKV_F16C
-// Eight row accumulators -> one vector of their eight horizontal sums.
-inline __m256 reduce8(const __m256 a[8]) {
-  const __m256 s01 = _mm256_hadd_ps(a[0], a[1]), s23 = _mm256_hadd_ps(a[2], a[3]);
-  const __m256 s45 = _mm256_hadd_ps(a[4], a[5]), s67 = _mm256_hadd_ps(a[6], a[7]);
-  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
-  const __m256 lo = _mm256_permute2f128_ps(s0123, s4567, 0x20), hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
-  return _mm256_add_ps(lo, hi);
+// Four row accumulators -> their four horizontal sums.
+inline __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
 }
 #endif
 
-// out[j] = sum over blocks b of d_jb * dot(q[32b..], ints of block (j, b)), eight rows at a time.
-template <class B>
-void dot_rows_blk(const float* q, const uint8_t* K, int64_t ld, int64_t n, int64_t m, float* out) {
+// Several queries against the same rows (a GQA group shares its KV head): each block is expanded once
+// and used by every query, so the expansion cost is shared.
+//   dot:      out[r*ldo + j] = sum over blocks b of d_jb * dot(q_r[32b..], ints of block (j, b))
+//   weighted: out[r*ldo + i] = sum_j p_r[j] * d_jb * int i of row j
+// NQ queries at a time (compile-time, so the accumulators stay in registers); rows four at a time.
+template <class B, int NQ>
+void dot_rows_blk(const float* q, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n, int64_t m, float* out,
+                  int64_t ldo) {
   const int64_t nb = n / 32;
   int64_t j = 0;
 #if defined(__AVX512F__)
-  for (; j + 8 <= m; j += 8) {
-    __m512 a[8];
-    for (int r = 0; r < 8; ++r) a[r] = _mm512_setzero_ps();
+  for (; j + 4 <= m; j += 4) {
+    __m512 a[NQ][4];
+    for (int r = 0; r < NQ; ++r)
+      for (int c = 0; c < 4; ++c) a[r][c] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-      const __m512 q0 = _mm512_loadu_ps(q + 32 * b), q1 = _mm512_loadu_ps(q + 32 * b + 16);
-      for (int r = 0; r < 8; ++r) {
-        const uint8_t* blk = K + (j + r) * ld + b * B::bytes;
+      __m512 qv[NQ][2];
+      for (int r = 0; r < NQ; ++r) {
+        qv[r][0] = _mm512_loadu_ps(q + r * ldq + 32 * b);
+        qv[r][1] = _mm512_loadu_ps(q + r * ldq + 32 * b + 16);
+      }
+      for (int c = 0; c < 4; ++c) {
+        const uint8_t* blk = K + (j + c) * ld + b * B::bytes;
         __m512 v[2];
         B::unpack(blk, v);
-        const __m512 t = _mm512_fmadd_ps(q1, v[1], _mm512_mul_ps(q0, v[0]));
-        a[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(blk_scale(blk)), a[r]);
+        const __m512 s = _mm512_set1_ps(blk_scale(blk));
+        for (int r = 0; r < NQ; ++r)
+          a[r][c] = _mm512_fmadd_ps(_mm512_fmadd_ps(qv[r][1], v[1], _mm512_mul_ps(qv[r][0], v[0])), s, a[r][c]);
       }
     }
-    __m256 h[8];
-    for (int r = 0; r < 8; ++r) h[r] = _mm256_add_ps(_mm512_castps512_ps256(a[r]), _mm512_extractf32x8_ps(a[r], 1));
-    _mm256_storeu_ps(out + j, reduce8(h));
+    for (int r = 0; r < NQ; ++r) {
+      __m256 h[4];
+      for (int c = 0; c < 4; ++c) h[c] = _mm256_add_ps(_mm512_castps512_ps256(a[r][c]), _mm512_extractf32x8_ps(a[r][c], 1));
+      _mm_storeu_ps(out + r * ldo + j, reduce4(h[0], h[1], h[2], h[3]));
+    }
   }
 #elif defined(HEADKV_F16C)
-  for (; j + 8 <= m; j += 8) {
-    __m256 a[8];
-    for (int r = 0; r < 8; ++r) a[r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      __m256 qv[4];
-      for (int c = 0; c < 4; ++c) qv[c] = _mm256_loadu_ps(q + 32 * b + 8 * c);
-      for (int r = 0; r < 8; ++r) {
-        const uint8_t* blk = K + (j + r) * ld + b * B::bytes;
+  for (; j + 4 <= m; j += 4) {
+    __m256 a[NQ][4];
+    for (int r = 0; r < NQ; ++r)
+      for (int c = 0; c < 4; ++c) a[r][c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b)
+      for (int c = 0; c < 4; ++c) {
+        const uint8_t* blk = K + (j + c) * ld + b * B::bytes;
         __m256 v[4];
         B::unpack(blk, v);
-        __m256 t = _mm256_mul_ps(qv[0], v[0]);
-        for (int c = 1; c < 4; ++c) t = _mm256_fmadd_ps(qv[c], v[c], t);
-        a[r] = _mm256_fmadd_ps(t, _mm256_set1_ps(blk_scale(blk)), a[r]);
+        const __m256 s = _mm256_set1_ps(blk_scale(blk));
+        for (int r = 0; r < NQ; ++r) {
+          const float* qb = q + r * ldq + 32 * b;
+          __m256 t = _mm256_mul_ps(_mm256_loadu_ps(qb), v[0]);
+          for (int e = 1; e < 4; ++e) t = _mm256_fmadd_ps(_mm256_loadu_ps(qb + 8 * e), v[e], t);
+          a[r][c] = _mm256_fmadd_ps(t, s, a[r][c]);
+        }
       }
-    }
-    _mm256_storeu_ps(out + j, reduce8(a));
+    for (int r = 0; r < NQ; ++r) _mm_storeu_ps(out + r * ldo + j, reduce4(a[r][0], a[r][1], a[r][2], a[r][3]));
   }
 #endif
   float y[32];
-  for (; j < m; ++j) {
-    float s = 0.0f;
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = K + j * ld + b * B::bytes;
-      B::deq(blk, y);
-      float t = 0.0f;
-      for (int i = 0; i < 32; ++i) t += q[32 * b + i] * y[i];
-      s += blk_scale(blk) * t;
+  for (; j < m; ++j)
+    for (int r = 0; r < NQ; ++r) {
+      float s = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = K + j * ld + b * B::bytes;
+        B::deq(blk, y);
+        float t = 0.0f;
+        for (int i = 0; i < 32; ++i) t += q[r * ldq + 32 * b + i] * y[i];
+        s += blk_scale(blk) * t;
+      }
+      out[r * ldo + j] = s;
     }
-    out[j] = s;
-  }
 }
 
-// out[0..n) = sum_j p[j] * row j, each block's weight p[j] * d_jb applied to its integers. Rows of up
-// to 128 values accumulate in registers; longer rows in out.
-template <class B, int NB>
-void weighted_rows_regs(const float* p, const uint8_t* V, int64_t ld, int64_t m, float* out) {
+// Rows of up to 128 values (NB blocks) accumulate in registers.
+template <class B, int NQ, int NB>
+void weighted_rows_regs(const float* p, int64_t ldp, const uint8_t* V, int64_t ld, int64_t m, float* out, int64_t ldo) {
 #if defined(__AVX512F__)
-  __m512 a[2 * NB];
-  for (int c = 0; c < 2 * NB; ++c) a[c] = _mm512_setzero_ps();
+  __m512 a[NQ][2 * NB];
+  for (int r = 0; r < NQ; ++r)
+    for (int c = 0; c < 2 * NB; ++c) a[r][c] = _mm512_setzero_ps();
   for (int64_t j = 0; j < m; ++j)
     for (int b = 0; b < NB; ++b) {
       const uint8_t* blk = V + j * ld + b * B::bytes;
-      const __m512 w = _mm512_set1_ps(p[j] * blk_scale(blk));
+      const float d = blk_scale(blk);
       __m512 v[2];
       B::unpack(blk, v);
-      for (int c = 0; c < 2; ++c) a[2 * b + c] = _mm512_fmadd_ps(w, v[c], a[2 * b + c]);
+      for (int r = 0; r < NQ; ++r) {
+        const __m512 w = _mm512_set1_ps(p[r * ldp + j] * d);
+        for (int c = 0; c < 2; ++c) a[r][2 * b + c] = _mm512_fmadd_ps(w, v[c], a[r][2 * b + c]);
+      }
     }
-  for (int c = 0; c < 2 * NB; ++c) _mm512_storeu_ps(out + 16 * c, a[c]);
+  for (int r = 0; r < NQ; ++r)
+    for (int c = 0; c < 2 * NB; ++c) _mm512_storeu_ps(out + r * ldo + 16 * c, a[r][c]);
 #elif defined(HEADKV_F16C)
-  __m256 a[4 * NB];
-  for (int c = 0; c < 4 * NB; ++c) a[c] = _mm256_setzero_ps();
+  __m256 a[NQ][4 * NB];
+  for (int r = 0; r < NQ; ++r)
+    for (int c = 0; c < 4 * NB; ++c) a[r][c] = _mm256_setzero_ps();
   for (int64_t j = 0; j < m; ++j)
     for (int b = 0; b < NB; ++b) {
       const uint8_t* blk = V + j * ld + b * B::bytes;
-      const __m256 w = _mm256_set1_ps(p[j] * blk_scale(blk));
+      const float d = blk_scale(blk);
       __m256 v[4];
       B::unpack(blk, v);
-      for (int c = 0; c < 4; ++c) a[4 * b + c] = _mm256_fmadd_ps(w, v[c], a[4 * b + c]);
+      for (int r = 0; r < NQ; ++r) {
+        const __m256 w = _mm256_set1_ps(p[r * ldp + j] * d);
+        for (int c = 0; c < 4; ++c) a[r][4 * b + c] = _mm256_fmadd_ps(w, v[c], a[r][4 * b + c]);
+      }
     }
-  for (int c = 0; c < 4 * NB; ++c) _mm256_storeu_ps(out + 8 * c, a[c]);
+  for (int r = 0; r < NQ; ++r)
+    for (int c = 0; c < 4 * NB; ++c) _mm256_storeu_ps(out + r * ldo + 8 * c, a[r][c]);
 #endif
+}
+
+template <class B, int NQ>
+void weighted_rows_blk(const float* p, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n, int64_t m, float* out,
+                       int64_t ldo) {
+  const int64_t nb = n / 32;
+#ifdef HEADKV_F16C
+  if (nb == 1) return weighted_rows_regs<B, NQ, 1>(p, ldp, V, ld, m, out, ldo);
+  if (nb == 2) return weighted_rows_regs<B, NQ, 2>(p, ldp, V, ld, m, out, ldo);
+  if (nb == 4) return weighted_rows_regs<B, NQ, 4>(p, ldp, V, ld, m, out, ldo);
+#endif
+  float y[32];
+  for (int r = 0; r < NQ; ++r)
+    for (int64_t i = 0; i < n; ++i) out[r * ldo + i] = 0.0f;
+  for (int64_t j = 0; j < m; ++j)
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = V + j * ld + b * B::bytes;
+      B::deq(blk, y);
+      const float d = blk_scale(blk);
+      for (int r = 0; r < NQ; ++r) {
+        const float w = p[r * ldp + j] * d;
+        for (int i = 0; i < 32; ++i) out[r * ldo + 32 * b + i] += w * y[i];
+      }
+    }
+}
+
+// Queries in chunks of up to four (two where the registers are 256-bit).
+#if defined(__AVX512F__) || !defined(HEADKV_F16C)
+constexpr int64_t kChunk = 4;
+#else
+constexpr int64_t kChunk = 2;
+#endif
+
+template <class B>
+void dot_rows_group(const float* q, int64_t nq, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n, int64_t m,
+                    float* out, int64_t ldo) {
+  for (int64_t r = 0; r < nq;) {
+    const int64_t c = std::min<int64_t>(kChunk, nq - r);
+    const float* qr = q + r * ldq;
+    float* o = out + r * ldo;
+    if (c >= 4) dot_rows_blk<B, 4>(qr, ldq, K, ld, n, m, o, ldo);
+    else if (c == 3) dot_rows_blk<B, 3>(qr, ldq, K, ld, n, m, o, ldo);
+    else if (c == 2) dot_rows_blk<B, 2>(qr, ldq, K, ld, n, m, o, ldo);
+    else dot_rows_blk<B, 1>(qr, ldq, K, ld, n, m, o, ldo);
+    r += c;
+  }
 }
 
 template <class B>
-void weighted_rows_blk(const float* p, const uint8_t* V, int64_t ld, int64_t n, int64_t m, float* out) {
-  const int64_t nb = n / 32;
-#ifdef HEADKV_F16C
-  if (nb == 1) return weighted_rows_regs<B, 1>(p, V, ld, m, out);
-  if (nb == 2) return weighted_rows_regs<B, 2>(p, V, ld, m, out);
-  if (nb == 4) return weighted_rows_regs<B, 4>(p, V, ld, m, out);
-#endif
-  float y[32];
-  for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
-  for (int64_t j = 0; j < m; ++j)
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = V + j * ld + b * B::bytes;
-      B::deq(blk, y);
-      const float w = p[j] * blk_scale(blk);
-      for (int i = 0; i < 32; ++i) out[32 * b + i] += w * y[i];
-    }
+void weighted_rows_group(const float* p, int64_t nq, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n, int64_t m,
+                         float* out, int64_t ldo) {
+  for (int64_t r = 0; r < nq;) {
+    const int64_t c = std::min<int64_t>(kChunk, nq - r);
+    const float* pr = p + r * ldp;
+    float* o = out + r * ldo;
+    if (c >= 4) weighted_rows_blk<B, 4>(pr, ldp, V, ld, n, m, o, ldo);
+    else if (c == 3) weighted_rows_blk<B, 3>(pr, ldp, V, ld, n, m, o, ldo);
+    else if (c == 2) weighted_rows_blk<B, 2>(pr, ldp, V, ld, n, m, o, ldo);
+    else weighted_rows_blk<B, 1>(pr, ldp, V, ld, n, m, o, ldo);
+    r += c;
+  }
 }
 
 }  // namespace
 
-void dot_rows_q8_0(const float* q, const uint8_t* K, int64_t ld, int64_t n, int64_t m, float* out) {
-  dot_rows_blk<Q8_0>(q, K, ld, n, m, out);
+void dot_rows_q8_0(const float* q, int64_t nq, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n, int64_t m,
+                   float* out, int64_t ldo) {
+  dot_rows_group<Q8_0>(q, nq, ldq, K, ld, n, m, out, ldo);
 }
-void weighted_rows_q8_0(const float* p, const uint8_t* V, int64_t ld, int64_t n, int64_t m, float* out) {
-  weighted_rows_blk<Q8_0>(p, V, ld, n, m, out);
+void weighted_rows_q8_0(const float* p, int64_t nq, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n, int64_t m,
+                        float* out, int64_t ldo) {
+  weighted_rows_group<Q8_0>(p, nq, ldp, V, ld, n, m, out, ldo);
 }
-void dot_rows_q4_0(const float* q, const uint8_t* K, int64_t ld, int64_t n, int64_t m, float* out) {
-  dot_rows_blk<Q4_0>(q, K, ld, n, m, out);
+void dot_rows_q4_0(const float* q, int64_t nq, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n, int64_t m,
+                   float* out, int64_t ldo) {
+  dot_rows_group<Q4_0>(q, nq, ldq, K, ld, n, m, out, ldo);
 }
-void weighted_rows_q4_0(const float* p, const uint8_t* V, int64_t ld, int64_t n, int64_t m, float* out) {
-  weighted_rows_blk<Q4_0>(p, V, ld, n, m, out);
+void weighted_rows_q4_0(const float* p, int64_t nq, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n, int64_t m,
+                        float* out, int64_t ldo) {
+  weighted_rows_group<Q4_0>(p, nq, ldp, V, ld, n, m, out, ldo);
 }
 
 }  // namespace headkv::HEADKV_ISA
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#pragma GCC diagnostic pop
+#endif

@@ -69,24 +69,35 @@ void Context::qkv(int il, const float* x, int64_t T, float* xn, float* q, float*
 }
 
 namespace {
-// out[j] = q · key row j (j < m) for contiguous rows of hd elements of type t, read in place.
-void dot_rows_kv(KVType t, const float* q, const void* K, int64_t hd, int64_t m, float* out) {
+// Scores of nq queries (q + r*hd) against m key rows of hd elements of type t, read in place:
+// out[r*ldo + j] = q_r · row j. The block types take the group at once (each block expanded once).
+void dot_rows_kv(KVType t, const float* q, int64_t nq, const void* K, int64_t hd, int64_t m, float* out, int64_t ldo) {
   const int64_t ld = (int64_t)kv_row_bytes(t, hd);
+  const auto* Kb = static_cast<const uint8_t*>(K);
   switch (t) {
-    case KVType::F32: return dot_rows_f32(q, static_cast<const float*>(K), hd, hd, m, out);
-    case KVType::F16: return dot_rows_f16(q, static_cast<const uint16_t*>(K), hd, hd, m, out);
-    case KVType::Q8_0: return dot_rows_q8_0(q, static_cast<const uint8_t*>(K), ld, hd, m, out);
-    case KVType::Q4_0: return dot_rows_q4_0(q, static_cast<const uint8_t*>(K), ld, hd, m, out);
+    case KVType::F32:
+      for (int64_t r = 0; r < nq; ++r) dot_rows_f32(q + r * hd, static_cast<const float*>(K), hd, hd, m, out + r * ldo);
+      return;
+    case KVType::F16:
+      for (int64_t r = 0; r < nq; ++r) dot_rows_f16(q + r * hd, static_cast<const uint16_t*>(K), hd, hd, m, out + r * ldo);
+      return;
+    case KVType::Q8_0: return dot_rows_q8_0(q, nq, hd, Kb, ld, hd, m, out, ldo);
+    case KVType::Q4_0: return dot_rows_q4_0(q, nq, hd, Kb, ld, hd, m, out, ldo);
   }
 }
-// out[0..hd) = sum_j p[j] * value row j, rows as above.
-void weighted_rows_kv(KVType t, const float* p, const void* V, int64_t hd, int64_t m, float* out) {
+// out[r*hd + i] = sum_j p[r*ldp + j] * value row j [i], rows as above.
+void weighted_rows_kv(KVType t, const float* p, int64_t nq, int64_t ldp, const void* V, int64_t hd, int64_t m, float* out) {
   const int64_t ld = (int64_t)kv_row_bytes(t, hd);
+  const auto* Vb = static_cast<const uint8_t*>(V);
   switch (t) {
-    case KVType::F32: return weighted_rows_f32(p, static_cast<const float*>(V), hd, hd, m, out);
-    case KVType::F16: return weighted_rows_f16(p, static_cast<const uint16_t*>(V), hd, hd, m, out);
-    case KVType::Q8_0: return weighted_rows_q8_0(p, static_cast<const uint8_t*>(V), ld, hd, m, out);
-    case KVType::Q4_0: return weighted_rows_q4_0(p, static_cast<const uint8_t*>(V), ld, hd, m, out);
+    case KVType::F32:
+      for (int64_t r = 0; r < nq; ++r) weighted_rows_f32(p + r * ldp, static_cast<const float*>(V), hd, hd, m, out + r * hd);
+      return;
+    case KVType::F16:
+      for (int64_t r = 0; r < nq; ++r) weighted_rows_f16(p + r * ldp, static_cast<const uint16_t*>(V), hd, hd, m, out + r * hd);
+      return;
+    case KVType::Q8_0: return weighted_rows_q8_0(p, nq, ldp, Vb, ld, hd, m, out, hd);
+    case KVType::Q4_0: return weighted_rows_q4_0(p, nq, ldp, Vb, ld, hd, m, out, hd);
   }
 }
 }  // namespace
@@ -94,7 +105,8 @@ void weighted_rows_kv(KVType t, const float* p, const void* V, int64_t hd, int64
 // Causal GQA attention of T queries ([T][n_head][head_dim]) over a KV view per KV head whose
 // rows n_before .. n_before+T-1 are the chunk's own keys. K / V rows are read in their stored type
 // (f16 converted and q8_0/q4_0 blocks expanded in registers, no dequantized copy). One job per
-// (token, KV head) so the group's query heads reuse the K/V rows while they are hot in cache.
+// (token, KV head): the group's query heads are scored together, so they reuse the K/V rows while
+// they are hot in cache (and the block types expand each block once for the group).
 void Context::attention(const float* qs, int64_t T, const std::function<KVView(int)>& view, float* out) {
   const int hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv, group = nh / nkv;
   const float scale = 1.0f / std::sqrt((float)hd);
@@ -105,26 +117,24 @@ void Context::attention(const float* qs, int64_t T, const std::function<KVView(i
     max_keys = std::max(max_keys, views[g].n_before + T);
   }
   pool_.parallel_for(T * nkv, [&](int64_t b, int64_t e) {
-    std::vector<float> sc((size_t)max_keys);
+    std::vector<float> sc((size_t)group * max_keys);  // one score row per query head of the group
     for (int64_t job = b; job < e; ++job) {
       const int64_t t = job / nkv;
       const int g = (int)(job % nkv);
       const KVView& kv = views[g];
       const int64_t n_keys = kv.n_before + t + 1;  // causal
+      const size_t h0 = (size_t)t * nh + (size_t)g * group;  // the group's first query head, token-major
+      dot_rows_kv(kv.tk, &qs[h0 * hd], group, kv.k, hd, n_keys, sc.data(), max_keys);
       for (int hh = 0; hh < group; ++hh) {
-        const int h = g * group + hh;
-        float* s = sc.data();
-        const float* qh = &qs[((size_t)t * nh + h) * hd];
-        dot_rows_kv(kv.tk, qh, kv.k, hd, n_keys, s);
+        float* s = sc.data() + (size_t)hh * max_keys;
         float mx = -INFINITY;
         for (int64_t j = 0; j < n_keys; ++j) mx = std::max(mx, s[j] *= scale);
         const float inv = (float)(1.0 / exp_shift_sum(s, n_keys, mx));
         for (int64_t j = 0; j < n_keys; ++j) s[j] *= inv;
         if (probe_layer_ >= 0 && t == T - 1)  // attention probe: the chunk's last query
-          std::copy_n(s, n_keys, &probe_[((size_t)probe_layer_ * nh + h) * probe_n_]);
-        float* oh = &out[((size_t)t * nh + h) * hd];
-        weighted_rows_kv(kv.tv, s, kv.v, hd, n_keys, oh);
+          std::copy_n(s, n_keys, &probe_[((size_t)probe_layer_ * nh + g * group + hh) * probe_n_]);
       }
+      weighted_rows_kv(kv.tv, sc.data(), group, max_keys, kv.v, hd, n_keys, &out[h0 * hd]);
     }
   });
 }

@@ -83,6 +83,8 @@ def test_ring_bounds_the_sliding_window_layers(gemma3):
     st = m.kv_stats()
     assert st["bytes_held"] == (3 * n_ctx + 15 * (WINDOW + n_batch)) * entry
     assert st["bytes_full"] == 18 * n_ctx * entry
+    q8 = headkv.Model(gemma3, n_ctx=n_ctx, n_batch=n_batch, type_k="q8_0", type_v="q8_0")  # 8 blocks of 34 bytes
+    assert q8.kv_stats()["bytes_held"] == (3 * n_ctx + 15 * (WINDOW + n_batch)) * 2 * 8 * 34
 
 
 def test_prefix_reuse_truncate_and_state_with_the_ring(gemma3, prompt):

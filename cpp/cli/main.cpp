@@ -59,8 +59,10 @@ const char* kUsage =
     "KV cache compression (the prompt is compressed per KV head; see README):\n"
     "      --kv-method M       full (default), snapkv, streaming, pyramidkv, adakv, headkv\n"
     "      --kv-budget B       KV entries per KV head on average, window included (default 128)\n"
-    "  -ctk, --cache-type-k T  KV cache key type: f16 (default), f32 (CPU only)\n"
-    "  -ctv, --cache-type-v T  KV cache value type: f16 (default), f32 (CPU only)\n"
+    "      --kv-budget-mib M   the budget as MiB of kept entries, all layers and heads (replaces --kv-budget;\n"
+    "                          entries per head follow from the cache types' entry size)\n"
+    "  -ctk, --cache-type-k T  KV cache key type: f16 (default); CPU only: f32, q8_0, q4_0\n"
+    "  -ctv, --cache-type-v T  KV cache value type: f16 (default); CPU only: f32, q8_0, q4_0\n"
     "      --scores FILE       head-importance score file (headkv)\n"
     "      --beta X            HeadKV beta (default 2; the paper's scripts: 1.2)\n"
     "      --window N          observation window (default 8)\n"
@@ -142,6 +144,11 @@ Args parse(int argc, char** argv) {
     else if (f == "-ctk" || f == "--cache-type-k") a.type_k = val();
     else if (f == "-ctv" || f == "--cache-type-v") a.type_v = val();
     else if (f == "--kv-budget") a.cp.kv_budget = (int)to_int(f, val());
+    else if (f == "--kv-budget-mib") {  // the budget as MiB of kept entries, all heads together
+      const float mib = to_float(f, val());
+      if (!(mib > 0 && mib < 1e9f)) die("--kv-budget-mib must be a positive number of MiB");
+      a.cp.kv_budget_bytes = (int64_t)((double)mib * 1048576.0);
+    }
     else if (f == "--scores") a.scores = val();
     else if (f == "--beta") a.cp.kv_beta = to_float(f, val());
     else if (f == "--window") a.cp.kv_window = (int)to_int(f, val());

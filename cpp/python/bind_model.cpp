@@ -45,6 +45,7 @@ struct Engine {
     const LlamaHParams& hp = model->hparams();
     py::dict d;
     d["method"] = ctx->kv_config().method;
+    d["budget"] = ctx->kv_config().budget;  // entries per KV head on average (resolved from budget_bytes when given)
     d["bytes_held"] = ctx->kv_bytes();
     d["bytes_full"] = ctx->full_kv_bytes();
     d["prefill_peak_bytes"] = ctx->prefill_peak_kv_bytes();
@@ -80,6 +81,16 @@ struct Engine {
       d["selection_scores"] = layers;
     }
     return d;
+  }
+
+  // Stored K / V rows of (layer, KV head) as bytes in the cache's element types (CPU backend).
+  py::tuple kv_rows(int l, int g) {
+    Context* c = ctx->cpu();
+    if (!c) fail(ErrorKind::Unsupported, "kv_rows reads the CPU backend's KV cache only");
+    const Context::KVRows r = c->kv_rows(l, g);
+    const int hd = model->hparams().head_dim;
+    const size_t kb = (size_t)r.n * kv_row_bytes(c->type_k(), hd), vb = (size_t)r.n * kv_row_bytes(c->type_v(), hd);
+    return py::make_tuple(py::bytes(static_cast<const char*>(r.k), kb), py::bytes(static_cast<const char*>(r.v), vb));
   }
 
   py::list kv_positions() const {
@@ -168,7 +179,7 @@ void bind_model(py::module_& m) {
       .def(py::init([](const std::string& method, int budget, int window, double beta, double temp, int kernel,
                        const std::string& pooling, const std::string& scores, int max_new_tokens, int span,
                        const std::vector<int32_t>& probe, bool probe_echo, bool adaptive,
-                       const std::string& type_k, const std::string& type_v) {
+                       const std::string& type_k, const std::string& type_v, int64_t budget_bytes) {
              if (pooling != "max" && pooling != "avg")
                fail(ErrorKind::InvalidArgument, "pooling must be 'max' or 'avg', got '" + pooling + "'");
              KVConfig c;
@@ -187,6 +198,7 @@ void bind_model(py::module_& m) {
              c.adaptive = adaptive;
              c.type_k = type_k;
              c.type_v = type_v;
+             c.budget_bytes = budget_bytes;
              return c;
            }),
            py::arg("method") = "full", py::arg("budget") = 128, py::arg("window") = 8, py::arg("beta") = KVConfig{}.beta,
@@ -194,7 +206,7 @@ void bind_model(py::module_& m) {
            py::arg("max_new_tokens") = 512, py::arg("span") = KVConfig{}.span,
            py::arg("probe") = std::vector<int32_t>{}, py::arg("probe_echo") = false,
            py::arg("adaptive") = KVConfig{}.adaptive, py::arg("type_k") = KVConfig{}.type_k,
-           py::arg("type_v") = KVConfig{}.type_v);
+           py::arg("type_v") = KVConfig{}.type_v, py::arg("budget_bytes") = 0);
 
   py::class_<Engine>(m, "Engine")
       .def(py::init<const std::string&, int, int, int, const KVConfig&, const std::string&>(), py::arg("path"),
@@ -202,6 +214,8 @@ void bind_model(py::module_& m) {
            py::arg("device") = "cpu")
       .def("kv_stats", &Engine::kv_stats)
       .def("kv_positions", &Engine::kv_positions)
+      .def("kv_rows", &Engine::kv_rows, py::arg("layer"), py::arg("kv_head"),
+           "(keys, values) of one KV head as stored on the CPU: bytes of rows in the cache's types")
       .def("tokenize", &Engine::tokenize, py::arg("text"), py::arg("add_bos") = false, py::arg("special") = false)
       .def("detokenize", &Engine::detokenize)
       .def("token_to_piece", &Engine::token_to_piece)

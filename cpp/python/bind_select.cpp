@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "gguf/gguf.h"
 #include "select/budget.h"
+#include "select/kv_arena.h"
 #include "select/scores.h"
 
 namespace py = pybind11;
@@ -58,6 +59,33 @@ void bind_select(py::module_& m) {
       },
       "Bytes the C allocator has handed out and not freed (glibc mallinfo2), or None: lets tests "
       "measure what the KV cache really holds.");
+  m.def(
+      "kv_store_row",
+      [](const std::string& type, py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+        const KVType t = parse_kv_type(type, "KV cache type");
+        if (x.ndim() != 1) fail(ErrorKind::InvalidArgument, "kv_store_row: x must be one-dimensional");
+        check_kv_row(t, (int)x.size(), "KV cache type");
+        std::string out(kv_row_bytes(t, x.size()), '\0');
+        store_kv_row(t, x.data(), x.size(), out.data());
+        return py::bytes(out);
+      },
+      py::arg("type"), py::arg("x"),
+      "One KV row as the CPU cache stores it (f32, f16, q8_0, q4_0 bytes); q8_0/q4_0 need len(x) % 32 == 0.");
+  m.def(
+      "kv_load_row",
+      [](const std::string& type, const py::bytes& data, int64_t n) {
+        const KVType t = parse_kv_type(type, "KV cache type");
+        if (n < 0) fail(ErrorKind::InvalidArgument, "kv_load_row: n must be >= 0");
+        check_kv_row(t, (int)n, "KV cache type");
+        const std::string b = data;
+        if (b.size() != kv_row_bytes(t, n))
+          fail(ErrorKind::InvalidArgument, "kv_load_row: " + std::to_string(n) + " " + kv_type_name(t) + " values need " +
+                                               std::to_string(kv_row_bytes(t, n)) + " bytes, got " + std::to_string(b.size()));
+        py::array_t<float> y(n);
+        load_kv_row(t, b.data(), n, y.mutable_data());
+        return y;
+      },
+      py::arg("type"), py::arg("data"), py::arg("n"), "A stored KV row read back as float32 values.");
   m.def(
       "model_fingerprint",
       [](const std::string& path) {

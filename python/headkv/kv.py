@@ -47,8 +47,12 @@ class KVConfig:
     max_new_tokens: decode slots reserved per KV head (tokens appended after the prompt: a later
         question and the answer).
     type_k / type_v: element type of the stored keys / values (llama.cpp's and llama-cpp-python's
-        names): ``"f16"`` (default; IEEE half, read directly by attention) or ``"f32"`` (reference).
-        The CUDA backend stores f16 only. ``q8_0`` / ``q4_0`` raise UnsupportedError (not yet built).
+        names): ``"f16"`` (default; IEEE half, read directly by attention), ``"f32"`` (reference), ``"q8_0"``
+        or ``"q4_0"`` (llama.cpp's 32-value blocks, read in place by attention; the head size must be a
+        multiple of 32, else UnsupportedError). The CUDA backend stores f16 only (UnsupportedError).
+    budget_bytes: > 0 gives the budget as bytes of kept entries, all layers and KV heads together (decode
+        room not counted), so that types and methods compare at equal memory: ``budget`` becomes the most
+        entries per head on average that fit at the types' entry size (kv_stats()["entry_bytes"]).
     """
 
     method: str = "full"
@@ -65,6 +69,7 @@ class KVConfig:
     max_new_tokens: int = 512
     type_k: str = "f16"
     type_v: str = "f16"
+    budget_bytes: int = 0
 
     def resolved_span(self) -> int:
         if self.span is not None:
@@ -94,4 +99,5 @@ class KVConfig:
                                     float(self.temp), 7 if self.kernel is None else int(self.kernel),
                                     self.pooling or "max", os.fspath(self.scores) if self.scores else "",
                                     int(self.max_new_tokens), self.resolved_span(), probe,
-                                    self.probe == "reconstruct", bool(self.adaptive), self.type_k, self.type_v)
+                                    self.probe == "reconstruct", bool(self.adaptive), self.type_k, self.type_v,
+                                    int(self.budget_bytes))

@@ -54,7 +54,8 @@ class Model:
             is built. The GPU keeps the KV cache in fp16.
         kv: a :class:`KVConfig` (KV compression method and budget); keyword shortcuts
             ``kv_method=..., kv_budget=..., scores=..., beta=..., window=..., pooling=..., kernel=...,
-            span=..., probe=...``. Query-agnostic use (compress a document, ask later): ``probe="repeat"``,
+            span=..., probe=..., type_k=..., type_v=...``; ``kv_budget_bytes=N`` gives the budget as N bytes of
+            kept entries in all (KVConfig.budget_bytes). Query-agnostic use (compress a document, ask later): ``probe="repeat"``,
             ``eval(document)``, then ``generate(question, reset=False)``.
         cache_prompt: prefix reuse (as llama-cpp-python and llama-server do). A prompt that starts with
             tokens the context already holds evaluates only the rest: for the full cache the longest
@@ -66,7 +67,7 @@ class Model:
     def __init__(self, model_path: Union[str, os.PathLike], n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
                  n_batch: int = 512, device: str = "cpu", verbose: bool = False, kv: Optional[KVConfig] = None,
                  kv_method: Optional[str] = None, kv_budget: Optional[int] = None, cache_prompt: bool = True,
-                 **kv_kwargs):
+                 kv_budget_bytes: Optional[int] = None, **kv_kwargs):
         if device == "auto":  # as the CLI's --device auto: the GPU when one is usable
             device = "cuda" if _core.cuda_built() and _core.cuda_device_count() > 0 else "cpu"
         if device not in ("cpu", "cuda", "cuda-fp32"):
@@ -88,6 +89,8 @@ class Model:
             kv.method = kv_method
         if kv_budget is not None:
             kv.budget = kv_budget
+        if kv_budget_bytes is not None:
+            kv.budget_bytes = kv_budget_bytes
         for k, v in kv_kwargs.items():
             if not hasattr(kv, k):
                 raise InvalidArgumentError(f"unknown argument {k!r}")

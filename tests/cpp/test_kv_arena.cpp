@@ -1,4 +1,5 @@
-// KV arena: CSR segments, in-place appends, full-segment error, byte accounting.
+// KV arena: CSR segments, in-place appends, full-segment error, byte accounting, stored element types.
+#include <algorithm>
 #include <cstdio>
 #include <vector>
 
@@ -58,9 +59,37 @@ int main() {
     CHECK(hk[0] == 0x3c00 && hk[1] == 0xc100 && hk[2] == 0x7bff && hk[3] == 0x3c00);  // 1+2^-12 ties to 1
     CHECK(static_cast<const float*>(h.v(0, 0))[2] == 0.3f && h.pos(0, 0)[0] == 7);
   }
+  {  // q8_0 keys, q4_0 values, one block each: llama.cpp's reference quantization, checked by hand.
+    // x[i] = i/2 - 8: q8_0 d = 8/127, q = round(x * 127/8); q4_0: the largest magnitude is -8 at i = 0,
+    // so d = -8/-8 = 1 and nibble = min(15, trunc(x + 8.5)) = min(15, (i + 1) / 2).
+    KVArena q(1, 1, 32, {1}, KVType::Q8_0, KVType::Q4_0);
+    CHECK(q.bytes() == 34 + 18 + 4 && q.entry_bytes() == 56);
+    float x[32];
+    for (int i = 0; i < 32; ++i) x[i] = 0.5f * i - 8.0f;
+    q.append(0, 0, 3, x, x);
+    const uint8_t* bk = static_cast<const uint8_t*>(q.k(0, 0));
+    const uint8_t* bv = static_cast<const uint8_t*>(q.v(0, 0));
+    CHECK((bk[0] | bk[1] << 8) == 0x2c08);  // half(8/127 = 0.0629921) = 0x2c08 (0.062988)
+    CHECK((int8_t)bk[2] == -127 && (int8_t)bk[2 + 16] == 0 && (int8_t)bk[2 + 31] == 119 && (int8_t)bk[2 + 1] == -119);
+    CHECK((bv[0] | bv[1] << 8) == 0x3c00);  // d = 1
+    bool nibbles_ok = true;
+    for (int j = 0; j < 16; ++j)
+      nibbles_ok &= (bv[2 + j] & 0xF) == (j + 1) / 2 && (bv[2 + j] >> 4) == std::min(15, (j + 17) / 2);
+    CHECK(nibbles_ok);
+    float back[32];
+    load_kv_row(KVType::Q4_0, bv, 32, back);
+    CHECK(back[0] == -8.0f && back[31] == 7.0f && back[16] == 0.0f);
+  }
+  threw = false;
+  try {  // a head size that is not a whole number of blocks fails before the (impossible) allocation
+    KVArena bad(1, 1, 48, {int64_t(1) << 60}, KVType::F16, KVType::Q4_0);
+  } catch (const Error& e) {
+    threw = e.kind() == ErrorKind::Unsupported;
+  }
+  CHECK(threw);
   threw = false;
   try {
-    parse_kv_type("q8_0", "type_k");
+    parse_kv_type("q4_1", "type_k");
   } catch (const Error& e) {
     threw = e.kind() == ErrorKind::Unsupported;
   }
@@ -71,7 +100,8 @@ int main() {
   } catch (const Error& e) {
     threw = e.kind() == ErrorKind::InvalidArgument;
   }
-  CHECK(threw && parse_kv_type("f16", "t") == KVType::F16 && parse_kv_type("f32", "t") == KVType::F32);
+  CHECK(threw && parse_kv_type("f16", "t") == KVType::F16 && parse_kv_type("f32", "t") == KVType::F32 &&
+        parse_kv_type("q8_0", "t") == KVType::Q8_0 && parse_kv_type("q4_0", "t") == KVType::Q4_0);
   std::printf(failures ? "FAILED\n" : "ok\n");
   return failures ? 1 : 0;
 }

@@ -1,6 +1,7 @@
-// Checks the fp32 vector kernels of every CPU level this machine runs against scalar std:: math
-// (double-precision references), so that all dispatch levels agree within the stated tolerances.
+// Checks the fp32 vector kernels and the f16 / q8_0 / q4_0 KV-row kernels of every CPU level this
+// machine runs against scalar std:: math (double-precision references), so that all dispatch levels agree within the stated tolerances.
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <random>
 #include <vector>
@@ -10,6 +11,69 @@
 #include "common/simd.h"
 
 using namespace headkv;
+
+// Value i of a q8_0 (bytes 34) or q4_0 (bytes 18) block, decoded here from llama.cpp's layout: an f16
+// scale, then int8 values (q8_0) or nibbles (q4_0: element i < 16 in the low nibble of byte i,
+// i >= 16 in the high nibble of byte i - 16, value nibble - 8).
+static double block_value(const uint8_t* blk, bool q8, int i) {
+  const double d = fp16_to_f32((uint16_t)(blk[0] | blk[1] << 8));
+  if (q8) return d * (int8_t)blk[2 + i];
+  const int nib = i < 16 ? (blk[2 + i] & 0xF) : (blk[2 + i - 16] >> 4);
+  return d * (nib - 8);
+}
+
+// q8_0 / q4_0 rows (random scales and integers, rows ld bytes apart), nq queries at once (query r at
+// q + r*ldq, results at out + r*ldo, strides padded): dot and weighted-row kernels against double sums
+// over the values the blocks decode to.
+static int check_blocks(const CpuKernels& k, const char* name, std::mt19937& rng) {
+  std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+  int bad = 0;
+  for (bool q8 : {true, false}) {
+    const int bytes = q8 ? 34 : 18;
+    const char* tn = q8 ? "q8_0" : "q4_0";
+    for (int n : {32, 64, 96, 128, 256})
+      for (int m : {1, 4, 7, 13, 40})
+        for (int nq : {1, 2, 3, 5}) {
+          const int pad = nq % 2 ? 0 : 5;
+          const int64_t ld = n / 32 * bytes + pad, ldq = n + pad, ldo = m + pad, ldw = n + 3;
+          std::vector<uint8_t> K(m * ld);
+          for (auto& b : K) b = (uint8_t)(rng() & 0xFF);
+          for (int j = 0; j < m; ++j)
+            for (int b = 0; b < n / 32; ++b) {
+              const uint16_t h = f32_to_fp16(U(rng) * 0.05f);
+              K[j * ld + b * bytes] = h & 0xFF;
+              K[j * ld + b * bytes + 1] = h >> 8;
+            }
+          auto val = [&](int j, int d) { return block_value(&K[j * ld + d / 32 * bytes], q8, d % 32); };
+          std::vector<float> q(nq * ldq), p(nq * ldo), out(nq * ldo, NAN), wsum(nq * ldw, NAN);
+          for (float& v : q) v = U(rng);
+          for (float& v : p) v = (U(rng) + 1.0f) / 2;
+          (q8 ? k.dot_rows_q8_0 : k.dot_rows_q4_0)(q.data(), nq, ldq, K.data(), ld, n, m, out.data(), ldo);
+          (q8 ? k.weighted_rows_q8_0 : k.weighted_rows_q4_0)(p.data(), nq, ldo, K.data(), ld, n, m, wsum.data(), ldw);
+          for (int r = 0; r < nq; ++r) {
+            for (int j = 0; j < m; ++j) {
+              double ref = 0, mag = 0;
+              for (int d = 0; d < n; ++d) ref += q[r * ldq + d] * val(j, d), mag += std::fabs(q[r * ldq + d] * val(j, d));
+              if (!(std::fabs(out[r * ldo + j] - ref) <= 1e-6 * mag)) {
+                std::printf("%s: %s dot mismatch n=%d m=%d nq=%d r=%d j=%d: %g vs %g\n", name, tn, n, m, nq, r, j,
+                            out[r * ldo + j], ref);
+                ++bad;
+              }
+            }
+            for (int d = 0; d < n; ++d) {
+              double ref = 0, mag = 0;
+              for (int j = 0; j < m; ++j) ref += p[r * ldo + j] * val(j, d), mag += std::fabs(p[r * ldo + j] * val(j, d));
+              if (!(std::fabs(wsum[r * ldw + d] - ref) <= 1e-6 * mag)) {
+                std::printf("%s: %s weighted-rows mismatch n=%d m=%d nq=%d r=%d d=%d: %g vs %g\n", name, tn, n, m, nq, r,
+                            d, wsum[r * ldw + d], ref);
+                ++bad;
+              }
+            }
+          }
+        }
+  }
+  return bad;
+}
 
 static int check_level(const CpuKernels& k, const char* name) {
   std::mt19937 rng(3);
@@ -113,6 +177,7 @@ static int check_level(const CpuKernels& k, const char* name) {
       }
     }
   }
+  bad += check_blocks(k, name, rng);
   return bad;
 }
 

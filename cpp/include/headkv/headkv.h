@@ -82,10 +82,15 @@ typedef struct hk_context_params {
                               * attention its repetition pays it; costs a second pass over the prompt) */
   int32_t kv_adaptive;       /* headkv: 1 = each layer's score-given total is split among its heads per
                               * prompt, as Ada-KV splits it */
-  const char* type_k;        /* element type of stored keys (llama.cpp's -ctk names): NULL/"f16" (default),
-                              * "f32" (CPU only, reference); others fail with HK_ERR_UNSUPPORTED (q8_0, q4_0,
-                              * not yet built) or HK_ERR_INVALID_ARGUMENT before anything is allocated */
+  const char* type_k;        /* element type of stored keys (llama.cpp's -ctk names): NULL/"f16" (default);
+                              * CPU only: "f32" (reference), "q8_0", "q4_0" (llama.cpp's blocks of 32 values;
+                              * the model's head size must be a multiple of 32). Other llama.cpp types, a type
+                              * the backend cannot run or an unusable head size fail with HK_ERR_UNSUPPORTED,
+                              * unknown names with HK_ERR_INVALID_ARGUMENT, before anything is allocated */
   const char* type_v;        /* element type of stored values (-ctv), as type_k */
+  int64_t kv_budget_bytes;   /* > 0: the KV budget as bytes of kept entries, all layers and KV heads together
+                              * (decode room not counted), replacing kv_budget: kv_budget becomes the most
+                              * entries per head that fit at the cache types' entry size (0) */
 } hk_context_params;
 
 hk_context_params hk_context_default_params(void);

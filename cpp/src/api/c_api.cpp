@@ -99,7 +99,7 @@ hk_context_params hk_context_default_params(void) {
   const headkv::KVConfig kv;
   return hk_context_params{0, 0, 512, nullptr, kv.budget, kv.window, (float)kv.beta, kv.kernel, 0, nullptr,
                            kv.max_new_tokens, nullptr, kv.span, nullptr, 0, 0, kv.adaptive ? 1 : 0,
-                           nullptr, nullptr};
+                           nullptr, nullptr, 0};
 }
 
 hk_status hk_context_new(const hk_model* model, const hk_context_params* p, hk_context** out) {
@@ -126,6 +126,7 @@ hk_status hk_context_new(const hk_model* model, const hk_context_params* p, hk_c
     cp.kv.adaptive = d.kv_adaptive != 0;
     if (d.type_k) cp.kv.type_k = d.type_k;
     if (d.type_v) cp.kv.type_v = d.type_v;
+    cp.kv.budget_bytes = d.kv_budget_bytes;
     auto c = std::make_unique<hk_context>();
     c->c = std::make_unique<headkv::Session>(*model->m, cp, d.device ? d.device : "cpu");
     *out = c.release();

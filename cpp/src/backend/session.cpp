@@ -1,6 +1,11 @@
 #include "backend/session.h"
 
+#include <algorithm>
+#include <climits>
+#include <string>
+
 #include "common/error.h"
+#include "select/kv_arena.h"
 #ifdef HEADKV_WITH_CUDA
 #include "backend/cuda_context.h"
 #else
@@ -38,15 +43,39 @@ bool cuda_backend_built() {
 #endif
 }
 
+namespace {
+// A budget in bytes -> entries per KV head on average: the largest budget whose kept entries
+// (n_layer * n_head_kv * budget, window included) fit kv.budget_bytes at this entry size.
+ContextParams resolve_budget_bytes(const Model& model, ContextParams p, uint64_t entry_bytes) {
+  if (p.kv.budget_bytes < 0) fail(ErrorKind::InvalidArgument, "KV budget in bytes must be >= 0");
+  if (p.kv.budget_bytes == 0 || p.kv.method == "full") return p;  // the full cache has no budget
+  const LlamaHParams& hp = model.hparams();
+  const uint64_t per_budget = (uint64_t)hp.n_layer * hp.n_head_kv * entry_bytes;
+  const uint64_t b = (uint64_t)p.kv.budget_bytes / per_budget;
+  if (b <= (uint64_t)std::max(p.kv.window, 0))
+    fail(ErrorKind::InvalidArgument, "KV budget of " + std::to_string(p.kv.budget_bytes) + " bytes holds " + std::to_string(b) +
+                                         " entries per KV head (" + std::to_string(entry_bytes) + " bytes each, " +
+                                         std::to_string(hp.n_layer * hp.n_head_kv) + " heads); it must be more than the window " +
+                                         std::to_string(p.kv.window));
+  p.kv.budget = (int32_t)std::min<uint64_t>(b, INT32_MAX);
+  return p;
+}
+}  // namespace
+
 Session::Session(const Model& model, const ContextParams& params, const std::string& device) : device_(device) {
   if (device == "cpu") {
-    cpu_ = std::make_unique<Context>(model, params);
+    const int hd = model.hparams().head_dim;
+    const KVType tk = parse_kv_type(params.kv.type_k, "KV cache type (K)"), tv = parse_kv_type(params.kv.type_v, "KV cache type (V)");
+    check_kv_row(tk, hd, "KV cache type (K)");
+    check_kv_row(tv, hd, "KV cache type (V)");
+    cpu_ = std::make_unique<Context>(model, resolve_budget_bytes(model, params, KVArena::entry_bytes(hd, tk, tv)));
     return;
   }
   if (device != "cuda" && device != "cuda-fp32")
     fail(ErrorKind::InvalidArgument, "unknown device '" + device + "' (cpu, cuda, cuda-fp32)");
 #ifdef HEADKV_WITH_CUDA
-  gpu_ = std::make_unique<CudaContext>(model, params, device == "cuda" ? CudaPrecision::Fast : CudaPrecision::Fp32);
+  gpu_ = std::make_unique<CudaContext>(model, resolve_budget_bytes(model, params, CudaContext::entry_bytes(model.hparams().head_dim)),
+                                       device == "cuda" ? CudaPrecision::Fast : CudaPrecision::Fp32);
 #else
   fail(ErrorKind::Unsupported, "device '" + device + "' is not available: this build has no CUDA backend");
 #endif

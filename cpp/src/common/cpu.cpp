@@ -11,7 +11,8 @@ namespace {
 #define HEADKV_TABLE(lvl, ns)                                                                              \
   CpuKernels {                                                                                             \
     lvl, ns::dot_f32, ns::axpy_f32, ns::exp_shift_sum, ns::dot_rows_f32, ns::weighted_rows_f32, ns::dot_multi, \
-        ns::dequant_fast, ns::gemm_tile, ns::dot_rows_f16, ns::weighted_rows_f16, ns::f32_to_f16_row        \
+        ns::dequant_fast, ns::gemm_tile, ns::dot_rows_f16, ns::weighted_rows_f16, ns::f32_to_f16_row,       \
+        ns::dot_rows_q8_0, ns::weighted_rows_q8_0, ns::dot_rows_q4_0, ns::weighted_rows_q4_0                \
   }
 const CpuKernels kBaseline = HEADKV_TABLE(CpuLevel::Baseline, isa_baseline);
 #ifdef HEADKV_ISA_AVX2

@@ -31,6 +31,14 @@ struct CpuKernels {
   void (*dot_rows_f16)(const float* q, const uint16_t* K, int64_t ld, int64_t n, int64_t m, float* out);
   void (*weighted_rows_f16)(const float* p, const uint16_t* V, int64_t ld, int64_t n, int64_t m, float* out);
   void (*f32_to_f16_row)(const float* x, uint16_t* y, int64_t n);
+  void (*dot_rows_q8_0)(const float* q, int64_t nq, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n, int64_t m,
+                        float* out, int64_t ldo);
+  void (*weighted_rows_q8_0)(const float* p, int64_t nq, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n,
+                             int64_t m, float* out, int64_t ldo);
+  void (*dot_rows_q4_0)(const float* q, int64_t nq, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n, int64_t m,
+                        float* out, int64_t ldo);
+  void (*weighted_rows_q4_0)(const float* p, int64_t nq, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n,
+                             int64_t m, float* out, int64_t ldo);
 };
 
 const char* cpu_level_name(CpuLevel level);
@@ -59,7 +67,15 @@ const CpuKernels* cpu_kernels_for(CpuLevel level);
   void gemm_tile(int64_t kc, const float* a, const float* b, float* C, int64_t ldc, bool accum);              \
   void dot_rows_f16(const float* q, const uint16_t* K, int64_t ld, int64_t n, int64_t m, float* out);         \
   void weighted_rows_f16(const float* p, const uint16_t* V, int64_t ld, int64_t n, int64_t m, float* out);    \
-  void f32_to_f16_row(const float* x, uint16_t* y, int64_t n);
+  void f32_to_f16_row(const float* x, uint16_t* y, int64_t n);                                                \
+  void dot_rows_q8_0(const float* q, int64_t nq, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n,        \
+                     int64_t m, float* out, int64_t ldo);                                                     \
+  void weighted_rows_q8_0(const float* p, int64_t nq, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n,   \
+                          int64_t m, float* out, int64_t ldo);                                                \
+  void dot_rows_q4_0(const float* q, int64_t nq, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n,        \
+                     int64_t m, float* out, int64_t ldo);                                                     \
+  void weighted_rows_q4_0(const float* p, int64_t nq, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n,   \
+                          int64_t m, float* out, int64_t ldo);
 namespace isa_baseline { HEADKV_ISA_DECLS }
 namespace isa_avx2 { HEADKV_ISA_DECLS }
 namespace isa_avx512 { HEADKV_ISA_DECLS }

@@ -33,6 +33,27 @@ inline void dot_rows_f16(const float* q, const uint16_t* K, int64_t ld, int64_t 
 inline void weighted_rows_f16(const float* p, const uint16_t* V, int64_t ld, int64_t n, int64_t m, float* out) {
   cpu_kernels().weighted_rows_f16(p, V, ld, n, m, out);
 }
+// The same over q8_0 / q4_0 storage (layouts in select/kv_arena.h) for nq queries at once (a GQA
+// group: each block is expanded once for all of them): rows of n values (n a multiple of 32) every
+// ld bytes; query / weight vector r at q + r*ldq / p + r*ldp, its results at out + r*ldo.
+//   dot:      out[r*ldo + j] = dot(q_r, row j) for j < m
+//   weighted: out[r*ldo + i] = sum_j p_r[j] * row j [i] for i < n
+inline void dot_rows_q8_0(const float* q, int64_t nq, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n, int64_t m,
+                          float* out, int64_t ldo) {
+  cpu_kernels().dot_rows_q8_0(q, nq, ldq, K, ld, n, m, out, ldo);
+}
+inline void weighted_rows_q8_0(const float* p, int64_t nq, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n,
+                               int64_t m, float* out, int64_t ldo) {
+  cpu_kernels().weighted_rows_q8_0(p, nq, ldp, V, ld, n, m, out, ldo);
+}
+inline void dot_rows_q4_0(const float* q, int64_t nq, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n, int64_t m,
+                          float* out, int64_t ldo) {
+  cpu_kernels().dot_rows_q4_0(q, nq, ldq, K, ld, n, m, out, ldo);
+}
+inline void weighted_rows_q4_0(const float* p, int64_t nq, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n,
+                               int64_t m, float* out, int64_t ldo) {
+  cpu_kernels().weighted_rows_q4_0(p, nq, ldp, V, ld, n, m, out, ldo);
+}
 // y[i] = half(x[i]), round to nearest even.
 inline void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) { cpu_kernels().f32_to_f16_row(x, y, n); }
 

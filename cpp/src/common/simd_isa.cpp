@@ -1,8 +1,11 @@
-// fp32 and fp16-storage vector helpers (see common/simd.h), compiled once per CPU level: the AVX2/FMA paths are
-// taken where the level's target flags define __AVX2__ and __FMA__, the portable loops elsewhere.
+// fp32 vector helpers and the f16 / q8_0 / q4_0 KV-row kernels (see common/simd.h), compiled once per
+// CPU level: the AVX2/FMA paths are taken where the level's target flags define __AVX2__ and __FMA__
+// (the block kernels use AVX-512 where __AVX512F__ is defined), the portable loops elsewhere.
 // HEADKV_ISA names this copy's namespace (isa_baseline, isa_avx2, isa_avx512).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
@@ -215,3 +218,284 @@ void f32_to_f16_row(const float* x, uint16_t* y, int64_t n) {
 }
 
 }  // namespace headkv::HEADKV_ISA
+
+// q8_0 / q4_0 storage (KV cache, layouts in select/kv_arena.h): rows of 32-value blocks, ld in bytes.
+// Each block is expanded to fp32 in registers (exact: an f16 scale times a small integer) and used
+// with fp32 FMA against the fp32 query or softmax weights; no dequantized copy of the cache is made.
+// GCC 12 reports -Wmaybe-uninitialized inside its own AVX-512 intrinsics (the _mm512_undefined_*
+// pass-through operand of the masked builtins) wherever they are inlined; the operand is never read.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+namespace headkv::HEADKV_ISA {
+namespace {
+
+inline float blk_scale(const uint8_t* b) {
+  uint16_t h;
+  std::memcpy(&h, b, 2);
+#ifdef HEADKV_F16C
+  return _cvtsh_ss(h);
+#else
+  return fp16_to_f32(h);
+#endif
+}
+
+struct Q8_0 {
+  static constexpr int64_t bytes = 34;
+  static void deq(const uint8_t* b, float* y) {  // portable: the 32 integers (scale applied by the caller)
+    for (int i = 0; i < 32; ++i) y[i] = (float)(int8_t)b[2 + i];
+  }
+#ifdef HEADKV_F16C
+  static void unpack(const uint8_t* b, __m256 v[4]) {
+    for (int c = 0; c < 4; ++c)
+      v[c] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 2 + 8 * c))));
+  }
+#endif
+#ifdef __AVX512F__
+  static void unpack(const uint8_t* b, __m512 v[2]) {
+    for (int c = 0; c < 2; ++c)
+      v[c] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2 + 16 * c))));
+  }
+#endif
+};
+
+struct Q4_0 {
+  static constexpr int64_t bytes = 18;
+  static void deq(const uint8_t* b, float* y) {
+    for (int i = 0; i < 16; ++i) {
+      y[i] = (float)((b[2 + i] & 0xF) - 8);
+      y[i + 16] = (float)((b[2 + i] >> 4) - 8);
+    }
+  }
+#ifdef HEADKV_F16C
+  // Bytes of (nibble - 8): elements 0..15 (low nibbles) and 16..31 (high nibbles).
+  static void nibbles(const uint8_t* b, __m128i& lo, __m128i& hi) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2));
+    const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    lo = _mm_sub_epi8(_mm_and_si128(raw, mask), eight);
+    hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), eight);
+  }
+  static void unpack(const uint8_t* b, __m256 v[4]) {
+    __m128i lo, hi;
+    nibbles(b, lo, hi);
+    v[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+    v[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+    v[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+    v[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+  }
+#endif
+#ifdef __AVX512F__
+  static void unpack(const uint8_t* b, __m512 v[2]) {
+    __m128i lo, hi;
+    nibbles(b, lo, hi);
+    v[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo));
+    v[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi));
+  }
+#endif
+};
+
+#ifdef HEADKV_F16C
+// Four row accumulators -> their four horizontal sums.
+inline __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+#endif
+
+// Several queries against the same rows (a GQA group shares its KV head): each block is expanded once
+// and used by every query, so the expansion cost is shared.
+//   dot:      out[r*ldo + j] = sum over blocks b of d_jb * dot(q_r[32b..], ints of block (j, b))
+//   weighted: out[r*ldo + i] = sum_j p_r[j] * d_jb * int i of row j
+// NQ queries at a time (compile-time, so the accumulators stay in registers); rows four at a time.
+template <class B, int NQ>
+void dot_rows_blk(const float* q, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n, int64_t m, float* out,
+                  int64_t ldo) {
+  const int64_t nb = n / 32;
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  for (; j + 4 <= m; j += 4) {
+    __m512 a[NQ][4];
+    for (int r = 0; r < NQ; ++r)
+      for (int c = 0; c < 4; ++c) a[r][c] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m512 qv[NQ][2];
+      for (int r = 0; r < NQ; ++r) {
+        qv[r][0] = _mm512_loadu_ps(q + r * ldq + 32 * b);
+        qv[r][1] = _mm512_loadu_ps(q + r * ldq + 32 * b + 16);
+      }
+      for (int c = 0; c < 4; ++c) {
+        const uint8_t* blk = K + (j + c) * ld + b * B::bytes;
+        __m512 v[2];
+        B::unpack(blk, v);
+        const __m512 s = _mm512_set1_ps(blk_scale(blk));
+        for (int r = 0; r < NQ; ++r)
+          a[r][c] = _mm512_fmadd_ps(_mm512_fmadd_ps(qv[r][1], v[1], _mm512_mul_ps(qv[r][0], v[0])), s, a[r][c]);
+      }
+    }
+    for (int r = 0; r < NQ; ++r) {
+      __m256 h[4];
+      for (int c = 0; c < 4; ++c) h[c] = _mm256_add_ps(_mm512_castps512_ps256(a[r][c]), _mm512_extractf32x8_ps(a[r][c], 1));
+      _mm_storeu_ps(out + r * ldo + j, reduce4(h[0], h[1], h[2], h[3]));
+    }
+  }
+#elif defined(HEADKV_F16C)
+  for (; j + 4 <= m; j += 4) {
+    __m256 a[NQ][4];
+    for (int r = 0; r < NQ; ++r)
+      for (int c = 0; c < 4; ++c) a[r][c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b)
+      for (int c = 0; c < 4; ++c) {
+        const uint8_t* blk = K + (j + c) * ld + b * B::bytes;
+        __m256 v[4];
+        B::unpack(blk, v);
+        const __m256 s = _mm256_set1_ps(blk_scale(blk));
+        for (int r = 0; r < NQ; ++r) {
+          const float* qb = q + r * ldq + 32 * b;
+          __m256 t = _mm256_mul_ps(_mm256_loadu_ps(qb), v[0]);
+          for (int e = 1; e < 4; ++e) t = _mm256_fmadd_ps(_mm256_loadu_ps(qb + 8 * e), v[e], t);
+          a[r][c] = _mm256_fmadd_ps(t, s, a[r][c]);
+        }
+      }
+    for (int r = 0; r < NQ; ++r) _mm_storeu_ps(out + r * ldo + j, reduce4(a[r][0], a[r][1], a[r][2], a[r][3]));
+  }
+#endif
+  float y[32];
+  for (; j < m; ++j)
+    for (int r = 0; r < NQ; ++r) {
+      float s = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = K + j * ld + b * B::bytes;
+        B::deq(blk, y);
+        float t = 0.0f;
+        for (int i = 0; i < 32; ++i) t += q[r * ldq + 32 * b + i] * y[i];
+        s += blk_scale(blk) * t;
+      }
+      out[r * ldo + j] = s;
+    }
+}
+
+// Rows of up to 128 values (NB blocks) accumulate in registers.
+template <class B, int NQ, int NB>
+void weighted_rows_regs(const float* p, int64_t ldp, const uint8_t* V, int64_t ld, int64_t m, float* out, int64_t ldo) {
+#if defined(__AVX512F__)
+  __m512 a[NQ][2 * NB];
+  for (int r = 0; r < NQ; ++r)
+    for (int c = 0; c < 2 * NB; ++c) a[r][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < m; ++j)
+    for (int b = 0; b < NB; ++b) {
+      const uint8_t* blk = V + j * ld + b * B::bytes;
+      const float d = blk_scale(blk);
+      __m512 v[2];
+      B::unpack(blk, v);
+      for (int r = 0; r < NQ; ++r) {
+        const __m512 w = _mm512_set1_ps(p[r * ldp + j] * d);
+        for (int c = 0; c < 2; ++c) a[r][2 * b + c] = _mm512_fmadd_ps(w, v[c], a[r][2 * b + c]);
+      }
+    }
+  for (int r = 0; r < NQ; ++r)
+    for (int c = 0; c < 2 * NB; ++c) _mm512_storeu_ps(out + r * ldo + 16 * c, a[r][c]);
+#elif defined(HEADKV_F16C)
+  __m256 a[NQ][4 * NB];
+  for (int r = 0; r < NQ; ++r)
+    for (int c = 0; c < 4 * NB; ++c) a[r][c] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < m; ++j)
+    for (int b = 0; b < NB; ++b) {
+      const uint8_t* blk = V + j * ld + b * B::bytes;
+      const float d = blk_scale(blk);
+      __m256 v[4];
+      B::unpack(blk, v);
+      for (int r = 0; r < NQ; ++r) {
+        const __m256 w = _mm256_set1_ps(p[r * ldp + j] * d);
+        for (int c = 0; c < 4; ++c) a[r][4 * b + c] = _mm256_fmadd_ps(w, v[c], a[r][4 * b + c]);
+      }
+    }
+  for (int r = 0; r < NQ; ++r)
+    for (int c = 0; c < 4 * NB; ++c) _mm256_storeu_ps(out + r * ldo + 8 * c, a[r][c]);
+#endif
+}
+
+template <class B, int NQ>
+void weighted_rows_blk(const float* p, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n, int64_t m, float* out,
+                       int64_t ldo) {
+  const int64_t nb = n / 32;
+#ifdef HEADKV_F16C
+  if (nb == 1) return weighted_rows_regs<B, NQ, 1>(p, ldp, V, ld, m, out, ldo);
+  if (nb == 2) return weighted_rows_regs<B, NQ, 2>(p, ldp, V, ld, m, out, ldo);
+  if (nb == 4) return weighted_rows_regs<B, NQ, 4>(p, ldp, V, ld, m, out, ldo);
+#endif
+  float y[32];
+  for (int r = 0; r < NQ; ++r)
+    for (int64_t i = 0; i < n; ++i) out[r * ldo + i] = 0.0f;
+  for (int64_t j = 0; j < m; ++j)
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = V + j * ld + b * B::bytes;
+      B::deq(blk, y);
+      const float d = blk_scale(blk);
+      for (int r = 0; r < NQ; ++r) {
+        const float w = p[r * ldp + j] * d;
+        for (int i = 0; i < 32; ++i) out[r * ldo + 32 * b + i] += w * y[i];
+      }
+    }
+}
+
+// Queries in chunks of up to four (two where the registers are 256-bit).
+#if defined(__AVX512F__) || !defined(HEADKV_F16C)
+constexpr int64_t kChunk = 4;
+#else
+constexpr int64_t kChunk = 2;
+#endif
+
+template <class B>
+void dot_rows_group(const float* q, int64_t nq, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n, int64_t m,
+                    float* out, int64_t ldo) {
+  for (int64_t r = 0; r < nq;) {
+    const int64_t c = std::min<int64_t>(kChunk, nq - r);
+    const float* qr = q + r * ldq;
+    float* o = out + r * ldo;
+    if (c >= 4) dot_rows_blk<B, 4>(qr, ldq, K, ld, n, m, o, ldo);
+    else if (c == 3) dot_rows_blk<B, 3>(qr, ldq, K, ld, n, m, o, ldo);
+    else if (c == 2) dot_rows_blk<B, 2>(qr, ldq, K, ld, n, m, o, ldo);
+    else dot_rows_blk<B, 1>(qr, ldq, K, ld, n, m, o, ldo);
+    r += c;
+  }
+}
+
+template <class B>
+void weighted_rows_group(const float* p, int64_t nq, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n, int64_t m,
+                         float* out, int64_t ldo) {
+  for (int64_t r = 0; r < nq;) {
+    const int64_t c = std::min<int64_t>(kChunk, nq - r);
+    const float* pr = p + r * ldp;
+    float* o = out + r * ldo;
+    if (c >= 4) weighted_rows_blk<B, 4>(pr, ldp, V, ld, n, m, o, ldo);
+    else if (c == 3) weighted_rows_blk<B, 3>(pr, ldp, V, ld, n, m, o, ldo);
+    else if (c == 2) weighted_rows_blk<B, 2>(pr, ldp, V, ld, n, m, o, ldo);
+    else weighted_rows_blk<B, 1>(pr, ldp, V, ld, n, m, o, ldo);
+    r += c;
+  }
+}
+
+}  // namespace
+
+void dot_rows_q8_0(const float* q, int64_t nq, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n, int64_t m,
+                   float* out, int64_t ldo) {
+  dot_rows_group<Q8_0>(q, nq, ldq, K, ld, n, m, out, ldo);
+}
+void weighted_rows_q8_0(const float* p, int64_t nq, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n, int64_t m,
+                        float* out, int64_t ldo) {
+  weighted_rows_group<Q8_0>(p, nq, ldp, V, ld, n, m, out, ldo);
+}
+void dot_rows_q4_0(const float* q, int64_t nq, int64_t ldq, const uint8_t* K, int64_t ld, int64_t n, int64_t m,
+                   float* out, int64_t ldo) {
+  dot_rows_group<Q4_0>(q, nq, ldq, K, ld, n, m, out, ldo);
+}
+void weighted_rows_q4_0(const float* p, int64_t nq, int64_t ldp, const uint8_t* V, int64_t ld, int64_t n, int64_t m,
+                        float* out, int64_t ldo) {
+  weighted_rows_group<Q4_0>(p, nq, ldp, V, ld, n, m, out, ldo);
+}
+
+}  // namespace headkv::HEADKV_ISA
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#pragma GCC diagnostic pop
+#endif

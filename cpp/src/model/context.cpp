@@ -38,6 +38,8 @@ Context::Context(const Model& model, const ContextParams& p)
   if (p.n_threads > 1024) fail(ErrorKind::InvalidArgument, "n_threads " + std::to_string(p.n_threads) + " is too large");
   type_k_ = parse_kv_type(kv_.type_k, "KV cache type (K)");
   type_v_ = parse_kv_type(kv_.type_v, "KV cache type (V)");
+  check_kv_row(type_k_, hp_.head_dim, "KV cache type (K)");
+  check_kv_row(type_v_, hp_.head_dim, "KV cache type (V)");
   n_ctx_ = p.n_ctx ? p.n_ctx : hp_.n_ctx_train;
   n_batch_ = std::min<int32_t>(p.n_batch ? p.n_batch : 512, n_ctx_);
   method_ = parse_budget_method(kv_.method);
@@ -65,8 +67,8 @@ Context::Context(const Model& model, const ContextParams& p)
       layer_row0_[il] = (int64_t)rows;
       rows += (uint64_t)rows_[il] * hp_.n_head_kv;
     }
-    const uint64_t elems = checked_mul(rows, (uint64_t)hp_.head_dim, what);
-    const uint64_t bk = checked_mul(elems, kv_type_size(type_k_), what), bv = checked_mul(elems, kv_type_size(type_v_), what);
+    const uint64_t bk = checked_mul(rows, kv_row_bytes(type_k_, hp_.head_dim), what);
+    const uint64_t bv = checked_mul(rows, kv_row_bytes(type_v_, hp_.head_dim), what);
     check_alloc(bk + bv, what);  // keys and values together
     checked_assign(k_, bk, "KV cache (keys)");
     checked_assign(v_, bv, "KV cache (values)");
@@ -154,10 +156,19 @@ uint64_t Context::kv_bytes() const {
   return k_.size() + v_.size();
 }
 
+Context::KVRows Context::kv_rows(int il, int g) const {
+  if (il < 0 || il >= hp_.n_layer || g < 0 || g >= hp_.n_head_kv)
+    fail(ErrorKind::InvalidArgument, "kv_rows: no layer " + std::to_string(il) + ", KV head " + std::to_string(g));
+  if (arena_) return {arena_->k(il, g), arena_->v(il, g), arena_->used(il, g)};
+  if (compressing()) return {nullptr, nullptr, 0};
+  // rows 0.. of the head (a sliding-window layer's ring holds its last rows_ positions, pos % rows_)
+  return {k_at(il, g, 0), v_at(il, g, 0), std::min<int64_t>(n_past_, rows_[il])};
+}
+
 uint64_t Context::full_kv_bytes() const {
   // What a cache of n_ctx rows in every layer would hold (for the full cache: n_ctx positions).
   const uint64_t positions = compressing() ? (uint64_t)n_past_ + (arena_ ? kv_.max_new_tokens : 0) : (uint64_t)n_ctx_;
-  return positions * hp_.n_layer * hp_.n_head_kv * hp_.head_dim * (kv_type_size(type_k_) + kv_type_size(type_v_));
+  return positions * hp_.n_layer * hp_.n_head_kv * (kv_row_bytes(type_k_, hp_.head_dim) + kv_row_bytes(type_v_, hp_.head_dim));
 }
 
 const float* Context::logits() const {

@@ -44,8 +44,11 @@ struct KVConfig {
   int32_t max_new_tokens = 512; // decode room reserved per KV head
   int32_t sink = 4;             // streaming: attention-sink tokens kept at the start
   double adakv_floor = 0.2;     // adakv: each head keeps at least this fraction of its budget
-  std::string type_k = "f16";   // element type of stored keys: f16 | f32 (llama.cpp's -ctk names; the
-  std::string type_v = "f16";   // CUDA backend stores f16 only); values likewise (-ctv)
+  std::string type_k = "f16";   // element type of stored keys: f16 | f32 | q8_0 | q4_0 (llama.cpp's -ctk
+  std::string type_v = "f16";   // names; the CUDA backend stores f16 only); values likewise (-ctv)
+  int64_t budget_bytes = 0;     // > 0: the budget given as bytes of kept entries, all layers and KV heads
+                                // together (decode room not counted); the Session turns it into `budget`
+                                // at the backend's entry size (resolve_budget_bytes)
   bool adaptive = false;        // headkv: each layer's total comes from the head scores, and is split
                                 // among its heads per prompt as Ada-KV splits it (floors: adakv_floor
                                 // of each head's score-given cap)
@@ -118,6 +121,11 @@ class Context {
     return method_ == BudgetMethod::AdaKV || (method_ == BudgetMethod::HeadKV && kv_.adaptive);
   }
   const KVArena* arena() const { return arena_.get(); }
+  // Stored rows of (layer il, KV head g), for tests and references: keys and values (rows of
+  // kv_row_bytes(type, head_dim) bytes) and their count: the full cache's n_past rows, or the arena
+  // segment's used entries (positions in arena()->pos).
+  struct KVRows { const void* k; const void* v; int64_t n; };
+  KVRows kv_rows(int il, int g) const;
   const BudgetPlan* plan() const { return plan_ ? &*plan_ : nullptr; }
   // Bytes a full cache would hold for the current sequence plus the decode room.
   uint64_t full_kv_bytes() const;
@@ -170,8 +178,10 @@ class Context {
   size_t kv_row(int il, int h, int64_t pos) const {
     return (size_t)layer_row0_[il] + (size_t)h * rows_[il] + (size_t)(pos % rows_[il]);
   }
-  uint8_t* k_at(int il, int h, int64_t pos) { return &k_[kv_row(il, h, pos) * hp_.head_dim * kv_type_size(type_k_)]; }
-  uint8_t* v_at(int il, int h, int64_t pos) { return &v_[kv_row(il, h, pos) * hp_.head_dim * kv_type_size(type_v_)]; }
+  uint8_t* k_at(int il, int h, int64_t pos) { return &k_[kv_row(il, h, pos) * kv_row_bytes(type_k_, hp_.head_dim)]; }
+  uint8_t* v_at(int il, int h, int64_t pos) { return &v_[kv_row(il, h, pos) * kv_row_bytes(type_v_, hp_.head_dim)]; }
+  const uint8_t* k_at(int il, int h, int64_t pos) const { return const_cast<Context*>(this)->k_at(il, h, pos); }
+  const uint8_t* v_at(int il, int h, int64_t pos) const { return const_cast<Context*>(this)->v_at(il, h, pos); }
 
   const Model& model_;
   const LlamaHParams& hp_;

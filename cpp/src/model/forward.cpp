@@ -104,10 +104,45 @@ void Context::qkv(int il, const float* x, int64_t T, float* xn, float* q, float*
   }
 }
 
+namespace {
+// Scores of nq queries (q + r*hd) against m key rows of hd elements of type t, read in place:
+// out[r*ldo + j] = q_r · row j. The block types take the group at once (each block expanded once).
+void dot_rows_kv(KVType t, const float* q, int64_t nq, const void* K, int64_t hd, int64_t m, float* out, int64_t ldo) {
+  const int64_t ld = (int64_t)kv_row_bytes(t, hd);
+  const auto* Kb = static_cast<const uint8_t*>(K);
+  switch (t) {
+    case KVType::F32:
+      for (int64_t r = 0; r < nq; ++r) dot_rows_f32(q + r * hd, static_cast<const float*>(K), hd, hd, m, out + r * ldo);
+      return;
+    case KVType::F16:
+      for (int64_t r = 0; r < nq; ++r) dot_rows_f16(q + r * hd, static_cast<const uint16_t*>(K), hd, hd, m, out + r * ldo);
+      return;
+    case KVType::Q8_0: return dot_rows_q8_0(q, nq, hd, Kb, ld, hd, m, out, ldo);
+    case KVType::Q4_0: return dot_rows_q4_0(q, nq, hd, Kb, ld, hd, m, out, ldo);
+  }
+}
+// out[r*hd + i] = sum_j p[r*ldp + j] * value row j [i], rows as above.
+void weighted_rows_kv(KVType t, const float* p, int64_t nq, int64_t ldp, const void* V, int64_t hd, int64_t m, float* out) {
+  const int64_t ld = (int64_t)kv_row_bytes(t, hd);
+  const auto* Vb = static_cast<const uint8_t*>(V);
+  switch (t) {
+    case KVType::F32:
+      for (int64_t r = 0; r < nq; ++r) weighted_rows_f32(p + r * ldp, static_cast<const float*>(V), hd, hd, m, out + r * hd);
+      return;
+    case KVType::F16:
+      for (int64_t r = 0; r < nq; ++r) weighted_rows_f16(p + r * ldp, static_cast<const uint16_t*>(V), hd, hd, m, out + r * hd);
+      return;
+    case KVType::Q8_0: return weighted_rows_q8_0(p, nq, ldp, Vb, ld, hd, m, out, hd);
+    case KVType::Q4_0: return weighted_rows_q4_0(p, nq, ldp, Vb, ld, hd, m, out, hd);
+  }
+}
+}  // namespace
+
 // Causal GQA attention of T queries ([T][n_head][head_dim]) over a KV view per KV head whose
 // rows n_before .. n_before+T-1 are the chunk's own keys. K / V rows are read in their stored type
-// (f16 converted in registers, no dequantized copy). One job per (token, KV head) so the
-// group's query heads reuse the K/V rows while they are hot in cache.
+// (f16 converted and q8_0/q4_0 blocks expanded in registers, no dequantized copy). One job per
+// (token, KV head): the group's query heads are scored together, so they reuse the K/V rows while
+// they are hot in cache (and the block types expand each block once for the group).
 void Context::attention(const float* qs, int64_t T, const std::function<KVView(int)>& view, float* out) {
   const int hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv, group = nh / nkv;
   const float scale = hp_.attn_scale, cap = hp_.attn_softcap;
@@ -118,50 +153,40 @@ void Context::attention(const float* qs, int64_t T, const std::function<KVView(i
     max_keys = std::max(max_keys, views[g].n_before + T);
   }
   pool_.parallel_for(T * nkv, [&](int64_t b, int64_t e) {
-    std::vector<float> sc((size_t)max_keys);
+    std::vector<float> sc((size_t)group * max_keys);  // one score row per query head of the group
     for (int64_t job = b; job < e; ++job) {
       const int64_t t = job / nkv;
       const int g = (int)(job % nkv);
       const KVView& kv = views[g];
       const int64_t n_keys = kv.n_before + t + 1;  // causal
       // Keys first..n_keys-1 (a sliding window keeps the last `window`); with a ring, key j is row
-      // j % ring, so the keys are at most two runs of rows.
+      // j % ring, so the keys are at most two runs of rows: r0.. (n1 keys), then 0.. (n - n1 keys).
       const int64_t first = kv.window ? std::max<int64_t>(0, n_keys - kv.window) : 0, n = n_keys - first;
       const int64_t r0 = kv.ring ? first % kv.ring : first, n1 = kv.ring ? std::min(n, kv.ring - r0) : n;
-      const size_t kb = (size_t)hd * kv_type_size(kv.tk), vb = (size_t)hd * kv_type_size(kv.tv);
+      const size_t kb = kv_row_bytes(kv.tk, hd), vb = kv_row_bytes(kv.tv, hd);
       const uint8_t* K = static_cast<const uint8_t*>(kv.k);
       const uint8_t* V = static_cast<const uint8_t*>(kv.v);
+      const size_t h0 = (size_t)t * nh + (size_t)g * group;  // the group's first query head, token-major
+      dot_rows_kv(kv.tk, &qs[h0 * hd], group, K + r0 * kb, hd, n1, sc.data(), max_keys);
+      if (n1 < n) dot_rows_kv(kv.tk, &qs[h0 * hd], group, K, hd, n - n1, sc.data() + n1, max_keys);
       for (int hh = 0; hh < group; ++hh) {
-        const int h = g * group + hh;
-        float* s = sc.data();
-        const float* qh = &qs[((size_t)t * nh + h) * hd];
-        auto dots = [&](int64_t row, int64_t cnt, float* out) {
-          if (kv.tk == KVType::F16) dot_rows_f16(qh, reinterpret_cast<const uint16_t*>(K + row * kb), hd, hd, cnt, out);
-          else dot_rows_f32(qh, reinterpret_cast<const float*>(K + row * kb), hd, hd, cnt, out);
-        };
-        dots(r0, n1, s);
-        if (n1 < n) dots(0, n - n1, s + n1);
-        float mx = -INFINITY;
+        float* s = sc.data() + (size_t)hh * max_keys;
         if (cap > 0)
           for (int64_t j = 0; j < n; ++j) s[j] = cap * std::tanh(s[j] * scale / cap);
         else
           for (int64_t j = 0; j < n; ++j) s[j] *= scale;
+        float mx = -INFINITY;
         for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
         const float inv = (float)(1.0 / exp_shift_sum(s, n, mx));
         for (int64_t j = 0; j < n; ++j) s[j] *= inv;
         if (probe_layer_ >= 0 && t == T - 1)  // attention probe: the chunk's last query (positions first..)
-          std::copy_n(s, n, &probe_[((size_t)probe_layer_ * nh + h) * probe_n_ + first]);
-        float* oh = &out[((size_t)t * nh + h) * hd];
-        auto mix = [&](const float* w, int64_t row, int64_t cnt, float* o) {
-          if (kv.tv == KVType::F16) weighted_rows_f16(w, reinterpret_cast<const uint16_t*>(V + row * vb), hd, hd, cnt, o);
-          else weighted_rows_f32(w, reinterpret_cast<const float*>(V + row * vb), hd, hd, cnt, o);
-        };
-        mix(s, r0, n1, oh);
-        if (n1 < n) {  // second run: accumulate (weighted_rows writes its output)
-          std::vector<float> tail((size_t)hd);
-          mix(s + n1, 0, n - n1, tail.data());
-          for (int i = 0; i < hd; ++i) oh[i] += tail[i];
-        }
+          std::copy_n(s, n, &probe_[((size_t)probe_layer_ * nh + g * group + hh) * probe_n_ + first]);
+      }
+      weighted_rows_kv(kv.tv, sc.data(), group, max_keys, V + r0 * vb, hd, n1, &out[h0 * hd]);
+      if (n1 < n) {  // the second run, accumulated (weighted_rows_kv writes its output)
+        std::vector<float> tail((size_t)group * hd);
+        weighted_rows_kv(kv.tv, sc.data() + n1, group, max_keys, V, hd, n - n1, tail.data());
+        for (size_t i = 0; i < tail.size(); ++i) out[h0 * hd + i] += tail[i];
       }
     }
   });

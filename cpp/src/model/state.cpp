@@ -59,8 +59,8 @@ struct Reader {
 };
 
 KVType type_from(uint8_t b) {
-  if (b == (uint8_t)KVType::F16) return KVType::F16;
-  if (b == (uint8_t)KVType::F32) return KVType::F32;
+  for (KVType t : {KVType::F32, KVType::F16, KVType::Q8_0, KVType::Q4_0})
+    if (b == (uint8_t)t) return t;
   Reader::bad("unknown cache type " + std::to_string(b));
 }
 
@@ -128,6 +128,7 @@ KVState deserialize_state(const uint8_t* data, size_t n) {
   if (r.left) Reader::bad(std::to_string(r.left) + " trailing bytes");
   // Internal consistency: counts agree with each other, so a loader can copy without bounds checks.
   if (s.n_layer <= 0 || s.n_head_kv <= 0 || s.head_dim <= 0 || s.n_vocab <= 0) Reader::bad("bad model shape");
+  if ((kv_type_blocked(s.type_k) || kv_type_blocked(s.type_v)) && s.head_dim % 32) Reader::bad("a block type with a head size not a multiple of 32");
   if (s.n_past < 0 || (size_t)s.n_past != s.history.size()) Reader::bad("history does not hold n_past tokens");
   for (int32_t t : s.history)
     if (t < 0 || t >= s.n_vocab) Reader::bad("a token id is outside the vocabulary");

@@ -37,8 +37,6 @@ struct KVState {
   std::vector<uint8_t> k, v;         // the used entries' rows in their stored type, segment by segment
 };
 
-// Bytes of one stored row of head_dim elements.
-inline uint64_t kv_row_bytes(KVType t, int head_dim) { return (uint64_t)head_dim * kv_type_size(t); }
 
 std::vector<uint8_t> serialize_state(const KVState& s);
 // Throws InvalidArgument for a buffer that is not a complete state of this layout.

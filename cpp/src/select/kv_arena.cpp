@@ -11,25 +11,11 @@
 
 namespace headkv {
 
-KVType parse_kv_type(const std::string& name, const char* which) {
-  if (name == "f16") return KVType::F16;
-  if (name == "f32") return KVType::F32;
-  for (const char* q : {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "bf16"})
-    if (name == q)
-      fail(ErrorKind::Unsupported, std::string(which) + " '" + name + "' is not yet supported; f16 or f32");
-  fail(ErrorKind::InvalidArgument, std::string(which) + " '" + name + "' is not a KV cache type (f16, f32)");
-}
-
-const char* kv_type_name(KVType t) { return t == KVType::F16 ? "f16" : "f32"; }
-
-void store_kv_row(KVType t, const float* x, int64_t n, void* dst) {
-  if (t == KVType::F16) f32_to_f16_row(x, static_cast<uint16_t*>(dst), n);
-  else std::copy_n(x, n, static_cast<float*>(dst));
-}
-
 KVArena::KVArena(int n_layer, int n_head_kv, int head_dim, const std::vector<int64_t>& capacity, KVType type_k,
                  KVType type_v)
     : n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim), type_k_(type_k), type_v_(type_v) {
+  check_kv_row(type_k, head_dim, "KV cache type (K)");
+  check_kv_row(type_v, head_dim, "KV cache type (V)");
   if (n_layer <= 0 || n_head_kv <= 0 || head_dim <= 0 || capacity.size() != (size_t)n_layer * n_head_kv)
     fail(ErrorKind::InvalidArgument, "KV arena: capacities must be given for every (layer, KV head)");
   offsets_.assign(capacity.size() + 1, 0);
@@ -44,8 +30,8 @@ KVArena::KVArena(int n_layer, int n_head_kv, int head_dim, const std::vector<int
   const uint64_t need = checked_mul(entries, entry_bytes(), what);
   check_alloc(need, what);
   try {
-    k_.resize((size_t)(entries * head_dim * kv_type_size(type_k)));
-    v_.resize((size_t)(entries * head_dim * kv_type_size(type_v)));
+    k_.resize((size_t)(entries * kv_row_bytes(type_k, head_dim)));
+    v_.resize((size_t)(entries * kv_row_bytes(type_v, head_dim)));
     pos_.resize((size_t)entries);
   } catch (const std::bad_alloc&) {
     k_ = {};
@@ -64,8 +50,8 @@ void KVArena::append(int l, int g, int32_t position, const float* key, const flo
     fail(ErrorKind::ContextFull, "KV head (layer " + std::to_string(l) + ", head " + std::to_string(g) +
                                      ") is full: its segment holds " + std::to_string(cap) + " entries");
   const size_t at = (size_t)(offsets_[s] + used_[s]);
-  store_kv_row(type_k_, key, head_dim_, &k_[at * head_dim_ * kv_type_size(type_k_)]);
-  store_kv_row(type_v_, value, head_dim_, &v_[at * head_dim_ * kv_type_size(type_v_)]);
+  store_kv_row(type_k_, key, head_dim_, &k_[at * kv_row_bytes(type_k_, head_dim_)]);
+  store_kv_row(type_v_, value, head_dim_, &v_[at * kv_row_bytes(type_v_, head_dim_)]);
   pos_[at] = position;
   ++used_[s];
 }
@@ -76,7 +62,7 @@ void KVArena::append_rows(int l, int g, int64_t n, const int32_t* positions, con
     fail(ErrorKind::ContextFull, "KV head (layer " + std::to_string(l) + ", head " + std::to_string(g) + ") cannot take " +
                                      std::to_string(n) + " more entries");
   const size_t at = (size_t)(offsets_[s] + used_[s]);
-  const size_t rk = (size_t)head_dim_ * kv_type_size(type_k_), rv = (size_t)head_dim_ * kv_type_size(type_v_);
+  const size_t rk = kv_row_bytes(type_k_, head_dim_), rv = kv_row_bytes(type_v_, head_dim_);
   std::copy_n(static_cast<const uint8_t*>(keys), (size_t)n * rk, &k_[at * rk]);
   std::copy_n(static_cast<const uint8_t*>(values), (size_t)n * rv, &v_[at * rv]);
   std::copy_n(positions, n, &pos_[at]);

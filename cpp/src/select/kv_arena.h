@@ -13,20 +13,41 @@ namespace headkv {
 
 // Element type of stored keys / values (the CPU KV cache: full cache and arena). f16 is IEEE half
 // (common/fp16.h), converted on store and read directly by attention; f32 is kept for reference.
-enum class KVType { F32, F16 };
-// "f16" | "f32" (llama.cpp's names). Throws Unsupported for llama.cpp cache types not built yet
-// (q8_0, q4_0, ...) and InvalidArgument for anything else; `which` names the option in the message.
+// q8_0 / q4_0 are llama.cpp's block layouts (ggml's block_q8_0 / block_q4_0), 32 values a block:
+//   q8_0: d (f16), qs[32] int8;              value i = d * qs[i]                          34 bytes
+//   q4_0: d (f16), qs[16] nibbles;           value i = d * (nibble i - 8), elements 0..15 in the
+//         low nibbles of qs[0..15], 16..31 in the high nibbles                            18 bytes
+// A row (one head's head_dim values) is a whole number of blocks; attention reads the blocks directly.
+enum class KVType { F32, F16, Q8_0, Q4_0 };
+// "f16" | "f32" | "q8_0" | "q4_0" (llama.cpp's names). Throws Unsupported for llama.cpp cache types
+// not built (q4_1, q5_0, ...) and InvalidArgument for anything else; `which` names the option.
 KVType parse_kv_type(const std::string& name, const char* which);
-inline uint64_t kv_type_size(KVType t) { return t == KVType::F16 ? 2 : 4; }
 const char* kv_type_name(KVType t);
-// Writes n fp32 values to dst as elements of type t.
+inline bool kv_type_blocked(KVType t) { return t == KVType::Q8_0 || t == KVType::Q4_0; }
+// Bytes of a row of n elements of type t (n a multiple of 32 for the block types).
+inline uint64_t kv_row_bytes(KVType t, int64_t n) {
+  switch (t) {
+    case KVType::F32: return 4ull * n;
+    case KVType::F16: return 2ull * n;
+    case KVType::Q8_0: return (uint64_t)n / 32 * 34;
+    case KVType::Q4_0: return (uint64_t)n / 32 * 18;
+  }
+  return 0;
+}
+// Throws Unsupported when rows of head_dim elements cannot be stored as t (block types need a
+// multiple of 32); called before any KV storage is allocated.
+void check_kv_row(KVType t, int head_dim, const char* which);
+// Writes n fp32 values to dst as a row of type t (block types: llama.cpp's reference quantization,
+// quantize_row_q8_0_ref / quantize_row_q4_0_ref).
 void store_kv_row(KVType t, const float* x, int64_t n, void* dst);
+// Reads a row of type t back as n fp32 values (tests and references; attention reads rows in place).
+void load_kv_row(KVType t, const void* src, int64_t n, float* y);
 
 class KVArena {
  public:
   KVArena() = default;
   // capacity[l * n_head_kv + g]; throws OutOfMemory (naming the bytes) when the arena cannot be
-  // allocated and InvalidArgument for negative capacities.
+  // allocated, InvalidArgument for negative capacities and Unsupported for a type head_dim cannot take.
   KVArena(int n_layer, int n_head_kv, int head_dim, const std::vector<int64_t>& capacity, KVType type_k,
           KVType type_v);
 
@@ -37,9 +58,9 @@ class KVArena {
   int64_t used(int l, int g) const { return used_[seg(l, g)]; }
   KVType type_k() const { return type_k_; }
   KVType type_v() const { return type_v_; }
-  // Segment (l, g)'s keys / values: head_dim elements of type_k() / type_v() per entry.
-  const void* k(int l, int g) const { return &k_[(size_t)offsets_[seg(l, g)] * head_dim_ * kv_type_size(type_k_)]; }
-  const void* v(int l, int g) const { return &v_[(size_t)offsets_[seg(l, g)] * head_dim_ * kv_type_size(type_v_)]; }
+  // Segment (l, g)'s keys / values: one row of head_dim elements of type_k() / type_v() per entry.
+  const void* k(int l, int g) const { return &k_[(size_t)offsets_[seg(l, g)] * kv_row_bytes(type_k_, head_dim_)]; }
+  const void* v(int l, int g) const { return &v_[(size_t)offsets_[seg(l, g)] * kv_row_bytes(type_v_, head_dim_)]; }
   const int32_t* pos(int l, int g) const { return &pos_[(size_t)offsets_[seg(l, g)]]; }
 
   // Appends one entry to segment (l, g), converting the fp32 key / value to the element types; throws
@@ -60,7 +81,7 @@ class KVArena {
   uint64_t bytes_used() const;      // bytes of the entries written so far
   uint64_t entry_bytes() const { return entry_bytes(head_dim_, type_k_, type_v_); }
   static uint64_t entry_bytes(int head_dim, KVType type_k, KVType type_v) {
-    return (uint64_t)head_dim * (kv_type_size(type_k) + kv_type_size(type_v)) + sizeof(int32_t);
+    return kv_row_bytes(type_k, head_dim) + kv_row_bytes(type_v, head_dim) + sizeof(int32_t);
   }
 
  private:

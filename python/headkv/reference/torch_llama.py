@@ -72,7 +72,7 @@ class TorchLlama:
         return torch.cat((out, x[..., self.rope_dim:]), dim=-1)
 
     @torch.no_grad()
-    def forward(self, ids, cache, key_mask=None, window=0, kv_dtype=None):
+    def forward(self, ids, cache, key_mask=None, window=0, kv_dtype=None, kv_store=None):
         """Appends `ids` to the cache; returns (logits of the last token [n_vocab], window queries).
 
         key_mask: per layer a bool [n_head_kv, n_keys_after] (True = the key may be attended), applied
@@ -80,6 +80,8 @@ class TorchLlama:
         window > 0: also returns per layer the RoPE'd queries of the last `window` tokens, [window, n_head, d].
         kv_dtype: the new keys / values are rounded to this storage type (e.g. torch.float16, the
         engine's f16 KV cache) before they are stored and attended; None = kept in the compute dtype.
+        kv_store: optional function (layer, first position, k, v) -> (k, v) applied to the new keys / values
+        ([T, n_head_kv, head_dim]) before they are stored and attended: e.g. the values a quantized cache holds.
         """
         T, n0 = len(ids), cache["n"]
         H, Hkv, d = self.n_head, self.n_head_kv, self.head_dim
@@ -96,6 +98,8 @@ class TorchLlama:
             v = (h @ W("attn_v").T).view(T, Hkv, d)
             if kv_dtype is not None:
                 k, v = k.to(kv_dtype).to(self.dtype), v.to(kv_dtype).to(self.dtype)
+            if kv_store is not None:
+                k, v = kv_store(l, n0, k, v)
             K = cache["k"][l] = torch.cat((cache["k"][l], k.transpose(0, 1)), dim=1)
             V = cache["v"][l] = torch.cat((cache["v"][l], v.transpose(0, 1)), dim=1)
             if window:

@@ -397,8 +397,9 @@ def test_budget_in_bytes_compares_types_at_equal_memory(smollm2, prompt):
         assert X - 90 * entry < st["bytes_held"] <= X, (t, st["bytes_held"])
     with pytest.raises(headkv.InvalidArgumentError, match="holds 4 entries per KV head"):
         headkv.Model(smollm2, kv_method="snapkv", kv_budget_bytes=90 * 140 * 5 - 1, type_k="q8_0", type_v="q8_0")
-    with pytest.raises(headkv.InvalidArgumentError, match=">= 0"):
-        headkv.Model(smollm2, kv_method="snapkv", kv_budget_bytes=-1)
+    for bad in (-1, 2.5e6, "1MiB"):
+        with pytest.raises(headkv.InvalidArgumentError, match=">= 0"):
+            headkv.Model(smollm2, kv_method="snapkv", kv_budget_bytes=bad)
 
 
 def test_cli_budget_in_mib(smollm2, prompt):

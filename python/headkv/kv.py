@@ -1,6 +1,7 @@
 """KV-cache configuration: which compression method, and its budget."""
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -94,6 +95,9 @@ class KVConfig:
             if not isinstance(getattr(self, name), str):
                 from .errors import InvalidArgumentError
                 raise InvalidArgumentError(f"{name} must be a cache type name such as 'f16', got {getattr(self, name)!r}")
+        if not isinstance(self.budget_bytes, numbers.Integral) or isinstance(self.budget_bytes, bool) or self.budget_bytes < 0:
+            from .errors import InvalidArgumentError
+            raise InvalidArgumentError(f"budget_bytes must be an integer >= 0, got {self.budget_bytes!r}")
         probe = self.probe_tokens(tokenize)
         return _core.KVConfigNative(self.method, int(self.budget), int(self.window), float(self.beta),
                                     float(self.temp), 7 if self.kernel is None else int(self.kernel),

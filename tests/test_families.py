@@ -74,3 +74,32 @@ def test_unknown_architecture_is_refused(tmp_path, smollm2):
     path = write_tiny_llama(tmp_path / "gemma.gguf", smollm2, arch="falcon", n_vocab=256)
     with pytest.raises(headkv.UnsupportedError, match="architecture 'falcon'.*qwen3"):
         headkv.Model(str(path))
+
+
+def test_mistral_style_sliding_window_matches_transformers(tmp_path, smollm2, ids):
+    """A llama file with attention.sliding_window slides in every layer (Mistral 7B v0.1): against
+    transformers' Mistral with the same weights (those of the Llama it loads from the GGUF). Chunks of
+    5 tokens make the rings (8 + 5 rows) wrap; a compressing method keeps each layer's window."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
+    path = write_tiny_llama(tmp_path / "mistral.gguf", smollm2, sliding_window=8, **SHAPE)
+    llama = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32,
+                                                 attn_implementation="eager")
+    cfg = {k: v for k, v in llama.config.to_dict().items() if k in MistralConfig().to_dict() and k != "model_type"}
+    mistral = MistralForCausalLM(MistralConfig(**{**cfg, "sliding_window": 8})).eval()
+    mistral.config._attn_implementation = "eager"
+    mistral.load_state_dict(llama.state_dict())
+    with torch.no_grad():
+        ref = mistral(torch.tensor([ids])).logits[0].numpy()
+        plain = llama(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(ref - plain).max() > 1e-2  # the window matters over 24 tokens
+    m = headkv.Model(str(path), n_ctx=128, n_batch=5, n_threads=2, type_k="f32", type_v="f32")
+    m.eval(ids, logits_all=True)
+    ours = m.logits(all=True)
+    assert np.abs(ours - ref).max() <= REL_BOUND * np.abs(ref).max(), np.abs(ours - ref).max()
+    comp = headkv.Model(str(path), n_ctx=128, n_threads=2, kv_method="snapkv", kv_budget=16, type_k="f32", type_v="f32")
+    comp.eval(ids[:-1])
+    # the last max(window - 1, observation window 8) = 8 positions (attention masks the oldest)
+    assert all(list(p) == list(range(len(ids) - 9, len(ids) - 1)) for layer in comp.kv_positions() for p in layer)
+    comp.eval(ids[-1:])
+    np.testing.assert_allclose(comp.logits(), ours[-1], atol=1e-4)

@@ -22,7 +22,8 @@ struct ArchInfo {
   bool embd_scale;        // the embedding is multiplied by sqrt(n_embd)
   bool post_norms;        // blk.N.post_attention_norm / post_ffw_norm after attention / MLP
   bool gelu;              // GeGLU MLP (tanh-approximated GELU) instead of SwiGLU
-  int swa_pattern;        // sliding-window layers: every layer but each swa_pattern-th (0: none)
+  int swa_pattern;        // sliding-window layers: every layer but each swa_pattern-th; -1: every
+                          // layer when the file gives attention.sliding_window (Mistral-style); 0: none
   float rope_base_swa;    // RoPE base of the sliding-window layers (0: the file's freq_base)
   bool softcaps;          // <name>.attn_logit_softcapping / final_logit_softcapping: c * tanh(x / c)
 };

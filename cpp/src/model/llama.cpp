@@ -97,12 +97,12 @@ void Model::load_hparams() {
     if (!(hp_.attn_softcap >= 0) || !(hp_.final_softcap >= 0) || !std::isfinite(hp_.attn_softcap) || !std::isfinite(hp_.final_softcap))
       fail(ErrorKind::Format, f.path() + ": invalid logit soft-capping");
   }
-  if (A.swa_pattern > 0) {
+  if (A.swa_pattern != 0) {
     const int64_t w = f.get_int_or(key("attention.sliding_window"), 0);
     if (w < 0 || w > (1 << 24)) fail(ErrorKind::Format, f.path() + ": attention.sliding_window is out of range");
     hp_.n_swa = (int32_t)w;
     hp_.swa.assign(hp_.n_layer, 0);
-    for (int il = 0; il < hp_.n_layer; ++il) hp_.swa[il] = (il + 1) % A.swa_pattern != 0;
+    for (int il = 0; il < hp_.n_layer; ++il) hp_.swa[il] = A.swa_pattern < 0 || (il + 1) % A.swa_pattern != 0;
     if (hp_.n_swa && A.rope_base_swa > 0) {
       rope_inv_freq_swa_.resize(half);
       for (int i = 0; i < half; ++i)

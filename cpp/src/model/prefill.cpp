@@ -69,7 +69,13 @@ BudgetPlan Context::plan_compressed_layers(const BudgetParams& bp, int64_t n_pro
     for (int il : global)
       for (int h = 0; h < nh; ++h) sub->score.push_back(scores_->at(il, h));
   }
-  const BudgetPlan pg = plan_budget(bp, sub ? &*sub : nullptr, (int)global.size(), nh, nkv, n_prompt);
+  BudgetPlan pg;  // every layer slides (Mistral-style): nothing to plan but the window
+  if (global.empty()) {
+    pg.window = (int32_t)std::min<int64_t>(bp.window, n_prompt);
+    pg.compressed = true;
+  } else {
+    pg = plan_budget(bp, sub ? &*sub : nullptr, (int)global.size(), nh, nkv, n_prompt);
+  }
   BudgetPlan plan = pg;
   plan.n_layer = hp_.n_layer;
   const int64_t P = n_prompt - pg.window;

@@ -119,8 +119,10 @@ def test_loogle_end_to_end(tmp_path, smollm2):
         json.dumps({"input": doc, "title": "Keeper", "qa_pairs": repr(pairs), "output": "none"}) + "\n")
     out = tmp_path / "out"
     _run(["loogle", "--data", str(tmp_path / "shortdep_qa.jsonl"), "--methods", "full", "--max-gen", "16",
-          "--out", str(out), "--no-plots"], smollm2)
-    r, = read_jsonl(out / "results.jsonl")
+          "--kv-types", "f16,q8_0", "--out", str(out), "--no-plots"], smollm2)
+    r, q8 = read_jsonl(out / "results.jsonl")  # the cache-type sweep: f16, then q8_0 at about half the bytes
+    assert (r["kv_type"], q8["kv_type"], q8["config"]) == ("f16", "q8_0", "full/q8_0")
+    assert 0.5 < q8["kv_bytes"] / r["kv_bytes"] < 0.55
     assert r["id"] == "shortdep_qa/Keeper/0" and r["answer"] == "Arvid Holm"
     assert set(r["metrics"]) == {"rouge_l", "exact_match"}
     from headkv.eval import loogle
@@ -132,6 +134,7 @@ def test_cli_errors_leave_nothing_behind(tmp_path, smollm2):
     out = tmp_path / "out"
     for args, msg in ((["longbench", "--data", str(tmp_path / "missing.jsonl")], "cannot read LongBench file"),
                       (["niah", "--methods", "full,nosuch"], "unknown KV method"),
+                      (["niah", "--kv-types", "f16,q5_1"], "unknown KV cache type"),
                       (["niah", "--lengths", "40"], "no room")):
         p = subprocess.run([tool_path("headkv-eval"), *args, "-m", smollm2, "--out", str(out), "--no-progress"],
                            capture_output=True, text=True, timeout=300)

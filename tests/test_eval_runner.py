@@ -18,6 +18,24 @@ def test_grid():
         grid(["nosuch"], [64])
     with pytest.raises(headkv.InvalidArgumentError, match="budget"):
         grid(["snapkv"], [])
+    # a cache-type sweep: every config per type, f16 names unchanged
+    g = grid(["full", "headkv"], [128], ["f16", "q8_0"])
+    assert [c.name for c in g] == ["full", "full/q8_0", "headkv@128", "headkv@128/q8_0"]
+    with pytest.raises(headkv.InvalidArgumentError, match="cache type"):
+        grid(["full"], [64], ["q5_0"])
+
+
+def test_type_sweep_rows_in_the_tables():
+    recs = []
+    for t, acc, kv in (("f16", 0.5, 200), ("q8_0", 0.75, 110)):
+        r = _rec("niah", "a", "headkv", 128, acc, kv=kv)
+        r.update(kv_type=t, config="headkv@128" + ("" if t == "f16" else "/q8_0"))
+        recs.append(r)
+    t = summarize(recs)["niah"]["configs"]
+    assert t["headkv@128"]["method"] == "headkv" and t["headkv@128/q8_0"]["method"] == "headkv/q8_0"
+    assert t["headkv@128/q8_0"]["kv_bytes"] == 110 and t["headkv@128/q8_0"]["accuracy"] == 0.75
+    md = markdown(summarize(recs))
+    assert "| headkv | 0.500 |" in md and "| headkv/q8_0 | 0.750 |" in md
 
 
 def test_cut_last_line_is_dropped(tmp_path):

@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="results folder (resumable)")
     g.add_argument("--methods", type=_strs, default=list(METHODS), help="comma list (default: all six)")
     g.add_argument("--budgets", type=_ints, default=[64, 128, 256, 512], help="KV entries per head, comma list")
+    g.add_argument("--kv-types", type=_strs, default=["f16"],
+                   help="KV cache types to sweep, comma list of f16 (default), f32, q8_0, q4_0 (K and V alike)")
     g.add_argument("--scores", help="head-score file for the headkv method")
     g.add_argument("-c", "--n-ctx", type=int, default=8192)
     g.add_argument("-t", "--threads", type=int, default=2)
@@ -182,7 +184,7 @@ def main(argv=None) -> int:
             assert len(shard) == 2
         except (ValueError, AssertionError):
             raise SystemExit(f"headkv-eval: error: --shard must be i/n, got {a.shard!r}")
-        res = Runner(opts, tasks, grid(a.methods, a.budgets), a.out, progress=not a.no_progress,
+        res = Runner(opts, tasks, grid(a.methods, a.budgets, a.kv_types), a.out, progress=not a.no_progress,
                      shard=shard).run()
         files = write_reports(a.out, make_plots=not a.no_plots)
         print(open(files["markdown"], encoding="utf-8").read())

@@ -8,31 +8,40 @@ from typing import Optional
 from ..errors import InvalidArgumentError
 from ..kv import METHODS
 
+KV_TYPES = ("f16", "f32", "q8_0", "q4_0")
+
 
 @dataclass(frozen=True)
 class Config:
-    """One KV setting of the grid: ``method`` at ``budget`` entries per KV head (None for full)."""
+    """One KV setting of the grid: ``method`` at ``budget`` entries per KV head (None for full),
+    K and V stored as ``kv_type`` (f16, the default, is left out of the name)."""
     method: str
     budget: Optional[int]
+    kv_type: str = "f16"
 
     @property
     def name(self) -> str:
-        return "full" if self.method == "full" else f"{self.method}@{self.budget}"
+        base = "full" if self.method == "full" else f"{self.method}@{self.budget}"
+        return base if self.kv_type == "f16" else f"{base}/{self.kv_type}"
 
 
-def grid(methods, budgets) -> list[Config]:
-    """``full`` once (budget-free), every other method at every budget: the same total KV entries
-    (L x H_kv x budget) for all compressing methods at one budget."""
+def grid(methods, budgets, kv_types=("f16",)) -> list[Config]:
+    """``full`` once per cache type (budget-free), every other method at every budget and type: the
+    same total KV entries (L x H_kv x budget) for all compressing methods at one budget (the bytes
+    differ by type: records carry ``kv_bytes``)."""
     out = []
+    for t in kv_types:
+        if t not in KV_TYPES:
+            raise InvalidArgumentError(f"unknown KV cache type {t!r} (known: {', '.join(KV_TYPES)})")
     for m in methods:
         if m not in METHODS:
             raise InvalidArgumentError(f"unknown KV method {m!r} (known: {', '.join(METHODS)})")
         if m == "full":
-            out.append(Config("full", None))
+            out.extend(Config("full", None, t) for t in kv_types)
         else:
             if not budgets:
                 raise InvalidArgumentError(f"method {m!r} needs at least one budget")
-            out.extend(Config(m, int(b)) for b in budgets)
+            out.extend(Config(m, int(b), t) for b in budgets for t in kv_types)
     seen, uniq = set(), []
     for c in out:
         if c not in seen:
@@ -64,7 +73,8 @@ def make_model(opts: EngineOptions, cfg: Config, max_new_tokens: int, probe: Opt
     import headkv
     kw = dict(n_ctx=opts.n_ctx, n_threads=opts.n_threads, kv_method=cfg.method, window=opts.window,
               pooling=opts.pooling, kernel=opts.kernel, span=opts.span, beta=opts.beta, probe=probe,
-              adaptive=opts.adaptive and cfg.method == "headkv", max_new_tokens=max(int(max_new_tokens), 1))
+              adaptive=opts.adaptive and cfg.method == "headkv", max_new_tokens=max(int(max_new_tokens), 1),
+              type_k=cfg.kv_type, type_v=cfg.kv_type)
     if opts.device != "cpu":
         kw["device"] = opts.device
     if cfg.budget is not None:

@@ -21,7 +21,14 @@ PRIMARY = {"niah": "accuracy", "reasoning-needles": "contains", "longbench": "sc
 
 
 def _method_order(m):
-    return METHODS.index(m) if m in METHODS else len(METHODS)
+    base, _, kv_type = m.partition("/")  # "headkv/q8_0": a method with another cache type
+    return (METHODS.index(base) if base in METHODS else len(METHODS), kv_type)
+
+
+def _method_label(r: dict) -> str:
+    """A table row's method: the method, with its KV cache type when that is not f16."""
+    t = r.get("kv_type") or "f16"
+    return r["method"] if t == "f16" else f"{r['method']}/{t}"
 
 
 def summarize(records: list[dict]) -> dict:
@@ -49,7 +56,7 @@ def summarize(records: list[dict]) -> dict:
         t = {"configs": {}, "by_length": {}, "n_examples": len(complete), "n_partial": n_partial}
         for cfg, g in groups.items():
             names = sorted({k for r in g for k in r["metrics"]})
-            row = {"method": g[0]["method"], "budget": g[0]["budget"], "n": len(g),
+            row = {"method": _method_label(g[0]), "budget": g[0]["budget"], "n": len(g),
                    "kv_bytes": mean(r["kv_bytes"] for r in g)}
             for k in names:
                 row[k] = mean(r["metrics"][k] for r in g if k in r["metrics"])

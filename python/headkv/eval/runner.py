@@ -205,7 +205,7 @@ class Runner:
         else:  # full cache: the tokens in it
             kv = int(st["bytes_held"]) // self.opts.n_ctx * model.n_past
         rec = {"task": task.name, "id": ex["id"], "config": cfg.name, "method": cfg.method, "budget": cfg.budget,
-               "seed": ex.get("seed")}
+               "kv_type": cfg.kv_type, "seed": ex.get("seed")}
         if cfg.method == "headkv":
             rec["scores"] = self.scores_id
         rec.update({k: ex[k] for k in RECORD_FIELDS if k in ex})

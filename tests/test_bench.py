@@ -111,6 +111,8 @@ def test_pg_and_threads_cross_product(bench, smollm2):
     (["--frobnicate"], "unknown argument"),
     (["--kv-method", "snapkv", "--kv-budget", "0.25"], "must be >= 1"),  # entries per head, as in the CLI
     (["--kv-method", "snapkv", "--kv-budget", "64.5"], "whole numbers"),
+    (["--kv-method", "snapkv", "--kv-budget", "64", "--kv-budget-mib", "2"], "give one of them"),
+    (["--kv-method", "snapkv", "--kv-budget-mib", "0"], "--kv-budget-mib"),
 ])
 def test_rejects_clearly(bench, smollm2, args, msg):
     p = run(bench, "-m", smollm2, "-p", 8, "-n", 2, "-r", 1, *args, check=False)
@@ -125,6 +127,19 @@ def test_compressed_decode_holds_fewer_bytes(bench, smollm2):
     full, snap = json.loads(p.stdout)
     assert full["kv_method"] == "full" and snap["kv_method"] == "snapkv"
     assert snap["avg_ts"] > 0 and 0 < snap["kv_bytes"] < full["kv_bytes"] / 4
+
+
+def test_budget_in_mib_compares_cache_types_at_equal_memory(bench, smollm2):
+    """--kv-budget-mib: each cache type keeps as many entries per head as fit the MiB (q8_0 about 1.9x
+    f16's), so the arenas hold about the same bytes; the JSON row names the MiB."""
+    p = run(bench, "-m", smollm2, "-p", 0, "-n", 2, "-d", 512, "-r", 1, "-t", 1, "--kv-method", "snapkv",
+            "--kv-budget-mib", 2, "-ctk", "f16,q8_0", "-ctv", "f16,q8_0", "-o", "json", "--bandwidth", 20)
+    rows = {(r["type_k"], r["type_v"]): r for r in json.loads(p.stdout)}
+    f16, q8 = rows[("f16", "f16")], rows[("q8_0", "q8_0")]
+    assert f16["kv_budget_mib"] == q8["kv_budget_mib"] == 2 and f16["kv_budget"] is None
+    # the kept entries fill the 2 MiB (+ the 3 decode slots per head)
+    for r in (f16, q8):
+        assert 2 * 1048576 * 0.9 < r["kv_bytes"] < 2 * 1048576 * 1.1, r["kv_bytes"]
 
 
 def test_kv_flags_parse_with_full(bench, smollm2):

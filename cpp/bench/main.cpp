@@ -56,6 +56,8 @@ struct Options {
   std::vector<std::string> kv_methods{"full"};
   std::vector<std::string> types_k{"f16"}, types_v{"f16"};  // KV cache element types (llama-bench's -ctk/-ctv)
   std::vector<double> kv_budgets{0};  // 0: the method's default (128); else KV entries per head
+  std::vector<double> kv_budget_mibs{0};  // > 0: the budget as MiB of kept entries (replaces kv_budgets)
+  bool mib_given = false;
   std::vector<double> betas{0};       // 0: method default
   std::string scores;                 // per-head importance scores file (headkv method)
   int reps = 5;
@@ -134,6 +136,8 @@ void usage(FILE* f) {
       "      --kv-method M[,M]        KV cache: full, snapkv, streaming, pyramidkv, adakv, headkv (compressing\n"
       "                               methods compress the depth+prompt as one prompt; pp needs -d 0)\n"
       "      --kv-budget B[,B]        KV entries per KV head on average, window included (default 128)\n"
+      "      --kv-budget-mib M[,M]    the budget as MiB of kept entries, all layers and heads (types compare at\n"
+      "                               equal memory; replaces --kv-budget)\n"
       "  -ctk, --cache-type-k T[,T]   KV cache key type: f16 (default); CPU only: f32, q8_0, q4_0\n"
       "  -ctv, --cache-type-v T[,T]   KV cache value type: f16 (default); CPU only: f32, q8_0, q4_0\n"
       "      --scores FILE            head-importance score file (headkv; default: the file shipped for the\n"
@@ -186,6 +190,10 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--kv-method") o.kv_methods = split(next());
     else if (a == "-ctk" || a == "--cache-type-k") o.types_k = split(next());
     else if (a == "-ctv" || a == "--cache-type-v") o.types_v = split(next());
+    else if (a == "--kv-budget-mib") {  // as the CLI's: MiB of kept entries, all heads together
+      o.kv_budget_mibs = double_list(a, next(), 1e-6);
+      o.mib_given = true;
+    }
     else if (a == "--kv-budget") {  // KV entries per head, as in the CLI and Python
       o.kv_budgets = double_list(a, next(), 1);
       for (double b : o.kv_budgets)
@@ -223,6 +231,7 @@ Options parse_args(int argc, char** argv) {
       die("--kv-method " + m + ": a pp test with -d > 0 is not defined (the prompt is compressed as a whole); "
           "use -p 0 for decode at depth, or -d 0 for prefill");
   }
+  if (o.mib_given && o.budgets_given) die("--kv-budget and --kv-budget-mib: give one of them");
   // Only the full cache exists: budgets, betas and scores have nothing to act on yet.
   if (o.budgets_given || o.betas_given || !o.scores.empty()) {
     bool all_full = std::all_of(o.kv_methods.begin(), o.kv_methods.end(), [](auto& m) { return m == "full"; });
@@ -329,7 +338,7 @@ struct Test {
   std::string model;
   int n_prompt = 0, n_gen = 0, n_depth = 0, n_threads = 1, n_batch = 512;
   std::string device, kv_method, type_k = "f16", type_v = "f16";
-  double kv_budget = 0, beta = 0;
+  double kv_budget = 0, beta = 0, kv_budget_mib = 0;
 
   std::string kind() const {
     if (n_prompt > 0 && n_gen > 0) return "pp" + std::to_string(n_prompt) + "+tg" + std::to_string(n_gen);
@@ -451,6 +460,7 @@ struct Runner {
         die("--kv-method " + method + ": a pp test with -d > 0 is not defined (the prompt is compressed as a whole)");
       cp.kv_method = method.c_str();
       if (t.kv_budget >= 1) cp.kv_budget = (int32_t)t.kv_budget;
+      if (t.kv_budget_mib > 0) cp.kv_budget_bytes = (int64_t)(t.kv_budget_mib * 1048576.0);
       if (t.beta > 0) cp.kv_beta = (float)t.beta;
       if (!o.scores.empty()) cp.kv_scores = o.scores.c_str();
       cp.kv_max_new_tokens = t.n_gen + 1;
@@ -549,6 +559,7 @@ std::string to_json(const Result& r, const Env& e, const std::string& indent) {
     << in << "\"type_k\": " << json_str(r.t.type_k) << ",\n"
     << in << "\"type_v\": " << json_str(r.t.type_v) << ",\n"
     << in << "\"kv_budget\": " << (r.t.kv_budget > 0 ? json_num(r.t.kv_budget) : "null") << ",\n"
+    << in << "\"kv_budget_mib\": " << (r.t.kv_budget_mib > 0 ? json_num(r.t.kv_budget_mib) : "null") << ",\n"
     << in << "\"beta\": " << (r.t.beta > 0 ? json_num(r.t.beta) : "null") << ",\n"
     << in << "\"n_prompt\": " << r.t.n_prompt << ",\n"
     << in << "\"n_gen\": " << r.t.n_gen << ",\n"
@@ -596,6 +607,7 @@ void print_md_row(const Result& r) {
   else std::snprintf(roof, sizeof roof, "-");
   std::string kv = r.t.kv_method;
   if (r.t.kv_budget > 0) kv += "/" + json_num(r.t.kv_budget);
+  if (r.t.kv_budget_mib > 0) kv += "/" + json_num(r.t.kv_budget_mib) + "MiB";
   if (r.t.type_k != "f16" || r.t.type_v != "f16") kv += " " + r.t.type_k + "/" + r.t.type_v;
   std::printf("| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", basename_of(r.t.model).c_str(), size,
               r.t.n_threads, kv.c_str(), r.t.name().c_str(), ts, mib(r.kv_bytes).c_str(),
@@ -636,6 +648,7 @@ int main(int argc, char** argv) {
        for (const auto& tk : o.types_k)
         for (const auto& tv : o.types_v)
         for (double budget : o.kv_budgets)
+         for (double mib : o.kv_budget_mibs)
           for (double beta : o.betas)
             for (int nb : o.n_batch)
               for (int nt : o.n_threads)
@@ -643,7 +656,8 @@ int main(int argc, char** argv) {
                   Test base;
                   base.model = m; base.device = dev == "auto" ? "cpu" : dev; base.kv_method = kvm;
                   base.type_k = tk; base.type_v = tv;
-                  base.kv_budget = budget; base.beta = beta; base.n_batch = nb; base.n_threads = nt;
+                  base.kv_budget = budget; base.kv_budget_mib = mib; base.beta = beta; base.n_batch = nb;
+                  base.n_threads = nt;
                   base.n_depth = d;
                   for (int p : o.n_prompt)
                     if (p > 0) { Test t = base; t.n_prompt = p; tests.push_back(t); }

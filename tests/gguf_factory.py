@@ -114,9 +114,12 @@ def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_h
         p = f"blk.{i}."
         vec(p + "attn_norm.weight", n_embd)
         vec(p + "ffn_norm.weight", n_embd)
-        mat(p + "attn_q.weight", n_head * hd, n_embd)
-        mat(p + "attn_k.weight", n_head_kv * hd, n_embd)
-        mat(p + "attn_v.weight", n_head_kv * hd, n_embd)
+        if arch == "phi3":  # fused: Q, K, V rows in one tensor
+            mat(p + "attn_qkv.weight", (n_head + 2 * n_head_kv) * hd, n_embd)
+        else:
+            mat(p + "attn_q.weight", n_head * hd, n_embd)
+            mat(p + "attn_k.weight", n_head_kv * hd, n_embd)
+            mat(p + "attn_v.weight", n_head_kv * hd, n_embd)
         mat(p + "attn_output.weight", n_embd, n_head * hd)
         if arch == "qwen2":
             for part, n in (("attn_q", n_head * hd), ("attn_k", n_head_kv * hd), ("attn_v", n_head_kv * hd)):
@@ -127,8 +130,11 @@ def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_h
         if arch in ("gemma2", "gemma3"):
             vec(p + "post_attention_norm.weight", n_embd)
             vec(p + "post_ffw_norm.weight", n_embd)
-        mat(p + "ffn_gate.weight", n_ff, n_embd)
-        mat(p + "ffn_up.weight", n_ff, n_embd)
+        if arch == "phi3":  # fused: gate rows, then up rows
+            mat(p + "ffn_up.weight", 2 * n_ff, n_embd)
+        else:
+            mat(p + "ffn_gate.weight", n_ff, n_embd)
+            mat(p + "ffn_up.weight", n_ff, n_embd)
         mat(p + "ffn_down.weight", n_embd, n_ff)
     w.write_header_to_file()
     w.write_kv_data_to_file()

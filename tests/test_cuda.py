@@ -578,7 +578,7 @@ def _positions_after(smollm2, ids, kw):
     return m.kv_positions()
 
 
-@pytest.mark.parametrize("arch,extra", [("qwen2", {}), ("qwen3", {"head_dim": 128})])
+@pytest.mark.parametrize("arch,extra", [("qwen2", {}), ("qwen3", {"head_dim": 128}), ("phi3", {})])
 def test_model_families_on_gpu(tmp_path, smollm2, arch, extra):
     """qwen2 (Q/K/V biases) and qwen3 (per-head q/k norms, head size from key_length), both NeoX RoPE,
     on the GPU against the CPU: a 40-token prompt, a 5-token chunk and 8 greedy steps with the other

@@ -3,7 +3,7 @@ same GGUF: random-weight files of each architecture (Q/K/V biases for qwen2; per
 a head size other than n_embd / n_head, given as key_length, for qwen3; NeoX RoPE for all; gemma2:
 embedding scale, GeGLU, post-norms, attention and final soft-capping, every other layer sliding
 over 8 positions; gemma3: q/k norms and 5 sliding-window layers with their own RoPE base to each
-global one). The 24-token prompt is longer than the windows."""
+global one; phi3: fused Q/K/V and gate/up tensors). The 24-token prompt is longer than the windows."""
 import numpy as np
 import pytest
 
@@ -13,9 +13,9 @@ from gguf_factory import write_tiny_llama
 SHAPE = dict(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, n_vocab=2048)
 # transformers reads no key_length for qwen3 / gemma GGUFs and uses its config defaults (128; 256,
 # also the gemmas' query_pre_attn_scalar).
-ARCHS = {"qwen2": {}, "qwen3": {"head_dim": 128}, "gemma2": {"head_dim": 256, "sliding_window": 8},
+ARCHS = {"qwen2": {}, "qwen3": {"head_dim": 128}, "phi3": {}, "gemma2": {"head_dim": 256, "sliding_window": 8},
          "gemma3": {"head_dim": 256, "sliding_window": 8, "n_layer": 6}}
-# Measured: 3.1e-6 (qwen2), 3.6e-6 (qwen3), 2.6e-6 (gemma2), 4.7e-6 (gemma3) on logits of magnitude
+# Measured: 3.1e-6 (qwen2), 3.6e-6 (qwen3, phi3), 2.6e-6 (gemma2), 4.7e-6 (gemma3) on logits of magnitude
 # 3.5-6.3; the weight-type test's bound.
 REL_BOUND = 1e-4
 

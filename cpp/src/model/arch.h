@@ -26,6 +26,7 @@ struct ArchInfo {
                           // layer when the file gives attention.sliding_window (Mistral-style); 0: none
   float rope_base_swa;    // RoPE base of the sliding-window layers (0: the file's freq_base)
   bool softcaps;          // <name>.attn_logit_softcapping / final_logit_softcapping: c * tanh(x / c)
+  bool fused;             // blk.N.attn_qkv (Q, K, V rows in order) and ffn_up holding gate then up rows
 };
 
 // nullptr for an architecture headkv does not run.

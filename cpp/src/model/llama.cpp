@@ -109,6 +109,8 @@ void Model::load_hparams() {
         rope_inv_freq_swa_[i] = (float)std::pow((double)A.rope_base_swa, -2.0 * i / hp_.rope_dim);
     }
   }
+  if (f.tensor("rope_factors_long.weight") || f.tensor("rope_factors_short.weight"))
+    fail(ErrorKind::Unsupported, f.path() + ": LongRoPE (rope_factors_long / rope_factors_short) is not supported");
   // llama.cpp's converters store Llama 3.1 frequency factors as a tensor instead.
   if (const TensorInfo* rf = f.tensor("rope_freqs.weight")) {
     if (rf->nelements() != half) fail(ErrorKind::Format, f.path() + ": rope_freqs.weight has the wrong size");
@@ -136,6 +138,13 @@ Weight Model::weight(const std::string& name, int64_t cols, int64_t rows, bool r
   w.row_bytes = row_size(t->type, cols);
   weight_bytes_ += t->nbytes;
   return w;
+}
+
+Weight Model::rows_of(const Weight& w, int64_t r0, int64_t n) {
+  Weight r = w;
+  r.data = w.data + (size_t)r0 * w.row_bytes;
+  r.rows = n;
+  return r;
 }
 
 std::vector<float> Model::vec(const std::string& name, int64_t n) {
@@ -177,12 +186,25 @@ void Model::load_weights() {
       L.post_attn_norm = vec(p + "post_attention_norm.weight", d);
       L.post_ffn_norm = vec(p + "post_ffw_norm.weight", d);
     }
-    L.wq = weight(p + "attn_q.weight", d, hp_.n_head * hd);
-    L.wk = weight(p + "attn_k.weight", d, hp_.n_head_kv * hd);
-    L.wv = weight(p + "attn_v.weight", d, hp_.n_head_kv * hd);
+    if (hp_.arch->fused) {  // Q, K, V: consecutive row ranges of one tensor (no copy)
+      const Weight qkv = weight(p + "attn_qkv.weight", d, (int64_t)(hp_.n_head + 2 * hp_.n_head_kv) * hd);
+      L.wq = rows_of(qkv, 0, hp_.n_head * hd);
+      L.wk = rows_of(qkv, hp_.n_head * hd, hp_.n_head_kv * hd);
+      L.wv = rows_of(qkv, (int64_t)(hp_.n_head + hp_.n_head_kv) * hd, hp_.n_head_kv * hd);
+    } else {
+      L.wq = weight(p + "attn_q.weight", d, hp_.n_head * hd);
+      L.wk = weight(p + "attn_k.weight", d, hp_.n_head_kv * hd);
+      L.wv = weight(p + "attn_v.weight", d, hp_.n_head_kv * hd);
+    }
     L.wo = weight(p + "attn_output.weight", hp_.n_head * hd, d);
-    L.w_gate = weight(p + "ffn_gate.weight", d, ff);
-    L.w_up = weight(p + "ffn_up.weight", d, ff);
+    if (hp_.arch->fused) {  // gate rows, then up rows
+      const Weight gu = weight(p + "ffn_up.weight", d, 2 * ff);
+      L.w_gate = rows_of(gu, 0, ff);
+      L.w_up = rows_of(gu, ff, ff);
+    } else {
+      L.w_gate = weight(p + "ffn_gate.weight", d, ff);
+      L.w_up = weight(p + "ffn_up.weight", d, ff);
+    }
     L.w_down = weight(p + "ffn_down.weight", ff, d);
   }
 }

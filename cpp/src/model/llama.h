@@ -87,6 +87,7 @@ class Model {
   void load_weights();
   Weight weight(const std::string& name, int64_t cols, int64_t rows, bool required = true);
   std::vector<float> vec(const std::string& name, int64_t n);
+  static Weight rows_of(const Weight& w, int64_t r0, int64_t n);  // rows r0 .. r0+n-1 of w
 
   std::unique_ptr<GGUFFile> file_;
   std::unique_ptr<Tokenizer> tok_;

@@ -53,7 +53,7 @@ def copy_tokenizer(writer, src_path, n_vocab=None):
 
 def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
                      wtype="F32", seed=0, extra=None, alignment=None, tied=True, types=None, kscale=None,
-                     n_vocab=None, head_dim=None, sliding_window=None):
+                     n_vocab=None, head_dim=None, sliding_window=None, extra_tensors=None):
     """A random-weight GGUF of a llama-block architecture (arch "llama", "qwen2" with Q/K/V biases,
     "qwen3" with per-head q/k norms; "gemma2" / "gemma3" with post-norms, `sliding_window` and, for
     gemma2, logit soft-capping (50 / 30), for gemma3 q/k norms; `head_dim` other than n_embd/n_head is
@@ -106,6 +106,8 @@ def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_h
     def vec(name, n):
         w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
 
+    for name, a in (extra_tensors or {}).items():
+        w.add_tensor(name, np.asarray(a, dtype=np.float32))
     mat("token_embd.weight", n_vocab, n_embd)
     vec("output_norm.weight", n_embd)
     if not tied:

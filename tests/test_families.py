@@ -70,6 +70,16 @@ def test_compressing_methods_run(arch, tmp_path, smollm2, essays):
         headkv.Model(str(path), n_ctx=512, kv_method="headkv", kv_budget=64).eval(ids)
 
 
+def test_longrope_is_refused(tmp_path, smollm2):
+    """Phi-3 128k files carry LongRoPE factor tensors, which headkv does not apply: a typed error, not
+    silently wrong positions."""
+    hd = SHAPE["n_embd"] // SHAPE["n_head"]
+    path = write_tiny_llama(tmp_path / "phi3_long.gguf", smollm2, arch="phi3", **SHAPE,
+                            extra_tensors={"rope_factors_long.weight": np.ones(hd // 2)})
+    with pytest.raises(headkv.UnsupportedError, match="LongRoPE"):
+        headkv.Model(str(path))
+
+
 def test_unknown_architecture_is_refused(tmp_path, smollm2):
     path = write_tiny_llama(tmp_path / "gemma.gguf", smollm2, arch="falcon", n_vocab=256)
     with pytest.raises(headkv.UnsupportedError, match="architecture 'falcon'.*qwen3"):

@@ -143,5 +143,28 @@ def test_compression_keeps_the_windows_and_budgets_the_global_layers(gemma3, pro
         assert kept == 3 * 128 if method != "headkv" else 3 * 120 < kept <= 3 * 128, (method, kept)
         st = m.kv_stats()
         assert st["bytes_held"] < st["bytes_full"]
-    with pytest.raises(headkv.UnsupportedError, match="no tokenizer.chat_template"):
-        headkv.Model(gemma3, n_ctx=64).apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_builtin_gemma_chat_template_in_python_and_the_cli(gemma3):
+    """The file has no tokenizer.chat_template: gemma files get Gemma's own (as llama.cpp falls back to
+    its gemma format). Python (jinja2) renders the hand-checked text below; the CLI's native renderer
+    gives the same prompt (one BOS) and so the same greedy reply."""
+    import subprocess
+    from conftest import tool_path
+    m = headkv.Model(gemma3, n_ctx=512, n_threads=2)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " What is the capital of France? "},
+            {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}]
+    assert m.apply_chat_template(msgs) == (
+        "<bos><start_of_turn>user\nBe brief.\n\nWhat is the capital of France?<end_of_turn>\n"
+        "<start_of_turn>model\nParis.<end_of_turn>\n<start_of_turn>user\nAnd of Italy?<end_of_turn>\n"
+        "<start_of_turn>model\n")
+    q = "Name a primary colour."
+    r = m.create_chat_completion([{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}],
+                                 max_tokens=8, temperature=0)
+    assert r["usage"]["prompt_tokens"] == len(m.tokenize(m.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}]), add_bos=False, special=True))
+    p = subprocess.run([tool_path("headkv-cli"), "-m", gemma3, "--chat", "--system", "Be brief.", "-p", q, "-n", "8",
+                        "--temp", "0", "-t", "2"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert f"prompt {r['usage']['prompt_tokens']} tokens" in p.stderr
+    assert p.stdout.strip() == r["choices"][0]["message"]["content"].strip()

@@ -221,8 +221,15 @@ int main(int argc, char** argv) {
     out.resize(n);
     return out;
   };
-  // add_bos = -1: follow the model's add_bos_token metadata.
-  std::vector<int32_t> toks = tokenize(text.substr(0, a.context.empty() ? text.size() : split), -1, "tokenizing prompt");
+  // add_bos = -1: follow the model's add_bos_token metadata, unless the chat template wrote the BOS
+  // itself (as Llama 3's and Gemma's do): one BOS, as Python and llama.cpp give.
+  int add_bos = -1;
+  if (a.chat && hk_model_bos(model) >= 0) {
+    std::vector<char> bos(64);
+    const size_t len = hk_token_to_piece(model, hk_model_bos(model), bos.data(), bos.size());
+    if (len > 0 && len <= bos.size() && text.compare(0, len, bos.data(), len) == 0) add_bos = 0;
+  }
+  std::vector<int32_t> toks = tokenize(text.substr(0, a.context.empty() ? text.size() : split), add_bos, "tokenizing prompt");
   std::vector<int32_t> follow;
   if (!a.context.empty()) follow = tokenize(text.substr(split), 0, "tokenizing prompt");
   if (toks.empty()) die("the prompt is empty after tokenization");
@@ -322,7 +329,7 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
       die(std::string("-cnv: ") + e.what());
     }
-    const std::vector<int32_t> all = tokenize(t, -1, "tokenizing the conversation");
+    const std::vector<int32_t> all = tokenize(t, add_bos, "tokenizing the conversation");
     int32_t kept = 0;  // what the context holds of the conversation is not evaluated again
     check(hk_context_reuse_prefix(ctx, all.data(), all.size(), &kept), "prefix reuse");
     const size_t keep = (size_t)kept;

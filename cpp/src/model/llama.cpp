@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "tokenize/chat.h"
 #include "quant/quant.h"
 
 namespace headkv {
@@ -26,6 +27,8 @@ std::unique_ptr<Model> Model::load(std::unique_ptr<GGUFFile> file) {
   m->load_hparams();
   m->tok_ = Tokenizer::from_gguf(*m->file_);
   m->chat_template_ = m->file_->get_str_or("tokenizer.chat_template", "");
+  const std::string a = m->hp_.arch->name;
+  if (m->chat_template_.empty() && (a == "gemma2" || a == "gemma3")) m->chat_template_ = kGemmaChatTemplate;
   m->load_weights();
   return m;
 }

@@ -81,14 +81,55 @@ std::string render_mistral(const std::string& tpl, const Messages& msgs, bool) {
   return out;
 }
 
+// <start_of_turn>user / model turns; a system message is prefixed to the first user turn.
+std::string render_gemma(const std::string& tpl, const Messages& msgs, bool gen) {
+  std::string out;
+  if (contains(tpl, "bos_token") || contains(tpl, "<bos>")) out += "<bos>";
+  std::string system;
+  size_t i = 0;
+  if (!msgs.empty() && msgs[0].first == "system") system = msgs[i++].second + "\n\n";
+  for (bool first = true; i < msgs.size(); ++i, first = false) {
+    const auto& [role, content] = msgs[i];
+    if (role != "user" && role != "assistant")
+      fail(ErrorKind::InvalidArgument, "Gemma chat format: unsupported role '" + role + "' here");
+    out += "<start_of_turn>" + std::string(role == "assistant" ? "model" : "user") + "\n" + (first ? system : "") +
+           trim(content) + "<end_of_turn>\n";
+  }
+  if (gen) out += "<start_of_turn>model\n";
+  return out;
+}
+
 }  // namespace
+
+const char* const kGemmaChatTemplate =
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<start_of_turn>model\n' }}"
+    "{%- endif -%}";
 
 ChatFormat detect_chat_format(const std::string& tpl) {
   if (contains(tpl, "<|im_start|>")) return ChatFormat::ChatML;
   if (contains(tpl, "<|start_header_id|>")) return ChatFormat::Llama3;
   if (contains(tpl, "[INST]")) return ChatFormat::Mistral;
+  if (contains(tpl, "<start_of_turn>")) return ChatFormat::Gemma;
   fail(ErrorKind::Unsupported,
-       "unrecognised chat template (supported natively: ChatML, Llama 3, Mistral [INST]); "
+       "unrecognised chat template (supported natively: ChatML, Llama 3, Mistral [INST], Gemma); "
        "use the Python API, which renders any template with jinja2");
 }
 
@@ -97,6 +138,7 @@ std::string render_chat(const std::string& tpl, const Messages& msgs, bool add_g
     case ChatFormat::ChatML: return render_chatml(tpl, msgs, add_generation_prompt);
     case ChatFormat::Llama3: return render_llama3(tpl, msgs, add_generation_prompt);
     case ChatFormat::Mistral: return render_mistral(tpl, msgs, add_generation_prompt);
+    case ChatFormat::Gemma: return render_gemma(tpl, msgs, add_generation_prompt);
   }
   fail(ErrorKind::Internal, "unreachable chat format");
 }

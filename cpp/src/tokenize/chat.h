@@ -1,5 +1,5 @@
 // Native chat prompt rendering for the CLI: recognises a tokenizer.chat_template by its marker
-// tokens and renders ChatML (SmolLM2, Qwen), Llama 3 or Mistral [INST] prompts. Python renders
+// tokens and renders ChatML (SmolLM2, Qwen), Llama 3, Mistral [INST] or Gemma prompts. Python renders
 // templates with jinja2 instead.
 #pragma once
 #include <string>
@@ -8,7 +8,11 @@
 
 namespace headkv {
 
-enum class ChatFormat { ChatML, Llama3, Mistral };
+enum class ChatFormat { ChatML, Llama3, Mistral, Gemma };
+
+// Gemma's chat template (Google's, for text): what a gemma2 / gemma3 GGUF without a
+// tokenizer.chat_template is given, as llama.cpp falls back to its built-in gemma format.
+extern const char* const kGemmaChatTemplate;
 
 // Throws Error(Unsupported) when the template is not one of the known formats.
 ChatFormat detect_chat_format(const std::string& chat_template);

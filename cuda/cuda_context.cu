@@ -915,10 +915,7 @@ KVState CudaContext::save_state() const {
   const bool comp = I.method != BudgetMethod::Full;
   s.arena = comp && I.arena;
   if (s.arena) {
-    s.window = I.plan->window;
-    s.plan_compressed = I.plan->compressed;
-    s.layer_pooled = I.plan->layer_pooled;
-    s.cap = I.plan->cap;
+    s.plan = *I.plan;
   }
   if (comp && !I.arena) {  // a compressing context before its prompt: nothing cached
     s.used.assign((size_t)L * H, 0);
@@ -986,14 +983,7 @@ void CudaContext::load_state(const KVState& s) {
     throw;
   }
   if (s.arena) {
-    BudgetPlan plan;
-    plan.n_layer = L;
-    plan.n_head_kv = H;
-    plan.cap = s.cap;
-    plan.window = s.window;
-    plan.compressed = s.plan_compressed;
-    plan.layer_pooled = s.layer_pooled;
-    I.plan = std::move(plan);
+    I.plan = s.plan;
     I.n_prompt = s.n_prompt;
   }
   I.n_past = s.n_past;

@@ -25,10 +25,7 @@ KVState Context::save_state() const {
   const size_t rk = kv_row_bytes(type_k_, hd), rv = kv_row_bytes(type_v_, hd);
   s.arena = arena_ != nullptr;
   if (arena_) {
-    s.window = plan_->window;
-    s.plan_compressed = plan_->compressed;
-    s.layer_pooled = plan_->layer_pooled;
-    s.cap = plan_->cap;
+    s.plan = *plan_;
   }
   // Entries per segment: the arena's used ones; the full cache's last min(n_past, rows) positions
   // (every position, except in a sliding-window layer's ring).
@@ -89,14 +86,7 @@ void Context::load_state(const KVState& s) {
   reset();
   if (s.arena) {
     arena_ = std::move(arena);
-    BudgetPlan plan;
-    plan.n_layer = L;
-    plan.n_head_kv = H;
-    plan.cap = s.cap;
-    plan.window = s.window;
-    plan.compressed = s.plan_compressed;
-    plan.layer_pooled = s.layer_pooled;
-    plan_ = std::move(plan);
+    plan_ = s.plan;
     n_prompt_ = s.n_prompt;
   } else {
     size_t e = 0;

@@ -239,12 +239,7 @@ void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* 
   if (hp_.embd_scale != 1.0f)
     for (int64_t i = 0; i < T * d; ++i) x_[i] *= hp_.embd_scale;
   // RoPE tables of the global layers and, where there are any, of the sliding-window layers.
-  const auto first_layer = [&](bool swa) {
-    for (int il = 0; il < hp_.n_layer; ++il)
-      if (hp_.is_swa(il) == swa) return il;
-    return -1;
-  };
-  const int il_global = first_layer(false), il_local = first_layer(true);
+  const int il_global = hp_.first_layer(false), il_local = hp_.first_layer(true);
   if (il_global >= 0) rope_tables(il_global, n_past_, T, rope_cos_, rope_sin_);
   if (il_local >= 0) rope_tables(il_local, n_past_, T, rope_cos_swa_, rope_sin_swa_);
   if (probe_on_ && !arena_) {

@@ -35,6 +35,12 @@ struct LlamaHParams {
   std::vector<uint8_t> swa;     // [n_layer]: 1 for a sliding-window layer
   bool is_swa(int il) const { return n_swa > 0 && swa[(size_t)il]; }
   bool has_swa() const { return n_swa > 0; }
+  // The first sliding-window (swa) or global (!swa) layer; -1 when there is none.
+  int first_layer(bool swa) const {
+    for (int il = 0; il < n_layer; ++il)
+      if (is_swa(il) == swa) return il;
+    return -1;
+  }
 };
 
 // A 2-D weight matrix in its file format: `rows` rows of `cols` elements.

@@ -176,14 +176,8 @@ void Context::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool a
   if (hp_.embd_scale != 1.0f)
     for (int64_t i = 0; i < N * d; ++i) x[i] *= hp_.embd_scale;
   std::vector<float> cs_swa, sn_swa;  // the sliding-window layers' RoPE
-  int il_global = 0;
-  while (il_global < hp_.n_layer && hp_.is_swa(il_global)) ++il_global;
-  if (il_global < hp_.n_layer) rope_tables(il_global, 0, N, cs, sn);
-  for (int il = 0; il < hp_.n_layer; ++il)
-    if (hp_.is_swa(il)) {
-      rope_tables(il, 0, N, cs_swa, sn_swa);
-      break;
-    }
+  if (const int il = hp_.first_layer(false); il >= 0) rope_tables(il, 0, N, cs, sn);
+  if (const int il = hp_.first_layer(true); il >= 0) rope_tables(il, 0, N, cs_swa, sn_swa);
 
   for (int il = 0; il < hp_.n_layer; ++il) {
     const bool local = hp_.is_swa(il);

@@ -82,10 +82,10 @@ std::vector<uint8_t> serialize_state(const KVState& s) {
   w.vec(s.history);
   w.vec(s.logits);
   w.put<uint8_t>(s.arena);
-  w.put<int32_t>(s.window);
-  w.put<uint8_t>(s.plan_compressed);
-  w.put<uint8_t>(s.layer_pooled);
-  w.vec(s.cap);
+  w.put<int32_t>(s.plan.window);
+  w.put<uint8_t>(s.plan.compressed);
+  w.put<uint8_t>(s.plan.layer_pooled);
+  w.vec(s.plan.cap);
   w.vec(s.capacity);
   w.vec(s.used);
   w.vec(s.pos);
@@ -108,6 +108,8 @@ KVState deserialize_state(const uint8_t* data, size_t n) {
   s.n_head_kv = r.get<int32_t>();
   s.head_dim = r.get<int32_t>();
   s.n_vocab = r.get<int32_t>();
+  s.plan.n_layer = s.n_layer;
+  s.plan.n_head_kv = s.n_head_kv;
   s.method = r.str();
   s.type_k = type_from(r.get<uint8_t>());
   s.type_v = type_from(r.get<uint8_t>());
@@ -116,10 +118,10 @@ KVState deserialize_state(const uint8_t* data, size_t n) {
   s.history = r.vec<int32_t>();
   s.logits = r.vec<float>();
   s.arena = r.get<uint8_t>() != 0;
-  s.window = r.get<int32_t>();
-  s.plan_compressed = r.get<uint8_t>() != 0;
-  s.layer_pooled = r.get<uint8_t>() != 0;
-  s.cap = r.vec<int32_t>();
+  s.plan.window = r.get<int32_t>();
+  s.plan.compressed = r.get<uint8_t>() != 0;
+  s.plan.layer_pooled = r.get<uint8_t>() != 0;
+  s.plan.cap = r.vec<int32_t>();
   s.capacity = r.vec<int64_t>();
   s.used = r.vec<int64_t>();
   s.pos = r.vec<int32_t>();
@@ -143,11 +145,11 @@ KVState deserialize_state(const uint8_t* data, size_t n) {
     entries += (uint64_t)s.used[i];
   }
   if (s.arena) {
-    if (s.cap.size() != S || s.window < 0 || s.n_prompt <= 0 || s.n_prompt > s.n_past) Reader::bad("bad budget plan");
+    if (s.plan.cap.size() != S || s.plan.window < 0 || s.n_prompt <= 0 || s.n_prompt > s.n_past) Reader::bad("bad budget plan");
     if (s.pos.size() != entries) Reader::bad("one position per entry expected");
     for (int32_t p : s.pos)
       if (p < 0 || p >= s.n_past) Reader::bad("an entry's position is outside the sequence");
-  } else if (!s.capacity.empty() || !s.pos.empty() || !s.cap.empty() || s.n_prompt != 0) {
+  } else if (!s.capacity.empty() || !s.pos.empty() || !s.plan.cap.empty() || s.n_prompt != 0) {
     Reader::bad("a full-cache state with arena fields");
   }
   if (s.k.size() != entries * kv_row_bytes(s.type_k, s.head_dim) || s.v.size() != entries * kv_row_bytes(s.type_v, s.head_dim))

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "select/budget.h"
 #include "select/kv_arena.h"
 
 namespace headkv {
@@ -28,9 +29,7 @@ struct KVState {
   // (n_past - used .. n_past - 1: all of them, or a sliding-window layer's ring), no capacities.
   // Arena: each segment's capacity, used entries and positions.
   bool arena = false;
-  int32_t window = 0;                // budget plan (arena only)
-  bool plan_compressed = false, layer_pooled = false;
-  std::vector<int32_t> cap;          // BudgetPlan::cap
+  BudgetPlan plan;                   // arena only (n_layer / n_head_kv: the model shape above)
   std::vector<int64_t> capacity;     // arena only
   std::vector<int64_t> used;
   std::vector<int32_t> pos;          // arena only: the used entries' positions, segment by segment

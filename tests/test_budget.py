@@ -261,6 +261,7 @@ def test_fingerprint_is_stable_and_discriminating(tmp_path):
     assert fp == hs.model_fingerprint(p)
     info = hs.model_info(p)
     assert (info["architecture"], info["n_layer"], info["n_head"], info["n_head_kv"]) == ("llama", 30, 9, 3)
+    assert info["local_layers"] == []  # no sliding window: nothing local, and the file does not list them
     assert info["fingerprint"] == fp
     # a copy elsewhere has the same fingerprint
     import shutil

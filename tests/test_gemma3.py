@@ -145,6 +145,32 @@ def test_compression_keeps_the_windows_and_budgets_the_global_layers(gemma3, pro
         assert st["bytes_held"] < st["bytes_full"]
 
 
+def test_score_files_record_and_check_the_sliding_window_layers(gemma3, hf, tmp_path):
+    """model_info lists the sliding-window layers as transformers configures them; a headkv score
+    file written for the model records them, loads back against it, and one that lists other layers
+    or an unordered list is refused with a typed error naming the field."""
+    import json
+    from headkv import scores as hs
+    info = hs.model_info(gemma3)
+    want = [i for i, t in enumerate(hf[1].config.layer_types) if t == "sliding_attention"]
+    assert info["local_layers"] == want and len(want) == 15
+    rng = np.random.default_rng(1)
+    path = tmp_path / "g.json"
+    hs.save_scores(path, rng.random((18, 4)), gemma3, "R2")
+    doc = json.loads(path.read_text())
+    assert doc["model"]["local_layers"] == want
+    got, method = hs.load_scores(path, gemma3)
+    assert got.shape == (18, 4) and method == "R2"
+    doc["model"]["local_layers"] = want[:-1]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(headkv.InvalidArgumentError, match="sliding-window layers expected"):
+        hs.load_scores(path, gemma3)
+    doc["model"]["local_layers"] = [1, 0]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(headkv.FormatError, match="increasing order"):
+        hs.load_scores(path)
+
+
 def test_builtin_gemma_chat_template_in_python_and_the_cli(gemma3):
     """The file has no tokenizer.chat_template: gemma files get Gemma's own (as llama.cpp falls back to
     its gemma format). Python (jinja2) renders the hand-checked text below; the CLI's native renderer

@@ -29,6 +29,7 @@ py::dict model_info_dict(const ModelInfo& m) {
   d["n_head"] = m.n_head;
   d["n_head_kv"] = m.n_head_kv;
   d["fingerprint"] = m.fingerprint;
+  d["local_layers"] = m.local_layers;
   return d;
 }
 
@@ -101,7 +102,7 @@ void bind_select(py::module_& m) {
   m.def(
       "model_info",
       [](const std::string& path) { return model_info_dict(model_info(*GGUFFile::open(path))); },
-      py::arg("gguf_path"), "architecture, n_layer, n_head, n_head_kv and fingerprint of a GGUF.");
+      py::arg("gguf_path"), "architecture, n_layer, n_head, n_head_kv, fingerprint and local_layers (sliding-window layers) of a GGUF.");
 
   m.def(
       "load_scores",

@@ -23,7 +23,8 @@ def model_fingerprint(gguf_path):
 
 
 def model_info(gguf_path):
-    """{"architecture", "n_layer", "n_head", "n_head_kv", "fingerprint"} of a GGUF."""
+    """{"architecture", "n_layer", "n_head", "n_head_kv", "fingerprint", "local_layers"} of a GGUF
+    (local_layers: the sliding-window layers, which keep their window; budgets go to the others)."""
     return _core.model_info(os.fspath(gguf_path))
 
 
@@ -46,11 +47,14 @@ def build_document(scores, model, method, settings=None):
         raise ValueError(f"scores have shape {s.shape}, the model needs ({L}, {H}) (layers, query heads)")
     if not np.all(np.isfinite(s)) or np.any(s < 0):
         raise ValueError("head scores must be finite and non-negative")
+    info = {"architecture": str(model["architecture"]), "n_layer": L, "n_head": H, "n_head_kv": Hkv,
+            "fingerprint": str(model["fingerprint"])}
+    if model.get("local_layers"):
+        info["local_layers"] = [int(i) for i in model["local_layers"]]
     return {
         "format": FORMAT,
         "version": VERSION,
-        "model": {"architecture": str(model["architecture"]), "n_layer": L, "n_head": H, "n_head_kv": Hkv,
-                  "fingerprint": str(model["fingerprint"])},
+        "model": info,
         "method": method,
         "settings": dict(settings or {}),
         "scores": [[float(v) for v in row] for row in s],

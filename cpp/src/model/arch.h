@@ -9,7 +9,9 @@
 //   final RMSNorm -> output.
 // Norm weights are used as stored (llama.cpp's converters store Gemma's 1 + w).
 #pragma once
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace headkv {
 
@@ -31,6 +33,11 @@ struct ArchInfo {
 
 // nullptr for an architecture headkv does not run.
 const ArchInfo* find_arch(const std::string& name);
+// Whether layer il of an n_layer model slides (attends to the last n_swa positions only), given the
+// file's attention.sliding_window n_swa (0: none).
+inline bool layer_slides(const ArchInfo& a, int il, int64_t n_swa) {
+  return n_swa > 0 && a.swa_pattern != 0 && (a.swa_pattern < 0 || (il + 1) % a.swa_pattern != 0);
+}
 // "llama, qwen2, qwen3" (for messages).
 std::string supported_archs();
 

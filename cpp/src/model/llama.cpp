@@ -105,7 +105,7 @@ void Model::load_hparams() {
     if (w < 0 || w > (1 << 24)) fail(ErrorKind::Format, f.path() + ": attention.sliding_window is out of range");
     hp_.n_swa = (int32_t)w;
     hp_.swa.assign(hp_.n_layer, 0);
-    for (int il = 0; il < hp_.n_layer; ++il) hp_.swa[il] = A.swa_pattern < 0 || (il + 1) % A.swa_pattern != 0;
+    for (int il = 0; il < hp_.n_layer; ++il) hp_.swa[il] = layer_slides(A, il, w);
     if (hp_.n_swa && A.rope_base_swa > 0) {
       rope_inv_freq_swa_.resize(half);
       for (int i = 0; i < half; ++i)

@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "common/json.h"
 #include "gguf/gguf.h"
+#include "model/arch.h"
 
 namespace headkv {
 
@@ -97,6 +98,11 @@ ModelInfo model_info(const GGUFFile& f) {
   m.n_head = count(a + "attention.head_count", f.get_int(a + "attention.head_count"));
   m.n_head_kv = count(a + "attention.head_count_kv", f.get_int_or(a + "attention.head_count_kv", m.n_head));
   m.fingerprint = model_fingerprint(f);
+  if (const ArchInfo* arch = find_arch(m.architecture)) {
+    const int64_t n_swa = arch->swa_pattern ? f.get_int_or(a + "attention.sliding_window", 0) : 0;
+    for (int il = 0; il < m.n_layer; ++il)
+      if (layer_slides(*arch, il, n_swa)) m.local_layers.push_back(il);
+  }
   return m;
 }
 
@@ -216,6 +222,17 @@ HeadScores load_headkv(const std::string& path, const JsonValue& doc) {
   if (s.model.n_head % s.model.n_head_kv != 0)
     fail(ErrorKind::Format, mw + ": n_head " + std::to_string(s.model.n_head) + " is not a multiple of n_head_kv " +
                                 std::to_string(s.model.n_head_kv));
+  if (const JsonValue* ll = m.find("local_layers")) {
+    const auto& arr = ll->as_array(mw + ".local_layers");
+    for (size_t i = 0; i < arr.size(); ++i) {
+      const std::string w = mw + ".local_layers[" + std::to_string(i) + "]";
+      const int32_t il = (int32_t)arr[i].as_int(w, 0, s.model.n_layer - 1);
+      if (!s.model.local_layers.empty() && il <= s.model.local_layers.back())
+        fail(ErrorKind::Format, w + ": layers must be listed in increasing order");
+      s.model.local_layers.push_back(il);
+    }
+    s.lists_local_layers = true;
+  }
   s.method = doc.at("method", path).as_string(path + ": \"method\"");
   if (s.method != "R" && s.method != "R2")
     fail(ErrorKind::Format, path + ": \"method\" must be \"R\" or \"R2\", got \"" + s.method + "\"");
@@ -240,6 +257,12 @@ HeadScores load_headkv(const std::string& path, const JsonValue& doc) {
     }
   }
   return s;
+}
+
+std::string layer_list(const std::vector<int32_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
 }
 
 [[noreturn]] void mismatch(const std::string& path, const std::string& what, const std::string& expected,
@@ -282,6 +305,8 @@ HeadScores scores_from_doc(const std::string& path, const JsonValue& doc, const 
         mismatch(path, "architecture", "\"" + expect->architecture + "\"", "\"" + s.model.architecture + "\"");
       if (s.model.fingerprint != expect->fingerprint)
         mismatch(path, "fingerprint", expect->fingerprint, s.model.fingerprint);
+      if (s.lists_local_layers && s.model.local_layers != expect->local_layers)
+        mismatch(path, "sliding-window layers", layer_list(expect->local_layers), layer_list(s.model.local_layers));
     }
   }
   return s;

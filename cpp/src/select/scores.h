@@ -12,14 +12,17 @@
 // 2. headkv's own format (written by python/headkv/scores.py; documented in docs/score_format.md):
 //        {"format": "headkv-scores", "version": 1,
 //         "model": {"architecture": "llama", "n_layer": 30, "n_head": 9, "n_head_kv": 3,
-//                   "fingerprint": "<16 hex digits, model_fingerprint()>"},
+//                   "fingerprint": "<16 hex digits, model_fingerprint()>",
+//                   "local_layers": [0, 1, 2, 3, 4, 6, ...]},  // optional: sliding-window layers
 //         "method": "R" | "R2",           // retrieval (R) or retrieval-reasoning (R2) heads
 //         "settings": {...},              // free-form: how the scores were measured
 //         "scores": [[s per query head] per layer]}   // n_layer x n_head, finite, >= 0
 //    Unknown top-level keys are ignored (forward compatible); a larger "version" is Unsupported.
 //
 // When the caller passes the model it is going to run, the file must match it: n_layer and
-// n_head for both formats, and architecture, n_head_kv and the fingerprint for headkv's format.
+// n_head for both formats, and architecture, n_head_kv, the fingerprint and (when the file lists
+// them) the sliding-window layers for headkv's format. Those layers' rows are scores like any
+// other, but the budget planner reads only the global layers' rows (a local layer keeps its window).
 // A mismatch is InvalidArgument naming what was expected and what the file holds.
 #pragma once
 #include <cstdint>
@@ -37,6 +40,8 @@ struct ModelInfo {
   int32_t n_head = 0;        // query heads
   int32_t n_head_kv = 0;
   std::string fingerprint;   // model_fingerprint()
+  std::vector<int32_t> local_layers;  // sliding-window layers (they keep their window; budgets go to
+                                      // the other layers), from the architecture table and metadata
 };
 
 // Stable 64-bit FNV-1a hash, as 16 lower-case hex digits, of a canonical serialization of:
@@ -56,6 +61,7 @@ struct HeadScores {
   std::string format;          // "official" or "headkv-scores"
   std::string method;          // "R" / "R2" (headkv format); empty for the official format
   ModelInfo model;             // as recorded in the file (headkv format only)
+  bool lists_local_layers = false;  // the file has model.local_layers (then in model.local_layers)
 
   double at(int layer, int head) const { return score[(size_t)layer * n_head + head]; }
 };

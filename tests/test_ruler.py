@@ -274,6 +274,26 @@ def test_cli_builds_ruler(tmp_path):
     assert r.modes == ["aware", "agnostic"] and r.lengths == [2048, 4096, 8192] and r.subtasks == list(SUBTASKS)
 
 
+def test_no_chat_gives_completion_style_prompts(tmp_path, tok):
+    """--no-chat (base models): ruler, niah and reasoning needles build plain-text prompts, the same
+    instruction, document and question without the template's turn markers; the answers are unchanged."""
+    from headkv.eval.cli import build_tasks, parser
+    a = parser().parse_args(["run", "--tasks", "ruler,niah,reasoning-needles", "--out", str(tmp_path), "--no-chat",
+                             "--ruler-subtasks", "niah_single", "--ruler-lengths", "1024", "--ruler-n", "1",
+                             "--lengths", "1024", "--depths", "0.5", "--needles-per-cell", "1"])
+    tasks = build_tasks(a.tasks, a)
+    assert [t.chat for t in tasks] == [False, False, False]
+    chat = RulerTask(["niah_single"], [1024], n=1).make(tok, "niah_single", 1024, 0)
+    r = tasks[0].make(tok, "niah_single", 1024, 0)
+    marker = "<|im_start|>"
+    assert marker in tok.detokenize(chat["context"]).decode() and r["answers"] == chat["answers"]
+    for t in tasks:
+        ex = t.make(tok, "niah_single", 1024, 0) if t.name == "ruler" else t.examples(tok)[0]
+        text = tok.detokenize(ex["prompt"] if "prompt" in ex else ex["context"] + ex["query"]).decode()
+        assert marker not in text and "im_end" not in text, t.name
+        assert len(ex["prompt"] if "prompt" in ex else ex["context"] + ex["query"]) <= 1024
+
+
 # ---- end to end on SmolLM2 (CPU) ----
 def test_ruler_end_to_end_both_modes(tmp_path, smollm2):
     """niah_single at 1024 tokens, seed 0, example 0 (a 4-digit value): the full cache answers it

@@ -103,7 +103,8 @@ def parser() -> argparse.ArgumentParser:
                                          "(default: from the file name)")
     t.add_argument("--limit", type=int, help="first N examples of --data")
     t.add_argument("--max-gen", type=int, help="cap on generated tokens (LongBench/LooGLE)")
-    t.add_argument("--no-chat", action="store_true", help="no chat template for LongBench/LooGLE prompts")
+    t.add_argument("--no-chat", action="store_true", help="no chat template: completion-style prompts (base models such as "
+                                                          "Gemma-3-270M); every task")
     for name in TASKS:
         sub.add_parser(name, parents=[common], help=f"run the {name} task")
     r = sub.add_parser("run", parents=[common], help="run several tasks")
@@ -142,6 +143,9 @@ def build_tasks(names, a):
                 out.append(LooGLETask(a.data, a.loogle_task, a.limit, not a.no_chat, a.max_gen, a.n_ctx))
         else:
             raise SystemExit(f"headkv-eval: error: unknown task {n!r} (known: {', '.join(TASKS)})")
+    for t in out:
+        if a.no_chat and hasattr(t, "chat"):
+            t.chat = False
     return out
 
 

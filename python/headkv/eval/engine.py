@@ -115,9 +115,10 @@ def fit_prompt(model, text: str, n_ctx: int, max_gen: int, chat: bool = True) ->
     return model.tokenize(text)
 
 
-def chat_prompt(model, text: str, assistant_prefix: str = "") -> list[int]:
-    """Token ids of one user turn (no truncation), optionally with the start of the reply."""
-    if not model._e.chat_template:
+def chat_prompt(model, text: str, assistant_prefix: str = "", chat: bool = True) -> list[int]:
+    """Token ids of one user turn (no truncation), optionally with the start of the reply; plain text
+    (completion style, for base models) when ``chat`` is False or the model has no template."""
+    if not (chat and model._e.chat_template):
         return model.tokenize(text + ("\n" + assistant_prefix if assistant_prefix else ""))
     return model.tokenize(model.apply_chat_template([{"role": "user", "content": text}]) + assistant_prefix,
                           add_bos=False, special=True)

@@ -54,6 +54,8 @@ def fact_needles(k: int, seed: int, length: int, depth: float, digits=(4,)) -> l
 class _NeedleTask:
     max_gen = 24
 
+    chat = True  # False: completion-style prompts (base models), set by the CLI's --no-chat
+
     def __init__(self, seed: int = 0, haystack_dir=None):
         self.seed = int(seed)
         self.haystack_dir = haystack_dir
@@ -71,9 +73,9 @@ class _NeedleTask:
         """Chat prompt of about ``length`` tokens in all (template + haystack + needle + question +
         the reply's start ``prefix``, which restates the question so the model answers directly)."""
         tok = lambda s: tok_model.tokenize(s, add_bos=False)  # noqa: E731
-        frame = len(chat_prompt(tok_model, nd.prompt_text("", question), prefix))
+        frame = len(chat_prompt(tok_model, nd.prompt_text("", question), prefix, self.chat))
         ctx = hs.build_context(tok, self.hay(), length - frame - self.max_gen, depth, needle, offset=offset)
-        return chat_prompt(tok_model, nd.prompt_text(ctx, question), prefix)
+        return chat_prompt(tok_model, nd.prompt_text(ctx, question), prefix, self.chat)
 
     def run(self, model, ex, cfg, n_ctx):
         toks, text = greedy(model, ex["prompt"], self.max_gen)

@@ -150,12 +150,13 @@ def _golden(i, u0):
 
 
 # ---------------------------------------------------------------- prompts
-def split_prompt(tok_model, instruction, document, question, prefix):
+def split_prompt(tok_model, instruction, document, question, prefix, chat=True):
     """(context ids, query ids) of the user turn "{instruction}\\n\\n{document}\\n\\n{question}" and
-    the reply's start ``prefix``; the two parts are tokenized separately (see the module doc)."""
+    the reply's start ``prefix``; the two parts are tokenized separately (see the module doc).
+    ``chat`` False (or no template): the same text as plain completion-style prompt."""
     head, tail = instruction + "\n\n", "\n\n" + question
     user = head + document + tail
-    if tok_model._e.chat_template:
+    if chat and tok_model._e.chat_template:
         full = tok_model.apply_chat_template([{"role": "user", "content": user}])
         i = full.index(user) + len(head) + len(document)
         return (tok_model.tokenize(full[:i], add_bos=False, special=True),
@@ -167,6 +168,7 @@ class RulerTask:
     """The ruler suite; ``examples`` gives every (length, subtask, index) once per mode."""
     name = "ruler"
     metrics = ("score", "exact")
+    chat = True  # False: completion-style prompts (base models), set by the CLI's --no-chat
 
     def __init__(self, subtasks=SUBTASKS, lengths=(2048, 4096, 8192), n=6, modes=MODES, seed=0,
                  haystack_dir=None, value_kinds=VALUE_KINDS):
@@ -239,11 +241,11 @@ class RulerTask:
         max_gen = MAX_GEN[subtask]
         tok = lambda s: tok_model.tokenize(s, add_bos=False)  # noqa: E731
         frame = sum(len(p) for p in split_prompt(tok_model, spec["instruction"], "", spec["question"],
-                                                 spec["prefix"]))
+                                                 spec["prefix"], self.chat))
         budget = length - max_gen - frame
         for _ in range(6):      # shrink until prompt + generation fit `length`
             doc = spec["document"](tok, budget)
-            ctx, qry = split_prompt(tok_model, spec["instruction"], doc, spec["question"], spec["prefix"])
+            ctx, qry = split_prompt(tok_model, spec["instruction"], doc, spec["question"], spec["prefix"], self.chat)
             over = len(ctx) + len(qry) + max_gen - length
             if over <= 0:
                 break

@@ -32,6 +32,27 @@ def test_hand_computed_small_case():
     assert ref.plan("headkv", s, 2, 2, 20, prompt_len=100000).tolist() == [[6, 10], [14, 18]]
 
 
+def test_default_beta_is_4_at_small_budgets_else_2(smollm2):
+    """β 0 (every front end's default) is 4 at budgets <= 64 and 2 above: the same caps as the explicit
+    β, in the engine, the NumPy reference and a Model built without beta."""
+    assert [_core.default_beta(b) for b in (16, 64, 65, 128, 1024)] == [4.0, 4.0, 2.0, 2.0, 2.0]
+    assert headkv.kv.default_beta(64) == 4.0 and headkv.kv.default_beta(128) == 2.0
+    s = np.random.default_rng(3).random((30, 9))
+    for B, beta in ((64, 4.0), (128, 2.0), (512, 2.0)):
+        want = plan("headkv", s, 30, 9, 3, B, beta=beta)
+        assert not np.array_equal(want, plan("headkv", s, 30, 9, 3, B, beta=6.0 - beta))  # β matters here
+        np.testing.assert_array_equal(plan("headkv", s, 30, 9, 3, B, beta=0), want)
+        np.testing.assert_array_equal(ref.plan("headkv", s, 30, 3, B, beta=None, prompt_len=100000), want)
+    ids = list(range(1000, 1700))
+    for B in (64, 128):
+        caps = []
+        for beta in (None, headkv.kv.default_beta(B)):
+            m = headkv.Model(smollm2, n_ctx=1024, kv_method="headkv", kv_budget=B, beta=beta, max_new_tokens=4)
+            m.eval(ids)
+            caps.append(m.kv_stats()["caps"])
+        np.testing.assert_array_equal(caps[0], caps[1], err_msg=str(B))
+
+
 def test_hand_computed_gqa_and_rounding_trim():
     # L=1, H=4 query heads, H_kv=2: KV head scores are the group sums 1+2=3 and 0+0=0.
     # B=20, α=8 → B'=12, F=10, pool=20, fixed=2: caps = 1.0*20+2 = 22, 0+2 = 2 → Σ 24 = 2*B'.

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import headkv
-from headkv.kv import DEFAULT_BETA, DEFAULT_SPAN
+from headkv.kv import DEFAULT_SPAN
 
 torch = pytest.importorskip("torch")
 from headkv.reference import budget as ref_budget  # noqa: E402
@@ -163,7 +163,7 @@ def test_kept_positions_and_logits_match_reference(method, span, part, case, smo
                          adaptive=adaptive, **({} if span else {"span": 0}))
         m.eval(prompt)
         got = m.kv_positions()
-        caps = ref_budget.plan(method, score_file[1], L, Hkv, budget, WINDOW, DEFAULT_BETA, 1.0, N)
+        caps = ref_budget.plan(method, score_file[1], L, Hkv, budget, WINDOW, None, 1.0, N)
         np.testing.assert_array_equal(m.kv_stats()["caps"], caps)
 
         swaps, masks = 0, []
@@ -224,7 +224,7 @@ def test_observation_probe_matches_reference(method, budget, smollm2, model, ess
     plain = headkv.Model(smollm2, n_ctx=4096, n_threads=2, kv_method=method, kv_budget=budget, max_new_tokens=8)
     plain.eval(prompt)  # the prompt's logits do not depend on the probe after it
     assert np.abs(m.logits() - plain.logits()).max() < 1e-4
-    caps = ref_budget.plan(method, None, L, Hkv, budget, WINDOW, DEFAULT_BETA, 1.0, N)
+    caps = ref_budget.plan(method, None, L, Hkv, budget, WINDOW, None, 1.0, N)
     got, swaps, masks, differs = m.kv_positions(), 0, [], False
     for l in range(L):
         want, s = ref_sel.select_layer(method, probe_q[l].numpy(), probed["k"][l].numpy(), caps[l], runs=runs,

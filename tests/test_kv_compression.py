@@ -6,7 +6,6 @@ import pytest
 
 import headkv
 from headkv import _core
-from headkv.kv import DEFAULT_BETA
 from headkv.reference import selection as ref_sel
 
 METHODS = ["snapkv", "streaming", "pyramidkv", "adakv", "headkv"]
@@ -89,7 +88,7 @@ def test_headkv_caps_follow_scores(smollm2, prompt, score_file):
     m = _model(smollm2, "headkv", 64, score_file)
     m.eval(prompt)
     scores, _ = _core.load_scores(score_file)
-    expect = _core.plan_budget("headkv", scores, L, H, HKV, 64, 8, DEFAULT_BETA, 1.0, len(prompt))
+    expect = _core.plan_budget("headkv", scores, L, H, HKV, 64, 8, 0, 1.0, len(prompt))
     assert (m.kv_stats()["caps"] == expect).all()
     assert len(set(expect.ravel().tolist())) > 5  # really per head
 
@@ -179,7 +178,7 @@ def test_caps_follow_shipped_smollm2_scores(smollm2, essays, budget):
     ids = m.tokenize(essays[0])[:1500]
     m.eval(ids)
     caps = m.kv_stats()["caps"]
-    np.testing.assert_array_equal(caps, ref_budget.plan("headkv", scores, L, HKV, budget, 8, DEFAULT_BETA, 1.0, len(ids)))
+    np.testing.assert_array_equal(caps, ref_budget.plan("headkv", scores, L, HKV, budget, 8, None, 1.0, len(ids)))
     assert (caps + 8).sum() <= L * HKV * budget
     assert caps.max() > 2 * caps.min()  # the shipped scores really differ per head
 

@@ -311,7 +311,7 @@ def test_shipped_smollm2_files_and_default_headkv(smollm2):
     m.eval(ids)
     caps = m.kv_stats()["caps"]
     r2 = hs.load_scores(hs.shipped_scores(smollm2, "R2"))[0]
-    ref = _core.plan_budget("headkv", r2, 30, 9, 3, 64, 8, headkv.kv.DEFAULT_BETA, 1.0, len(ids))
+    ref = _core.plan_budget("headkv", r2, 30, 9, 3, 64, 8, 0, 1.0, len(ids))
     np.testing.assert_array_equal(caps, ref)
     assert caps.min() < caps.max()          # budgets follow the scores, not uniform
     assert len(list(m.generate(ids, temperature=0.0, max_tokens=4))) > 0

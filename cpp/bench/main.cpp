@@ -142,7 +142,7 @@ void usage(FILE* f) {
       "  -ctv, --cache-type-v T[,T]   KV cache value type: f16 (default); CPU only: f32, q8_0, q4_0\n"
       "      --scores FILE            head-importance score file (headkv; default: the file shipped for the\n"
       "                               model, matched by fingerprint)\n"
-      "      --beta X[,X]             HeadKV beta: 1/beta of the budget is shared by score (default 2)\n"
+      "      --beta X[,X]             HeadKV beta: 1/beta of the budget is shared by score (default 4 at budgets <= 64, else 2)\n"
       "      --bandwidth GBPS         memory bandwidth for the roofline (default: measured)\n"
       "      --seed S                 token RNG seed (default 1234)\n"
       "      --no-warmup              skip the warm-up run\n"

@@ -64,7 +64,7 @@ const char* kUsage =
     "  -ctk, --cache-type-k T  KV cache key type: f16 (default); CPU only: f32, q8_0, q4_0\n"
     "  -ctv, --cache-type-v T  KV cache value type: f16 (default); CPU only: f32, q8_0, q4_0\n"
     "      --scores FILE       head-importance score file (headkv)\n"
-    "      --beta X            HeadKV beta (default 2; the paper's scripts: 1.2)\n"
+    "      --beta X            HeadKV beta (default: 4 at budgets <= 64, else 2; the paper's scripts: 1.2)\n"
     "      --window N          observation window (default 8)\n"
     "      --pool max|avg      pooling before top-k (default max)\n"
     "      --kernel K          pooling kernel (default 7)\n"

@@ -156,4 +156,7 @@ void bind_select(py::module_& m) {
       py::arg("return_info") = false,
       "Prefix tokens kept per KV head (window excluded) -> int32 [n_layer, n_head_kv];\n"
       "with return_info=True -> (caps, {window, compressed, layer_pooled, total}). See select/budget.h.");
+
+  m.def("default_beta", &default_beta, py::arg("budget"),
+        "headkv's HeadKV beta at a budget when none is given (beta 0): 4 at budgets <= 64, else 2.");
 }

@@ -11,9 +11,15 @@ METHODS = ("full", "snapkv", "streaming", "pyramidkv", "adakv", "headkv")
 # Span-aware selection (the default): token runs (numbers split into digits, codes, words split
 # into pieces) up to this many tokens are kept whole. See docs/kv_compression.md.
 DEFAULT_SPAN = 16
-# HeadKV β: 1/β of each head's budget (window excluded) is pooled and shared by score, the rest is a
-# per-head floor. The official scripts use 1.2; 2.0 was chosen on EVALUATION.md's tuning split.
-DEFAULT_BETA = 2.0
+
+
+def default_beta(budget: int) -> float:
+    """headkv's HeadKV β at a budget when none is given: 1/β of each head's budget (window excluded)
+    is pooled and shared by score, the rest is a per-head floor. 4 at budgets <= 64, else 2 (chosen
+    on EVALUATION.md's tuning split); the official scripts use 1.2. The engine's rule
+    (select/budget.h ``default_beta``)."""
+    from . import _core
+    return float(_core.default_beta(int(budget)))
 # The question-free observation probe of ``probe="repeat"`` (KVzip-style: the attention of a
 # request to repeat the document marks what a later question may need).
 REPEAT_PROBE = "\n\nRepeat the text above word for word."
@@ -27,8 +33,9 @@ class KVConfig:
         ``headkv`` (per-head budgets from a head-score file).
     budget: KV entries kept per KV head on average, the window included (the paper's KV size).
     window: α, the last prompt tokens every head keeps and whose attention selects the rest.
-    beta: HeadKV β; larger β = smaller shared pool, larger per-head floor (default ``DEFAULT_BETA``
-        = 2.0; the official scripts' 1.2 reproduces the paper's allocation).
+    beta: HeadKV β; larger β = smaller shared pool, larger per-head floor (None, the default:
+        ``default_beta(budget)``, 4 at budgets <= 64, else 2; the official scripts' 1.2 reproduces the
+        paper's allocation).
     temp: HeadKV score temperature.
     pooling / kernel: 1-D pooling of the window attention before top-k (``max`` or ``avg``;
         default ``max``, 7).
@@ -59,7 +66,7 @@ class KVConfig:
     method: str = "full"
     budget: int = 128
     window: int = 8
-    beta: float = DEFAULT_BETA
+    beta: Optional[float] = None
     temp: float = 1.0
     pooling: Optional[str] = None
     kernel: Optional[int] = None
@@ -99,7 +106,8 @@ class KVConfig:
             from .errors import InvalidArgumentError
             raise InvalidArgumentError(f"budget_bytes must be an integer >= 0, got {self.budget_bytes!r}")
         probe = self.probe_tokens(tokenize)
-        return _core.KVConfigNative(self.method, int(self.budget), int(self.window), float(self.beta),
+        return _core.KVConfigNative(self.method, int(self.budget), int(self.window),
+                                    0.0 if self.beta is None else float(self.beta),
                                     float(self.temp), 7 if self.kernel is None else int(self.kernel),
                                     self.pooling or "max", os.fspath(self.scores) if self.scores else "",
                                     int(self.max_new_tokens), self.resolved_span(), probe,

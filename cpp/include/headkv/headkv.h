@@ -66,7 +66,7 @@ typedef struct hk_context_params {
   const char* kv_method;     /* NULL/"full", "snapkv", "streaming", "pyramidkv", "adakv", "headkv" */
   int32_t kv_budget;         /* KV entries per KV head on average, window included (128) */
   int32_t kv_window;         /* observation window α (8) */
-  float kv_beta;             /* HeadKV β (2.0; the paper's scripts use 1.2) */
+  float kv_beta;             /* HeadKV β; 0 (default): 4 at budgets <= 64, else 2; the paper's scripts use 1.2 */
   int32_t kv_kernel;         /* pooling kernel, odd (7) */
   int32_t kv_avg_pool;       /* 0: max pooling (default), 1: average pooling */
   const char* kv_scores;     /* HeadKV head-score file (official or headkv JSON) */

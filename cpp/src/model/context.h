@@ -29,7 +29,7 @@ struct KVConfig {
   std::string method = "full";  // full | snapkv | streaming | pyramidkv | adakv | headkv
   int32_t budget = 128;         // KV entries per KV head on average, window included
   int32_t window = 8;           // α
-  double beta = 2.0;            // HeadKV β (the paper's scripts: 1.2; 2.0 chosen on EVALUATION.md's tuning split)
+  double beta = 0.0;            // HeadKV β; 0: default_beta(budget) (select/budget.h); the paper's scripts: 1.2
   double temp = 1.0;            // HeadKV score temperature
   int32_t kernel = 7;           // pooling kernel
   bool max_pool = true;         // false: average pooling

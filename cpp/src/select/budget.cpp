@@ -49,6 +49,8 @@ double py_floordiv(double a, double b) {
   return std::copysign(0.0, a / b);
 }
 
+double default_beta(int32_t budget) { return budget <= 64 ? 4.0 : 2.0; }
+
 std::vector<int32_t> headkv_caps(const std::vector<double>& kv_scores, int32_t budget, int32_t window, double beta,
                                  double temp, int64_t prompt_len) {
   const size_t n = kv_scores.size();
@@ -200,7 +202,8 @@ BudgetPlan plan_budget(const BudgetParams& p, const HeadScores* scores, int n_la
         for (int h = 0; h < n_head; ++h) kv[(size_t)l * n_head_kv + h / G] += scores->at(l, h);
       if (p.group_mean)
         for (double& v : kv) v /= G;
-      plan.cap = headkv_caps(kv, p.budget, p.window, p.beta, p.temp, prompt_len);
+      plan.cap = headkv_caps(kv, p.budget, p.window, p.beta == 0 ? default_beta(p.budget) : p.beta, p.temp,
+                             prompt_len);
       break;
     }
     case BudgetMethod::Full: break;  // handled above

@@ -58,7 +58,8 @@ struct BudgetParams {
   BudgetMethod method = BudgetMethod::HeadKV;
   int32_t budget = 128;      // B: average KV entries per KV head, window included
   int32_t window = 8;        // α: observation window, always kept
-  double beta = 1.2;         // β (HeadKV): 1/β of B' is pooled and shared by score; >= 1
+  double beta = 1.2;         // β (HeadKV): 1/β of B' is pooled and shared by score; >= 1, or 0 for
+                             // default_beta(budget)
   double temp = 1.0;         // score temperature (HeadKV): S ∝ s^temp; >= 0
   int32_t pyramid_beta = 20; // PyramidKV: top layer gets about B' / pyramid_beta; >= 1
   bool group_mean = false;   // HeadKV: aggregate GQA groups by mean instead of sum (same shares)
@@ -90,6 +91,11 @@ BudgetPlan plan_budget(const BudgetParams& p, const HeadScores* scores, int n_la
 // Exposed for tests and for callers that aggregate differently.
 std::vector<int32_t> headkv_caps(const std::vector<double>& kv_scores, int32_t budget, int32_t window, double beta,
                                  double temp, int64_t prompt_len);
+
+// headkv's default β at a budget (BudgetParams::beta = 0): 4 at budgets <= 64, else 2. A larger
+// floor keeps every head above ~40 entries at small budgets (EVALUATION.md, tuning split); the
+// paper's scripts use 1.2.
+double default_beta(int32_t budget);
 
 // Python's float floor division a // b, computed as CPython does (see step 3 above).
 double py_floordiv(double a, double b);

@@ -58,7 +58,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("-t", "--threads", type=int, default=2)
     g.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda-fp32, auto")
     g.add_argument("--window", type=int, default=8)
-    g.add_argument("--beta", type=float, default=2.0, help="HeadKV beta (default 2; the paper's scripts: 1.2)")
+    g.add_argument("--beta", type=float, default=None,
+                   help="HeadKV beta (default: 4 at budgets <= 64, else 2; the paper's scripts: 1.2)")
     g.add_argument("--pool", default=None, choices=("max", "avg"), help="pooling (default max)")
     g.add_argument("--kernel", type=int, default=None, help="pooling kernel (default 7)")
     g.add_argument("--span", type=int, default=None,

@@ -58,7 +58,7 @@ class EngineOptions:
     device: str = "cpu"
     scores: Optional[str] = None
     window: int = 8
-    beta: float = 2.0
+    beta: Optional[float] = None    # None: the engine's default_beta(budget)
     pooling: Optional[str] = None   # None: max (KVConfig's default)
     kernel: Optional[int] = None    # None: 7
     span: Optional[int] = None      # None: KVConfig's rule (span-aware unless pooling/kernel are given)

@@ -84,5 +84,7 @@ def plan(method, scores, n_layer, n_head_kv, budget, window=8, beta=1.2, temp=1.
                 per_layer[l] += 1
         return np.repeat(per_layer[:, None], n_head_kv, axis=1).astype(np.int32)
     if method == "headkv":
+        if not beta:  # 0 / None: headkv's default, 4 at budgets <= 64, else 2
+            beta = 4.0 if budget <= 64 else 2.0
         return headkv_caps(group_scores(scores, n_head_kv), budget, window, beta, temp, prompt_len)
     raise ValueError(f"unknown method {method!r}")

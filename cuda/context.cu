@@ -20,29 +20,15 @@
 #include <utility>
 
 #include "context_impl.cuh"
+#include "model/context_checks.h"
 #include "select/shipped_scores.h"
 
 namespace headkv {
 
 using namespace cu;
 
-namespace {
-
-void check_kv_config(const KVConfig& kv) {
-  auto bad = [](const std::string& m) { fail(ErrorKind::InvalidArgument, m); };
-  if (kv.window < 1) bad("window must be >= 1");
-  if (kv.kernel < 1 || kv.kernel % 2 == 0) bad("pooling kernel must be an odd number >= 1");
-  if (kv.max_new_tokens < 0) bad("max_new_tokens must be >= 0");
-  if (kv.sink < 0) bad("sink must be >= 0");
-  if (!(kv.adakv_floor >= 0 && kv.adakv_floor <= 1)) bad("adakv floor must be in [0, 1]");
-  if (kv.span < 0) bad("span must be >= 0");
-}
-
-}  // namespace
-
 CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision prec) : model(m), hp(m.hparams()), kv(p.kv) {
-  if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0)
-    fail(ErrorKind::InvalidArgument, "n_ctx, n_batch and n_threads must be >= 0");
+  check_context_params(p);
   half_gemm = prec == CudaPrecision::Fast;
   mv_q8x = half_gemm && !env_is("HEADKV_MATVEC", "fp32");
   fuse_rope = !env_is("HEADKV_FUSE_ROPE", "0");
@@ -53,13 +39,7 @@ CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision pr
   ub = std::min<int32_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
   method = parse_budget_method(kv.method);
   if (method != BudgetMethod::Full) {
-    check_kv_config(kv);
-    if (kv.budget <= kv.window)
-      fail(ErrorKind::InvalidArgument, "KV budget " + std::to_string(kv.budget) + " must be larger than the window " +
-                                           std::to_string(kv.window));
-    for (int32_t t : kv.probe)
-      if (t < 0 || t >= hp.n_vocab)
-        fail(ErrorKind::InvalidArgument, "probe token id " + std::to_string(t) + " is outside the vocabulary");
+    check_kv_config(kv, hp.n_vocab);
     if (method == BudgetMethod::HeadKV) {
       scores = resolve_head_scores(kv.scores, model_info(m.file()));  // the given file, or the shipped one
     }
@@ -153,13 +133,10 @@ void CudaContext::eval(const int32_t* tokens, int64_t n, bool all_logits) { p_->
 
 void CudaContext::truncate(int32_t n_keep) {
   Impl& I = *p_;
-  if (n_keep < 0 || n_keep > I.n_past)
-    fail(ErrorKind::InvalidArgument, "truncate: " + std::to_string(n_keep) + " tokens to keep, the context holds " + std::to_string(I.n_past));
+  check_truncate(n_keep, I.n_past);
   if (n_keep == 0) return reset();
   const bool comp = I.method != BudgetMethod::Full;
-  if (comp && I.arena && n_keep < I.n_prompt)
-    fail(ErrorKind::InvalidArgument, "truncate: the compressed prompt's " + std::to_string(I.n_prompt) +
-                                         " tokens cannot be partly forgotten (keep at least them, or reset)");
+  if (comp && I.arena) check_truncate_prompt(n_keep, I.n_prompt);
   const int32_t k = I.n_past - n_keep;
   if (k > 0) {  // every segment (full cache: one per head; arena: the decoded entries) drops k entries
     add_used(I.used.get(), (int)I.h_used.size(), -k, I.st);
@@ -174,9 +151,7 @@ void CudaContext::truncate(int32_t n_keep) {
 int32_t CudaContext::n_prompt() const { return p_->method != BudgetMethod::Full && p_->arena ? p_->n_prompt : 0; }
 
 void CudaContext::set_max_new_tokens(int32_t n) {
-  if (n < 0) fail(ErrorKind::InvalidArgument, "max_new_tokens must be >= 0");
-  if (p_->method != BudgetMethod::Full && p_->arena)
-    fail(ErrorKind::InvalidArgument, "max_new_tokens can only change before the compressed prompt is evaluated");
+  check_max_new_tokens(n, p_->method != BudgetMethod::Full && p_->arena);
   p_->kv.max_new_tokens = n;
 }
 

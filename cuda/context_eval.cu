@@ -6,27 +6,17 @@
 
 #include "common/alloc.h"
 #include "context_impl.cuh"
+#include "model/context_checks.h"
 
 namespace headkv {
 
 using namespace cu;
 
 void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) {
-  if (n <= 0) fail(ErrorKind::InvalidArgument, "eval needs at least one token");
-  if (n > (int64_t)INT32_MAX / 2 - n_past)
-    fail(ErrorKind::ContextFull, "positions past 2^30 are not supported (" + std::to_string(n_past) + " + " + std::to_string(n) + ")");
-  if (method == BudgetMethod::Full && n > (int64_t)n_ctx - n_past)
-    fail(ErrorKind::ContextFull, "context is full: " + std::to_string(n_past) + " tokens cached + " + std::to_string(n) +
-                                     " new > n_ctx " + std::to_string(n_ctx));
-  for (int64_t i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= hp.n_vocab)
-      fail(ErrorKind::InvalidArgument, "token id " + std::to_string(tokens[i]) + " is outside the vocabulary [0, " +
-                                           std::to_string(hp.n_vocab) + ")");
+  check_eval_tokens(tokens, n, n_past, method == BudgetMethod::Full ? n_ctx : -1, hp.n_vocab);
   if (arena && method != BudgetMethod::Full) {
     for (size_t s = 0; s < h_used.size(); ++s)
-      if (h_used[s] + n > h_off[s + 1] - h_off[s])
-        fail(ErrorKind::ContextFull, "compressed KV cache is full: " + std::to_string(n) + " more tokens do not fit the " +
-                                         std::to_string(kv.max_new_tokens) + " decode slots reserved per head (raise max_new_tokens)");
+      if (h_used[s] + n > h_off[s + 1] - h_off[s]) fail_decode_room(n, kv.max_new_tokens);
   }
   // Host logits first, with the CPU backend's checked allocation: a request larger than the memory
   // available fails with OutOfMemory here, before any work, instead of an over-committed vector

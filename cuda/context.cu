@@ -25,14 +25,11 @@
 
 namespace headkv {
 
-using namespace cu;
-
 CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision prec) : model(m), hp(m.hparams()), kv(p.kv) {
   check_context_params(p);
   half_gemm = prec == CudaPrecision::Fast;
   mv_q8x = half_gemm && !env_is("HEADKV_MATVEC", "fp32");
   fuse_rope = !env_is("HEADKV_FUSE_ROPE", "0");
-  eager_graph = !env_is("HEADKV_EAGER_GRAPH", "0");
   logits_in_graph = !env_is("HEADKV_LOGITS_IN_GRAPH", "0");
   prof.on = env_is("HEADKV_PROFILE", "1");
   n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;

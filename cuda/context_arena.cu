@@ -8,8 +8,6 @@
 
 namespace headkv {
 
-using namespace cu;
-
 namespace {
 
 // Decode attention items: a layer's keys are cut into at most one wave of blocks, each item of at

@@ -7,8 +7,6 @@
 
 namespace headkv {
 
-using namespace cu;
-
 void CudaContext::Impl::mark(int stage) {
   if (!prof.capturing) return;
   cudaEvent_t e = nullptr;
@@ -50,8 +48,9 @@ void CudaContext::Impl::drop_graph() {
 }
 
 // The decode step's graph (one token: forward over the arena + output head), captured once per
-// arena layout and logits buffer. It is captured when a prompt has been evaluated (eager_graph),
-// so a prompt's cost includes it, and a decode step only replays it; otherwise at the first step.
+// arena layout and logits buffer. It is captured when a prompt has been evaluated (prepare_decode),
+// so a prompt's cost includes it and a decode step only replays it; a step that finds none (a
+// one-token first eval, or a capture that failed after the prompt) captures it first.
 void CudaContext::Impl::capture_decode_graph() {
   if (!graph) {
     cudaGraph_t g = nullptr;
@@ -80,7 +79,7 @@ void CudaContext::Impl::capture_decode_graph() {
 // After a prompt: the graph is captured now (a failure here is left for the first decode step to
 // report: the prompt itself has been evaluated).
 void CudaContext::Impl::prepare_decode() {
-  if (!eager_graph || graph) return;
+  if (graph) return;
   try {
     capture_decode_graph();
   } catch (...) {

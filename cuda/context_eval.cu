@@ -10,8 +10,6 @@
 
 namespace headkv {
 
-using namespace cu;
-
 void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) {
   check_eval_tokens(tokens, n, n_past, method == BudgetMethod::Full ? n_ctx : -1, hp.n_vocab);
   if (arena && method != BudgetMethod::Full) {

@@ -7,8 +7,6 @@
 
 namespace headkv {
 
-using namespace cu;
-
 // out (ldo) (=, +=) W · in for T rows of `in` (contiguous rows of W.cols floats).
 void CudaContext::Impl::linear(const DW& w, const float* in, int64_t T, float* out, int64_t ldo, bool add) {
   if (T <= kMatvecMaxT) {

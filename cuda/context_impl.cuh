@@ -33,8 +33,6 @@ struct CudaContext::Impl {
   // (multiples of 128, two blocks per SM) or 2 (64) with HEADKV_ATTN_WARPS=4 / 2 or where wider
   // blocks do not fit (at hd 128: 4 on sm_80, 2 on sm_86 / sm_89).
   int attn_warps = 8;
-  // Capture the decode graph at the end of a prompt (HEADKV_EAGER_GRAPH=0: at the first decode step).
-  bool eager_graph = true;
   int32_t n_ctx = 0, ub = 2048, n_past = 0, n_prompt = 0;
   std::shared_ptr<DevModel> dm;
   cudaStream_t st = nullptr;

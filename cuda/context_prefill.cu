@@ -11,8 +11,6 @@
 
 namespace headkv {
 
-using namespace cu;
-
 void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const void* LK, const void* LV,
                                      const float* qwin, float* raw, float* pooled, float* rowstat, const uint8_t* runs,
                                      uint8_t* flags, int32_t* list, int32_t* count) {

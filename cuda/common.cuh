@@ -38,7 +38,7 @@ inline int sm_count() {
 // attribute (when pdl_enabled()) may start while the previous kernel in the stream finishes; it must
 // call grid_dependency_wait() before reading that kernel's results (every block, before it exits).
 // grid_dependents_launch() lets the next such kernel start early. Both are no-ops without PDL.
-// HEADKV_PDL=0 launches normally.
+// PDL is on wherever the device has it (sm_90+): +3% decode (BENCHMARKS.md).
 __device__ __forceinline__ void grid_dependency_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -115,7 +115,7 @@ inline bool pdl_enabled() {
     int dev = 0, major = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    return major >= 9 && !env_is("HEADKV_PDL", "0");
+    return major >= 9;
   }();
   return on;
 }

@@ -10,6 +10,8 @@
 // beat the variants tried; 128-query blocks and a heavy-first tile order did not (BENCHMARKS.md).
 #include <cuda_fp16.h>
 
+#include <string>
+
 #include "common.cuh"
 #include "kernels.cuh"
 
@@ -239,13 +241,14 @@ void launch(const FlashArgs& a, cudaStream_t s) {
 
 }  // namespace
 
-bool flash_attention_mma(const FlashArgs& a, cudaStream_t s) {
-  if (!a.half_kv || (a.hd != 64 && a.hd != 128)) return false;
-  if (a.T == 0) return true;
+void flash_attention_tc(const FlashArgs& a, cudaStream_t s) {
+  if (a.T == 0) return;
+  if (!a.half_kv) fail(ErrorKind::Internal, "flash_attention_tc: the tensor-core kernel reads fp16 K/V only");
+  if (a.hd != 64 && a.hd != 128)
+    fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
   if (a.hd == 64) launch<64>(a, s);
   else launch<128>(a, s);
-  check_launch("flash_attention_mma");
-  return true;
+  check_launch("flash_attention_tc");
 }
 
 }  // namespace headkv::cu

@@ -132,11 +132,10 @@ __device__ __forceinline__ FlashKV<KT> flash_kv(const FlashArgs& a, int g) {
   return {static_cast<const KT*>(a.k) + base, static_cast<const KT*>(a.v) + base,
           a.seg_len ? (int64_t)a.seg_len[g] : a.n_before};
 }
-// Same on tensor cores (fp16 Q/K/V/P, fp32 accumulation and softmax): the fast precision.
+// flash_attn_mma.cu: the same on tensor cores (mma.sync; fp16 Q/K/V/P, fp32 accumulation and a
+// register-resident softmax) for fp16 K/V: the fast precision. (It replaced a WMMA kernel: 1.7x at
+// 32k, BENCHMARKS.md.)
 void flash_attention_tc(const FlashArgs& a, cudaStream_t s);
-// flash_attn_mma.cu: the tensor-core kernel for fp16 K/V (mma.sync, registers-resident softmax);
-// false when it does not apply (fp32 K/V or another head size).
-bool flash_attention_mma(const FlashArgs& a, cudaStream_t s);
 
 // ---- decode_attn.cu: one query token per head over the per-head arena (fp16), split-K.
 // Work items of a layer: item i handles KV head item_head[i], split item_split[i] of

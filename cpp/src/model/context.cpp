@@ -7,6 +7,7 @@
 
 #include "common/alloc.h"
 #include "common/error.h"
+#include "model/context_checks.h"
 #include "select/shipped_scores.h"
 
 namespace headkv {
@@ -19,22 +20,11 @@ int default_threads(int n) {
 // Allocates a float buffer after checking the size against the memory available (common/alloc.h):
 // too large → OutOfMemory naming the requested and available bytes.
 void alloc(std::vector<float>& v, uint64_t n, const char* what) { checked_assign(v, n, what); }
-
-void check_kv_config(const KVConfig& kv) {
-  auto bad = [](const std::string& m) { fail(ErrorKind::InvalidArgument, m); };
-  if (kv.window < 1) bad("window must be >= 1");
-  if (kv.kernel < 1 || kv.kernel % 2 == 0) bad("pooling kernel must be an odd number >= 1");
-  if (kv.max_new_tokens < 0) bad("max_new_tokens must be >= 0");
-  if (kv.sink < 0) bad("sink must be >= 0");
-  if (!(kv.adakv_floor >= 0 && kv.adakv_floor <= 1)) bad("adakv floor must be in [0, 1]");
-  if (kv.span < 0) bad("span must be >= 0");
-}
 }  // namespace
 
 Context::Context(const Model& model, const ContextParams& p)
     : model_(model), hp_(model.hparams()), pool_(default_threads(p.n_threads)), kv_(p.kv) {
-  if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0)
-    fail(ErrorKind::InvalidArgument, "n_ctx, n_batch and n_threads must be >= 0");
+  check_context_params(p);
   if (p.n_threads > 1024) fail(ErrorKind::InvalidArgument, "n_threads " + std::to_string(p.n_threads) + " is too large");
   type_k_ = parse_kv_type(kv_.type_k, "KV cache type (K)");
   type_v_ = parse_kv_type(kv_.type_v, "KV cache type (V)");
@@ -44,13 +34,7 @@ Context::Context(const Model& model, const ContextParams& p)
   n_batch_ = std::min<int32_t>(p.n_batch ? p.n_batch : 512, n_ctx_);
   method_ = parse_budget_method(kv_.method);
   if (compressing()) {
-    check_kv_config(kv_);
-    if (kv_.budget <= kv_.window)
-      fail(ErrorKind::InvalidArgument, "KV budget " + std::to_string(kv_.budget) + " must be larger than the window " +
-                                           std::to_string(kv_.window));
-    for (int32_t t : kv_.probe)
-      if (t < 0 || t >= hp_.n_vocab)
-        fail(ErrorKind::InvalidArgument, "probe token id " + std::to_string(t) + " is outside the vocabulary");
+    check_kv_config(kv_, hp_.n_vocab);
     if (method_ == BudgetMethod::HeadKV) {
       scores_ = resolve_head_scores(kv_.scores, model_info(model.file()));  // the given file, or the shipped one
     }
@@ -110,16 +94,13 @@ bool Context::can_truncate(int32_t n_keep) const {
 }
 
 void Context::truncate(int32_t n_keep) {
-  if (n_keep < 0 || n_keep > n_past_)
-    fail(ErrorKind::InvalidArgument, "truncate: " + std::to_string(n_keep) + " tokens to keep, the context holds " + std::to_string(n_past_));
+  check_truncate(n_keep, n_past_);
   if (n_keep == 0) return reset();
   if (!can_truncate(n_keep))
     fail(ErrorKind::InvalidArgument, "truncate: the sliding-window layers no longer hold the window before position " +
                                          std::to_string(n_keep) + " (reset and evaluate again)");
   if (arena_) {
-    if (n_keep < n_prompt_)
-      fail(ErrorKind::InvalidArgument, "truncate: the compressed prompt's " + std::to_string(n_prompt_) +
-                                           " tokens cannot be partly forgotten (keep at least them, or reset)");
+    check_truncate_prompt(n_keep, n_prompt_);
     arena_->drop_last(n_past_ - n_keep);
   }
   n_past_ = n_keep;
@@ -130,8 +111,7 @@ void Context::truncate(int32_t n_keep) {
 }
 
 void Context::set_max_new_tokens(int32_t n) {
-  if (n < 0) fail(ErrorKind::InvalidArgument, "max_new_tokens must be >= 0");
-  if (arena_) fail(ErrorKind::InvalidArgument, "max_new_tokens can only change before the compressed prompt is evaluated");
+  check_max_new_tokens(n, arena_ != nullptr);
   kv_.max_new_tokens = n;
 }
 
@@ -177,22 +157,11 @@ const float* Context::logits() const {
 }
 
 void Context::eval(const int32_t* tokens, int64_t n, bool all_logits) {
-  if (n <= 0) fail(ErrorKind::InvalidArgument, "eval needs at least one token");
-  if (n > (int64_t)INT32_MAX / 2 - n_past_)
-    fail(ErrorKind::ContextFull, "positions past 2^30 are not supported (" + std::to_string(n_past_) + " + " + std::to_string(n) + ")");
-  if (!compressing() && n > (int64_t)n_ctx_ - n_past_)
-    fail(ErrorKind::ContextFull, "context is full: " + std::to_string(n_past_) + " tokens cached + " + std::to_string(n) +
-                                     " new > n_ctx " + std::to_string(n_ctx_));
-  for (int64_t i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= hp_.n_vocab)
-      fail(ErrorKind::InvalidArgument, "token id " + std::to_string(tokens[i]) + " is outside the vocabulary [0, " +
-                                           std::to_string(hp_.n_vocab) + ")");
+  check_eval_tokens(tokens, n, n_past_, compressing() ? -1 : n_ctx_, hp_.n_vocab);
   if (arena_) {  // decode room is the same for every head: check before touching anything
     for (int l = 0; l < hp_.n_layer; ++l)
       for (int g = 0; g < hp_.n_head_kv; ++g)
-        if (arena_->used(l, g) + n > arena_->capacity(l, g))
-          fail(ErrorKind::ContextFull, "compressed KV cache is full: " + std::to_string(n) + " more tokens do not fit the " +
-                                           std::to_string(kv_.max_new_tokens) + " decode slots reserved per head (raise max_new_tokens)");
+        if (arena_->used(l, g) + n > arena_->capacity(l, g)) fail_decode_room(n, kv_.max_new_tokens);
   }
   const uint64_t rows = all_logits ? (uint64_t)n : 1;
   if (logits_.size() < rows * hp_.n_vocab)

@@ -1,0 +1,223 @@
+// CudaContext: the CUDA backend's inference sequence (see cpp/src/backend/cuda_context.h).
+//
+// KV storage is one per-head ragged arena on the device (fp16 K and V, int32 positions, CSR
+// segment offsets, per-segment used counts): the full cache is the arena with n_ctx entries per
+// segment, a compressing method sizes it from the budget plan before the prompt runs.
+//   prefill (compressing): layer by layer over the whole prompt in chunks of `ub` tokens; the
+//     layer's K/V (fp32, head-major) sit in one buffer, the chunk's queries attend to it (flash
+//     attention), then selection runs on the GPU and gathers the kept entries into the arena.
+//   prefill (full) / multi-token evals: chunks of `ub` tokens through all layers, K/V appended to
+//     the arena, flash attention over each head's segment.
+//   decode (1 token): matvec kernels + split-K ragged attention, captured once as a CUDA graph
+//     (position and lengths are read from device memory, so every step replays the same graph).
+//
+// The Impl is split by concern (context_impl.cuh): this file construction and the public surface;
+// context_arena.cu the arena, decode items and saved state; context_forward.cu the building blocks
+// and the forward pass over the arena; context_eval.cu eval (full-cache chunks and decode steps);
+// context_decode_graph.cu the decode step's CUDA graph; context_prefill.cu the compressed prefill.
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "context_impl.cuh"
+#include "model/context_checks.h"
+#include "select/shipped_scores.h"
+
+namespace headkv {
+
+CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision prec) : model(m), hp(m.hparams()), kv(p.kv) {
+  check_context_params(p);
+  half_gemm = prec == CudaPrecision::Fast;
+  mv_q8x = half_gemm && !env_is("HEADKV_MATVEC", "fp32");
+  fuse_rope = !env_is("HEADKV_FUSE_ROPE", "0");
+  logits_in_graph = !env_is("HEADKV_LOGITS_IN_GRAPH", "0");
+  prof.on = env_is("HEADKV_PROFILE", "1");
+  n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
+  ub = std::min<int32_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
+  method = parse_budget_method(kv.method);
+  if (method != BudgetMethod::Full) {
+    check_kv_config(kv, hp.n_vocab);
+    if (method == BudgetMethod::HeadKV) {
+      scores = resolve_head_scores(kv.scores, model_info(m.file()));  // the given file, or the shipped one
+    }
+  }
+  require_supported_device();
+  if (device_free_bytes() == 0) fail(ErrorKind::OutOfMemory, "no free GPU memory");
+  // Everything this context needs at construction, checked before the first allocation.
+  const uint64_t L = hp.n_layer, H = hp.n_head_kv, hd = hp.head_dim;
+  const uint64_t full_kv = method == BudgetMethod::Full ? (uint64_t)n_ctx * L * H * CudaContext::entry_bytes((int)hd) : 0;
+  dm = DevModel::get(m);
+  attn_warps = decode_attention_warps(hp.head_dim, env_is("HEADKV_ATTN_WARPS", "2")   ? 2
+                                                   : env_is("HEADKV_ATTN_WARPS", "4") ? 4
+                                                                                      : 8);
+  require_device_bytes(full_kv + scratch_bytes(ub), "a context with n_ctx=" + std::to_string(n_ctx) + " (KV cache " +
+                                                        std::to_string(full_kv) + " bytes + scratch)");
+  try {  // a constructor that throws runs no destructor: the stream and pinned buffer go here
+    check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
+    blas_init(st);
+    alloc_scratch(ub);
+    step_in.alloc(2, "decode step input");
+    check(cudaMallocHost(&step_host, 2 * sizeof(int32_t)), "pinned step buffer");
+    check(cudaMallocHost(&logits_pin, (size_t)hp.n_vocab * sizeof(float)), "pinned logits buffer");
+    if (method == BudgetMethod::Full) {
+      std::vector<int64_t> cap((size_t)L * H, n_ctx);
+      make_arena(cap);
+    }
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+CudaContext::Impl::~Impl() {
+  profile_report();
+  release();
+}
+
+// What the device buffers' own destructors do not free (idempotent).
+void CudaContext::Impl::release() {
+  if (st) cudaStreamSynchronize(st);  // (the graph writes the pinned buffers)
+  drop_graph();
+  if (step_host) cudaFreeHost(step_host);
+  step_host = nullptr;
+  if (logits_pin) cudaFreeHost(logits_pin);
+  logits_pin = nullptr;
+  if (st) cudaStreamDestroy(st);
+  st = nullptr;
+}
+
+uint64_t CudaContext::Impl::scratch_bytes(int64_t C) const {
+  const int64_t d = hp.n_embd, ff = hp.n_ff, wmax = std::min<int64_t>(dm ? dm->max_weight_elems : 0, 64ll << 20);
+  const int64_t xs = std::max<int64_t>(d, qdim());
+  uint64_t b = (uint64_t)C * (d + xs + qdim() + 2 * kvdim() + qdim() + 2 * ff) * 4;
+  b += (uint64_t)C * std::max<int64_t>(xs, ff) * 2 + (uint64_t)wmax * (half_gemm ? 2 : 4);
+  return b;
+}
+
+void CudaContext::Impl::alloc_scratch(int64_t C) {
+  const int64_t d = hp.n_embd, ff = hp.n_ff, xs = std::max<int64_t>(d, qdim());
+  x.alloc(C * d, "activations");
+  xn.alloc(C * xs, "activations");
+  q.alloc(C * qdim(), "activations");
+  k.alloc(C * kvdim(), "activations");
+  v.alloc(C * kvdim(), "activations");
+  att.alloc(C * qdim(), "activations");
+  gate.alloc(C * ff, "activations");
+  up.alloc(C * ff, "activations");
+  xh.alloc(C * std::max<int64_t>(xs, ff), "activations (fp16)");
+  wscratch_elems = std::min<int64_t>(dm->max_weight_elems, 64ll << 20);
+  wscratch.alloc(wscratch_elems * (half_gemm ? 2 : 4), "dequantized weight scratch");
+  tok.alloc(C, "token ids");
+  logits_d.alloc(hp.n_vocab, "logits");
+}
+
+// ---- public surface
+namespace {
+// The CUDA backend stores K and V in f16 only: other type names fail here, before any allocation.
+const ContextParams& check_cuda_kv_types(const ContextParams& p) {
+  for (const auto& [name, which] : {std::pair{p.kv.type_k, "KV cache type (K)"}, std::pair{p.kv.type_v, "KV cache type (V)"}})
+    if (parse_kv_type(name, which) != KVType::F16)
+      fail(ErrorKind::Unsupported, std::string(which) + " '" + name + "': the CUDA backend stores the KV cache in f16 only");
+  return p;
+}
+}  // namespace
+
+CudaContext::CudaContext(const Model& m, const ContextParams& p, CudaPrecision prec)
+    : p_(std::make_unique<Impl>(m, check_cuda_kv_types(p), prec)) {}
+CudaContext::~CudaContext() = default;
+
+void CudaContext::eval(const int32_t* tokens, int64_t n, bool all_logits) { p_->eval(tokens, n, all_logits); }
+
+void CudaContext::truncate(int32_t n_keep) {
+  Impl& I = *p_;
+  check_truncate(n_keep, I.n_past);
+  if (n_keep == 0) return reset();
+  const bool comp = I.method != BudgetMethod::Full;
+  if (comp && I.arena) check_truncate_prompt(n_keep, I.n_prompt);
+  const int32_t k = I.n_past - n_keep;
+  if (k > 0) {  // every segment (full cache: one per head; arena: the decoded entries) drops k entries
+    add_used(I.used.get(), (int)I.h_used.size(), -k, I.st);
+    check(cudaStreamSynchronize(I.st), "truncate");
+    for (auto& u : I.h_used) u -= k;
+  }
+  I.n_past = n_keep;
+  I.history.resize((size_t)n_keep);
+  I.n_logit_rows = 0;  // the logits were of a forgotten token
+}
+
+int32_t CudaContext::n_prompt() const { return p_->method != BudgetMethod::Full && p_->arena ? p_->n_prompt : 0; }
+
+void CudaContext::set_max_new_tokens(int32_t n) {
+  check_max_new_tokens(n, p_->method != BudgetMethod::Full && p_->arena);
+  p_->kv.max_new_tokens = n;
+}
+
+void CudaContext::reset() {
+  Impl& I = *p_;
+  I.n_past = 0;
+  I.n_logit_rows = 0;
+  I.history.clear();
+  I.prefill_peak = 0;
+  if (I.method == BudgetMethod::Full) {
+    check(cudaMemsetAsync(I.used.get(), 0, I.h_used.size() * sizeof(int32_t), I.st), "reset");
+    check(cudaStreamSynchronize(I.st), "reset");
+    std::fill(I.h_used.begin(), I.h_used.end(), 0);
+  } else {
+    I.drop_graph();
+    I.arena = false;
+    I.ak.reset();
+    I.av.reset();
+    I.apos.reset();
+    I.plan.reset();
+  }
+}
+
+const float* CudaContext::logits_all() const {
+  if (!p_->n_logit_rows) return nullptr;
+  return p_->pinned_logits ? p_->logits_pin : p_->logits_h.data();  // pinned: one row
+}
+const float* CudaContext::logits() const {
+  const float* all = logits_all();
+  return all ? all + (size_t)(p_->n_logit_rows - 1) * p_->hp.n_vocab : nullptr;
+}
+int64_t CudaContext::n_logit_rows() const { return p_->n_logit_rows; }
+const Model& CudaContext::model() const { return p_->model; }
+int32_t CudaContext::n_ctx() const { return p_->n_ctx; }
+int32_t CudaContext::n_past() const { return p_->n_past; }
+const std::vector<int32_t>& CudaContext::history() const { return p_->history; }
+uint64_t CudaContext::kv_bytes() const { return p_->arena_bytes(); }
+uint64_t CudaContext::full_kv_bytes() const {
+  const Impl& I = *p_;
+  const bool comp = I.method != BudgetMethod::Full;
+  const uint64_t positions = comp ? (uint64_t)I.n_past + (I.arena ? I.kv.max_new_tokens : 0) : (uint64_t)I.n_ctx;
+  return positions * I.hp.n_layer * I.hp.n_head_kv * entry_bytes(I.hp.head_dim);
+}
+uint64_t CudaContext::prefill_peak_kv_bytes() const { return p_->prefill_peak; }
+const KVConfig& CudaContext::kv_config() const { return p_->kv; }
+bool CudaContext::compressing() const { return p_->method != BudgetMethod::Full; }
+const BudgetPlan* CudaContext::plan() const { return p_->plan ? &*p_->plan : nullptr; }
+bool CudaContext::has_arena() const { return compressing() && p_->arena; }
+int CudaContext::n_layer() const { return p_->hp.n_layer; }
+int CudaContext::n_head_kv() const { return p_->hp.n_head_kv; }
+int64_t CudaContext::capacity(int l, int g) const {
+  const size_t s = (size_t)l * p_->hp.n_head_kv + g;
+  return p_->h_off[s + 1] - p_->h_off[s];
+}
+int64_t CudaContext::used(int l, int g) const { return p_->h_used[(size_t)l * p_->hp.n_head_kv + g]; }
+std::vector<int32_t> CudaContext::positions(int l, int g) const {
+  const size_t s = (size_t)l * p_->hp.n_head_kv + g;
+  std::vector<int32_t> out((size_t)p_->h_used[s]);
+  if (!out.empty())
+    check(cudaMemcpy(out.data(), p_->apos.get() + p_->h_off[s], out.size() * sizeof(int32_t), cudaMemcpyDeviceToHost),
+          "positions");
+  return out;
+}
+uint64_t CudaContext::bytes_used() const {
+  uint64_t n = 0;
+  for (int32_t u : p_->h_used) n += (uint64_t)u;
+  return n * entry_bytes(p_->hp.head_dim);
+}
+const std::vector<std::vector<float>>& CudaContext::selection_scores() const { return p_->sel_scores; }
+uint64_t CudaContext::peak_device_bytes() const { return mem_counter().peak.load(); }
+
+}  // namespace headkv

@@ -1,0 +1,176 @@
+// CudaContext: the per-head KV arena on the device (segments sized from the budget plan, or n_ctx
+// each for the full cache), the decode attention's work items cut from it, and saved state.
+#include <algorithm>
+#include <string>
+
+#include "common/alloc.h"
+#include "context_impl.cuh"
+
+namespace headkv {
+
+namespace {
+
+// Decode attention items: a layer's keys are cut into at most one wave of blocks, each item of at
+// least kMinKeysPerItem keys, in multiples of 32 keys per warp of a block (its warps stream tiles of
+// 32 keys; 8 warps: multiples of 256, so each warp still holds one tile of a short item). Longer
+// minimum items were slower and shorter ones no faster (BENCHMARKS.md, History).
+constexpr int kMinKeysPerItem = 64, kMaxSplits = 512;
+
+}  // namespace
+
+void CudaContext::Impl::make_arena(const std::vector<int64_t>& cap) {
+  const int S = (int)cap.size(), hd = hp.head_dim;
+  h_off.assign(S + 1, 0);
+  for (int i = 0; i < S; ++i) h_off[i + 1] = h_off[i] + cap[i];
+  const int64_t total = h_off.back();
+  ak.alloc(total * hd, "KV arena (keys)");
+  av.alloc(total * hd, "KV arena (values)");
+  apos.alloc(total, "KV arena (positions)");
+  seg_off.alloc(S + 1, "KV arena offsets");
+  used.alloc(S, "KV arena counts");
+  h_used.assign(S, 0);
+  check(cudaMemcpyAsync(seg_off.get(), h_off.data(), (S + 1) * sizeof(int64_t), cudaMemcpyHostToDevice, st), "offsets");
+  check(cudaMemsetAsync(used.get(), 0, S * sizeof(int32_t), st), "counts");
+  check(cudaStreamSynchronize(st), "arena");
+  arena = true;
+  build_items();
+}
+
+// Decode work items from the segments' capacities (fixed once the arena exists).
+void CudaContext::Impl::build_items() {
+  drop_graph();
+  const int L = hp.n_layer, H = hp.n_head_kv, G = hp.n_head / hp.n_head_kv;
+  std::vector<int32_t> ih, is, hs(L * H), hf(L * H);
+  layer_item0.assign(L, 0);
+  layer_items.assign(L, 0);
+  int max_items = 0;
+  // one wave of the attention kernel: items per layer <= resident blocks (each head rounds up)
+  const int64_t wave = std::max<int64_t>(H, decode_attention_slots(hp.head_dim, G, attn_warps) - H);
+  const int64_t keys = 32 * attn_warps;  // a tile of 32 keys per warp
+  for (int l = 0; l < L; ++l) {
+    layer_item0[l] = (int)ih.size();
+    const int64_t layer_cap = h_off[(l + 1) * H] - h_off[l * H];
+    const int64_t per_item = std::max<int64_t>(kMinKeysPerItem, cdiv(cdiv(layer_cap, wave), keys) * keys);
+    for (int g = 0; g < H; ++g) {
+      const int64_t cap = h_off[l * H + g + 1] - h_off[l * H + g];
+      const int S = (int)std::clamp<int64_t>(cdiv(cap, per_item), 1, kMaxSplits);
+      hs[l * H + g] = S;
+      hf[l * H + g] = (int)ih.size() - layer_item0[l];
+      for (int s = 0; s < S; ++s) {
+        ih.push_back(g);
+        is.push_back(s);
+      }
+    }
+    layer_items[l] = (int)ih.size() - layer_item0[l];
+    max_items = std::max(max_items, layer_items[l]);
+  }
+  auto up_i32 = [&](DBuf<int32_t>& b, const std::vector<int32_t>& v, const char* what) {
+    b.alloc(v.size(), what);
+    check(cudaMemcpy(b.get(), v.data(), v.size() * sizeof(int32_t), cudaMemcpyHostToDevice), what);
+  };
+  up_i32(item_head, ih, "decode items");
+  up_i32(item_split, is, "decode items");
+  up_i32(head_splits, hs, "decode items");
+  up_i32(head_first, hf, "decode items");
+  part.alloc((size_t)max_items * G * (hp.head_dim + 2), "decode attention partials");
+}
+
+KVState CudaContext::save_state() const {
+  const Impl& I = *p_;
+  const int L = I.hp.n_layer, H = I.hp.n_head_kv, hd = I.hp.head_dim;
+  KVState s;
+  s.n_layer = L;
+  s.n_head_kv = H;
+  s.head_dim = hd;
+  s.n_vocab = I.hp.n_vocab;
+  s.method = I.kv.method;
+  s.type_k = s.type_v = KVType::F16;
+  s.n_past = I.n_past;
+  s.n_prompt = n_prompt();
+  s.history = I.history;
+  if (const float* lg = logits()) s.logits.assign(lg, lg + I.hp.n_vocab);
+  const bool comp = I.method != BudgetMethod::Full;
+  s.arena = comp && I.arena;
+  if (s.arena) {
+    s.plan = *I.plan;
+  }
+  if (comp && !I.arena) {  // a compressing context before its prompt: nothing cached
+    s.used.assign((size_t)L * H, 0);
+    return s;
+  }
+  const size_t rb = kv_row_bytes(KVType::F16, hd);
+  uint64_t entries = 0;
+  for (int32_t u : I.h_used) entries += (uint64_t)u;
+  s.k.resize(entries * rb);
+  s.v.resize(entries * rb);
+  if (s.arena) s.pos.resize(entries);
+  size_t e = 0;
+  for (int i = 0; i < L * H; ++i) {
+    const int64_t n = I.h_used[i], at = I.h_off[i];
+    s.used.push_back(n);
+    if (s.arena) s.capacity.push_back(I.h_off[i + 1] - at);
+    if (n) {
+      check(cudaMemcpy(&s.k[e * rb], I.ak.get() + at * hd, n * rb, cudaMemcpyDeviceToHost), "save state");
+      check(cudaMemcpy(&s.v[e * rb], I.av.get() + at * hd, n * rb, cudaMemcpyDeviceToHost), "save state");
+      if (s.arena) check(cudaMemcpy(&s.pos[e], I.apos.get() + at, n * sizeof(int32_t), cudaMemcpyDeviceToHost), "save state");
+    }
+    e += (size_t)n;
+  }
+  return s;
+}
+
+void CudaContext::load_state(const KVState& s) {
+  Impl& I = *p_;
+  const int L = I.hp.n_layer, H = I.hp.n_head_kv, hd = I.hp.head_dim;
+  check_state(s, L, H, hd, I.hp.n_vocab, I.kv.method, KVType::F16, KVType::F16, I.n_ctx);
+  if (!s.arena)
+    for (int64_t n : s.used)
+      if (n != s.n_past) fail(ErrorKind::InvalidArgument, "the state does not fit this context: its full cache lacks positions");
+  if (s.arena) {
+    uint64_t entries = 0;
+    for (int64_t c : s.capacity) entries += (uint64_t)c;
+    require_device_bytes(entries * entry_bytes(hd), "the KV arena of a loaded state (" + std::to_string(entries) + " entries)");
+  }
+  if (!s.logits.empty() && I.logits_h.size() < (size_t)I.hp.n_vocab)
+    checked_assign(I.logits_h, (uint64_t)I.hp.n_vocab, "logits");
+  reset();
+  const size_t rb = kv_row_bytes(KVType::F16, hd);
+  try {
+    if (s.arena) I.make_arena(s.capacity);
+    std::vector<int32_t> pos;
+    size_t e = 0;
+    for (int i = 0; i < L * H; ++i) {
+      const int64_t n = s.used[i], at = I.h_off[i];
+      if (n) {
+        check(cudaMemcpy(I.ak.get() + at * hd, &s.k[e * rb], n * rb, cudaMemcpyHostToDevice), "load state");
+        check(cudaMemcpy(I.av.get() + at * hd, &s.v[e * rb], n * rb, cudaMemcpyHostToDevice), "load state");
+        if (!s.arena) {  // the full cache's positions are its rows
+          pos.resize((size_t)n);
+          for (int64_t j = 0; j < n; ++j) pos[j] = (int32_t)j;
+        }
+        const int32_t* p = s.arena ? &s.pos[e] : pos.data();
+        check(cudaMemcpy(I.apos.get() + at, p, n * sizeof(int32_t), cudaMemcpyHostToDevice), "load state");
+      }
+      I.h_used[i] = (int32_t)n;
+      e += (size_t)n;
+    }
+    check(cudaMemcpy(I.used.get(), I.h_used.data(), I.h_used.size() * sizeof(int32_t), cudaMemcpyHostToDevice), "load state");
+  } catch (...) {
+    reset();
+    throw;
+  }
+  if (s.arena) {
+    I.plan = s.plan;
+    I.n_prompt = s.n_prompt;
+  }
+  I.n_past = s.n_past;
+  I.history = s.history;
+  if (!s.logits.empty()) {
+    std::copy(s.logits.begin(), s.logits.end(), I.logits_h.begin());
+    I.n_logit_rows = 1;
+    I.pinned_logits = false;
+  }
+  if (s.arena) I.prepare_decode();
+}
+
+}  // namespace headkv

@@ -1,0 +1,140 @@
+// CudaContext::Impl, the CUDA backend's sequence state, shared by the context_*.cu files that
+// implement it (private to cuda/; the public interface is backend/cuda_context.h).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "backend/cuda_context.h"
+#include "common.cuh"
+#include "device_buffer.cuh"
+#include "kernels.cuh"
+#include "weights.cuh"
+
+namespace headkv {
+
+using namespace cu;
+
+struct CudaContext::Impl {
+  const Model& model;
+  const LlamaHParams& hp;
+  KVConfig kv;
+  BudgetMethod method = BudgetMethod::Full;
+  std::optional<HeadScores> scores;
+  std::optional<BudgetPlan> plan;
+  bool half_gemm = true;
+  // Single-token matvecs with int8 activations (fast precision; HEADKV_MATVEC=fp32 turns it off for
+  // comparisons).
+  bool mv_q8x = true;
+  // One token's RoPE and K/V store fused into the Q/K/V projection (HEADKV_FUSE_ROPE=0: separate).
+  bool fuse_rope = true;
+  // Warps per decode attention block: 8 (items of multiples of 256 keys, one block per SM), or 4
+  // (multiples of 128, two blocks per SM) or 2 (64) with HEADKV_ATTN_WARPS=4 / 2 or where wider
+  // blocks do not fit (at hd 128: 4 on sm_80, 2 on sm_86 / sm_89).
+  int attn_warps = 8;
+  int32_t n_ctx = 0, ub = 2048, n_past = 0, n_prompt = 0;
+  std::shared_ptr<DevModel> dm;
+  cudaStream_t st = nullptr;
+
+  // arena
+  bool arena = false;
+  DBuf<__half> ak, av;
+  DBuf<int32_t> apos, used;
+  DBuf<int64_t> seg_off;
+  std::vector<int64_t> h_off;
+  std::vector<int32_t> h_used;
+  // decode work items
+  DBuf<int32_t> item_head, item_split, head_splits, head_first;
+  std::vector<int32_t> layer_item0, layer_items;
+  DBuf<float> part;
+  // chunk scratch
+  DBuf<float> x, xn, q, k, v, att, gate, up;
+  DBuf<__half> xh;
+  DBuf<uint8_t> wscratch;
+  int64_t wscratch_elems = 0;
+  DBuf<int32_t> tok;
+  DBuf<float> logits_d;
+  std::vector<float> logits_h;
+  int64_t n_logit_rows = 0;
+  // decode graph
+  DBuf<int32_t> step_in;  // [0] token, [1] position
+  int32_t* step_host = nullptr;
+  // A decode step's logits: copied by the decode graph itself into pinned memory (no copy call, no
+  // staging through pageable memory), and the step's token and position read by the graph from
+  // step_host; HEADKV_LOGITS_IN_GRAPH=0 copies both outside the graph, the logits into logits_h.
+  bool logits_in_graph = true;
+  // (Copy nodes, not mapped memory: the output head storing into mapped pinned memory sends each
+  // 4-byte store across PCIe on its own, and a mapped token read gained nothing; BENCHMARKS.md.)
+  float* logits_pin = nullptr;
+  bool pinned_logits = false;  // the last successful eval's logits are in logits_pin
+  cudaGraphExec_t graph = nullptr;
+  // HEADKV_PROFILE=1: timing events captured into the decode graph between its stages; the mean
+  // GPU time per token of each stage is printed to stderr when the context ends (development).
+  struct Profile {
+    bool on = false, capturing = false;
+    std::vector<cudaEvent_t> ev;
+    std::vector<int> stage;
+    double ms[8] = {};
+    int64_t steps = 0;
+  } prof;
+  std::vector<int32_t> history;
+  uint64_t prefill_peak = 0;
+  // HEADKV_KEEP_SELECTION_SCORES=1: pooled window scores of every layer kept on the host (tests).
+  bool keep_scores = std::getenv("HEADKV_KEEP_SELECTION_SCORES") != nullptr;
+  std::vector<std::vector<float>> sel_scores;
+  std::vector<uint8_t> tok_edges;  // select/spans.h, filled at the first span-aware prompt
+
+  // context.cu
+  Impl(const Model& m, const ContextParams& p, CudaPrecision prec);
+  ~Impl();
+  void release();
+  int64_t qdim() const { return (int64_t)hp.n_head * hp.head_dim; }
+  int64_t kvdim() const { return (int64_t)hp.n_head_kv * hp.head_dim; }
+  uint64_t scratch_bytes(int64_t C) const;
+  void alloc_scratch(int64_t C);
+
+  // context_arena.cu
+  void make_arena(const std::vector<int64_t>& cap);
+  void build_items();
+  uint64_t arena_bytes() const {
+    return arena ? (uint64_t)h_off.back() * CudaContext::entry_bytes(hp.head_dim) : 0;
+  }
+
+  // context_forward.cu
+  void linear(const DW& w, const float* in, int64_t T, float* out, int64_t ldo, bool add);
+  void mlp(const DevLayer& L, float* xc, int64_t T);
+  void qkv(const DevLayer& L, const float* xc, int64_t T);
+  void qkv_post(const DevLayer& L, int64_t T);
+  // The fused RMSNorm/QKV/RoPE/store matvec covers the plain llama block only.
+  bool qkv_fusable() const { return !hp.arch->qkv_bias && !hp.arch->qk_norm && !hp.arch->rope_neox; }
+  RopeStore rope_args(int64_t T) const;
+  void forward_arena(int64_t T, int32_t pos0, const int32_t* pos0_dev);
+  void head(const float* xf, int64_t rows);
+  void fetch_logits(int64_t rows, float* dst);
+
+  // context_eval.cu
+  void eval(const int32_t* tokens, int64_t n, bool all_logits);
+
+  // context_decode_graph.cu
+  void mark(int stage);
+  void profile_step();
+  void profile_report();
+  void drop_graph();
+  void capture_decode_graph();
+  void prepare_decode();
+  void copy_step_input();
+  void decode_graph_step(int32_t token);
+
+  // context_prefill.cu
+  // Whether only each layer's total is binding and selection splits it among the heads (Ada-KV).
+  bool layer_pooled() const {
+    return method == BudgetMethod::AdaKV || (method == BudgetMethod::HeadKV && kv.adaptive);
+  }
+  void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
+  // The layer buffers hold N rows: the prompt (n_prompt), then the observation probe if any.
+  void select_layer(int il, int64_t N, int64_t n_prompt, const void* LK, const void* LV, const float* qwin, float* raw,
+                    float* pooled, float* rowstat, const uint8_t* runs, uint8_t* flags, int32_t* list, int32_t* count);
+};
+
+}  // namespace headkv

@@ -20,6 +20,13 @@ int default_threads(int n) {
 // too large → OutOfMemory naming the requested and available bytes.
 void alloc(std::vector<float>& v, uint64_t n, const char* what) { checked_assign(v, n, what); }
 
+// n_threads, checked before the pool is made: 0 (hardware concurrency) .. 1024.
+int check_threads(int n) {
+  if (n < 0) fail(ErrorKind::InvalidArgument, "n_ctx, n_batch and n_threads must be >= 0");
+  if (n > 1024) fail(ErrorKind::InvalidArgument, "n_threads " + std::to_string(n) + " is too large");
+  return n;
+}
+
 void check_kv_config(const KVConfig& kv) {
   auto bad = [](const std::string& m) { fail(ErrorKind::InvalidArgument, m); };
   if (kv.window < 1) bad("window must be >= 1");
@@ -32,10 +39,13 @@ void check_kv_config(const KVConfig& kv) {
 }  // namespace
 
 Context::Context(const Model& model, const ContextParams& p)
-    : model_(model), hp_(model.hparams()), pool_(default_threads(p.n_threads)), kv_(p.kv) {
-  if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0)
+    : model_(model),
+      hp_(model.hparams()),
+      pool_owner_(p.pool ? p.pool : std::make_shared<ThreadPool>(default_threads(check_threads(p.n_threads)))),
+      pool_(*pool_owner_),
+      kv_(p.kv) {
+  if (p.n_ctx < 0 || p.n_batch < 0)
     fail(ErrorKind::InvalidArgument, "n_ctx, n_batch and n_threads must be >= 0");
-  if (p.n_threads > 1024) fail(ErrorKind::InvalidArgument, "n_threads " + std::to_string(p.n_threads) + " is too large");
   type_k_ = parse_kv_type(kv_.type_k, "KV cache type (K)");
   type_v_ = parse_kv_type(kv_.type_v, "KV cache type (V)");
   check_kv_row(type_k_, hp_.head_dim, "KV cache type (K)");
@@ -176,7 +186,7 @@ const float* Context::logits() const {
   return logits_.data() + (size_t)(n_logit_rows_ - 1) * hp_.n_vocab;
 }
 
-void Context::eval(const int32_t* tokens, int64_t n, bool all_logits) {
+void Context::check_eval(const int32_t* tokens, int64_t n) const {
   if (n <= 0) fail(ErrorKind::InvalidArgument, "eval needs at least one token");
   if (n > (int64_t)INT32_MAX / 2 - n_past_)
     fail(ErrorKind::ContextFull, "positions past 2^30 are not supported (" + std::to_string(n_past_) + " + " + std::to_string(n) + ")");
@@ -194,6 +204,10 @@ void Context::eval(const int32_t* tokens, int64_t n, bool all_logits) {
           fail(ErrorKind::ContextFull, "compressed KV cache is full: " + std::to_string(n) + " more tokens do not fit the " +
                                            std::to_string(kv_.max_new_tokens) + " decode slots reserved per head (raise max_new_tokens)");
   }
+}
+
+void Context::eval(const int32_t* tokens, int64_t n, bool all_logits) {
+  check_eval(tokens, n);
   const uint64_t rows = all_logits ? (uint64_t)n : 1;
   if (logits_.size() < rows * hp_.n_vocab)
     alloc(logits_, checked_mul(rows, (uint64_t)hp_.n_vocab, "logits"),

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Optional
+
+import numpy as np
 
 from . import _core
 from .errors import Error
@@ -92,3 +95,45 @@ class BatchDecoder:
                 s.error = e
         for s in batch:
             s.done = True
+
+
+class SequenceGroup:
+    """Sequences by id over ``model``'s loaded weights, decoded together (CPU; the C API's
+    ``hk_group_*``). ``add(id, tokens)`` evaluates a prompt alone and the sequence joins;
+    ``step(ids, tokens)`` appends one token to each named sequence in one batched step and returns
+    their logits ``[len(ids), n_vocab]``; ``remove(id)`` lets one go. Every sequence has a context
+    of ``n_ctx`` and the KV method of ``kv`` (default: the model's); ``n_threads`` sizes the group's
+    one thread pool. ``kv_limit_bytes`` > 0 bounds all sequences' KV together: a sequence that would
+    pass it is refused with OutOfMemoryError before its prefill. Bad ids, tokens outside the
+    vocabulary and full sequences raise typed errors before any sequence changes."""
+
+    def __init__(self, model, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, n_batch: int = 512,
+                 kv=None, kv_limit_bytes: int = 0):
+        kv = model.kv if kv is None else kv
+        self._g = _core.SequenceGroup(model._e, -1 if n_ctx is None else int(n_ctx), int(n_threads or 0), int(n_batch),
+                                      kv.native(None), int(kv_limit_bytes), model.device)
+
+    def add(self, id: int, tokens) -> None:
+        self._g.add(int(id), [int(t) for t in tokens])
+
+    def remove(self, id: int) -> None:
+        self._g.remove(int(id))
+
+    def step(self, ids, tokens) -> np.ndarray:
+        return self._g.step([int(i) for i in ids], [int(t) for t in tokens])
+
+    def logits(self, id: int) -> np.ndarray:
+        return self._g.logits(int(id))
+
+    def n_past(self, id: int) -> int:
+        return self._g.n_past(int(id))
+
+    def kv_bytes(self, id: Optional[int] = None) -> int:
+        return self._g.kv_bytes_total if id is None else self._g.kv_bytes(int(id))
+
+    @property
+    def ids(self) -> list:
+        return list(self._g.ids)
+
+    def __len__(self) -> int:
+        return len(self._g)

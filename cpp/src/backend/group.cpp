@@ -73,7 +73,7 @@ void SequenceGroup::step(const int64_t* ids, const int32_t* tokens, int64_t n) {
     if (!seen.insert(ids[i]).second) fail(ErrorKind::InvalidArgument, "sequence id " + std::to_string(ids[i]) + " appears twice in one step");
     cs.push_back(sequence(ids[i]).cpu());
   }
-  Context::decode_batch(cs, tokens);
+  Context::decode_batch(cs, tokens, ids);
 }
 
 }  // namespace headkv

@@ -11,14 +11,14 @@
 
 namespace headkv {
 
-void Context::decode_batch(const std::vector<Context*>& seqs, const int32_t* tokens) {
+void Context::decode_batch(const std::vector<Context*>& seqs, const int32_t* tokens, const int64_t* ids) {
   const int64_t n = (int64_t)seqs.size();
   if (n == 0) fail(ErrorKind::InvalidArgument, "decode_batch needs at least one sequence");
   Context& r = *seqs[0];  // runs the shared per-row work (same model, same pool for every sequence)
   std::set<const Context*> seen;
   for (int64_t i = 0; i < n; ++i) {
     const Context* c = seqs[i];
-    const std::string who = "sequence " + std::to_string(i) + ": ";
+    const std::string who = (ids ? "sequence id " + std::to_string(ids[i]) : "sequence " + std::to_string(i)) + ": ";
     if (!c) fail(ErrorKind::InvalidArgument, who + "no context");
     if (!seen.insert(c).second) fail(ErrorKind::InvalidArgument, who + "appears twice in one step");
     if (&c->model_ != &r.model_) fail(ErrorKind::InvalidArgument, who + "is over another model");

@@ -86,10 +86,10 @@ class Context {
   // its own KV at its own position). The contexts must be distinct, over one Model and one thread
   // pool (ContextParams::pool), past their compressed prompt, with the attention probe and embeddings
   // off. Every sequence is checked before anything runs: on an error (InvalidArgument, ContextFull
-  // naming the sequence's index) no context changes. Logits per sequence: seqs[i]->logits().
+  // naming the sequence: ids[i] when given, else its index) no context changes. Logits per sequence: seqs[i]->logits().
   // A row's logits equal a single eval's up to the matmul's summation order (several rows take the
   // multi-token dot products, or from 16 rows the GEMM path).
-  static void decode_batch(const std::vector<Context*>& seqs, const int32_t* tokens);
+  static void decode_batch(const std::vector<Context*>& seqs, const int32_t* tokens, const int64_t* ids = nullptr);
   // Bytes a compressed prompt's arena may take at most (0: no limit); a prompt whose arena would be
   // larger fails with OutOfMemory before any layer runs (sequence-group admission).
   void set_kv_limit(uint64_t bytes) { kv_limit_ = bytes; }

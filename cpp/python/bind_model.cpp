@@ -1,4 +1,5 @@
-// headkv._core.Engine (model + one context) and headkv._core.Sampler.
+// headkv._core.Engine (model + one context), headkv._core.Sampler, and the batched decode of several
+// contexts over one model (decode_batch over Engines; SequenceGroup, sequences by id).
 #include <algorithm>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -8,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "backend/group.h"
 #include "backend/session.h"
 #include "common/error.h"
 #include "generate/sampler.h"
@@ -22,8 +24,20 @@ namespace {
 constexpr int32_t kDefaultPythonCtx = 4096;
 
 struct Engine {
-  std::unique_ptr<Model> model;
+  std::shared_ptr<Model> model;
   std::unique_ptr<Session> ctx;
+
+  // A context over base's model and thread pool (CPU), for decode_batch with base and its siblings.
+  Engine(const Engine& base, int n_ctx, int n_batch, const KVConfig& kv) : model(base.model) {
+    Context* c = base.ctx->cpu();
+    if (!c) fail(ErrorKind::Unsupported, "sibling contexts (batched decode) run on the CPU backend only");
+    ContextParams p;
+    p.n_ctx = n_ctx == -1 ? std::min<int32_t>(kDefaultPythonCtx, model->hparams().n_ctx_train) : n_ctx;
+    p.n_batch = n_batch;
+    p.kv = kv;
+    p.pool = c->pool();
+    ctx = std::make_unique<Session>(*model, p, "cpu");
+  }
 
   Engine(const std::string& path, int n_ctx, int n_threads, int n_batch, const KVConfig& kv,
          const std::string& device = "cpu") {
@@ -172,6 +186,18 @@ struct Engine {
 
 }  // namespace
 
+// Python view of a SequenceGroup: keeps the model alive.
+struct PyGroup {
+  std::shared_ptr<Model> model;
+  std::unique_ptr<SequenceGroup> g;
+  py::array_t<float> logits(int64_t id) const {
+    const int64_t V = model->hparams().n_vocab;
+    py::array_t<float> a(V);
+    std::copy_n(g->logits(id), V, a.mutable_data());
+    return a;
+  }
+};
+
 void bind_model(py::module_& m) {
   m.def("cuda_device_count", &cuda_devices, "CUDA devices visible to the CUDA backend (0 without it)");
   m.def("cuda_built", &cuda_backend_built, "whether this build has the CUDA backend");
@@ -212,6 +238,11 @@ void bind_model(py::module_& m) {
       .def(py::init<const std::string&, int, int, int, const KVConfig&, const std::string&>(), py::arg("path"),
            py::arg("n_ctx") = 0, py::arg("n_threads") = 0, py::arg("n_batch") = 512, py::arg("kv") = KVConfig{},
            py::arg("device") = "cpu")
+      .def("sibling", [](const Engine& e, int n_ctx, int n_batch, const KVConfig& kv) {
+             py::gil_scoped_release nogil;
+             return std::make_unique<Engine>(e, n_ctx, n_batch, kv);
+           }, py::arg("n_ctx") = -1, py::arg("n_batch") = 512, py::arg("kv") = KVConfig{},
+           "a new context over this engine's model and thread pool (CPU), batchable with it by decode_batch")
       .def("kv_stats", &Engine::kv_stats)
       .def("kv_positions", &Engine::kv_positions)
       .def("kv_rows", &Engine::kv_rows, py::arg("layer"), py::arg("kv_head"),
@@ -295,6 +326,58 @@ void bind_model(py::module_& m) {
       fail(ErrorKind::InvalidArgument, "mask must be a 1-D int32 array of at least ceil(n_vocab / 32) words");
     return reinterpret_cast<const uint32_t*>(a.data());
   };
+  m.def("decode_batch", [](const std::vector<Engine*>& es, const std::vector<int32_t>& tokens) {
+    if (es.size() != tokens.size())
+      fail(ErrorKind::InvalidArgument, "decode_batch: " + std::to_string(es.size()) + " engines but " + std::to_string(tokens.size()) + " tokens");
+    std::vector<Context*> cs;
+    for (Engine* e : es) {
+      if (!e || !e->ctx->cpu()) fail(ErrorKind::Unsupported, "decode_batch runs CPU contexts only");
+      cs.push_back(e->ctx->cpu());
+    }
+    py::gil_scoped_release nogil;
+    Context::decode_batch(cs, tokens.data());
+  }, py::arg("engines"), py::arg("tokens"),
+        "One batched decode step: appends tokens[i] to engines[i] (siblings sharing one model and thread pool)");
+
+  py::class_<PyGroup>(m, "SequenceGroup")
+      .def(py::init([](const Engine& e, int n_ctx, int n_threads, int n_batch, const KVConfig& kv, uint64_t kv_limit,
+                       const std::string& device) {
+             ContextParams p;
+             p.n_ctx = n_ctx == -1 ? std::min<int32_t>(kDefaultPythonCtx, e.model->hparams().n_ctx_train) : n_ctx;
+             p.n_threads = n_threads;
+             p.n_batch = n_batch;
+             p.kv = kv;
+             auto g = std::make_unique<PyGroup>();
+             g->model = e.model;
+             g->g = std::make_unique<SequenceGroup>(*e.model, p, kv_limit, device);
+             return g;
+           }), py::arg("engine"), py::arg("n_ctx") = -1, py::arg("n_threads") = 0, py::arg("n_batch") = 512,
+           py::arg("kv") = KVConfig{}, py::arg("kv_limit") = 0, py::arg("device") = "cpu")
+      .def("add", [](PyGroup& g, int64_t id, const std::vector<int32_t>& t) {
+        py::gil_scoped_release nogil;
+        g.g->add(id, t.data(), (int64_t)t.size());
+      }, py::arg("id"), py::arg("tokens"))
+      .def("remove", [](PyGroup& g, int64_t id) { g.g->remove(id); }, py::arg("id"))
+      .def("step", [](PyGroup& g, const std::vector<int64_t>& ids, const std::vector<int32_t>& tokens) {
+        if (ids.size() != tokens.size())
+          fail(ErrorKind::InvalidArgument, "step: " + std::to_string(ids.size()) + " ids but " + std::to_string(tokens.size()) + " tokens");
+        {
+          py::gil_scoped_release nogil;
+          g.g->step(ids.data(), tokens.data(), (int64_t)ids.size());
+        }
+        const int64_t V = g.model->hparams().n_vocab;
+        py::array_t<float> a({(int64_t)ids.size(), V});
+        for (size_t i = 0; i < ids.size(); ++i) std::copy_n(g.g->logits(ids[i]), V, a.mutable_data() + i * V);
+        return a;
+      }, py::arg("ids"), py::arg("tokens"), "one batched decode step; logits [len(ids), n_vocab]")
+      .def("logits", &PyGroup::logits, py::arg("id"))
+      .def("n_past", [](const PyGroup& g, int64_t id) { return g.g->sequence(id).n_past(); }, py::arg("id"))
+      .def("kv_bytes", [](const PyGroup& g, int64_t id) { return g.g->sequence(id).kv_bytes(); }, py::arg("id"))
+      .def_property_readonly("ids", [](const PyGroup& g) { return g.g->ids(); })
+      .def_property_readonly("kv_bytes_total", [](const PyGroup& g) { return g.g->kv_bytes(); })
+      .def_property_readonly("kv_limit", [](const PyGroup& g) { return g.g->kv_limit(); })
+      .def("__len__", [](const PyGroup& g) { return g.g->size(); });
+
   py::class_<Sampler>(m, "Sampler")
       .def(py::init([](float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
                        int repeat_last_n, uint64_t seed, float frequency_penalty, float presence_penalty,

@@ -10,9 +10,10 @@ from .grammar import LlamaGrammar
 from .kv import KVConfig
 from .llama import Llama
 from .model import Model, ModelState
+from .batching import SequenceGroup
 from .pool import PoolFullError, SequencePool
 from .examples import example_model
 
 __version__ = "0.1.0"
-__all__ = ["Model", "example_model", "ModelState", "Llama", "SequencePool", "PoolFullError", "LlamaGrammar", "KVConfig", "Error", "FormatError", "HeadkvIOError", "UnsupportedError", "InvalidArgumentError",
+__all__ = ["Model", "example_model", "ModelState", "Llama", "SequencePool", "SequenceGroup", "PoolFullError", "LlamaGrammar", "KVConfig", "Error", "FormatError", "HeadkvIOError", "UnsupportedError", "InvalidArgumentError",
            "OutOfMemoryError", "ContextFullError", "InternalError"]

@@ -57,6 +57,9 @@ class Model:
             span=..., probe=..., type_k=..., type_v=...``; ``kv_budget_bytes=N`` gives the budget as N bytes of
             kept entries in all (KVConfig.budget_bytes). Query-agnostic use (compress a document, ask later): ``probe="repeat"``,
             ``eval(document)``, then ``generate(question, reset=False)``.
+        share_with: another CPU model of the same file whose loaded weights and thread pool this one
+            uses (its n_threads apply), so that their decode steps can be batched together
+            (headkv.batching, SequencePool).
         cache_prompt: prefix reuse (as llama-cpp-python and llama-server do). A prompt that starts with
             tokens the context already holds evaluates only the rest: for the full cache the longest
             common prefix (same results as a fresh run); for a compressing method, when the prompt
@@ -67,7 +70,7 @@ class Model:
     def __init__(self, model_path: Union[str, os.PathLike], n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
                  n_batch: int = 512, device: str = "cpu", verbose: bool = False, kv: Optional[KVConfig] = None,
                  kv_method: Optional[str] = None, kv_budget: Optional[int] = None, cache_prompt: bool = True,
-                 kv_budget_bytes: Optional[int] = None, **kv_kwargs):
+                 kv_budget_bytes: Optional[int] = None, share_with: Optional["Model"] = None, **kv_kwargs):
         if device == "auto":  # as the CLI's --device auto: the GPU when one is usable
             device = "cuda" if _core.cuda_built() and _core.cuda_device_count() > 0 else "cpu"
         if device not in ("cpu", "cuda", "cuda-fp32"):
@@ -105,8 +108,18 @@ class Model:
         if isinstance(kv.probe, str) and kv.probe:  # probe text: tokenized with the model's vocabulary
             tok = _core.Tokenizer(self.model_path)
             tokenize = lambda s: tok.encode(s, False, False)  # noqa: E731
-        self._e = _core.Engine(self.model_path, -1 if n_ctx is None else n_ctx, n_threads or 0, n_batch,
-                               kv.native(tokenize), device)
+        if share_with is not None:  # the other model's weights and thread pool (n_threads is theirs)
+            if device != "cpu" or share_with.device != "cpu":
+                raise UnsupportedError("share_with (batched decoding) needs CPU models")
+            if os.path.realpath(share_with.model_path) != os.path.realpath(self.model_path):
+                raise InvalidArgumentError("share_with must be a model of the same file")
+            self._e = share_with._e.sibling(-1 if n_ctx is None else n_ctx, n_batch, kv.native(tokenize))
+        else:
+            self._e = _core.Engine(self.model_path, -1 if n_ctx is None else n_ctx, n_threads or 0, n_batch,
+                                   kv.native(tokenize), device)
+        # headkv.batching.BatchDecoder that merges this model's one-token decode evals with those of
+        # the models sharing its weights (set by SequencePool); None: each eval runs alone.
+        self._decoder = None
         self.verbose = verbose
         self.cache_prompt = bool(cache_prompt)
         self.n_reused = 0  # prompt tokens the last generate()/completion took from the context (prefix reuse)
@@ -292,6 +305,18 @@ class Model:
             self._e.eval(tokens, False)
             self._epoch += 1
             epoch = self._epoch
+        decoder = self._decoder
+        if decoder is not None:
+            decoder.enter()
+        try:
+            yield from self._decode(epoch, sampler, max_tokens, decoder)
+        finally:
+            if decoder is not None:
+                decoder.leave()
+
+    def _decode(self, epoch, sampler, max_tokens, decoder) -> Iterator[int]:
+        """generate()'s loop after the prompt: sample, yield, evaluate the token (through the batch
+        decoder when one is set)."""
         produced = 0
         while max_tokens is None or produced < max_tokens:
             with self._lock:
@@ -308,12 +333,15 @@ class Model:
                     self._last_stop = "length"
                     return
                 try:
-                    self._e.eval([tok], False)
+                    if decoder is not None:
+                        decoder.eval_one(self._e, tok)
+                    else:
+                        self._e.eval([tok], False)
                 except ContextFullError:  # a compressed head's decode slots are used up; nothing changed
                     self._last_stop = "kv_full"
                     warnings.warn(f"generation stopped: the compressed KV cache's decode room ({self._e.kv_stats()['capacity'].min()} "
                                   f"entries per head, prompt included) is used up; raise KVConfig.max_new_tokens "
-                                  f"or pass a larger max_tokens", RuntimeWarning, stacklevel=3)
+                                  f"or pass a larger max_tokens", RuntimeWarning, stacklevel=4)
                     return
                 self._epoch += 1
                 epoch = self._epoch

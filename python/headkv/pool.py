@@ -1,7 +1,11 @@
 """``headkv.SequencePool``: several sequences of one model, handed out to requests.
 
-Today each sequence is a :class:`headkv.Llama` of its own (its own context; the engine does not
-yet decode several sequences in one batched step), all with the same options. A request takes a
+Each sequence is a :class:`headkv.Llama` of its own (its own context), all with the same options.
+On the CPU (``batch=True``, the default) they share one loaded model and one thread pool, and the
+one-token decode steps of the requests generating at the same time run as one batched step
+(headkv.batching: each weight matrix read once for all of them, attention per sequence); each
+request keeps its own sampling, grammar and stop handling. Elsewhere (a GPU device, ``batch=False``)
+each sequence decodes alone in its thread. A request takes a
 free sequence, preferring the one whose cached tokens share the longest prefix with its prompt
 (the engine's prefix reuse, ``cache_prompt``, then evaluates only the rest); among equals the one
 used least recently. When none is free the request waits in a bounded FIFO queue, or is refused
@@ -11,7 +15,7 @@ The interface is small so that a batched core can replace what sits under it: ``
 ``release`` (sync, or ``acquire_async`` from an event loop), ``stream`` (async: acquire, run a
 function of the sequence's model in a worker thread and stream what it yields, release), and the
 batch calls ``create_completions`` / ``create_chat_completions`` (several requests in, results out,
-run in threads over the separate contexts)."""
+run in threads over the contexts)."""
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterable, Optional
 
+from .batching import BatchDecoder
 from .errors import Error, InvalidArgumentError
 from .llama import Llama
+from .model import Model
 
 
 class PoolFullError(Error):
@@ -64,22 +70,33 @@ _END, _ITEM, _ERR = range(3)
 
 class SequencePool:
     """``n_seq`` sequences of ``model_path``, each a ``cls`` (default :class:`headkv.Llama`) built
-    with ``model_kwargs`` (``n_ctx`` is the context per sequence). ``n_threads`` defaults to half
-    the CPUs shared among the sequences (at least 1 each). ``max_queue``: requests that may wait
-    for a sequence; ``queue_timeout``: seconds a request waits at most (None: no limit)."""
+    with ``model_kwargs`` (``n_ctx`` is the context per sequence). ``batch``: batched decode steps
+    on the CPU (one model and one thread pool of ``n_threads`` threads, default half the CPUs); off,
+    or on a GPU, ``n_threads`` defaults to half the CPUs shared among the sequences (at least 1
+    each). ``max_queue``: requests that may wait for a sequence; ``queue_timeout``: seconds a request
+    waits at most (None: no limit)."""
 
     def __init__(self, model_path, n_seq: int = 1, *, max_queue: int = 64, queue_timeout: Optional[float] = None,
-                 cls=Llama, **model_kwargs):
+                 cls=Llama, batch: bool = True, **model_kwargs):
         if not isinstance(n_seq, int) or n_seq < 1:
             raise InvalidArgumentError(f"n_seq must be an integer >= 1, got {n_seq!r}")
         if not isinstance(max_queue, int) or max_queue < 0:
             raise InvalidArgumentError(f"max_queue must be an integer >= 0, got {max_queue!r}")
+        batch = (batch and n_seq > 1 and isinstance(cls, type) and issubclass(cls, Model)
+                 and model_kwargs.get("device") in (None, "cpu", "auto") and not model_kwargs.get("n_gpu_layers"))
         if model_kwargs.get("n_threads") is None:
-            model_kwargs["n_threads"] = max(1, (os.cpu_count() or 2) // 2 // n_seq)
+            model_kwargs["n_threads"] = max(1, (os.cpu_count() or 2) // 2 // (1 if batch else n_seq))
         if cls is Llama:
             model_kwargs.setdefault("verbose", False)
         self.model_path = os.fspath(model_path)
-        self.sequences = [Sequence(i, cls(model_path, **model_kwargs)) for i in range(n_seq)]
+        first = cls(model_path, **model_kwargs)
+        # The batch decoder merges the decode steps of the sequences generating at the same time.
+        self.decoder = BatchDecoder() if batch and first.device == "cpu" else None
+        models = [first] + [cls(model_path, **model_kwargs, **({"share_with": first} if self.decoder else {}))
+                            for _ in range(n_seq - 1)]
+        for m in models:
+            m._decoder = self.decoder
+        self.sequences = [Sequence(i, m) for i, m in enumerate(models)]
         for s in self.sequences:
             self._read_kv(s)
         self.max_queue, self.queue_timeout = max_queue, queue_timeout
@@ -314,7 +331,9 @@ class SequencePool:
                     "requests": self.n_requests, "refused": self.n_refused,
                     "tokens_generated": self.n_tokens_generated, "busy_seconds": busy,
                     "tokens_per_second": self.n_tokens_generated / busy if busy > 0 else 0.0,
-                    "kv_bytes_total": sum(s["kv_bytes"] for s in seqs), "sequences": seqs}
+                    "kv_bytes_total": sum(s["kv_bytes"] for s in seqs), "sequences": seqs,
+                    "batched_steps": self.decoder.n_steps if self.decoder else 0,
+                    "batched_tokens": self.decoder.n_rows if self.decoder else 0}
 
     def close(self) -> None:
         """Waits for running generations and stops the worker threads."""

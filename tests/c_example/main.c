@@ -1,7 +1,9 @@
 /* Loads a model, tokenizes a prompt, evaluates it and greedy-generates N tokens through the
  * public C API; prints one token id per line on stdout and the text on stderr. The prompt's state is
  * saved after its eval and restored after generating; generating again from it must repeat the
- * tokens (exit 3 otherwise).
+ * tokens (exit 3 otherwise). On the CPU a sequence group then decodes the prompt again beside a second
+ * sequence (its first half), one batched step for both: the first must repeat the tokens (exit 4
+ * otherwise), and a step naming an unknown sequence must fail without changing either (exit 5).
  * usage: app MODEL PROMPT N [DEVICE]   (DEVICE: cpu (default), cuda, cuda-fp32) */
 #include <headkv/headkv.h>
 
@@ -70,6 +72,33 @@ int main(int argc, char** argv) {
       return 3;
     }
     if (i + 1 < n_out && hk_eval(ctx, &best, 1) != HK_OK) return fail("eval");
+  }
+  if (argc == 4 || strcmp(argv[4], "cpu") == 0) {
+    hk_group* g = NULL;
+    if (hk_group_new(model, &cp, 0, &g) != HK_OK) return fail("group");
+    if (hk_group_add(g, 7, ids, n) != HK_OK || hk_group_add(g, 9, ids, (n + 1) / 2) != HK_OK) return fail("group add");
+    for (int i = 0; i < n_out; ++i) {
+      int32_t next[2];
+      const int64_t seq[2] = {7, 9};
+      for (int s = 0; s < 2; ++s) {
+        const float* logits = hk_group_logits(g, seq[s]);
+        next[s] = 0;
+        for (int32_t t = 1; t < n_vocab; ++t)
+          if (logits[t] > logits[next[s]]) next[s] = t;
+      }
+      if (next[0] != out[i]) {
+        fprintf(stderr, "app: batched token %d is %d, alone it was %d\n", i, next[0], out[i]);
+        return 4;
+      }
+      const int64_t bad[2] = {7, 8};
+      const int32_t past = hk_group_n_past(g, 7);
+      if (hk_group_step(g, bad, next, 2) != HK_ERR_INVALID_ARGUMENT || hk_group_n_past(g, 7) != past) {
+        fprintf(stderr, "app: a step with an unknown sequence did not fail cleanly\n");
+        return 5;
+      }
+      if (i + 1 < n_out && hk_group_step(g, seq, next, 2) != HK_OK) return fail("group step");
+    }
+    hk_group_free(g);
   }
   free(out);
   free(state);

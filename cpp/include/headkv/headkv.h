@@ -129,6 +129,32 @@ int hk_cuda_device_count(void);
 /* Restarts the peak of hk_context_peak_device_bytes at the bytes allocated now. */
 void hk_reset_peak_device_bytes(void);
 
+/* ---- sequence groups (CPU backend) ----
+ * Several sequences over one model and one thread pool, decoded together: hk_group_step appends one
+ * token to each named sequence, reading every weight matrix once for all of them (attention per
+ * sequence over its own KV). A sequence joins with hk_group_add (its prompt evaluated alone) and
+ * leaves with hk_group_remove, between steps. Each sequence's logits equal a separate context's up to
+ * the matrix products' summation order. */
+typedef struct hk_group hk_group;
+/* Every sequence gets a context of `params` (NULL: defaults; n_threads sizes the group's one thread
+ * pool); device must be the CPU (HK_ERR_UNSUPPORTED otherwise). kv_limit_bytes > 0 bounds the KV
+ * bytes of all sequences together. */
+hk_status hk_group_new(const hk_model* model, const hk_context_params* params, uint64_t kv_limit_bytes,
+                       hk_group** out);
+void hk_group_free(hk_group* group);
+/* Adds sequence `id` and evaluates its prompt. HK_ERR_INVALID_ARGUMENT: id in use, empty prompt, token
+ * outside the vocabulary; HK_ERR_CONTEXT_FULL: the prompt does not fit; HK_ERR_OUT_OF_MEMORY: its KV
+ * would pass the group's limit (refused before its prefill). Nothing is added on error. */
+hk_status hk_group_add(hk_group* group, int64_t id, const int32_t* prompt, size_t n);
+hk_status hk_group_remove(hk_group* group, int64_t id); /* HK_ERR_INVALID_ARGUMENT: unknown id */
+/* Appends tokens[i] to sequence ids[i] (i < n) in one batched step. Unknown or repeated ids, tokens
+ * outside the vocabulary and full sequences fail before any sequence changes. */
+hk_status hk_group_step(hk_group* group, const int64_t* ids, const int32_t* tokens, size_t n);
+/* Last logits of a sequence (n_vocab floats, valid until its next step); NULL for an unknown id. */
+const float* hk_group_logits(const hk_group* group, int64_t id);
+int32_t hk_group_n_past(const hk_group* group, int64_t id); /* -1 for an unknown id */
+uint64_t hk_group_kv_bytes(const hk_group* group);          /* all sequences' KV together */
+
 /* ---- sampling ---- */
 typedef struct hk_sampler_params {
   float temperature;    /* <= 0: greedy */

@@ -8,6 +8,7 @@
 #include <new>
 #include <string>
 
+#include "backend/group.h"
 #include "backend/session.h"
 #include "common/error.h"
 #include "generate/sampler.h"
@@ -19,6 +20,9 @@ struct hk_model {
 };
 struct hk_context {
   std::unique_ptr<headkv::Session> c;
+};
+struct hk_group {
+  std::unique_ptr<headkv::SequenceGroup> g;
 };
 struct hk_sampler {
   std::unique_ptr<headkv::Sampler> s;
@@ -48,6 +52,30 @@ hk_status guard(F&& f) {
 hk_status null_arg(const char* what) {
   g_last_error = std::string(what) + " must not be NULL";
   return HK_ERR_INVALID_ARGUMENT;
+}
+// The engine's context parameters of hk_context_params.
+headkv::ContextParams to_params(const hk_context_params& d) {
+  headkv::ContextParams cp;
+  cp.n_ctx = d.n_ctx;
+  cp.n_threads = d.n_threads;
+  cp.n_batch = d.n_batch;
+  if (d.kv_method) cp.kv.method = d.kv_method;
+  cp.kv.budget = d.kv_budget;
+  cp.kv.window = d.kv_window;
+  cp.kv.beta = d.kv_beta;
+  cp.kv.kernel = d.kv_kernel;
+  cp.kv.max_pool = d.kv_avg_pool == 0;
+  if (d.kv_scores) cp.kv.scores = d.kv_scores;
+  cp.kv.max_new_tokens = d.kv_max_new_tokens;
+  cp.kv.span = d.kv_span;
+  if (d.kv_n_probe && !d.kv_probe) headkv::fail(headkv::ErrorKind::InvalidArgument, "kv_n_probe > 0 with a NULL kv_probe");
+  if (d.kv_probe) cp.kv.probe.assign(d.kv_probe, d.kv_probe + d.kv_n_probe);
+  cp.kv.probe_echo = d.kv_probe_echo != 0;
+  cp.kv.adaptive = d.kv_adaptive != 0;
+  if (d.type_k) cp.kv.type_k = d.type_k;
+  if (d.type_v) cp.kv.type_v = d.type_v;
+  cp.kv.budget_bytes = d.kv_budget_bytes;
+  return cp;
 }
 }  // namespace
 
@@ -106,27 +134,8 @@ hk_status hk_context_new(const hk_model* model, const hk_context_params* p, hk_c
   if (!model || !out) return null_arg("model and out");
   *out = nullptr;
   return guard([&] {
-    headkv::ContextParams cp;
     const hk_context_params d = p ? *p : hk_context_default_params();
-    cp.n_ctx = d.n_ctx;
-    cp.n_threads = d.n_threads;
-    cp.n_batch = d.n_batch;
-    if (d.kv_method) cp.kv.method = d.kv_method;
-    cp.kv.budget = d.kv_budget;
-    cp.kv.window = d.kv_window;
-    cp.kv.beta = d.kv_beta;
-    cp.kv.kernel = d.kv_kernel;
-    cp.kv.max_pool = d.kv_avg_pool == 0;
-    if (d.kv_scores) cp.kv.scores = d.kv_scores;
-    cp.kv.max_new_tokens = d.kv_max_new_tokens;
-    cp.kv.span = d.kv_span;
-    if (d.kv_n_probe && !d.kv_probe) headkv::fail(headkv::ErrorKind::InvalidArgument, "kv_n_probe > 0 with a NULL kv_probe");
-    if (d.kv_probe) cp.kv.probe.assign(d.kv_probe, d.kv_probe + d.kv_n_probe);
-    cp.kv.probe_echo = d.kv_probe_echo != 0;
-    cp.kv.adaptive = d.kv_adaptive != 0;
-    if (d.type_k) cp.kv.type_k = d.type_k;
-    if (d.type_v) cp.kv.type_v = d.type_v;
-    cp.kv.budget_bytes = d.kv_budget_bytes;
+    const headkv::ContextParams cp = to_params(d);
     auto c = std::make_unique<hk_context>();
     c->c = std::make_unique<headkv::Session>(*model->m, cp, d.device ? d.device : "cpu");
     *out = c.release();
@@ -206,5 +215,54 @@ hk_status hk_sample(hk_sampler* s, const hk_context* ctx, int32_t* token) {
     *token = s->s->sample(lg, ctx->c->model().hparams().n_vocab, ctx->c->history());
   });
 }
+
+// ---- sequence groups ----
+hk_status hk_group_new(const hk_model* model, const hk_context_params* p, uint64_t kv_limit_bytes, hk_group** out) {
+  if (!model || !out) return null_arg("model and out");
+  *out = nullptr;
+  return guard([&] {
+    const hk_context_params d = p ? *p : hk_context_default_params();
+    auto g = std::make_unique<hk_group>();
+    g->g = std::make_unique<headkv::SequenceGroup>(*model->m, to_params(d), kv_limit_bytes, d.device ? d.device : "cpu");
+    *out = g.release();
+  });
+}
+
+void hk_group_free(hk_group* g) { delete g; }
+
+hk_status hk_group_add(hk_group* g, int64_t id, const int32_t* prompt, size_t n) {
+  if (!g || (!prompt && n)) return null_arg("group and prompt");
+  return guard([&] { g->g->add(id, prompt, (int64_t)n); });
+}
+
+hk_status hk_group_remove(hk_group* g, int64_t id) {
+  if (!g) return null_arg("group");
+  return guard([&] { g->g->remove(id); });
+}
+
+hk_status hk_group_step(hk_group* g, const int64_t* ids, const int32_t* tokens, size_t n) {
+  if (!g || !ids || !tokens) return null_arg("group, ids and tokens");
+  return guard([&] { g->g->step(ids, tokens, (int64_t)n); });
+}
+
+const float* hk_group_logits(const hk_group* g, int64_t id) {
+  if (!g) return nullptr;
+  try {
+    return g->g->logits(id);
+  } catch (const headkv::Error&) {
+    return nullptr;
+  }
+}
+
+int32_t hk_group_n_past(const hk_group* g, int64_t id) {
+  if (!g) return -1;
+  try {
+    return g->g->sequence(id).n_past();
+  } catch (const headkv::Error&) {
+    return -1;
+  }
+}
+
+uint64_t hk_group_kv_bytes(const hk_group* g) { return g ? g->g->kv_bytes() : 0; }
 
 }  // extern "C"

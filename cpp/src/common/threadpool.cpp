@@ -64,6 +64,7 @@ void ThreadPool::run_on_all(const std::function<void(int, int)>& fn) {
     fn(0, 1);
     return;
   }
+  std::lock_guard<std::mutex> call(call_mu_);
   job_ = &fn;
   pending_.store(n_threads_ - 1, std::memory_order_relaxed);
   {

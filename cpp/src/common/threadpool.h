@@ -28,7 +28,8 @@ class ThreadPool {
   // (chunks rounded to multiples of `grain`). Returns when all chunks are done.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
 
-  // Calls fn(thread_index, n_threads) once on every thread.
+  // Calls fn(thread_index, n_threads) once on every thread. Calls from several threads (contexts
+  // sharing one pool) take turns.
   void run_on_all(const std::function<void(int, int)>& fn);
 
  private:
@@ -39,6 +40,7 @@ class ThreadPool {
   // condition-variable wake-up would cost more than the job), then sleep on cv_; the caller
   // likewise spins, then sleeps on cv_done_ (spinning alone collapses when cores are oversubscribed).
   std::mutex mu_, mu_done_;
+  std::mutex call_mu_;  // one caller's job at a time
   std::condition_variable cv_, cv_done_;
   const std::function<void(int, int)>* job_ = nullptr;
   std::atomic<uint64_t> generation_{0};

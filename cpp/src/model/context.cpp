@@ -20,12 +20,22 @@ int default_threads(int n) {
 // Allocates a float buffer after checking the size against the memory available (common/alloc.h):
 // too large → OutOfMemory naming the requested and available bytes.
 void alloc(std::vector<float>& v, uint64_t n, const char* what) { checked_assign(v, n, what); }
+
+// n_threads, checked before the pool is made: 0 (hardware concurrency) .. 1024.
+int check_threads(int n) {
+  if (n < 0) fail(ErrorKind::InvalidArgument, "n_ctx, n_batch and n_threads must be >= 0");
+  if (n > 1024) fail(ErrorKind::InvalidArgument, "n_threads " + std::to_string(n) + " is too large");
+  return n;
+}
 }  // namespace
 
 Context::Context(const Model& model, const ContextParams& p)
-    : model_(model), hp_(model.hparams()), pool_(default_threads(p.n_threads)), kv_(p.kv) {
+    : model_(model),
+      hp_(model.hparams()),
+      pool_owner_(p.pool ? p.pool : std::make_shared<ThreadPool>(default_threads(check_threads(p.n_threads)))),
+      pool_(*pool_owner_),
+      kv_(p.kv) {
   check_context_params(p);
-  if (p.n_threads > 1024) fail(ErrorKind::InvalidArgument, "n_threads " + std::to_string(p.n_threads) + " is too large");
   type_k_ = parse_kv_type(kv_.type_k, "KV cache type (K)");
   type_v_ = parse_kv_type(kv_.type_v, "KV cache type (V)");
   check_kv_row(type_k_, hp_.head_dim, "KV cache type (K)");
@@ -156,13 +166,17 @@ const float* Context::logits() const {
   return logits_.data() + (size_t)(n_logit_rows_ - 1) * hp_.n_vocab;
 }
 
-void Context::eval(const int32_t* tokens, int64_t n, bool all_logits) {
+void Context::check_eval(const int32_t* tokens, int64_t n) const {
   check_eval_tokens(tokens, n, n_past_, compressing() ? -1 : n_ctx_, hp_.n_vocab);
   if (arena_) {  // decode room is the same for every head: check before touching anything
     for (int l = 0; l < hp_.n_layer; ++l)
       for (int g = 0; g < hp_.n_head_kv; ++g)
         if (arena_->used(l, g) + n > arena_->capacity(l, g)) fail_decode_room(n, kv_.max_new_tokens);
   }
+}
+
+void Context::eval(const int32_t* tokens, int64_t n, bool all_logits) {
+  check_eval(tokens, n);
   const uint64_t rows = all_logits ? (uint64_t)n : 1;
   if (logits_.size() < rows * hp_.n_vocab)
     alloc(logits_, checked_mul(rows, (uint64_t)hp_.n_vocab, "logits"),

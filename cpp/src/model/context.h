@@ -63,6 +63,9 @@ struct ContextParams {
   int32_t n_threads = 0;  // 0: hardware concurrency
   int32_t n_batch = 512;  // tokens per forward chunk
   KVConfig kv;
+  // Thread pool shared with other contexts (a batched decode step runs several contexts' sequences
+  // on one pool); null: the context makes its own of n_threads threads.
+  std::shared_ptr<ThreadPool> pool;
 };
 
 class Context {
@@ -78,6 +81,19 @@ class Context {
   // n_ctx bounds the full cache. A compressing method's prompt may be longer than n_ctx (it is
   // compressed layer by layer into the arena); its decode room is max_new_tokens per head.
   void eval(const int32_t* tokens, int64_t n, bool all_logits = false);
+  // One batched decode step: appends tokens[i] to seqs[i] for every i, as seqs[i]->eval(&tokens[i], 1)
+  // would, but runs each weight matrix once over the n rows together (attention per sequence over
+  // its own KV at its own position). The contexts must be distinct, over one Model and one thread
+  // pool (ContextParams::pool), past their compressed prompt, with the attention probe and embeddings
+  // off. Every sequence is checked before anything runs: on an error (InvalidArgument, ContextFull
+  // naming the sequence: ids[i] when given, else its index) no context changes. Logits per sequence: seqs[i]->logits().
+  // A row's logits equal a single eval's up to the matmul's summation order (several rows take the
+  // multi-token dot products, or from 16 rows the GEMM path).
+  static void decode_batch(const std::vector<Context*>& seqs, const int32_t* tokens, const int64_t* ids = nullptr);
+  // Bytes a compressed prompt's arena may take at most (0: no limit); a prompt whose arena would be
+  // larger fails with OutOfMemory before any layer runs (sequence-group admission).
+  void set_kv_limit(uint64_t bytes) { kv_limit_ = bytes; }
+  const std::shared_ptr<ThreadPool>& pool() const { return pool_owner_; }
   void reset();
   // Forgets the tokens at positions >= n_keep (prefix reuse: a new prompt that shares the first
   // n_keep tokens evaluates only the rest). Full cache: 0 <= n_keep <= n_past. Compressed: n_keep = 0
@@ -157,6 +173,13 @@ class Context {
     const void* k; const void* v; int64_t n_before; KVType tk = KVType::F32, tv = KVType::F32;
     int64_t ring = 0, window = 0;
   };
+  // Throws what eval() throws for tokens that do not fit or lie outside the vocabulary.
+  void check_eval(const int32_t* tokens, int64_t n) const;
+  // Layer il's attention of T new rows at positions n_past.. (q [T][n_head][head_dim], k/v
+  // [T][n_head_kv][head_dim]): stores their K/V in the full cache or the arena, then attends.
+  void attend(int il, int64_t T, const float* q, const float* k, const float* v, float* att);
+  // Token embeddings of T tokens into x [T][n_embd] (scaled as the architecture asks).
+  void embed(const int32_t* tokens, int64_t T, float* x) const;
   // hidden_out (optional): the chunk's final-norm hidden states, [T][n_embd].
   void forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out, float* hidden_out = nullptr);
   void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
@@ -186,7 +209,9 @@ class Context {
   const Model& model_;
   const LlamaHParams& hp_;
   int32_t n_ctx_ = 0, n_batch_ = 512, n_past_ = 0, n_prompt_ = 0;
-  ThreadPool pool_;
+  std::shared_ptr<ThreadPool> pool_owner_;
+  ThreadPool& pool_;
+  uint64_t kv_limit_ = 0;
   KVConfig kv_;
   BudgetMethod method_ = BudgetMethod::Full;
   std::optional<HeadScores> scores_;

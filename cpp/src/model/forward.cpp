@@ -231,13 +231,46 @@ void Context::final_logits(const float* x, int64_t rows, float* out) {
     for (int64_t i = 0; i < rows * w.rows; ++i) out[i] = c * std::tanh(out[i] / c);
 }
 
-void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out, float* hidden_out) {
-  const int64_t d = hp_.n_embd, hd = hp_.head_dim, nkv = hp_.n_head_kv;
+void Context::attend(int il, int64_t T, const float* q, const float* k, const float* v, float* att) {
+  const int64_t hd = hp_.head_dim, nkv = hp_.n_head_kv;
+  const bool local = hp_.is_swa(il);
+  if (arena_) {
+    for (int64_t t = 0; t < T; ++t)
+      for (int g = 0; g < nkv; ++g)
+        arena_->append(il, g, n_past_ + (int32_t)t, &k[(t * nkv + g) * hd], &v[(t * nkv + g) * hd]);
+    attention(q, T, [&](int g) {  // a sliding-window layer's entries are consecutive positions
+      KVView kv{arena_->k(il, g), arena_->v(il, g), arena_->used(il, g) - T, arena_->type_k(), arena_->type_v()};
+      if (local) kv.window = hp_.n_swa;
+      return kv;
+    }, att);
+  } else {
+    for (int64_t t = 0; t < T; ++t)
+      for (int g = 0; g < nkv; ++g) {
+        store_kv_row(type_k_, &k[(t * nkv + g) * hd], hd, k_at(il, g, n_past_ + t));
+        store_kv_row(type_v_, &v[(t * nkv + g) * hd], hd, v_at(il, g, n_past_ + t));
+      }
+    probe_layer_ = probe_on_ ? il : -1;
+    attention(q, T, [&](int g) {
+      KVView kv{k_at(il, g, 0), v_at(il, g, 0), n_past_, type_k_, type_v_};
+      if (local) kv.ring = rows_[il], kv.window = hp_.n_swa;
+      return kv;
+    }, att);
+    probe_layer_ = -1;
+  }
+}
+
+void Context::embed(const int32_t* tokens, int64_t T, float* x) const {
+  const int64_t d = hp_.n_embd;
   const Weight& emb = model_.tok_embd();
   for (int64_t t = 0; t < T; ++t)
-    dequantize_row(emb.type, emb.data + (size_t)tokens[t] * emb.row_bytes, &x_[t * d], d);
+    dequantize_row(emb.type, emb.data + (size_t)tokens[t] * emb.row_bytes, &x[t * d], d);
   if (hp_.embd_scale != 1.0f)
-    for (int64_t i = 0; i < T * d; ++i) x_[i] *= hp_.embd_scale;
+    for (int64_t i = 0; i < T * d; ++i) x[i] *= hp_.embd_scale;
+}
+
+void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out, float* hidden_out) {
+  const int64_t d = hp_.n_embd;
+  embed(tokens, T, x_.data());
   // RoPE tables of the global layers and, where there are any, of the sliding-window layers.
   const int il_global = hp_.first_layer(false), il_local = hp_.first_layer(true);
   if (il_global >= 0) rope_tables(il_global, n_past_, T, rope_cos_, rope_sin_);
@@ -251,29 +284,7 @@ void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* 
     const bool local = hp_.is_swa(il);
     qkv(il, x_.data(), T, xn_.data(), q_.data(), kc_.data(), vc_.data(), (local ? rope_cos_swa_ : rope_cos_).data(),
         (local ? rope_sin_swa_ : rope_sin_).data());
-    if (arena_) {
-      for (int64_t t = 0; t < T; ++t)
-        for (int g = 0; g < nkv; ++g)
-          arena_->append(il, g, n_past_ + (int32_t)t, &kc_[(t * nkv + g) * hd], &vc_[(t * nkv + g) * hd]);
-      attention(q_.data(), T, [&](int g) {  // a sliding-window layer's entries are consecutive positions
-        KVView kv{arena_->k(il, g), arena_->v(il, g), arena_->used(il, g) - T, arena_->type_k(), arena_->type_v()};
-        if (local) kv.window = hp_.n_swa;
-        return kv;
-      }, att_.data());
-    } else {
-      for (int64_t t = 0; t < T; ++t)
-        for (int g = 0; g < nkv; ++g) {
-          store_kv_row(type_k_, &kc_[(t * nkv + g) * hd], hd, k_at(il, g, n_past_ + t));
-          store_kv_row(type_v_, &vc_[(t * nkv + g) * hd], hd, v_at(il, g, n_past_ + t));
-        }
-      probe_layer_ = probe_on_ ? il : -1;
-      attention(q_.data(), T, [&](int g) {
-        KVView kv{k_at(il, g, 0), v_at(il, g, 0), n_past_, type_k_, type_v_};
-        if (local) kv.ring = rows_[il], kv.window = hp_.n_swa;
-        return kv;
-      }, att_.data());
-      probe_layer_ = -1;
-    }
+    attend(il, T, q_.data(), kc_.data(), vc_.data(), att_.data());
     out_and_mlp(il, att_.data(), T, x_.data(), xn_.data());
   }
 

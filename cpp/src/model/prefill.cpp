@@ -158,6 +158,14 @@ void Context::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool a
   // Arena sized once, before any layer runs: kept prefix + window + decode room per head.
   std::vector<int64_t> capacity(plan_->cap.size());
   for (size_t i = 0; i < capacity.size(); ++i) capacity[i] = (int64_t)plan_->cap[i] + plan_->window + kv_.max_new_tokens;
+  if (kv_limit_) {  // admission (sequence groups): refused before anything is allocated
+    uint64_t entries = 0;
+    for (int64_t c : capacity) entries += (uint64_t)c;
+    const uint64_t bytes = entries * KVArena::entry_bytes((int)hd, type_k_, type_v_);
+    if (bytes > kv_limit_)
+      fail(ErrorKind::OutOfMemory, "the compressed KV of this prompt needs " + std::to_string(bytes) + " bytes, " +
+                                       std::to_string(kv_limit_) + " are left under the KV limit");
+  }
   arena_ = std::make_unique<KVArena>(hp_.n_layer, (int)nkv, (int)hd, capacity, type_k_, type_v_);
 
   {  // the prompt's activations and one layer's full K/V, checked before anything is allocated
@@ -170,11 +178,7 @@ void Context::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool a
   std::vector<float> K(nkv * N * hd), V(nkv * N * hd);      // this layer's full K/V, head-major
   std::vector<float> cs, sn;
   prefill_peak_kv_bytes_ = (uint64_t)(kc.size() + vc.size() + K.size() + V.size()) * sizeof(float) + arena_->bytes();
-  const Weight& emb = model_.tok_embd();
-  for (int64_t t = 0; t < N; ++t)
-    dequantize_row(emb.type, emb.data + (size_t)tokens[t] * emb.row_bytes, &x[t * d], d);
-  if (hp_.embd_scale != 1.0f)
-    for (int64_t i = 0; i < N * d; ++i) x[i] *= hp_.embd_scale;
+  embed(tokens, N, x.data());
   std::vector<float> cs_swa, sn_swa;  // the sliding-window layers' RoPE
   if (const int il = hp_.first_layer(false); il >= 0) rope_tables(il, 0, N, cs, sn);
   if (const int il = hp_.first_layer(true); il >= 0) rope_tables(il, 0, N, cs_swa, sn_swa);

@@ -1,0 +1,139 @@
+"""Batched decoding of concurrently generating sequences (CPU).
+
+:class:`BatchDecoder` merges the one-token evals of several :class:`headkv.Model` s that share one
+loaded model and thread pool (``Model(..., share_with=first)``) into batched engine steps
+(``_core.decode_batch``: each weight matrix is read once for all of them, attention runs per
+sequence over its own KV). Each sequence keeps its own generation loop, sampler, grammar and stop
+handling in its own thread; only the forward pass is shared. A thread that evaluates a token waits
+until every sequence that is decoding has submitted its token (or ``gather_s`` passes: a sequence
+still prefilling or slow to sample is not waited for longer), then one of them runs the step for all.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+
+from . import _core
+from .errors import Error
+
+
+class _Slot:
+    __slots__ = ("engine", "token", "done", "error")
+
+    def __init__(self, engine, token):
+        self.engine, self.token, self.done, self.error = engine, int(token), False, None
+
+
+class BatchDecoder:
+    """Combines ``eval_one`` calls from threads into batched steps. Sequences call ``enter`` when
+    their decode loop starts and ``leave`` when it ends, so the decoder knows how many to wait for."""
+
+    def __init__(self, gather_s: float = 0.005):
+        self.gather_s = float(gather_s)
+        self._cv = threading.Condition()
+        self._pending: list = []
+        self._active = 0
+        self._running = False
+        self.n_steps = 0  # batched steps run (of more than one sequence), for stats and tests
+        self.n_rows = 0   # tokens evaluated through them
+
+    def enter(self) -> None:
+        with self._cv:
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._cv:
+            self._active -= 1
+            self._cv.notify_all()  # those waiting for this sequence's token stop waiting
+
+    def eval_one(self, engine, token: int) -> None:
+        """Appends ``token`` to ``engine``'s context (as ``engine.eval([token])``), batched with the
+        tokens other threads submit meanwhile. Raises what that eval would raise."""
+        slot = _Slot(engine, token)
+        with self._cv:
+            self._pending.append(slot)
+            self._cv.notify_all()
+            deadline = time.monotonic() + self.gather_s
+            while not slot.done:
+                now = time.monotonic()
+                if not self._running and (len(self._pending) >= self._active or now >= deadline):
+                    batch, self._pending = self._pending, []
+                    self._running = True
+                    self._cv.release()
+                    try:
+                        self._run(batch)
+                    finally:
+                        self._cv.acquire()
+                        self._running = False
+                        self._cv.notify_all()
+                else:
+                    self._cv.wait(None if self._running else max(deadline - now, 1e-4))
+        if slot.error is not None:
+            raise slot.error
+
+    def _run(self, batch: list) -> None:
+        try:
+            if len(batch) == 1:
+                batch[0].engine.eval([batch[0].token], False)
+            else:
+                _core.decode_batch([s.engine for s in batch], [s.token for s in batch])
+                self.n_steps += 1
+                self.n_rows += len(batch)
+        except Error:
+            # One sequence's token failed (a full context, say) and the step changed nothing: each
+            # is evaluated alone, so only that sequence sees its error.
+            for s in batch:
+                try:
+                    s.engine.eval([s.token], False)
+                except BaseException as e:
+                    s.error = e
+        except BaseException as e:
+            for s in batch:
+                s.error = e
+        for s in batch:
+            s.done = True
+
+
+class SequenceGroup:
+    """Sequences by id over ``model``'s loaded weights, decoded together (CPU; the C API's
+    ``hk_group_*``). ``add(id, tokens)`` evaluates a prompt alone and the sequence joins;
+    ``step(ids, tokens)`` appends one token to each named sequence in one batched step and returns
+    their logits ``[len(ids), n_vocab]``; ``remove(id)`` lets one go. Every sequence has a context
+    of ``n_ctx`` and the KV method of ``kv`` (default: the model's); ``n_threads`` sizes the group's
+    one thread pool. ``kv_limit_bytes`` > 0 bounds all sequences' KV together: a sequence that would
+    pass it is refused with OutOfMemoryError before its prefill. Bad ids, tokens outside the
+    vocabulary and full sequences raise typed errors before any sequence changes."""
+
+    def __init__(self, model, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, n_batch: int = 512,
+                 kv=None, kv_limit_bytes: int = 0):
+        kv = model.kv if kv is None else kv
+        self._g = _core.SequenceGroup(model._e, -1 if n_ctx is None else int(n_ctx), int(n_threads or 0), int(n_batch),
+                                      kv.native(None), int(kv_limit_bytes), model.device)
+
+    def add(self, id: int, tokens) -> None:
+        self._g.add(int(id), [int(t) for t in tokens])
+
+    def remove(self, id: int) -> None:
+        self._g.remove(int(id))
+
+    def step(self, ids, tokens) -> np.ndarray:
+        return self._g.step([int(i) for i in ids], [int(t) for t in tokens])
+
+    def logits(self, id: int) -> np.ndarray:
+        return self._g.logits(int(id))
+
+    def n_past(self, id: int) -> int:
+        return self._g.n_past(int(id))
+
+    def kv_bytes(self, id: Optional[int] = None) -> int:
+        return self._g.kv_bytes_total if id is None else self._g.kv_bytes(int(id))
+
+    @property
+    def ids(self) -> list:
+        return list(self._g.ids)
+
+    def __len__(self) -> int:
+        return len(self._g)

@@ -216,7 +216,9 @@ def sweep(args, llama_bench: str, headkv_bench: str) -> tuple[dict, dict, dict]:
                         lb = [llama_bench, *common, "-b", str(args.batch), "-ub", str(args.batch)]
                         if args.ngl is not None:
                             lb += ["-ngl", str(args.ngl)]
-                        hb = [headkv_bench, *common, "-b", str(args.batch), "--device", args.device]
+                        kv = ["-ctk", args.ctk, "-ctv", args.ctv]
+                        lb += kv + ["-fa", args.flash_attn] + args.llama_args.split()
+                        hb = [headkv_bench, *common, "-b", str(args.batch), "--device", args.device, *kv]
                         if args.bandwidth:
                             hb += ["--bandwidth", str(args.bandwidth)]
                         for cmd, store in ((lb, theirs), (hb, ours)):
@@ -279,6 +281,13 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda-arch", default=None, help="CMAKE_CUDA_ARCHITECTURES for --cuda, e.g. 90")
     ap.add_argument("-ngl", "--n-gpu-layers", dest="ngl", type=int, default=None, help="llama-bench -ngl")
     ap.add_argument("--device", default="cpu", help="headkv-bench --device")
+    ap.add_argument("-ctk", "--cache-type-k", dest="ctk", default="f16", help="KV cache type of K, both engines")
+    ap.add_argument("-ctv", "--cache-type-v", dest="ctv", default="f16", help="KV cache type of V, both engines")
+    ap.add_argument("-fa", "--flash-attn", dest="flash_attn", default="auto",
+                    help="llama-bench -fa on|off|auto (default auto, llama-bench's own default; a quantized V "
+                         "cache needs it on)")
+    ap.add_argument("--llama-args", default="",
+                    help="extra llama-bench arguments, e.g. '--repack 0' where its AMX path crashes")
     ap.add_argument("--bandwidth", type=float, default=None, help="headkv-bench --bandwidth GB/s")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="build parallelism")
     ap.add_argument("--llama-bench", default=None, help="use this llama-bench instead of building one")

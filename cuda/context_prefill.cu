@@ -67,14 +67,8 @@ void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const 
 void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool all_logits) {
   const int H = hp.n_head_kv, hd = hp.head_dim, nh = hp.n_head;
   const int64_t d = hp.n_embd;
-  BudgetParams bp;
-  bp.method = method;
-  bp.budget = kv.budget;
-  bp.window = kv.window;
-  bp.beta = kv.beta;
-  bp.temp = kv.temp;
   sel_scores.clear();
-  plan = plan_budget(bp, scores ? &*scores : nullptr, hp.n_layer, nh, H, n_prompt);
+  plan = plan_budget(budget_params(kv, method), scores ? &*scores : nullptr, hp.n_layer, nh, H, n_prompt);
   plan->layer_pooled = layer_pooled();
   std::vector<int64_t> cap(plan->cap.size());
   for (size_t i = 0; i < cap.size(); ++i) cap[i] = (int64_t)plan->cap[i] + plan->window + kv.max_new_tokens;

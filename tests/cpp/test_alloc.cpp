@@ -11,17 +11,6 @@
 
 using namespace headkv;
 
-template <class F>
-static std::string error_of(F&& f, ErrorKind want) {
-  try {
-    f();
-  } catch (const Error& e) {
-    CHECK(e.kind() == want);
-    return e.what();
-  }
-  CHECK(!"no error thrown");
-  return "";
-}
 
 int main() {
   CHECK(checked_mul(1ull << 31, 1ull << 31, "x") == 1ull << 62);

@@ -9,18 +9,6 @@
 
 using namespace headkv;
 
-// The error's message, after checking its kind; "" (and a failure) when nothing was thrown.
-template <class F>
-static std::string error_of(F&& f, ErrorKind want) {
-  try {
-    f();
-  } catch (const Error& e) {
-    CHECK(e.kind() == want);
-    return e.what();
-  }
-  CHECK(!"no error thrown");
-  return "";
-}
 template <class F>
 static bool passes(F&& f) {
   try {

@@ -57,6 +57,8 @@ struct KVConfig {
 // The rows a compressed prefill runs through its layers: the prompt, then, when the layer's
 // selection is scored, the observation probe and (probe_echo) the prompt again. Both backends.
 std::vector<int32_t> prefill_rows(const KVConfig& kv, const int32_t* prompt, int64_t n_prompt, bool scored);
+// The budget parameters of a compressed prompt under `kv` (method, budget, window, β, temperature).
+BudgetParams budget_params(const KVConfig& kv, BudgetMethod method);
 
 struct ContextParams {
   int32_t n_ctx = 0;      // 0: the model's training context

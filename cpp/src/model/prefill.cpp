@@ -53,6 +53,16 @@ std::vector<int32_t> prefill_rows(const KVConfig& kv, const int32_t* prompt, int
   return rows;
 }
 
+BudgetParams budget_params(const KVConfig& kv, BudgetMethod method) {
+  BudgetParams bp;
+  bp.method = method;
+  bp.budget = kv.budget;
+  bp.window = kv.window;
+  bp.beta = kv.beta;
+  bp.temp = kv.temp;
+  return bp;
+}
+
 BudgetPlan Context::plan_compressed_layers(const BudgetParams& bp, int64_t n_prompt) const {
   const int nh = hp_.n_head, nkv = hp_.n_head_kv;
   if (!hp_.has_swa()) return plan_budget(bp, scores_ ? &*scores_ : nullptr, hp_.n_layer, nh, nkv, n_prompt);
@@ -138,13 +148,7 @@ void Context::select_layer(int il, const float* q_win, const float* K, const flo
 
 void Context::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool all_logits) {
   const int64_t d = hp_.n_embd, hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv;
-  BudgetParams bp;
-  bp.method = method_;
-  bp.budget = kv_.budget;
-  bp.window = kv_.window;
-  bp.beta = kv_.beta;
-  bp.temp = kv_.temp;
-  plan_ = plan_compressed_layers(bp, n_prompt);
+  plan_ = plan_compressed_layers(budget_params(kv_, method_), n_prompt);
   plan_->layer_pooled = layer_pooled();
   const bool scored = plan_->compressed && method_ != BudgetMethod::Streaming;
   const std::vector<int32_t> rows_tok = prefill_rows(kv_, prompt, n_prompt, scored);

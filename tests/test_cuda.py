@@ -13,9 +13,14 @@ Stated bounds:
   GPU's pooled score, the i-th position the CPU kept and the GPU dropped and the i-th the GPU kept
   and the CPU dropped score within rtol 1e-4 of each other (fp32 with another summation order).
 * 64 greedy tokens identical (full cache and a compressed cache, cuda-fp32).
+* Op level: tests/cuda/test_backend_ops.cu checks every CUDA kernel against the CPU's op, with
+  the bounds it states (test_backend_ops below builds and runs it).
 """
 import json
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -617,3 +622,44 @@ def test_model_families_on_gpu(tmp_path, smollm2, arch, extra):
     total = sum(len(a) for la in pc.kv_positions() for a in la)
     assert shared >= 0.98 * total, (shared, total)
     assert np.abs(pg.logits() - pc.logits()).max() / np.abs(pc.logits()).max() < 0.02
+
+
+def _nvcc():
+    return shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc",) if Path(p).exists()), None)
+
+
+def _gpu_arch():
+    """The first GPU's compute capability as CMake spells it ("90"), or the build's default."""
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                           text=True, timeout=60)
+        cap = r.stdout.split()[0].strip()
+        return cap.replace(".", "") if r.returncode == 0 and cap.replace(".", "").isdigit() else "90"
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "90"
+
+
+def test_backend_ops():
+    """Op-level checks (llama.cpp's test-backend-ops idea): tests/cuda/test_backend_ops.cu runs every
+    CUDA kernel on random inputs against the CPU's op and prints one line per case (op, shape/type,
+    error, bound, PASS/FAIL). Configured with CUDA and the C++ tests on and built into build/cuda-ops
+    (or HEADKV_CUDA_OPS_BUILD; reused between runs, so a second run only rebuilds what changed)."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("no nvcc: the op test is built from source")
+    from conftest import ROOT
+    build = Path(os.environ.get("HEADKV_CUDA_OPS_BUILD", ROOT / "build" / "cuda-ops"))
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    steps = [
+        ["cmake", "-S", str(ROOT), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release", "-DHEADKV_CUDA=ON",
+         "-DHEADKV_BUILD_TESTS=ON", f"-DHEADKV_CUDA_ARCHS={_gpu_arch()}", f"-DCMAKE_CUDA_COMPILER={nvcc}"],
+        ["cmake", "--build", str(build), "--target", "test_backend_ops", "-j", str(os.cpu_count() or 2)],
+    ]
+    for cmd in steps:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    r = subprocess.run([str(build / "test_backend_ops")], capture_output=True, text=True, timeout=900)
+    print(r.stdout)
+    failed = [line for line in r.stdout.splitlines() if line.rstrip().endswith("FAIL")]
+    assert r.returncode == 0 and not failed, "\n".join(failed[:40]) + "\n" + r.stdout[-2000:] + r.stderr[-2000:]
+    assert "cases passed (all)" in r.stdout

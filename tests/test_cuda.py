@@ -649,7 +649,8 @@ def test_backend_ops():
         pytest.skip("no nvcc: the op test is built from source")
     from conftest import ROOT
     build = Path(os.environ.get("HEADKV_CUDA_OPS_BUILD", ROOT / "build" / "cuda-ops"))
-    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    # a configured build directory keeps its generator; a new one takes Ninja where there is one
+    gen = ["-G", "Ninja"] if shutil.which("ninja") and not (build / "CMakeCache.txt").exists() else []
     steps = [
         ["cmake", "-S", str(ROOT), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release", "-DHEADKV_CUDA=ON",
          "-DHEADKV_BUILD_TESTS=ON", f"-DHEADKV_CUDA_ARCHS={_gpu_arch()}", f"-DCMAKE_CUDA_COMPILER={nvcc}"],

@@ -406,7 +406,7 @@ void check_matvec(cudaStream_t st) {
     }
 }
 
-// ---- weight rows (gemm.cu): embedding lookup and the prefill's dequantization
+// ---- weight rows and GEMM (gemm.cu): embedding lookup, the prefill's dequantization, cuBLAS
 
 void check_rows(cudaStream_t st) {
   std::mt19937 rng(7);
@@ -436,6 +436,35 @@ void check_rows(cudaStream_t st) {
     report("dequant_rows", fmt("%s rows 3..22 of %dx%d -> fp16", tname(t), rows, cols),
            nmax_err(from_f16(to_host(o16, dref.size(), "rows")), dref), kHalf);
   }
+}
+
+// cuBLAS through gemm.cu (the prefill's projections): C[t][r] = sum_c A[r][c] B[t][c] + beta C[t][r],
+// fp32 (pedantic) or fp16 inputs with fp32 accumulation; C's padding columns stay as they were.
+void check_gemm(cudaStream_t st) {
+  cu::blas_init(st);  // Unsupported without libcublas: reported as this op's error
+  std::mt19937 rng(12);
+  const int64_t m = 200, n = 37, k = 512, ldc = m + 8;
+  for (bool half : {false, true})
+    for (float beta : {0.0f, 1.0f}) {
+      const std::vector<float> A = normal(m * k, rng), B = normal(n * k, rng), C0 = normal(n * ldc, rng, 0.5f);
+      const std::vector<uint16_t> Ah = to_f16(A), Bh = to_f16(B);
+      const std::vector<float> Ar = half ? from_f16(Ah) : A, Br = half ? from_f16(Bh) : B;
+      std::vector<double> ref(C0.begin(), C0.end());
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t r = 0; r < m; ++r) {
+          double acc = 0.0;
+          for (int64_t c = 0; c < k; ++c) acc += (double)Ar[r * k + c] * Br[t * k + c];
+          ref[t * ldc + r] = acc + beta * (double)C0[t * ldc + r];
+        }
+      cu::DBuf<float> a32 = to_dev(A, "A"), b32 = to_dev(B, "B"), dc = to_dev(C0, "C");
+      cu::DBuf<uint16_t> a16 = to_dev(Ah, "A"), b16 = to_dev(Bh, "B");
+      cu::gemm_nt(half ? (const void*)a16.get() : a32.get(), half ? (const void*)b16.get() : b32.get(), dc.get(), m, n,
+                  k, ldc, beta, half, st);
+      sync(st, "gemm_nt");
+      report("gemm_nt", fmt("%lldx%lld x %lldx%lld ldc %lld beta %g %s", (long long)m, (long long)k, (long long)n,
+                            (long long)k, (long long)ldc, beta, half ? "fp16 in" : "fp32 in"),
+             nmax_err(to_host(dc, C0.size(), "C"), ref), half ? kAttn : kDot);
+    }
 }
 
 // ---- decode attention (decode_attn.cu): one query per head over the fp16 arena, split-K
@@ -794,6 +823,7 @@ int main() {
   group("matvec_qkv_rope", check_qkv_rope, st);
   group("matvec", check_matvec, st);
   group("embed/dequant rows", check_rows, st);
+  group("gemm_nt", check_gemm, st);
   group("decode_attention", check_decode_attention, st);
   group("flash_attention", check_flash_attention, st);
   group("window_scores", check_window_scores_topk, st);

@@ -787,6 +787,101 @@ void check_topk_exact(cudaStream_t st) {
     }
 }
 
+// The steps after top-k (select.cu), against the rules they implement (model/prefill.cpp keeps the
+// same positions on the CPU): streaming's sink + recent flags; each head's kept list (flagged
+// positions in order, then the window P .. n_keep-1); Ada-KV's segment offsets from the counts; the
+// kept K/V rows gathered into the arena (fp16) with their positions and counts.
+void check_compact_gather(cudaStream_t st) {
+  std::mt19937 rng(13);
+  const int nkv = 3, hd = 64;
+  const int64_t P = 700, n_keep = 708, N = 720, room = 5;
+  {  // streaming
+    const std::vector<int64_t> cap = {64, 30, 10}, sink = {4, 0, 10};
+    cu::DBuf<uint8_t> flags = dev_zeros<uint8_t>((size_t)nkv * P, "flags");
+    cu::streaming_flags(flags.get(), P, nkv, sink.data(), cap.data(), nullptr, st);
+    sync(st, "streaming_flags");
+    const auto got = kept(flags, nkv, P);
+    int64_t bad = 0;
+    for (int g = 0; g < nkv; ++g) {
+      std::vector<int32_t> want;
+      for (int64_t j = 0; j < sink[g]; ++j) want.push_back((int32_t)j);
+      for (int64_t j = P - (cap[g] - sink[g]); j < P; ++j) want.push_back((int32_t)j);
+      bad += want != got[g];
+    }
+    report("streaming_flags", "P=700 caps 64,30,10 sinks 4,0,10", (double)bad, 0.0);
+  }
+  for (bool half : {false, true}) {
+    std::vector<uint8_t> fl((size_t)nkv * P, 0);
+    for (int64_t j = 0; j < P; ++j) {
+      fl[j] = rng() % 3 == 0;             // head 1: nothing flagged (only the window is kept)
+      fl[2 * P + j] = rng() % 50 != 0;  // head 2: nearly everything
+    }
+    std::vector<std::vector<int32_t>> want(nkv);
+    for (int g = 0; g < nkv; ++g) {
+      for (int64_t j = 0; j < P; ++j)
+        if (fl[g * P + j]) want[g].push_back((int32_t)j);
+      for (int64_t j = P; j < n_keep; ++j) want[g].push_back((int32_t)j);
+    }
+    cu::DBuf<uint8_t> dfl = to_dev(fl, "flags");
+    cu::DBuf<int32_t> list = dev_zeros<int32_t>((size_t)nkv * N, "list"), count = dev_zeros<int32_t>(nkv, "count");
+    cu::compact_flags(dfl.get(), P, n_keep, N, nkv, list.get(), count.get(), st);
+    sync(st, "compact_flags");
+    const std::vector<int32_t> gl = to_host(list, (size_t)nkv * N, "list"), gc = to_host(count, nkv, "count");
+    int64_t bad = 0;
+    for (int g = 0; g < nkv; ++g)
+      bad += gc[g] != (int32_t)want[g].size() ||
+             !std::equal(want[g].begin(), want[g].end(), gl.begin() + (size_t)g * N);
+    report("compact_flags", fmt("P=%lld n_keep=%lld N=%lld, %d heads", (long long)P, (long long)n_keep, (long long)N, nkv),
+           (double)bad, 0.0);
+
+    std::vector<int64_t> off(nkv);
+    off[0] = 4;
+    for (int g = 0; g + 1 < nkv; ++g) off[g + 1] = off[g] + (int64_t)want[g].size() + room;
+    cu::DBuf<int64_t> dseg = to_dev(std::vector<int64_t>{4, -1, -1}, "segment offsets");
+    cu::layer_offsets(dseg.get(), count.get(), nkv, room, st);
+    sync(st, "layer_offsets");
+    report("layer_offsets", fmt("counts of compact_flags, room %lld", (long long)room),
+           (double)(to_host(dseg, nkv, "segment offsets") != off), 0.0);
+
+    const int64_t entries = off[nkv - 1] + (int64_t)want[nkv - 1].size() + room;
+    const std::vector<float> K = normal((size_t)nkv * N * hd, rng), V = normal((size_t)nkv * N * hd, rng);
+    const std::vector<uint16_t> Kh = to_f16(K), Vh = to_f16(V);
+    cu::DBuf<float> k32 = to_dev(K, "K"), v32 = to_dev(V, "V");
+    cu::DBuf<uint16_t> k16 = to_dev(Kh, "K"), v16 = to_dev(Vh, "V"),
+                       ak = dev_zeros<uint16_t>((size_t)entries * hd, "arena K"), av = dev_zeros<uint16_t>((size_t)entries * hd, "arena V");
+    cu::DBuf<int32_t> apos = to_dev(std::vector<int32_t>(entries, -1), "arena positions"),
+                      used = dev_zeros<int32_t>(nkv, "used");
+    int64_t max_count = 0;
+    for (const auto& w : want) max_count = std::max<int64_t>(max_count, (int64_t)w.size());
+    cu::gather_to_arena(list.get(), count.get(), N, nkv, hd, half ? (const void*)k16.get() : k32.get(),
+                        half ? (const void*)v16.get() : v32.get(), half, dseg.get(), hptr(ak), hptr(av), apos.get(),
+                        used.get(), max_count, st);
+    sync(st, "gather_to_arena");
+    const std::vector<float> gk = from_f16(to_host(ak, (size_t)entries * hd, "arena K")),
+                             gv = from_f16(to_host(av, (size_t)entries * hd, "arena V"));
+    const std::vector<int32_t> gp = to_host(apos, entries, "arena positions"), gu = to_host(used, nkv, "used");
+    std::vector<float> got, ref;
+    int64_t wrong = 0;
+    for (int g = 0; g < nkv; ++g) {
+      wrong += gu[g] != (int32_t)want[g].size();
+      for (size_t i = 0; i < want[g].size(); ++i) {
+        const int64_t e = off[g] + (int64_t)i, src = ((int64_t)g * N + want[g][i]) * hd;
+        wrong += gp[e] != want[g][i];
+        for (int d = 0; d < hd; ++d) {
+          got.push_back(gk[e * hd + d]);
+          ref.push_back(K[src + d]);
+          got.push_back(gv[e * hd + d]);
+          ref.push_back(V[src + d]);
+        }
+      }
+    }
+    const std::string what = fmt("%d heads, %lld/%lld/%lld kept, from %s", nkv, (long long)want[0].size(),
+                                 (long long)want[1].size(), (long long)want[2].size(), half ? "fp16" : "fp32");
+    report("gather_to_arena", what + " K/V", nmax_err(got, ref), kHalf);
+    report("gather_to_arena", what + " positions+used", (double)wrong, 0.0);
+  }
+}
+
 template <class F>
 void group(const char* name, F&& f, cudaStream_t st) {
   try {
@@ -828,6 +923,7 @@ int main() {
   group("flash_attention", check_flash_attention, st);
   group("window_scores", check_window_scores_topk, st);
   group("topk (exact)", check_topk_exact, st);
+  group("compact/gather", check_compact_gather, st);
   cudaStreamDestroy(st);
   std::printf("test_backend_ops: %d of %d cases passed%s\n", g_cases - g_failed, g_cases,
               g_failed ? "" : " (all)");

@@ -204,4 +204,27 @@ inline void ref_attend(const float* q, const float* K, const float* V, int64_t n
     for (int i = 0; i < hd; ++i) out[i] += s[j] / sum * V[j * hd + i];
 }
 
+const GGMLType kTypes[] = {GGMLType::F32,  GGMLType::F16,  GGMLType::BF16, GGMLType::Q4_0,
+                           GGMLType::Q4_1, GGMLType::Q5_0, GGMLType::Q5_1, GGMLType::Q8_0,
+                           GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K};
+// Types with int8-activation matvecs (matvec_q8x.cu).
+inline bool has_q8x(GGMLType t) {
+  return t == GGMLType::Q4_0 || t == GGMLType::Q4_1 || t == GGMLType::Q8_0 || t == GGMLType::Q4_K ||
+         t == GGMLType::Q5_K || t == GGMLType::Q6_K;
+}
+inline const char* tname(GGMLType t) {
+  static std::string s[64];
+  std::string& n = s[(int)t % 64];
+  if (n.empty()) n = headkv::type_name(t);
+  return n.c_str();
+}
+
+// Bounds. fp32 kernels doing the CPU's arithmetic (RMSNorm's double sum, RoPE's unfused products,
+// the decoders' d*q+m): 1e-6, i.e. a few ulps. fp32 dot products / attention in another summation
+// order: 5e-5 / 1e-4 (measured rounding is ~1e-6). A result stored as fp16: 1e-3 (half an fp16 ulp
+// is 4.9e-4 of the value). int8 activations (one scale per 32 values, llama.cpp's q8_1): 3e-2
+// (the quantization error of x is ~0.5% of a dot product). fp16 Q and softmax weights on tensor
+// cores (flash_attention_tc): 1e-2.
+constexpr double kExact = 1e-6, kDot = 5e-5, kAttn = 1e-4, kHalf = 1e-3, kInt8 = 3e-2, kAttnTc = 1e-2;
+
 }  // namespace opcheck

@@ -20,12 +20,14 @@ inline void check_matvec(cudaStream_t st) {
         if (q8x && !has_q8x(t)) continue;
         const double bound = q8x ? kInt8 : kDot;
         const char* xs = q8x ? "int8 x" : "fp32 x";
+        // what the kernel multiplies the weights by: x, or (one token) x quantized to int8 blocks
+        auto act = [&](const std::vector<float>& x) { return q8x ? q8_values(x.data(), nullptr, cols) : x; };
         // y = W x for T tokens (x rows ldx apart, y rows ldy apart); int8 activations: one token
         for (int T : {1, 5}) {
           if (q8x && T > 1) continue;
           const int64_t ldx = cols + 32, ldy = rows + 3;
           const std::vector<float> x = normal((size_t)T * ldx, rng);
-          const std::vector<double> ref = ref_matvec(w.deq, rows, cols, x.data(), ldx, T);
+          const std::vector<double> ref = ref_matvec(w.deq, rows, cols, act(x).data(), q8x ? cols : ldx, T);
           cu::DBuf<float> dx = to_dev(x, "x"), dy = dev_zeros<float>((size_t)T * ldy, "y");
           cu::matvec(w.w, nullptr, dx.get(), ldx, dy.get(), ldy, T, cu::MV_STORE, q8x, st);
           sync(st, "matvec");
@@ -39,7 +41,7 @@ inline void check_matvec(cudaStream_t st) {
         {  // y += W x
           const int T = q8x ? 1 : 2;
           const std::vector<float> x = normal((size_t)T * cols, rng), y0 = normal((size_t)T * rows, rng, 0.5f);
-          const std::vector<double> wx = ref_matvec(w.deq, rows, cols, x.data(), cols, T);
+          const std::vector<double> wx = ref_matvec(w.deq, rows, cols, act(x).data(), cols, T);
           std::vector<double> ref(wx.size());
           for (size_t i = 0; i < ref.size(); ++i) ref[i] = wx[i] + y0[i];
           cu::DBuf<float> dx = to_dev(x, "x"), dy = to_dev(y0, "y");
@@ -51,8 +53,8 @@ inline void check_matvec(cudaStream_t st) {
         for (int T : {1, 3}) {  // y = silu(W x) * (W2 x)
           if (q8x && T > 1) continue;
           const std::vector<float> x = normal((size_t)T * cols, rng);
-          const std::vector<double> a = ref_matvec(w.deq, rows, cols, x.data(), cols, T),
-                                    b = ref_matvec(w2.deq, rows, cols, x.data(), cols, T);
+          const std::vector<double> a = ref_matvec(w.deq, rows, cols, act(x).data(), cols, T),
+                                    b = ref_matvec(w2.deq, rows, cols, act(x).data(), cols, T);
           std::vector<float> ref(a.size());
           for (size_t i = 0; i < ref.size(); ++i) ref[i] = headkv::silu((float)a[i]) * (float)b[i];
           cu::DBuf<float> dx = to_dev(x, "x"), dy = dev_zeros<float>(ref.size(), "y");
@@ -64,6 +66,15 @@ inline void check_matvec(cudaStream_t st) {
         const std::vector<float> x = normal(cols, rng, 1.0f, 0.2f), nw = normal(cols, rng, 0.3f, 1.0f);
         std::vector<float> xn(cols);
         headkv::rms_norm(x.data(), nw.data(), xn.data(), cols, eps);
+        // RMSNorm fused: the CPU's normalized x, or x times the norm weight in int8 blocks with
+        // 1/rms applied to the dot products (as the int8 kernel does)
+        const std::vector<float> xin = q8x ? q8_values(x.data(), nw.data(), cols) : xn;
+        const double s = q8x ? rms_scale(x.data(), cols, eps) : 1.0;
+        auto norm_dot = [&](const DevWeight& dw, int64_t n_rows) {
+          std::vector<double> y = ref_matvec(dw.deq, n_rows, cols, xin.data(), cols, 1);
+          for (double& v : y) v *= s;
+          return y;
+        };
         cu::DBuf<float> dx = to_dev(x, "x"), dnw = to_dev(nw, "norm");
         {  // RMSNorm fused, three row segments (Q, K, V of one type)
           const cu::DW ws[3] = {w.w, w2.w, w3.w};
@@ -80,7 +91,7 @@ inline void check_matvec(cudaStream_t st) {
           std::vector<double> ref;
           for (int i = 0; i < 3; ++i) {
             const std::vector<float> g = to_host(ys[i], ws[i].rows, "y");
-            const std::vector<double> r = ref_matvec(hw[i]->deq, ws[i].rows, cols, xn.data(), cols, 1);
+            const std::vector<double> r = norm_dot(*hw[i], ws[i].rows);
             got.insert(got.end(), g.begin(), g.end());
             ref.insert(ref.end(), r.begin(), r.end());
           }
@@ -88,8 +99,7 @@ inline void check_matvec(cudaStream_t st) {
                  bound);
         }
         {  // RMSNorm fused, SwiGLU
-          const std::vector<double> a = ref_matvec(w.deq, rows, cols, xn.data(), cols, 1),
-                                    b = ref_matvec(w2.deq, rows, cols, xn.data(), cols, 1);
+          const std::vector<double> a = norm_dot(w, rows), b = norm_dot(w2, rows);
           std::vector<float> ref(rows);
           for (int i = 0; i < rows; ++i) ref[i] = headkv::silu((float)a[i]) * (float)b[i];
           cu::DBuf<float> dy = dev_zeros<float>(rows, "y");

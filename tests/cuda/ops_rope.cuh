@@ -192,9 +192,14 @@ inline void check_qkv_rope(cudaStream_t st) {
                                  inv = inv_freqs(hd, 10000.0f);
         std::vector<float> xn(cols), cs, sn;
         headkv::rms_norm(x.data(), nw.data(), xn.data(), cols, eps);
+        // int8 activations: x times the norm weight quantized as the kernel does, 1/rms applied after
+        const std::vector<float> xin = q8x ? q8_values(x.data(), nw.data(), cols) : xn;
+        const double s = q8x ? rms_scale(x.data(), cols, eps) : 1.0;
         auto proj = [&](const DevWeight& w, int rows) {
-          const std::vector<double> y = ref_matvec(w.deq, rows, cols, xn.data(), cols, 1);
-          return std::vector<float>(y.begin(), y.end());
+          const std::vector<double> y = ref_matvec(w.deq, rows, cols, xin.data(), cols, 1);
+          std::vector<float> out(y.size());
+          for (size_t i = 0; i < y.size(); ++i) out[i] = (float)(y[i] * s);
+          return out;
         };
         std::vector<float> rq = proj(wq, nh * hd), rk = proj(wk, nkv * hd), rv = proj(wv, nkv * hd);
         rope_tables(inv, pos0, 1, 1.0f, cs, sn);

@@ -163,7 +163,7 @@ inline void check_flash_attention(cudaStream_t st) {
         cu::DBuf<int64_t> dseg = to_dev(seg, "segments");
         cu::DBuf<int32_t> dlen = to_dev(seg_len, "segment lengths");
         const std::string what =
-            arena ? fmt("hd=%d heads %d/%d T=%d arena, keys before 0,100,33,250", hd, nh, nkv, T)
+            arena ? fmt("hd=%d heads %d/%d T=%d arena, keys before %s", hd, nh, nkv, T, nkv == 2 ? "0,100" : "0,100,33,250")
                   : fmt("hd=%d heads %d/%d T=%d layer, %lld keys before", hd, nh, nkv, T, (long long)l.n_before);
         for (int kernel = 0; kernel < 3; ++kernel) {  // fp32 K/V SIMT, fp16 K/V SIMT, fp16 tensor cores
           if (arena && kernel == 0) continue;            // the arena is fp16

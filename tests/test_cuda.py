@@ -628,6 +628,19 @@ def _nvcc():
     return shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc",) if Path(p).exists()), None)
 
 
+def _tool(name):
+    """cmake / ninja from PATH, or from the PyPI package of that name (its bin directory)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    try:
+        mod = __import__(name)
+    except ImportError:
+        return None
+    d = getattr(mod, "CMAKE_BIN_DIR", None) or getattr(mod, "BIN_DIR", None)
+    return str(Path(d) / name) if d and (Path(d) / name).exists() else None
+
+
 def _gpu_arch():
     """The first GPU's compute capability as CMake spells it ("90"), or the build's default."""
     try:
@@ -644,17 +657,17 @@ def test_backend_ops():
     CUDA kernel on random inputs against the CPU's op and prints one line per case (op, shape/type,
     error, bound, PASS/FAIL). Configured with CUDA and the C++ tests on and built into build/cuda-ops
     (or HEADKV_CUDA_OPS_BUILD; reused between runs, so a second run only rebuilds what changed)."""
-    nvcc = _nvcc()
-    if nvcc is None:
-        pytest.skip("no nvcc: the op test is built from source")
+    nvcc, cmake, ninja = _nvcc(), _tool("cmake"), _tool("ninja")
+    if nvcc is None or cmake is None:
+        pytest.skip("the op test is built from source and needs nvcc and cmake")
     from conftest import ROOT
     build = Path(os.environ.get("HEADKV_CUDA_OPS_BUILD", ROOT / "build" / "cuda-ops"))
     # a configured build directory keeps its generator; a new one takes Ninja where there is one
-    gen = ["-G", "Ninja"] if shutil.which("ninja") and not (build / "CMakeCache.txt").exists() else []
+    gen = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja and not (build / "CMakeCache.txt").exists() else []
     steps = [
-        ["cmake", "-S", str(ROOT), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release", "-DHEADKV_CUDA=ON",
+        [cmake, "-S", str(ROOT), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release", "-DHEADKV_CUDA=ON",
          "-DHEADKV_BUILD_TESTS=ON", f"-DHEADKV_CUDA_ARCHS={_gpu_arch()}", f"-DCMAKE_CUDA_COMPILER={nvcc}"],
-        ["cmake", "--build", str(build), "--target", "test_backend_ops", "-j", str(os.cpu_count() or 2)],
+        [cmake, "--build", str(build), "--target", "test_backend_ops", "-j", str(os.cpu_count() or 2)],
     ]
     for cmd in steps:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)

@@ -87,17 +87,17 @@ int main() {
     std::printf("test_backend_ops: no CUDA device, skipped\n");
     return 77;
   }
+  cudaStream_t st = nullptr;
   try {
     cu::require_supported_device();
+    cudaDeviceProp prop{};
+    cu::check(cudaGetDeviceProperties(&prop, 0), "device properties");
+    std::printf("test_backend_ops on %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+    cu::check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
   } catch (const std::exception& e) {
     std::printf("test_backend_ops: %s\n", e.what());
     return 1;
   }
-  cudaDeviceProp prop{};
-  cu::check(cudaGetDeviceProperties(&prop, 0), "device properties");
-  std::printf("test_backend_ops on %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
-  cudaStream_t st = nullptr;
-  cu::check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
   group("rms_norm", check_rms_norm, st);
   group("add_bias", check_add_bias, st);
   group("silu_mul", check_silu_mul, st);
@@ -111,7 +111,7 @@ int main() {
   group("window_scores", check_window_scores_topk, st);
   group("topk (exact)", check_topk_exact, st);
   group("compact/gather", check_compact_gather, st);
-  cudaStreamDestroy(st);
+  if (cudaStreamDestroy(st) != cudaSuccess) report_error("cudaStreamDestroy", "", cudaGetErrorString(cudaGetLastError()));
   std::printf("test_backend_ops: %d of %d cases passed%s\n", g_cases - g_failed, g_cases,
               g_failed ? "" : " (all)");
   return g_failed ? 1 : 0;

@@ -143,7 +143,10 @@ def test_llama_bench_runs_synthetic(tmp_path):
     out = tmp_path / "lb.gguf"
     s = msg.replace(msg.SHAPES["smollm2"], n_layer=2)
     msg.write_model(str(out), s, "q4_0", str(smollm2_path()), verbose=False)
-    p = subprocess.run([str(exe), "-m", str(out), "-p", "16", "-n", "4", "-r", "1", "-t", "2", "-o", "json"],
+    # --repack 0: llama.cpp's extra CPU buffers (AMX) crash where the CPU reports AMX but the kernel does
+    # not grant it (this project's VM); the file's loading and running is what is checked.
+    p = subprocess.run([str(exe), "-m", str(out), "-p", "16", "-n", "4", "-r", "1", "-t", "2", "-o", "json",
+                        "--repack", "0"],
                        check=True, capture_output=True, text=True, timeout=300)
     rows = json.loads(p.stdout)
     assert len(rows) == 2 and all(r["avg_ts"] > 0 for r in rows)

@@ -1,9 +1,7 @@
 #include "backend/group.h"
 
-#include <set>
-
 #include "common/error.h"
-#include "common/threadpool.h"
+#include "model/context_checks.h"
 
 namespace headkv {
 
@@ -11,10 +9,7 @@ SequenceGroup::SequenceGroup(const Model& model, const ContextParams& params, ui
     : model_(model), params_(params), kv_limit_(kv_limit) {
   if (device != "cpu")
     fail(ErrorKind::Unsupported, "sequence groups run on the CPU backend only (device '" + device + "')");
-  if (params_.n_threads < 0 || params_.n_threads > 1024)
-    fail(ErrorKind::InvalidArgument, "n_threads must be in [0, 1024], got " + std::to_string(params_.n_threads));
-  if (!params_.pool)
-    params_.pool = std::make_shared<ThreadPool>(params_.n_threads > 0 ? params_.n_threads : default_thread_count());
+  params_.pool = cpu_thread_pool(params_);  // one pool for every sequence of the group
 }
 
 Session& SequenceGroup::sequence(int64_t id) const {
@@ -68,12 +63,8 @@ void SequenceGroup::remove(int64_t id) {
 void SequenceGroup::step(const int64_t* ids, const int32_t* tokens, int64_t n) {
   if (n <= 0) fail(ErrorKind::InvalidArgument, "a step needs at least one sequence");
   std::vector<Context*> cs;
-  std::set<int64_t> seen;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!seen.insert(ids[i]).second) fail(ErrorKind::InvalidArgument, "sequence id " + std::to_string(ids[i]) + " appears twice in one step");
-    cs.push_back(sequence(ids[i]).cpu());
-  }
-  Context::decode_batch(cs, tokens, ids);
+  for (int64_t i = 0; i < n; ++i) cs.push_back(sequence(ids[i]).cpu());
+  Context::decode_batch(cs, tokens, ids);  // refuses a sequence given twice, naming its id
 }
 
 }  // namespace headkv

@@ -13,26 +13,17 @@
 namespace headkv {
 
 namespace {
-int default_threads(int n) {
-  return n > 0 ? n : default_thread_count();
-}
 
 // Allocates a float buffer after checking the size against the memory available (common/alloc.h):
 // too large → OutOfMemory naming the requested and available bytes.
 void alloc(std::vector<float>& v, uint64_t n, const char* what) { checked_assign(v, n, what); }
 
-// n_threads, checked before the pool is made: 0 (hardware concurrency) .. 1024.
-int check_threads(int n) {
-  if (n < 0) fail(ErrorKind::InvalidArgument, "n_ctx, n_batch and n_threads must be >= 0");
-  if (n > 1024) fail(ErrorKind::InvalidArgument, "n_threads " + std::to_string(n) + " is too large");
-  return n;
-}
 }  // namespace
 
 Context::Context(const Model& model, const ContextParams& p)
     : model_(model),
       hp_(model.hparams()),
-      pool_owner_(p.pool ? p.pool : std::make_shared<ThreadPool>(default_threads(check_threads(p.n_threads)))),
+      pool_owner_(cpu_thread_pool(p)),
       pool_(*pool_owner_),
       kv_(p.kv) {
   check_context_params(p);

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "common/threadpool.h"
 
 namespace headkv {
 
@@ -12,6 +13,13 @@ namespace {
 
 void check_context_params(const ContextParams& p) {
   if (p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0) bad("n_ctx, n_batch and n_threads must be >= 0");
+}
+
+std::shared_ptr<ThreadPool> cpu_thread_pool(const ContextParams& p) {
+  if (p.pool) return p.pool;
+  check_context_params(p);
+  if (p.n_threads > 1024) bad("n_threads " + std::to_string(p.n_threads) + " is too large");
+  return std::make_shared<ThreadPool>(p.n_threads > 0 ? p.n_threads : default_thread_count());
 }
 
 void check_kv_config(const KVConfig& kv, int32_t n_vocab) {

@@ -3,6 +3,7 @@
 // Each throws headkv::Error (InvalidArgument unless noted) and returns when the input is good.
 #pragma once
 #include <cstdint>
+#include <memory>
 
 #include "model/context.h"
 
@@ -10,6 +11,10 @@ namespace headkv {
 
 // n_ctx, n_batch and n_threads are >= 0 (0: the default).
 void check_context_params(const ContextParams& p);
+
+// The CPU thread pool of a context: p.pool when given (sequences sharing one), else a new pool of
+// p.n_threads threads (0: hardware concurrency), n_threads checked first (<= 1024).
+std::shared_ptr<ThreadPool> cpu_thread_pool(const ContextParams& p);
 
 // A compressing method's KV configuration: window >= 1, odd pooling kernel, max_new_tokens, sink and
 // span >= 0, Ada-KV floor in [0, 1], budget larger than the window, probe token ids in [0, n_vocab).

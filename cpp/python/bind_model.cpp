@@ -22,6 +22,11 @@ using namespace headkv;
 namespace {
 
 constexpr int32_t kDefaultPythonCtx = 4096;
+// A context's n_ctx from Python's argument: -1 (not given) is kDefaultPythonCtx, capped by the model's
+// training context.
+int32_t python_n_ctx(int n_ctx, const Model& m) {
+  return n_ctx == -1 ? std::min<int32_t>(kDefaultPythonCtx, m.hparams().n_ctx_train) : n_ctx;
+}
 
 struct Engine {
   std::shared_ptr<Model> model;
@@ -32,7 +37,7 @@ struct Engine {
     Context* c = base.ctx->cpu();
     if (!c) fail(ErrorKind::Unsupported, "sibling contexts (batched decode) run on the CPU backend only");
     ContextParams p;
-    p.n_ctx = n_ctx == -1 ? std::min<int32_t>(kDefaultPythonCtx, model->hparams().n_ctx_train) : n_ctx;
+    p.n_ctx = python_n_ctx(n_ctx, *model);
     p.n_batch = n_batch;
     p.kv = kv;
     p.pool = c->pool();
@@ -48,7 +53,7 @@ struct Engine {
     ContextParams p;
     // -1: Python's default context, 4096 tokens or the training context if shorter (the full
     // cache is allocated at once; 0 asks for the whole training context).
-    p.n_ctx = n_ctx == -1 ? std::min<int32_t>(kDefaultPythonCtx, model->hparams().n_ctx_train) : n_ctx;
+    p.n_ctx = python_n_ctx(n_ctx, *model);
     p.n_threads = n_threads;
     p.n_batch = n_batch;
     p.kv = kv;
@@ -343,7 +348,7 @@ void bind_model(py::module_& m) {
       .def(py::init([](const Engine& e, int n_ctx, int n_threads, int n_batch, const KVConfig& kv, uint64_t kv_limit,
                        const std::string& device) {
              ContextParams p;
-             p.n_ctx = n_ctx == -1 ? std::min<int32_t>(kDefaultPythonCtx, e.model->hparams().n_ctx_train) : n_ctx;
+             p.n_ctx = python_n_ctx(n_ctx, *e.model);
              p.n_threads = n_threads;
              p.n_batch = n_batch;
              p.kv = kv;

@@ -84,8 +84,10 @@ RopeStore CudaContext::Impl::rope_args(int64_t T) const {
   r.hd = hp.head_dim;
   r.rope_dim = hp.rope_dim;
   r.neox = hp.arch->rope_neox;
-  r.inv_freq = dm->rope_inv_freq;
+  // LongRoPE: the long factors for contexts beyond the original training length (Model::rope_inv_freq)
+  r.inv_freq = dm->rope_inv_freq_long && n_ctx > hp.n_ctx_orig ? dm->rope_inv_freq_long : dm->rope_inv_freq;
   r.rope_scale = hp.rope_scale;
+  r.mscale = hp.rope_mscale;
   return r;
 }
 

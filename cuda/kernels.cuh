@@ -65,6 +65,7 @@ struct RopeStore {
   bool neox = false;  // rotate (x[i], x[i + rope_dim/2]) instead of adjacent pairs (model/arch.h)
   const float* inv_freq = nullptr;
   float rope_scale = 1.0f;
+  float mscale = 1.0f;  // LongRoPE's attention factor: cos and sin are multiplied by it
   int32_t pos0 = 0;
   const int32_t* pos0_dev = nullptr;
   float* kf = nullptr;
@@ -93,11 +94,11 @@ __device__ __forceinline__ float rope_y(float x0, float x1, float c, float s) {
   return __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
 }
 // cos/sin of RoPE pair i at position pos (the CPU's arithmetic: fp32 angle, double cos/sin).
-__device__ __forceinline__ void rope_cs(int32_t pos, float scale, float inv_freq, float* c, float* s) {
+__device__ __forceinline__ void rope_cs(int32_t pos, float scale, float inv_freq, float mscale, float* c, float* s) {
   const float p = (float)pos / scale;
   const float theta = p * inv_freq;  // fp32 product, as the CPU computes it
-  *c = (float)cos((double)theta);
-  *s = (float)sin((double)theta);
+  *c = (float)(cos((double)theta) * (double)mscale);
+  *s = (float)(sin((double)theta) * (double)mscale);
 }
 // used[i] += T for i < n (end of an eval: the tokens appended to every segment). A PDL launch.
 void add_used(int32_t* used, int n, int T, cudaStream_t s);

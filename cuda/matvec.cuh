@@ -51,7 +51,7 @@ __device__ __forceinline__ RopeMeta rope_meta(const RopeStore& r, int sg, int64_
   RopeMeta m;
   const int head = (int)(local / r.hd), d = (int)(local % r.hd);
   m.pos = r.pos0_dev ? *r.pos0_dev : r.pos0;
-  if (sg < 2 && d < r.rope_dim) rope_cs(m.pos, r.rope_scale, r.inv_freq[d / 2], &m.c, &m.s);
+  if (sg < 2 && d < r.rope_dim) rope_cs(m.pos, r.rope_scale, r.inv_freq[d / 2], r.mscale, &m.c, &m.s);
   if (sg > 0) m.e = r.seg_off[head] + r.used[head];
   return m;
 }

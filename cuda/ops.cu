@@ -44,7 +44,7 @@ __global__ void rope_store_kernel(RopeStore a) {
   if (head < a.nh) {  // thread d rotates pair d: (2d, 2d+1), or (d, d+half) NeoX-style
     if (d >= half) return;
     float c, s;
-    rope_cs(pos, a.rope_scale, a.inv_freq[d], &c, &s);
+    rope_cs(pos, a.rope_scale, a.inv_freq[d], a.mscale, &c, &s);
     float* v = a.q + ((int64_t)t * a.nh + head) * a.hd;
     const int i0 = a.neox ? d : 2 * d, i1 = a.neox ? d + half : 2 * d + 1;
     const float x0 = v[i0], x1 = v[i1];
@@ -59,7 +59,7 @@ __global__ void rope_store_kernel(RopeStore a) {
     const int pair = a.neox ? d % half : d / 2;
     const bool second = a.neox ? d >= half : (d & 1);
     float c, s;
-    rope_cs(pos, a.rope_scale, a.inv_freq[pair], &c, &s);
+    rope_cs(pos, a.rope_scale, a.inv_freq[pair], a.mscale, &c, &s);
     const float x0 = a.neox ? kr[pair] : kr[d & ~1], x1 = a.neox ? kr[pair + half] : kr[d | 1];
     kv = second ? rope_y(x0, x1, c, s) : rope_x(x0, x1, c, s);
   }

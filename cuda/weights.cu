@@ -154,6 +154,8 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   }
   const size_t onorm = add(m.output_norm().data(), m.output_norm().size() * sizeof(float));
   const size_t rope = add(m.rope_inv_freq().data(), m.rope_inv_freq().size() * sizeof(float));
+  const bool longrope = !m.rope_inv_freq_long().empty();
+  const size_t rope_long = longrope ? add(m.rope_inv_freq_long().data(), m.rope_inv_freq_long().size() * sizeof(float)) : 0;
 
   require_device_bytes(total + (any_split ? kStageBytes : 0), "uploading the model's weights");
   auto dm = std::make_shared<DevModel>();
@@ -210,6 +212,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   }
   dm->output_norm = (const float*)(base + onorm);
   dm->rope_inv_freq = (const float*)(base + rope);
+  if (longrope) dm->rope_inv_freq_long = (const float*)(base + rope_long);
   dm->bytes = total;
   dm->max_weight_elems = max_elems;
   g_last = dm;

@@ -27,6 +27,7 @@ struct DevModel {
   DW tok_embd, output;
   const float* output_norm = nullptr;
   const float* rope_inv_freq = nullptr;
+  const float* rope_inv_freq_long = nullptr;  // LongRoPE files only (Model::rope_inv_freq_long)
   uint64_t bytes = 0;
   int64_t max_weight_elems = 0;  // largest layer matrix (rows * cols)
 

@@ -25,10 +25,11 @@ def _tokenizer_fields(src_path, _stamp):
     return tuple(out)
 
 
-def copy_tokenizer(writer, src_path, n_vocab=None):
+def copy_tokenizer(writer, src_path, n_vocab=None, pre=None):
     """Copies every tokenizer.* key of a GGUF into a GGUFWriter; with n_vocab, only the first n_vocab
     tokens, the merges among them, and the special-token ids below n_vocab (a small vocabulary keeps
-    a file quick to parse for transformers' GGUF loader, which reads it in pure Python)."""
+    a file quick to parse for transformers' GGUF loader, which reads it in pure Python); `pre` replaces
+    tokenizer.ggml.pre (the pre-tokenizer's name)."""
     from gguf.constants import GGUFValueType
 
     st = os.stat(src_path)
@@ -44,6 +45,8 @@ def copy_tokenizer(writer, src_path, n_vocab=None):
                 vals = vals[:n_vocab]
             elif key.endswith("_token_id") and vals >= n_vocab:
                 continue
+        if key == "tokenizer.ggml.pre" and pre is not None:
+            vals = pre
         if vt == GGUFValueType.ARRAY:
             writer.add_array(key, vals) if et == GGUFValueType.STRING else writer.add_key_value(key, vals, vt, sub_type=et)
         else:
@@ -53,7 +56,7 @@ def copy_tokenizer(writer, src_path, n_vocab=None):
 
 def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
                      wtype="F32", seed=0, extra=None, alignment=None, tied=True, types=None, kscale=None,
-                     n_vocab=None, head_dim=None, sliding_window=None, extra_tensors=None):
+                     n_vocab=None, head_dim=None, sliding_window=None, extra_tensors=None, pre=None):
     """A random-weight GGUF of a llama-block architecture (arch "llama", "qwen2" with Q/K/V biases,
     "qwen3" with per-head q/k norms; "gemma2" / "gemma3" with post-norms, `sliding_window` and, for
     gemma2, logit soft-capping (50 / 30), for gemma3 q/k norms; `head_dim` other than n_embd/n_head is
@@ -67,7 +70,7 @@ def write_tiny_llama(path, vocab_src, *, arch="llama", n_embd=64, n_layer=2, n_h
     w = gguf.GGUFWriter(str(path), arch)
     if alignment:
         w.add_custom_alignment(alignment)
-    n_vocab = copy_tokenizer(w, vocab_src, n_vocab)
+    n_vocab = copy_tokenizer(w, vocab_src, n_vocab, pre)
     w.add_block_count(n_layer)
     w.add_context_length(512)
     w.add_embedding_length(n_embd)

@@ -583,15 +583,33 @@ def _positions_after(smollm2, ids, kw):
     return m.kv_positions()
 
 
-@pytest.mark.parametrize("arch,extra", [("qwen2", {}), ("qwen3", {"head_dim": 128}), ("phi3", {})])
+def _longrope(hd=64, orig=16):
+    """phi3 LongRoPE factor tensors and keys (long factors at n_ctx 256 > orig; attention factor 1.2)."""
+    import gguf
+    rng = np.random.default_rng(11)
+    return {"extra_tensors": {"rope_factors_long.weight": rng.uniform(1.5, 4.0, hd // 2),
+                              "rope_factors_short.weight": rng.uniform(1.0, 1.4, hd // 2)},
+            "extra": {"phi3.rope.scaling.original_context_length": (orig, gguf.GGUFValueType.UINT32),
+                      "phi3.rope.scaling.attn_factor": (1.2, gguf.GGUFValueType.FLOAT32)}}
+
+
+@pytest.mark.parametrize("arch,extra", [("qwen2", {}), ("qwen3", {"head_dim": 128}), ("phi3", {}),
+                                        ("phi3", {"longrope": True})])
 def test_model_families_on_gpu(tmp_path, smollm2, arch, extra):
     """qwen2 (Q/K/V biases) and qwen3 (per-head q/k norms, head size from key_length), both NeoX RoPE,
-    on the GPU against the CPU: a 40-token prompt, a 5-token chunk and 8 greedy steps with the other
-    tiny-model tests' bounds (the decode step takes the unfused Q/K/V path: the fused epilogue is the
-    plain llama block's); a compressed prompt keeps the CPU's positions (cuda-fp32)."""
+    phi3 (fused tensors; also with LongRoPE factors and attention factor) on the GPU against the CPU:
+    a 40-token prompt, a 5-token chunk and 8 greedy steps with the other tiny-model tests' bounds (the
+    decode step takes the unfused Q/K/V path: the fused epilogue is the plain llama block's); a
+    compressed prompt keeps the CPU's positions (cuda-fp32)."""
     from gguf_factory import write_tiny_llama
 
-    path = tmp_path / f"{arch}.gguf"
+    extra = dict(extra)
+    if extra.pop("longrope", False):
+        extra = {**extra, **_longrope()}
+        arch_name = "phi3-longrope"
+    else:
+        arch_name = arch
+    path = tmp_path / f"{arch_name}.gguf"
     write_tiny_llama(path, smollm2, arch=arch, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, wtype="Q8_0",
                      seed=3, **extra)
     c = headkv.Model(str(path), n_ctx=256, n_threads=4)
@@ -610,7 +628,7 @@ def test_model_families_on_gpu(tmp_path, smollm2, arch, extra):
             worst[d] = max(worst[d], float(np.abs(g.logits() - lc).max() / np.abs(lc).max()))
         tok = int(lc.argmax())
         same += int(gs["cuda-fp32"].logits().argmax()) == tok
-    print(f"{arch}: max |dlogit| / max |logit| cuda-fp32 {worst['cuda-fp32']:.2e}, cuda {worst['cuda']:.2e}")
+    print(f"{arch_name}: max |dlogit| / max |logit| cuda-fp32 {worst['cuda-fp32']:.2e}, cuda {worst['cuda']:.2e}")
     assert worst["cuda-fp32"] < 0.02 and worst["cuda"] < 0.05 and same == 10
     ids = [int(x) for x in rng.integers(0, c.n_vocab, 200)]
     kw = dict(n_ctx=256, kv_method="snapkv", kv_budget=48)

@@ -70,13 +70,62 @@ def test_compressing_methods_run(arch, tmp_path, smollm2, essays):
         headkv.Model(str(path), n_ctx=512, kv_method="headkv", kv_budget=64).eval(ids)
 
 
-def test_longrope_is_refused(tmp_path, smollm2):
-    """Phi-3 128k files carry LongRoPE factor tensors, which headkv does not apply: a typed error, not
-    silently wrong positions."""
+def _longrope_file(tmp_path, smollm2, orig, name="phi3_long.gguf", **drop):
+    """A phi3 file with LongRoPE factors (long 1.5-4, short 1-1.4 per pair), trained context 512 over an
+    original `orig`, and the converter's attention factor sqrt(1 + ln(512/orig) / ln(orig))."""
+    import gguf
     hd = SHAPE["n_embd"] // SHAPE["n_head"]
-    path = write_tiny_llama(tmp_path / "phi3_long.gguf", smollm2, arch="phi3", **SHAPE,
-                            extra_tensors={"rope_factors_long.weight": np.ones(hd // 2)})
-    with pytest.raises(headkv.UnsupportedError, match="LongRoPE"):
+    rng = np.random.default_rng(11)
+    long_f, short_f = rng.uniform(1.5, 4.0, hd // 2), rng.uniform(1.0, 1.4, hd // 2)
+    attn_factor = float(np.sqrt(1 + np.log(512 / orig) / np.log(orig)))
+    tensors = {"rope_factors_long.weight": long_f, "rope_factors_short.weight": short_f}
+    for k in drop:
+        tensors.pop(k + ".weight")
+    path = write_tiny_llama(tmp_path / name, smollm2, arch="phi3", **SHAPE, extra_tensors=tensors, extra={
+        "phi3.rope.scaling.original_context_length": (orig, gguf.GGUFValueType.UINT32),
+        "phi3.rope.scaling.attn_factor": (attn_factor, gguf.GGUFValueType.FLOAT32)})
+    return path, long_f, short_f
+
+
+@pytest.mark.parametrize("orig,n_ctx,which", [(16, 128, "long"), (256, 128, "short")])
+def test_longrope_matches_transformers(orig, n_ctx, which, tmp_path, smollm2, ids):
+    """Phi-3 128k-style LongRoPE against transformers' Phi3 with rope_type longrope and the same
+    weights: a context longer than the original training length rotates with the long factors (24
+    prompt tokens > 16 in transformers, n_ctx 128 > 16 here, llama.cpp's rule), a shorter one with the
+    short factors; cos and sin carry the attention factor in both."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM
+    path, long_f, short_f = _longrope_file(tmp_path, smollm2, orig)
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32,
+                                                 attn_implementation="eager")
+    cfg = plain.config.to_dict()
+    cfg.update(max_position_embeddings=512, original_max_position_embeddings=orig, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "long_factor": long_f.tolist(),
+        "short_factor": short_f.tolist(), "original_max_position_embeddings": orig})
+    cfg = {k: v for k, v in cfg.items() if k not in ("model_type", "transformers_version", "architectures")}
+    hf = Phi3ForCausalLM(Phi3Config(**cfg)).eval()
+    hf.config._attn_implementation = "eager"
+    hf.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].numpy()
+        base = plain(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(ref - base).max() > 1e-2  # the factors matter
+    m = headkv.Model(str(path), n_ctx=n_ctx, n_threads=2, type_k="f32", type_v="f32")
+    m.eval(ids, logits_all=True)
+    ours = m.logits(all=True)
+    assert np.abs(ours - ref).max() <= REL_BOUND * max(1.0, np.abs(ref).max()), (which, np.abs(ours - ref).max())
+    assert (ours.argmax(-1) == ref.argmax(-1)).all()
+    # decode steps continue the same rotation
+    m2 = headkv.Model(str(path), n_ctx=n_ctx, n_threads=2, type_k="f32", type_v="f32")
+    m2.eval(ids[:20])
+    for t in ids[20:]:
+        m2.eval([t])
+    assert np.abs(m2.logits() - ref[-1]).max() <= REL_BOUND * max(1.0, np.abs(ref).max())
+
+
+def test_longrope_needs_both_factor_sets(tmp_path, smollm2):
+    path, _, _ = _longrope_file(tmp_path, smollm2, 16, rope_factors_short=True)
+    with pytest.raises(headkv.FormatError, match="rope_factors_long and rope_factors_short"):
         headkv.Model(str(path))
 
 

@@ -137,3 +137,32 @@ def test_greedy_tokens_and_logits_track_llama_cpp(pair, i):
         assert d <= LOGIT_BOUND * float(a.max() - a.min()), (name, PROMPTS[i], j, d)
         if j == k:
             assert a[got[k]] - a[want[k]] <= 2 * d and b[want[k]] - b[got[k]] <= 2 * d
+
+
+# Pre-tokenizer names headkv and llama.cpp both read. Not "default": headkv splits such files with
+# GPT-2's pattern, llama.cpp with its own four-stage split (punctuation runs first, so "don't" becomes
+# "don", "'", "t"); "gpt2" is headkv's alias that llama.cpp does not know.
+PRE_TOKENIZERS = ["qwen2", "deepseek-r1-qwen", "llama-bpe", "llama3", "falcon3", "gpt-2", "phi-2"]
+
+
+@pytest.mark.parametrize("pre", PRE_TOKENIZERS)
+def test_pretokenizers_match_llama_cpp(pre, tmp_path, smollm2, essays, _no_extra_buffer_types):
+    """The BPE pre-tokenizers of other families (Qwen2/2.5/3's regex: single digits, contractions in any
+    case; Llama 3's: digits in threes; GPT-2's) on SmolLM2's byte-level vocabulary and merges, in a
+    file both engines read: the same tokens for essays, code, digits, Unicode, whitespace runs and
+    contractions. (No Qwen GGUF is installable offline; the split rule, not the vocabulary, is what
+    differs between the families.)"""
+    from gguf_factory import write_tiny_llama
+
+    path = write_tiny_llama(tmp_path / f"pre_{pre}.gguf", smollm2, arch="qwen2", n_vocab=None, pre=pre)
+    ref = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    ours = headkv.Model(str(path), n_ctx=64, n_threads=1)
+    texts = _texts(essays) + ["I'M HERE, YOU'RE THERE, WE'LL SEE; they'D", "1234567 12 123 1,234,567.89",
+                              "  \n\n  x\t\t\ty \u00a0\u2003z", "ﬁne naïve Ⅻ ½ ①②③ ١٢٣ १२३"]
+    split = 0
+    for text in texts:
+        want = ref.tokenize(text.encode(), add_bos=False, special=False)
+        got = ours.tokenize(text, add_bos=False)
+        assert got == want, (pre, text[:60])
+        split += len(got)
+    assert split > 1000

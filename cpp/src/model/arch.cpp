@@ -7,7 +7,7 @@ namespace {
 // qwen2 / qwen3 are stored unpermuted and rotated NeoX-style (llama.cpp's LLAMA_ROPE_TYPE_NEOX).
 // phi3: fused Q/K/V and gate/up tensors (read as row ranges of them), NeoX RoPE; a sliding window in
 // the file is not applied (as llama.cpp and transformers' GGUF loader do); LongRoPE factor tensors
-// are refused.
+// (Phi-3 128k files) pick long or short frequencies by the context size (model/llama.h).
 // llama: a file with attention.sliding_window (Mistral 7B v0.1 style) slides in every layer.
 // gemma2: every other layer (the even ones) slides over attention.sliding_window positions with the
 // global RoPE; attention scores and the final logits are soft-capped.

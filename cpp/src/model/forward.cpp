@@ -27,7 +27,8 @@ void mm(const Weight& w, const float* x, int64_t T, float* y, ThreadPool& pool) 
 
 void Context::rope_tables(int il, int64_t pos0, int64_t T, std::vector<float>& cs, std::vector<float>& sn) const {
   const int half = hp_.rope_dim / 2;
-  const std::vector<float>& inv_freq = model_.rope_inv_freq(il);
+  const std::vector<float>& inv_freq = model_.rope_inv_freq(il, n_ctx_);
+  const double mscale = hp_.rope_mscale;  // LongRoPE's attention factor (1 otherwise)
   // Linear position scaling is the global layers' (Gemma 3 scales only those; others have no local layers).
   const float scale = hp_.is_swa(il) ? 1.0f : hp_.rope_scale;
   if (cs.size() < (size_t)(T * half)) cs.resize(T * half), sn.resize(T * half);
@@ -35,8 +36,8 @@ void Context::rope_tables(int il, int64_t pos0, int64_t T, std::vector<float>& c
     const float pos = (float)(pos0 + t) / scale;
     for (int i = 0; i < half; ++i) {
       const float theta = pos * inv_freq[i];  // fp32 product, as the reference computes it
-      cs[t * half + i] = (float)std::cos((double)theta);
-      sn[t * half + i] = (float)std::sin((double)theta);
+      cs[t * half + i] = (float)(std::cos((double)theta) * mscale);
+      sn[t * half + i] = (float)(std::sin((double)theta) * mscale);
     }
   }
 }

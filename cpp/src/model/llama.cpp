@@ -112,8 +112,28 @@ void Model::load_hparams() {
         rope_inv_freq_swa_[i] = (float)std::pow((double)A.rope_base_swa, -2.0 * i / hp_.rope_dim);
     }
   }
-  if (f.tensor("rope_factors_long.weight") || f.tensor("rope_factors_short.weight"))
-    fail(ErrorKind::Unsupported, f.path() + ": LongRoPE (rope_factors_long / rope_factors_short) is not supported");
+  if (f.tensor("rope_factors_long.weight") || f.tensor("rope_factors_short.weight")) {
+    // LongRoPE: each pair's frequency divided by its factor (one set for contexts beyond the original
+    // training length, one below it), cos/sin scaled by attn_factor; as llama.cpp and transformers.
+    if (!f.tensor("rope_factors_long.weight") || !f.tensor("rope_factors_short.weight"))
+      fail(ErrorKind::Format, f.path() + ": LongRoPE needs both rope_factors_long and rope_factors_short");
+    if (f.tensor("rope_freqs.weight")) fail(ErrorKind::Format, f.path() + ": both rope_freqs and LongRoPE factors");
+    for (const char* n : {"rope_factors_long.weight", "rope_factors_short.weight"})
+      if (f.tensor(n)->nelements() != half) fail(ErrorKind::Format, f.path() + ": " + n + " has the wrong size");
+    const std::vector<float> lf = vec("rope_factors_long.weight", half), sf = vec("rope_factors_short.weight", half);
+    rope_inv_freq_long_ = rope_inv_freq_;
+    for (int i = 0; i < half; ++i) {
+      if (!(lf[i] > 0) || !(sf[i] > 0) || !std::isfinite(lf[i]) || !std::isfinite(sf[i]))
+        fail(ErrorKind::Format, f.path() + ": LongRoPE factors must be positive and finite");
+      rope_inv_freq_long_[i] /= lf[i];
+      rope_inv_freq_[i] /= sf[i];
+    }
+    hp_.n_ctx_orig = need_pos(key("rope.scaling.original_context_length"),
+                              f.get_int_or(key("rope.scaling.original_context_length"), hp_.n_ctx_train), 1 << 24);
+    hp_.rope_mscale = (float)f.get_float_or(key("rope.scaling.attn_factor"), 1.0);
+    if (!(hp_.rope_mscale > 0) || !std::isfinite(hp_.rope_mscale))
+      fail(ErrorKind::Format, f.path() + ": rope.scaling.attn_factor must be positive and finite");
+  }
   // llama.cpp's converters store Llama 3.1 frequency factors as a tensor instead.
   if (const TensorInfo* rf = f.tensor("rope_freqs.weight")) {
     if (rf->nelements() != half) fail(ErrorKind::Format, f.path() + ": rope_freqs.weight has the wrong size");

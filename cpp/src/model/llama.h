@@ -26,6 +26,11 @@ struct LlamaHParams {
   int32_t n_ff = 0;
   float rope_theta = 10000.0f;
   float rope_scale = 1.0f;  // linear position scaling (positions are divided by it)
+  // LongRoPE (phi3 files with rope_factors_long/short): contexts longer than n_ctx_orig rotate with
+  // the long factors, others with the short ones (llama.cpp's rule, by n_ctx); cos and sin are
+  // multiplied by rope_mscale (rope.scaling.attn_factor) in every layer.
+  int32_t n_ctx_orig = 0;
+  float rope_mscale = 1.0f;
   float rms_eps = 1e-5f;
   float embd_scale = 1.0f;      // arch->embd_scale: sqrt(n_embd)
   float attn_scale = 0.0f;      // attention score scale (1/sqrt(head_dim) unless the architecture says)
@@ -75,11 +80,16 @@ class Model {
   const Weight& output() const { return output_; }
   const std::vector<float>& output_norm() const { return output_norm_; }
   const std::vector<LayerWeights>& layers() const { return layers_; }
-  // Inverse frequencies per rotated pair (rope_dim/2), llama3 scaling / rope_freqs applied.
+  // Inverse frequencies per rotated pair (rope_dim/2), llama3 scaling / rope_freqs / LongRoPE's
+  // short factors applied.
   const std::vector<float>& rope_inv_freq() const { return rope_inv_freq_; }
+  // LongRoPE's long-factor frequencies (empty for other files).
+  const std::vector<float>& rope_inv_freq_long() const { return rope_inv_freq_long_; }
   // Layer il's RoPE frequencies (the sliding-window layers' own base where the architecture has one).
-  const std::vector<float>& rope_inv_freq(int il) const {
-    return hp_.is_swa(il) && !rope_inv_freq_swa_.empty() ? rope_inv_freq_swa_ : rope_inv_freq_;
+  // n_ctx: the context's size, which picks LongRoPE's long or short factors (others ignore it).
+  const std::vector<float>& rope_inv_freq(int il, int64_t n_ctx) const {
+    if (hp_.is_swa(il) && !rope_inv_freq_swa_.empty()) return rope_inv_freq_swa_;
+    return !rope_inv_freq_long_.empty() && n_ctx > hp_.n_ctx_orig ? rope_inv_freq_long_ : rope_inv_freq_;
   }
   uint64_t weight_bytes() const { return weight_bytes_; }
   // Unique among the process's models: caches keyed on a model (the GPU's uploaded weights) use it,
@@ -101,7 +111,7 @@ class Model {
   Weight tok_embd_, output_;
   std::vector<float> output_norm_;
   std::vector<LayerWeights> layers_;
-  std::vector<float> rope_inv_freq_, rope_inv_freq_swa_;
+  std::vector<float> rope_inv_freq_, rope_inv_freq_swa_, rope_inv_freq_long_;
   std::string chat_template_;
   uint64_t weight_bytes_ = 0;
   uint64_t id_ = 0;

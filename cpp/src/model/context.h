@@ -196,6 +196,9 @@ class Context {
   void qkv(int il, const float* x, int64_t T, float* xn, float* q, float* k, float* v, const float* cs,
            const float* sn);
   void attention(const float* q, int64_t T, const std::function<KVView(int)>& view, float* out);
+  // attention() of one query token over views longer than kSplitKeys keys, split into key runs.
+  static constexpr int64_t kSplitKeys = 512;
+  void attention_split(const float* q, const std::vector<KVView>& views, float* out);
   void out_and_mlp(int il, const float* att, int64_t T, float* x, float* tmp);
   void final_logits(const float* x, int64_t rows, float* out);
   // Full cache row of (layer, KV head, position): layer il keeps rows_[il] rows per head, n_ctx, or

@@ -115,6 +115,7 @@ void Context::attention(const float* qs, int64_t T, const std::function<KVView(i
     views[g] = view(g);
     max_keys = std::max(max_keys, views[g].n_before + T);
   }
+  if (T == 1 && probe_layer_ < 0 && max_keys > kSplitKeys) return attention_split(qs, views, out);
   pool_.parallel_for(T * nkv, [&](int64_t b, int64_t e) {
     std::vector<float> sc((size_t)group * max_keys);  // one score row per query head of the group
     for (int64_t job = b; job < e; ++job) {
@@ -153,6 +154,78 @@ void Context::attention(const float* qs, int64_t T, const std::function<KVView(i
       }
     }
   });
+}
+
+// One query token over long KV views (decode): a KV head's keys are cut into runs of kSplitKeys and
+// each (KV head, run) is a job, so every thread has work even when there are fewer KV heads than
+// threads (SmolLM2: 3, Gemma-3-270M: 1). A job keeps its run's score maximum, exp-sum and
+// unnormalized V sum per query head; the runs are then merged (flash-decoding's split-K). The cut
+// depends only on the number of keys, so results do not change with the thread count.
+void Context::attention_split(const float* qs, const std::vector<KVView>& views, float* out) {
+  const int hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv, group = nh / nkv;
+  const float scale = hp_.attn_scale, cap = hp_.attn_softcap;
+  std::vector<int64_t> first(nkv), job0(nkv + 1, 0);
+  for (int g = 0; g < nkv; ++g) {
+    const KVView& kv = views[g];
+    const int64_t n_keys = kv.n_before + 1;
+    first[g] = kv.window ? std::max<int64_t>(0, n_keys - kv.window) : 0;
+    job0[g + 1] = job0[g] + (n_keys - first[g] + kSplitKeys - 1) / kSplitKeys;
+  }
+  const int64_t n_jobs = job0[nkv];
+  // per job and query head of its group: max, exp-sum, then hd unnormalized output values
+  std::vector<float> part((size_t)n_jobs * group * (hd + 2));
+  pool_.parallel_for(n_jobs, [&](int64_t b, int64_t e) {
+    std::vector<float> sc((size_t)group * kSplitKeys);
+    for (int64_t job = b; job < e; ++job) {
+      const int g = (int)(std::upper_bound(job0.begin(), job0.end(), job) - job0.begin()) - 1;
+      const KVView& kv = views[g];
+      const int64_t n_keys = kv.n_before + 1;
+      const int64_t a = first[g] + (job - job0[g]) * kSplitKeys, n = std::min<int64_t>(kSplitKeys, n_keys - a);
+      // logical keys a..a+n-1; with a ring, key j is row j % ring: at most two runs of rows
+      const int64_t r0 = kv.ring ? a % kv.ring : a, n1 = kv.ring ? std::min(n, kv.ring - r0) : n;
+      const size_t kb = kv_row_bytes(kv.tk, hd), vb = kv_row_bytes(kv.tv, hd);
+      const uint8_t* K = static_cast<const uint8_t*>(kv.k);
+      const uint8_t* V = static_cast<const uint8_t*>(kv.v);
+      const float* q = &qs[(size_t)g * group * hd];
+      dot_rows_kv(kv.tk, q, group, K + r0 * kb, hd, n1, sc.data(), kSplitKeys);
+      if (n1 < n) dot_rows_kv(kv.tk, q, group, K, hd, n - n1, sc.data() + n1, kSplitKeys);
+      float* pj = &part[(size_t)job * group * (hd + 2)];
+      for (int hh = 0; hh < group; ++hh) {
+        float* s = sc.data() + (size_t)hh * kSplitKeys;
+        if (cap > 0)
+          for (int64_t j = 0; j < n; ++j) s[j] = cap * std::tanh(s[j] * scale / cap);
+        else
+          for (int64_t j = 0; j < n; ++j) s[j] *= scale;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
+        pj[hh * (hd + 2)] = mx;
+        pj[hh * (hd + 2) + 1] = (float)exp_shift_sum(s, n, mx);  // s[j] = exp(s[j] - mx)
+      }
+      std::vector<float> o((size_t)group * hd);
+      weighted_rows_kv(kv.tv, sc.data(), group, kSplitKeys, V + r0 * vb, hd, n1, o.data());
+      if (n1 < n) {
+        std::vector<float> tail((size_t)group * hd);
+        weighted_rows_kv(kv.tv, sc.data() + n1, group, kSplitKeys, V, hd, n - n1, tail.data());
+        for (size_t i = 0; i < tail.size(); ++i) o[i] += tail[i];
+      }
+      for (int hh = 0; hh < group; ++hh) std::copy_n(&o[(size_t)hh * hd], hd, &pj[hh * (hd + 2) + 2]);
+    }
+  });
+  for (int g = 0; g < nkv; ++g)
+    for (int hh = 0; hh < group; ++hh) {
+      float mx = -INFINITY;
+      for (int64_t job = job0[g]; job < job0[g + 1]; ++job) mx = std::max(mx, part[((size_t)job * group + hh) * (hd + 2)]);
+      double l = 0;
+      std::vector<double> acc(hd, 0.0);
+      for (int64_t job = job0[g]; job < job0[g + 1]; ++job) {
+        const float* pj = &part[((size_t)job * group + hh) * (hd + 2)];
+        const double w = std::exp((double)pj[0] - mx);
+        l += w * pj[1];
+        for (int i = 0; i < hd; ++i) acc[i] += w * pj[2 + i];
+      }
+      float* o = &out[((size_t)g * group + hh) * hd];
+      for (int i = 0; i < hd; ++i) o[i] = (float)(acc[i] / l);
+    }
 }
 
 // x += Wo·att; then x += MLP(x), in chunks of n_batch rows so activations stay bounded.

@@ -108,9 +108,10 @@ class Model:
         if isinstance(kv.probe, str) and kv.probe:  # probe text: tokenized with the model's vocabulary
             tok = _core.Tokenizer(self.model_path)
             tokenize = lambda s: tok.encode(s, False, False)  # noqa: E731
-        if share_with is not None:  # the other model's weights and thread pool (n_threads is theirs)
-            if device != "cpu" or share_with.device != "cpu":
-                raise UnsupportedError("share_with (batched decoding) needs CPU models")
+        if share_with is not None:  # the other model's weights (and CPU thread pool: n_threads is theirs)
+            if device != share_with.device:
+                raise UnsupportedError(f"share_with (batched decoding) needs models of one device "
+                                       f"({device!r} and {share_with.device!r})")
             if os.path.realpath(share_with.model_path) != os.path.realpath(self.model_path):
                 raise InvalidArgumentError("share_with must be a model of the same file")
             self._e = share_with._e.sibling(-1 if n_ctx is None else n_ctx, n_batch, kv.native(tokenize))

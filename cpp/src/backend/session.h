@@ -74,6 +74,7 @@ class Session {
   int64_t n_embd_rows() const { return cpu_ ? cpu_->n_embd_rows() : 0; }
 
   Context* cpu() { return cpu_.get(); }
+  CudaContext* gpu() { return gpu_.get(); }  // null on the CPU
 
  private:
   std::string device_;

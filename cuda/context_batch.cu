@@ -294,7 +294,7 @@ struct CudaBatch::Impl {
 
 CudaBatch::CudaBatch(const Model& model, CudaPrecision prec) : p_(std::make_unique<Impl>(model, prec)) {}
 CudaBatch::~CudaBatch() = default;
-uint64_t CudaBatch::scratch_bytes(int rows) const { return p_->scratch_bytes(Impl::bucket(std::max(rows, 1))); }
+uint64_t CudaBatch::scratch_bytes(int rows) const { return rows > 0 ? p_->scratch_bytes(Impl::bucket(rows)) : 0; }
 void CudaBatch::reserve(int rows) { p_->ensure_rows(std::clamp(rows, 1, kMaxRows)); }
 int CudaBatch::rows_allocated() const { return p_->rows; }
 int64_t CudaBatch::graph_captures() const { return p_->captures; }

@@ -205,6 +205,10 @@ struct PyGroup {
 void bind_model(py::module_& m) {
   m.def("cuda_device_count", &cuda_devices, "CUDA devices visible to the CUDA backend (0 without it)");
   m.def("cuda_built", &cuda_backend_built, "whether this build has the CUDA backend");
+  m.def("cuda_memory", [] {
+    const CudaMemory c = cuda_memory();
+    return py::make_tuple(c.free, c.total, c.held);
+  }, "(free, total, held by headkv) bytes of the current CUDA device; zeros without one");
   py::class_<KVConfig>(m, "KVConfigNative")
       .def(py::init([](const std::string& method, int budget, int window, double beta, double temp, int kernel,
                        const std::string& pooling, const std::string& scores, int max_new_tokens, int span,

@@ -41,7 +41,7 @@ class CudaBatch {
   // Allocates the scratch for steps of up to `rows` rows now (OutOfMemory naming the bytes when
   // the device lacks them; the scratch held before stays). Steps grow it as they need.
   void reserve(int rows);
-  // Device bytes of the scratch for `rows` rows.
+  // Device bytes of the scratch for `rows` rows (its bucket: 8, 16, 32 or 64; 0 for none).
   uint64_t scratch_bytes(int rows) const;
   int rows_allocated() const;
   int64_t graph_captures() const;  // graphs captured so far (tests: replays do not capture)

@@ -5,6 +5,7 @@
 // decode work items. Positions and tokens are read from device memory, so a captured step replays
 // for as long as the list of sequences (and their arenas) stays the same.
 #include <algorithm>
+#include <functional>
 #include <set>
 #include <string>
 
@@ -33,7 +34,7 @@ struct CudaBatch::Impl {
   float* logits_host = nullptr;  // pinned, rows * n_vocab
   cudaGraphExec_t graph = nullptr;
   std::vector<intptr_t> graph_key;
-  int64_t captures = 0;
+  int64_t captures = 0, updates = 0;  // graphs instantiated, and updated in place
 
   Impl(const Model& m, CudaPrecision prec) : model(m), hp(m.hparams()), half_gemm(prec == CudaPrecision::Fast) {
     const ArchInfo& a = *hp.arch;
@@ -240,6 +241,9 @@ struct CudaBatch::Impl {
     return key;
   }
 
+  // Captures the step for this list of sequences. A list of the same length has the same launches
+  // with other arguments: the instantiated graph is updated in place when CUDA allows it (cheaper
+  // than instantiating it again), else instantiated anew.
   void capture(const std::vector<CudaContext::Impl*>& seqs, int n) {
     cudaGraph_t g = nullptr;
     check(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "batch graph capture");
@@ -251,6 +255,16 @@ struct CudaBatch::Impl {
       throw;
     }
     check(cudaStreamEndCapture(st, &g), "batch graph capture");
+    if (graph && !graph_key.empty() && graph_key[0] == n) {
+      cudaGraphExecUpdateResultInfo info{};
+      if (cudaGraphExecUpdate(graph, g, &info) == cudaSuccess) {
+        cudaGraphDestroy(g);
+        ++updates;
+        return;
+      }
+      cudaGetLastError();
+    }
+    drop_graph();
     const cudaError_t e = cudaGraphInstantiate(&graph, g, 0);
     cudaGraphDestroy(g);
     check(e, "batch graph instantiate");
@@ -269,7 +283,6 @@ struct CudaBatch::Impl {
     if (use_graph) {
       std::vector<intptr_t> key = key_of(seqs);
       if (!graph || key != graph_key) {
-        drop_graph();
         capture(seqs, n);
         graph_key = std::move(key);
       }
@@ -298,6 +311,7 @@ uint64_t CudaBatch::scratch_bytes(int rows) const { return rows > 0 ? p_->scratc
 void CudaBatch::reserve(int rows) { p_->ensure_rows(std::clamp(rows, 1, kMaxRows)); }
 int CudaBatch::rows_allocated() const { return p_->rows; }
 int64_t CudaBatch::graph_captures() const { return p_->captures; }
+int64_t CudaBatch::graph_updates() const { return p_->updates; }
 
 void CudaBatch::step(const std::vector<CudaContext*>& seqs, const int32_t* tokens, const int64_t* ids) {
   Impl& B = *p_;
@@ -328,11 +342,22 @@ void CudaBatch::step(const std::vector<CudaContext*>& seqs, const int32_t* token
     }
     cs.push_back(&C);
   }
+  // Rows in a fixed order (by context), so that the same sequences given in another order replay
+  // the same captured step; a row's result does not depend on its place.
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return std::less<>()(cs[a], cs[b]); });
+  std::vector<CudaContext::Impl*> sorted(n);
+  std::vector<int32_t> toks(n);
+  for (int64_t i = 0; i < n; ++i) {
+    sorted[i] = cs[order[i]];
+    toks[i] = tokens[order[i]];
+  }
   for (int64_t i0 = 0; i0 < n; i0 += kMaxRows) {
     const int64_t m = std::min<int64_t>(kMaxRows, n - i0);
-    const std::vector<CudaContext::Impl*> slice(cs.begin() + i0, cs.begin() + i0 + m);
+    const std::vector<CudaContext::Impl*> slice(sorted.begin() + i0, sorted.begin() + i0 + m);
     try {
-      B.run(slice, tokens + i0);
+      B.run(slice, toks.data() + i0);
     } catch (...) {
       cudaStreamSynchronize(B.st);
       cudaGetLastError();

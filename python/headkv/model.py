@@ -57,9 +57,9 @@ class Model:
             span=..., probe=..., type_k=..., type_v=...``; ``kv_budget_bytes=N`` gives the budget as N bytes of
             kept entries in all (KVConfig.budget_bytes). Query-agnostic use (compress a document, ask later): ``probe="repeat"``,
             ``eval(document)``, then ``generate(question, reset=False)``.
-        share_with: another CPU model of the same file whose loaded weights and thread pool this one
-            uses (its n_threads apply), so that their decode steps can be batched together
-            (headkv.batching, SequencePool).
+        share_with: another model of the same file and device whose loaded weights (on the CPU also
+            its thread pool: its n_threads apply; on the GPU its device weights) this one uses, so
+            that their decode steps can be batched together (headkv.batching, SequencePool).
         cache_prompt: prefix reuse (as llama-cpp-python and llama-server do). A prompt that starts with
             tokens the context already holds evaluates only the rest: for the full cache the longest
             common prefix (same results as a fresh run); for a compressing method, when the prompt

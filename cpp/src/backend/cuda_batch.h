@@ -5,8 +5,10 @@
 // dequantized weights through cuBLAS); RoPE with the K/V store and the decode attention run per
 // sequence against that sequence's arena. The batch owns one activation scratch, sized for the
 // largest batch it has run (at most kMaxRows rows; larger batches run in slices of kMaxRows), and
-// its own stream. Each distinct list of sequences is captured once as a CUDA graph and replayed
-// while the list stays the same (HEADKV_BATCH_GRAPH=0: plain launches).
+// its own stream. A step is captured as a CUDA graph and replayed while the set of sequences stays
+// the same (rows are ordered by context, so the order they are named in does not matter); another
+// set of as many sequences updates the graph in place where CUDA allows it, else it is
+// instantiated again (HEADKV_BATCH_GRAPH=0: plain launches).
 //
 // Numerics: every row takes the fp32-activation matvec (the cuda-fp32 precision's single-token
 // arithmetic, without the int8 activations of the fast precision's single-token step), with the
@@ -44,7 +46,8 @@ class CudaBatch {
   // Device bytes of the scratch for `rows` rows (its bucket: 8, 16, 32 or 64; 0 for none).
   uint64_t scratch_bytes(int rows) const;
   int rows_allocated() const;
-  int64_t graph_captures() const;  // graphs captured so far (tests: replays do not capture)
+  int64_t graph_captures() const;  // graphs instantiated so far
+  int64_t graph_updates() const;   // captured steps applied to the instantiated graph in place
 
   struct Impl;
 

@@ -24,12 +24,20 @@ import headkv
 
 pytestmark = pytest.mark.gpu
 
-N_CTX = 512
+N_CTX = 1024
 PROMPTS = ["The quick brown fox", "Once upon a time, in a land far away, there lived a", "def fibonacci(n):",
            "The capital of France is", "List three colors, one per line, and explain each of them briefly:",
            "Water boils at a temperature of", "In 1492, Columbus sailed", "My favourite food is"]
-KV = {"full": {}, "headkv": dict(kv_method="headkv", kv_budget=16, max_new_tokens=64),
-      "snapkv": dict(kv_method="snapkv", kv_budget=16, max_new_tokens=64)}
+# Budgets below the essay prompts' lengths (about 60 to 500 tokens): the compressed methods keep a
+# part of each prompt, a different part per head.
+KV = {"full": {}, "headkv": dict(kv_method="headkv", kv_budget=32, max_new_tokens=64),
+      "snapkv": dict(kv_method="snapkv", kv_budget=32, max_new_tokens=64)}
+ESSAY_CHARS = [300, 2200, 900, 1500, 600]
+
+
+@pytest.fixture(scope="module")
+def essay_texts(essays):
+    return [essays[i][:n] for i, n in enumerate(ESSAY_CHARS)]
 REL = 2e-3  # |batched - alone| <= REL * max |alone logit| (matching activations)
 
 
@@ -101,13 +109,13 @@ JOINS = [0, 0, 0, 3, 6]
 
 @pytest.mark.parametrize("method", ["full", "headkv", "snapkv"])
 @pytest.mark.parametrize("device", ["cuda-fp32", "cuda"])
-def test_group_decodes_as_alone(smollm2, method, device, monkeypatch):
+def test_group_decodes_as_alone(smollm2, essay_texts, method, device, monkeypatch):
     if device == "cuda":  # the lone sequences with fp32 activations too (read when a context is made)
         monkeypatch.setenv("HEADKV_MATVEC", "fp32")
     kv = KV[method]
     base = _model(smollm2, device, **kv)
-    prompts = [base.tokenize(p) for p in PROMPTS[:5]]
-    assert len({len(p) for p in prompts}) == 5
+    prompts = [base.tokenize(p) for p in essay_texts]
+    assert len({len(p) for p in prompts}) == 5 and min(map(len, prompts)) > 2 * 32
     g = headkv.SequenceGroup(base, n_ctx=N_CTX, device=device)
     assert g.device == device and g.scratch_bytes == 0
     got, logits = _run_group(g, prompts, LENGTHS, JOINS)
@@ -123,13 +131,13 @@ def test_group_decodes_as_alone(smollm2, method, device, monkeypatch):
 
 
 @pytest.mark.parametrize("method", ["full", "headkv"])
-def test_group_vs_int8_alone(smollm2, method, monkeypatch):
+def test_group_vs_int8_alone(smollm2, essay_texts, method, monkeypatch):
     """Default "cuda": the lone sequence's decode step quantizes activations to int8, the batched
     step does not; teacher-forced on the lone greedy tokens."""
     monkeypatch.delenv("HEADKV_MATVEC", raising=False)
     kv = KV[method]
     base = _model(smollm2, "cuda", **kv)
-    prompts = [base.tokenize(p) for p in PROMPTS[:5]]
+    prompts = [base.tokenize(p) for p in essay_texts]
     refs = [_alone(smollm2, "cuda", p, n, **kv) for p, n in zip(prompts, LENGTHS)]
     g = headkv.SequenceGroup(base, n_ctx=N_CTX, device="cuda")
     _, logits = _run_group(g, prompts, LENGTHS, JOINS, forced=[r[0] for r in refs])
@@ -156,9 +164,9 @@ def _lockstep(g, prompts, steps):
     return out
 
 
-def test_graph_replay_equals_plain_launches(smollm2, monkeypatch):
+def test_graph_replay_equals_plain_launches(smollm2, essay_texts, monkeypatch):
     base = _model(smollm2, "cuda", **KV["headkv"])
-    prompts = [base.tokenize(p) for p in PROMPTS[:6]]
+    prompts = [base.tokenize(p) for p in essay_texts + PROMPTS[:1]]
     monkeypatch.delenv("HEADKV_BATCH_GRAPH", raising=False)
     a = _lockstep(headkv.SequenceGroup(base, n_ctx=N_CTX, device="cuda"), prompts, 12)
     monkeypatch.setenv("HEADKV_BATCH_GRAPH", "0")

@@ -6,11 +6,11 @@
 // for as long as the list of sequences (and their arenas) stays the same.
 #include <algorithm>
 #include <functional>
+#include <map>
 #include <set>
 #include <string>
 
 #include "backend/cuda_batch.h"
-#include "common/alloc.h"
 #include "context_impl.cuh"
 #include "quant.cuh"
 #include "model/context_checks.h"
@@ -31,9 +31,12 @@ struct CudaBatch::Impl {
   int64_t wscratch_elems = 0;
   DBuf<int32_t> in_dev;  // [kMaxRows] tokens, then [kMaxRows] positions
   int32_t* in_host = nullptr;
-  float* logits_host = nullptr;  // pinned, rows * n_vocab
-  cudaGraphExec_t graph = nullptr;
-  std::vector<intptr_t> graph_key;
+  // Captured steps by row count: the instantiated graph and what it was captured for.
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    std::vector<intptr_t> key;
+  };
+  std::map<int, Graph> graphs;
   int64_t captures = 0, updates = 0;  // graphs instantiated, and updated in place
 
   Impl(const Model& m, CudaPrecision prec) : model(m), hp(m.hparams()), half_gemm(prec == CudaPrecision::Fast) {
@@ -63,16 +66,13 @@ struct CudaBatch::Impl {
     drop_graph();
     if (in_host) cudaFreeHost(in_host);
     in_host = nullptr;
-    if (logits_host) cudaFreeHost(logits_host);
-    logits_host = nullptr;
     if (st) cudaStreamDestroy(st);
     st = nullptr;
   }
 
   void drop_graph() {
-    if (graph) cudaGraphExecDestroy(graph);
-    graph = nullptr;
-    graph_key.clear();
+    for (auto& [n, g] : graphs) cudaGraphExecDestroy(g.exec);
+    graphs.clear();
   }
 
   int64_t qdim() const { return (int64_t)hp.n_head * hp.head_dim; }
@@ -116,9 +116,6 @@ struct CudaBatch::Impl {
       wscratch_elems = wscratch_for();
       wscratch.alloc(wscratch_elems * (half_gemm ? 2 : 4), "dequantized weight scratch");
     }
-    if (logits_host) cudaFreeHost(logits_host);
-    logits_host = nullptr;
-    check(cudaMallocHost(&logits_host, (size_t)B * hp.n_vocab * sizeof(float)), "pinned batch logits");
     rows = B;
   }
 
@@ -223,6 +220,11 @@ struct CudaBatch::Impl {
     for (int i = 0; i < n; ++i) add_used(seqs[i]->used.get(), hp.n_layer * H, 1, st);
     rms_norm(x.get(), dm->output_norm, xn.get(), n, d, hp.rms_eps, st);
     linear(dm->output, xn.get(), n, logits.get(), hp.n_vocab, false);
+    // Each row into its sequence's pinned logits buffer (where a lone decode step puts them).
+    for (int i = 0; i < n; ++i)
+      check(cudaMemcpyAsync(seqs[i]->logits_pin, logits.get() + (size_t)i * hp.n_vocab, hp.n_vocab * sizeof(float),
+                            cudaMemcpyDeviceToHost, st),
+            "batch logits");
   }
 
   // What a captured step bakes in: the rows, the scratch, and each sequence's arena and items.
@@ -232,7 +234,7 @@ struct CudaBatch::Impl {
       for (const void* p : {(const void*)C->ak.get(), (const void*)C->av.get(), (const void*)C->apos.get(),
                             (const void*)C->seg_off.get(), (const void*)C->used.get(), (const void*)C->item_head.get(),
                             (const void*)C->item_split.get(), (const void*)C->head_splits.get(),
-                            (const void*)C->head_first.get(), (const void*)C->part.get()})
+                            (const void*)C->head_first.get(), (const void*)C->part.get(), (const void*)C->logits_pin})
         key.push_back((intptr_t)p);
       key.push_back(C->attn_warps);
       key.insert(key.end(), C->layer_item0.begin(), C->layer_item0.end());
@@ -241,10 +243,10 @@ struct CudaBatch::Impl {
     return key;
   }
 
-  // Captures the step for this list of sequences. A list of the same length has the same launches
-  // with other arguments: the instantiated graph is updated in place when CUDA allows it (cheaper
-  // than instantiating it again), else instantiated anew.
-  void capture(const std::vector<CudaContext::Impl*>& seqs, int n) {
+  // Captures the step for this list of sequences into G, the graph of its row count. A list of the
+  // same length has the same launches with other arguments: G is updated in place when CUDA allows
+  // it (cheaper than instantiating it again), else instantiated anew.
+  void capture(const std::vector<CudaContext::Impl*>& seqs, int n, Graph& G) {
     cudaGraph_t g = nullptr;
     check(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "batch graph capture");
     try {
@@ -255,18 +257,21 @@ struct CudaBatch::Impl {
       throw;
     }
     check(cudaStreamEndCapture(st, &g), "batch graph capture");
-    if (graph && !graph_key.empty() && graph_key[0] == n) {
+    G.key.clear();  // (set again by the caller once G holds this capture)
+    if (G.exec) {
       cudaGraphExecUpdateResultInfo info{};
-      if (cudaGraphExecUpdate(graph, g, &info) == cudaSuccess) {
+      if (cudaGraphExecUpdate(G.exec, g, &info) == cudaSuccess) {
         cudaGraphDestroy(g);
         ++updates;
         return;
       }
       cudaGetLastError();
+      cudaGraphExecDestroy(G.exec);
+      G.exec = nullptr;
     }
-    drop_graph();
-    const cudaError_t e = cudaGraphInstantiate(&graph, g, 0);
+    const cudaError_t e = cudaGraphInstantiate(&G.exec, g, 0);
     cudaGraphDestroy(g);
+    if (e != cudaSuccess) G.exec = nullptr;
     check(e, "batch graph instantiate");
     ++captures;
   }
@@ -282,25 +287,23 @@ struct CudaBatch::Impl {
     check(cudaMemcpyAsync(in_dev.get(), in_host, 2 * kMaxRows * sizeof(int32_t), cudaMemcpyHostToDevice, st), "step input");
     if (use_graph) {
       std::vector<intptr_t> key = key_of(seqs);
-      if (!graph || key != graph_key) {
-        capture(seqs, n);
-        graph_key = std::move(key);
+      Graph& G = graphs[n];
+      if (!G.exec || key != G.key) {
+        capture(seqs, n, G);
+        G.key = std::move(key);
       }
-      check(cudaGraphLaunch(graph, st), "batch graph launch");
+      check(cudaGraphLaunch(G.exec, st), "batch graph launch");
     } else {
       forward(seqs, n);
     }
-    check(cudaMemcpyAsync(logits_host, logits.get(), (size_t)n * hp.n_vocab * sizeof(float), cudaMemcpyDeviceToHost, st),
-          "batch logits");
     check(cudaStreamSynchronize(st), "batched decode");
     for (int i = 0; i < n; ++i) {  // each sequence as after a one-token eval
       CudaContext::Impl& C = *seqs[i];
       for (auto& u : C.h_used) ++u;
       C.history.push_back(tokens[i]);
       ++C.n_past;
-      std::copy_n(logits_host + (size_t)i * hp.n_vocab, hp.n_vocab, C.logits_h.data());
       C.n_logit_rows = 1;
-      C.pinned_logits = false;
+      C.pinned_logits = true;
     }
   }
 };
@@ -336,7 +339,6 @@ void CudaBatch::step(const std::vector<CudaContext*>& seqs, const int32_t* token
       if (comp)
         for (size_t s = 0; s < C.h_used.size(); ++s)
           if (C.h_used[s] + 1 > C.h_off[s + 1] - C.h_off[s]) fail_decode_room(1, C.kv.max_new_tokens);
-      if (C.logits_h.size() < (uint64_t)B.hp.n_vocab) checked_assign(C.logits_h, (uint64_t)B.hp.n_vocab, "logits");
     } catch (const Error& e) {
       fail(e.kind(), who + e.what());
     }

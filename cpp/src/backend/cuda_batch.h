@@ -5,10 +5,10 @@
 // dequantized weights through cuBLAS); RoPE with the K/V store and the decode attention run per
 // sequence against that sequence's arena. The batch owns one activation scratch, sized for the
 // largest batch it has run (at most kMaxRows rows; larger batches run in slices of kMaxRows), and
-// its own stream. A step is captured as a CUDA graph and replayed while the set of sequences stays
-// the same (rows are ordered by context, so the order they are named in does not matter); another
-// set of as many sequences updates the graph in place where CUDA allows it, else it is
-// instantiated again (HEADKV_BATCH_GRAPH=0: plain launches).
+// its own stream. A step is captured as a CUDA graph, one per row count, and replayed while the set
+// of sequences of that count stays the same (rows are ordered by context, so the order they are
+// named in does not matter); another set of as many sequences updates that graph in place where
+// CUDA allows it, else it is instantiated again (HEADKV_BATCH_GRAPH=0: plain launches).
 //
 // Numerics: every row takes the fp32-activation matvec (the cuda-fp32 precision's single-token
 // arithmetic, without the int8 activations of the fast precision's single-token step), with the

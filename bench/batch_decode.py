@@ -13,7 +13,9 @@ until --fit-max are in or the device (or the KV limit) refuses one (OutOfMemory:
 many fit), then --steps timed batched steps over the first B sequences for each B of --seqs that
 fit. One JSON line per measurement:
   {"mode": "alone" | "group" | "fit", "kv": "full" | "<method>-<budget>", "seqs": B, "tps": aggregate
-   generated tokens/s, "step_ms", "speedup_vs_alone", "kv_bytes_per_seq", ...}
+   generated tokens/s (host argmax of every row included, as a greedy server does), "step_ms",
+   "speedup_vs_alone", "kv_bytes_per_seq", "batch_gemm" (HEADKV_BATCH_GEMM=1: cuBLAS from 9 rows),
+   ...}
 
     python bench/batch_decode.py --device cuda --model llama3-8b-q4_0.gguf --prompt-len 32768 \\
         --seqs 1,8,32 --steps 32 --kv-method headkv --kv-budget 1024 --fit-max 64
@@ -98,7 +100,9 @@ def group_config(a, path, name, kv, rng, n_vocab):
     fit_max = max(a.fit_max, seqs[-1])
     room = len(seqs) * (a.steps + 2) + 8  # decode steps each sequence may take over the sweep
     prompt_of = lambda: [int(t) for t in rng.integers(0, n_vocab, a.prompt_len)]  # noqa: E731
-    base = dict(device=a.device, model=os.path.basename(path), kv=name, prompt_len=a.prompt_len, steps=a.steps)
+    base = dict(device=a.device, model=os.path.basename(path), kv=name, prompt_len=a.prompt_len, steps=a.steps,
+                batch_gemm=os.environ.get("HEADKV_BATCH_GEMM") == "1",
+                batch_graph=os.environ.get("HEADKV_BATCH_GRAPH") != "0")
     kv_seq = dict(kv, max_new_tokens=room) if kv else {}
     one, one_prefill, one_kv = alone_tps(path, a.device, a.threads, prompt_of(), a.steps, kv_seq)
     emit(dict(base, mode="alone", seqs=1, tps=round(one, 2), step_ms=round(1e3 / one, 3),

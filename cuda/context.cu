@@ -111,6 +111,12 @@ void CudaContext::Impl::alloc_scratch(int64_t C) {
   logits_d.alloc(hp.n_vocab, "logits");
 }
 
+void CudaContext::Impl::ensure_scratch() {
+  if (x.get()) return;
+  require_device_bytes(scratch_bytes(ub), "the activation scratch of a context (" + std::to_string(ub) + " rows)");
+  alloc_scratch(ub);
+}
+
 // ---- public surface
 namespace {
 // The CUDA backend stores K and V in f16 only: other type names fail here, before any allocation.
@@ -219,5 +225,15 @@ uint64_t CudaContext::bytes_used() const {
 }
 const std::vector<std::vector<float>>& CudaContext::selection_scores() const { return p_->sel_scores; }
 uint64_t CudaContext::peak_device_bytes() const { return mem_counter().peak.load(); }
+void CudaContext::set_kv_limit(uint64_t bytes) { p_->kv_limit = bytes; }
+uint64_t CudaContext::scratch_bytes() const { return p_->x.get() ? p_->scratch_bytes(p_->ub) : 0; }
+void CudaContext::release_scratch() {
+  Impl& I = *p_;
+  if (I.st) check(cudaStreamSynchronize(I.st), "release scratch");
+  I.drop_graph();  // it was captured over the scratch
+  for (DBuf<float>* b : {&I.x, &I.xn, &I.q, &I.k, &I.v, &I.att, &I.gate, &I.up}) b->reset();
+  I.xh.reset();
+  I.wscratch.reset();
+}
 
 }  // namespace headkv

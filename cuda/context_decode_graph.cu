@@ -79,7 +79,7 @@ void CudaContext::Impl::capture_decode_graph() {
 // After a prompt: the graph is captured now (a failure here is left for the first decode step to
 // report: the prompt itself has been evaluated).
 void CudaContext::Impl::prepare_decode() {
-  if (graph) return;
+  if (graph || !x.get()) return;  // (no scratch: released, the next eval captures)
   try {
     capture_decode_graph();
   } catch (...) {

@@ -23,6 +23,7 @@ void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) 
   if (logits_h.size() < (uint64_t)rows * hp.n_vocab)
     checked_assign(logits_h, checked_mul((uint64_t)rows, (uint64_t)hp.n_vocab, "logits"),
                    all_logits ? "logits for every token" : "logits");
+  ensure_scratch();
   if (method != BudgetMethod::Full && !arena) {
     try {
       prefill_compressed(tokens, n, all_logits);

@@ -34,6 +34,7 @@ struct CudaContext::Impl {
   // blocks do not fit (at hd 128: 4 on sm_80, 2 on sm_86 / sm_89).
   int attn_warps = 8;
   int32_t n_ctx = 0, ub = 2048, n_past = 0, n_prompt = 0;
+  uint64_t kv_limit = 0;  // CudaContext::set_kv_limit
   std::shared_ptr<DevModel> dm;
   cudaStream_t st = nullptr;
 
@@ -93,6 +94,7 @@ struct CudaContext::Impl {
   int64_t kvdim() const { return (int64_t)hp.n_head_kv * hp.head_dim; }
   uint64_t scratch_bytes(int64_t C) const;
   void alloc_scratch(int64_t C);
+  void ensure_scratch();  // after release_scratch: checked, then allocated again
 
   // context_arena.cu
   void make_arena(const std::vector<int64_t>& cap);

@@ -87,6 +87,9 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
   // Everything the prompt needs, checked before allocating any of it.
   uint64_t arena_b = 0;
   for (int64_t c : cap) arena_b += (uint64_t)c * CudaContext::entry_bytes(hd);
+  if (kv_limit && arena_b > kv_limit)  // admission (sequence groups)
+    fail(ErrorKind::OutOfMemory, "the compressed KV of this prompt needs " + std::to_string(arena_b) + " bytes, " +
+                                     std::to_string(kv_limit) + " are left under the KV limit");
   // The layer's K/V: fp16 in the fast precision (what the arena keeps), fp32 in cuda-fp32.
   const uint64_t layer_kv = 2ull * H * N * hd * (half_gemm ? 2 : 4);
   // The prompt's residual stream (every token's activations between layers) is the largest buffer

@@ -26,6 +26,19 @@ MemCounter& mem_counter() {
 
 }  // namespace headkv::cu
 
+// Free and total memory of the current device, and the bytes headkv's buffers hold (all 0 when no
+// device is usable).
+extern "C" void headkv_cuda_memory(uint64_t* free_b, uint64_t* total_b, uint64_t* held_b) {
+  size_t f = 0, t = 0;
+  if (cudaMemGetInfo(&f, &t) != cudaSuccess) {
+    cudaGetLastError();
+    f = t = 0;
+  }
+  *free_b = f;
+  *total_b = t;
+  *held_b = headkv::cu::mem_counter().cur.load();
+}
+
 extern "C" void headkv_cuda_reset_peak(void) {
   headkv::cu::MemCounter& c = headkv::cu::mem_counter();
   c.peak.store(c.cur.load());

@@ -138,6 +138,11 @@ void gemm_nt(const void* A, const void* B, float* C, int64_t m, int64_t n, int64
   if (!b.error.empty()) fail(ErrorKind::Unsupported, "CUDA backend: " + b.error);
   if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || ldc > INT32_MAX) fail(ErrorKind::Internal, "gemm: size too large");
   const float alpha = 1.0f;
+  // One handle for the process: its stream and math mode are set and the GEMM enqueued under a lock,
+  // so that contexts running in several threads (a sequence pool) do not enqueue on each other's
+  // streams.
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
   b.set_stream(b.handle, s);
   b.set_math(b.handle, half_in ? 0 : PEDANTIC_MATH);
   // Column-major view: C^T (m x n) = A (k x m)^T * B (k x n).

@@ -166,9 +166,49 @@ def test_group_admission(smollm2, base):
         c2.add(2, a)
     assert c2.ids == [1] and c2.kv_bytes() == per
 
-def test_group_needs_cpu(base):
-    with pytest.raises(headkv.UnsupportedError, match="CPU"):
-        headkv._core.SequenceGroup(base._e, 64, 1, 512, base.kv.native(None), 0, "cuda")
+def test_group_devices(base):
+    """A group's device: the model's by default, or named; unknown names are refused, and the GPU
+    devices without the CUDA backend (the GPU group itself: tests/test_cuda_batch.py)."""
+    g = headkv.SequenceGroup(base, n_ctx=64, n_threads=1)
+    assert g.device == "cpu" and g.scratch_bytes == 0
+    assert headkv.SequenceGroup(base, n_ctx=64, n_threads=1, device="cpu").device == "cpu"
+    with pytest.raises(headkv.InvalidArgumentError, match="unknown device 'tpu'"):
+        headkv.SequenceGroup(base, n_ctx=64, n_threads=1, device="tpu")
+    if not headkv._core.cuda_built():
+        for dev in ("cuda", "cuda-fp32"):
+            with pytest.raises(headkv.UnsupportedError, match="no CUDA backend"):
+                headkv.SequenceGroup(base, n_ctx=64, n_threads=1, device=dev)
+
+
+def test_batch_step_over_siblings(smollm2, base):
+    """_core.BatchStep (what BatchDecoder runs) over sibling CPU models: each sequence as alone;
+    bad lists are refused before any sequence changes."""
+    prompts = [base.tokenize(p) for p in PROMPTS[:3]]
+    first = headkv.Model(smollm2, n_ctx=N_CTX, n_threads=2)
+    models = [first] + [headkv.Model(smollm2, n_ctx=N_CTX, share_with=first) for _ in range(2)]
+    for m, p in zip(models, prompts):
+        m.eval(p)
+    step = headkv._core.BatchStep()
+    got = [[] for _ in models]
+    for _ in range(5):
+        toks = [int(np.argmax(m.logits())) for m in models]
+        for g, t in zip(got, toks):
+            g.append(t)
+        step.step([m._e for m in models], toks)
+    for g, p in zip(got, prompts):
+        assert g == _alone(smollm2, p, 5)[0]
+    n_past = [m._e.n_past for m in models]
+    with pytest.raises(headkv.InvalidArgumentError, match="engines but"):
+        step.step([m._e for m in models], [1])
+    with pytest.raises(headkv.InvalidArgumentError, match="at least one"):
+        step.step([], [])
+    with pytest.raises(headkv.InvalidArgumentError, match="twice"):
+        step.step([first._e, first._e], [1, 1])
+    lone = headkv.Model(smollm2, n_ctx=N_CTX, n_threads=1)  # its own load of the model
+    lone.eval(prompts[0])
+    with pytest.raises(headkv.InvalidArgumentError, match="another model"):
+        step.step([first._e, lone._e], [1, 1])
+    assert [m._e.n_past for m in models] == n_past
 
 
 @pytest.mark.parametrize("method", ["full", "headkv"])

@@ -172,3 +172,35 @@ def test_headkv_without_scores_uses_the_shipped_file(bench, smollm2):
     a = json.loads(run(bench, *args).stdout)[0]
     b = json.loads(run(bench, *args, "--scores", shipped_scores(smollm2)).stdout)[0]
     assert a["kv_bytes"] == b["kv_bytes"] > 0
+
+
+
+def _batch_decode(*args):
+    import os
+    import sys
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "batch_decode.py")
+    p = subprocess.run([sys.executable, script, "--group", *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    return [json.loads(line) for line in p.stdout.splitlines()]
+
+
+def test_batch_decode_group_mode(smollm2):
+    """bench/batch_decode.py's group mode (the GPU bench's code path, on the CPU with --group): one
+    JSON line per measurement; with a KV limit of 2.5 compressed sequences the fit line counts two
+    and names the refusal, and a batch size beyond the fit is reported as not fitting."""
+    common = ["--model", smollm2, "--prompt-len", 40, "--steps", 2, "--kv-method", "snapkv", "--kv-budget", 12,
+              "--threads", 2]
+    rows = _batch_decode(*common, "--seqs", "1,2")
+    assert [(r["kv"], r["mode"], r["seqs"]) for r in rows] == [
+        (kv, m, n) for kv in ("full", "snapkv-12") for m, n in (("alone", 1), ("fit", 2), ("group", 1), ("group", 2))]
+    for r in rows:
+        if r["mode"] in ("alone", "group"):
+            assert finite_positive(r["tps"]) and finite_positive(r["step_ms"]) and r["kv_bytes_per_seq"] > 0
+    fit = [r for r in rows if r["mode"] == "fit"]
+    assert all(r["limited_by"] == "fit_max" and r["refused"] is None for r in fit)
+    per = fit[1]["kv_bytes_per_seq"]
+    assert per < fit[0]["kv_bytes_per_seq"]  # a 40-token prompt at budget 12 against the full cache of its n_ctx
+    rows = _batch_decode(*common, "--seqs", "1,3", "--skip-full", "--fit-max", 5, "--kv-limit", per * 5 // 2)
+    assert [(r["mode"], r["seqs"]) for r in rows] == [("alone", 1), ("fit", 2), ("group", 1), ("group", 3)]
+    assert rows[1]["limited_by"] == "refused" and "KV limit" in rows[1]["refused"]
+    assert rows[1]["kv_bytes_total"] == 2 * per and rows[3]["fits"] is False and rows[3]["fit"] == 2

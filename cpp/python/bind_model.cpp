@@ -32,16 +32,15 @@ struct Engine {
   std::shared_ptr<Model> model;
   std::unique_ptr<Session> ctx;
 
-  // A context over base's model and thread pool (CPU), for decode_batch with base and its siblings.
+  // A context over base's model (and thread pool on the CPU; device weights on the GPU) on base's
+  // device, for batched steps (decode_batch, BatchStep) with base and its siblings.
   Engine(const Engine& base, int n_ctx, int n_batch, const KVConfig& kv) : model(base.model) {
-    Context* c = base.ctx->cpu();
-    if (!c) fail(ErrorKind::Unsupported, "sibling contexts (batched decode) run on the CPU backend only");
     ContextParams p;
     p.n_ctx = python_n_ctx(n_ctx, *model);
     p.n_batch = n_batch;
     p.kv = kv;
-    p.pool = c->pool();
-    ctx = std::make_unique<Session>(*model, p, "cpu");
+    if (Context* c = base.ctx->cpu()) p.pool = c->pool();
+    ctx = std::make_unique<Session>(*model, p, base.ctx->device());
   }
 
   Engine(const std::string& path, int n_ctx, int n_threads, int n_batch, const KVConfig& kv,
@@ -206,6 +205,10 @@ struct PyGroup {
 void bind_model(py::module_& m) {
   m.def("cuda_device_count", &cuda_devices, "CUDA devices visible to the CUDA backend (0 without it)");
   m.def("cuda_built", &cuda_backend_built, "whether this build has the CUDA backend");
+  m.def("cuda_memory", [] {
+    const CudaMemory c = cuda_memory();
+    return py::make_tuple(c.free, c.total, c.held);
+  }, "(free, total, held by headkv) bytes of the current CUDA device; zeros without one");
   py::class_<KVConfig>(m, "KVConfigNative")
       .def(py::init([](const std::string& method, int budget, int window, double beta, double temp, int kernel,
                        const std::string& pooling, const std::string& scores, int max_new_tokens, int span,
@@ -247,7 +250,7 @@ void bind_model(py::module_& m) {
              py::gil_scoped_release nogil;
              return std::make_unique<Engine>(e, n_ctx, n_batch, kv);
            }, py::arg("n_ctx") = -1, py::arg("n_batch") = 512, py::arg("kv") = KVConfig{},
-           "a new context over this engine's model and thread pool (CPU), batchable with it by decode_batch")
+           "a new context over this engine's model (and thread pool) on its device, batchable with it (decode_batch, BatchStep)")
       .def("kv_stats", &Engine::kv_stats)
       .def("kv_positions", &Engine::kv_positions)
       .def("kv_rows", &Engine::kv_rows, py::arg("layer"), py::arg("kv_head"),
@@ -309,6 +312,7 @@ void bind_model(py::module_& m) {
       .def("metadata", &Engine::metadata)
       .def("is_eog", [](const Engine& e, int32_t t) { return e.model->tokenizer().is_eog(t); })
       .def_property_readonly("n_past", [](const Engine& e) { return e.ctx->n_past(); })
+      .def_property_readonly("device", [](const Engine& e) { return e.ctx->device(); })
       .def_property_readonly("n_ctx", [](const Engine& e) { return e.ctx->n_ctx(); })
       .def_property_readonly("n_threads", [](const Engine& e) { return e.ctx->n_threads(); })
       .def_property_readonly("n_vocab", [](const Engine& e) { return e.model->hparams().n_vocab; })
@@ -343,6 +347,17 @@ void bind_model(py::module_& m) {
     Context::decode_batch(cs, tokens.data());
   }, py::arg("engines"), py::arg("tokens"),
         "One batched decode step: appends tokens[i] to engines[i] (siblings sharing one model and thread pool)");
+
+  py::class_<SessionBatch>(m, "BatchStep", "batched decode steps over sibling engines on one device (keeps the GPU scratch)")
+      .def(py::init<>())
+      .def("step", [](SessionBatch& b, const std::vector<Engine*>& es, const std::vector<int32_t>& tokens) {
+        if (es.size() != tokens.size())
+          fail(ErrorKind::InvalidArgument, "step: " + std::to_string(es.size()) + " engines but " + std::to_string(tokens.size()) + " tokens");
+        std::vector<Session*> ss;
+        for (Engine* e : es) ss.push_back(e ? e->ctx.get() : nullptr);
+        py::gil_scoped_release nogil;
+        b.step(ss, tokens.data());
+      }, py::arg("engines"), py::arg("tokens"), "appends tokens[i] to engines[i] in one batched step");
 
   py::class_<PyGroup>(m, "SequenceGroup")
       .def(py::init([](const Engine& e, int n_ctx, int n_threads, int n_batch, const KVConfig& kv, uint64_t kv_limit,
@@ -381,6 +396,8 @@ void bind_model(py::module_& m) {
       .def_property_readonly("ids", [](const PyGroup& g) { return g.g->ids(); })
       .def_property_readonly("kv_bytes_total", [](const PyGroup& g) { return g.g->kv_bytes(); })
       .def_property_readonly("kv_limit", [](const PyGroup& g) { return g.g->kv_limit(); })
+      .def_property_readonly("device", [](const PyGroup& g) { return g.g->device(); })
+      .def_property_readonly("scratch_bytes", [](const PyGroup& g) { return g.g->scratch_bytes(); })
       .def("__len__", [](const PyGroup& g) { return g.g->size(); });
 
   py::class_<Sampler>(m, "Sampler")

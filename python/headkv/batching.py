@@ -1,9 +1,10 @@
-"""Batched decoding of concurrently generating sequences (CPU).
+"""Batched decoding of concurrently generating sequences (CPU and GPU).
 
 :class:`BatchDecoder` merges the one-token evals of several :class:`headkv.Model` s that share one
-loaded model and thread pool (``Model(..., share_with=first)``) into batched engine steps
-(``_core.decode_batch``: each weight matrix is read once for all of them, attention runs per
-sequence over its own KV). Each sequence keeps its own generation loop, sampler, grammar and stop
+loaded model (``Model(..., share_with=first)``: on the CPU its thread pool, on the GPU its device
+weights) into batched engine steps (``_core.BatchStep``: each weight matrix is read once for all of
+them, attention runs per sequence over its own KV; on the GPU one activation scratch serves every
+step). Each sequence keeps its own generation loop, sampler, grammar and stop
 handling in its own thread; only the forward pass is shared. A thread that evaluates a token waits
 until every sequence that is decoding has submitted its token (or ``gather_s`` passes: a sequence
 still prefilling or slow to sample is not waited for longer), then one of them runs the step for all.
@@ -39,6 +40,7 @@ class BatchDecoder:
         self._running = False
         self.n_steps = 0  # batched steps run (of more than one sequence), for stats and tests
         self.n_rows = 0   # tokens evaluated through them
+        self._step = _core.BatchStep()  # (the GPU batch's scratch lives here between steps)
 
     def enter(self) -> None:
         with self._cv:
@@ -79,7 +81,7 @@ class BatchDecoder:
             if len(batch) == 1:
                 batch[0].engine.eval([batch[0].token], False)
             else:
-                _core.decode_batch([s.engine for s in batch], [s.token for s in batch])
+                self._step.step([s.engine for s in batch], [s.token for s in batch])
                 self.n_steps += 1
                 self.n_rows += len(batch)
         except Error:
@@ -98,20 +100,22 @@ class BatchDecoder:
 
 
 class SequenceGroup:
-    """Sequences by id over ``model``'s loaded weights, decoded together (CPU; the C API's
-    ``hk_group_*``). ``add(id, tokens)`` evaluates a prompt alone and the sequence joins;
+    """Sequences by id over ``model``'s loaded weights, decoded together (the C API's ``hk_group_*``)
+    on ``device`` (default: the model's; ``"cpu"``, ``"cuda"`` or ``"cuda-fp32"``; on the GPU each
+    step reads every weight once per 8 sequences and runs attention per sequence). ``add(id, tokens)`` evaluates a prompt alone and the sequence joins;
     ``step(ids, tokens)`` appends one token to each named sequence in one batched step and returns
     their logits ``[len(ids), n_vocab]``; ``remove(id)`` lets one go. Every sequence has a context
     of ``n_ctx`` and the KV method of ``kv`` (default: the model's); ``n_threads`` sizes the group's
     one thread pool. ``kv_limit_bytes`` > 0 bounds all sequences' KV together: a sequence that would
-    pass it is refused with OutOfMemoryError before its prefill. Bad ids, tokens outside the
+    pass it is refused with OutOfMemoryError before its prefill (on the GPU also one that the free
+    device memory cannot hold). Bad ids, tokens outside the
     vocabulary and full sequences raise typed errors before any sequence changes."""
 
     def __init__(self, model, n_ctx: Optional[int] = None, n_threads: Optional[int] = None, n_batch: int = 512,
-                 kv=None, kv_limit_bytes: int = 0):
+                 kv=None, kv_limit_bytes: int = 0, device: Optional[str] = None):
         kv = model.kv if kv is None else kv
         self._g = _core.SequenceGroup(model._e, -1 if n_ctx is None else int(n_ctx), int(n_threads or 0), int(n_batch),
-                                      kv.native(None), int(kv_limit_bytes), model.device)
+                                      kv.native(None), int(kv_limit_bytes), model.device if device is None else device)
 
     def add(self, id: int, tokens) -> None:
         self._g.add(int(id), [int(t) for t in tokens])
@@ -130,6 +134,15 @@ class SequenceGroup:
 
     def kv_bytes(self, id: Optional[int] = None) -> int:
         return self._g.kv_bytes_total if id is None else self._g.kv_bytes(int(id))
+
+    @property
+    def device(self) -> str:
+        return self._g.device
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Device bytes of the GPU batch's activation scratch (0 on the CPU)."""
+        return self._g.scratch_bytes
 
     @property
     def ids(self) -> list:

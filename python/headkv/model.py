@@ -57,9 +57,9 @@ class Model:
             span=..., probe=..., type_k=..., type_v=...``; ``kv_budget_bytes=N`` gives the budget as N bytes of
             kept entries in all (KVConfig.budget_bytes). Query-agnostic use (compress a document, ask later): ``probe="repeat"``,
             ``eval(document)``, then ``generate(question, reset=False)``.
-        share_with: another CPU model of the same file whose loaded weights and thread pool this one
-            uses (its n_threads apply), so that their decode steps can be batched together
-            (headkv.batching, SequencePool).
+        share_with: another model of the same file and device whose loaded weights (on the CPU also
+            its thread pool: its n_threads apply; on the GPU its device weights) this one uses, so
+            that their decode steps can be batched together (headkv.batching, SequencePool).
         cache_prompt: prefix reuse (as llama-cpp-python and llama-server do). A prompt that starts with
             tokens the context already holds evaluates only the rest: for the full cache the longest
             common prefix (same results as a fresh run); for a compressing method, when the prompt
@@ -108,9 +108,10 @@ class Model:
         if isinstance(kv.probe, str) and kv.probe:  # probe text: tokenized with the model's vocabulary
             tok = _core.Tokenizer(self.model_path)
             tokenize = lambda s: tok.encode(s, False, False)  # noqa: E731
-        if share_with is not None:  # the other model's weights and thread pool (n_threads is theirs)
-            if device != "cpu" or share_with.device != "cpu":
-                raise UnsupportedError("share_with (batched decoding) needs CPU models")
+        if share_with is not None:  # the other model's weights (and CPU thread pool: n_threads is theirs)
+            if device != share_with.device:
+                raise UnsupportedError(f"share_with (batched decoding) needs models of one device "
+                                       f"({device!r} and {share_with.device!r})")
             if os.path.realpath(share_with.model_path) != os.path.realpath(self.model_path):
                 raise InvalidArgumentError("share_with must be a model of the same file")
             self._e = share_with._e.sibling(-1 if n_ctx is None else n_ctx, n_batch, kv.native(tokenize))

@@ -1,11 +1,11 @@
 """``headkv.SequencePool``: several sequences of one model, handed out to requests.
 
 Each sequence is a :class:`headkv.Llama` of its own (its own context), all with the same options.
-On the CPU (``batch=True``, the default) they share one loaded model and one thread pool, and the
-one-token decode steps of the requests generating at the same time run as one batched step
-(headkv.batching: each weight matrix read once for all of them, attention per sequence); each
-request keeps its own sampling, grammar and stop handling. Elsewhere (a GPU device, ``batch=False``)
-each sequence decodes alone in its thread. A request takes a
+With ``batch=True`` (the default) they share one loaded model (on the CPU its thread pool, on the
+GPU its device weights), and the one-token decode steps of the requests generating at the same
+time run as one batched step (headkv.batching: each weight matrix read once for all of them,
+attention per sequence); each request keeps its own sampling, grammar and stop handling. With
+``batch=False`` each sequence decodes alone in its thread. A request takes a
 free sequence, preferring the one whose cached tokens share the longest prefix with its prompt
 (the engine's prefix reuse, ``cache_prompt``, then evaluates only the rest); among equals the one
 used least recently. When none is free the request waits in a bounded FIFO queue, or is refused
@@ -71,9 +71,9 @@ _END, _ITEM, _ERR = range(3)
 class SequencePool:
     """``n_seq`` sequences of ``model_path``, each a ``cls`` (default :class:`headkv.Llama`) built
     with ``model_kwargs`` (``n_ctx`` is the context per sequence). ``batch``: batched decode steps
-    on the CPU (one model and one thread pool of ``n_threads`` threads, default half the CPUs); off,
-    or on a GPU, ``n_threads`` defaults to half the CPUs shared among the sequences (at least 1
-    each). ``max_queue``: requests that may wait for a sequence; ``queue_timeout``: seconds a request
+    (one model; on the CPU one thread pool of ``n_threads`` threads, default half the CPUs); off,
+    ``n_threads`` defaults to half the CPUs shared among the sequences (at least 1 each).
+    ``max_queue``: requests that may wait for a sequence; ``queue_timeout``: seconds a request
     waits at most (None: no limit)."""
 
     def __init__(self, model_path, n_seq: int = 1, *, max_queue: int = 64, queue_timeout: Optional[float] = None,
@@ -83,7 +83,7 @@ class SequencePool:
         if not isinstance(max_queue, int) or max_queue < 0:
             raise InvalidArgumentError(f"max_queue must be an integer >= 0, got {max_queue!r}")
         batch = (batch and n_seq > 1 and isinstance(cls, type) and issubclass(cls, Model)
-                 and model_kwargs.get("device") in (None, "cpu", "auto") and not model_kwargs.get("n_gpu_layers"))
+                 and model_kwargs.get("device") in (None, "cpu", "auto", "cuda", "cuda-fp32"))
         if model_kwargs.get("n_threads") is None:
             model_kwargs["n_threads"] = max(1, (os.cpu_count() or 2) // 2 // (1 if batch else n_seq))
         if cls is Llama:
@@ -91,7 +91,7 @@ class SequencePool:
         self.model_path = os.fspath(model_path)
         first = cls(model_path, **model_kwargs)
         # The batch decoder merges the decode steps of the sequences generating at the same time.
-        self.decoder = BatchDecoder() if batch and first.device == "cpu" else None
+        self.decoder = BatchDecoder() if batch else None
         models = [first] + [cls(model_path, **model_kwargs, **({"share_with": first} if self.decoder else {}))
                             for _ in range(n_seq - 1)]
         for m in models:

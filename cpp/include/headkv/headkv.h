@@ -129,16 +129,19 @@ int hk_cuda_device_count(void);
 /* Restarts the peak of hk_context_peak_device_bytes at the bytes allocated now. */
 void hk_reset_peak_device_bytes(void);
 
-/* ---- sequence groups (CPU backend) ----
- * Several sequences over one model and one thread pool, decoded together: hk_group_step appends one
- * token to each named sequence, reading every weight matrix once for all of them (attention per
- * sequence over its own KV). A sequence joins with hk_group_add (its prompt evaluated alone) and
- * leaves with hk_group_remove, between steps. Each sequence's logits equal a separate context's up to
- * the matrix products' summation order. */
+/* ---- sequence groups ----
+ * Several sequences over one model, decoded together: hk_group_step appends one token to each named
+ * sequence, reading every weight matrix once for all of them on the CPU (one thread pool), once per
+ * 8 sequences on the GPU (attention per sequence over its own KV). A sequence joins with
+ * hk_group_add (its prompt evaluated alone) and leaves with hk_group_remove, between steps. Each
+ * sequence's logits equal a separate context's up to the matrix products' summation order (on the
+ * GPU: up to the cuda-fp32 single-token arithmetic, which the "cuda" device's single-token step
+ * replaces with int8 activations). */
 typedef struct hk_group hk_group;
 /* Every sequence gets a context of `params` (NULL: defaults; n_threads sizes the group's one thread
- * pool); device must be the CPU (HK_ERR_UNSUPPORTED otherwise). kv_limit_bytes > 0 bounds the KV
- * bytes of all sequences together. */
+ * pool on the CPU; device "cpu", "cuda" or "cuda-fp32", HK_ERR_UNSUPPORTED without the CUDA backend
+ * or a device). kv_limit_bytes > 0 bounds the KV bytes of all sequences together; on the GPU the
+ * free device memory bounds them too (checked before a sequence's prefill). */
 hk_status hk_group_new(const hk_model* model, const hk_context_params* params, uint64_t kv_limit_bytes,
                        hk_group** out);
 void hk_group_free(hk_group* group);

@@ -71,7 +71,17 @@ class CudaContext {
   // Peak bytes of device memory allocated by this context and the model's device weights.
   uint64_t peak_device_bytes() const;
 
+  // Bytes a compressed prompt's arena may take at most (0: no limit); a prompt whose arena would be
+  // larger fails with OutOfMemory before anything of it is allocated (sequence-group admission).
+  void set_kv_limit(uint64_t bytes);
+  // Frees the activation scratch of multi-token evals and the single-token decode graph (a
+  // sequence of a group decodes through the group's batch); the next eval allocates them again.
+  void release_scratch();
+  // Device bytes of that scratch (a context holds it from construction until release_scratch).
+  uint64_t scratch_bytes() const;
+
   struct Impl;
+  Impl& impl() const { return *p_; }  // cuda/ internals (the batched step, backend/cuda_batch.h)
 
  private:
   std::unique_ptr<Impl> p_;

@@ -1,12 +1,16 @@
-// Several sequences over one Model and one thread pool, decoded together (continuous batching on
-// the CPU backend). Each sequence is a Session of its own (full cache, or compressed per head as a
-// single context compresses it); a sequence joins after its prompt was evaluated alone and leaves
-// when removed, between steps. step() appends one token to each named sequence in one batched
-// forward (Context::decode_batch).
+// Several sequences over one Model, decoded together (continuous batching). Each sequence is a
+// Session of its own (full cache, or compressed per head as a single context compresses it); a
+// sequence joins after its prompt was evaluated alone and leaves when removed, between steps.
+// step() appends one token to each named sequence in one batched forward: on the CPU
+// Context::decode_batch over one thread pool; on the GPU (device "cuda" / "cuda-fp32") a CudaBatch,
+// whose one activation scratch serves every step (a sequence's own scratch is freed once its
+// prompt has run).
 //
 // Admission: the sequences' KV bytes together stay within kv_limit (0: no limit). A sequence whose
 // KV would not fit is refused with OutOfMemory before its prefill runs (a full cache's bytes are
 // known from n_ctx; a compressed prompt's arena from its budget plan), and nothing of it is kept.
+// On the GPU the device's free memory bounds it as well: the batch's scratch for one more row and
+// the new sequence's cache and prefill buffers are checked before they are allocated.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -18,11 +22,29 @@
 
 namespace headkv {
 
+class CudaBatch;
+
+// One batched decode step over Sessions of one Model on one device (the Python BatchDecoder's
+// steps over sibling models): CPU sessions through Context::decode_batch (sharing one thread
+// pool), GPU sessions through a CudaBatch made at the first GPU step (its scratch kept between
+// steps). Checks as those (typed errors naming ids[i] or the index, nothing changed on error).
+class SessionBatch {
+ public:
+  SessionBatch();
+  ~SessionBatch();
+  void step(const std::vector<Session*>& seqs, const int32_t* tokens, const int64_t* ids = nullptr);
+
+ private:
+  std::unique_ptr<CudaBatch> gpu_;
+};
+
 class SequenceGroup {
  public:
   // params: every sequence's context (n_ctx, n_batch, KV method); params.n_threads sizes the one
-  // pool. device must be "cpu" (Unsupported otherwise).
+  // pool (CPU). device: "cpu", "cuda" or "cuda-fp32" (Unsupported without the CUDA backend or a
+  // device, or for an architecture the batched GPU step does not run; InvalidArgument otherwise).
   SequenceGroup(const Model& model, const ContextParams& params, uint64_t kv_limit = 0, const std::string& device = "cpu");
+  ~SequenceGroup();
 
   // Adds sequence `id` and evaluates its prompt alone. InvalidArgument: id in use, empty prompt,
   // token outside the vocabulary; ContextFull: the prompt does not fit; OutOfMemory: its KV would
@@ -43,11 +65,16 @@ class SequenceGroup {
   uint64_t kv_bytes() const;  // all sequences together
   uint64_t kv_limit() const { return kv_limit_; }
   const Model& model() const { return model_; }
+  const std::string& device() const { return device_; }
+  // Device bytes of the GPU batch's activation scratch (0 on the CPU).
+  uint64_t scratch_bytes() const;
 
  private:
   const Model& model_;
   ContextParams params_;
   uint64_t kv_limit_;
+  std::string device_;
+  std::unique_ptr<CudaBatch> batch_;  // GPU devices
   std::map<int64_t, std::unique_ptr<Session>> seqs_;
 };
 

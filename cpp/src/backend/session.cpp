@@ -17,6 +17,7 @@ class CudaContext {};  // never constructed without the backend; complete so uni
 #ifdef HEADKV_WITH_CUDA
 extern "C" int headkv_cuda_device_count(void);
 extern "C" void headkv_cuda_reset_peak(void);
+extern "C" void headkv_cuda_memory(uint64_t* free_b, uint64_t* total_b, uint64_t* held_b);
 #endif
 
 namespace headkv {
@@ -33,6 +34,14 @@ void cuda_reset_peak() {
 #ifdef HEADKV_WITH_CUDA
   headkv_cuda_reset_peak();
 #endif
+}
+
+CudaMemory cuda_memory() {
+  CudaMemory m;
+#ifdef HEADKV_WITH_CUDA
+  headkv_cuda_memory(&m.free, &m.total, &m.held);
+#endif
+  return m;
 }
 
 bool cuda_backend_built() {

@@ -17,6 +17,12 @@ class CudaContext;
 bool cuda_backend_built();
 int cuda_devices();  // CUDA devices visible (0 without the backend, a driver or a device)
 void cuda_reset_peak();  // peak_device_bytes() restarts from the bytes allocated now
+// The current device's free and total bytes and those headkv's device buffers hold (0 without a
+// usable device).
+struct CudaMemory {
+  uint64_t free = 0, total = 0, held = 0;
+};
+CudaMemory cuda_memory();
 
 class Session {
  public:
@@ -74,6 +80,7 @@ class Session {
   int64_t n_embd_rows() const { return cpu_ ? cpu_->n_embd_rows() : 0; }
 
   Context* cpu() { return cpu_.get(); }
+  CudaContext* gpu() { return gpu_.get(); }  // null on the CPU
 
  private:
   std::string device_;

@@ -1,0 +1,372 @@
+// CudaBatch: one decode step over several CudaContexts of one Model (backend/cuda_batch.h).
+// The rows of the step share every linear layer (matvec kernels: each weight read once per 8 rows;
+// HEADKV_BATCH_GEMM=1: more than 8 rows go through cuBLAS on dequantized weights), while RoPE with
+// the K/V store and the decode attention run per sequence against its own arena, with its own
+// decode work items. Positions and tokens are read from device memory, so a captured step replays
+// for as long as the list of sequences (and their arenas) stays the same.
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+
+#include "backend/cuda_batch.h"
+#include "context_impl.cuh"
+#include "quant.cuh"
+#include "model/context_checks.h"
+
+namespace headkv {
+
+struct CudaBatch::Impl {
+  const Model& model;
+  const LlamaHParams& hp;
+  std::shared_ptr<DevModel> dm;
+  cudaStream_t st = nullptr;
+  bool gemm_big = false, use_graph = true;
+  int rows = 0;          // rows the scratch holds
+  bool half_gemm = true;  // the sequences' precision: fp16 GEMM operands (HEADKV_BATCH_GEMM=1)
+  DBuf<float> x, xn, q, k, v, att, gate, up, logits;
+  DBuf<__half> xh;
+  DBuf<uint8_t> wscratch;
+  int64_t wscratch_elems = 0;
+  DBuf<int32_t> in_dev;  // [kMaxRows] tokens, then [kMaxRows] positions
+  int32_t* in_host = nullptr;
+  // Captured steps by row count: the instantiated graph and what it was captured for.
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    std::vector<intptr_t> key;
+  };
+  std::map<int, Graph> graphs;
+  int64_t captures = 0, updates = 0;  // graphs instantiated, and updated in place
+
+  Impl(const Model& m, CudaPrecision prec) : model(m), hp(m.hparams()), half_gemm(prec == CudaPrecision::Fast) {
+    const ArchInfo& a = *hp.arch;
+    if (a.post_norms || a.gelu || a.embd_scale || a.softcaps || hp.has_swa())
+      fail(ErrorKind::Unsupported, std::string("batched decode on the GPU: architecture '") + a.name +
+                                       "' is not built for it (post-norms, GeGLU, embedding scale, soft-capping and "
+                                       "sliding-window layers)");
+    gemm_big = env_is("HEADKV_BATCH_GEMM", "1");
+    use_graph = !env_is("HEADKV_BATCH_GRAPH", "0");
+    require_supported_device();
+    dm = DevModel::get(m);
+    try {
+      check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
+      blas_init(st);
+      in_dev.alloc(2 * kMaxRows, "batch step input");
+      check(cudaMallocHost(&in_host, 2 * kMaxRows * sizeof(int32_t)), "pinned step buffer");
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+  ~Impl() { release(); }
+
+  void release() {
+    if (st) cudaStreamSynchronize(st);
+    drop_graph();
+    if (in_host) cudaFreeHost(in_host);
+    in_host = nullptr;
+    if (st) cudaStreamDestroy(st);
+    st = nullptr;
+  }
+
+  void drop_graph() {
+    for (auto& [n, g] : graphs) cudaGraphExecDestroy(g.exec);
+    graphs.clear();
+  }
+
+  int64_t qdim() const { return (int64_t)hp.n_head * hp.head_dim; }
+  int64_t kvdim() const { return (int64_t)hp.n_head_kv * hp.head_dim; }
+  int64_t wscratch_for() const { return gemm_big ? std::min<int64_t>(dm->max_weight_elems, 64ll << 20) : 0; }
+
+  uint64_t scratch_bytes(int B) const {
+    if (B == 0) return 0;
+    const int64_t d = hp.n_embd, ff = hp.n_ff, xs = std::max<int64_t>(d, qdim());
+    uint64_t b = (uint64_t)B * (d + xs + 2 * qdim() + 2 * kvdim() + 2 * ff + hp.n_vocab) * 4;
+    if (gemm_big) b += (uint64_t)B * std::max<int64_t>(xs, ff) * 2 + (uint64_t)wscratch_for() * (half_gemm ? 2 : 4);
+    return b;
+  }
+
+  static int bucket(int n) {
+    int B = 8;
+    while (B < n) B *= 2;
+    return std::min(B, kMaxRows);
+  }
+
+  // Scratch for at least n rows, in buckets of 8, 16, 32, 64 (each growth drops the captured step).
+  void ensure_rows(int n) {
+    if (n <= rows) return;
+    const int B = bucket(n);
+    require_device_bytes(scratch_bytes(B) - scratch_bytes(rows), "batched decode scratch for " + std::to_string(B) + " sequences");
+    cudaStreamSynchronize(st);
+    drop_graph();
+    rows = 0;
+    const int64_t d = hp.n_embd, ff = hp.n_ff, xs = std::max<int64_t>(d, qdim());
+    x.alloc(B * d, "batch activations");
+    xn.alloc(B * xs, "batch activations");
+    q.alloc(B * qdim(), "batch activations");
+    k.alloc(B * kvdim(), "batch activations");
+    v.alloc(B * kvdim(), "batch activations");
+    att.alloc(B * qdim(), "batch activations");
+    gate.alloc(B * ff, "batch activations");
+    up.alloc(B * ff, "batch activations");
+    logits.alloc((size_t)B * hp.n_vocab, "batch logits");
+    if (gemm_big) {
+      xh.alloc(B * std::max<int64_t>(xs, ff), "batch activations (fp16)");
+      wscratch_elems = wscratch_for();
+      wscratch.alloc(wscratch_elems * (half_gemm ? 2 : 4), "dequantized weight scratch");
+    }
+    rows = B;
+  }
+
+  // out (ldo) (=, +=) W · in for T rows of `in` (rows of W.cols floats).
+  void linear(const DW& w, const float* in, int64_t T, float* out, int64_t ldo, bool add) {
+    if (T > kMatvecMaxT && gemm_big) {
+      const void* B = in;
+      if (half_gemm) {
+        f32_to_f16(in, xh.get(), T * w.cols, st);
+        B = xh.get();
+        if (w.type == T_F16) {
+          gemm_nt(w.data, B, out, w.rows, T, w.cols, ldo, add ? 1.0f : 0.0f, true, st);
+          return;
+        }
+      }
+      const int64_t rows_per = std::max<int64_t>(1, wscratch_elems / w.cols);
+      for (int64_t r0 = 0; r0 < w.rows; r0 += rows_per) {
+        const int64_t n = std::min(rows_per, w.rows - r0);
+        dequant_rows(w, r0, n, wscratch.get(), half_gemm, st);
+        gemm_nt(wscratch.get(), B, out + r0, n, T, w.cols, ldo, add ? 1.0f : 0.0f, half_gemm, st);
+      }
+      return;
+    }
+    for (int64_t t0 = 0; t0 < T; t0 += kMatvecMaxT)
+      matvec(w, nullptr, in + t0 * w.cols, w.cols, out + t0 * ldo, ldo, (int)std::min<int64_t>(kMatvecMaxT, T - t0),
+             add ? MV_ADD : MV_STORE, false, st);
+  }
+
+  // The step's launches for n rows (seqs[i] is row i).
+  void forward(const std::vector<CudaContext::Impl*>& seqs, int n) {
+    const int H = hp.n_head_kv;
+    const int64_t d = hp.n_embd, ff = hp.n_ff;
+    embed_rows(dm->tok_embd, in_dev.get(), n, x.get(), st);
+    for (int il = 0; il < hp.n_layer; ++il) {
+      const DevLayer& L = dm->layers[il];
+      rms_norm(x.get(), L.attn_norm, xn.get(), n, d, hp.rms_eps, st);
+      linear(L.wq, xn.get(), n, q.get(), qdim(), false);
+      linear(L.wk, xn.get(), n, k.get(), kvdim(), false);
+      linear(L.wv, xn.get(), n, v.get(), kvdim(), false);
+      if (L.bq) {  // what the architecture adds before RoPE (CudaContext::Impl::qkv_post)
+        add_bias(q.get(), L.bq, n, qdim(), st);
+        add_bias(k.get(), L.bk, n, kvdim(), st);
+        add_bias(v.get(), L.bv, n, kvdim(), st);
+      }
+      if (L.q_norm) {
+        rms_norm(q.get(), L.q_norm, q.get(), (int64_t)n * hp.n_head, hp.head_dim, hp.rms_eps, st);
+        rms_norm(k.get(), L.k_norm, k.get(), (int64_t)n * H, hp.head_dim, hp.rms_eps, st);
+      }
+      for (int i = 0; i < n; ++i) {
+        const CudaContext::Impl& C = *seqs[i];
+        RopeStore r;
+        r.q = q.get() + i * qdim();
+        r.k = k.get() + i * kvdim();
+        r.v = v.get() + i * kvdim();
+        r.T = 1;
+        r.nh = hp.n_head;
+        r.nkv = H;
+        r.hd = hp.head_dim;
+        r.rope_dim = hp.rope_dim;
+        r.neox = hp.arch->rope_neox;
+        r.inv_freq = dm->rope_inv_freq;
+        r.rope_scale = hp.rope_scale;
+        r.pos0_dev = in_dev.get() + kMaxRows + i;
+        r.kh = C.ak.get();
+        r.vh = C.av.get();
+        r.pos = C.apos.get();
+        r.seg_off = C.seg_off.get() + il * H;
+        r.used = C.used.get() + il * H;
+        rope_store(r, st);
+        DecodeArgs a;
+        a.q = q.get() + i * qdim();
+        a.out = att.get() + i * qdim();
+        a.k = C.ak.get();
+        a.v = C.av.get();
+        a.seg_off = C.seg_off.get() + il * H;
+        a.used = C.used.get() + il * H;
+        a.item_head = C.item_head.get() + C.layer_item0[il];
+        a.item_split = C.item_split.get() + C.layer_item0[il];
+        a.head_splits = C.head_splits.get() + il * H;
+        a.head_first = C.head_first.get() + il * H;
+        a.n_items = C.layer_items[il];
+        a.nh = hp.n_head;
+        a.nkv = H;
+        a.hd = hp.head_dim;
+        a.part = C.part.get();
+        a.warps = C.attn_warps;
+        decode_attention(a, st);
+      }
+      linear(L.wo, att.get(), n, x.get(), d, true);
+      rms_norm(x.get(), L.ffn_norm, xn.get(), n, d, hp.rms_eps, st);
+      if (!(n > kMatvecMaxT && gemm_big) && L.gate.type == L.up.type) {
+        for (int t0 = 0; t0 < n; t0 += kMatvecMaxT)
+          matvec(L.gate, &L.up, xn.get() + t0 * d, d, gate.get() + t0 * ff, ff, std::min(kMatvecMaxT, n - t0), MV_SWIGLU,
+                 false, st);
+      } else {
+        linear(L.gate, xn.get(), n, gate.get(), ff, false);
+        linear(L.up, xn.get(), n, up.get(), ff, false);
+        silu_mul(gate.get(), up.get(), (int64_t)n * ff, st);
+      }
+      linear(L.down, gate.get(), n, x.get(), d, true);
+    }
+    for (int i = 0; i < n; ++i) add_used(seqs[i]->used.get(), hp.n_layer * H, 1, st);
+    rms_norm(x.get(), dm->output_norm, xn.get(), n, d, hp.rms_eps, st);
+    linear(dm->output, xn.get(), n, logits.get(), hp.n_vocab, false);
+    // Each row into its sequence's pinned logits buffer (where a lone decode step puts them).
+    for (int i = 0; i < n; ++i)
+      check(cudaMemcpyAsync(seqs[i]->logits_pin, logits.get() + (size_t)i * hp.n_vocab, hp.n_vocab * sizeof(float),
+                            cudaMemcpyDeviceToHost, st),
+            "batch logits");
+  }
+
+  // What a captured step bakes in: the rows, the scratch, and each sequence's arena and items.
+  std::vector<intptr_t> key_of(const std::vector<CudaContext::Impl*>& seqs) const {
+    std::vector<intptr_t> key{(intptr_t)seqs.size(), rows, half_gemm};
+    for (const CudaContext::Impl* C : seqs) {
+      for (const void* p : {(const void*)C->ak.get(), (const void*)C->av.get(), (const void*)C->apos.get(),
+                            (const void*)C->seg_off.get(), (const void*)C->used.get(), (const void*)C->item_head.get(),
+                            (const void*)C->item_split.get(), (const void*)C->head_splits.get(),
+                            (const void*)C->head_first.get(), (const void*)C->part.get(), (const void*)C->logits_pin})
+        key.push_back((intptr_t)p);
+      key.push_back(C->attn_warps);
+      key.insert(key.end(), C->layer_item0.begin(), C->layer_item0.end());
+      key.insert(key.end(), C->layer_items.begin(), C->layer_items.end());
+    }
+    return key;
+  }
+
+  // Captures the step for this list of sequences into G, the graph of its row count. A list of the
+  // same length has the same launches with other arguments: G is updated in place when CUDA allows
+  // it (cheaper than instantiating it again), else instantiated anew.
+  void capture(const std::vector<CudaContext::Impl*>& seqs, int n, Graph& G) {
+    cudaGraph_t g = nullptr;
+    check(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "batch graph capture");
+    try {
+      forward(seqs, n);
+    } catch (...) {
+      cudaStreamEndCapture(st, &g);
+      if (g) cudaGraphDestroy(g);
+      throw;
+    }
+    check(cudaStreamEndCapture(st, &g), "batch graph capture");
+    G.key.clear();  // (set again by the caller once G holds this capture)
+    if (G.exec) {
+      cudaGraphExecUpdateResultInfo info{};
+      if (cudaGraphExecUpdate(G.exec, g, &info) == cudaSuccess) {
+        cudaGraphDestroy(g);
+        ++updates;
+        return;
+      }
+      cudaGetLastError();
+      cudaGraphExecDestroy(G.exec);
+      G.exec = nullptr;
+    }
+    const cudaError_t e = cudaGraphInstantiate(&G.exec, g, 0);
+    cudaGraphDestroy(g);
+    if (e != cudaSuccess) G.exec = nullptr;
+    check(e, "batch graph instantiate");
+    ++captures;
+  }
+
+  // One slice of at most kMaxRows checked sequences.
+  void run(const std::vector<CudaContext::Impl*>& seqs, const int32_t* tokens) {
+    const int n = (int)seqs.size();
+    ensure_rows(n);
+    for (int i = 0; i < n; ++i) {
+      in_host[i] = tokens[i];
+      in_host[kMaxRows + i] = seqs[i]->n_past;
+    }
+    check(cudaMemcpyAsync(in_dev.get(), in_host, 2 * kMaxRows * sizeof(int32_t), cudaMemcpyHostToDevice, st), "step input");
+    if (use_graph) {
+      std::vector<intptr_t> key = key_of(seqs);
+      Graph& G = graphs[n];
+      if (!G.exec || key != G.key) {
+        capture(seqs, n, G);
+        G.key = std::move(key);
+      }
+      check(cudaGraphLaunch(G.exec, st), "batch graph launch");
+    } else {
+      forward(seqs, n);
+    }
+    check(cudaStreamSynchronize(st), "batched decode");
+    for (int i = 0; i < n; ++i) {  // each sequence as after a one-token eval
+      CudaContext::Impl& C = *seqs[i];
+      for (auto& u : C.h_used) ++u;
+      C.history.push_back(tokens[i]);
+      ++C.n_past;
+      C.n_logit_rows = 1;
+      C.pinned_logits = true;
+    }
+  }
+};
+
+CudaBatch::CudaBatch(const Model& model, CudaPrecision prec) : p_(std::make_unique<Impl>(model, prec)) {}
+CudaBatch::~CudaBatch() = default;
+uint64_t CudaBatch::scratch_bytes(int rows) const { return rows > 0 ? p_->scratch_bytes(Impl::bucket(rows)) : 0; }
+void CudaBatch::reserve(int rows) { p_->ensure_rows(std::clamp(rows, 1, kMaxRows)); }
+int CudaBatch::rows_allocated() const { return p_->rows; }
+int64_t CudaBatch::graph_captures() const { return p_->captures; }
+int64_t CudaBatch::graph_updates() const { return p_->updates; }
+
+void CudaBatch::step(const std::vector<CudaContext*>& seqs, const int32_t* tokens, const int64_t* ids) {
+  Impl& B = *p_;
+  const int64_t n = (int64_t)seqs.size();
+  if (n == 0) fail(ErrorKind::InvalidArgument, "a batched step needs at least one sequence");
+  if (!tokens) fail(ErrorKind::InvalidArgument, "a batched step needs its tokens");
+  std::set<const CudaContext*> seen;
+  std::vector<CudaContext::Impl*> cs;
+  for (int64_t i = 0; i < n; ++i) {
+    const std::string who = (ids ? "sequence id " + std::to_string(ids[i]) : "sequence " + std::to_string(i)) + ": ";
+    CudaContext* c = seqs[i];
+    if (!c) fail(ErrorKind::InvalidArgument, who + "no context");
+    if (!seen.insert(c).second) fail(ErrorKind::InvalidArgument, who + "appears twice in one step");
+    CudaContext::Impl& C = c->impl();
+    if (&C.model != &B.model) fail(ErrorKind::InvalidArgument, who + "is over another model");
+    if (C.half_gemm != B.half_gemm)
+      fail(ErrorKind::InvalidArgument, who + "has another precision (cuda / cuda-fp32) than the batch");
+    const bool comp = C.method != BudgetMethod::Full;
+    if (!C.arena) fail(ErrorKind::InvalidArgument, who + "its compressed prompt has not been evaluated yet");
+    try {
+      check_eval_tokens(&tokens[i], 1, C.n_past, comp ? -1 : C.n_ctx, B.hp.n_vocab);
+      if (comp)
+        for (size_t s = 0; s < C.h_used.size(); ++s)
+          if (C.h_used[s] + 1 > C.h_off[s + 1] - C.h_off[s]) fail_decode_room(1, C.kv.max_new_tokens);
+    } catch (const Error& e) {
+      fail(e.kind(), who + e.what());
+    }
+    cs.push_back(&C);
+  }
+  // Rows in a fixed order (by context), so that the same sequences given in another order replay
+  // the same captured step; a row's result does not depend on its place.
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return std::less<>()(cs[a], cs[b]); });
+  std::vector<CudaContext::Impl*> sorted(n);
+  std::vector<int32_t> toks(n);
+  for (int64_t i = 0; i < n; ++i) {
+    sorted[i] = cs[order[i]];
+    toks[i] = tokens[order[i]];
+  }
+  for (int64_t i0 = 0; i0 < n; i0 += kMaxRows) {
+    const int64_t m = std::min<int64_t>(kMaxRows, n - i0);
+    const std::vector<CudaContext::Impl*> slice(sorted.begin() + i0, sorted.begin() + i0 + m);
+    try {
+      B.run(slice, toks.data() + i0);
+    } catch (...) {
+      cudaStreamSynchronize(B.st);
+      cudaGetLastError();
+      B.drop_graph();
+      throw;
+    }
+  }
+}
+
+}  // namespace headkv

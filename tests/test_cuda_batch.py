@@ -1,0 +1,249 @@
+"""Several sequences decoded together on the GPU (headkv.SequenceGroup on "cuda" / "cuda-fp32",
+SequencePool's batched path on the GPU) against the same sequences decoded alone on the GPU, on
+SmolLM2 Q4_1. Marked gpu: skipped without a CUDA device; run with
+`pytest -m gpu tests/test_cuda_batch.py -v -s` (the -s shows the measured differences).
+
+What is compared and the stated bounds:
+* The batched step multiplies every row with the fp32-activation matvec (backend/cuda_batch.h) and
+  runs the RMSNorm as its own kernel; a sequence alone runs the RMSNorm fused into its single-token
+  matvecs, with fp32 activations in cuda-fp32 and with HEADKV_MATVEC=fp32, int8 activations in the
+  default "cuda" precision. So with matching activations (cuda-fp32, or "cuda" with
+  HEADKV_MATVEC=fp32 for the lone sequences) the logits differ only by float rounding (the norm
+  applied before or after the dot product; a rounding can move a stored fp16 K/V element to the
+  neighbouring half): within 2e-3 of the largest |logit|, and the greedy tokens are identical.
+* Against the default "cuda" lone step (int8 activations): teacher-forced on the lone sequence's
+  greedy tokens, the same top-1 in >= 90% of the steps and mean KL(alone || batched) < 0.02
+  (test_cuda.py's bound for int8 against fp32 activations).
+* Graph replay (the default) and plain launches (HEADKV_BATCH_GRAPH=0) give the same logits bit
+  for bit; HEADKV_BATCH_GEMM=1 (cuBLAS from 9 rows) in cuda-fp32 within 2e-3 of the largest |logit|.
+"""
+import numpy as np
+import pytest
+
+import headkv
+
+pytestmark = pytest.mark.gpu
+
+N_CTX = 1024
+PROMPTS = ["The quick brown fox", "Once upon a time, in a land far away, there lived a", "def fibonacci(n):",
+           "The capital of France is", "List three colors, one per line, and explain each of them briefly:",
+           "Water boils at a temperature of", "In 1492, Columbus sailed", "My favourite food is"]
+# Budgets below the essay prompts' lengths (about 60 to 500 tokens): the compressed methods keep a
+# part of each prompt, a different part per head.
+KV = {"full": {}, "headkv": dict(kv_method="headkv", kv_budget=32, max_new_tokens=64),
+      "snapkv": dict(kv_method="snapkv", kv_budget=32, max_new_tokens=64)}
+ESSAY_CHARS = [300, 2200, 900, 1500, 600]
+
+
+@pytest.fixture(scope="module")
+def essay_texts(essays):
+    return [essays[i][:n] for i, n in enumerate(ESSAY_CHARS)]
+REL = 2e-3  # |batched - alone| <= REL * max |alone logit| (matching activations)
+
+
+def _model(path, device, **kv):
+    return headkv.Model(path, n_ctx=N_CTX, n_threads=2, device=device, **kv)
+
+
+def _alone(path, device, prompt, n, forced=None, **kv):
+    """Logits before each of n tokens of the sequence alone; the tokens are its greedy ones, or
+    `forced` (teacher forcing)."""
+    m = _model(path, device, **kv)
+    m.eval(prompt)
+    toks, logits = [], []
+    for s in range(n):
+        lg = m.logits().copy()
+        logits.append(lg)
+        toks.append(int(np.argmax(lg)) if forced is None else forced[s])
+        m.eval([toks[-1]])
+    return toks, logits
+
+
+def _kl(p_logits, q_logits):
+    p = np.exp(p_logits - p_logits.max())
+    p /= p.sum()
+    q = np.exp(q_logits - q_logits.max())
+    q /= q.sum()
+    return float(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30))))
+
+
+def _run_group(g, prompts, lengths, joins, forced=None):
+    """Decodes the sequences in group g: sequence i joins before step joins[i] and leaves once it has
+    lengths[i] tokens; each step appends every member's greedy token (or forced[i][s]). Returns each
+    sequence's tokens and the logits before each."""
+    n = len(prompts)
+    got = {i: [] for i in range(n)}
+    logits = {i: [] for i in range(n)}
+    step = 0
+    while any(len(got[i]) < lengths[i] for i in range(n)):
+        for i in range(n):
+            if joins[i] == step:
+                g.add(100 + i, prompts[i])
+                logits[i].append(g.logits(100 + i))
+        ids, toks = [], []
+        for i in range(n):
+            if (100 + i) not in g.ids:
+                continue
+            t = int(np.argmax(logits[i][-1])) if forced is None else forced[i][len(got[i])]
+            got[i].append(t)
+            if len(got[i]) == lengths[i]:
+                g.remove(100 + i)  # done: leaves before the step
+            else:
+                ids.append(100 + i)
+                toks.append(t)
+        if ids:
+            out = g.step(ids, toks)
+            for r, sid in enumerate(ids):
+                logits[sid - 100].append(out[r])
+                assert np.array_equal(out[r], g.logits(sid))
+        step += 1
+    assert len(g) == 0 and g.kv_bytes() == 0
+    return got, logits
+
+
+# Five sequences of different prompt lengths: three start, two join after 3 and 6 steps, the first
+# leaves after 18 tokens; every sequence decodes at least 16 tokens.
+LENGTHS = [18, 24, 20, 22, 16]
+JOINS = [0, 0, 0, 3, 6]
+
+
+@pytest.mark.parametrize("method", ["full", "headkv", "snapkv"])
+@pytest.mark.parametrize("device", ["cuda-fp32", "cuda"])
+def test_group_decodes_as_alone(smollm2, essay_texts, method, device, monkeypatch):
+    if device == "cuda":  # the lone sequences with fp32 activations too (read when a context is made)
+        monkeypatch.setenv("HEADKV_MATVEC", "fp32")
+    kv = KV[method]
+    base = _model(smollm2, device, **kv)
+    prompts = [base.tokenize(p) for p in essay_texts]
+    assert len({len(p) for p in prompts}) == 5 and min(map(len, prompts)) > 2 * 32
+    g = headkv.SequenceGroup(base, n_ctx=N_CTX, device=device)
+    assert g.device == device and g.scratch_bytes == 0
+    got, logits = _run_group(g, prompts, LENGTHS, JOINS)
+    assert g.scratch_bytes > 0
+    worst = 0.0
+    for i in range(5):
+        ref, ref_logits = _alone(smollm2, device, prompts[i], LENGTHS[i], **kv)
+        assert got[i] == ref, (method, device, i)
+        for a, b in zip(logits[i], ref_logits):
+            worst = max(worst, float(np.max(np.abs(a - b)) / np.max(np.abs(b))))
+    print(f"{method} {device}: max |batched - alone| / max |logit| = {worst:.2e}")
+    assert worst <= REL, worst
+
+
+@pytest.mark.parametrize("method", ["full", "headkv"])
+def test_group_vs_int8_alone(smollm2, essay_texts, method, monkeypatch):
+    """Default "cuda": the lone sequence's decode step quantizes activations to int8, the batched
+    step does not; teacher-forced on the lone greedy tokens."""
+    monkeypatch.delenv("HEADKV_MATVEC", raising=False)
+    kv = KV[method]
+    base = _model(smollm2, "cuda", **kv)
+    prompts = [base.tokenize(p) for p in essay_texts]
+    refs = [_alone(smollm2, "cuda", p, n, **kv) for p, n in zip(prompts, LENGTHS)]
+    g = headkv.SequenceGroup(base, n_ctx=N_CTX, device="cuda")
+    _, logits = _run_group(g, prompts, LENGTHS, JOINS, forced=[r[0] for r in refs])
+    same, kls = 0, []
+    for i in range(5):
+        for a, b in zip(logits[i], refs[i][1]):
+            same += int(np.argmax(a) == np.argmax(b))
+            kls.append(_kl(b, a))
+    total = sum(LENGTHS)
+    print(f"{method}: batched top-1 = alone (int8) in {same}/{total} steps, mean KL {np.mean(kls):.2e}")
+    assert same >= 0.9 * total and np.mean(kls) < 0.02
+
+
+def _lockstep(g, prompts, steps):
+    """All sequences join, then `steps` greedy steps together; logits of every step."""
+    for i, p in enumerate(prompts):
+        g.add(i, p)
+    toks = [int(np.argmax(g.logits(i))) for i in range(len(prompts))]
+    out = []
+    for _ in range(steps):
+        lg = g.step(list(range(len(prompts))), toks)
+        out.append(lg)
+        toks = [int(np.argmax(r)) for r in lg]
+    return out
+
+
+def test_graph_replay_equals_plain_launches(smollm2, essay_texts, monkeypatch):
+    base = _model(smollm2, "cuda", **KV["headkv"])
+    prompts = [base.tokenize(p) for p in essay_texts + PROMPTS[:1]]
+    monkeypatch.delenv("HEADKV_BATCH_GRAPH", raising=False)
+    a = _lockstep(headkv.SequenceGroup(base, n_ctx=N_CTX, device="cuda"), prompts, 12)
+    monkeypatch.setenv("HEADKV_BATCH_GRAPH", "0")
+    b = _lockstep(headkv.SequenceGroup(base, n_ctx=N_CTX, device="cuda"), prompts, 12)
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)
+
+
+def test_gemm_path_and_large_batches(smollm2, monkeypatch):
+    """70 sequences (two slices of at most 64 rows): every row as with the matvec path; with
+    HEADKV_BATCH_GEMM=1 (cuBLAS, fp32 in cuda-fp32) within REL."""
+    base = _model(smollm2, "cuda-fp32")
+    prompts = [base.tokenize(PROMPTS[i % 8] + " " * (i // 8)) for i in range(70)]
+    monkeypatch.delenv("HEADKV_BATCH_GEMM", raising=False)
+    a = _lockstep(headkv.SequenceGroup(base, n_ctx=64, device="cuda-fp32"), prompts, 4)
+    monkeypatch.setenv("HEADKV_BATCH_GEMM", "1")
+    b = _lockstep(headkv.SequenceGroup(base, n_ctx=64, device="cuda-fp32"), prompts, 4)
+    ref, ref_logits = _alone(smollm2, "cuda-fp32", prompts[69], 5)
+    worst = max(float(np.max(np.abs(x[69] - r)) / np.max(np.abs(r))) for x, r in zip(a, ref_logits[1:]))
+    gemm = max(float(np.max(np.abs(x - y)) / np.max(np.abs(x))) for x, y in zip(a, b))
+    print(f"70 rows: last row vs alone {worst:.2e}; GEMM vs matvec {gemm:.2e}")
+    assert worst <= REL and gemm <= REL
+
+
+def test_group_admission_and_errors(smollm2):
+    base = _model(smollm2, "cuda")
+    a = base.tokenize(PROMPTS[0])
+    one = _model(smollm2, "cuda").kv_bytes()  # the full cache of n_ctx = N_CTX
+    g = headkv.SequenceGroup(base, n_ctx=N_CTX, device="cuda", kv_limit_bytes=2 * one + one // 2)
+    g.add(1, a)
+    g.add(2, a)
+    with pytest.raises(headkv.OutOfMemoryError, match="refused"):
+        g.add(3, a)
+    assert sorted(g.ids) == [1, 2] and g.kv_bytes() == 2 * one
+    g.remove(1)
+    g.add(3, a)  # room again
+    assert sorted(g.ids) == [2, 3]
+    t = int(np.argmax(g.logits(2)))
+    n2 = g.n_past(2)
+    with pytest.raises(headkv.InvalidArgumentError, match="twice"):
+        g.step([2, 2], [t, t])
+    with pytest.raises(headkv.InvalidArgumentError, match="outside the vocabulary"):
+        g.step([2, 3], [t, 10 ** 7])
+    with pytest.raises(headkv.InvalidArgumentError, match="no sequence with id 9"):
+        g.step([2, 9], [t, t])
+    assert g.n_past(2) == n2
+    # compressed: refused from the prompt's plan, before its prefill
+    kv = KV["headkv"]
+    hk = _model(smollm2, "cuda", **kv)
+    c = headkv.SequenceGroup(hk, n_ctx=N_CTX, device="cuda")
+    c.add(1, a)
+    per = c.kv_bytes(1)
+    c2 = headkv.SequenceGroup(hk, n_ctx=N_CTX, device="cuda", kv_limit_bytes=per + per // 2)
+    c2.add(1, a)
+    with pytest.raises(headkv.OutOfMemoryError, match="compressed KV"):
+        c2.add(2, a)
+    assert c2.ids == [1] and c2.kv_bytes() == per
+    # a full cache larger than the device: refused before anything is allocated
+    free, total, _ = headkv._core.cuda_memory()
+    big_ctx = int(total // (30 * 3 * (4 * 64 + 4))) + 1024
+    big = headkv.SequenceGroup(base, n_ctx=big_ctx, device="cuda")
+    with pytest.raises(headkv.OutOfMemoryError):
+        big.add(1, a)
+    assert len(big) == 0 and big.kv_bytes() == 0
+
+
+@pytest.mark.parametrize("method", ["full", "headkv"])
+def test_pool_on_gpu_matches_alone(smollm2, method):
+    """Eight concurrent greedy requests through SequencePool on cuda-fp32 (batched steps over sibling
+    contexts sharing the device weights) return what each returns alone."""
+    kv = KV[method]
+    alone = headkv.Llama(smollm2, n_ctx=N_CTX, device="cuda-fp32", verbose=False, **kv)
+    jobs = [(p, 6 + 3 * i) for i, p in enumerate(PROMPTS)]
+    ref = [alone.create_completion(p, max_tokens=n, temperature=0)["choices"][0]["text"] for p, n in jobs]
+    with headkv.SequencePool(smollm2, 8, n_ctx=N_CTX, device="cuda-fp32", **kv) as pool:
+        out = pool.run([(pool.prompt_tokens(p), (p, n)) for p, n in jobs],
+                       lambda m, j: m.create_completion(j[0], max_tokens=j[1], temperature=0))
+        st = pool.stats()
+    assert [o["choices"][0]["text"] for o in out] == ref
+    assert st["batched_steps"] > 0 and st["batched_tokens"] > st["batched_steps"]

@@ -99,6 +99,16 @@ void weighted_rows_kv(KVType t, const float* p, int64_t nq, int64_t ldp, const v
     case KVType::Q4_0: return weighted_rows_q4_0(p, nq, ldp, Vb, ld, hd, m, out, hd);
   }
 }
+// Scaled (and, with cap > 0, soft-capped) attention scores in place; returns their maximum.
+float scale_scores(float* s, int64_t n, float scale, float cap) {
+  if (cap > 0)
+    for (int64_t j = 0; j < n; ++j) s[j] = cap * std::tanh(s[j] * scale / cap);
+  else
+    for (int64_t j = 0; j < n; ++j) s[j] *= scale;
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
+  return mx;
+}
 }  // namespace
 
 // Causal GQA attention of T queries ([T][n_head][head_dim]) over a KV view per KV head whose
@@ -135,12 +145,7 @@ void Context::attention(const float* qs, int64_t T, const std::function<KVView(i
       if (n1 < n) dot_rows_kv(kv.tk, &qs[h0 * hd], group, K, hd, n - n1, sc.data() + n1, max_keys);
       for (int hh = 0; hh < group; ++hh) {
         float* s = sc.data() + (size_t)hh * max_keys;
-        if (cap > 0)
-          for (int64_t j = 0; j < n; ++j) s[j] = cap * std::tanh(s[j] * scale / cap);
-        else
-          for (int64_t j = 0; j < n; ++j) s[j] *= scale;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
+        const float mx = scale_scores(s, n, scale, cap);
         const float inv = (float)(1.0 / exp_shift_sum(s, n, mx));
         for (int64_t j = 0; j < n; ++j) s[j] *= inv;
         if (probe_layer_ >= 0 && t == T - 1)  // attention probe: the chunk's last query (positions first..)
@@ -192,12 +197,7 @@ void Context::attention_split(const float* qs, const std::vector<KVView>& views,
       float* pj = &part[(size_t)job * group * (hd + 2)];
       for (int hh = 0; hh < group; ++hh) {
         float* s = sc.data() + (size_t)hh * kSplitKeys;
-        if (cap > 0)
-          for (int64_t j = 0; j < n; ++j) s[j] = cap * std::tanh(s[j] * scale / cap);
-        else
-          for (int64_t j = 0; j < n; ++j) s[j] *= scale;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
+        const float mx = scale_scores(s, n, scale, cap);
         pj[hh * (hd + 2)] = mx;
         pj[hh * (hd + 2) + 1] = (float)exp_shift_sum(s, n, mx);  // s[j] = exp(s[j] - mx)
       }

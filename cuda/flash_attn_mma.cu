@@ -8,12 +8,16 @@
 // registers. A warp skips the tiles wholly past its rows' last key.
 // Each of these choices (32 rows per warp, 32-key tiles without spills, the scale inside the FFMA)
 // beat the variants tried; 128-query blocks and a heavy-first tile order did not (BENCHMARKS.md).
+// QROWS: the arena's K/V rows are q8_0 / q4_0 blocks (or one of them f16; FlashArgs::tk / tv): the
+// tile load dequantizes each row's 8-value pieces into the same fp16 shared tile (plain loads and
+// stores instead of cp.async), the rest of the kernel is unchanged.
 #include <cuda_fp16.h>
 
 #include <string>
 
 #include "common.cuh"
 #include "kernels.cuh"
+#include "kv_quant.cuh"
 
 namespace headkv::cu {
 
@@ -27,7 +31,11 @@ __device__ __forceinline__ float ex2_ftz(float x) {
   return y;
 }
 
-template <int HD>
+__device__ __forceinline__ uint4 pack_h8(const float* x) {
+  return make_uint4(pack_h2(x[0], x[1]), pack_h2(x[2], x[3]), pack_h2(x[4], x[5]), pack_h2(x[6], x[7]));
+}
+
+template <int HD, bool QROWS>
 __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
   constexpr int BQ = 16 * MT * NW, RW = 16 * MT;
   constexpr int LD = HD + 8;  // halves per shared row (16-byte pad: conflict-free ldmatrix)
@@ -45,16 +53,38 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
   const int64_t n_keys = nb + min(q0 + BQ, a.T);
   const int n_tiles = (int)((n_keys + BK - 1) / BK);
 
+  // quantized rows: this KV head's first K / V row (bytes)
+  const int64_t rbk = kv_row_bytes(a.tk, HD), rbv = kv_row_bytes(a.tv, HD);
+  const int64_t seg0 = a.seg_off ? a.seg_off[g] : (int64_t)g * a.ld_head;
+  const uint8_t* Kq = static_cast<const uint8_t*>(a.k) + seg0 * rbk;
+  const uint8_t* Vq = static_cast<const uint8_t*>(a.v) + seg0 * rbv;
+
   auto load_tile = [&](int tile, int buf) {
     const int64_t k0 = (int64_t)tile * BK;
-    for (int i = tid; i < BK * HD / 8; i += NTHR) {
-      const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
-      const bool ok = k0 + r < n_keys;
-      const int64_t src = ok ? (k0 + r) * HD + c : 0;
-      cp_async16(Ks + (buf * BK + r) * LD + c, K + src, ok);
-      cp_async16(Vs + (buf * BK + r) * LD + c, V + src, ok);
+    if constexpr (QROWS) {
+      for (int i = tid; i < BK * HD / 8; i += NTHR) {
+        const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+        uint4 hk = make_uint4(0u, 0u, 0u, 0u), hv = hk;  // rows past n_keys are zeros
+        if (k0 + r < n_keys) {
+          float x[8];
+          kv_load8(a.tk, Kq + (k0 + r) * rbk, c, x);
+          hk = pack_h8(x);
+          kv_load8(a.tv, Vq + (k0 + r) * rbv, c, x);
+          hv = pack_h8(x);
+        }
+        *reinterpret_cast<uint4*>(Ks + (buf * BK + r) * LD + c) = hk;
+        *reinterpret_cast<uint4*>(Vs + (buf * BK + r) * LD + c) = hv;
+      }
+    } else {
+      for (int i = tid; i < BK * HD / 8; i += NTHR) {
+        const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+        const bool ok = k0 + r < n_keys;
+        const int64_t src = ok ? (k0 + r) * HD + c : 0;
+        cp_async16(Ks + (buf * BK + r) * LD + c, K + src, ok);
+        cp_async16(Vs + (buf * BK + r) * LD + c, V + src, ok);
+      }
     }
-    cp_async_commit();
+    cp_async_commit();  // (QROWS: an empty group; the waits below count groups)
   };
   load_tile(0, 0);
 
@@ -225,18 +255,18 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
   }
 }
 
-template <int HD>
+template <int HD, bool QROWS>
 void launch(const FlashArgs& a, cudaStream_t s) {
   constexpr int LD = HD + 8, BQ = 16 * MT * NW;
   const size_t smem = (size_t)(BQ + 4 * BK) * LD * sizeof(__half);
   static bool attr = false;
   if (!attr) {
-    check(cudaFuncSetAttribute(flash_mma_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    check(cudaFuncSetAttribute(flash_mma_kernel<HD, QROWS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                (int)smem),
           "flash attention (mma) shared memory");
     attr = true;
   }
-  flash_mma_kernel<HD><<<dim3((unsigned)cdiv(a.T, BQ), (unsigned)a.nh), NTHR, smem, s>>>(a);
+  flash_mma_kernel<HD, QROWS><<<dim3((unsigned)cdiv(a.T, BQ), (unsigned)a.nh), NTHR, smem, s>>>(a);
 }
 
 }  // namespace
@@ -246,8 +276,9 @@ void flash_attention_tc(const FlashArgs& a, cudaStream_t s) {
   if (!a.half_kv) fail(ErrorKind::Internal, "flash_attention_tc: the tensor-core kernel reads fp16 K/V only");
   if (a.hd != 64 && a.hd != 128)
     fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
-  if (a.hd == 64) launch<64>(a, s);
-  else launch<128>(a, s);
+  const bool q = a.tk != KVType::F16 || a.tv != KVType::F16;
+  if (a.hd == 64) q ? launch<64, true>(a, s) : launch<64, false>(a, s);
+  else q ? launch<128, true>(a, s) : launch<128, false>(a, s);
   check_launch("flash_attention_tc");
 }
 

@@ -68,7 +68,7 @@ __device__ __forceinline__ void rope_epilogue(const RopeStore& r, const RopeMeta
     r.q[local + 1] = v1;
     return;
   }
-  __half* dst = (sg == 1 ? r.kh : r.vh) + m.e * r.hd + d;
+  __half* dst = static_cast<__half*>(sg == 1 ? r.kh : r.vh) + m.e * r.hd + d;  // f16 rows only
   *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(v0, v1);
   if (sg == 2 && d == 0) r.pos[m.e] = m.pos;
 }

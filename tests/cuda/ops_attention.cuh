@@ -210,6 +210,50 @@ inline void check_flash_attention(cudaStream_t st) {
           report(kernel == 2 ? "flash_attention_tc" : "flash_attention", what + kn[kernel],
                  nmax_err(to_host(dout, q.size(), "out"), kernel ? ref16 : ref32), kernel == 2 ? kAttnTc : kAttn);
         }
+        if (!arena) continue;
+        // the arena's rows as q8_0 / q4_0 blocks (store_kv_row), the reference over what they hold
+        using headkv::KVType;
+        for (const auto& [tk, tv] : {std::pair{KVType::Q8_0, KVType::Q8_0}, std::pair{KVType::Q4_0, KVType::Q4_0},
+                                     std::pair{KVType::Q8_0, KVType::F16}}) {
+          const size_t rbk = headkv::kv_row_bytes(tk, hd), rbv = headkv::kv_row_bytes(tv, hd);
+          std::vector<uint8_t> Kq((size_t)entries * rbk), Vq((size_t)entries * rbv);
+          std::vector<float> Kd(K.size()), Vd(V.size());
+          for (int64_t e = 0; e < entries; ++e) {
+            headkv::store_kv_row(tk, &K[e * hd], hd, &Kq[e * rbk]);
+            headkv::store_kv_row(tv, &V[e * hd], hd, &Vq[e * rbv]);
+            headkv::load_kv_row(tk, &Kq[e * rbk], hd, &Kd[e * hd]);
+            headkv::load_kv_row(tv, &Vq[e * rbv], hd, &Vd[e * hd]);
+          }
+          std::vector<double> refq(ref32.size());
+          for (int t = 0; t < T; ++t)
+            for (int h = 0; h < nh; ++h) {
+              const size_t o = ((size_t)t * nh + h) * hd;
+              ref_attend(&q[o], &Kd[seg[h / G] * hd], &Vd[seg[h / G] * hd], nb[h / G] + t + 1, hd, &refq[o]);
+            }
+          cu::DBuf<uint8_t> dkq = to_dev(Kq, "K"), dvq = to_dev(Vq, "V");
+          for (bool tc : {false, true}) {
+            cu::FlashArgs f;
+            f.q = dq.get();
+            f.out = dout.get();
+            f.half_kv = true;
+            f.k = dkq.get();
+            f.v = dvq.get();
+            f.tk = tk;
+            f.tv = tv;
+            f.T = T;
+            f.nh = nh;
+            f.nkv = nkv;
+            f.hd = hd;
+            f.seg_off = dseg.get();
+            f.seg_len = dlen.get();
+            cu::check(cudaMemsetAsync(dout.get(), 0xFF, q.size() * sizeof(float), st), "out");
+            tc ? cu::flash_attention_tc(f, st) : cu::flash_attention(f, st);
+            sync(st, "flash_attention");
+            report(tc ? "flash_attention_tc" : "flash_attention",
+                   what + fmt(" K %s V %s", headkv::kv_type_name(tk), headkv::kv_type_name(tv)),
+                   nmax_err(to_host(dout, q.size(), "out"), refq), tc ? kAttnTc : kAttn);
+          }
+        }
       }
     }
 }

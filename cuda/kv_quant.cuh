@@ -73,13 +73,24 @@ __device__ __forceinline__ void kv_load8(KVType t, const uint8_t* row, int d, fl
   const uint8_t* blk = row + (d / 32) * kv_block_bytes(t);
   const float s = kv_scale(blk);
   const int i0 = d % 32;
+  // (quants in 2-byte loads: blocks, and so the 8 quants, start at even bytes)
   if (t == KVType::Q8_0) {
+    const uint16_t* q = reinterpret_cast<const uint16_t*>(blk + 2 + i0);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) out[i] = s * (float)(int8_t)blk[2 + i0 + i];
+    for (int i = 0; i < 4; ++i) {
+      const uint16_t w = q[i];
+      out[2 * i] = s * (float)(int8_t)(w & 0xff);
+      out[2 * i + 1] = s * (float)(int8_t)(w >> 8);
+    }
   } else {
-    const int sh = i0 >= 16 ? 4 : 0, b0 = i0 % 16;
+    const int sh = i0 >= 16 ? 4 : 0;
+    const uint16_t* q = reinterpret_cast<const uint16_t*>(blk + 2 + i0 % 16);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) out[i] = s * (float)(((blk[2 + b0 + i] >> sh) & 15) - 8);
+    for (int i = 0; i < 4; ++i) {
+      const int w = q[i] >> sh;
+      out[2 * i] = s * (float)((w & 15) - 8);
+      out[2 * i + 1] = s * (float)(((w >> 8) & 15) - 8);
+    }
   }
 }
 

@@ -82,6 +82,21 @@ def test_quantized_kv_logits_match_cpu(smollm2, prompt, score_file, tk, tv, meth
     assert np.abs(f16 - lg).max() > 2 * diff.max()  # (the quantized path is taken)
 
 
+@pytest.mark.parametrize("tk,tv", [("q8_0", "q8_0"), ("q4_0", "q4_0")])
+def test_quantized_kv_fast_precision(smollm2, prompt, tk, tv, monkeypatch):
+    """The fast precision (fp16 tensor-core GEMMs; the mma flash attention dequantizes the stored blocks
+    into its fp16 tiles) against the CPU with the same types, full cache, with fp32 activations in the
+    decode matvecs (HEADKV_MATVEC=fp32): within 0.25, tests/test_cuda.py's bound for this precision
+    with the f16 cache, and the same top-1 at the prompt."""
+    monkeypatch.setenv("HEADKV_MATVEC", "fp32")
+    lc = _run(_make(smollm2, "cpu", tk, tv), prompt)
+    lg = _run(_make(smollm2, "cuda", tk, tv), prompt)
+    diff = np.abs(lg - lc).max(axis=1)
+    print(f"fast {tk}/{tv}: max |dlogit| per step", np.round(diff, 4))
+    assert diff.max() < 0.25, diff
+    assert lg[0].argmax() == lc[0].argmax()
+
+
 @pytest.mark.parametrize("method", ["full", "headkv"])
 @pytest.mark.parametrize("tk,tv", PAIRS + [("f16", "f16"), ("f16", "q4_0")])
 def test_kv_bytes_match_cpu(smollm2, prompt, score_file, tk, tv, method):
@@ -100,6 +115,7 @@ def test_kv_bytes_match_cpu(smollm2, prompt, score_file, tk, tv, method):
         assert sg["bytes_held"] == 1024 * L * HKV * entry
     else:
         assert sg["bytes_held"] == int(np.sum(sg["capacity"])) * entry
+        assert sg["bytes_used"] == sc["bytes_used"] == int(np.sum(sg["used"])) * entry
 
 
 def test_q8_0_and_q4_0_arena_bytes_against_f16(smollm2, prompt, score_file):

@@ -66,6 +66,10 @@ CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision pr
     step_in.alloc(2, "decode step input");
     check(cudaMallocHost(&step_host, 2 * sizeof(int32_t)), "pinned step buffer");
     check(cudaMallocHost(&logits_pin, (size_t)hp.n_vocab * sizeof(float)), "pinned logits buffer");
+    if (tk != KVType::F16 || tv != KVType::F16) {
+      qcount.alloc(2 * kvdim() / 32, "KV block counters");
+      check(cudaMemsetAsync(qcount.get(), 0, 2 * kvdim() / 32 * sizeof(int32_t), st), "KV block counters");
+    }
     if (method == BudgetMethod::Full) {
       std::vector<int64_t> cap((size_t)L * H, n_ctx);
       make_arena(cap);

@@ -105,6 +105,9 @@ void CudaContext::Impl::forward_arena(int64_t T, int32_t pos0, const int32_t* po
     r.vh = av.get();
     r.tk = tk;
     r.tv = tv;
+    r.kstage = k.get();  // (the fused path leaves the K/V scratch to the quantized store's stage)
+    r.vstage = v.get();
+    r.qcount = qcount.get();
     r.pos = apos.get();
     r.seg_off = seg_off.get() + il * H;
     r.used = used.get() + il * H;

@@ -45,6 +45,7 @@ struct CudaContext::Impl {
   bool arena = false;
   DBuf<uint8_t> ak, av;
   DBuf<int32_t> apos, used;
+  DBuf<int32_t> qcount;  // the fused decode store's block counters (RopeStore::qcount), q8_0 / q4_0 only
   DBuf<int64_t> seg_off;
   std::vector<int64_t> h_off;
   std::vector<int32_t> h_used;

@@ -79,14 +79,20 @@ struct RopeStore {
   void* vh = nullptr;
   KVType tk = KVType::F16, tv = KVType::F16;
   int32_t* pos = nullptr;
+  // The fused epilogue's q8_0 / q4_0 stores (matvec_qkv_rope): fp32 staging of K / V ([nkv][hd]) and
+  // 2 * nkv * hd / 32 counters, zero between launches (the last pair of a block resets its counter).
+  float* kstage = nullptr;
+  float* vstage = nullptr;
+  int32_t* qcount = nullptr;
   const int64_t* seg_off = nullptr;
   const int32_t* used = nullptr;
 };
 void rope_store(const RopeStore& a, cudaStream_t s);
 // One token's RMSNorm -> Q, K, V (ws: wq, wk, wv) with RoPE and the arena store of rope_store fused
 // into the matvec's epilogue (int8 or fp32 activations; r: arena target, T = 1, q = the Q output).
-// False when the shapes or the target do not fit (also for quantized K/V rows, whose blocks of 32
-// span several warps' row pairs): the caller runs the separate kernels.
+// False when the shapes or the target do not fit: the caller runs the separate kernels. q8_0 / q4_0
+// rows (whose blocks of 32 span 16 warps' row pairs) need r.kstage / vstage / qcount: each pair goes
+// to the fp32 stage, and the last of a block's pairs to arrive quantizes the block into the arena.
 bool matvec_qkv_rope(const DW* ws, const float* x, const float* norm_w, float eps, const RopeStore& r, bool q8x,
                      cudaStream_t s);
 // The rotation of a RoPE pair, rounded after every product (no fused multiply-add), so that every

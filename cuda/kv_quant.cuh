@@ -55,6 +55,38 @@ __device__ __forceinline__ void kv_store_block(KVType t, uint8_t* dst, float x, 
   if (lane < 16) dst[2 + lane] = (uint8_t)(q | (hi << 4));
 }
 
+// The block of x[0..31] at dst (t = Q8_0 or Q4_0) by one thread: the same arithmetic and result as
+// kv_store_block (and the CPU's quantizers).
+__device__ __forceinline__ void kv_quantize_block(KVType t, const float* x, uint8_t* dst) {
+  if (t == KVType::Q8_0) {
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(x[i]));
+    const float d = __fdiv_rn(amax, 127.0f);
+    const float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+    *reinterpret_cast<__half*>(dst) = __float2half_rn(d);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dst[2 + i] = (uint8_t)(int8_t)roundf(__fmul_rn(x[i], id));
+    return;
+  }
+  float amax = 0.0f, mx = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 32; ++i)
+    if (amax < fabsf(x[i])) {
+      amax = fabsf(x[i]);
+      mx = x[i];
+    }
+  const float d = __fdiv_rn(mx, -8.0f);
+  const float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+  *reinterpret_cast<__half*>(dst) = __float2half_rn(d);
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    const int lo = min(15, (int)__fadd_rn(__fmul_rn(x[i], id), 8.5f));
+    const int hi = min(15, (int)__fadd_rn(__fmul_rn(x[i + 16], id), 8.5f));
+    dst[2 + i] = (uint8_t)(lo | (hi << 4));
+  }
+}
+
 // Element d of a stored row of type t (F16, Q8_0 or Q4_0), in fp32; the whole warp stores element
 // b*32 + lane of block b together (every lane must call it for the block types).
 __device__ __forceinline__ void kv_store_elem(KVType t, uint8_t* row, int d, float x, int lane) {

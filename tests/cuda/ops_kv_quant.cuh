@@ -5,7 +5,8 @@
 //   rope_store into a quantized arena (decode and full-cache prefill): V bytes identical; K goes
 //     through RoPE first (the CPU's rounding, cos/sin in double), so its blocks are compared as
 //     values: at most one quant step (d) from the CPU's blocks of the CPU's RoPE'd keys (a flip at a
-//     rounding boundary, should the keys differ in an ulp; 1.1 steps allow the scale's own ulp).
+//     rounding boundary, should the keys differ in an ulp; 1.1 steps allow the scale's own ulp);
+//   matvec_qkv_rope's quantized store (the decode step's fused epilogue) against the separate kernels.
 #pragma once
 #include "model/ops.h"
 #include "op_check.cuh"
@@ -146,6 +147,100 @@ inline void check_kv_quant_stores(cudaStream_t st) {
         report("rope_store", tn + ": K off the CPU's blocks (quant steps)", k_steps, 1.1);
       }
     }
+}
+
+// The decode step's fused store (matvec_qkv_rope: each warp's K/V pair staged in fp32, the last pair
+// of a block quantizing it) against the separate kernels (matvec_norm, then rope_store's warp
+// quantizer), two tokens in a row (the block counters are reset for the next launch): the same
+// arena bytes, q and positions.
+inline void check_fused_quant_store(cudaStream_t st) {
+  using headkv::KVType;
+  std::mt19937 rng(22);
+  const int cols = 512;
+  const float eps = 1e-5f;
+  for (const auto& [tk, tv] : {std::pair{KVType::Q8_0, KVType::Q8_0}, std::pair{KVType::Q4_0, KVType::Q4_0},
+                               std::pair{KVType::Q8_0, KVType::F16}})
+    for (int hd : {64, 128})
+      for (bool q8x : {false, true}) {
+        const int nh = cols / hd, nkv = 2;
+        const GGMLType wt = GGMLType::Q8_0;
+        DevWeight wq = upload_weight(wt, nh * hd, cols, rng), wk = upload_weight(wt, nkv * hd, cols, rng),
+                  wv = upload_weight(wt, nkv * hd, cols, rng);
+        const cu::DW ws[3] = {wq.w, wk.w, wv.w};
+        const std::vector<float> nw = normal(cols, rng, 0.2f, 1.0f), inv = inv_freqs(hd, 10000.0f);
+        const size_t rbk = headkv::kv_row_bytes(tk, hd), rbv = headkv::kv_row_bytes(tv, hd);
+        const std::vector<int64_t> seg = {2, 11};
+        const int64_t entries = 20;
+        cu::DBuf<float> dnw = to_dev(nw, "norm"), dinv = to_dev(inv, "inv_freq");
+        cu::DBuf<int64_t> dseg = to_dev(seg, "segments");
+        struct Out {
+          cu::DBuf<uint8_t> ak, av;
+          cu::DBuf<int32_t> pos, used;
+          cu::DBuf<float> q, k, v;
+        } o[2];  // 0: fused, 1: separate
+        for (Out& x : o) {
+          x.ak = to_dev(std::vector<uint8_t>(entries * rbk, 0), "arena K");
+          x.av = to_dev(std::vector<uint8_t>(entries * rbv, 0), "arena V");
+          x.pos = to_dev(std::vector<int32_t>(entries, -1), "positions");
+          x.used = to_dev(std::vector<int32_t>{3, 0}, "used");
+          x.q = dev_zeros<float>((size_t)nh * hd, "q");
+          x.k = dev_zeros<float>((size_t)nkv * hd, "k");
+          x.v = dev_zeros<float>((size_t)nkv * hd, "v");
+        }
+        cu::DBuf<int32_t> qcount = dev_zeros<int32_t>(2 * nkv * hd / 32, "counters");
+        const std::string what = fmt("K %s V %s hd=%d %s", headkv::kv_type_name(tk), headkv::kv_type_name(tv), hd,
+                                     q8x ? "int8 x" : "fp32 x");
+        bool ran = true;
+        for (int step = 0; step < 2 && ran; ++step) {
+          const std::vector<float> x = normal(cols, rng, 1.0f, 0.1f);
+          cu::DBuf<float> dx = to_dev(x, "x");
+          for (int which = 0; which < 2; ++which) {
+            Out& y = o[which];
+            cu::RopeStore r;
+            r.q = y.q.get();
+            r.k = y.k.get();
+            r.v = y.v.get();
+            r.T = 1;
+            r.nh = nh;
+            r.nkv = nkv;
+            r.hd = hd;
+            r.rope_dim = hd;
+            r.inv_freq = dinv.get();
+            r.pos0 = 40 + step;
+            r.kh = y.ak.get();
+            r.vh = y.av.get();
+            r.tk = tk;
+            r.tv = tv;
+            r.pos = y.pos.get();
+            r.seg_off = dseg.get();
+            r.used = y.used.get();
+            if (which == 0) {
+              r.kstage = y.k.get();
+              r.vstage = y.v.get();
+              r.qcount = qcount.get();
+              if (!cu::matvec_qkv_rope(ws, dx.get(), dnw.get(), eps, r, q8x, st)) {
+                report_error("matvec_qkv_rope", what, "the fused path refused quantized K/V");
+                ran = false;
+                break;
+              }
+            } else {
+              float* ys[3] = {y.q.get(), y.k.get(), y.v.get()};
+              cu::matvec_norm(ws, 3, ys, dx.get(), dnw.get(), eps, q8x, st);
+              cu::rope_store(r, st);
+            }
+            cu::add_used(y.used.get(), nkv, 1, st);
+          }
+          sync(st, "fused / separate quantized store");
+        }
+        if (!ran) continue;
+        int64_t diff = 0;
+        diff += to_host(o[0].ak, entries * rbk, "K") != to_host(o[1].ak, entries * rbk, "K");
+        diff += to_host(o[0].av, entries * rbv, "V") != to_host(o[1].av, entries * rbv, "V");
+        diff += to_host(o[0].q, (size_t)nh * hd, "q") != to_host(o[1].q, (size_t)nh * hd, "q");
+        diff += to_host(o[0].pos, entries, "positions") != to_host(o[1].pos, entries, "positions");
+        diff += to_host(qcount, 2 * nkv * hd / 32, "counters") != std::vector<int32_t>(2 * nkv * hd / 32, 0);
+        report("matvec_qkv_rope", what + ": 2 steps unlike separate (K,V,q,pos,counters)", (double)diff, 0.0);
+      }
 }
 
 }  // namespace opcheck

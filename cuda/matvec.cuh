@@ -41,8 +41,9 @@ __device__ __forceinline__ int mv_segment(const MV& a, int64_t r, int64_t* local
 
 // Rows (local, local + 1) of segment sg (Q, K, V) of one token, as rope_store treats them: Q and K
 // pairs inside rope_dim are rotated; Q stays in r.q (fp32), K and V go to the arena entry after the
-// head's used ones (f16, or q8_0 / q4_0 blocks through the stage: matvec_qkv_rope), with the position. rope_meta reads only what earlier steps wrote (the
-// position, the arena counts), so a programmatic dependent computes it before its wait.
+// head's used ones (f16, or q8_0 / q4_0 blocks through the stage: matvec_qkv_rope), with the
+// position. rope_meta reads only what earlier steps wrote (the position, the arena counts), so a
+// programmatic dependent computes it before its wait.
 struct RopeMeta {
   float c = 1.0f, s = 0.0f;  // the pair's rotation (identity outside rope_dim and for V)
   int64_t e = 0;             // arena entry (K, V)

@@ -251,11 +251,18 @@ __device__ __forceinline__ uint32_t ld_u16(const uint8_t* p) { return *reinterpr
 
 // Rows 0..nrow-1 of a chunk of stored rows (type t, rb bytes each, starting at raw) into the fp16
 // tile (rows HD + 8 halves apart): f16 values as they are, q8_0 / q4_0 quants as integers; rows past
-// nrow are zeros. One warp; 8 values per lane and step.
+// nrow are zeros. The block scales go to sf[b * 32 + row] as floats (0 past nrow: those rows' bytes
+// are not the item's). One warp; 8 values per lane and step.
 template <int HD>
-__device__ __forceinline__ void chunk_to_tile(KVType t, const uint8_t* raw, int rb, int nrow, __half* tile, int lane) {
+__device__ __forceinline__ void chunk_to_tile(KVType t, const uint8_t* raw, int rb, int nrow, __half* tile, float* sf,
+                                              int lane) {
   constexpr int LD = ring_ld<HD>();
   const int bs = t == KVType::Q8_0 ? 34 : 18;
+  if (t != KVType::F16) {
+#pragma unroll
+    for (int b = 0; b < HD / 32; ++b)
+      sf[b * 32 + lane] = lane < nrow ? __half2float(*reinterpret_cast<const __half*>(raw + lane * rb + b * bs)) : 0.0f;
+  }
 #pragma unroll 4
   for (int i = lane; i < 32 * HD / 8; i += 32) {
     const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
@@ -277,10 +284,6 @@ __device__ __forceinline__ void chunk_to_tile(KVType t, const uint8_t* raw, int 
     *reinterpret_cast<uint4*>(tile + r * LD + c) = v;
   }
 }
-// The scale d of block b of row r of a chunk (0 for rows past nrow, whose bytes are not the item's).
-__device__ __forceinline__ float chunk_scale(const uint8_t* raw, int rb, int bs, int r, int b, int nrow) {
-  return r < nrow ? __half2float(*reinterpret_cast<const __half*>(raw + r * rb + b * bs)) : 0.0f;
-}
 
 template <int HD, int G, int NW>
 __global__ void __launch_bounds__(NW * 32) split_kernel_q(DecodeArgs a) {
@@ -291,8 +294,9 @@ __global__ void __launch_bounds__(NW * 32) split_kernel_q(DecodeArgs a) {
   const KVType tk = a.tk, tv = a.tv;
   const int rbk = (int)kv_row_bytes(tk, HD), rbv = (int)kv_row_bytes(tv, HD);
   const int slot = (int)decode_slot_bytes(rbk > rbv ? rbk : rbv);
-  uint8_t* ring = smem + (size_t)warp * (R * slot + CH * 2);  // (decode_warp_bytes_q)
+  uint8_t* ring = smem + (size_t)warp * (R * slot + CH * 2 + HD * 4);  // (decode_warp_bytes_q)
   __half* tile = reinterpret_cast<__half*>(ring + R * slot);
+  float* sf = reinterpret_cast<float*>(tile + CH);  // the chunk's block scales [HD / 32][32 rows]
   __shared__ float wm[NW][G], wl[NW][G];
 
   const int g = a.item_head[item], sp = a.item_split[item], S = a.head_splits[g];
@@ -370,11 +374,11 @@ __global__ void __launch_bounds__(NW * 32) split_kernel_q(DecodeArgs a) {
       __syncwarp();
       const bool isv = c & 1;
       const KVType t = isv ? tv : tk;
-      const int rb = isv ? rbv : rbk, bs = t == KVType::Q8_0 ? 34 : 18;
+      const int rb = isv ? rbv : rbk;
       const int64_t t0 = tile0(c);
       const int nrow = (int)min((int64_t)32, end - t0);
       const uint8_t* raw = ring + (c % R) * slot + (reinterpret_cast<uintptr_t>((isv ? V : K) + t0 * rb) & 15);
-      chunk_to_tile<HD>(t, raw, rb, nrow, tile, lane);
+      chunk_to_tile<HD>(t, raw, rb, nrow, tile, sf, lane);
       __syncwarp();
       if (!isv) {  // K: the tile's scores (per block of 32 dims times its scale), then the online softmax
 #pragma unroll
@@ -398,7 +402,7 @@ __global__ void __launch_bounds__(NW * 32) split_kernel_q(DecodeArgs a) {
             for (int j = 0; j < 4; ++j)
 #pragma unroll
               for (int e = 0; e < 2; ++e) {
-                const float d = chunk_scale(raw, rb, bs, j * 8 + c2 + e, b, nrow);
+                const float d = sf[b * 32 + j * 8 + c2 + e];
                 sc[j][e] = fmaf(tb[j][e], d, sc[j][e]);
                 sc[j][2 + e] = fmaf(tb[j][2 + e], d, sc[j][2 + e]);
               }
@@ -451,11 +455,11 @@ __global__ void __launch_bounds__(NW * 32) split_kernel_q(DecodeArgs a) {
           const float* p1 = sc[2 * kk + 1];
 #pragma unroll
           for (int b = 0; b < NB; ++b) {
-            const int k0 = kk * 16 + c2;
-            const float x0 = p0[0] * (256.0f * chunk_scale(raw, rb, bs, k0, b, nrow));
-            const float x1 = p0[1] * (256.0f * chunk_scale(raw, rb, bs, k0 + 1, b, nrow));
-            const float y0 = p1[0] * (256.0f * chunk_scale(raw, rb, bs, k0 + 8, b, nrow));
-            const float y1 = p1[1] * (256.0f * chunk_scale(raw, rb, bs, k0 + 9, b, nrow));
+            const float* d = sf + b * 32 + kk * 16 + c2;  // keys kk*16 + c2 + {0, 1, 8, 9}
+            const float x0 = p0[0] * (256.0f * d[0]);
+            const float x1 = p0[1] * (256.0f * d[1]);
+            const float y0 = p1[0] * (256.0f * d[8]);
+            const float y1 = p1[1] * (256.0f * d[9]);
             const uint32_t pf[4] = {pack_h2(x0, x1), pack_h2(x0 - f16_round(x0), x1 - f16_round(x1)), pack_h2(y0, y1),
                                     pack_h2(y0 - f16_round(y0), y1 - f16_round(y1))};
 #pragma unroll

@@ -233,7 +233,8 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
 // tile: S = Q·Kᵀ per block of 32 dims (2 k-steps) scaled per key by the block's d in fp32; for
 // O += P·V the block's d folds into P (each 32-dim block of V takes its own A fragment p * d * 256,
 // split into fp16 + residue as P is; the 256 keeps small p * d out of fp16's subnormals and is
-// divided out at the end). Values are d * q as the CPU reads them; products keep fp32 accuracy.
+// divided out at the end; it bounds d below 255, |v| below ~32k for q8_0 and ~2k for q4_0, as
+// fp16 values bound an f16 cache). Values are d * q as the CPU reads them; products keep fp32 accuracy.
 
 // int8 pair (the low 16 bits of w) -> half2 of the two values.
 __device__ __forceinline__ uint32_t i8x2_h2(uint32_t w) {

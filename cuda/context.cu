@@ -1,6 +1,7 @@
 // CudaContext: the CUDA backend's inference sequence (see cpp/src/backend/cuda_context.h).
 //
-// KV storage is one per-head ragged arena on the device (fp16 K and V, int32 positions, CSR
+// KV storage is one per-head ragged arena on the device (K and V rows of their types: f16 by default,
+// or llama.cpp's q8_0 / q4_0 blocks, quantized where they are stored; int32 positions, CSR
 // segment offsets, per-segment used counts): the full cache is the arena with n_ctx entries per
 // segment, a compressing method sizes it from the budget plan before the prompt runs.
 //   prefill (compressing): layer by layer over the whole prompt in chunks of `ub` tokens; the
@@ -17,6 +18,7 @@
 // context_decode_graph.cu the decode step's CUDA graph; context_prefill.cu the compressed prefill.
 #include <algorithm>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "context_impl.cuh"
@@ -41,15 +43,20 @@ CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision pr
       scores = resolve_head_scores(kv.scores, model_info(m.file()));  // the given file, or the shipped one
     }
   }
+  std::tie(tk, tv) = CudaContext::kv_types(p, hp.head_dim);
+  rb_k = kv_row_bytes(tk, hp.head_dim);
+  rb_v = kv_row_bytes(tv, hp.head_dim);
   require_supported_device();
   if (device_free_bytes() == 0) fail(ErrorKind::OutOfMemory, "no free GPU memory");
   // Everything this context needs at construction, checked before the first allocation.
-  const uint64_t L = hp.n_layer, H = hp.n_head_kv, hd = hp.head_dim;
-  const uint64_t full_kv = method == BudgetMethod::Full ? (uint64_t)n_ctx * L * H * CudaContext::entry_bytes((int)hd) : 0;
+  const uint64_t L = hp.n_layer, H = hp.n_head_kv;
+  const uint64_t full_kv = method == BudgetMethod::Full ? (uint64_t)n_ctx * L * H * entry_bytes() : 0;
   dm = DevModel::get(m);
-  attn_warps = decode_attention_warps(hp.head_dim, env_is("HEADKV_ATTN_WARPS", "2")   ? 2
-                                                   : env_is("HEADKV_ATTN_WARPS", "4") ? 4
-                                                                                      : 8);
+  attn_warps = decode_attention_warps(hp.head_dim,
+                                      env_is("HEADKV_ATTN_WARPS", "2")   ? 2
+                                      : env_is("HEADKV_ATTN_WARPS", "4") ? 4
+                                                                         : 8,
+                                      tk, tv);
   require_device_bytes(full_kv + scratch_bytes(ub), "a context with n_ctx=" + std::to_string(n_ctx) + " (KV cache " +
                                                         std::to_string(full_kv) + " bytes + scratch)");
   try {  // a constructor that throws runs no destructor: the stream and pinned buffer go here
@@ -59,6 +66,10 @@ CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision pr
     step_in.alloc(2, "decode step input");
     check(cudaMallocHost(&step_host, 2 * sizeof(int32_t)), "pinned step buffer");
     check(cudaMallocHost(&logits_pin, (size_t)hp.n_vocab * sizeof(float)), "pinned logits buffer");
+    if (tk != KVType::F16 || tv != KVType::F16) {
+      qcount.alloc(2 * kvdim() / 32, "KV block counters");
+      check(cudaMemsetAsync(qcount.get(), 0, 2 * kvdim() / 32 * sizeof(int32_t), st), "KV block counters");
+    }
     if (method == BudgetMethod::Full) {
       std::vector<int64_t> cap((size_t)L * H, n_ctx);
       make_arena(cap);
@@ -118,18 +129,24 @@ void CudaContext::Impl::ensure_scratch() {
 }
 
 // ---- public surface
-namespace {
-// The CUDA backend stores K and V in f16 only: other type names fail here, before any allocation.
-const ContextParams& check_cuda_kv_types(const ContextParams& p) {
-  for (const auto& [name, which] : {std::pair{p.kv.type_k, "KV cache type (K)"}, std::pair{p.kv.type_v, "KV cache type (V)"}})
-    if (parse_kv_type(name, which) != KVType::F16)
-      fail(ErrorKind::Unsupported, std::string(which) + " '" + name + "': the CUDA backend stores the KV cache in f16 only");
-  return p;
+// The CUDA backend stores K and V as f16, q8_0 or q4_0: f32 (the CPU's reference type) and rows the
+// block types cannot take fail here, before any allocation.
+std::pair<KVType, KVType> CudaContext::kv_types(const ContextParams& p, int head_dim) {
+  KVType t[2];
+  const std::string* names[2] = {&p.kv.type_k, &p.kv.type_v};
+  const char* which[2] = {"KV cache type (K)", "KV cache type (V)"};
+  for (int i = 0; i < 2; ++i) {
+    t[i] = parse_kv_type(*names[i], which[i]);
+    if (t[i] == KVType::F32)
+      fail(ErrorKind::Unsupported, std::string(which[i]) + " 'f32' is not supported by the CUDA backend (f16, q8_0 or q4_0; " +
+                                       "f32 is the CPU backend's reference type)");
+    check_kv_row(t[i], head_dim, which[i]);
+  }
+  return {t[0], t[1]};
 }
-}  // namespace
 
 CudaContext::CudaContext(const Model& m, const ContextParams& p, CudaPrecision prec)
-    : p_(std::make_unique<Impl>(m, check_cuda_kv_types(p), prec)) {}
+    : p_(std::make_unique<Impl>(m, p, prec)) {}
 CudaContext::~CudaContext() = default;
 
 void CudaContext::eval(const int32_t* tokens, int64_t n, bool all_logits) { p_->eval(tokens, n, all_logits); }
@@ -196,10 +213,12 @@ uint64_t CudaContext::full_kv_bytes() const {
   const Impl& I = *p_;
   const bool comp = I.method != BudgetMethod::Full;
   const uint64_t positions = comp ? (uint64_t)I.n_past + (I.arena ? I.kv.max_new_tokens : 0) : (uint64_t)I.n_ctx;
-  return positions * I.hp.n_layer * I.hp.n_head_kv * entry_bytes(I.hp.head_dim);
+  return positions * I.hp.n_layer * I.hp.n_head_kv * I.entry_bytes();
 }
 uint64_t CudaContext::prefill_peak_kv_bytes() const { return p_->prefill_peak; }
 const KVConfig& CudaContext::kv_config() const { return p_->kv; }
+KVType CudaContext::type_k() const { return p_->tk; }
+KVType CudaContext::type_v() const { return p_->tv; }
 bool CudaContext::compressing() const { return p_->method != BudgetMethod::Full; }
 const BudgetPlan* CudaContext::plan() const { return p_->plan ? &*p_->plan : nullptr; }
 bool CudaContext::has_arena() const { return compressing() && p_->arena; }
@@ -221,7 +240,7 @@ std::vector<int32_t> CudaContext::positions(int l, int g) const {
 uint64_t CudaContext::bytes_used() const {
   uint64_t n = 0;
   for (int32_t u : p_->h_used) n += (uint64_t)u;
-  return n * entry_bytes(p_->hp.head_dim);
+  return n * p_->entry_bytes();
 }
 const std::vector<std::vector<float>>& CudaContext::selection_scores() const { return p_->sel_scores; }
 uint64_t CudaContext::peak_device_bytes() const { return mem_counter().peak.load(); }

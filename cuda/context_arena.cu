@@ -15,16 +15,19 @@ namespace {
 // 32 keys; 8 warps: multiples of 256, so each warp still holds one tile of a short item). Longer
 // minimum items were slower and shorter ones no faster (BENCHMARKS.md, History).
 constexpr int kMinKeysPerItem = 64, kMaxSplits = 512;
+// Bytes past the arena's last K / V row: the decode attention copies quantized rows in 16-byte
+// pieces aligned to 16 bytes, the last of which may reach up to 15 bytes past a row's end.
+constexpr int64_t kArenaSlack = 16;
 
 }  // namespace
 
 void CudaContext::Impl::make_arena(const std::vector<int64_t>& cap) {
-  const int S = (int)cap.size(), hd = hp.head_dim;
+  const int S = (int)cap.size();
   h_off.assign(S + 1, 0);
   for (int i = 0; i < S; ++i) h_off[i + 1] = h_off[i] + cap[i];
   const int64_t total = h_off.back();
-  ak.alloc(total * hd, "KV arena (keys)");
-  av.alloc(total * hd, "KV arena (values)");
+  ak.alloc(total * rb_k + kArenaSlack, "KV arena (keys)");
+  av.alloc(total * rb_v + kArenaSlack, "KV arena (values)");
   apos.alloc(total, "KV arena (positions)");
   seg_off.alloc(S + 1, "KV arena offsets");
   used.alloc(S, "KV arena counts");
@@ -45,7 +48,7 @@ void CudaContext::Impl::build_items() {
   layer_items.assign(L, 0);
   int max_items = 0;
   // one wave of the attention kernel: items per layer <= resident blocks (each head rounds up)
-  const int64_t wave = std::max<int64_t>(H, decode_attention_slots(hp.head_dim, G, attn_warps) - H);
+  const int64_t wave = std::max<int64_t>(H, decode_attention_slots(hp.head_dim, G, attn_warps, tk, tv) - H);
   const int64_t keys = 32 * attn_warps;  // a tile of 32 keys per warp
   for (int l = 0; l < L; ++l) {
     layer_item0[l] = (int)ih.size();
@@ -84,7 +87,8 @@ KVState CudaContext::save_state() const {
   s.head_dim = hd;
   s.n_vocab = I.hp.n_vocab;
   s.method = I.kv.method;
-  s.type_k = s.type_v = KVType::F16;
+  s.type_k = I.tk;
+  s.type_v = I.tv;
   s.n_past = I.n_past;
   s.n_prompt = n_prompt();
   s.history = I.history;
@@ -98,11 +102,11 @@ KVState CudaContext::save_state() const {
     s.used.assign((size_t)L * H, 0);
     return s;
   }
-  const size_t rb = kv_row_bytes(KVType::F16, hd);
+  const size_t rbk = I.rb_k, rbv = I.rb_v;
   uint64_t entries = 0;
   for (int32_t u : I.h_used) entries += (uint64_t)u;
-  s.k.resize(entries * rb);
-  s.v.resize(entries * rb);
+  s.k.resize(entries * rbk);
+  s.v.resize(entries * rbv);
   if (s.arena) s.pos.resize(entries);
   size_t e = 0;
   for (int i = 0; i < L * H; ++i) {
@@ -110,8 +114,8 @@ KVState CudaContext::save_state() const {
     s.used.push_back(n);
     if (s.arena) s.capacity.push_back(I.h_off[i + 1] - at);
     if (n) {
-      check(cudaMemcpy(&s.k[e * rb], I.ak.get() + at * hd, n * rb, cudaMemcpyDeviceToHost), "save state");
-      check(cudaMemcpy(&s.v[e * rb], I.av.get() + at * hd, n * rb, cudaMemcpyDeviceToHost), "save state");
+      check(cudaMemcpy(&s.k[e * rbk], I.ak.get() + at * rbk, n * rbk, cudaMemcpyDeviceToHost), "save state");
+      check(cudaMemcpy(&s.v[e * rbv], I.av.get() + at * rbv, n * rbv, cudaMemcpyDeviceToHost), "save state");
       if (s.arena) check(cudaMemcpy(&s.pos[e], I.apos.get() + at, n * sizeof(int32_t), cudaMemcpyDeviceToHost), "save state");
     }
     e += (size_t)n;
@@ -122,19 +126,19 @@ KVState CudaContext::save_state() const {
 void CudaContext::load_state(const KVState& s) {
   Impl& I = *p_;
   const int L = I.hp.n_layer, H = I.hp.n_head_kv, hd = I.hp.head_dim;
-  check_state(s, L, H, hd, I.hp.n_vocab, I.kv.method, KVType::F16, KVType::F16, I.n_ctx);
+  check_state(s, L, H, hd, I.hp.n_vocab, I.kv.method, I.tk, I.tv, I.n_ctx);
   if (!s.arena)
     for (int64_t n : s.used)
       if (n != s.n_past) fail(ErrorKind::InvalidArgument, "the state does not fit this context: its full cache lacks positions");
   if (s.arena) {
     uint64_t entries = 0;
     for (int64_t c : s.capacity) entries += (uint64_t)c;
-    require_device_bytes(entries * entry_bytes(hd), "the KV arena of a loaded state (" + std::to_string(entries) + " entries)");
+    require_device_bytes(entries * I.entry_bytes(), "the KV arena of a loaded state (" + std::to_string(entries) + " entries)");
   }
   if (!s.logits.empty() && I.logits_h.size() < (size_t)I.hp.n_vocab)
     checked_assign(I.logits_h, (uint64_t)I.hp.n_vocab, "logits");
   reset();
-  const size_t rb = kv_row_bytes(KVType::F16, hd);
+  const size_t rbk = I.rb_k, rbv = I.rb_v;
   try {
     if (s.arena) I.make_arena(s.capacity);
     std::vector<int32_t> pos;
@@ -142,8 +146,8 @@ void CudaContext::load_state(const KVState& s) {
     for (int i = 0; i < L * H; ++i) {
       const int64_t n = s.used[i], at = I.h_off[i];
       if (n) {
-        check(cudaMemcpy(I.ak.get() + at * hd, &s.k[e * rb], n * rb, cudaMemcpyHostToDevice), "load state");
-        check(cudaMemcpy(I.av.get() + at * hd, &s.v[e * rb], n * rb, cudaMemcpyHostToDevice), "load state");
+        check(cudaMemcpy(I.ak.get() + at * rbk, &s.k[e * rbk], n * rbk, cudaMemcpyHostToDevice), "load state");
+        check(cudaMemcpy(I.av.get() + at * rbv, &s.v[e * rbv], n * rbv, cudaMemcpyHostToDevice), "load state");
         if (!s.arena) {  // the full cache's positions are its rows
           pos.resize((size_t)n);
           for (int64_t j = 0; j < n; ++j) pos[j] = (int32_t)j;

@@ -105,6 +105,11 @@ void CudaContext::Impl::forward_arena(int64_t T, int32_t pos0, const int32_t* po
     r.pos0_dev = pos0_dev;
     r.kh = ak.get();
     r.vh = av.get();
+    r.tk = tk;
+    r.tv = tv;
+    r.kstage = k.get();  // (the fused path leaves the K/V scratch to the quantized store's stage)
+    r.vstage = v.get();
+    r.qcount = qcount.get();
     r.pos = apos.get();
     r.seg_off = seg_off.get() + il * H;
     r.used = used.get() + il * H;
@@ -137,6 +142,8 @@ void CudaContext::Impl::forward_arena(int64_t T, int32_t pos0, const int32_t* po
       a.out = att.get();
       a.k = ak.get();
       a.v = av.get();
+      a.tk = tk;
+      a.tv = tv;
       a.seg_off = seg_off.get() + il * H;
       a.used = used.get() + il * H;
       a.item_head = item_head.get() + layer_item0[il];
@@ -157,6 +164,8 @@ void CudaContext::Impl::forward_arena(int64_t T, int32_t pos0, const int32_t* po
       f.k = ak.get();
       f.v = av.get();
       f.half_kv = true;
+      f.tk = tk;
+      f.tv = tv;
       f.T = (int)T;
       f.nh = hp.n_head;
       f.nkv = H;

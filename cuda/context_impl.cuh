@@ -38,10 +38,15 @@ struct CudaContext::Impl {
   std::shared_ptr<DevModel> dm;
   cudaStream_t st = nullptr;
 
-  // arena
+  // K and V element types of the arena (f16, q8_0, q4_0; kernels.cuh): rows of rb_k / rb_v bytes
+  KVType tk = KVType::F16, tv = KVType::F16;
+  uint64_t rb_k = 0, rb_v = 0;
+  // arena (K / V rows; kArenaSlack bytes past the last row: the decode attention's 16-byte copies
+  // of quantized rows may reach up to 15 bytes past a row's end)
   bool arena = false;
-  DBuf<__half> ak, av;
+  DBuf<uint8_t> ak, av;
   DBuf<int32_t> apos, used;
+  DBuf<int32_t> qcount;  // the fused decode store's block counters (RopeStore::qcount), q8_0 / q4_0 only
   DBuf<int64_t> seg_off;
   std::vector<int64_t> h_off;
   std::vector<int32_t> h_used;
@@ -99,9 +104,8 @@ struct CudaContext::Impl {
   // context_arena.cu
   void make_arena(const std::vector<int64_t>& cap);
   void build_items();
-  uint64_t arena_bytes() const {
-    return arena ? (uint64_t)h_off.back() * CudaContext::entry_bytes(hp.head_dim) : 0;
-  }
+  uint64_t entry_bytes() const { return CudaContext::entry_bytes(hp.head_dim, tk, tv); }
+  uint64_t arena_bytes() const { return arena ? (uint64_t)h_off.back() * entry_bytes() : 0; }
 
   // context_forward.cu
   void linear(const DW& w, const float* in, int64_t T, float* out, int64_t ldo, bool add);

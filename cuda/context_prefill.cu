@@ -60,8 +60,9 @@ void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const 
     max_count = 0;
     for (int g = 0; g < H; ++g) max_count = std::max<int64_t>(max_count, caps[g] + a);
   }
-  gather_to_arena(list, count, N, H, hd, LK, LV, half_gemm, seg_off.get() + il * H, ak.get(), av.get(), apos.get(),
-                  used.get() + il * H, max_count, st);
+  // (the arena's K/V types: q8_0 / q4_0 rows are quantized from the layer's K/V as they are gathered)
+  gather_to_arena(list, count, N, H, hd, LK, LV, half_gemm, seg_off.get() + il * H, ak.get(), av.get(), tk, tv,
+                  apos.get(), used.get() + il * H, max_count, st);
 }
 
 void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool all_logits) {
@@ -86,11 +87,12 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
   }
   // Everything the prompt needs, checked before allocating any of it.
   uint64_t arena_b = 0;
-  for (int64_t c : cap) arena_b += (uint64_t)c * CudaContext::entry_bytes(hd);
+  for (int64_t c : cap) arena_b += (uint64_t)c * entry_bytes();
   if (kv_limit && arena_b > kv_limit)  // admission (sequence groups)
     fail(ErrorKind::OutOfMemory, "the compressed KV of this prompt needs " + std::to_string(arena_b) + " bytes, " +
                                      std::to_string(kv_limit) + " are left under the KV limit");
-  // The layer's K/V: fp16 in the fast precision (what the arena keeps), fp32 in cuda-fp32.
+  // The layer's K/V: fp16 in the fast precision, fp32 in cuda-fp32 (the arena's types are stored
+  // when they are gathered).
   const uint64_t layer_kv = 2ull * H * N * hd * (half_gemm ? 2 : 4);
   // The prompt's residual stream (every token's activations between layers) is the largest buffer
   // after the layer's K/V: fp16 in the fast precision too (each chunk runs its layer in fp32 scratch).

@@ -1,8 +1,12 @@
 // Causal GQA flash attention for prefill (fp32 SIMT): one block per (64 queries, query head),
 // key tiles of 64 streamed through shared memory with an online softmax, so no N x N matrix ever
-// exists. Keys/values are fp32 (the compressed prefill's layer buffer) or fp16 (the cache).
+// exists. Keys/values are fp32 (the compressed prefill's layer buffer), fp16 (the cache) or the
+// cache's q8_0 / q4_0 rows (KT = uint8_t: rows of FlashArgs::tk / tv, dequantized as the tile loads).
+#include <type_traits>
+
 #include "common.cuh"
 #include "kernels.cuh"
+#include "kv_quant.cuh"
 
 namespace headkv::cu {
 
@@ -22,8 +26,22 @@ __global__ void __launch_bounds__(NTHR) flash_kernel(FlashArgs a) {
   const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
   const int h = blockIdx.y, G = a.nh / a.nkv, g = h / G;
   const int q0 = blockIdx.x * BQ;
-  const auto [K, V, nb] = flash_kv<KT, HD>(a, g);
   const float scale = 1.0f / sqrtf((float)HD);
+  // element d of key / value row r of this KV head
+  constexpr bool QROWS = std::is_same_v<KT, uint8_t>;
+  const int64_t base = a.seg_off ? a.seg_off[g] : (int64_t)g * a.ld_head;
+  const int64_t nb = a.seg_len ? (int64_t)a.seg_len[g] : a.n_before;
+  const int64_t rbk = QROWS ? (int64_t)kv_row_bytes(a.tk, HD) : HD, rbv = QROWS ? (int64_t)kv_row_bytes(a.tv, HD) : HD;
+  const KT* K = static_cast<const KT*>(a.k) + base * rbk;
+  const KT* V = static_cast<const KT*>(a.v) + base * rbv;
+  auto ldk = [&](int64_t r, int d) {
+    if constexpr (QROWS) return kv_load1(a.tk, K + r * rbk, d);
+    else return ld(K + r * HD + d);
+  };
+  auto ldv = [&](int64_t r, int d) {
+    if constexpr (QROWS) return kv_load1(a.tv, V + r * rbv, d);
+    else return ld(V + r * HD + d);
+  };
 
   for (int i = tid; i < BQ * HD; i += NTHR) {
     const int r = i / HD, d = i % HD;
@@ -44,7 +62,7 @@ __global__ void __launch_bounds__(NTHR) flash_kernel(FlashArgs a) {
     __syncthreads();
     for (int i = tid; i < BK * HD; i += NTHR) {
       const int c = i / HD, d = i % HD;
-      KV[d * (BK + KPAD) + c] = k0 + c < n_keys ? ld(K + (k0 + c) * HD + d) : 0.0f;
+      KV[d * (BK + KPAD) + c] = k0 + c < n_keys ? ldk(k0 + c, d) : 0.0f;
     }
     __syncthreads();
     float s[4][4];
@@ -94,7 +112,7 @@ __global__ void __launch_bounds__(NTHR) flash_kernel(FlashArgs a) {
       *reinterpret_cast<float4*>(&Pt[(tx * 4 + c) * BQ + ty * 4]) = make_float4(s[0][c], s[1][c], s[2][c], s[3][c]);
     for (int i = tid; i < BK * HD; i += NTHR) {
       const int c = i / HD, d = i % HD;
-      KV[c * HD + d] = k0 + c < n_keys ? ld(V + (k0 + c) * HD + d) : 0.0f;
+      KV[c * HD + d] = k0 + c < n_keys ? ldv(k0 + c, d) : 0.0f;
     }
     __syncthreads();
 #pragma unroll
@@ -148,8 +166,10 @@ void launch(const FlashArgs& a, cudaStream_t s) {
 
 void flash_attention(const FlashArgs& a, cudaStream_t s) {
   if (a.T == 0) return;
-  if (a.hd == 64) a.half_kv ? launch<__half, 64>(a, s) : launch<float, 64>(a, s);
-  else if (a.hd == 128) a.half_kv ? launch<__half, 128>(a, s) : launch<float, 128>(a, s);
+  const bool q = a.tk != KVType::F16 || a.tv != KVType::F16;  // arena rows of q8_0 / q4_0 (or mixed with f16)
+  if (q && !a.half_kv) fail(ErrorKind::Internal, "flash_attention: quantized K/V are arena rows (half_kv)");
+  if (a.hd == 64) q ? launch<uint8_t, 64>(a, s) : a.half_kv ? launch<__half, 64>(a, s) : launch<float, 64>(a, s);
+  else if (a.hd == 128) q ? launch<uint8_t, 128>(a, s) : a.half_kv ? launch<__half, 128>(a, s) : launch<float, 128>(a, s);
   else fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
   check_launch("flash_attention");
 }

@@ -8,12 +8,19 @@
 // registers. A warp skips the tiles wholly past its rows' last key.
 // Each of these choices (32 rows per warp, 32-key tiles without spills, the scale inside the FFMA)
 // beat the variants tried; 128-query blocks and a heavy-first tile order did not (BENCHMARKS.md).
+// QROWS: the arena's K/V rows are q8_0 / q4_0 blocks (or one of them f16; FlashArgs::tk / tv): a
+// tile's stored rows are copied by cp.async in 16-byte pieces aligned to 16 bytes (the rows are only
+// 2-byte aligned; decode_attn.cu does the same) into double-buffered staging, and once they have
+// arrived the block dequantizes them into the same fp16 tiles (d * q rounded to fp16, the fast
+// precision); the rest of the kernel is unchanged.
 #include <cuda_fp16.h>
 
 #include <string>
 
 #include "common.cuh"
+#include "decode_attn_smem.h"
 #include "kernels.cuh"
+#include "kv_quant.cuh"
 
 namespace headkv::cu {
 
@@ -27,7 +34,11 @@ __device__ __forceinline__ float ex2_ftz(float x) {
   return y;
 }
 
-template <int HD>
+__device__ __forceinline__ uint4 pack_h8(const float* x) {
+  return make_uint4(pack_h2(x[0], x[1]), pack_h2(x[2], x[3]), pack_h2(x[4], x[5]), pack_h2(x[6], x[7]));
+}
+
+template <int HD, bool QROWS>
 __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
   constexpr int BQ = 16 * MT * NW, RW = 16 * MT;
   constexpr int LD = HD + 8;  // halves per shared row (16-byte pad: conflict-free ldmatrix)
@@ -45,14 +56,56 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
   const int64_t n_keys = nb + min(q0 + BQ, a.T);
   const int n_tiles = (int)((n_keys + BK - 1) / BK);
 
-  auto load_tile = [&](int tile, int buf) {
+  // quantized rows: this KV head's first K / V row (bytes) and the staging of a tile's stored rows
+  // ([2] buffers of K, then [2] of V, after the fp16 tiles; launch() sizes them)
+  const int64_t rbk = kv_row_bytes(a.tk, HD), rbv = kv_row_bytes(a.tv, HD);
+  const int64_t seg0 = a.seg_off ? a.seg_off[g] : (int64_t)g * a.ld_head;
+  const uint8_t* Kq = static_cast<const uint8_t*>(a.k) + seg0 * rbk;
+  const uint8_t* Vq = static_cast<const uint8_t*>(a.v) + seg0 * rbv;
+  const int slot_k = (int)decode_slot_bytes(rbk), slot_v = (int)decode_slot_bytes(rbv);
+  uint8_t* stage = reinterpret_cast<uint8_t*>(Vs + 2 * BK * LD);
+  // The 16-byte pieces holding rows [k0, k0 + n) of src (rb bytes each) into dst; the rows start at
+  // dst + (their address & 15).
+  auto stage_rows = [&](const uint8_t* src, int64_t rb, int64_t k0, int n, uint8_t* dst) {
+    const uint8_t* lo = src + k0 * rb;
+    const uint8_t* a0 = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(lo) & ~(uintptr_t)15);
+    const int np = (int)((lo + n * rb - a0 + 15) >> 4);
+    for (int p = tid; p < np; p += NTHR) cp_async16(dst + 16 * p, a0 + 16 * p, true);
+  };
+  // Staged tile -> fp16 tiles (rows past n_keys are zeros).
+  auto stage_to_tiles = [&](int tile, int buf) {
     const int64_t k0 = (int64_t)tile * BK;
+    const uint8_t* sk = stage + buf * slot_k + (reinterpret_cast<uintptr_t>(Kq + k0 * rbk) & 15);
+    const uint8_t* sv = stage + 2 * slot_k + buf * slot_v + (reinterpret_cast<uintptr_t>(Vq + k0 * rbv) & 15);
     for (int i = tid; i < BK * HD / 8; i += NTHR) {
       const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
-      const bool ok = k0 + r < n_keys;
-      const int64_t src = ok ? (k0 + r) * HD + c : 0;
-      cp_async16(Ks + (buf * BK + r) * LD + c, K + src, ok);
-      cp_async16(Vs + (buf * BK + r) * LD + c, V + src, ok);
+      uint4 hk = make_uint4(0u, 0u, 0u, 0u), hv = hk;
+      if (k0 + r < n_keys) {
+        float x[8];
+        kv_load8(a.tk, sk + r * rbk, c, x);
+        hk = pack_h8(x);
+        kv_load8(a.tv, sv + r * rbv, c, x);
+        hv = pack_h8(x);
+      }
+      *reinterpret_cast<uint4*>(Ks + (buf * BK + r) * LD + c) = hk;
+      *reinterpret_cast<uint4*>(Vs + (buf * BK + r) * LD + c) = hv;
+    }
+  };
+
+  auto load_tile = [&](int tile, int buf) {
+    const int64_t k0 = (int64_t)tile * BK;
+    if constexpr (QROWS) {
+      const int n = (int)min((int64_t)BK, n_keys - k0);
+      stage_rows(Kq, rbk, k0, n, stage + buf * slot_k);
+      stage_rows(Vq, rbv, k0, n, stage + 2 * slot_k + buf * slot_v);
+    } else {
+      for (int i = tid; i < BK * HD / 8; i += NTHR) {
+        const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+        const bool ok = k0 + r < n_keys;
+        const int64_t src = ok ? (k0 + r) * HD + c : 0;
+        cp_async16(Ks + (buf * BK + r) * LD + c, K + src, ok);
+        cp_async16(Vs + (buf * BK + r) * LD + c, V + src, ok);
+      }
     }
     cp_async_commit();
   };
@@ -91,6 +144,10 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
       cp_async_wait<0>();
     }
     __syncthreads();
+    if constexpr (QROWS) {  // the staged rows into this tile's fp16 K/V (every thread, then a barrier)
+      stage_to_tiles(tile, buf);
+      __syncthreads();
+    }
     const int64_t k0 = (int64_t)tile * BK;
     if (k0 <= w_last) {  // warp-uniform: past it, every key of the tile is masked for this warp
       const __half* Kt = Ks + buf * BK * LD;
@@ -225,18 +282,19 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
   }
 }
 
-template <int HD>
+template <int HD, bool QROWS>
 void launch(const FlashArgs& a, cudaStream_t s) {
   constexpr int LD = HD + 8, BQ = 16 * MT * NW;
-  const size_t smem = (size_t)(BQ + 4 * BK) * LD * sizeof(__half);
-  static bool attr = false;
-  if (!attr) {
-    check(cudaFuncSetAttribute(flash_mma_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  size_t smem = (size_t)(BQ + 4 * BK) * LD * sizeof(__half);
+  if (QROWS) smem += 2 * (decode_slot_bytes(kv_row_bytes(a.tk, HD)) + decode_slot_bytes(kv_row_bytes(a.tv, HD)));
+  static size_t attr = 0;  // (raised to the largest size asked: QROWS sizes vary with the types)
+  if (smem > attr) {
+    check(cudaFuncSetAttribute(flash_mma_kernel<HD, QROWS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                (int)smem),
           "flash attention (mma) shared memory");
-    attr = true;
+    attr = smem;
   }
-  flash_mma_kernel<HD><<<dim3((unsigned)cdiv(a.T, BQ), (unsigned)a.nh), NTHR, smem, s>>>(a);
+  flash_mma_kernel<HD, QROWS><<<dim3((unsigned)cdiv(a.T, BQ), (unsigned)a.nh), NTHR, smem, s>>>(a);
 }
 
 }  // namespace
@@ -246,8 +304,9 @@ void flash_attention_tc(const FlashArgs& a, cudaStream_t s) {
   if (!a.half_kv) fail(ErrorKind::Internal, "flash_attention_tc: the tensor-core kernel reads fp16 K/V only");
   if (a.hd != 64 && a.hd != 128)
     fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
-  if (a.hd == 64) launch<64>(a, s);
-  else launch<128>(a, s);
+  const bool q = a.tk != KVType::F16 || a.tv != KVType::F16;
+  if (a.hd == 64) q ? launch<64, true>(a, s) : launch<64, false>(a, s);
+  else q ? launch<128, true>(a, s) : launch<128, false>(a, s);
   check_launch("flash_attention_tc");
 }
 

@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "select/kv_arena.h"
+
 namespace headkv::cu {
 
 // A weight matrix on the device: rows x cols, row_bytes per row in the file. Float types keep the
@@ -55,7 +57,8 @@ void add_bias(float* x, const float* b, int64_t T, int64_t n, cudaStream_t s);
 // RoPE on q [T][nh][hd] (in place) and k; k, v ([T][nkv][hd]) are stored to the target:
 //   layer buffer (head-major [g][N][hd]): kf/vf (fp32) or kfh/vfh (fp16) non-null,
 //     entry = g*ld_head + row0 + t
-//   arena (fp16): kh/vh/pos non-null, entry = seg_off[l*nkv+g] + used[l*nkv+g] + t, pos = pos0 + t
+//   arena (rows of type tk / tv: f16, q8_0 or q4_0, kv_row_bytes(type, hd) bytes): kh/vh/pos non-null,
+//     entry = seg_off[l*nkv+g] + used[l*nkv+g] + t, pos = pos0 + t
 // pos0: first position, read from *pos0_dev when non-null (graph replays).
 struct RopeStore {
   float* q = nullptr;
@@ -73,16 +76,24 @@ struct RopeStore {
   __half* kfh = nullptr;
   __half* vfh = nullptr;
   int64_t ld_head = 0, row0 = 0;
-  __half* kh = nullptr;
-  __half* vh = nullptr;
+  void* kh = nullptr;
+  void* vh = nullptr;
+  KVType tk = KVType::F16, tv = KVType::F16;
   int32_t* pos = nullptr;
+  // The fused epilogue's q8_0 / q4_0 stores (matvec_qkv_rope): fp32 staging of K / V ([nkv][hd]) and
+  // 2 * nkv * hd / 32 counters, zero between launches (the last pair of a block resets its counter).
+  float* kstage = nullptr;
+  float* vstage = nullptr;
+  int32_t* qcount = nullptr;
   const int64_t* seg_off = nullptr;
   const int32_t* used = nullptr;
 };
 void rope_store(const RopeStore& a, cudaStream_t s);
 // One token's RMSNorm -> Q, K, V (ws: wq, wk, wv) with RoPE and the arena store of rope_store fused
 // into the matvec's epilogue (int8 or fp32 activations; r: arena target, T = 1, q = the Q output).
-// False when the shapes or the target do not fit: the caller runs the separate kernels.
+// False when the shapes or the target do not fit: the caller runs the separate kernels. q8_0 / q4_0
+// rows (whose blocks of 32 span 16 warps' row pairs) need r.kstage / vstage / qcount: each pair goes
+// to the fp32 stage, and the last of a block's pairs to arrive quantizes the block into the arena.
 bool matvec_qkv_rope(const DW* ws, const float* x, const float* norm_w, float eps, const RopeStore& r, bool q8x,
                      cudaStream_t s);
 // The rotation of a RoPE pair, rounded after every product (no fused multiply-add), so that every
@@ -106,12 +117,15 @@ void add_used(int32_t* used, int n, int T, cudaStream_t s);
 // ---- flash_attn.cu: causal GQA attention of T queries (q [T][nh][hd], fp32) over keys of each KV
 // head g at K + (seg_off ? seg_off[g] : g*ld_head) * hd (fp32 or fp16 rows of hd); query t sees
 // keys [0, n_before_g + t], n_before_g = (seg_len ? seg_len[g] : n_before). out [T][nh][hd].
+// Arena rows may be q8_0 / q4_0 blocks (tk / tv, with half_kv): the kernels dequantize them while
+// loading their tiles.
 struct FlashArgs {
   const float* q = nullptr;
   float* out = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
   bool half_kv = false;
+  KVType tk = KVType::F16, tv = KVType::F16;
   int T = 0, nh = 0, nkv = 0, hd = 0;
   const int64_t* seg_off = nullptr;
   int64_t ld_head = 0;
@@ -138,15 +152,17 @@ __device__ __forceinline__ FlashKV<KT> flash_kv(const FlashArgs& a, int g) {
 // 32k, BENCHMARKS.md.)
 void flash_attention_tc(const FlashArgs& a, cudaStream_t s);
 
-// ---- decode_attn.cu: one query token per head over the per-head arena (fp16), split-K.
+// ---- decode_attn.cu: one query token per head over the per-head arena (f16, q8_0 or q4_0 rows
+// for K and V independently), split-K.
 // Work items of a layer: item i handles KV head item_head[i], split item_split[i] of
 // head_splits[g]; length of head g = used[g] + 1 (the token just appended). part: scratch of
 // n_items * G * (hd + 2) floats.
 struct DecodeArgs {
   const float* q = nullptr;   // [nh][hd]
   float* out = nullptr;       // [nh][hd]
-  const __half* k = nullptr;  // arena keys (entry-major, hd per entry)
-  const __half* v = nullptr;
+  const void* k = nullptr;  // arena keys (entry-major, kv_row_bytes(tk, hd) bytes per entry)
+  const void* v = nullptr;
+  KVType tk = KVType::F16, tv = KVType::F16;
   const int64_t* seg_off = nullptr;  // this layer's segments (nkv)
   const int32_t* used = nullptr;     // this layer's used counts (before the new token)
   const int32_t* item_head = nullptr;
@@ -159,10 +175,10 @@ struct DecodeArgs {
 };
 void decode_attention(const DecodeArgs& a, cudaStream_t s);
 // Blocks of the decode attention kernel resident at once on the device (one wave).
-int decode_attention_slots(int hd, int G, int warps);
+int decode_attention_slots(int hd, int G, int warps, KVType tk, KVType tv);
 // Warps per block to use: the widest of 8, 4, 2 up to `preferred` whose shared memory the device
 // gives a block (decode_attn_smem.h: at hd 128 sm_90 takes 8, sm_80 4, sm_86 / sm_89 2).
-int decode_attention_warps(int hd, int preferred);
+int decode_attention_warps(int hd, int preferred, KVType tk, KVType tv);
 
 // ---- select.cu: per-layer selection on the device (see select/selection.h for the rules).
 // Pooled window scores [nkv][P] of the window queries qwin [a][nh][hd] (the layer's last a rows)
@@ -187,9 +203,10 @@ void compact_flags(const uint8_t* flags, int64_t P, int64_t n_keep, int64_t N, i
 // Ada-KV: this layer's segment offsets from the counts (capacity = count + room); first offset fixed.
 void layer_offsets(int64_t* seg_off, const int32_t* count, int nkv, int64_t room, cudaStream_t s);
 // Copies each head's listed entries from the layer buffer ([g][N][hd], fp32 or fp16 when half_kv)
-// into its arena segment (fp16 K/V, positions) and sets used[g] = count[g].
+// into its arena segment (K/V rows of types tk / tv, quantized here for q8_0 / q4_0; positions) and
+// sets used[g] = count[g].
 void gather_to_arena(const int32_t* list, const int32_t* count, int64_t N, int nkv, int hd, const void* K,
-                     const void* V, bool half_kv, const int64_t* seg_off, __half* ak, __half* av, int32_t* apos,
-                     int32_t* used, int64_t max_count, cudaStream_t s);
+                     const void* V, bool half_kv, const int64_t* seg_off, void* ak, void* av, KVType tk, KVType tv,
+                     int32_t* apos, int32_t* used, int64_t max_count, cudaStream_t s);
 
 }  // namespace headkv::cu

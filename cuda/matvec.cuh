@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels.cuh"
+#include "kv_quant.cuh"
 
 namespace headkv::cu {
 
@@ -40,8 +41,9 @@ __device__ __forceinline__ int mv_segment(const MV& a, int64_t r, int64_t* local
 
 // Rows (local, local + 1) of segment sg (Q, K, V) of one token, as rope_store treats them: Q and K
 // pairs inside rope_dim are rotated; Q stays in r.q (fp32), K and V go to the arena entry after the
-// head's used ones (fp16), with the position. rope_meta reads only what earlier steps wrote (the
-// position, the arena counts), so a programmatic dependent computes it before its wait.
+// head's used ones (f16, or q8_0 / q4_0 blocks through the stage: matvec_qkv_rope), with the
+// position. rope_meta reads only what earlier steps wrote (the position, the arena counts), so a
+// programmatic dependent computes it before its wait.
 struct RopeMeta {
   float c = 1.0f, s = 0.0f;  // the pair's rotation (identity outside rope_dim and for V)
   int64_t e = 0;             // arena entry (K, V)
@@ -68,9 +70,30 @@ __device__ __forceinline__ void rope_epilogue(const RopeStore& r, const RopeMeta
     r.q[local + 1] = v1;
     return;
   }
-  __half* dst = (sg == 1 ? r.kh : r.vh) + m.e * r.hd + d;
-  *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(v0, v1);
   if (sg == 2 && d == 0) r.pos[m.e] = m.pos;
+  const KVType t = sg == 1 ? r.tk : r.tv;
+  if (t == KVType::F16) {
+    __half* dst = static_cast<__half*>(sg == 1 ? r.kh : r.vh) + m.e * r.hd + d;
+    *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(v0, v1);
+    return;
+  }
+  // q8_0 / q4_0: the pair goes to the fp32 stage; the last of the block's 16 pairs to arrive (counted
+  // atomically, after a fence that publishes the pair) reads the block back and quantizes it.
+  float* stage = sg == 1 ? r.kstage : r.vstage;
+  stage[local] = v0;
+  stage[local + 1] = v1;
+  __threadfence();
+  int32_t* cnt = r.qcount + (int64_t)(sg - 1) * (r.nkv * r.hd / 32) + local / 32;
+  if (atomicAdd(cnt, 1) == 15) {
+    __threadfence();
+    float x[32];
+    const float* b = stage + local / 32 * 32;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) x[i] = __ldcg(b + i);  // (from L2: other SMs wrote them)
+    uint8_t* row = static_cast<uint8_t*>(sg == 1 ? r.kh : r.vh) + m.e * (int64_t)kv_row_bytes(t, r.hd);
+    kv_quantize_block(t, x, row + d / 32 * kv_block_bytes(t));
+    *cnt = 0;  // (read again only by a later launch)
+  }
 }
 
 // Single-token matvec with int8 activations (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K): false for others.

@@ -1,6 +1,7 @@
 // Small element-wise kernels of the transformer block: RMSNorm, SwiGLU, RoPE + K/V store.
 #include "common.cuh"
 #include "kernels.cuh"
+#include "kv_quant.cuh"
 
 namespace headkv::cu {
 
@@ -72,10 +73,11 @@ __global__ void rope_store_kernel(RopeStore a) {
     const int64_t e = g * a.ld_head + a.row0 + t;
     a.kfh[e * a.hd + d] = __float2half_rn(kv);
     a.vfh[e * a.hd + d] = __float2half_rn(vval);
-  } else {
+  } else {  // the arena: f16 rows, or q8_0 / q4_0 blocks quantized by each warp (32 dims a block)
     const int64_t e = a.seg_off[g] + a.used[g] + t;
-    a.kh[e * a.hd + d] = __float2half_rn(kv);
-    a.vh[e * a.hd + d] = __float2half_rn(vval);
+    const int lane = d & 31;
+    kv_store_elem(a.tk, static_cast<uint8_t*>(a.kh) + e * (int64_t)kv_row_bytes(a.tk, a.hd), d, kv, lane);
+    kv_store_elem(a.tv, static_cast<uint8_t*>(a.vh) + e * (int64_t)kv_row_bytes(a.tv, a.hd), d, vval, lane);
     if (d == 0) a.pos[e] = pos;
   }
 }

@@ -7,6 +7,7 @@
 
 #include "common.cuh"
 #include "kernels.cuh"
+#include "kv_quant.cuh"
 
 namespace headkv::cu {
 
@@ -25,8 +26,8 @@ __device__ __forceinline__ float4 ld4(const __half* p) {
   const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
   return make_float4(a.x, a.y, b.x, b.y);
 }
-__device__ __forceinline__ __half to_half(float v) { return __float2half_rn(v); }
-__device__ __forceinline__ __half to_half(__half v) { return v; }
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }  // (exact: f16 stores it back as is)
 
 // Softmax statistics of one window query row (h, i) over its n_keys = P + i + 1 keys.
 template <class KT>
@@ -266,20 +267,23 @@ __global__ void layer_offsets_kernel(int64_t* seg_off, const int32_t* count, int
   for (int g = 0; g + 1 < nkv; ++g) seg_off[g + 1] = seg_off[g] + count[g] + room;
 }
 
+// One thread per (kept entry, dimension); a warp covers 32 dimensions of one entry (hd is a multiple
+// of 32 for the block types), so it quantizes a q8_0 / q4_0 block together.
 template <class KT>
 __global__ void gather_kernel(const int32_t* __restrict__ list, const int32_t* __restrict__ count, int64_t N, int hd,
                               const KT* __restrict__ K, const KT* __restrict__ V, const int64_t* __restrict__ seg_off,
-                              __half* ak, __half* av, int32_t* apos, int32_t* used) {
+                              uint8_t* ak, uint8_t* av, KVType tk, KVType tv, int32_t* apos, int32_t* used) {
   const int g = blockIdx.y;
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t idx = i / hd;
   const int d = (int)(i % hd);
   if (i == 0) used[g] = count[g];
-  if (idx >= count[g]) return;
+  if (idx >= count[g]) return;  // warp-uniform where blocks are stored (a warp lies in one entry)
   const int32_t j = list[g * N + idx];
   const int64_t dst = seg_off[g] + idx;
-  ak[dst * hd + d] = to_half(K[((int64_t)g * N + j) * hd + d]);
-  av[dst * hd + d] = to_half(V[((int64_t)g * N + j) * hd + d]);
+  const int lane = threadIdx.x & 31;
+  kv_store_elem(tk, ak + dst * (int64_t)kv_row_bytes(tk, hd), d, to_float(K[((int64_t)g * N + j) * hd + d]), lane);
+  kv_store_elem(tv, av + dst * (int64_t)kv_row_bytes(tv, hd), d, to_float(V[((int64_t)g * N + j) * hd + d]), lane);
   if (d == 0) apos[dst] = j;
 }
 
@@ -336,14 +340,17 @@ void layer_offsets(int64_t* seg_off, const int32_t* count, int nkv, int64_t room
 }
 
 void gather_to_arena(const int32_t* list, const int32_t* count, int64_t N, int nkv, int hd, const void* K,
-                     const void* V, bool half_kv, const int64_t* seg_off, __half* ak, __half* av, int32_t* apos,
-                     int32_t* used, int64_t max_count, cudaStream_t s) {
+                     const void* V, bool half_kv, const int64_t* seg_off, void* ak, void* av, KVType tk, KVType tv,
+                     int32_t* apos, int32_t* used, int64_t max_count, cudaStream_t s) {
   if (max_count <= 0) return;
   const dim3 grid((unsigned)cdiv(max_count * hd, 256), nkv);
+  uint8_t *k8 = static_cast<uint8_t*>(ak), *v8 = static_cast<uint8_t*>(av);
   if (half_kv)
-    gather_kernel<<<grid, 256, 0, s>>>(list, count, N, hd, (const __half*)K, (const __half*)V, seg_off, ak, av, apos, used);
+    gather_kernel<<<grid, 256, 0, s>>>(list, count, N, hd, (const __half*)K, (const __half*)V, seg_off, k8, v8, tk, tv,
+                                       apos, used);
   else
-    gather_kernel<<<grid, 256, 0, s>>>(list, count, N, hd, (const float*)K, (const float*)V, seg_off, ak, av, apos, used);
+    gather_kernel<<<grid, 256, 0, s>>>(list, count, N, hd, (const float*)K, (const float*)V, seg_off, k8, v8, tk, tv,
+                                       apos, used);
   check_launch("gather_to_arena");
 }
 

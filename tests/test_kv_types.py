@@ -372,12 +372,11 @@ def test_q8_0_top1_agreement_with_f16(smollm2, essays, method, budget):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("t", ["f32", "q8_0", "q4_0"])
-def test_cuda_refuses_cpu_only_types_before_allocation(smollm2, t):
-    """The CUDA backend stores f16 only: the CPU-only types fail with UnsupportedError (checked in the
-    CUDA context's constructor before its buffers are made; not run where this was written, no GPU)."""
-    for kw in ({"type_k": t}, {"type_v": t}):
-        with pytest.raises(headkv.UnsupportedError, match="f16 only"):
+def test_cuda_refuses_cpu_only_types_before_allocation(smollm2):
+    """The CUDA backend stores f16, q8_0 and q4_0: f32 (the CPU's reference type) fails with
+    UnsupportedError before anything is allocated (more in tests/test_cuda_kv_types.py)."""
+    for kw in ({"type_k": "f32"}, {"type_v": "f32"}):
+        with pytest.raises(headkv.UnsupportedError, match="'f32' is not supported by the CUDA backend"):
             headkv.Model(smollm2, n_ctx=256, device="cuda", **kw)
 
 

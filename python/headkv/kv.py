@@ -57,7 +57,7 @@ class KVConfig:
     type_k / type_v: element type of the stored keys / values (llama.cpp's and llama-cpp-python's
         names): ``"f16"`` (default; IEEE half, read directly by attention), ``"f32"`` (reference), ``"q8_0"``
         or ``"q4_0"`` (llama.cpp's 32-value blocks, read in place by attention; the head size must be a
-        multiple of 32, else UnsupportedError). The CUDA backend stores f16 only (UnsupportedError).
+        multiple of 32, else UnsupportedError). The CUDA backend stores f16, q8_0 and q4_0 (f32: UnsupportedError).
     budget_bytes: > 0 gives the budget as bytes of kept entries, all layers and KV heads together (decode
         room not counted), so that types and methods compare at equal memory: ``budget`` becomes the most
         entries per head on average that fit at the types' entry size (kv_stats()["entry_bytes"]).

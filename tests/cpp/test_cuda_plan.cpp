@@ -1,7 +1,7 @@
 // Per-device choices of the CUDA backend, checked without a GPU (built with the CUDA backend):
 // - the decode attention's block width (cuda/decode_attn_smem.h), against shared memory sizes worked
 //   out by hand: the split kernel's ring is warps x 3 chunks x 32 keys x (hd + 8) halves, plus 2
-//   floats per warp and query head (8 at most);
+//   floats per warp and query head (8 at most); for q8_0 / q4_0 rows, the stored rows' slots and a tile;
 // - whether a device can run the build at all (cuda/device_support.h).
 #include <string>
 
@@ -37,6 +37,19 @@ int main() {
   // exactly at the limit fits, one byte under does not
   CHECK(decode_attention_warps_for(209408, 128, 8) == 8);
   CHECK(decode_attention_warps_for(209407, 128, 8) == 4);
+  // q8_0 / q4_0 rows (split_kernel_q): per warp 3 slots of 32 rows (rounded up to 16 bytes, + 16),
+  // one fp16 tile of 32 x (hd + 8) halves and 32 x hd/32 float scales. q8_0 K and V at hd 128
+  // (136-byte rows): slots of 4352 + 16, 8 warps 8*(3*4368 + 8704 + 512) = 178560 + 512; q4_0 (72-byte
+  // rows): 8*(3*2320 + 8704 + 512) + 512; q8_0 K with f16 V (256-byte rows): 8*(3*8208 + 8704 + 512) =
+  // 270720 + 512, too much for sm_90's 8 warps.
+  CHECK(decode_block_smem(128, 8, 136, 136) == 179072);
+  CHECK(decode_block_smem(128, 8, 72, 72) == 8 * (3 * 2320 + 8704 + 512) + 512);
+  CHECK(decode_block_smem(128, 8, 136, 256) == 271232);
+  CHECK(decode_attention_warps_for(232448, 128, 8, 136, 136) == 8);
+  CHECK(decode_attention_warps_for(232448, 128, 8, 136, 256) == 4);
+  CHECK(decode_attention_warps_for(101376, 128, 8, 136, 136) == 4);  // (f16: 2 on sm_86 / sm_89)
+  // hd 64, q4_0 (36-byte rows: slots 1152 + 16): the warps' outputs (8 heads x 64 floats) are smaller
+  CHECK(decode_block_smem(64, 2, 36, 36) == 2 * (3 * 1168 + 32 * 72 * 2 + 256) + 128);
 
   // devices: 8.0+ with a kernel image runs; below 8.0 never; no image names the arch to build for
   CHECK(device_support_problem("NVIDIA H200", 9, 0, true, "90").empty());

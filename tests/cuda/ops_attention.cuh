@@ -5,13 +5,21 @@
 
 namespace opcheck {
 
-// ---- decode attention (decode_attn.cu): one query per head over the fp16 arena, split-K
+// ---- decode attention (decode_attn.cu): one query per head over the arena, split-K; K and V rows
+// of f16 (split_kernel), or q8_0 / q4_0 blocks (split_kernel_q, also with f16 V), stored by the
+// CPU's store_kv_row; the reference attends in double over the same rows read back by load_kv_row,
+// so the bound is the f16 kernel's.
 
 inline void check_decode_attention(cudaStream_t st) {
-  std::mt19937 rng(8);
+  using headkv::KVType;
   struct C {
     int hd, nh, nkv;
   };
+  const std::pair<KVType, KVType> types[] = {
+      {KVType::F16, KVType::F16}, {KVType::Q8_0, KVType::Q8_0}, {KVType::Q4_0, KVType::Q4_0},
+      {KVType::Q8_0, KVType::F16}, {KVType::F16, KVType::Q4_0}};
+  for (const auto& [tk, tv] : types) {
+  std::mt19937 rng(8);
   // keys per KV head (its used entries + the token just appended): tile edges (32), a 256-key
   // block of 8 warps and beyond, a single key
   const int64_t lens[] = {1, 32, 33, 256, 257, 1000, 4100, 78};
@@ -19,9 +27,9 @@ inline void check_decode_attention(cudaStream_t st) {
   for (const C c : {C{64, 8, 8}, C{64, 12, 4}, C{128, 32, 8}, C{128, 16, 2}}) {
     const int hd = c.hd, nh = c.nh, nkv = c.nkv, G = nh / nkv;
     for (int warps : {8, 4, 2}) {
-      if (cu::decode_attention_warps(hd, warps) != warps) {
-        std::printf("%-20s hd=%d warps %d: not run (the device's shared memory per block is too small)\n",
-                    "decode_attention", hd, warps);
+      if (cu::decode_attention_warps(hd, warps, tk, tv) != warps) {
+        std::printf("%-20s hd=%d warps %d K %s V %s: not run (the device's shared memory per block is too small)\n",
+                    "decode_attention", hd, warps, headkv::kv_type_name(tk), headkv::kv_type_name(tv));
         continue;
       }
       ++ci;
@@ -71,8 +79,16 @@ inline void check_decode_attention(cudaStream_t st) {
             V[e * hd + i] = 500.0f;
           }
       }
-      const std::vector<uint16_t> Kh = to_f16(K), Vh = to_f16(V);
-      const std::vector<float> Kr = from_f16(Kh), Vr = from_f16(Vh);
+      // the stored rows (and 16 spare bytes, as the arena has) and what they hold
+      const size_t rbk = headkv::kv_row_bytes(tk, hd), rbv = headkv::kv_row_bytes(tv, hd);
+      std::vector<uint8_t> Kq((size_t)entries * rbk + 16), Vq((size_t)entries * rbv + 16);
+      std::vector<float> Kr(K.size()), Vr(V.size());
+      for (int64_t e = 0; e < entries; ++e) {
+        headkv::store_kv_row(tk, &K[e * hd], hd, &Kq[e * rbk]);
+        headkv::store_kv_row(tv, &V[e * hd], hd, &Vq[e * rbv]);
+        headkv::load_kv_row(tk, &Kq[e * rbk], hd, &Kr[e * hd]);
+        headkv::load_kv_row(tv, &Vq[e * rbv], hd, &Vr[e * hd]);
+      }
       std::vector<double> ref((size_t)nh * hd);
       for (int h = 0; h < nh; ++h) {
         const int g = h / G;
@@ -80,15 +96,17 @@ inline void check_decode_attention(cudaStream_t st) {
       }
       cu::DBuf<float> dq = to_dev(q, "q"), dout = dev_zeros<float>(q.size(), "out"),
                       part = dev_zeros<float>(item_head.size() * G * (hd + 2), "partials");
-      cu::DBuf<uint16_t> dk = to_dev(Kh, "K"), dv = to_dev(Vh, "V");
+      cu::DBuf<uint8_t> dk = to_dev(Kq, "K"), dv = to_dev(Vq, "V");
       cu::DBuf<int64_t> dseg = to_dev(std::vector<int64_t>(seg.begin(), seg.begin() + nkv), "segments");
       cu::DBuf<int32_t> dused = to_dev(used, "used"), dih = to_dev(item_head, "items"), dis = to_dev(item_split, "items"),
                         dhs = to_dev(head_splits, "items"), dhf = to_dev(head_first, "items");
       cu::DecodeArgs a;
       a.q = dq.get();
       a.out = dout.get();
-      a.k = hptr(dk);
-      a.v = hptr(dv);
+      a.k = dk.get();
+      a.v = dv.get();
+      a.tk = tk;
+      a.tv = tv;
       a.seg_off = dseg.get();
       a.used = dused.get();
       a.item_head = dih.get();
@@ -103,9 +121,11 @@ inline void check_decode_attention(cudaStream_t st) {
       a.part = part.get();
       cu::decode_attention(a, st);
       sync(st, "decode_attention");
-      report("decode_attention", fmt("hd=%d heads %d/%d warps %d keys/splits ", hd, nh, nkv, warps) + shape,
+      report("decode_attention", fmt("%s/%s hd=%d heads %d/%d warps %d keys/splits ", headkv::kv_type_name(tk),
+                                     headkv::kv_type_name(tv), hd, nh, nkv, warps) + shape,
              nmax_err(to_host(dout, q.size(), "out"), ref), kAttn);
     }
+  }
   }
 }
 
@@ -190,6 +210,50 @@ inline void check_flash_attention(cudaStream_t st) {
           const char* kn[3] = {" fp32 K/V", " fp16 K/V", " fp16 K/V"};
           report(kernel == 2 ? "flash_attention_tc" : "flash_attention", what + kn[kernel],
                  nmax_err(to_host(dout, q.size(), "out"), kernel ? ref16 : ref32), kernel == 2 ? kAttnTc : kAttn);
+        }
+        if (!arena) continue;
+        // the arena's rows as q8_0 / q4_0 blocks (store_kv_row), the reference over what they hold
+        using headkv::KVType;
+        for (const auto& [tk, tv] : {std::pair{KVType::Q8_0, KVType::Q8_0}, std::pair{KVType::Q4_0, KVType::Q4_0},
+                                     std::pair{KVType::Q8_0, KVType::F16}}) {
+          const size_t rbk = headkv::kv_row_bytes(tk, hd), rbv = headkv::kv_row_bytes(tv, hd);
+          std::vector<uint8_t> Kq((size_t)entries * rbk), Vq((size_t)entries * rbv);
+          std::vector<float> Kd(K.size()), Vd(V.size());
+          for (int64_t e = 0; e < entries; ++e) {
+            headkv::store_kv_row(tk, &K[e * hd], hd, &Kq[e * rbk]);
+            headkv::store_kv_row(tv, &V[e * hd], hd, &Vq[e * rbv]);
+            headkv::load_kv_row(tk, &Kq[e * rbk], hd, &Kd[e * hd]);
+            headkv::load_kv_row(tv, &Vq[e * rbv], hd, &Vd[e * hd]);
+          }
+          std::vector<double> refq(ref32.size());
+          for (int t = 0; t < T; ++t)
+            for (int h = 0; h < nh; ++h) {
+              const size_t o = ((size_t)t * nh + h) * hd;
+              ref_attend(&q[o], &Kd[seg[h / G] * hd], &Vd[seg[h / G] * hd], nb[h / G] + t + 1, hd, &refq[o]);
+            }
+          cu::DBuf<uint8_t> dkq = to_dev(Kq, "K"), dvq = to_dev(Vq, "V");
+          for (bool tc : {false, true}) {
+            cu::FlashArgs f;
+            f.q = dq.get();
+            f.out = dout.get();
+            f.half_kv = true;
+            f.k = dkq.get();
+            f.v = dvq.get();
+            f.tk = tk;
+            f.tv = tv;
+            f.T = T;
+            f.nh = nh;
+            f.nkv = nkv;
+            f.hd = hd;
+            f.seg_off = dseg.get();
+            f.seg_len = dlen.get();
+            cu::check(cudaMemsetAsync(dout.get(), 0xFF, q.size() * sizeof(float), st), "out");
+            tc ? cu::flash_attention_tc(f, st) : cu::flash_attention(f, st);
+            sync(st, "flash_attention");
+            report(tc ? "flash_attention_tc" : "flash_attention",
+                   what + fmt(" K %s V %s", headkv::kv_type_name(tk), headkv::kv_type_name(tv)),
+                   nmax_err(to_host(dout, q.size(), "out"), refq), tc ? kAttnTc : kAttn);
+          }
         }
       }
     }

@@ -206,8 +206,8 @@ inline void check_compact_gather(cudaStream_t st) {
     int64_t max_count = 0;
     for (const auto& w : want) max_count = std::max<int64_t>(max_count, (int64_t)w.size());
     cu::gather_to_arena(list.get(), count.get(), N, nkv, hd, half ? (const void*)k16.get() : k32.get(),
-                        half ? (const void*)v16.get() : v32.get(), half, dseg.get(), hptr(ak), hptr(av), apos.get(),
-                        used.get(), max_count, st);
+                        half ? (const void*)v16.get() : v32.get(), half, dseg.get(), hptr(ak), hptr(av),
+                        headkv::KVType::F16, headkv::KVType::F16, apos.get(), used.get(), max_count, st);
     sync(st, "gather_to_arena");
     const std::vector<float> gk = from_f16(to_host(ak, (size_t)entries * hd, "arena K")),
                              gv = from_f16(to_host(av, (size_t)entries * hd, "arena V"));

@@ -15,6 +15,7 @@
 #include "model/ops.h"
 #include "op_check.cuh"
 #include "ops_attention.cuh"
+#include "ops_kv_quant.cuh"
 #include "ops_matvec.cuh"
 #include "ops_rope.cuh"
 #include "ops_select.cuh"
@@ -106,6 +107,8 @@ int main() {
   group("matvec", check_matvec, st);
   group("embed/dequant rows", check_rows, st);
   group("gemm_nt", check_gemm, st);
+  group("q8_0/q4_0 K/V stores", check_kv_quant_stores, st);
+  group("q8_0/q4_0 fused store", check_fused_quant_store, st);
   group("decode_attention", check_decode_attention, st);
   group("flash_attention", check_flash_attention, st);
   group("window_scores", check_window_scores_topk, st);

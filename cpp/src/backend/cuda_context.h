@@ -3,7 +3,8 @@
 // lives in cuda/ and is compiled only when the CUDA backend is built (HEADKV_WITH_CUDA).
 //
 // Numerics. Activations, the residual stream, norms, softmax and every accumulation are fp32.
-// The KV cache (full cache and per-head arena) is stored in fp16 on the GPU. Prefill GEMMs run
+// The KV cache (full cache and per-head arena) is stored in f16 on the GPU (the default), or as
+// llama.cpp's q8_0 / q4_0 blocks (type_k / type_v); attention reads the blocks directly. Prefill GEMMs run
 // through cuBLAS on dequantized weights: precision Fast = fp16 operands, fp32 accumulate (tensor
 // cores); precision Fp32 = fp32 operands, fp32 pedantic (no TF32), i.e. the CPU backend's
 // arithmetic up to summation order. Decode (few tokens) uses quantized matrix-vector kernels that
@@ -13,6 +14,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "model/context.h"
@@ -36,7 +38,7 @@ class CudaContext {
   void truncate(int32_t n_keep);  // as Context::truncate
   int32_t n_prompt() const;
   void set_max_new_tokens(int32_t n);
-  KVState save_state() const;       // as Context::save_state (f16 K/V)
+  KVState save_state() const;       // as Context::save_state (K/V rows of this context's types)
   void load_state(const KVState& s);  // as Context::load_state
 
   const float* logits() const;
@@ -51,6 +53,8 @@ class CudaContext {
   uint64_t full_kv_bytes() const;
   uint64_t prefill_peak_kv_bytes() const;
   const KVConfig& kv_config() const;
+  KVType type_k() const;
+  KVType type_v() const;
   bool compressing() const;
   const BudgetPlan* plan() const;
 
@@ -62,7 +66,13 @@ class CudaContext {
   int64_t used(int l, int g) const;
   std::vector<int32_t> positions(int l, int g) const;  // copied from the device
   uint64_t bytes_used() const;
-  static uint64_t entry_bytes(int head_dim) { return 4ull * head_dim + sizeof(int32_t); }
+  // Bytes of an arena entry: a K row, a V row (kv_row_bytes of their types) and a position.
+  static uint64_t entry_bytes(int head_dim, KVType type_k, KVType type_v) {
+    return KVArena::entry_bytes(head_dim, type_k, type_v);
+  }
+  // The K / V types of params (parse_kv_type) that this backend stores: f16, q8_0 and q4_0 (head_dim
+  // a multiple of 32); throws InvalidArgument / Unsupported naming the type before any allocation.
+  static std::pair<KVType, KVType> kv_types(const ContextParams& params, int head_dim);
 
   // With HEADKV_KEEP_SELECTION_SCORES set: the pooled window scores ([n_head_kv][P] per layer)
   // of the last compressed prompt; empty otherwise.

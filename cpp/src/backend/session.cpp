@@ -83,7 +83,9 @@ Session::Session(const Model& model, const ContextParams& params, const std::str
   if (device != "cuda" && device != "cuda-fp32")
     fail(ErrorKind::InvalidArgument, "unknown device '" + device + "' (cpu, cuda, cuda-fp32)");
 #ifdef HEADKV_WITH_CUDA
-  gpu_ = std::make_unique<CudaContext>(model, resolve_budget_bytes(model, params, CudaContext::entry_bytes(model.hparams().head_dim)),
+  const int hd = model.hparams().head_dim;
+  const auto [tk, tv] = CudaContext::kv_types(params, hd);  // (typed errors before anything is allocated)
+  gpu_ = std::make_unique<CudaContext>(model, resolve_budget_bytes(model, params, CudaContext::entry_bytes(hd, tk, tv)),
                                        device == "cuda" ? CudaPrecision::Fast : CudaPrecision::Fp32);
 #else
   fail(ErrorKind::Unsupported, "device '" + device + "' is not available: this build has no CUDA backend");
@@ -159,7 +161,7 @@ uint64_t Session::prefill_peak_kv_bytes() const {
 }
 uint64_t Session::entry_bytes() const {
   const int hd = model().hparams().head_dim;
-  HK_DISPATCH(KVArena::entry_bytes(hd, cpu_->type_k(), cpu_->type_v()), CudaContext::entry_bytes(hd));
+  HK_DISPATCH(KVArena::entry_bytes(hd, cpu_->type_k(), cpu_->type_v()), CudaContext::entry_bytes(hd, gpu_->type_k(), gpu_->type_v()));
 }
 uint64_t Session::peak_device_bytes() const { HK_DISPATCH(0ull, gpu_->peak_device_bytes()); }
 bool Session::has_arena() const { HK_DISPATCH(cpu_->arena() != nullptr, gpu_->has_arena()); }

@@ -45,7 +45,7 @@ struct KVConfig {
   int32_t sink = 4;             // streaming: attention-sink tokens kept at the start
   double adakv_floor = 0.2;     // adakv: each head keeps at least this fraction of its budget
   std::string type_k = "f16";   // element type of stored keys: f16 | f32 | q8_0 | q4_0 (llama.cpp's -ctk
-  std::string type_v = "f16";   // names; the CUDA backend stores f16 only); values likewise (-ctv)
+  std::string type_v = "f16";   // names; the CUDA backend has no f32); values likewise (-ctv)
   int64_t budget_bytes = 0;     // > 0: the budget given as bytes of kept entries, all layers and KV heads
                                 // together (decode room not counted); the Session turns it into `budget`
                                 // at the backend's entry size (resolve_budget_bytes)

@@ -23,9 +23,15 @@ enum class KVType { F32, F16, Q8_0, Q4_0 };
 // not built (q4_1, q5_0, ...) and InvalidArgument for anything else; `which` names the option.
 KVType parse_kv_type(const std::string& name, const char* which);
 const char* kv_type_name(KVType t);
-inline bool kv_type_blocked(KVType t) { return t == KVType::Q8_0 || t == KVType::Q4_0; }
+// (Also called by the CUDA backend's kernels: cuda/kv_quant.cuh.)
+#ifdef __CUDACC__
+#define HEADKV_KV_HD __host__ __device__
+#else
+#define HEADKV_KV_HD
+#endif
+HEADKV_KV_HD constexpr bool kv_type_blocked(KVType t) { return t == KVType::Q8_0 || t == KVType::Q4_0; }
 // Bytes of a row of n elements of type t (n a multiple of 32 for the block types).
-inline uint64_t kv_row_bytes(KVType t, int64_t n) {
+HEADKV_KV_HD constexpr uint64_t kv_row_bytes(KVType t, int64_t n) {
   switch (t) {
     case KVType::F32: return 4ull * n;
     case KVType::F16: return 2ull * n;

@@ -165,43 +165,19 @@ struct CudaBatch::Impl {
         rms_norm(k.get(), L.k_norm, k.get(), (int64_t)n * H, hp.head_dim, hp.rms_eps, st);
       }
       for (int i = 0; i < n; ++i) {
-        const CudaContext::Impl& C = *seqs[i];
-        RopeStore r;
+        CudaContext::Impl& C = *seqs[i];
+        // the sequence's own arena, cache types and RoPE tables; this batch's rows of q/k/v/att
+        RopeStore r = C.arena_store_args(il, 1);
         r.q = q.get() + i * qdim();
         r.k = k.get() + i * kvdim();
         r.v = v.get() + i * kvdim();
-        r.T = 1;
-        r.nh = hp.n_head;
-        r.nkv = H;
-        r.hd = hp.head_dim;
-        r.rope_dim = hp.rope_dim;
-        r.neox = hp.arch->rope_neox;
-        r.inv_freq = dm->rope_inv_freq;
-        r.rope_scale = hp.rope_scale;
+        r.kstage = r.vstage = nullptr;  // the separate store kernel needs no stage
+        r.qcount = nullptr;
         r.pos0_dev = in_dev.get() + kMaxRows + i;
-        r.kh = C.ak.get();
-        r.vh = C.av.get();
-        r.pos = C.apos.get();
-        r.seg_off = C.seg_off.get() + il * H;
-        r.used = C.used.get() + il * H;
         rope_store(r, st);
-        DecodeArgs a;
+        DecodeArgs a = C.decode_args(il);
         a.q = q.get() + i * qdim();
         a.out = att.get() + i * qdim();
-        a.k = C.ak.get();
-        a.v = C.av.get();
-        a.seg_off = C.seg_off.get() + il * H;
-        a.used = C.used.get() + il * H;
-        a.item_head = C.item_head.get() + C.layer_item0[il];
-        a.item_split = C.item_split.get() + C.layer_item0[il];
-        a.head_splits = C.head_splits.get() + il * H;
-        a.head_first = C.head_first.get() + il * H;
-        a.n_items = C.layer_items[il];
-        a.nh = hp.n_head;
-        a.nkv = H;
-        a.hd = hp.head_dim;
-        a.part = C.part.get();
-        a.warps = C.attn_warps;
         decode_attention(a, st);
       }
       linear(L.wo, att.get(), n, x.get(), d, true);

@@ -91,6 +91,46 @@ RopeStore CudaContext::Impl::rope_args(int64_t T) const {
   return r;
 }
 
+RopeStore CudaContext::Impl::arena_store_args(int il, int64_t T) {
+  const int H = hp.n_head_kv;
+  RopeStore r = rope_args(T);
+  r.kh = ak.get();
+  r.vh = av.get();
+  r.tk = tk;
+  r.tv = tv;
+  r.kstage = k.get();  // (the fused path leaves the K/V scratch to the quantized store's stage)
+  r.vstage = v.get();
+  r.qcount = qcount.get();
+  r.pos = apos.get();
+  r.seg_off = seg_off.get() + il * H;
+  r.used = used.get() + il * H;
+  return r;
+}
+
+DecodeArgs CudaContext::Impl::decode_args(int il) {
+  const int H = hp.n_head_kv;
+  DecodeArgs a;
+  a.q = q.get();
+  a.out = att.get();
+  a.k = ak.get();
+  a.v = av.get();
+  a.tk = tk;
+  a.tv = tv;
+  a.seg_off = seg_off.get() + il * H;
+  a.used = used.get() + il * H;
+  a.item_head = item_head.get() + layer_item0[il];
+  a.item_split = item_split.get() + layer_item0[il];
+  a.head_splits = head_splits.get() + il * H;
+  a.head_first = head_first.get() + il * H;
+  a.n_items = layer_items[il];
+  a.nh = hp.n_head;
+  a.nkv = H;
+  a.hd = hp.head_dim;
+  a.part = part.get();
+  a.warps = attn_warps;
+  return a;
+}
+
 // One chunk of T tokens through every layer, K/V appended to the arena at each segment's end.
 // The chunk's first position is pos0, or read from device memory at pos0_dev (graph capture).
 void CudaContext::Impl::forward_arena(int64_t T, int32_t pos0, const int32_t* pos0_dev) {
@@ -100,19 +140,9 @@ void CudaContext::Impl::forward_arena(int64_t T, int32_t pos0, const int32_t* po
   for (int il = 0; il < hp.n_layer; ++il) {
     const DevLayer& L = dm->layers[il];
     mark(0);
-    RopeStore r = rope_args(T);
+    RopeStore r = arena_store_args(il, T);
     r.pos0 = pos0;
     r.pos0_dev = pos0_dev;
-    r.kh = ak.get();
-    r.vh = av.get();
-    r.tk = tk;
-    r.tv = tv;
-    r.kstage = k.get();  // (the fused path leaves the K/V scratch to the quantized store's stage)
-    r.vstage = v.get();
-    r.qcount = qcount.get();
-    r.pos = apos.get();
-    r.seg_off = seg_off.get() + il * H;
-    r.used = used.get() + il * H;
     const DW wqkv[3] = {L.wq, L.wk, L.wv};
     const bool one = T == 1 && matvec_norm_fusable(wqkv, 3);
     if (one && fuse_rope && qkv_fusable() && matvec_qkv_rope(wqkv, x.get(), L.attn_norm, hp.rms_eps, r, mv_q8x, st)) {
@@ -137,26 +167,7 @@ void CudaContext::Impl::forward_arena(int64_t T, int32_t pos0, const int32_t* po
     }
     mark(2);
     if (T == 1) {
-      DecodeArgs a;
-      a.q = q.get();
-      a.out = att.get();
-      a.k = ak.get();
-      a.v = av.get();
-      a.tk = tk;
-      a.tv = tv;
-      a.seg_off = seg_off.get() + il * H;
-      a.used = used.get() + il * H;
-      a.item_head = item_head.get() + layer_item0[il];
-      a.item_split = item_split.get() + layer_item0[il];
-      a.head_splits = head_splits.get() + il * H;
-      a.head_first = head_first.get() + il * H;
-      a.n_items = layer_items[il];
-      a.nh = hp.n_head;
-      a.nkv = H;
-      a.hd = hp.head_dim;
-      a.part = part.get();
-      a.warps = attn_warps;
-      decode_attention(a, st);
+      decode_attention(decode_args(il), st);
     } else {
       FlashArgs f;
       f.q = q.get();

@@ -115,6 +115,10 @@ struct CudaContext::Impl {
   // The fused RMSNorm/QKV/RoPE/store matvec covers the plain llama block only.
   bool qkv_fusable() const { return !hp.arch->qkv_bias && !hp.arch->qk_norm && !hp.arch->rope_neox; }
   RopeStore rope_args(int64_t T) const;
+  // rope_args with layer il's arena as the store target (the fused store's stage: k, v, qcount).
+  RopeStore arena_store_args(int il, int64_t T);
+  // The decode attention of one token (q, att) over layer il's arena segments.
+  DecodeArgs decode_args(int il);
   void forward_arena(int64_t T, int32_t pos0, const int32_t* pos0_dev);
   void head(const float* xf, int64_t rows);
   void fetch_logits(int64_t rows, float* dst);

@@ -31,7 +31,10 @@ PROMPTS = ["The quick brown fox", "Once upon a time, in a land far away, there l
 # Budgets below the essay prompts' lengths (about 60 to 500 tokens): the compressed methods keep a
 # part of each prompt, a different part per head.
 KV = {"full": {}, "headkv": dict(kv_method="headkv", kv_budget=32, max_new_tokens=64),
-      "snapkv": dict(kv_method="snapkv", kv_budget=32, max_new_tokens=64)}
+      "snapkv": dict(kv_method="snapkv", kv_budget=32, max_new_tokens=64),
+      # quantized caches: each sequence's own block types through the batched store and attention
+      "full-q8_0": dict(type_k="q8_0", type_v="q8_0"),
+      "headkv-q4_0": dict(kv_method="headkv", kv_budget=32, max_new_tokens=64, type_k="q4_0", type_v="q4_0")}
 ESSAY_CHARS = [300, 2200, 900, 1500, 600]
 
 
@@ -107,7 +110,7 @@ LENGTHS = [18, 24, 20, 22, 16]
 JOINS = [0, 0, 0, 3, 6]
 
 
-@pytest.mark.parametrize("method", ["full", "headkv", "snapkv"])
+@pytest.mark.parametrize("method", ["full", "headkv", "snapkv", "full-q8_0", "headkv-q4_0"])
 @pytest.mark.parametrize("device", ["cuda-fp32", "cuda"])
 def test_group_decodes_as_alone(smollm2, essay_texts, method, device, monkeypatch):
     if device == "cuda":  # the lone sequences with fp32 activations too (read when a context is made)

@@ -39,13 +39,13 @@ case "$stage" in
     echo "build rc=$rc in $(( $(date +%s) - t0 )) s"
     ;;
   smoke)
-    python3 tools/make_synthetic_gguf.py --vocab-from .dev/models/smollm2-vocab.gguf --shape smollm2 --type q4_0 \
+    python3 tools/make_synthetic_gguf.py --vocab-from "${VOCAB:-$SMOL}" --shape smollm2 --type q4_0 \
       -o /tmp/smol-q4_0.gguf > /dev/null && python3 bench/gpu/smoke.py /tmp/smol-q4_0.gguf 2>&1 | tee -a "$OUT/smoke.txt"
     ;;
   archcheck)  # a build without machine code or PTX for this GPU (sm_80 only) must refuse it up front
     { cmake -S . -B /tmp/b80 -G Ninja -DHEADKV_CUDA=ON -DHEADKV_CUDA_ARCHS=80-real -DHEADKV_BUILD_TESTS=OFF \
       && ninja -C /tmp/b80 headkv-cli; } > /tmp/b80.log 2>&1 || { tail -20 /tmp/b80.log; exit 1; }
-    [ -f /tmp/smol-q4_0.gguf ] || python3 tools/make_synthetic_gguf.py --vocab-from .dev/models/smollm2-vocab.gguf \
+    [ -f /tmp/smol-q4_0.gguf ] || python3 tools/make_synthetic_gguf.py --vocab-from "${VOCAB:-$SMOL}" \
       --shape smollm2 --type q4_0 -o /tmp/smol-q4_0.gguf > /dev/null
     /tmp/b80/headkv-cli -m /tmp/smol-q4_0.gguf --device cuda -p "hi" -n 1 > /tmp/b80.out 2>&1
     rc=$?
@@ -57,7 +57,7 @@ case "$stage" in
     ;;
   gen8b)
     t=$1
-    [ -f /tmp/l3-8b-$t.gguf ] || python3 tools/make_synthetic_gguf.py --vocab-from .dev/models/smollm2-vocab.gguf \
+    [ -f /tmp/l3-8b-$t.gguf ] || python3 tools/make_synthetic_gguf.py --vocab-from "${VOCAB:-$SMOL}" \
       --shape llama3-8b --type "$t" -o /tmp/l3-8b-$t.gguf > /dev/null
     ls -la /tmp/l3-8b-$t.gguf
     ;;
@@ -89,6 +89,19 @@ json.dump({f'{l}-{h}': list(rng.random(3)) for l in range(32) for h in range(32)
       128k)  $HB $M $H -p 0 -n 64 -d 131072 -r 1 > "$f"; $HB $M $H -p 131072 -n 0 -r 1 >> "$f";
              $HB $M -p 0 -n 32 -d 131072 -r 1 >> "$f" ;;
     esac
+    python3 bench/gpu/show.py "$f"
+    ;;
+  kvq)  # kvq TYPE: issue 26's decode matrix: full cache and headkv-1024, f16 vs q8_0 K/V, at 32k and 128k
+    t=$1
+    HB=$(dirname "$(command -v python3)")/headkv-bench
+    M="-m /tmp/l3-8b-$t.gguf --device cuda -o jsonl -p 0 -n 32 -r 1"
+    H="--kv-method headkv --kv-budget 1024 --scores /tmp/scores-8b.json"
+    f="$OUT/kvq_${t}.jsonl"
+    : > "$f"
+    for d in 32768 131072; do
+      for kv in f16 q8_0 f16 q8_0; do $HB $M -d $d -ctk $kv -ctv $kv >> "$f"; done
+      for kv in f16 q8_0; do $HB $M $H -d $d -ctk $kv -ctv $kv >> "$f"; done
+    done
     python3 bench/gpu/show.py "$f"
     ;;
   llama)  # llama TYPE tg|pp|128k: llama.cpp's CUDA llama-bench (carry .dev/llamacpp/cuda-bin) on the same file

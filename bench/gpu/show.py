@@ -10,6 +10,7 @@ for path in sys.argv[1:]:
     for r in rows:
         if "kv_method" in r:  # headkv-bench
             kv = r["kv_method"] + (f"/{r['kv_budget']:g}" if r.get("kv_budget") else "")
+            kv += f" {r.get('type_k', 'f16')}/{r.get('type_v', 'f16')}"
             print(f"headkv {r['model_filename'].split('/')[-1]} {r['device']} {kv} {r['name']}: "
                   f"{r['avg_ts']:.1f} ± {r['stddev_ts']:.1f} t/s, KV {r['kv_bytes'] / 2**20:.0f} MiB, "
                   f"peak GPU {r['peak_device_bytes'] / 2**30:.2f} GiB, roofline {r['roofline_fraction']}")

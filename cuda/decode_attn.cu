@@ -321,10 +321,17 @@ SplitFn split_fn_g(int G) {
     default: return split_fn<HD, 8, NW>();
   }
 }
+template <int HD>
+SplitFn split_fn_w(int G, int warps) {
+  if (warps == 8) return split_fn_g<HD, 8>(G);
+  if (warps == 2) return split_fn_g<HD, 2>(G);
+  return split_fn_g<HD, 4>(G);
+}
+// hd 256 (Gemma 3) has no 8-warp instance: its ring of 8 warps (405 KB) fits no GPU's shared memory.
 SplitFn split_for(int hd, int G, int warps) {
-  if (warps == 8) return hd == 64 ? split_fn_g<64, 8>(G) : split_fn_g<128, 8>(G);
-  if (warps == 2) return hd == 64 ? split_fn_g<64, 2>(G) : split_fn_g<128, 2>(G);
-  return hd == 64 ? split_fn_g<64, 4>(G) : split_fn_g<128, 4>(G);
+  if (hd == 64) return split_fn_w<64>(G, warps);
+  if (hd == 128) return split_fn_w<128>(G, warps);
+  return warps == 2 ? split_fn_g<256, 2>(G) : split_fn_g<256, 4>(G);
 }
 
 }  // namespace
@@ -350,12 +357,13 @@ int decode_attention_slots(int hd, int G, int warps) {
 
 void decode_attention(const DecodeArgs& a, cudaStream_t s) {
   if (a.nh / a.nkv > MAXG) fail(ErrorKind::Unsupported, "CUDA backend: more than 8 query heads per KV head");
-  if (a.hd != 64 && a.hd != 128)
-    fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
-  if (a.warps != 2 && a.warps != 4 && a.warps != 8) fail(ErrorKind::Internal, "decode attention: 2, 4 or 8 warps per block");
+  if (a.hd != 64 && a.hd != 128 && a.hd != 256)
+    fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128, 256)");
+  if (a.warps != 2 && a.warps != 4 && (a.warps != 8 || a.hd == 256))
+    fail(ErrorKind::Internal, "decode attention: 2, 4 or 8 warps per block (hd 256: 2 or 4)");
   const SplitFn f = split_for(a.hd, a.nh / a.nkv, a.warps);
   launch_pdl(f.fn, dim3((unsigned)a.n_items), dim3(f.threads), f.smem, s, "decode attention", a);
-  launch_pdl(a.hd == 64 ? merge_kernel<64> : merge_kernel<128>, dim3((unsigned)a.nh), dim3(MT), 0, s,
+  launch_pdl(a.hd == 64 ? merge_kernel<64> : a.hd == 128 ? merge_kernel<128> : merge_kernel<256>, dim3((unsigned)a.nh), dim3(MT), 0, s,
              "decode attention merge", a);
   check_launch("decode_attention");
 }

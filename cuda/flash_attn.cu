@@ -150,7 +150,8 @@ void flash_attention(const FlashArgs& a, cudaStream_t s) {
   if (a.T == 0) return;
   if (a.hd == 64) a.half_kv ? launch<__half, 64>(a, s) : launch<float, 64>(a, s);
   else if (a.hd == 128) a.half_kv ? launch<__half, 128>(a, s) : launch<float, 128>(a, s);
-  else fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
+  else if (a.hd == 256) a.half_kv ? launch<__half, 256>(a, s) : launch<float, 256>(a, s);
+  else fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128, 256)");
   check_launch("flash_attention");
 }
 

@@ -19,7 +19,10 @@ namespace headkv::cu {
 
 namespace {
 
-constexpr int MT = 2, BK = 32, NW = 4, NTHR = NW * 32;  // m-tiles per warp, keys per tile
+constexpr int BK = 32, NW = 4, NTHR = NW * 32;  // keys per tile
+// m-tiles per warp: 2 (32 query rows); 1 at hd 256, whose O accumulators of two m-tiles (256 floats
+// per lane) would not fit the registers.
+__host__ __device__ constexpr int m_tiles(int hd) { return hd > 128 ? 1 : 2; }
 
 __device__ __forceinline__ float ex2_ftz(float x) {
   float y;
@@ -29,6 +32,7 @@ __device__ __forceinline__ float ex2_ftz(float x) {
 
 template <int HD>
 __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
+  constexpr int MT = m_tiles(HD);
   constexpr int BQ = 16 * MT * NW, RW = 16 * MT;
   constexpr int LD = HD + 8;  // halves per shared row (16-byte pad: conflict-free ldmatrix)
   constexpr int NT = BK / 8, DT = HD / 8, KS = HD / 16;  // key n-tiles, dim n-tiles, dim k-steps
@@ -227,7 +231,7 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
 
 template <int HD>
 void launch(const FlashArgs& a, cudaStream_t s) {
-  constexpr int LD = HD + 8, BQ = 16 * MT * NW;
+  constexpr int LD = HD + 8, BQ = 16 * m_tiles(HD) * NW;
   const size_t smem = (size_t)(BQ + 4 * BK) * LD * sizeof(__half);
   static bool attr = false;
   if (!attr) {
@@ -244,10 +248,11 @@ void launch(const FlashArgs& a, cudaStream_t s) {
 void flash_attention_tc(const FlashArgs& a, cudaStream_t s) {
   if (a.T == 0) return;
   if (!a.half_kv) fail(ErrorKind::Internal, "flash_attention_tc: the tensor-core kernel reads fp16 K/V only");
-  if (a.hd != 64 && a.hd != 128)
-    fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
+  if (a.hd != 64 && a.hd != 128 && a.hd != 256)
+    fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128, 256)");
   if (a.hd == 64) launch<64>(a, s);
-  else launch<128>(a, s);
+  else if (a.hd == 128) launch<128>(a, s);
+  else launch<256>(a, s);
   check_launch("flash_attention_tc");
 }
 

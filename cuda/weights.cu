@@ -106,8 +106,8 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   if (hp.arch->post_norms || hp.arch->gelu || hp.arch->embd_scale || hp.arch->softcaps || hp.has_swa())
     fail(ErrorKind::Unsupported, std::string("device 'cuda': architecture '") + hp.arch->name +
                                      "' runs on the CPU only for now (post-norms, GeGLU and sliding-window layers are not built on the GPU)");
-  if (hp.head_dim != 64 && hp.head_dim != 128)
-    fail(ErrorKind::Unsupported, "device 'cuda': head_dim " + std::to_string(hp.head_dim) + " is not supported (64, 128)");
+  if (hp.head_dim != 64 && hp.head_dim != 128 && hp.head_dim != 256)
+    fail(ErrorKind::Unsupported, "device 'cuda': head_dim " + std::to_string(hp.head_dim) + " is not supported (64, 128, 256)");
   if (hp.n_head % hp.n_head_kv || hp.n_head / hp.n_head_kv > 8 || hp.n_head_kv > 64)
     fail(ErrorKind::Unsupported, "device 'cuda': head layout " + std::to_string(hp.n_head) + "/" +
                                      std::to_string(hp.n_head_kv) + " is not supported");

@@ -53,8 +53,10 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
   // Everything up to griddepcontrol.wait reads only what earlier decode steps wrote.
   const int g = a.item_head[item], sp = a.item_split[item], S = a.head_splits[g];
   const int64_t len = (int64_t)a.used[g] + 1, fresh = len - 1;  // fresh: the new token's entry
-  const int64_t chunk = (len + S - 1) / S;
-  const int64_t start = sp * chunk, end = min(len, start + chunk);
+  // Keys lo..len-1 (a sliding window: the last `window`); key j is row ring_row(j) of the segment.
+  const int64_t lo = a.window ? max((int64_t)0, len - a.window) : 0;
+  const int64_t chunk = (len - lo + S - 1) / S;
+  const int64_t start = lo + sp * chunk, end = min(len, start + chunk);
   const int64_t tiles = end > start ? (end - start + 31) / 32 : 0;
   const int nch = warp < tiles ? 2 * (int)((tiles - warp + NW - 1) / NW) : 0;  // this warp's chunks
   const __half* K = a.k + a.seg_off[g] * HD;
@@ -73,7 +75,7 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
         const int idx = j * 32 + lane, r = idx / (HD / 8), col = (idx % (HD / 8)) * 8;
         const int64_t key = t0 + r;
         if (before_wait && key == fresh && key < end) continue;
-        cp_async16(dst + r * LD + col, src + min(key, end - 1) * HD + col, key < end);
+        cp_async16(dst + r * LD + col, src + ring_row(min(key, end - 1), a.ring) * HD + col, key < end);
       }
     }
     cp_async_commit();
@@ -94,7 +96,7 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
       const int idx = j * 32 + lane, r = idx / (HD / 8), col = (idx % (HD / 8)) * 8;
       if (t0 + r == fresh)
         *reinterpret_cast<uint4*>(ring + (c % R) * CH + r * LD + col) =
-            *reinterpret_cast<const uint4*>(src + fresh * HD + col);
+            *reinterpret_cast<const uint4*>(src + ring_row(fresh, a.ring) * HD + col);
     }
   }
 

@@ -48,19 +48,23 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
   const int64_t nb = kv.n_before;
   const int64_t n_keys = nb + min(q0 + BQ, a.T);
   const int n_tiles = (int)((n_keys + BK - 1) / BK);
+  // A sliding window: the block's first query sees keys from k_first on; the tiles before are
+  // skipped and the keys before k_first in the first tile load as zeros (masked below).
+  const int64_t k_first = a.window ? max((int64_t)0, nb + q0 - a.window + 1) : 0;
+  const int t_first = (int)(k_first / BK);
 
   auto load_tile = [&](int tile, int buf) {
     const int64_t k0 = (int64_t)tile * BK;
     for (int i = tid; i < BK * HD / 8; i += NTHR) {
       const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
-      const bool ok = k0 + r < n_keys;
-      const int64_t src = ok ? (k0 + r) * HD + c : 0;
+      const bool ok = k0 + r < n_keys && k0 + r >= k_first;
+      const int64_t src = ok ? ring_row(k0 + r, a.ring) * HD + c : 0;
       cp_async16(Ks + (buf * BK + r) * LD + c, K + src, ok);
       cp_async16(Vs + (buf * BK + r) * LD + c, V + src, ok);
     }
     cp_async_commit();
   };
-  load_tile(0, 0);
+  load_tile(t_first, 0);
 
   // Q (fp32) -> fp16 shared
   for (int i = tid; i < BQ * HD / 4; i += NTHR) {
@@ -86,8 +90,10 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
     l[mt][0] = l[mt][1] = 0.0f;
   }
 
-  for (int tile = 0; tile < n_tiles; ++tile) {
-    const int buf = tile & 1;
+  const int win = (int)a.window;
+  const int64_t w_first = nb + q0 + warp * RW - win + 1;  // (window) the warp's first row's first key
+  for (int tile = t_first; tile < n_tiles; ++tile) {
+    const int buf = (tile - t_first) & 1;
     if (tile + 1 < n_tiles) {
       load_tile(tile + 1, buf ^ 1);
       cp_async_wait<1>();
@@ -96,7 +102,8 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
     }
     __syncthreads();
     const int64_t k0 = (int64_t)tile * BK;
-    if (k0 <= w_last) {  // warp-uniform: past it, every key of the tile is masked for this warp
+    // warp-uniform: past w_last (or wholly before w_first) every key of the tile is masked for this warp
+    if (k0 <= w_last && (!win || k0 + BK > w_first)) {
       const __half* Kt = Ks + buf * BK * LD;
       const __half* Vt = Vs + buf * BK * LD;
       // S = Q Kᵀ (RW rows x BK keys per warp)
@@ -122,7 +129,7 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
         }
       }
       // causal / range mask where this tile reaches past a row's last key, then the online softmax
-      const bool edge = k0 + BK - 1 > nb + q0 + warp * RW || k0 + BK > n_keys;
+      const bool edge = k0 + BK - 1 > nb + q0 + warp * RW || k0 + BK > n_keys || (win && k0 <= w_last - win);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         // a key (rel: its index relative to the chunk's first query) is masked past the row's own
@@ -136,9 +143,9 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float va = s[mt][j][e], vb = s[mt][j][2 + e];
-            if (edge) {
-              if (rel + j * 8 + e > lim_a) va = -INFINITY;
-              if (rel + j * 8 + e > lim_b) vb = -INFINITY;
+            if (edge) {  // (window: keys at or before the row's position - window are masked too)
+              if (rel + j * 8 + e > lim_a || (win && rel + j * 8 + e <= lim_a - win)) va = -INFINITY;
+              if (rel + j * 8 + e > lim_b || (win && rel + j * 8 + e <= lim_b - win)) vb = -INFINITY;
             }
             s[mt][j][e] = va;
             s[mt][j][2 + e] = vb;

@@ -16,11 +16,11 @@ inline void check_decode_attention(cudaStream_t st) {
   // block of 8 warps and beyond, a single key
   const int64_t lens[] = {1, 32, 33, 256, 257, 1000, 4100, 78};
   int ci = 0;
-  for (const C c : {C{64, 8, 8}, C{64, 12, 4}, C{128, 32, 8}, C{128, 16, 2}}) {
+  for (const C c : {C{64, 8, 8}, C{64, 12, 4}, C{128, 32, 8}, C{128, 16, 2}, C{256, 4, 1}, C{256, 16, 2}}) {
     const int hd = c.hd, nh = c.nh, nkv = c.nkv, G = nh / nkv;
     for (int warps : {8, 4, 2}) {
       if (cu::decode_attention_warps(hd, warps) != warps) {
-        std::printf("%-20s hd=%d warps %d: not run (the device's shared memory per block is too small)\n",
+        std::printf("%-20s hd=%d warps %d: not run (too wide for the device's shared memory per block; hd 256: 4 at most)\n",
                     "decode_attention", hd, warps);
         continue;
       }
@@ -117,7 +117,7 @@ inline void check_flash_attention(cudaStream_t st) {
     int T;
     int64_t n_before;
   };
-  for (int hd : {64, 128})
+  for (int hd : {64, 128, 256})
     for (const auto& [nh, nkv] : {std::pair<int, int>{4, 4}, std::pair<int, int>{8, 2}}) {
       const int G = nh / nkv;
       // the compressed prefill's layer buffer ([g][N][hd]: keys n_before + t), then the arena

@@ -45,7 +45,18 @@ CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision pr
   if (device_free_bytes() == 0) fail(ErrorKind::OutOfMemory, "no free GPU memory");
   // Everything this context needs at construction, checked before the first allocation.
   const uint64_t L = hp.n_layer, H = hp.n_head_kv, hd = hp.head_dim;
-  const uint64_t full_kv = method == BudgetMethod::Full ? (uint64_t)n_ctx * L * H * CudaContext::entry_bytes((int)hd) : 0;
+  // The full cache: n_ctx entries per head; a sliding-window layer's heads a ring of window + ub
+  // entries (a chunk of ub tokens and the window before it), as the CPU's ring of window + n_batch.
+  std::vector<int64_t> cap;
+  uint64_t full_kv = 0;
+  if (method == BudgetMethod::Full) {
+    ring.assign(L, 0);
+    for (int il = 0; il < (int)L; ++il) {
+      if (hp.is_swa(il) && (int64_t)hp.n_swa + ub < n_ctx) ring[il] = (int64_t)hp.n_swa + ub;
+      cap.insert(cap.end(), H, ring[il] ? ring[il] : n_ctx);
+    }
+    for (int64_t c : cap) full_kv += (uint64_t)c * CudaContext::entry_bytes((int)hd);
+  }
   dm = DevModel::get(m);
   attn_warps = decode_attention_warps(hp.head_dim, env_is("HEADKV_ATTN_WARPS", "2")   ? 2
                                                    : env_is("HEADKV_ATTN_WARPS", "4") ? 4
@@ -59,10 +70,7 @@ CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision pr
     step_in.alloc(2, "decode step input");
     check(cudaMallocHost(&step_host, 2 * sizeof(int32_t)), "pinned step buffer");
     check(cudaMallocHost(&logits_pin, (size_t)hp.n_vocab * sizeof(float)), "pinned logits buffer");
-    if (method == BudgetMethod::Full) {
-      std::vector<int64_t> cap((size_t)L * H, n_ctx);
-      make_arena(cap);
-    }
+    if (method == BudgetMethod::Full) make_arena(cap);
   } catch (...) {
     release();
     throw;
@@ -134,6 +142,9 @@ void CudaContext::truncate(int32_t n_keep) {
   if (n_keep == 0) return reset();
   const bool comp = I.method != BudgetMethod::Full;
   if (comp && I.arena) check_truncate_prompt(n_keep, I.n_prompt);
+  if (!can_truncate(n_keep))
+    fail(ErrorKind::InvalidArgument, "truncate: the sliding-window layers no longer hold the window before position " +
+                                         std::to_string(n_keep) + " (reset and evaluate again)");
   const int32_t k = I.n_past - n_keep;
   if (k > 0) {  // every segment (full cache: one per head; arena: the decoded entries) drops k entries
     add_used(I.used.get(), (int)I.h_used.size(), -k, I.st);
@@ -143,6 +154,16 @@ void CudaContext::truncate(int32_t n_keep) {
   I.n_past = n_keep;
   I.history.resize((size_t)n_keep);
   I.n_logit_rows = 0;  // the logits were of a forgotten token
+}
+
+// As Context::can_truncate: a ring must still hold the window before n_keep.
+bool CudaContext::can_truncate(int32_t n_keep) const {
+  const Impl& I = *p_;
+  if (n_keep == 0) return true;
+  for (int il = 0; il < I.hp.n_layer; ++il)
+    if (I.ring_of(il) && std::max<int64_t>(0, (int64_t)n_keep - I.hp.n_swa + 1) < (int64_t)I.n_past - I.ring_of(il))
+      return false;
+  return true;
 }
 
 int32_t CudaContext::n_prompt() const { return p_->method != BudgetMethod::Full && p_->arena ? p_->n_prompt : 0; }
@@ -203,10 +224,15 @@ int64_t CudaContext::capacity(int l, int g) const {
   const size_t s = (size_t)l * p_->hp.n_head_kv + g;
   return p_->h_off[s + 1] - p_->h_off[s];
 }
-int64_t CudaContext::used(int l, int g) const { return p_->h_used[(size_t)l * p_->hp.n_head_kv + g]; }
+// Entries held: a ring holds at most its rows (its used count is the positions written).
+int64_t CudaContext::used(int l, int g) const {
+  const size_t s = (size_t)l * p_->hp.n_head_kv + g;
+  return std::min<int64_t>(p_->h_used[s], p_->h_off[s + 1] - p_->h_off[s]);
+}
+// The held entries' positions in row order (a ring's wrap after its oldest rows).
 std::vector<int32_t> CudaContext::positions(int l, int g) const {
   const size_t s = (size_t)l * p_->hp.n_head_kv + g;
-  std::vector<int32_t> out((size_t)p_->h_used[s]);
+  std::vector<int32_t> out((size_t)used(l, g));
   if (!out.empty())
     check(cudaMemcpy(out.data(), p_->apos.get() + p_->h_off[s], out.size() * sizeof(int32_t), cudaMemcpyDeviceToHost),
           "positions");
@@ -214,7 +240,8 @@ std::vector<int32_t> CudaContext::positions(int l, int g) const {
 }
 uint64_t CudaContext::bytes_used() const {
   uint64_t n = 0;
-  for (int32_t u : p_->h_used) n += (uint64_t)u;
+  for (int l = 0; l < p_->hp.n_layer; ++l)
+    for (int g = 0; g < p_->hp.n_head_kv; ++g) n += (uint64_t)used(l, g);
   return n * entry_bytes(p_->hp.head_dim);
 }
 const std::vector<std::vector<float>>& CudaContext::selection_scores() const { return p_->sel_scores; }

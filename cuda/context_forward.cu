@@ -179,6 +179,7 @@ void CudaContext::Impl::forward_arena(int64_t T, int32_t pos0, const int32_t* po
       a.warps = attn_warps;
       a.window = window(il);
       a.ring = ring_of(il);
+      a.softcap = hp.attn_softcap;
       decode_attention(a, st);
     } else {
       FlashArgs f;
@@ -195,6 +196,7 @@ void CudaContext::Impl::forward_arena(int64_t T, int32_t pos0, const int32_t* po
       f.seg_len = used.get() + il * H;
       f.window = window(il);
       f.ring = ring_of(il);
+      f.softcap = hp.attn_softcap;
       half_gemm ? flash_attention_tc(f, st) : flash_attention(f, st);
     }
     mark(3);

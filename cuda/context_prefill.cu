@@ -169,6 +169,7 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
       f.ld_head = N;
       f.n_before = c0;
       f.window = window(il);
+      f.softcap = hp.attn_softcap;
       half_gemm ? flash_attention_tc(f, st) : flash_attention(f, st);
       const int64_t wb = N - n_win, w0 = std::max<int64_t>(c0, wb);  // window rows in this chunk
       if (w0 < c0 + T)

@@ -148,7 +148,8 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
         for (int j = 0; j < 4; ++j)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float v = t0 + j * 8 + c2 + e < end ? (sc[j][e] + sc[j][2 + e]) * sl2 : -INFINITY;
+            const float raw = softcap_raw(sc[j][e] + sc[j][2 + e], a.softcap, rsqrtf((float)HD));
+            const float v = t0 + j * 8 + c2 + e < end ? raw * sl2 : -INFINITY;
             sc[j][e] = v;
             mx = fmaxf(mx, v);
           }

@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(NTHR) flash_kernel(FlashArgs a) {
       for (int c = 0; c < 4; ++c) {
         const int64_t key = k0 + tx * 4 + c;
         const bool seen = key <= last && key < n_keys && (!a.window || key > last - a.window);
-        s[r][c] = seen ? s[r][c] * scale : -INFINITY;
+        s[r][c] = seen ? softcap_raw(s[r][c], a.softcap, scale) * scale : -INFINITY;
         mx = fmaxf(mx, s[r][c]);
       }
 #pragma unroll

@@ -128,6 +128,15 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
           }
         }
       }
+      if (a.softcap > 0.0f) {  // (block-uniform)
+        const float scale = rsqrtf((float)HD);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[mt][j][e] = softcap_raw(s[mt][j][e], a.softcap, scale);
+      }
       // causal / range mask where this tile reaches past a row's last key, then the online softmax
       const bool edge = k0 + BK - 1 > nb + q0 + warp * RW || k0 + BK > n_keys || (win && k0 <= w_last - win);
 #pragma unroll

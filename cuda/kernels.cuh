@@ -129,6 +129,7 @@ struct FlashArgs {
   const int32_t* seg_len = nullptr;
   int64_t n_before = 0;
   int64_t window = 0, ring = 0;
+  float softcap = 0.0f;  // attention-logit soft-capping (0: none)
 };
 void flash_attention(const FlashArgs& a, cudaStream_t s);
 // The keys a flash-attention block over KV head g sees: K/V rows (KT = float or __half) and how many
@@ -147,6 +148,12 @@ __device__ __forceinline__ FlashKV<KT> flash_kv(const FlashArgs& a, int g) {
 }
 // The row of key j (FlashArgs::ring, DecodeArgs::ring).
 __device__ __forceinline__ int64_t ring_row(int64_t j, int64_t ring) { return ring ? j % ring : j; }
+// Attention-logit soft-capping (Gemma 2; FlashArgs / DecodeArgs::softcap > 0): the raw score q·k whose
+// scaled value is cap * tanh(scale * s / cap), as the CPU caps it, so that a kernel goes on scaling
+// its scores as it does without a cap.
+__device__ __forceinline__ float softcap_raw(float s, float cap, float scale) {
+  return cap > 0.0f ? cap * tanhf(s * scale / cap) / scale : s;
+}
 // flash_attn_mma.cu: the same on tensor cores (mma.sync; fp16 Q/K/V/P, fp32 accumulation and a
 // register-resident softmax) for fp16 K/V: the fast precision. (It replaced a WMMA kernel: 1.7x at
 // 32k, BENCHMARKS.md.)
@@ -172,6 +179,7 @@ struct DecodeArgs {
   int warps = 4;  // per block (8, 4 or 2): an item's keys are split over them in tiles of 32
   float* part = nullptr;
   int64_t window = 0, ring = 0;
+  float softcap = 0.0f;  // attention-logit soft-capping (0: none)
 };
 void decode_attention(const DecodeArgs& a, cudaStream_t s);
 // Blocks of the decode attention kernel resident at once on the device (one wave).

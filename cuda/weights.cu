@@ -103,9 +103,6 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
                                        " elements, not a multiple of 32");
     *off = add(w.data, w.row_bytes * (size_t)w.rows, (int)w.type);
   };
-  if (hp.attn_softcap > 0)
-    fail(ErrorKind::Unsupported, std::string("device 'cuda': architecture '") + hp.arch->name +
-                                     "' soft-caps its attention scores, which the CUDA attention kernels do not; it runs on the CPU");
   if (hp.head_dim != 64 && hp.head_dim != 128 && hp.head_dim != 256)
     fail(ErrorKind::Unsupported, "device 'cuda': head_dim " + std::to_string(hp.head_dim) + " is not supported (64, 128, 256)");
   if (hp.n_head % hp.n_head_kv || hp.n_head / hp.n_head_kv > 8 || hp.n_head_kv > 64)

@@ -1,9 +1,9 @@
-"""Gemma 3 on the CUDA backend against the CPU backend (the reference). Marked gpu: skipped without a
-CUDA device (CI); run on a GPU machine with `pytest -m gpu tests/test_cuda_gemma.py`.
+"""Gemma 3 and Gemma 2 on the CUDA backend against the CPU backend (the reference). Marked gpu:
+skipped without a CUDA device (CI); run on a GPU machine with `pytest -m gpu tests/test_cuda_gemma.py`.
 
 What the GPU runs for gemma3 (model/arch.h): embedding scale, q/k RMSNorm, NeoX RoPE with the
 sliding-window layers' own base, head size 256 in every attention kernel, GeGLU, post-attention and
-post-FFN RMSNorms; sliding-window layers attend to the last `sliding_window` positions and, in the
+post-FFN RMSNorms; for gemma2 also attention-score and final-logit soft-capping; sliding-window layers attend to the last `sliding_window` positions and, in the
 full cache, keep a ring of window + ub rows (ub = min(max(n_batch, 2048), n_ctx)); compressing methods
 budget the global layers and keep each local layer's window, as the CPU does.
 
@@ -156,12 +156,28 @@ def test_tiny_gemma3_compressed_matches_cpu(tiny_gemma3, tmp_path, method):
     assert worst[0] < BOUND["cuda-fp32"]
 
 
-def test_gemma2_is_refused_with_a_reason(tmp_path, smollm2):
-    """Gemma 2 soft-caps its attention scores, which the CUDA kernels do not: a typed error naming it."""
-    path = write_tiny_llama(tmp_path / "g2.gguf", smollm2, arch="gemma2", wtype="F16",
-                            **{**SHAPE, "n_layer": 2})
-    with pytest.raises(headkv.UnsupportedError, match="soft-caps its attention"):
-        headkv.Model(str(path), n_ctx=256, device="cuda")
+@pytest.mark.parametrize("device", ["cuda-fp32", "cuda"])
+def test_tiny_gemma2_matches_cpu(tmp_path, smollm2, device):
+    """Gemma 2: attention scores soft-capped inside the attention kernels (50) and the logits (30),
+    every other layer sliding (the global RoPE): a 2300-token prompt (the ring of 16 + 2048 rows
+    wraps) and 24 decode steps on the CPU's greedy tokens."""
+    path = write_tiny_llama(tmp_path / "g2.gguf", smollm2, arch="gemma2", wtype="F16", seed=5,
+                            **{**SHAPE, "n_layer": 4})
+    c = headkv.Model(str(path), n_ctx=4096, n_threads=4)
+    g = headkv.Model(str(path), n_ctx=4096, device=device)
+    ids = _ids(2300, seed=4)
+    worst, flips = [0.0], [0, 0]
+    for m in (c, g):
+        m.eval(ids, logits_all=True)
+    _compare(c.logits(all=True), g.logits(all=True), "prompt", worst, flips)
+    assert np.abs(g.logits(all=True)).max() <= 30.0  # the final soft-cap
+    for step in range(24):
+        _compare(c.logits(), g.logits(), f"step {step}", worst, flips)
+        tok = int(c.logits().argmax())
+        c.eval([tok])
+        g.eval([tok])
+    print(f"gemma2 {device}: max |dlogit| / max |logit| {worst[0]:.2e}; top-1 differs in {flips[0]}/{flips[1]} rows")
+    assert worst[0] < BOUND[device]
 
 
 @pytest.fixture(scope="module")

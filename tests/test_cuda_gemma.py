@@ -3,7 +3,8 @@ skipped without a CUDA device (CI); run on a GPU machine with `pytest -m gpu tes
 
 What the GPU runs for gemma3 (model/arch.h): embedding scale, q/k RMSNorm, NeoX RoPE with the
 sliding-window layers' own base, head size 256 in every attention kernel, GeGLU, post-attention and
-post-FFN RMSNorms; for gemma2 also attention-score and final-logit soft-capping; sliding-window layers attend to the last `sliding_window` positions and, in the
+post-FFN RMSNorms; for gemma2 also attention-score and final-logit soft-capping (and Mistral-style llama
+files, every layer sliding); sliding-window layers attend to the last `sliding_window` positions and, in the
 full cache, keep a ring of window + ub rows (ub = min(max(n_batch, 2048), n_ctx)); compressing methods
 budget the global layers and keep each local layer's window, as the CPU does.
 
@@ -157,12 +158,15 @@ def test_tiny_gemma3_compressed_matches_cpu(tiny_gemma3, tmp_path, method):
 
 
 @pytest.mark.parametrize("device", ["cuda-fp32", "cuda"])
-def test_tiny_gemma2_matches_cpu(tmp_path, smollm2, device):
-    """Gemma 2: attention scores soft-capped inside the attention kernels (50) and the logits (30),
-    every other layer sliding (the global RoPE): a 2300-token prompt (the ring of 16 + 2048 rows
-    wraps) and 24 decode steps on the CPU's greedy tokens."""
-    path = write_tiny_llama(tmp_path / "g2.gguf", smollm2, arch="gemma2", wtype="F16", seed=5,
-                            **{**SHAPE, "n_layer": 4})
+@pytest.mark.parametrize("arch", ["gemma2", "llama"])
+def test_tiny_sliding_window_families_match_cpu(tmp_path, smollm2, arch, device):
+    """Gemma 2 (attention scores soft-capped inside the attention kernels (50) and the logits (30),
+    every other layer sliding with the global RoPE) and a Mistral-style llama file (every layer slides;
+    the decode step's fused Q/K/V epilogue declines the ring and takes the separate kernels): a
+    2300-token prompt (the rings of 16 + 2048 rows wrap), 24 decode steps on the CPU's greedy tokens,
+    then the same prompt compressed (snapkv, cuda-fp32 against the CPU's logits)."""
+    shape = {**SHAPE, "n_layer": 4} if arch == "gemma2" else {**SHAPE, "n_layer": 2, "head_dim": None, "n_head_kv": 2}
+    path = write_tiny_llama(tmp_path / f"{arch}.gguf", smollm2, arch=arch, wtype="F16", seed=5, **shape)
     c = headkv.Model(str(path), n_ctx=4096, n_threads=4)
     g = headkv.Model(str(path), n_ctx=4096, device=device)
     ids = _ids(2300, seed=4)
@@ -170,13 +174,22 @@ def test_tiny_gemma2_matches_cpu(tmp_path, smollm2, device):
     for m in (c, g):
         m.eval(ids, logits_all=True)
     _compare(c.logits(all=True), g.logits(all=True), "prompt", worst, flips)
-    assert np.abs(g.logits(all=True)).max() <= 30.0  # the final soft-cap
+    if arch == "gemma2":
+        assert np.abs(g.logits(all=True)).max() <= 30.0  # the final soft-cap
     for step in range(24):
         _compare(c.logits(), g.logits(), f"step {step}", worst, flips)
         tok = int(c.logits().argmax())
         c.eval([tok])
         g.eval([tok])
-    print(f"gemma2 {device}: max |dlogit| / max |logit| {worst[0]:.2e}; top-1 differs in {flips[0]}/{flips[1]} rows")
+    kw = dict(n_ctx=4096, kv_method="snapkv", kv_budget=48, max_new_tokens=8)
+    pc, pg = headkv.Model(str(path), n_threads=4, **kw), headkv.Model(str(path), device=device, **kw)
+    for m in (pc, pg):
+        m.eval(ids[:600])
+    for l, (lc_, lg_) in enumerate(zip(pc.kv_positions(), pg.kv_positions())):
+        if arch == "llama" or l % 2 == 0:  # sliding-window layers keep their window, deterministically
+            assert [list(p) for p in lc_] == [list(p) for p in lg_], l
+    _compare(pc.logits(), pg.logits(), "compressed prompt", worst, flips)
+    print(f"{arch} {device}: max |dlogit| / max |logit| {worst[0]:.2e}; top-1 differs in {flips[0]}/{flips[1]} rows")
     assert worst[0] < BOUND[device]
 
 

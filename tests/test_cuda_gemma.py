@@ -193,16 +193,18 @@ def test_tiny_sliding_window_families_match_cpu(tmp_path, smollm2, arch, device)
     assert worst[0] < BOUND[device]
 
 
-@pytest.mark.parametrize("arch", ["gemma3", "gemma2"])
+@pytest.mark.parametrize("arch", ["gemma3", "gemma2", "llama"])
 @pytest.mark.parametrize("kw,name", [({"type_k": "q8_0"}, "q8_0"), ({"type_v": "q4_0"}, "q4_0"),
                                      ({"type_k": "q4_0", "type_v": "q8_0"}, "q4_0")])
 def test_quantized_kv_with_sliding_windows_refused_before_allocation(tmp_path, smollm2, arch, kw, name):
     """The q8_0 / q4_0 attention kernels have no sliding window, ring, soft-capping or head size 256:
-    a Gemma model asking for a quantized K or V cache on CUDA fails with UnsupportedError naming the
-    type and the sliding-window layers, even at an n_ctx whose cache could never be allocated (so the
-    check comes first); the same context with f16 reaches the allocator (OutOfMemoryError)."""
-    path = write_tiny_llama(tmp_path / f"{arch}.gguf", smollm2, arch=arch, wtype="F16", seed=5,
-                            **{**SHAPE, "n_layer": 4 if arch == "gemma2" else 6})
+    a model with sliding-window layers (Gemma 3 / 2 at head size 256, a Mistral-style llama file at
+    64) asking for a quantized K or V cache on CUDA fails with UnsupportedError naming the type and
+    the sliding-window layers, even at an n_ctx whose cache could never be allocated (so the check
+    comes first); the same context with f16 reaches the allocator (OutOfMemoryError)."""
+    shape = {"gemma3": SHAPE, "gemma2": {**SHAPE, "n_layer": 4},
+             "llama": {**SHAPE, "n_layer": 2, "head_dim": None, "n_head_kv": 2}}[arch]
+    path = write_tiny_llama(tmp_path / f"{arch}.gguf", smollm2, arch=arch, wtype="F16", seed=5, **shape)
     for device in ("cuda", "cuda-fp32"):
         with pytest.raises(headkv.UnsupportedError, match=f"{name} KV with sliding-window layers is not built; use f16"):
             headkv.Model(str(path), n_ctx=1 << 27, device=device, **kw)

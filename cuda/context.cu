@@ -31,7 +31,8 @@ namespace {
 
 // The q8_0 / q4_0 kernels (decode_attn.cu split_kernel_q, flash_attn_mma.cu's quantized tiles) are
 // built at head_dim 64 and 128 without sliding windows, rings or attention soft-capping; models
-// that need those (Gemma 2 / 3) keep f16 K and V. Checked before anything is allocated.
+// that need those (Gemma 2 / 3, Mistral-style files whose layers slide) keep f16 K and V. Checked
+// before anything is allocated.
 void check_quantized_kv(const LlamaHParams& hp, KVType tk, KVType tv) {
   const KVType q = tk != KVType::F16 ? tk : tv;
   if (q == KVType::F16) return;

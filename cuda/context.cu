@@ -27,6 +27,27 @@
 
 namespace headkv {
 
+namespace {
+
+// The q8_0 / q4_0 kernels (decode_attn.cu split_kernel_q, flash_attn_mma.cu's quantized tiles) are
+// built at head_dim 64 and 128 without sliding windows, rings or attention soft-capping; models
+// that need those (Gemma 2 / 3, Mistral-style files whose layers slide) keep f16 K and V. Checked
+// before anything is allocated.
+void check_quantized_kv(const LlamaHParams& hp, KVType tk, KVType tv) {
+  const KVType q = tk != KVType::F16 ? tk : tv;
+  if (q == KVType::F16) return;
+  const char* what = hp.first_layer(true) >= 0 ? "sliding-window layers"
+                     : hp.attn_softcap > 0.0f  ? "attention-logit soft-capping"
+                     : hp.head_dim == 256      ? "head_dim 256"
+                                               : nullptr;
+  if (what)
+    fail(ErrorKind::Unsupported, std::string("CUDA backend: ") + kv_type_name(q) + " KV with " + what +
+                                     " is not built; use f16 (KV cache types K " + kv_type_name(tk) + ", V " +
+                                     kv_type_name(tv) + ")");
+}
+
+}  // namespace
+
 CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision prec) : model(m), hp(m.hparams()), kv(p.kv) {
   check_context_params(p);
   half_gemm = prec == CudaPrecision::Fast;
@@ -44,13 +65,25 @@ CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision pr
     }
   }
   std::tie(tk, tv) = CudaContext::kv_types(p, hp.head_dim);
+  check_quantized_kv(hp, tk, tv);
   rb_k = kv_row_bytes(tk, hp.head_dim);
   rb_v = kv_row_bytes(tv, hp.head_dim);
   require_supported_device();
   if (device_free_bytes() == 0) fail(ErrorKind::OutOfMemory, "no free GPU memory");
   // Everything this context needs at construction, checked before the first allocation.
   const uint64_t L = hp.n_layer, H = hp.n_head_kv;
-  const uint64_t full_kv = method == BudgetMethod::Full ? (uint64_t)n_ctx * L * H * entry_bytes() : 0;
+  // The full cache: n_ctx entries per head; a sliding-window layer's heads a ring of window + ub
+  // entries (a chunk of ub tokens and the window before it), as the CPU's ring of window + n_batch.
+  std::vector<int64_t> cap;
+  uint64_t full_kv = 0;
+  if (method == BudgetMethod::Full) {
+    ring.assign(L, 0);
+    for (int il = 0; il < (int)L; ++il) {
+      if (hp.is_swa(il) && (int64_t)hp.n_swa + ub < n_ctx) ring[il] = (int64_t)hp.n_swa + ub;
+      cap.insert(cap.end(), H, ring[il] ? ring[il] : n_ctx);
+    }
+    for (int64_t c : cap) full_kv += (uint64_t)c * entry_bytes();
+  }
   dm = DevModel::get(m);
   attn_warps = decode_attention_warps(hp.head_dim,
                                       env_is("HEADKV_ATTN_WARPS", "2")   ? 2
@@ -70,10 +103,7 @@ CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision pr
       qcount.alloc(2 * kvdim() / 32, "KV block counters");
       check(cudaMemsetAsync(qcount.get(), 0, 2 * kvdim() / 32 * sizeof(int32_t), st), "KV block counters");
     }
-    if (method == BudgetMethod::Full) {
-      std::vector<int64_t> cap((size_t)L * H, n_ctx);
-      make_arena(cap);
-    }
+    if (method == BudgetMethod::Full) make_arena(cap);
   } catch (...) {
     release();
     throw;
@@ -157,6 +187,9 @@ void CudaContext::truncate(int32_t n_keep) {
   if (n_keep == 0) return reset();
   const bool comp = I.method != BudgetMethod::Full;
   if (comp && I.arena) check_truncate_prompt(n_keep, I.n_prompt);
+  if (!can_truncate(n_keep))
+    fail(ErrorKind::InvalidArgument, "truncate: the sliding-window layers no longer hold the window before position " +
+                                         std::to_string(n_keep) + " (reset and evaluate again)");
   const int32_t k = I.n_past - n_keep;
   if (k > 0) {  // every segment (full cache: one per head; arena: the decoded entries) drops k entries
     add_used(I.used.get(), (int)I.h_used.size(), -k, I.st);
@@ -166,6 +199,16 @@ void CudaContext::truncate(int32_t n_keep) {
   I.n_past = n_keep;
   I.history.resize((size_t)n_keep);
   I.n_logit_rows = 0;  // the logits were of a forgotten token
+}
+
+// As Context::can_truncate: a ring must still hold the window before n_keep.
+bool CudaContext::can_truncate(int32_t n_keep) const {
+  const Impl& I = *p_;
+  if (n_keep == 0) return true;
+  for (int il = 0; il < I.hp.n_layer; ++il)
+    if (I.ring_of(il) && std::max<int64_t>(0, (int64_t)n_keep - I.hp.n_swa + 1) < (int64_t)I.n_past - I.ring_of(il))
+      return false;
+  return true;
 }
 
 int32_t CudaContext::n_prompt() const { return p_->method != BudgetMethod::Full && p_->arena ? p_->n_prompt : 0; }
@@ -228,10 +271,15 @@ int64_t CudaContext::capacity(int l, int g) const {
   const size_t s = (size_t)l * p_->hp.n_head_kv + g;
   return p_->h_off[s + 1] - p_->h_off[s];
 }
-int64_t CudaContext::used(int l, int g) const { return p_->h_used[(size_t)l * p_->hp.n_head_kv + g]; }
+// Entries held: a ring holds at most its rows (its used count is the positions written).
+int64_t CudaContext::used(int l, int g) const {
+  const size_t s = (size_t)l * p_->hp.n_head_kv + g;
+  return std::min<int64_t>(p_->h_used[s], p_->h_off[s + 1] - p_->h_off[s]);
+}
+// The held entries' positions in row order (a ring's wrap after its oldest rows).
 std::vector<int32_t> CudaContext::positions(int l, int g) const {
   const size_t s = (size_t)l * p_->hp.n_head_kv + g;
-  std::vector<int32_t> out((size_t)p_->h_used[s]);
+  std::vector<int32_t> out((size_t)used(l, g));
   if (!out.empty())
     check(cudaMemcpy(out.data(), p_->apos.get() + p_->h_off[s], out.size() * sizeof(int32_t), cudaMemcpyDeviceToHost),
           "positions");
@@ -239,7 +287,8 @@ std::vector<int32_t> CudaContext::positions(int l, int g) const {
 }
 uint64_t CudaContext::bytes_used() const {
   uint64_t n = 0;
-  for (int32_t u : p_->h_used) n += (uint64_t)u;
+  for (int l = 0; l < p_->hp.n_layer; ++l)
+    for (int g = 0; g < p_->hp.n_head_kv; ++g) n += (uint64_t)used(l, g);
   return n * p_->entry_bytes();
 }
 const std::vector<std::vector<float>>& CudaContext::selection_scores() const { return p_->sel_scores; }

@@ -2,6 +2,7 @@
 // each for the full cache), the decode attention's work items cut from it, and saved state.
 #include <algorithm>
 #include <string>
+#include <tuple>
 
 #include "common/alloc.h"
 #include "context_impl.cuh"
@@ -104,19 +105,23 @@ KVState CudaContext::save_state() const {
   }
   const size_t rbk = I.rb_k, rbv = I.rb_v;
   uint64_t entries = 0;
-  for (int32_t u : I.h_used) entries += (uint64_t)u;
+  for (int i = 0; i < L * H; ++i) entries += (uint64_t)used(i / H, i % H);
   s.k.resize(entries * rbk);
   s.v.resize(entries * rbv);
   if (s.arena) s.pos.resize(entries);
   size_t e = 0;
   for (int i = 0; i < L * H; ++i) {
-    const int64_t n = I.h_used[i], at = I.h_off[i];
+    // A ring (full cache) saves its positions in order, as the CPU's state holds them: the oldest
+    // held one, n_past - n, is at row (n_past - n) % ring, and the rows wrap after the last.
+    const int64_t n = used(i / H, i % H), at = I.h_off[i], rg = I.ring_of(i / H);
+    const int64_t r0 = rg ? (I.h_used[i] - n) % rg : 0, n1 = rg ? std::min(n, rg - r0) : n;
     s.used.push_back(n);
     if (s.arena) s.capacity.push_back(I.h_off[i + 1] - at);
-    if (n) {
-      check(cudaMemcpy(&s.k[e * rbk], I.ak.get() + at * rbk, n * rbk, cudaMemcpyDeviceToHost), "save state");
-      check(cudaMemcpy(&s.v[e * rbv], I.av.get() + at * rbv, n * rbv, cudaMemcpyDeviceToHost), "save state");
-      if (s.arena) check(cudaMemcpy(&s.pos[e], I.apos.get() + at, n * sizeof(int32_t), cudaMemcpyDeviceToHost), "save state");
+    for (const auto& [row, dst, cnt] : {std::tuple{r0, e, n1}, std::tuple{(int64_t)0, e + (size_t)n1, n - n1}}) {
+      if (!cnt) continue;
+      check(cudaMemcpy(&s.k[dst * rbk], I.ak.get() + (at + row) * rbk, cnt * rbk, cudaMemcpyDeviceToHost), "save state");
+      check(cudaMemcpy(&s.v[dst * rbv], I.av.get() + (at + row) * rbv, cnt * rbv, cudaMemcpyDeviceToHost), "save state");
+      if (s.arena) check(cudaMemcpy(&s.pos[dst], I.apos.get() + at + row, cnt * sizeof(int32_t), cudaMemcpyDeviceToHost), "save state");
     }
     e += (size_t)n;
   }
@@ -127,9 +132,12 @@ void CudaContext::load_state(const KVState& s) {
   Impl& I = *p_;
   const int L = I.hp.n_layer, H = I.hp.n_head_kv, hd = I.hp.head_dim;
   check_state(s, L, H, hd, I.hp.n_vocab, I.kv.method, I.tk, I.tv, I.n_ctx);
-  if (!s.arena)
-    for (int64_t n : s.used)
-      if (n != s.n_past) fail(ErrorKind::InvalidArgument, "the state does not fit this context: its full cache lacks positions");
+  if (!s.arena)  // the full cache: every position, or for a sliding-window layer at least the window before n_past
+    for (int i = 0; i < L * H; ++i) {
+      const int64_t n = s.used[i], need = I.hp.is_swa(i / H) ? std::min<int64_t>(s.n_past, I.hp.n_swa - 1) : s.n_past;
+      if (n < need || n > s.n_past)
+        fail(ErrorKind::InvalidArgument, "the state does not fit this context: its full cache lacks positions");
+    }
   if (s.arena) {
     uint64_t entries = 0;
     for (int64_t c : s.capacity) entries += (uint64_t)c;
@@ -144,18 +152,25 @@ void CudaContext::load_state(const KVState& s) {
     std::vector<int32_t> pos;
     size_t e = 0;
     for (int i = 0; i < L * H; ++i) {
-      const int64_t n = s.used[i], at = I.h_off[i];
-      if (n) {
-        check(cudaMemcpy(I.ak.get() + at * rbk, &s.k[e * rbk], n * rbk, cudaMemcpyHostToDevice), "load state");
-        check(cudaMemcpy(I.av.get() + at * rbv, &s.v[e * rbv], n * rbv, cudaMemcpyHostToDevice), "load state");
-        if (!s.arena) {  // the full cache's positions are its rows
-          pos.resize((size_t)n);
-          for (int64_t j = 0; j < n; ++j) pos[j] = (int32_t)j;
-        }
-        const int32_t* p = s.arena ? &s.pos[e] : pos.data();
-        check(cudaMemcpy(I.apos.get() + at, p, n * sizeof(int32_t), cudaMemcpyHostToDevice), "load state");
+      const int64_t n = s.used[i], at = I.h_off[i], rg = s.arena ? 0 : I.ring_of(i / H);
+      // The full cache holds the state's positions n_past - n .. n_past - 1 (a sliding-window layer's
+      // may start past 0), position p at row p, or in a ring the last (at most ring) of them at row
+      // p % ring: from row r0 to the ring's end, then from row 0.
+      const int64_t m = rg ? std::min(n, rg) : n, skip = n - m;
+      const int64_t p0 = s.arena ? 0 : s.n_past - m, r0 = rg ? p0 % rg : p0, m1 = rg ? std::min(m, rg - r0) : m;
+      if (!s.arena) {
+        pos.resize((size_t)m);
+        for (int64_t j = 0; j < m; ++j) pos[j] = (int32_t)(p0 + j);
       }
-      I.h_used[i] = (int32_t)n;
+      const int32_t* p = s.arena ? &s.pos[e] : pos.data();
+      for (const auto& [row, src, cnt] : {std::tuple{r0, (int64_t)0, m1}, std::tuple{(int64_t)0, m1, m - m1}}) {
+        if (!cnt) continue;
+        const size_t se = e + (size_t)(skip + src);
+        check(cudaMemcpy(I.ak.get() + (at + row) * rbk, &s.k[se * rbk], cnt * rbk, cudaMemcpyHostToDevice), "load state");
+        check(cudaMemcpy(I.av.get() + (at + row) * rbv, &s.v[se * rbv], cnt * rbv, cudaMemcpyHostToDevice), "load state");
+        check(cudaMemcpy(I.apos.get() + at + row, p + src, cnt * sizeof(int32_t), cudaMemcpyHostToDevice), "load state");
+      }
+      I.h_used[i] = (int32_t)(s.arena ? n : s.n_past);  // the full cache counts the positions written
       e += (size_t)n;
     }
     check(cudaMemcpy(I.used.get(), I.h_used.data(), I.h_used.size() * sizeof(int32_t), cudaMemcpyHostToDevice), "load state");

@@ -30,9 +30,35 @@ void CudaContext::Impl::linear(const DW& w, const float* in, int64_t T, float* o
   }
 }
 
-// x[T][d] += MLP(RMSNorm(x)).
+// out[t] = the embedding rows of ids (times the architecture's embedding scale).
+void CudaContext::Impl::embed(const int32_t* ids, int64_t T, float* out) {
+  embed_rows(dm->tok_embd, ids, T, out, st);
+  if (hp.embd_scale != 1.0f) scale(out, hp.embd_scale, T * hp.n_embd, st);
+}
+
+// x[T][d] += Wo · att (-> post-attention RMSNorm; its input goes through xn, free after Q/K/V).
+void CudaContext::Impl::attn_out(const DevLayer& L, int64_t T, float* xc) {
+  if (!L.post_attn_norm) return linear(L.wo, att.get(), T, xc, hp.n_embd, true);
+  linear(L.wo, att.get(), T, xn.get(), hp.n_embd, false);
+  rms_norm_add(xn.get(), L.post_attn_norm, xc, T, hp.n_embd, hp.rms_eps, st);
+}
+
+// x[T][d] += MLP(RMSNorm(x)) (-> post-FFN RMSNorm). GeGLU takes the unfused path: the fused
+// matvecs apply SiLU.
 void CudaContext::Impl::mlp(const DevLayer& L, float* xc, int64_t T) {
   const int64_t d = hp.n_embd, ff = hp.n_ff;
+  if (hp.arch->gelu || L.post_ffn_norm) {
+    rms_norm(xc, L.ffn_norm, xn.get(), T, d, hp.rms_eps, st);
+    linear(L.gate, xn.get(), T, gate.get(), ff, false);
+    linear(L.up, xn.get(), T, up.get(), ff, false);
+    hp.arch->gelu ? gelu_mul(gate.get(), up.get(), T * ff, st) : silu_mul(gate.get(), up.get(), T * ff, st);
+    mark(5);
+    if (!L.post_ffn_norm) return linear(L.down, gate.get(), T, xc, d, true);
+    linear(L.down, gate.get(), T, xn.get(), d, false);  // (xn is free once gate/up are computed)
+    rms_norm_add(xn.get(), L.post_ffn_norm, xc, T, d, hp.rms_eps, st);
+    mark(6);
+    return;
+  }
   if (T == 1 && L.gate.type == L.up.type && d % 4 == 0) {
     matvec_norm_swiglu(L.gate, L.up, xc, L.ffn_norm, hp.rms_eps, gate.get(), mv_q8x, st);
     mark(5);
@@ -73,7 +99,10 @@ void CudaContext::Impl::qkv_post(const DevLayer& L, int64_t T) {
   }
 }
 
-RopeStore CudaContext::Impl::rope_args(int64_t T) const {
+// Layer il's RoPE as model/forward.cpp: a sliding-window layer's own base where the architecture has
+// one (and no linear position scaling: Gemma 3 scales the global layers only), else LongRoPE's long
+// or short factors by n_ctx; LongRoPE's attention factor on every layer.
+RopeStore CudaContext::Impl::rope_args(int il, int64_t T) const {
   RopeStore r;
   r.q = q.get();
   r.k = k.get();
@@ -84,16 +113,19 @@ RopeStore CudaContext::Impl::rope_args(int64_t T) const {
   r.hd = hp.head_dim;
   r.rope_dim = hp.rope_dim;
   r.neox = hp.arch->rope_neox;
+  const bool local = hp.is_swa(il);
+  if (local && dm->rope_inv_freq_swa) r.inv_freq = dm->rope_inv_freq_swa;
   // LongRoPE: the long factors for contexts beyond the original training length (Model::rope_inv_freq)
-  r.inv_freq = dm->rope_inv_freq_long && n_ctx > hp.n_ctx_orig ? dm->rope_inv_freq_long : dm->rope_inv_freq;
-  r.rope_scale = hp.rope_scale;
-  r.mscale = hp.rope_mscale;
+  else r.inv_freq = dm->rope_inv_freq_long && n_ctx > hp.n_ctx_orig ? dm->rope_inv_freq_long : dm->rope_inv_freq;
+  r.rope_scale = local ? 1.0f : hp.rope_scale;
+  r.mscale = hp.rope_mscale;  // (every layer, as the CPU's rope_tables)
   return r;
 }
 
 RopeStore CudaContext::Impl::arena_store_args(int il, int64_t T) {
   const int H = hp.n_head_kv;
-  RopeStore r = rope_args(T);
+  RopeStore r = rope_args(il, T);
+  r.ring = ring_of(il);
   r.kh = ak.get();
   r.vh = av.get();
   r.tk = tk;
@@ -128,6 +160,9 @@ DecodeArgs CudaContext::Impl::decode_args(int il) {
   a.hd = hp.head_dim;
   a.part = part.get();
   a.warps = attn_warps;
+  a.window = window(il);
+  a.ring = ring_of(il);
+  a.softcap = hp.attn_softcap;
   return a;
 }
 
@@ -136,7 +171,7 @@ DecodeArgs CudaContext::Impl::decode_args(int il) {
 void CudaContext::Impl::forward_arena(int64_t T, int32_t pos0, const int32_t* pos0_dev) {
   const int H = hp.n_head_kv;
   mark(0);
-  embed_rows(dm->tok_embd, pos0_dev ? step_in.get() : tok.get(), T, x.get(), st);
+  embed(pos0_dev ? step_in.get() : tok.get(), T, x.get());
   for (int il = 0; il < hp.n_layer; ++il) {
     const DevLayer& L = dm->layers[il];
     mark(0);
@@ -183,10 +218,13 @@ void CudaContext::Impl::forward_arena(int64_t T, int32_t pos0, const int32_t* po
       f.hd = hp.head_dim;
       f.seg_off = seg_off.get() + il * H;
       f.seg_len = used.get() + il * H;
+      f.window = window(il);
+      f.ring = ring_of(il);
+      f.softcap = hp.attn_softcap;
       half_gemm ? flash_attention_tc(f, st) : flash_attention(f, st);
     }
     mark(3);
-    linear(L.wo, att.get(), T, x.get(), hp.n_embd, true);
+    attn_out(L, T, x.get());
     mark(4);
     mlp(L, x.get(), T);
   }
@@ -198,6 +236,7 @@ void CudaContext::Impl::head(const float* xf, int64_t rows) {
   if (rows == 1 && hp.n_embd % 4 == 0) {
     float* y = logits_d.get();
     matvec_norm(&dm->output, 1, &y, xf, dm->output_norm, hp.rms_eps, mv_q8x, st);
+    if (hp.final_softcap > 0) softcap(y, hp.final_softcap, hp.n_vocab, st);
     return;
   }
   rms_norm(xf, dm->output_norm, xn.get(), rows, hp.n_embd, hp.rms_eps, st);
@@ -207,6 +246,7 @@ void CudaContext::Impl::head(const float* xf, int64_t rows) {
   // several rows) invalidates it. (Never during capture: a single row always fits.)
   if (logits_d.get() != before) drop_graph();
   linear(dm->output, xn.get(), rows, logits_d.get(), hp.n_vocab, false);
+  if (hp.final_softcap > 0) softcap(logits_d.get(), hp.final_softcap, rows * hp.n_vocab, st);
 }
 
 void CudaContext::Impl::fetch_logits(int64_t rows, float* dst) {

@@ -44,6 +44,9 @@ struct CudaContext::Impl {
   // arena (K / V rows; kArenaSlack bytes past the last row: the decode attention's 16-byte copies
   // of quantized rows may reach up to 15 bytes past a row's end)
   bool arena = false;
+  // Rows of each layer's segments in the full cache when they form a ring (sliding-window layers:
+  // window + ub rows, position p at row p % ring, when that is less than n_ctx), else 0.
+  std::vector<int64_t> ring;
   DBuf<uint8_t> ak, av;
   DBuf<int32_t> apos, used;
   DBuf<int32_t> qcount;  // the fused decode store's block counters (RopeStore::qcount), q8_0 / q4_0 only
@@ -109,16 +112,23 @@ struct CudaContext::Impl {
 
   // context_forward.cu
   void linear(const DW& w, const float* in, int64_t T, float* out, int64_t ldo, bool add);
+  void embed(const int32_t* ids, int64_t T, float* out);
+  void attn_out(const DevLayer& L, int64_t T, float* xc);
   void mlp(const DevLayer& L, float* xc, int64_t T);
   void qkv(const DevLayer& L, const float* xc, int64_t T);
   void qkv_post(const DevLayer& L, int64_t T);
   // The fused RMSNorm/QKV/RoPE/store matvec covers the plain llama block only.
   bool qkv_fusable() const { return !hp.arch->qkv_bias && !hp.arch->qk_norm && !hp.arch->rope_neox; }
-  RopeStore rope_args(int64_t T) const;
-  // rope_args with layer il's arena as the store target (the fused store's stage: k, v, qcount).
+  // Layer il's RoPE (its own table for sliding-window layers, LongRoPE's factors by n_ctx).
+  RopeStore rope_args(int il, int64_t T) const;
+  // rope_args with layer il's arena as the store target (ring of the full cache; the fused store's
+  // stage: k, v, qcount).
   RopeStore arena_store_args(int il, int64_t T);
-  // The decode attention of one token (q, att) over layer il's arena segments.
+  // The decode attention of one token (q, att) over layer il's arena segments (window, ring, softcap).
   DecodeArgs decode_args(int il);
+  // The attention's sliding window at layer il (0: a global layer) and the ring of the full cache.
+  int64_t window(int il) const { return hp.is_swa(il) ? hp.n_swa : 0; }
+  int64_t ring_of(int il) const { return ring.empty() ? 0 : ring[il]; }
   void forward_arena(int64_t T, int32_t pos0, const int32_t* pos0_dev);
   void head(const float* xf, int64_t rows);
   void fetch_logits(int64_t rows, float* dst);

@@ -20,8 +20,12 @@ void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const 
   const int n_win = N > n_prompt ? (int)(N - n_prompt) : a;  // the probe's tokens, or the prompt's last α
   std::vector<int64_t> caps(H);
   for (int g = 0; g < H; ++g) caps[g] = plan->at(il, g);
-  if (P > 0) check(cudaMemsetAsync(flags, plan->compressed ? 0 : 1, (size_t)H * P, st), "flags");
-  if (plan->compressed && P > 0) {
+  const bool local = hp.is_swa(il);
+  if (P > 0) check(cudaMemsetAsync(flags, plan->compressed || local ? 0 : 1, (size_t)H * P, st), "flags");
+  if (local && P > 0) {  // a sliding-window layer keeps the prefix's last cap positions
+    const std::vector<int64_t> none(H, 0);
+    streaming_flags(flags, P, H, none.data(), caps.data(), nullptr, st);
+  } else if (plan->compressed && P > 0) {
     if (method == BudgetMethod::Streaming) {
       std::vector<int64_t> sink(H);
       for (int g = 0; g < H; ++g) sink[g] = std::min<int64_t>(kv.sink, caps[g]);
@@ -54,7 +58,7 @@ void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const 
   }
   compact_flags(flags, P, n_prompt, N, H, list, count, st);
   int64_t max_count = N;
-  if (layer_pooled() && plan->compressed) {
+  if (layer_pooled() && plan->compressed && !local) {
     layer_offsets(seg_off.get() + il * H, count, H, kv.max_new_tokens, st);
   } else {
     max_count = 0;
@@ -69,7 +73,7 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
   const int H = hp.n_head_kv, hd = hp.head_dim, nh = hp.n_head;
   const int64_t d = hp.n_embd;
   sel_scores.clear();
-  plan = plan_budget(budget_params(kv, method), scores ? &*scores : nullptr, hp.n_layer, nh, H, n_prompt);
+  plan = plan_compressed_layers(budget_params(kv, method), scores ? &*scores : nullptr, hp, n_prompt);
   plan->layer_pooled = layer_pooled();
   std::vector<int64_t> cap(plan->cap.size());
   for (size_t i = 0; i < cap.size(); ++i) cap[i] = (int64_t)plan->cap[i] + plan->window + kv.max_new_tokens;
@@ -133,10 +137,10 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
     const int64_t T = std::min<int64_t>(ub, N - c0);
     check(cudaMemcpyAsync(tok.get(), tokens + c0, T * sizeof(int32_t), cudaMemcpyHostToDevice, st), "tokens");
     if (half_gemm) {
-      embed_rows(dm->tok_embd, tok.get(), T, x.get(), st);
+      embed(tok.get(), T, x.get());
       f32_to_f16(x.get(), Xh.get() + c0 * d, T * d, st);
     } else {
-      embed_rows(dm->tok_embd, tok.get(), T, X.get() + c0 * d, st);
+      embed(tok.get(), T, X.get() + c0 * d);
     }
     check(cudaStreamSynchronize(st), "tokens");  // the host token buffer is reused
   }
@@ -148,7 +152,7 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
       if (half_gemm) f16_to_f32(Xh.get() + c0 * d, xc, T * d, st);
       qkv(L, xc, T);
       qkv_post(L, T);
-      RopeStore r = rope_args(T);
+      RopeStore r = rope_args(il, T);
       r.pos0 = (int32_t)c0;
       r.kf = LK.get();  // null in the fast precision
       r.vf = LV.get();
@@ -169,12 +173,14 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
       f.hd = hd;
       f.ld_head = N;
       f.n_before = c0;
+      f.window = window(il);
+      f.softcap = hp.attn_softcap;
       half_gemm ? flash_attention_tc(f, st) : flash_attention(f, st);
       const int64_t wb = N - n_win, w0 = std::max<int64_t>(c0, wb);  // window rows in this chunk
       if (w0 < c0 + T)
         check(cudaMemcpyAsync(qwin.get() + (w0 - wb) * nh * hd, q.get() + (w0 - c0) * nh * hd,
                               (c0 + T - w0) * nh * hd * sizeof(float), cudaMemcpyDeviceToDevice, st), "window queries");
-      linear(L.wo, att.get(), T, xc, d, true);
+      attn_out(L, T, xc);
       mlp(L, xc, T);
       if (half_gemm) f32_to_f16(xc, Xh.get() + c0 * d, T * d, st);
     }

@@ -54,8 +54,10 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
   // Everything up to griddepcontrol.wait reads only what earlier decode steps wrote.
   const int g = a.item_head[item], sp = a.item_split[item], S = a.head_splits[g];
   const int64_t len = (int64_t)a.used[g] + 1, fresh = len - 1;  // fresh: the new token's entry
-  const int64_t chunk = (len + S - 1) / S;
-  const int64_t start = sp * chunk, end = min(len, start + chunk);
+  // Keys lo..len-1 (a sliding window: the last `window`); key j is row ring_row(j) of the segment.
+  const int64_t lo = a.window ? max((int64_t)0, len - a.window) : 0;
+  const int64_t chunk = (len - lo + S - 1) / S;
+  const int64_t start = lo + sp * chunk, end = min(len, start + chunk);
   const int64_t tiles = end > start ? (end - start + 31) / 32 : 0;
   const int nch = warp < tiles ? 2 * (int)((tiles - warp + NW - 1) / NW) : 0;  // this warp's chunks
   const __half* K = static_cast<const __half*>(a.k) + a.seg_off[g] * HD;
@@ -74,7 +76,7 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
         const int idx = j * 32 + lane, r = idx / (HD / 8), col = (idx % (HD / 8)) * 8;
         const int64_t key = t0 + r;
         if (before_wait && key == fresh && key < end) continue;
-        cp_async16(dst + r * LD + col, src + min(key, end - 1) * HD + col, key < end);
+        cp_async16(dst + r * LD + col, src + ring_row(min(key, end - 1), a.ring) * HD + col, key < end);
       }
     }
     cp_async_commit();
@@ -95,7 +97,7 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
       const int idx = j * 32 + lane, r = idx / (HD / 8), col = (idx % (HD / 8)) * 8;
       if (t0 + r == fresh)
         *reinterpret_cast<uint4*>(ring + (c % R) * CH + r * LD + col) =
-            *reinterpret_cast<const uint4*>(src + fresh * HD + col);
+            *reinterpret_cast<const uint4*>(src + ring_row(fresh, a.ring) * HD + col);
     }
   }
 
@@ -147,7 +149,8 @@ __global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
         for (int j = 0; j < 4; ++j)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float v = t0 + j * 8 + c2 + e < end ? (sc[j][e] + sc[j][2 + e]) * sl2 : -INFINITY;
+            const float raw = softcap_raw(sc[j][e] + sc[j][2 + e], a.softcap, rsqrtf((float)HD));
+            const float v = t0 + j * 8 + c2 + e < end ? raw * sl2 : -INFINITY;
             sc[j][e] = v;
             mx = fmaxf(mx, v);
           }
@@ -629,11 +632,17 @@ SplitFn split_fn_w(int G, int warps, size_t rbk, size_t rbv) {
 }
 // Row bytes of the K / V types as decode_dyn_smem takes them: 0, 0 for f16 K and V (split_kernel).
 bool quantized(KVType tk, KVType tv) { return tk != KVType::F16 || tv != KVType::F16; }
+// hd 256 (Gemma 3) has no 8-warp instance: its ring of 8 warps (405 KB) fits no GPU's shared memory;
+// and no q8_0 / q4_0 instance (split_kernel_q is built at hd 64 and 128; decode_attention refuses).
 SplitFn split_for(int hd, int G, int warps, KVType tk, KVType tv) {
   const bool q = quantized(tk, tv);
   const size_t rbk = q ? kv_row_bytes(tk, hd) : 0, rbv = q ? kv_row_bytes(tv, hd) : 0;
+  if (q && hd == 256)
+    fail(ErrorKind::Unsupported, "CUDA backend: q8_0 / q4_0 KV at head_dim 256 is not built; use f16");
   if (q) return hd == 64 ? split_fn_w<64, true>(G, warps, rbk, rbv) : split_fn_w<128, true>(G, warps, rbk, rbv);
-  return hd == 64 ? split_fn_w<64, false>(G, warps, 0, 0) : split_fn_w<128, false>(G, warps, 0, 0);
+  if (hd == 64) return split_fn_w<64, false>(G, warps, 0, 0);
+  if (hd == 128) return split_fn_w<128, false>(G, warps, 0, 0);
+  return warps == 2 ? split_fn_g<256, 2, false>(G, 0, 0) : split_fn_g<256, 4, false>(G, 0, 0);
 }
 
 }  // namespace
@@ -662,12 +671,18 @@ int decode_attention_slots(int hd, int G, int warps, KVType tk, KVType tv) {
 
 void decode_attention(const DecodeArgs& a, cudaStream_t s) {
   if (a.nh / a.nkv > MAXG) fail(ErrorKind::Unsupported, "CUDA backend: more than 8 query heads per KV head");
-  if (a.hd != 64 && a.hd != 128)
-    fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
-  if (a.warps != 2 && a.warps != 4 && a.warps != 8) fail(ErrorKind::Internal, "decode attention: 2, 4 or 8 warps per block");
+  if (a.hd != 64 && a.hd != 128 && a.hd != 256)
+    fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128, 256)");
+  if (a.warps != 2 && a.warps != 4 && (a.warps != 8 || a.hd == 256))
+    fail(ErrorKind::Internal, "decode attention: 2, 4 or 8 warps per block (hd 256: 2 or 4)");
+  // split_kernel_q (q8_0 / q4_0 rows) has neither windows, rings nor soft-capping, and no hd 256
+  // instance; the context refuses these cache types for such models before allocating.
+  if (quantized(a.tk, a.tv) && (a.hd == 256 || a.window || a.ring || a.softcap > 0.0f))
+    fail(ErrorKind::Unsupported, std::string("CUDA backend: the decode attention over ") + kv_type_name(a.tk) + " / " +
+                                     kv_type_name(a.tv) + " K / V with head_dim 256, sliding windows or soft-capping is not built; use f16");
   const SplitFn f = split_for(a.hd, a.nh / a.nkv, a.warps, a.tk, a.tv);
   launch_pdl(f.fn, dim3((unsigned)a.n_items), dim3(f.threads), f.smem, s, "decode attention", a);
-  launch_pdl(a.hd == 64 ? merge_kernel<64> : merge_kernel<128>, dim3((unsigned)a.nh), dim3(MT), 0, s,
+  launch_pdl(a.hd == 64 ? merge_kernel<64> : a.hd == 128 ? merge_kernel<128> : merge_kernel<256>, dim3((unsigned)a.nh), dim3(MT), 0, s,
              "decode attention merge", a);
   check_launch("decode_attention");
 }

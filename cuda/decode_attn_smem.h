@@ -41,11 +41,12 @@ HEADKV_HD constexpr size_t decode_block_smem(int hd, int warps, size_t rbk = 0, 
 // Warps per decode attention block: the widest of 8, 4, 2, not above `preferred`, whose shared
 // memory fits the device's opt-in limit per block (`optin` bytes), or 0 when none does. At hd 128:
 // 8 warps need 204 KB (sm_90: 227 KB), 4 need 102 KB (sm_80: 163 KB), 2 need 51 KB (sm_86 / sm_89:
-// 99 KB); at hd 64 about half. q8_0 K and V at hd 128: 8 warps need 179 KB; q8_0 K with f16 V: 8
-// warps 271 KB (so 4 on sm_90).
+// 99 KB); at hd 64 about half; at hd 256 (no 8-warp kernel) 4 warps need 198 KB (sm_90), 2 need
+// 99.1 KB (sm_80; just over sm_86 / sm_89's 99 KB). q8_0 K and V at hd 128: 8 warps need 179 KB;
+// q8_0 K with f16 V: 8 warps 271 KB (so 4 on sm_90).
 HEADKV_HD constexpr int decode_attention_warps_for(size_t optin, int hd, int preferred, size_t rbk = 0, size_t rbv = 0) {
   for (int w = 8; w >= 2; w /= 2)
-    if (w <= preferred && decode_block_smem(hd, w, rbk, rbv) <= optin) return w;
+    if (w <= preferred && (hd <= 128 || w <= 4) && decode_block_smem(hd, w, rbk, rbv) <= optin) return w;
   return 0;
 }
 

@@ -58,11 +58,15 @@ __global__ void __launch_bounds__(NTHR) flash_kernel(FlashArgs a) {
     for (int j = 0; j < 4 * ND; ++j) o[r][j] = 0.0f;
   }
   const int64_t n_keys = nb + min(q0 + BQ, a.T);
-  for (int64_t k0 = 0; k0 < n_keys; k0 += BK) {
+  // A sliding window: the block's first query sees keys from k_first on; earlier tiles are skipped
+  // and the keys before k_first in the first tile read as zeros (masked below).
+  const int64_t k_first = a.window ? max((int64_t)0, nb + q0 - a.window + 1) : 0;
+  for (int64_t k0 = k_first / BK * BK; k0 < n_keys; k0 += BK) {
     __syncthreads();
     for (int i = tid; i < BK * HD; i += NTHR) {
       const int c = i / HD, d = i % HD;
-      KV[d * (BK + KPAD) + c] = k0 + c < n_keys ? ldk(k0 + c, d) : 0.0f;
+      const bool ok = k0 + c < n_keys && k0 + c >= k_first;
+      KV[d * (BK + KPAD) + c] = ok ? ldk(ring_row(k0 + c, a.ring), d) : 0.0f;
     }
     __syncthreads();
     float s[4][4];
@@ -88,7 +92,8 @@ __global__ void __launch_bounds__(NTHR) flash_kernel(FlashArgs a) {
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int64_t key = k0 + tx * 4 + c;
-        s[r][c] = key <= last && key < n_keys ? s[r][c] * scale : -INFINITY;
+        const bool seen = key <= last && key < n_keys && (!a.window || key > last - a.window);
+        s[r][c] = seen ? softcap_raw(s[r][c], a.softcap, scale) * scale : -INFINITY;
         mx = fmaxf(mx, s[r][c]);
       }
 #pragma unroll
@@ -112,7 +117,8 @@ __global__ void __launch_bounds__(NTHR) flash_kernel(FlashArgs a) {
       *reinterpret_cast<float4*>(&Pt[(tx * 4 + c) * BQ + ty * 4]) = make_float4(s[0][c], s[1][c], s[2][c], s[3][c]);
     for (int i = tid; i < BK * HD; i += NTHR) {
       const int c = i / HD, d = i % HD;
-      KV[c * HD + d] = k0 + c < n_keys ? ldv(k0 + c, d) : 0.0f;
+      const bool ok = k0 + c < n_keys && k0 + c >= k_first;
+      KV[c * HD + d] = ok ? ldv(ring_row(k0 + c, a.ring), d) : 0.0f;
     }
     __syncthreads();
 #pragma unroll
@@ -170,7 +176,10 @@ void flash_attention(const FlashArgs& a, cudaStream_t s) {
   if (q && !a.half_kv) fail(ErrorKind::Internal, "flash_attention: quantized K/V are arena rows (half_kv)");
   if (a.hd == 64) q ? launch<uint8_t, 64>(a, s) : a.half_kv ? launch<__half, 64>(a, s) : launch<float, 64>(a, s);
   else if (a.hd == 128) q ? launch<uint8_t, 128>(a, s) : a.half_kv ? launch<__half, 128>(a, s) : launch<float, 128>(a, s);
-  else fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
+  else if (a.hd == 256 && !q) a.half_kv ? launch<__half, 256>(a, s) : launch<float, 256>(a, s);
+  else if (a.hd == 256)  // (no q8_0 / q4_0 instance at hd 256: the context refuses those caches for such models)
+    fail(ErrorKind::Unsupported, "CUDA backend: q8_0 / q4_0 KV at head_dim 256 is not built; use f16");
+  else fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128, 256)");
   check_launch("flash_attention");
 }
 

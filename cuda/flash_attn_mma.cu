@@ -26,7 +26,10 @@ namespace headkv::cu {
 
 namespace {
 
-constexpr int MT = 2, BK = 32, NW = 4, NTHR = NW * 32;  // m-tiles per warp, keys per tile
+constexpr int BK = 32, NW = 4, NTHR = NW * 32;  // keys per tile
+// m-tiles per warp: 2 (32 query rows); 1 at hd 256, whose O accumulators of two m-tiles (256 floats
+// per lane) would not fit the registers.
+__host__ __device__ constexpr int m_tiles(int hd) { return hd > 128 ? 1 : 2; }
 
 __device__ __forceinline__ float ex2_ftz(float x) {
   float y;
@@ -40,6 +43,7 @@ __device__ __forceinline__ uint4 pack_h8(const float* x) {
 
 template <int HD, bool QROWS>
 __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
+  constexpr int MT = m_tiles(HD);
   constexpr int BQ = 16 * MT * NW, RW = 16 * MT;
   constexpr int LD = HD + 8;  // halves per shared row (16-byte pad: conflict-free ldmatrix)
   constexpr int NT = BK / 8, DT = HD / 8, KS = HD / 16;  // key n-tiles, dim n-tiles, dim k-steps
@@ -55,6 +59,10 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
   const int64_t nb = kv.n_before;
   const int64_t n_keys = nb + min(q0 + BQ, a.T);
   const int n_tiles = (int)((n_keys + BK - 1) / BK);
+  // A sliding window: the block's first query sees keys from k_first on; the tiles before are
+  // skipped and the keys before k_first in the first tile load as zeros (masked below).
+  const int64_t k_first = a.window ? max((int64_t)0, nb + q0 - a.window + 1) : 0;
+  const int t_first = (int)(k_first / BK);
 
   // quantized rows: this KV head's first K / V row (bytes) and the staging of a tile's stored rows
   // ([2] buffers of K, then [2] of V, after the fp16 tiles; launch() sizes them)
@@ -92,6 +100,8 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
     }
   };
 
+  // (QROWS stages a tile's rows as one contiguous run, so it takes no ring: flash_attention_tc refuses
+  // one; keys before k_first load as the stored rows they are and are masked with the scores.)
   auto load_tile = [&](int tile, int buf) {
     const int64_t k0 = (int64_t)tile * BK;
     if constexpr (QROWS) {
@@ -101,15 +111,15 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
     } else {
       for (int i = tid; i < BK * HD / 8; i += NTHR) {
         const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
-        const bool ok = k0 + r < n_keys;
-        const int64_t src = ok ? (k0 + r) * HD + c : 0;
+        const bool ok = k0 + r < n_keys && k0 + r >= k_first;
+        const int64_t src = ok ? ring_row(k0 + r, a.ring) * HD + c : 0;
         cp_async16(Ks + (buf * BK + r) * LD + c, K + src, ok);
         cp_async16(Vs + (buf * BK + r) * LD + c, V + src, ok);
       }
     }
     cp_async_commit();
   };
-  load_tile(0, 0);
+  load_tile(t_first, 0);
 
   // Q (fp32) -> fp16 shared
   for (int i = tid; i < BQ * HD / 4; i += NTHR) {
@@ -135,8 +145,10 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
     l[mt][0] = l[mt][1] = 0.0f;
   }
 
-  for (int tile = 0; tile < n_tiles; ++tile) {
-    const int buf = tile & 1;
+  const int win = (int)a.window;
+  const int64_t w_first = nb + q0 + warp * RW - win + 1;  // (window) the warp's first row's first key
+  for (int tile = t_first; tile < n_tiles; ++tile) {
+    const int buf = (tile - t_first) & 1;
     if (tile + 1 < n_tiles) {
       load_tile(tile + 1, buf ^ 1);
       cp_async_wait<1>();
@@ -149,7 +161,8 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
       __syncthreads();
     }
     const int64_t k0 = (int64_t)tile * BK;
-    if (k0 <= w_last) {  // warp-uniform: past it, every key of the tile is masked for this warp
+    // warp-uniform: past w_last (or wholly before w_first) every key of the tile is masked for this warp
+    if (k0 <= w_last && (!win || k0 + BK > w_first)) {
       const __half* Kt = Ks + buf * BK * LD;
       const __half* Vt = Vs + buf * BK * LD;
       // S = Q Kᵀ (RW rows x BK keys per warp)
@@ -174,8 +187,17 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
           }
         }
       }
+      if (a.softcap > 0.0f) {  // (block-uniform)
+        const float scale = rsqrtf((float)HD);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[mt][j][e] = softcap_raw(s[mt][j][e], a.softcap, scale);
+      }
       // causal / range mask where this tile reaches past a row's last key, then the online softmax
-      const bool edge = k0 + BK - 1 > nb + q0 + warp * RW || k0 + BK > n_keys;
+      const bool edge = k0 + BK - 1 > nb + q0 + warp * RW || k0 + BK > n_keys || (win && k0 <= w_last - win);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         // a key (rel: its index relative to the chunk's first query) is masked past the row's own
@@ -189,9 +211,9 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float va = s[mt][j][e], vb = s[mt][j][2 + e];
-            if (edge) {
-              if (rel + j * 8 + e > lim_a) va = -INFINITY;
-              if (rel + j * 8 + e > lim_b) vb = -INFINITY;
+            if (edge) {  // (window: keys at or before the row's position - window are masked too)
+              if (rel + j * 8 + e > lim_a || (win && rel + j * 8 + e <= lim_a - win)) va = -INFINITY;
+              if (rel + j * 8 + e > lim_b || (win && rel + j * 8 + e <= lim_b - win)) vb = -INFINITY;
             }
             s[mt][j][e] = va;
             s[mt][j][2 + e] = vb;
@@ -284,7 +306,7 @@ __global__ void __launch_bounds__(NTHR, 2) flash_mma_kernel(FlashArgs a) {
 
 template <int HD, bool QROWS>
 void launch(const FlashArgs& a, cudaStream_t s) {
-  constexpr int LD = HD + 8, BQ = 16 * MT * NW;
+  constexpr int LD = HD + 8, BQ = 16 * m_tiles(HD) * NW;
   size_t smem = (size_t)(BQ + 4 * BK) * LD * sizeof(__half);
   if (QROWS) smem += 2 * (decode_slot_bytes(kv_row_bytes(a.tk, HD)) + decode_slot_bytes(kv_row_bytes(a.tv, HD)));
   static size_t attr = 0;  // (raised to the largest size asked: QROWS sizes vary with the types)
@@ -302,11 +324,16 @@ void launch(const FlashArgs& a, cudaStream_t s) {
 void flash_attention_tc(const FlashArgs& a, cudaStream_t s) {
   if (a.T == 0) return;
   if (!a.half_kv) fail(ErrorKind::Internal, "flash_attention_tc: the tensor-core kernel reads fp16 K/V only");
-  if (a.hd != 64 && a.hd != 128)
-    fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128)");
+  if (a.hd != 64 && a.hd != 128 && a.hd != 256)
+    fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128, 256)");
   const bool q = a.tk != KVType::F16 || a.tv != KVType::F16;
+  // q8_0 / q4_0 tiles are built at hd 64 and 128 without rings (the context refuses these caches for
+  // models with sliding-window layers or head_dim 256 before allocating).
+  if (q && (a.hd == 256 || a.ring))
+    fail(ErrorKind::Unsupported, "CUDA backend: flash attention over q8_0 / q4_0 K/V with head_dim 256 or a ring is not built; use f16");
   if (a.hd == 64) q ? launch<64, true>(a, s) : launch<64, false>(a, s);
-  else q ? launch<128, true>(a, s) : launch<128, false>(a, s);
+  else if (a.hd == 128) q ? launch<128, true>(a, s) : launch<128, false>(a, s);
+  else launch<256, false>(a, s);
   check_launch("flash_attention_tc");
 }
 

@@ -52,13 +52,21 @@ void gemm_nt(const void* A, const void* B, float* C, int64_t m, int64_t n, int64
 // ---- ops.cu
 void rms_norm(const float* x, const float* w, float* out, int64_t T, int64_t d, float eps, cudaStream_t s);
 void silu_mul(float* g, const float* u, int64_t n, cudaStream_t s);
+// g = gelu_tanh(g) * u (GeGLU, model/arch.h).
+void gelu_mul(float* g, const float* u, int64_t n, cudaStream_t s);
+// out[t] += w * (x[t] / rms(x[t])) for T rows of d: a post-norm added to the residual stream.
+void rms_norm_add(const float* x, const float* w, float* out, int64_t T, int64_t d, float eps, cudaStream_t s);
+// x[i] *= c (the embedding scale), or x[i] = c * tanh(x[i] / c) (soft-capping), for n values.
+void scale(float* x, float c, int64_t n, cudaStream_t s);
+void softcap(float* x, float c, int64_t n, cudaStream_t s);
 // x[t][i] += b[i] for T rows of n (Q/K/V biases).
 void add_bias(float* x, const float* b, int64_t T, int64_t n, cudaStream_t s);
 // RoPE on q [T][nh][hd] (in place) and k; k, v ([T][nkv][hd]) are stored to the target:
 //   layer buffer (head-major [g][N][hd]): kf/vf (fp32) or kfh/vfh (fp16) non-null,
 //     entry = g*ld_head + row0 + t
 //   arena (rows of type tk / tv: f16, q8_0 or q4_0, kv_row_bytes(type, hd) bytes): kh/vh/pos non-null,
-//     entry = seg_off[l*nkv+g] + used[l*nkv+g] + t, pos = pos0 + t
+//     entry = seg_off[l*nkv+g] + used[l*nkv+g] + t, pos = pos0 + t;
+//     ring > 0 (a sliding-window layer's ring in the full cache): entry = seg_off + (used + t) % ring
 // pos0: first position, read from *pos0_dev when non-null (graph replays).
 struct RopeStore {
   float* q = nullptr;
@@ -87,6 +95,7 @@ struct RopeStore {
   int32_t* qcount = nullptr;
   const int64_t* seg_off = nullptr;
   const int32_t* used = nullptr;
+  int64_t ring = 0;
 };
 void rope_store(const RopeStore& a, cudaStream_t s);
 // One token's RMSNorm -> Q, K, V (ws: wq, wk, wv) with RoPE and the arena store of rope_store fused
@@ -119,6 +128,9 @@ void add_used(int32_t* used, int n, int T, cudaStream_t s);
 // keys [0, n_before_g + t], n_before_g = (seg_len ? seg_len[g] : n_before). out [T][nh][hd].
 // Arena rows may be q8_0 / q4_0 blocks (tk / tv, with half_kv): the kernels dequantize them while
 // loading their tiles.
+// window > 0 (sliding-window layers): query t sees only keys (n_before_g + t - window, n_before_g + t].
+// ring > 0: key j is row j % ring (a sliding-window layer's ring in the full cache; ring >= window +
+// T - 1, so the chunk's own rows overwrite no key its queries see).
 struct FlashArgs {
   const float* q = nullptr;
   float* out = nullptr;
@@ -131,6 +143,8 @@ struct FlashArgs {
   int64_t ld_head = 0;
   const int32_t* seg_len = nullptr;
   int64_t n_before = 0;
+  int64_t window = 0, ring = 0;
+  float softcap = 0.0f;  // attention-logit soft-capping (0: none)
 };
 void flash_attention(const FlashArgs& a, cudaStream_t s);
 // The keys a flash-attention block over KV head g sees: K/V rows (KT = float or __half) and how many
@@ -147,6 +161,14 @@ __device__ __forceinline__ FlashKV<KT> flash_kv(const FlashArgs& a, int g) {
   return {static_cast<const KT*>(a.k) + base, static_cast<const KT*>(a.v) + base,
           a.seg_len ? (int64_t)a.seg_len[g] : a.n_before};
 }
+// The row of key j (FlashArgs::ring, DecodeArgs::ring).
+__device__ __forceinline__ int64_t ring_row(int64_t j, int64_t ring) { return ring ? j % ring : j; }
+// Attention-logit soft-capping (Gemma 2; FlashArgs / DecodeArgs::softcap > 0): the raw score q·k whose
+// scaled value is cap * tanh(scale * s / cap), as the CPU caps it, so that a kernel goes on scaling
+// its scores as it does without a cap.
+__device__ __forceinline__ float softcap_raw(float s, float cap, float scale) {
+  return cap > 0.0f ? cap * tanhf(s * scale / cap) / scale : s;
+}
 // flash_attn_mma.cu: the same on tensor cores (mma.sync; fp16 Q/K/V/P, fp32 accumulation and a
 // register-resident softmax) for fp16 K/V: the fast precision. (It replaced a WMMA kernel: 1.7x at
 // 32k, BENCHMARKS.md.)
@@ -156,7 +178,8 @@ void flash_attention_tc(const FlashArgs& a, cudaStream_t s);
 // for K and V independently), split-K.
 // Work items of a layer: item i handles KV head item_head[i], split item_split[i] of
 // head_splits[g]; length of head g = used[g] + 1 (the token just appended). part: scratch of
-// n_items * G * (hd + 2) floats.
+// n_items * G * (hd + 2) floats. window > 0 (sliding-window layers): only the last `window` keys
+// are attended (the splits cut those); ring > 0: key j is row j % ring (FlashArgs).
 struct DecodeArgs {
   const float* q = nullptr;   // [nh][hd]
   float* out = nullptr;       // [nh][hd]
@@ -172,6 +195,8 @@ struct DecodeArgs {
   int n_items = 0, nh = 0, nkv = 0, hd = 0;
   int warps = 4;  // per block (8, 4 or 2): an item's keys are split over them in tiles of 32
   float* part = nullptr;
+  int64_t window = 0, ring = 0;
+  float softcap = 0.0f;  // attention-logit soft-capping (0: none)
 };
 void decode_attention(const DecodeArgs& a, cudaStream_t s);
 // Blocks of the decode attention kernel resident at once on the device (one wave).

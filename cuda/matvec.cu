@@ -238,7 +238,7 @@ void matvec_norm(const DW* ws, int n, float* const* ys, const float* x, const fl
 
 bool matvec_qkv_rope(const DW* ws, const float* x, const float* norm_w, float eps, const RopeStore& r, bool q8x,
                      cudaStream_t s) {
-  if (!matvec_norm_fusable(ws, 3) || r.T != 1 || !r.kh || !r.vh || !r.pos || r.kf || r.kfh || r.hd % 2 ||
+  if (!matvec_norm_fusable(ws, 3) || r.T != 1 || !r.kh || !r.vh || !r.pos || r.kf || r.kfh || r.ring || r.hd % 2 ||
       ((r.tk != KVType::F16 || r.tv != KVType::F16) && (!r.kstage || !r.vstage || !r.qcount || r.hd % 32)) ||
       r.rope_dim % 2 || ws[0].rows != (int64_t)r.nh * r.hd || ws[1].rows != (int64_t)r.nkv * r.hd ||
       ws[2].rows != ws[1].rows)

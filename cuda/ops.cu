@@ -1,4 +1,5 @@
-// Small element-wise kernels of the transformer block: RMSNorm, SwiGLU, RoPE + K/V store.
+// Small element-wise kernels of the transformer block: RMSNorm, SwiGLU / GeGLU, RoPE + K/V store,
+// scaling and soft-capping.
 #include "common.cuh"
 #include "kernels.cuh"
 #include "kv_quant.cuh"
@@ -7,7 +8,9 @@ namespace headkv::cu {
 
 namespace {
 
-// Same arithmetic as the CPU: sum of squares in double, scale in float.
+// Same arithmetic as the CPU: sum of squares in double, scale in float. ADD: out += the norm (a
+// post-norm into the residual stream; x and out are distinct buffers).
+template <bool ADD>
 __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out,
                                 int64_t d, float eps) {
   const float* xr = x + blockIdx.x * d;
@@ -25,7 +28,10 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
   }
   __syncthreads();
   const float scale = 1.0f / sqrtf((float)(red[0] / d) + eps);
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) o[i] = w[i] * (xr[i] * scale);
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const float y = w[i] * (xr[i] * scale);
+    o[i] = ADD ? o[i] + y : y;
+  }
 }
 
 __global__ void silu_mul_kernel(float* g, const float* __restrict__ u, int64_t n) {
@@ -34,6 +40,20 @@ __global__ void silu_mul_kernel(float* g, const float* __restrict__ u, int64_t n
     const float a = g[i];
     g[i] = a / (1.0f + expf(-a)) * u[i];
   }
+}
+
+// GELU, tanh approximation (the CPU's gelu_tanh in model/forward.cpp).
+__global__ void gelu_mul_kernel(float* g, const float* __restrict__ u, int64_t n) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) {
+    const float x = g[i];
+    g[i] = 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))) * u[i];
+  }
+}
+
+__global__ void scale_kernel(float* x, float c, int64_t n, bool cap) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) x[i] = cap ? c * tanhf(x[i] / c) : x[i] * c;
 }
 
 // One block per (token, head): heads < nh rotate q in place; the others rotate k of KV head
@@ -74,7 +94,7 @@ __global__ void rope_store_kernel(RopeStore a) {
     a.kfh[e * a.hd + d] = __float2half_rn(kv);
     a.vfh[e * a.hd + d] = __float2half_rn(vval);
   } else {  // the arena: f16 rows, or q8_0 / q4_0 blocks quantized by each warp (32 dims a block)
-    const int64_t e = a.seg_off[g] + a.used[g] + t;
+    const int64_t e = a.seg_off[g] + (a.ring ? (a.used[g] + t) % a.ring : a.used[g] + t);
     const int lane = d & 31;
     kv_store_elem(a.tk, static_cast<uint8_t*>(a.kh) + e * (int64_t)kv_row_bytes(a.tk, a.hd), d, kv, lane);
     kv_store_elem(a.tv, static_cast<uint8_t*>(a.vh) + e * (int64_t)kv_row_bytes(a.tv, a.hd), d, vval, lane);
@@ -100,8 +120,32 @@ __global__ void add_used_kernel(int32_t* used, int n, int T) {
 
 void rms_norm(const float* x, const float* w, float* out, int64_t T, int64_t d, float eps, cudaStream_t s) {
   if (T == 0) return;
-  rms_norm_kernel<<<(unsigned)T, 256, 0, s>>>(x, w, out, d, eps);
+  rms_norm_kernel<false><<<(unsigned)T, 256, 0, s>>>(x, w, out, d, eps);
   check_launch("rms_norm");
+}
+
+void rms_norm_add(const float* x, const float* w, float* out, int64_t T, int64_t d, float eps, cudaStream_t s) {
+  if (T == 0) return;
+  rms_norm_kernel<true><<<(unsigned)T, 256, 0, s>>>(x, w, out, d, eps);
+  check_launch("rms_norm_add");
+}
+
+void gelu_mul(float* g, const float* u, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  gelu_mul_kernel<<<(unsigned)cdiv(n, 256), 256, 0, s>>>(g, u, n);
+  check_launch("gelu_mul");
+}
+
+void scale(float* x, float c, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  scale_kernel<<<(unsigned)cdiv(n, 256), 256, 0, s>>>(x, c, n, false);
+  check_launch("scale");
+}
+
+void softcap(float* x, float c, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  scale_kernel<<<(unsigned)cdiv(n, 256), 256, 0, s>>>(x, c, n, true);
+  check_launch("softcap");
 }
 
 void silu_mul(float* g, const float* u, int64_t n, cudaStream_t s) {

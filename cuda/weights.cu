@@ -103,11 +103,8 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
                                        " elements, not a multiple of 32");
     *off = add(w.data, w.row_bytes * (size_t)w.rows, (int)w.type);
   };
-  if (hp.arch->post_norms || hp.arch->gelu || hp.arch->embd_scale || hp.arch->softcaps || hp.has_swa())
-    fail(ErrorKind::Unsupported, std::string("device 'cuda': architecture '") + hp.arch->name +
-                                     "' runs on the CPU only for now (post-norms, GeGLU and sliding-window layers are not built on the GPU)");
-  if (hp.head_dim != 64 && hp.head_dim != 128)
-    fail(ErrorKind::Unsupported, "device 'cuda': head_dim " + std::to_string(hp.head_dim) + " is not supported (64, 128)");
+  if (hp.head_dim != 64 && hp.head_dim != 128 && hp.head_dim != 256)
+    fail(ErrorKind::Unsupported, "device 'cuda': head_dim " + std::to_string(hp.head_dim) + " is not supported (64, 128, 256)");
   if (hp.n_head % hp.n_head_kv || hp.n_head / hp.n_head_kv > 8 || hp.n_head_kv > 64)
     fail(ErrorKind::Unsupported, "device 'cuda': head layout " + std::to_string(hp.n_head) + "/" +
                                      std::to_string(hp.n_head_kv) + " is not supported");
@@ -125,7 +122,7 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
   }
 
   struct LOff {
-    size_t wq, wk, wv, wo, gate, up, down, an, fn, bq, bk, bv, qn, kn;
+    size_t wq, wk, wv, wo, gate, up, down, an, fn, bq, bk, bv, qn, kn, pan, pfn;
   };
   std::vector<LOff> lo(hp.n_layer);
   size_t emb_off, out_off;
@@ -151,11 +148,16 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
     lo[il].bv = opt(L.bv);
     lo[il].qn = opt(L.q_norm);
     lo[il].kn = opt(L.k_norm);
+    lo[il].pan = opt(L.post_attn_norm);
+    lo[il].pfn = opt(L.post_ffn_norm);
   }
   const size_t onorm = add(m.output_norm().data(), m.output_norm().size() * sizeof(float));
   const size_t rope = add(m.rope_inv_freq().data(), m.rope_inv_freq().size() * sizeof(float));
   const bool longrope = !m.rope_inv_freq_long().empty();
   const size_t rope_long = longrope ? add(m.rope_inv_freq_long().data(), m.rope_inv_freq_long().size() * sizeof(float)) : 0;
+  const int il_swa = hp.first_layer(true);  // Model::rope_inv_freq(il): the local layers' table
+  const std::vector<float>* rope_swa = il_swa >= 0 && &m.rope_inv_freq(il_swa, 0) != &m.rope_inv_freq() ? &m.rope_inv_freq(il_swa, 0) : nullptr;
+  const size_t rope_s = rope_swa ? add(rope_swa->data(), rope_swa->size() * sizeof(float)) : SIZE_MAX;
 
   require_device_bytes(total + (any_split ? kStageBytes : 0), "uploading the model's weights");
   auto dm = std::make_shared<DevModel>();
@@ -209,10 +211,13 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
     D.bv = opt(lo[il].bv);
     D.q_norm = opt(lo[il].qn);
     D.k_norm = opt(lo[il].kn);
+    D.post_attn_norm = opt(lo[il].pan);
+    D.post_ffn_norm = opt(lo[il].pfn);
   }
   dm->output_norm = (const float*)(base + onorm);
   dm->rope_inv_freq = (const float*)(base + rope);
   if (longrope) dm->rope_inv_freq_long = (const float*)(base + rope_long);
+  dm->rope_inv_freq_swa = rope_s == SIZE_MAX ? nullptr : (const float*)(base + rope_s);
   dm->bytes = total;
   dm->max_weight_elems = max_elems;
   g_last = dm;

@@ -19,6 +19,8 @@ struct DevLayer {
   const float* bv = nullptr;
   const float* q_norm = nullptr;  // per-head q/k RMSNorm weights (qwen3), null otherwise
   const float* k_norm = nullptr;
+  const float* post_attn_norm = nullptr;  // post-attention / post-FFN RMSNorm weights (gemma), or null
+  const float* post_ffn_norm = nullptr;
 };
 
 struct DevModel {
@@ -28,6 +30,7 @@ struct DevModel {
   const float* output_norm = nullptr;
   const float* rope_inv_freq = nullptr;
   const float* rope_inv_freq_long = nullptr;  // LongRoPE files only (Model::rope_inv_freq_long)
+  const float* rope_inv_freq_swa = nullptr;  // the sliding-window layers' own RoPE base, or null
   uint64_t bytes = 0;
   int64_t max_weight_elems = 0;  // largest layer matrix (rows * cols)
 

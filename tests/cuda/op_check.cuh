@@ -211,14 +211,16 @@ inline std::vector<float> inv_freqs(int rope_dim, float base) {
   return f;
 }
 
-// Softmax attention of one query over keys K[0..n) (rows of hd), in double.
-inline void ref_attend(const float* q, const float* K, const float* V, int64_t n, int hd, double* out) {
+// Softmax attention of one query over keys K[0..n) (rows of hd), in double; cap > 0: scores
+// soft-capped to cap * tanh(score / cap) (Gemma 2).
+inline void ref_attend(const float* q, const float* K, const float* V, int64_t n, int hd, double* out, double cap = 0) {
   std::vector<double> s((size_t)n);
   double mx = -INFINITY;
   for (int64_t j = 0; j < n; ++j) {
     double d = 0.0;
     for (int i = 0; i < hd; ++i) d += (double)q[i] * K[j * hd + i];
     s[j] = d / std::sqrt((double)hd);
+    if (cap > 0) s[j] = cap * std::tanh(s[j] / cap);
     mx = std::max(mx, s[j]);
   }
   double sum = 0.0;

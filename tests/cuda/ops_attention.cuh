@@ -24,11 +24,13 @@ inline void check_decode_attention(cudaStream_t st) {
   // block of 8 warps and beyond, a single key
   const int64_t lens[] = {1, 32, 33, 256, 257, 1000, 4100, 78};
   int ci = 0;
-  for (const C c : {C{64, 8, 8}, C{64, 12, 4}, C{128, 32, 8}, C{128, 16, 2}}) {
+  for (const C c : {C{64, 8, 8}, C{64, 12, 4}, C{128, 32, 8}, C{128, 16, 2}, C{256, 4, 1}, C{256, 16, 2}}) {
     const int hd = c.hd, nh = c.nh, nkv = c.nkv, G = nh / nkv;
     for (int warps : {8, 4, 2}) {
+      if (hd == 256 && (tk != KVType::F16 || tv != KVType::F16)) break;  // not built at hd 256 (refused)
       if (cu::decode_attention_warps(hd, warps, tk, tv) != warps) {
-        std::printf("%-20s hd=%d warps %d K %s V %s: not run (the device's shared memory per block is too small)\n",
+        std::printf("%-20s hd=%d warps %d K %s V %s: not run (too wide for the device's shared memory per block; "
+                    "hd 256: 4 at most)\n",
                     "decode_attention", hd, warps, headkv::kv_type_name(tk), headkv::kv_type_name(tv));
         continue;
       }
@@ -137,7 +139,7 @@ inline void check_flash_attention(cudaStream_t st) {
     int T;
     int64_t n_before;
   };
-  for (int hd : {64, 128})
+  for (int hd : {64, 128, 256})
     for (const auto& [nh, nkv] : {std::pair<int, int>{4, 4}, std::pair<int, int>{8, 2}}) {
       const int G = nh / nkv;
       // the compressed prefill's layer buffer ([g][N][hd]: keys n_before + t), then the arena
@@ -211,8 +213,9 @@ inline void check_flash_attention(cudaStream_t st) {
           report(kernel == 2 ? "flash_attention_tc" : "flash_attention", what + kn[kernel],
                  nmax_err(to_host(dout, q.size(), "out"), kernel ? ref16 : ref32), kernel == 2 ? kAttnTc : kAttn);
         }
-        if (!arena) continue;
         // the arena's rows as q8_0 / q4_0 blocks (store_kv_row), the reference over what they hold
+        // (not built at hd 256: flash_attention refuses it)
+        if (!arena || hd == 256) continue;
         using headkv::KVType;
         for (const auto& [tk, tv] : {std::pair{KVType::Q8_0, KVType::Q8_0}, std::pair{KVType::Q4_0, KVType::Q4_0},
                                      std::pair{KVType::Q8_0, KVType::F16}}) {

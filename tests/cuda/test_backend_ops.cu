@@ -1,7 +1,7 @@
 // The CUDA backend's ops against the CPU's (llama.cpp's test-backend-ops idea): every kernel the
 // CUDA forward pass and selection launch, on random inputs from fixed seeds, against the CPU's op
 // (model/ops.h, quant/quant.h, select/selection.h) or, where the CPU has no stand-alone function
-// (attention, SwiGLU's product), a plain double-precision reference here. One line per case: op,
+// (attention, SwiGLU's and GeGLU's products), a plain double-precision reference here. One line per case: op,
 // shape/type, error, bound, PASS/FAIL; exit 1 on any failure, 77 (ctest: skipped) without a GPU.
 //
 // Error: normalized maximum error max|gpu - ref| / max|ref| over the case's outputs (the GPU
@@ -19,6 +19,7 @@
 #include "ops_matvec.cuh"
 #include "ops_rope.cuh"
 #include "ops_select.cuh"
+#include "ops_window.cuh"
 
 using namespace opcheck;
 
@@ -70,6 +71,39 @@ void check_silu_mul(cudaStream_t st) {
   sync(st, "silu_mul");
   report("silu_mul", fmt("n=%lld", (long long)n), nmax_err(to_host(dg, n, "g"), ref), kExact);
 }
+
+// GeGLU's product against the CPU's formula (model/forward.cpp's gelu_tanh, tanh in float).
+void check_gelu_mul(cudaStream_t st) {
+  std::mt19937 rng(4);
+  const int64_t n = 10007;
+  std::vector<float> g = normal(n, rng, 4.0f), u = normal(n, rng), ref(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = g[i];
+    ref[i] = 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x))) * u[i];
+  }
+  cu::DBuf<float> dg = to_dev(g, "g"), du = to_dev(u, "u");
+  cu::gelu_mul(dg.get(), du.get(), n, st);
+  sync(st, "gelu_mul");
+  report("gelu_mul", fmt("n=%lld", (long long)n), nmax_err(to_host(dg, n, "g"), ref), kExact);
+}
+
+// A post-norm added to the residual stream: out += RMSNorm(x) * w (Gemma's post-attention / FFN).
+void check_rms_norm_add(cudaStream_t st) {
+  std::mt19937 rng(5);
+  const int64_t T = 4, d = 640;
+  const float eps = 1e-6f;
+  std::vector<float> x = normal(T * d, rng, 2.0f), w = normal(d, rng, 0.5f, 1.0f), out = normal(T * d, rng), ref = out;
+  std::vector<float> nrm(d);
+  for (int64_t t = 0; t < T; ++t) {
+    headkv::rms_norm(&x[t * d], w.data(), nrm.data(), d, eps);
+    for (int64_t i = 0; i < d; ++i) ref[t * d + i] += nrm[i];
+  }
+  cu::DBuf<float> dx = to_dev(x, "x"), dw = to_dev(w, "w"), dout = to_dev(out, "out");
+  cu::rms_norm_add(dx.get(), dw.get(), dout.get(), T, d, eps, st);
+  sync(st, "rms_norm_add");
+  report("rms_norm_add", fmt("T=%lld d=%lld", (long long)T, (long long)d), nmax_err(to_host(dout, out.size(), "out"), ref),
+         kExact);
+}
 template <class F>
 void group(const char* name, F&& f, cudaStream_t st) {
   try {
@@ -102,6 +136,8 @@ int main() {
   group("rms_norm", check_rms_norm, st);
   group("add_bias", check_add_bias, st);
   group("silu_mul", check_silu_mul, st);
+  group("gelu_mul", check_gelu_mul, st);
+  group("rms_norm_add", check_rms_norm_add, st);
   group("rope_store", check_rope_store, st);
   group("matvec_qkv_rope", check_qkv_rope, st);
   group("matvec", check_matvec, st);
@@ -111,6 +147,8 @@ int main() {
   group("q8_0/q4_0 fused store", check_fused_quant_store, st);
   group("decode_attention", check_decode_attention, st);
   group("flash_attention", check_flash_attention, st);
+  group("decode_attention (window)", check_decode_window, st);
+  group("flash_attention (window)", check_flash_window, st);
   group("window_scores", check_window_scores_topk, st);
   group("topk (exact)", check_topk_exact, st);
   group("compact/gather", check_compact_gather, st);

@@ -36,6 +36,7 @@ class CudaContext {
   void eval(const int32_t* tokens, int64_t n, bool all_logits = false);
   void reset();
   void truncate(int32_t n_keep);  // as Context::truncate
+  bool can_truncate(int32_t n_keep) const;  // as Context::can_truncate (the sliding-window rings)
   int32_t n_prompt() const;
   void set_max_new_tokens(int32_t n);
   KVState save_state() const;       // as Context::save_state (K/V rows of this context's types)

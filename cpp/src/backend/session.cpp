@@ -130,6 +130,9 @@ int32_t Session::reuse_prefix(const int32_t* tokens, int64_t n) {
   while (keep < (int64_t)h.size() && keep + 1 < n && h[(size_t)keep] == tokens[keep]) ++keep;
   if (compressing() && keep < n_prompt()) keep = 0;  // the compressed prompt is not a prefix of this one
   if (keep && cpu_ && !cpu_->can_truncate((int32_t)keep)) keep = 0;  // a ring no longer holds that window
+#ifdef HEADKV_WITH_CUDA
+  if (keep && gpu_ && !gpu_->can_truncate((int32_t)keep)) keep = 0;
+#endif
   if (keep) truncate((int32_t)keep);
   else reset();
   return (int32_t)keep;

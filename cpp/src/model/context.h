@@ -59,6 +59,11 @@ struct KVConfig {
 std::vector<int32_t> prefill_rows(const KVConfig& kv, const int32_t* prompt, int64_t n_prompt, bool scored);
 // The budget parameters of a compressed prompt under `kv` (method, budget, window, β, temperature).
 BudgetParams budget_params(const KVConfig& kv, BudgetMethod method);
+// The budget plan of a compressed prompt: over every layer, or, with sliding-window layers, over
+// the global ones (their rows of `scores`), each local layer keeping the window - 1 positions before
+// the observation window (every position a later query sees). Both backends.
+BudgetPlan plan_compressed_layers(const BudgetParams& bp, const HeadScores* scores, const LlamaHParams& hp,
+                                  int64_t n_prompt);
 
 struct ContextParams {
   int32_t n_ctx = 0;      // 0: the model's training context
@@ -185,9 +190,6 @@ class Context {
   // hidden_out (optional): the chunk's final-norm hidden states, [T][n_embd].
   void forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out, float* hidden_out = nullptr);
   void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
-  // The budget plan of a compressed prompt: over every layer, or, with sliding-window layers, over
-  // the global ones (the local ones keep their window).
-  BudgetPlan plan_compressed_layers(const BudgetParams& bp, int64_t n_prompt) const;
   // K/V hold N rows (the prompt, then the probe when there is one); the prompt is the first n_prompt.
   void select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N, int64_t n_prompt);
   // Pieces of the transformer block, shared by both paths.

@@ -63,21 +63,22 @@ BudgetParams budget_params(const KVConfig& kv, BudgetMethod method) {
   return bp;
 }
 
-BudgetPlan Context::plan_compressed_layers(const BudgetParams& bp, int64_t n_prompt) const {
-  const int nh = hp_.n_head, nkv = hp_.n_head_kv;
-  if (!hp_.has_swa()) return plan_budget(bp, scores_ ? &*scores_ : nullptr, hp_.n_layer, nh, nkv, n_prompt);
+BudgetPlan plan_compressed_layers(const BudgetParams& bp, const HeadScores* scores, const LlamaHParams& hp,
+                                  int64_t n_prompt) {
+  const int nh = hp.n_head, nkv = hp.n_head_kv;
+  if (!hp.has_swa()) return plan_budget(bp, scores, hp.n_layer, nh, nkv, n_prompt);
   // The global layers share the budget (their rows of the score file); each sliding-window layer
   // keeps the window before the observation window.
   std::vector<int> global;
-  for (int il = 0; il < hp_.n_layer; ++il)
-    if (!hp_.is_swa(il)) global.push_back(il);
+  for (int il = 0; il < hp.n_layer; ++il)
+    if (!hp.is_swa(il)) global.push_back(il);
   std::optional<HeadScores> sub;
-  if (scores_) {
-    sub = *scores_;
+  if (scores) {
+    sub = *scores;
     sub->n_layer = (int32_t)global.size();
     sub->score.clear();
     for (int il : global)
-      for (int h = 0; h < nh; ++h) sub->score.push_back(scores_->at(il, h));
+      for (int h = 0; h < nh; ++h) sub->score.push_back(scores->at(il, h));
   }
   BudgetPlan pg;  // every layer slides (Mistral-style): nothing to plan but the window
   if (global.empty()) {
@@ -87,10 +88,10 @@ BudgetPlan Context::plan_compressed_layers(const BudgetParams& bp, int64_t n_pro
     pg = plan_budget(bp, sub ? &*sub : nullptr, (int)global.size(), nh, nkv, n_prompt);
   }
   BudgetPlan plan = pg;
-  plan.n_layer = hp_.n_layer;
+  plan.n_layer = hp.n_layer;
   const int64_t P = n_prompt - pg.window;
-  const int32_t local = (int32_t)std::max<int64_t>(0, std::min<int64_t>(P, (int64_t)hp_.n_swa - 1 - pg.window));
-  plan.cap.assign((size_t)hp_.n_layer * nkv, local);
+  const int32_t local = (int32_t)std::max<int64_t>(0, std::min<int64_t>(P, (int64_t)hp.n_swa - 1 - pg.window));
+  plan.cap.assign((size_t)hp.n_layer * nkv, local);
   for (size_t i = 0; i < global.size(); ++i)
     for (int g = 0; g < nkv; ++g) plan.cap[(size_t)global[i] * nkv + g] = pg.cap[i * nkv + g];
   return plan;
@@ -148,7 +149,7 @@ void Context::select_layer(int il, const float* q_win, const float* K, const flo
 
 void Context::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool all_logits) {
   const int64_t d = hp_.n_embd, hd = hp_.head_dim, nh = hp_.n_head, nkv = hp_.n_head_kv;
-  plan_ = plan_compressed_layers(budget_params(kv_, method_), n_prompt);
+  plan_ = plan_compressed_layers(budget_params(kv_, method_), scores_ ? &*scores_ : nullptr, hp_, n_prompt);
   plan_->layer_pooled = layer_pooled();
   const bool scored = plan_->compressed && method_ != BudgetMethod::Streaming;
   const std::vector<int32_t> rows_tok = prefill_rows(kv_, prompt, n_prompt, scored);

@@ -40,7 +40,7 @@ class Model:
 
     Args:
         model_path: path to a GGUF file (architecture ``llama``: Llama 2/3, Mistral, SmolLM2;
-            ``qwen2``, ``qwen3``; ``gemma2``, ``gemma3`` on the CPU).
+            ``qwen2``, ``qwen3``, ``phi3``, ``gemma2``, ``gemma3``).
         n_ctx: context window in tokens (the full cache is allocated for it at once). None: 4096, or
             the model's training context if shorter; 0: the training context. With a compressing KV
             method it bounds nothing of the prompt: a prompt longer than n_ctx is compressed into

@@ -121,24 +121,8 @@ struct CudaBatch::Impl {
 
   // out (ldo) (=, +=) W · in for T rows of `in` (rows of W.cols floats).
   void linear(const DW& w, const float* in, int64_t T, float* out, int64_t ldo, bool add) {
-    if (T > kMatvecMaxT && gemm_big) {
-      const void* B = in;
-      if (half_gemm) {
-        f32_to_f16(in, xh.get(), T * w.cols, st);
-        B = xh.get();
-        if (w.type == T_F16) {
-          gemm_nt(w.data, B, out, w.rows, T, w.cols, ldo, add ? 1.0f : 0.0f, true, st);
-          return;
-        }
-      }
-      const int64_t rows_per = std::max<int64_t>(1, wscratch_elems / w.cols);
-      for (int64_t r0 = 0; r0 < w.rows; r0 += rows_per) {
-        const int64_t n = std::min(rows_per, w.rows - r0);
-        dequant_rows(w, r0, n, wscratch.get(), half_gemm, st);
-        gemm_nt(wscratch.get(), B, out + r0, n, T, w.cols, ldo, add ? 1.0f : 0.0f, half_gemm, st);
-      }
-      return;
-    }
+    if (T > kMatvecMaxT && gemm_big)
+      return gemm_weights(w, in, T, out, ldo, add, half_gemm, xh.get(), wscratch.get(), wscratch_elems, st);
     for (int64_t t0 = 0; t0 < T; t0 += kMatvecMaxT)
       matvec(w, nullptr, in + t0 * w.cols, w.cols, out + t0 * ldo, ldo, (int)std::min<int64_t>(kMatvecMaxT, T - t0),
              add ? MV_ADD : MV_STORE, false, st);

@@ -13,21 +13,7 @@ void CudaContext::Impl::linear(const DW& w, const float* in, int64_t T, float* o
     matvec(w, nullptr, in, w.cols, out, ldo, (int)T, add ? MV_ADD : MV_STORE, mv_q8x, st);
     return;
   }
-  const void* B = in;
-  if (half_gemm) {
-    f32_to_f16(in, xh.get(), T * w.cols, st);
-    B = xh.get();
-    if (w.type == T_F16) {  // fp16 weights go to cuBLAS as they are
-      gemm_nt(w.data, B, out, w.rows, T, w.cols, ldo, add ? 1.0f : 0.0f, true, st);
-      return;
-    }
-  }
-  const int64_t rows_per = std::max<int64_t>(1, wscratch_elems / w.cols);
-  for (int64_t r0 = 0; r0 < w.rows; r0 += rows_per) {
-    const int64_t n = std::min(rows_per, w.rows - r0);
-    dequant_rows(w, r0, n, wscratch.get(), half_gemm, st);
-    gemm_nt(wscratch.get(), B, out + r0, n, T, w.cols, ldo, add ? 1.0f : 0.0f, half_gemm, st);
-  }
+  gemm_weights(w, in, T, out, ldo, add, half_gemm, xh.get(), wscratch.get(), wscratch_elems, st);
 }
 
 // out[t] = the embedding rows of ids (times the architecture's embedding scale).

@@ -3,6 +3,7 @@
 // machines without it (CI); a context on a GPU without libcublas fails with Unsupported.
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <mutex>
 #include <string>
 
@@ -150,6 +151,26 @@ void gemm_nt(const void* A, const void* B, float* C, int64_t m, int64_t n, int64
                         half_in ? R_16F : R_32F, (int)k, &beta, C, R_32F, (int)ldc,
                         half_in ? COMPUTE_32F : COMPUTE_32F_PEDANTIC, GEMM_DEFAULT);
   if (st != 0) fail(ErrorKind::Internal, "cublasGemmEx failed with status " + std::to_string(st));
+}
+
+void gemm_weights(const DW& w, const float* in, int64_t T, float* out, int64_t ldo, bool add, bool half, __half* xh,
+                  void* wscratch, int64_t wscratch_elems, cudaStream_t s) {
+  const float beta = add ? 1.0f : 0.0f;
+  const void* B = in;
+  if (half) {
+    f32_to_f16(in, xh, T * w.cols, s);
+    B = xh;
+    if (w.type == T_F16) {  // fp16 weights go to cuBLAS as they are
+      gemm_nt(w.data, B, out, w.rows, T, w.cols, ldo, beta, true, s);
+      return;
+    }
+  }
+  const int64_t rows_per = std::max<int64_t>(1, wscratch_elems / w.cols);
+  for (int64_t r0 = 0; r0 < w.rows; r0 += rows_per) {
+    const int64_t n = std::min(rows_per, w.rows - r0);
+    dequant_rows(w, r0, n, wscratch, half, s);
+    gemm_nt(wscratch, B, out + r0, n, T, w.cols, ldo, beta, half, s);
+  }
 }
 
 }  // namespace headkv::cu

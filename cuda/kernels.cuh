@@ -48,6 +48,11 @@ void f16_to_f32(const __half* in, float* out, int64_t n, cudaStream_t s);
 void blas_init(cudaStream_t s);  // throws Unsupported when libcublas cannot be loaded
 void gemm_nt(const void* A, const void* B, float* C, int64_t m, int64_t n, int64_t k, int64_t ldc, float beta,
              bool half_in, cudaStream_t s);
+// out (ldo) (=, +=) W · in for T rows of `in` (rows of W.cols floats) through cuBLAS: fp16 (half, in
+// converted into xh; fp16 weights used as they are) or fp32, other weights dequantized in slices of
+// at most wscratch_elems elements into wscratch.
+void gemm_weights(const DW& w, const float* in, int64_t T, float* out, int64_t ldo, bool add, bool half, __half* xh,
+                  void* wscratch, int64_t wscratch_elems, cudaStream_t s);
 
 // ---- ops.cu
 void rms_norm(const float* x, const float* w, float* out, int64_t T, int64_t d, float eps, cudaStream_t s);

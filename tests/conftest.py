@@ -85,6 +85,26 @@ def hf_smollm2(smollm2):
     return m.eval()
 
 
+@pytest.fixture(scope="module")
+def prompt(model, essays):
+    """SmolLM2 tokens of the first 2400 characters of essay 3 (a file may define its own)."""
+    return model.tokenize(essays[3][:2400])
+
+
+@pytest.fixture(scope="session")
+def score_file(tmp_path_factory):
+    """An official-format HeadKV score file of SmolLM2's shape (30 layers x 9 query heads), random
+    scores of seed 0 (a file may define its own)."""
+    import json
+
+    import numpy as np
+    rng = np.random.default_rng(0)
+    data = {f"{l}-{h}": list(rng.random(3)) for l in range(30) for h in range(9)}
+    p = tmp_path_factory.mktemp("scores") / "official.json"
+    p.write_text(json.dumps(data))
+    return str(p)
+
+
 @pytest.fixture(scope="session")
 def essays():
     d = essays_dir()

@@ -16,7 +16,6 @@ Stated bounds:
 * Op level: tests/cuda/test_backend_ops.cu checks every CUDA kernel against the CPU's op, with
   the bounds it states (test_backend_ops below builds and runs it).
 """
-import json
 import os
 import shutil
 import subprocess
@@ -32,20 +31,6 @@ pytestmark = pytest.mark.gpu
 METHODS = ["snapkv", "streaming", "pyramidkv", "adakv", "headkv"]
 L, H, HKV = 30, 9, 3
 os.environ["HEADKV_KEEP_SELECTION_SCORES"] = "1"
-
-
-@pytest.fixture(scope="module")
-def prompt(model, essays):
-    return model.tokenize(essays[3][:2400])
-
-
-@pytest.fixture(scope="module")
-def score_file(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    data = {f"{l}-{h}": list(rng.random(3)) for l in range(L) for h in range(H)}
-    p = tmp_path_factory.mktemp("scores") / "official.json"
-    p.write_text(json.dumps(data))
-    return str(p)
 
 
 def _make(smollm2, device, method="full", budget=128, score_file=None, n_ctx=2048):

@@ -13,7 +13,6 @@ decode steps and a 3-token chunk after them, with the same top-1 at every step; 
 tests/test_cuda.py's bound for the f16 cache through the same paths (SmolLM2 logits are of magnitude
 ~25). The measured differences are printed (pytest -s).
 """
-import json
 
 import numpy as np
 import pytest
@@ -26,20 +25,6 @@ L, HKV, HD = 30, 3, 64  # SmolLM2-135M: layers, KV heads, head size
 ROW = {"f16": 2 * HD, "q8_0": HD // 32 * 34, "q4_0": HD // 32 * 18}
 BOUND = 0.1
 PAIRS = [("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q8_0", "f16")]
-
-
-@pytest.fixture(scope="module")
-def prompt(model, essays):
-    return model.tokenize(essays[3][:2400])
-
-
-@pytest.fixture(scope="module")
-def score_file(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    data = {f"{l}-{h}": list(rng.random(3)) for l in range(L) for h in range(9)}
-    p = tmp_path_factory.mktemp("scores") / "official.json"
-    p.write_text(json.dumps(data))
-    return str(p)
 
 
 def _make(smollm2, device, tk, tv, method="full", score_file=None, n_ctx=2048):

@@ -12,20 +12,6 @@ METHODS = ["snapkv", "streaming", "pyramidkv", "adakv", "headkv"]
 L, H, HKV, HD = 30, 9, 3, 64
 
 
-@pytest.fixture(scope="module")
-def prompt(model, essays):
-    return model.tokenize(essays[3][:2400])
-
-
-@pytest.fixture(scope="module")
-def score_file(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    data = {f"{l}-{h}": list(rng.random(3)) for l in range(L) for h in range(H)}
-    p = tmp_path_factory.mktemp("scores") / "official.json"
-    p.write_text(json.dumps(data))
-    return str(p)
-
-
 def _model(smollm2, method, budget, score_file=None, **kw):
     return headkv.Model(smollm2, n_ctx=2048, n_threads=2, kv_method=method, kv_budget=budget,
                         scores=score_file if method == "headkv" else None, max_new_tokens=32, **kw)

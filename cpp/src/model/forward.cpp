@@ -180,7 +180,7 @@ void Context::attention_split(const float* qs, const std::vector<KVView>& views,
   // per job and query head of its group: max, exp-sum, then hd unnormalized output values
   std::vector<float> part((size_t)n_jobs * group * (hd + 2));
   pool_.parallel_for(n_jobs, [&](int64_t b, int64_t e) {
-    std::vector<float> sc((size_t)group * kSplitKeys);
+    std::vector<float> sc((size_t)group * kSplitKeys), o((size_t)group * hd), tail((size_t)group * hd);
     for (int64_t job = b; job < e; ++job) {
       const int g = (int)(std::upper_bound(job0.begin(), job0.end(), job) - job0.begin()) - 1;
       const KVView& kv = views[g];
@@ -201,22 +201,21 @@ void Context::attention_split(const float* qs, const std::vector<KVView>& views,
         pj[hh * (hd + 2)] = mx;
         pj[hh * (hd + 2) + 1] = (float)exp_shift_sum(s, n, mx);  // s[j] = exp(s[j] - mx)
       }
-      std::vector<float> o((size_t)group * hd);
       weighted_rows_kv(kv.tv, sc.data(), group, kSplitKeys, V + r0 * vb, hd, n1, o.data());
       if (n1 < n) {
-        std::vector<float> tail((size_t)group * hd);
         weighted_rows_kv(kv.tv, sc.data() + n1, group, kSplitKeys, V, hd, n - n1, tail.data());
         for (size_t i = 0; i < tail.size(); ++i) o[i] += tail[i];
       }
       for (int hh = 0; hh < group; ++hh) std::copy_n(&o[(size_t)hh * hd], hd, &pj[hh * (hd + 2) + 2]);
     }
   });
+  std::vector<double> acc(hd);
   for (int g = 0; g < nkv; ++g)
     for (int hh = 0; hh < group; ++hh) {
       float mx = -INFINITY;
       for (int64_t job = job0[g]; job < job0[g + 1]; ++job) mx = std::max(mx, part[((size_t)job * group + hh) * (hd + 2)]);
       double l = 0;
-      std::vector<double> acc(hd, 0.0);
+      std::fill(acc.begin(), acc.end(), 0.0);
       for (int64_t job = job0[g]; job < job0[g + 1]; ++job) {
         const float* pj = &part[((size_t)job * group + hh) * (hd + 2)];
         const double w = std::exp((double)pj[0] - mx);

@@ -203,6 +203,17 @@ def test_prefill_checks_every_token_before_the_first_chunk(smollm2, long_tokens)
         d.prefill(m._e, bad)
     assert m.tokens() == long_tokens[:10] and d.n_chunks == 0
     with pytest.raises(headkv.InvalidArgumentError):
-        BatchDecoder(prefill_chunk=0)
+        BatchDecoder(prefill_chunk=-1)
     with pytest.raises(headkv.InvalidArgumentError):
         headkv.SequencePool(smollm2, 2, n_ctx=64, prefill_chunk=-1)
+
+
+def test_prefill_chunk_zero_is_one_eval(smollm2, long_tokens):
+    """prefill_chunk=0: the prompt in one eval, outside the turns (no chunk is counted)."""
+    one = headkv.Model(smollm2, n_ctx=N_CTX, n_threads=2)
+    one.eval(long_tokens)
+    m = headkv.Model(smollm2, n_ctx=N_CTX, n_threads=2)
+    d = BatchDecoder(prefill_chunk=0)
+    d.prefill(m._e, long_tokens)
+    assert d.n_chunks == 0 and m.tokens() == long_tokens
+    assert np.array_equal(m.logits(), one.logits())

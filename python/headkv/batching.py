@@ -16,8 +16,12 @@ long prompt delays each decoding sequence's next token by at most about one chun
 prompt in successive slices appends the same KV as one eval (the same forward over each slice), up
 to float summation order where a slice's row count picks another matmul path. A compressing KV
 method's prompt is one piece: its prefill selects each layer's kept entries from the whole prompt's
-attention, layer by layer, so it cannot be cut into token slices; it runs outside the turns, beside
-the decode steps (both over the shared thread pool, whose jobs they then take in turn).
+attention, layer by layer, so it cannot be cut into token slices (yielding between its layers would
+need a hook inside the context's compressed prefill); it runs outside the turns, beside the decode
+steps, both over the shared thread pool, whose jobs they then take in turn. ``prefill_chunk=0``
+runs every prompt that way. The turns bound a decoding sequence's wait by one chunk and make the
+interleave deterministic; the job-level sharing of the one-piece path lets more decode tokens
+through on the CPU at a longer worst gap (BENCHMARKS.md, "Decode during another request's prefill").
 """
 from __future__ import annotations
 
@@ -43,11 +47,12 @@ class BatchDecoder:
     their decode loop starts and ``leave`` when it ends, so the decoder knows how many to wait for."""
 
     def __init__(self, gather_s: float = 0.005, prefill_chunk: int = 128, yield_s: Optional[float] = 0.25):
-        """``prefill_chunk``: tokens per prompt chunk (full cache). ``yield_s``: how long a prompt's
+        """``prefill_chunk``: tokens per prompt chunk (full cache); 0: every prompt in one piece
+        beside the steps, as a compressing one. ``yield_s``: how long a prompt's
         next chunk waits at most for the decode step it yields to (a decoding sequence whose caller
         has suspended its generation submits no token; None waits as long as any is decoding)."""
-        if not isinstance(prefill_chunk, int) or prefill_chunk < 1:
-            raise InvalidArgumentError(f"prefill_chunk must be an integer >= 1, got {prefill_chunk!r}")
+        if not isinstance(prefill_chunk, int) or prefill_chunk < 0:
+            raise InvalidArgumentError(f"prefill_chunk must be an integer >= 0, got {prefill_chunk!r}")
         self.gather_s = float(gather_s)
         self.prefill_chunk = prefill_chunk
         self.yield_s = None if yield_s is None else float(yield_s)
@@ -134,7 +139,7 @@ class BatchDecoder:
         prompt in one piece beside them. When a chunk fails, the context is rolled back to where it
         was before the prompt and the error is raised; the decode steps go on."""
         tokens = [int(t) for t in tokens]
-        if engine.compressing and engine.n_past == 0:
+        if self.prefill_chunk == 0 or (engine.compressing and engine.n_past == 0):
             engine.eval(tokens, False)
             return
         n_vocab = engine.n_vocab

@@ -77,7 +77,8 @@ class SequencePool:
     waits at most (None: no limit). ``prefill_chunk`` (batched pools): a joining request's prompt
     is evaluated in chunks of this many tokens (default 64 on the CPU, ``n_batch`` on a GPU), and the
     sequences that are decoding get a step between two chunks (headkv.batching), so a long prompt
-    delays their tokens by about one chunk (a compressing KV method's prompt is one piece)."""
+    delays their tokens by about one chunk (a compressing KV method's prompt is one piece). 0: each
+    prompt in one eval that runs beside the steps, the two taking turns per thread-pool job."""
 
     def __init__(self, model_path, n_seq: int = 1, *, max_queue: int = 64, queue_timeout: Optional[float] = None,
                  cls=Llama, batch: bool = True, prefill_chunk: Optional[int] = None, **model_kwargs):
@@ -85,8 +86,8 @@ class SequencePool:
             raise InvalidArgumentError(f"n_seq must be an integer >= 1, got {n_seq!r}")
         if not isinstance(max_queue, int) or max_queue < 0:
             raise InvalidArgumentError(f"max_queue must be an integer >= 0, got {max_queue!r}")
-        if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or prefill_chunk < 1):
-            raise InvalidArgumentError(f"prefill_chunk must be an integer >= 1, got {prefill_chunk!r}")
+        if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or prefill_chunk < 0):
+            raise InvalidArgumentError(f"prefill_chunk must be an integer >= 0, got {prefill_chunk!r}")
         batch = (batch and n_seq > 1 and isinstance(cls, type) and issubclass(cls, Model)
                  and model_kwargs.get("device") in (None, "cpu", "auto", "cuda", "cuda-fp32"))
         if model_kwargs.get("n_threads") is None:

@@ -35,7 +35,7 @@ def long_tokens(model, essays):
     return model.tokenize(essays[5][:4000])[:600]
 
 
-@pytest.mark.parametrize("chunk", [64, 50])
+@pytest.mark.parametrize("chunk", [64, pytest.param(50, marks=pytest.mark.slow)])
 def test_chunked_prefill_equals_one_eval(smollm2, long_tokens, chunk):
     """Chunks of n_batch tokens run the very forwards of one eval (logits bit-identical); chunks of
     another size change only the summation order (f32 cache: within 2e-5 of the largest logit).
@@ -146,7 +146,7 @@ def test_decode_runs_between_chunks_and_outputs_equal_alone(smollm2, model, long
     assert a_toks == _greedy_alone(smollm2, short, len(a_toks), **kv)
 
 
-@pytest.mark.parametrize("method", ["full", "headkv"])
+@pytest.mark.parametrize("method", ["full", pytest.param("headkv", marks=pytest.mark.slow)])
 def test_batch_api_with_a_long_prompt_equals_alone(smollm2, essays, score_file, method):
     """Three completions at once through the Llama path (one prompt of several chunks): each text
     equals the same request on a Llama alone."""

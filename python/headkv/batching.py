@@ -46,7 +46,7 @@ class BatchDecoder:
     """Combines ``eval_one`` calls from threads into batched steps. Sequences call ``enter`` when
     their decode loop starts and ``leave`` when it ends, so the decoder knows how many to wait for."""
 
-    def __init__(self, gather_s: float = 0.005, prefill_chunk: int = 128, yield_s: Optional[float] = 0.25):
+    def __init__(self, gather_s: float = 0.005, prefill_chunk: int = 64, yield_s: Optional[float] = 0.25):
         """``prefill_chunk``: tokens per prompt chunk (full cache); 0: every prompt in one piece
         beside the steps, as a compressing one. ``yield_s``: how long a prompt's
         next chunk waits at most for the decode step it yields to (a decoding sequence whose caller

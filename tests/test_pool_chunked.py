@@ -1,11 +1,12 @@
 """Chunked prefill in a batched SequencePool (continuous batching, issue 27): a joining request's
-full-cache prompt runs in chunks that take turns with the decode steps of the sequences already
-generating (headkv.batching.BatchDecoder.prefill).
+full-cache prompt runs in chunks, each in one batched step with the tokens of the sequences already
+generating (headkv.batching.BatchDecoder.prefill; on the CPU Context::decode_batch with per-sequence
+token counts).
 
 Oracles: one ``eval`` of the whole prompt (logits, greedy continuation) and every request run alone
 in its own Model / Llama. The interleaving is checked by counting runs through the decoder's
-``on_run`` hook (no timing): with ``yield_s=None`` a prompt's next chunk waits for the decode step
-of the sequences that are decoding, so between two chunks there is always a step."""
+``on_run`` hook (no timing): with ``yield_s=None`` a chunk waits for the token of every decoding
+sequence, so each chunk of a prompt runs in a step with each of them."""
 import math
 import threading
 
@@ -49,7 +50,7 @@ def test_chunked_prefill_equals_one_eval(smollm2, long_tokens, chunk):
     d.prefill(m._e, long_tokens)
     got = m.logits()
     assert m.tokens() == long_tokens
-    assert d.n_chunks == math.ceil(len(long_tokens) / chunk) and d.n_runs == 0
+    assert d.n_chunks == math.ceil(len(long_tokens) / chunk) and d.n_steps == 0
     if chunk == 64:
         assert np.array_equal(got, ref)
     else:
@@ -64,21 +65,17 @@ def test_chunked_prefill_equals_one_eval(smollm2, long_tokens, chunk):
     assert cont[0] == cont[1]
 
 
-def _decode_while_prefilling(pool, short, long, n_b, after_run=None):
+def _decode_while_prefilling(pool, short, long, n_b):
     """Request A (``short``) generates greedily; once it has 2 tokens, request B (``long``) joins
     and generates ``n_b`` tokens; A stops 2 tokens after B's first. Returns A's and B's tokens, the
-    decoder's run log [(kind, is A's engine in it, is B's engine)] and a state dict (whether A ended
-    on its own, B's error and engine). ``after_run(kind, is_a, is_b)`` is called after each run."""
+    decoder's run log [(A's engine ran, B's engine ran, B's ran a chunk)] and a state dict (whether
+    A ended on its own, B's error and engine)."""
     log, a_toks, b_toks, state = [], [], [], {}
     a_going, b_first = threading.Event(), threading.Event()
     engines = {}
 
-    def on_run(kind, what):
-        es = what if kind == "step" else [what]
-        entry = (kind, engines.get("a") in es, engines.get("b") in es)
-        log.append(entry)
-        if after_run is not None:
-            after_run(*entry)
+    def on_run(ran, chunks):
+        log.append((engines.get("a") in ran, engines.get("b") in ran, engines.get("b") in chunks))
 
     pool.decoder.on_run = on_run
 
@@ -111,8 +108,8 @@ def _decode_while_prefilling(pool, short, long, n_b, after_run=None):
         except BaseException as e:  # noqa: BLE001 - handed to the test
             state["b_error"] = e
         finally:
-            b_first.set()
             state.setdefault("a_at_b_first", len(a_toks))
+            b_first.set()
             pool.release(seq)
 
     threads = [threading.Thread(target=a), threading.Thread(target=b)]
@@ -133,14 +130,13 @@ def test_decode_runs_between_chunks_and_outputs_equal_alone(smollm2, model, long
         a_toks, b_toks, log, state = _decode_while_prefilling(pool, short, long_tokens, 6)
         assert "b_error" not in state
         assert not state["a_ended_alone"]  # A was decoding from before B joined until after B's prefill
-        b_chunks = [i for i, (kind, _, is_b) in enumerate(log) if kind == "chunk" and is_b]
+        b_chunks = [(is_a, is_b) for is_a, is_b, b_chunk in log if b_chunk]
         if method == "full":
             assert len(b_chunks) == math.ceil(len(long_tokens) / 32)
-            # Between every two chunks of B's prompt, a decode step of A ran.
-            for i, j in zip(b_chunks, b_chunks[1:]):
-                assert any(kind == "step" and is_a for kind, is_a, _ in log[i + 1:j]), log[i:j + 1]
+            # Every chunk of B's prompt ran in one step with a token of A: A advanced between chunks.
+            assert all(is_a for is_a, _ in b_chunks), log
             assert pool.stats()["prefill_chunks"] == pool.decoder.n_chunks == len(b_chunks) + 1  # + A's prompt
-        else:  # a compressing prompt is one piece (it runs beside the steps, not through the turns)
+        else:  # a compressing prompt is one piece (it runs beside the steps, not in them)
             assert b_chunks == [] and pool.decoder.n_chunks == 0
     assert b_toks == _greedy_alone(smollm2, long_tokens, 6, **kv)
     assert a_toks == _greedy_alone(smollm2, short, len(a_toks), **kv)
@@ -164,48 +160,58 @@ def test_batch_api_with_a_long_prompt_equals_alone(smollm2, essays, score_file, 
     assert (chunks > 3) == (method == "full")
 
 
-class _ChunkFailed(RuntimeError):
-    pass
-
-
 def test_error_in_a_chunk_leaves_the_pool_usable(smollm2, model, long_tokens):
-    """A chunk that fails (here the hook raises after B's third chunk) rolls B's context back and
-    raises in B; A keeps decoding what it decodes alone, and the pool serves B's request afterwards."""
+    """B's prompt holds a token outside the vocabulary in its third chunk: the step with that chunk
+    is refused before it runs, the rows are evaluated alone, B's raises, B's context is rolled back;
+    A keeps decoding what it decodes alone, and the pool serves B's request afterwards."""
     short = model.tokenize(SHORT)
-    n = {"b": 0}
-
-    def fail_third_b_chunk(kind, is_a, is_b):
-        if kind == "chunk" and is_b:
-            n["b"] += 1
-            if n["b"] == 3:
-                raise _ChunkFailed("chunk failed")
-
+    bad = long_tokens[:70] + [model.n_vocab] + long_tokens[71:]
     with headkv.SequencePool(smollm2, 2, n_ctx=N_CTX, n_threads=2, prefill_chunk=32, cls=headkv.Model) as pool:
         pool.decoder.yield_s = None
-        a_toks, b_toks, log, state = _decode_while_prefilling(pool, short, long_tokens, 4, fail_third_b_chunk)
-        assert isinstance(state.get("b_error"), _ChunkFailed) and b_toks == [] and n["b"] == 3
-        assert not state["a_ended_alone"]
+        a_toks, b_toks, log, state = _decode_while_prefilling(pool, short, bad, 4)
+        assert isinstance(state.get("b_error"), headkv.InvalidArgumentError) and b_toks == []
+        assert sum(b_chunk for _, _, b_chunk in log) == 3 and not state["a_ended_alone"]
         b_seq = next(s for s in pool.sequences if s.model._e is state["b_engine"])
         assert b_seq.model.tokens() == [] and b_seq.tokens == []  # rolled back, as the pool saw it on release
-        dec = pool.decoder
-        assert not dec._running and dec._chunks_waiting == 0
+        assert not pool.decoder._running and pool.decoder._pending == []
         out = pool.run([(long_tokens, None)], lambda m, _: list(m.generate(long_tokens, max_tokens=4, **GREEDY)))
     assert a_toks == _greedy_alone(smollm2, short, len(a_toks))
     assert out[0] == _greedy_alone(smollm2, long_tokens, 4)
 
 
-def test_prefill_checks_every_token_before_the_first_chunk(smollm2, long_tokens):
+def test_failed_chunk_leaves_the_context_as_it_was(smollm2, long_tokens):
     m = headkv.Model(smollm2, n_ctx=N_CTX, n_threads=2)
     m.eval(long_tokens[:10])
     d = BatchDecoder(prefill_chunk=16)
-    bad = long_tokens[10:100] + [m.n_vocab]
     with pytest.raises(headkv.InvalidArgumentError):
-        d.prefill(m._e, bad)
-    assert m.tokens() == long_tokens[:10] and d.n_chunks == 0
+        d.prefill(m._e, long_tokens[10:100] + [m.n_vocab])
+    assert m.tokens() == long_tokens[:10] and d.n_chunks == 6
     with pytest.raises(headkv.InvalidArgumentError):
         BatchDecoder(prefill_chunk=-1)
     with pytest.raises(headkv.InvalidArgumentError):
         headkv.SequencePool(smollm2, 2, n_ctx=64, prefill_chunk=-1)
+
+
+def test_mixed_step_equals_separate_evals(smollm2):
+    """One step with a decode row and a prompt chunk (BatchStep.step with counts) appends what a
+    one-token eval and a chunk eval append (f32 cache: logits within 2e-5 of the largest)."""
+    kw = dict(n_ctx=256, n_threads=2, type_k="f32", type_v="f32")
+    a = headkv.Model(smollm2, **kw)
+    b = headkv.Model(smollm2, share_with=a, **kw)
+    ra, rb = headkv.Model(smollm2, **kw), headkv.Model(smollm2, **kw)
+    pa, pb = a.tokenize("The capital of France is"), a.tokenize("Once upon a time, in a land far away, there")
+    a.eval(pa)
+    ra.eval(pa)
+    t = int(np.argmax(a.logits()))
+    headkv._core.BatchStep().step([a._e, b._e], [t] + pb, [1, len(pb)])
+    ra.eval([t])
+    rb.eval(pb)
+    for m, r in ((a, ra), (b, rb)):
+        assert m.tokens() == r.tokens()
+        np.testing.assert_allclose(m.logits(), r.logits(), rtol=0, atol=2e-5 * np.abs(r.logits()).max())
+    with pytest.raises(headkv.InvalidArgumentError):  # counts must add up to the tokens
+        headkv._core.BatchStep().step([a._e, b._e], [t, t], [1, 2])
+    assert a.tokens() == ra.tokens()
 
 
 def test_prefill_chunk_zero_is_one_eval(smollm2, long_tokens):

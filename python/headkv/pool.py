@@ -75,10 +75,10 @@ class SequencePool:
     ``n_threads`` defaults to half the CPUs shared among the sequences (at least 1 each).
     ``max_queue``: requests that may wait for a sequence; ``queue_timeout``: seconds a request
     waits at most (None: no limit). ``prefill_chunk`` (batched pools): a joining request's prompt
-    is evaluated in chunks of this many tokens (default 64 on the CPU, ``n_batch`` on a GPU), and the
-    sequences that are decoding get a step between two chunks (headkv.batching), so a long prompt
-    delays their tokens by about one chunk (a compressing KV method's prompt is one piece). 0: each
-    prompt in one eval that runs beside the steps, the two taking turns per thread-pool job."""
+    is evaluated in chunks of this many tokens (default 64 on the CPU, ``n_batch`` on a GPU), each
+    run in one step with the tokens of the sequences that are decoding (headkv.batching), so a long
+    prompt delays their tokens by about one chunk (a compressing KV method's prompt is one piece).
+    0: each prompt in one eval beside the steps, the two taking turns per thread-pool job."""
 
     def __init__(self, model_path, n_seq: int = 1, *, max_queue: int = 64, queue_timeout: Optional[float] = None,
                  cls=Llama, batch: bool = True, prefill_chunk: Optional[int] = None, **model_kwargs):

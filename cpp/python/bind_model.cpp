@@ -350,14 +350,28 @@ void bind_model(py::module_& m) {
 
   py::class_<SessionBatch>(m, "BatchStep", "batched decode steps over sibling engines on one device (keeps the GPU scratch)")
       .def(py::init<>())
-      .def("step", [](SessionBatch& b, const std::vector<Engine*>& es, const std::vector<int32_t>& tokens) {
-        if (es.size() != tokens.size())
-          fail(ErrorKind::InvalidArgument, "step: " + std::to_string(es.size()) + " engines but " + std::to_string(tokens.size()) + " tokens");
+      .def("step", [](SessionBatch& b, const std::vector<Engine*>& es, const std::vector<int32_t>& tokens,
+                      const std::vector<int64_t>& counts) {
+        int64_t total = (int64_t)es.size();
+        if (!counts.empty()) {
+          if (counts.size() != es.size())
+            fail(ErrorKind::InvalidArgument, "step: " + std::to_string(es.size()) + " engines but " + std::to_string(counts.size()) + " counts");
+          total = 0;
+          for (int64_t c : counts) {
+            if (c < 1) fail(ErrorKind::InvalidArgument, "step: every count must be >= 1");
+            total += c;
+          }
+        }
+        if ((int64_t)tokens.size() != total)
+          fail(ErrorKind::InvalidArgument, counts.empty()
+              ? "step: " + std::to_string(es.size()) + " engines but " + std::to_string(tokens.size()) + " tokens"
+              : "step: the counts add up to " + std::to_string(total) + " tokens but " + std::to_string(tokens.size()) + " are given");
         std::vector<Session*> ss;
         for (Engine* e : es) ss.push_back(e ? e->ctx.get() : nullptr);
         py::gil_scoped_release nogil;
-        b.step(ss, tokens.data());
-      }, py::arg("engines"), py::arg("tokens"), "appends tokens[i] to engines[i] in one batched step");
+        b.step(ss, tokens.data(), nullptr, counts.empty() ? nullptr : counts.data());
+      }, py::arg("engines"), py::arg("tokens"), py::arg("counts") = std::vector<int64_t>{},
+      "appends tokens[i] to engines[i] in one batched step; with counts, engines[i] takes counts[i] consecutive tokens");
 
   py::class_<PyGroup>(m, "SequenceGroup")
       .def(py::init([](const Engine& e, int n_ctx, int n_threads, int n_batch, const KVConfig& kv, uint64_t kv_limit,

@@ -303,10 +303,13 @@ class Model:
                 room = self.kv.max_new_tokens if max_tokens is None else max(self.kv.max_new_tokens, int(max_tokens) + 1)
                 self._e.set_max_new_tokens(room)
             self._last_stop = None
-            self._e.eval(tokens, False)
+            decoder = self._decoder
+            if decoder is not None:  # in chunks that take turns with the other sequences' decode steps
+                decoder.prefill(self._e, tokens)
+            else:
+                self._e.eval(tokens, False)
             self._epoch += 1
             epoch = self._epoch
-        decoder = self._decoder
         if decoder is not None:
             decoder.enter()
         try:

@@ -74,14 +74,20 @@ class SequencePool:
     (one model; on the CPU one thread pool of ``n_threads`` threads, default half the CPUs); off,
     ``n_threads`` defaults to half the CPUs shared among the sequences (at least 1 each).
     ``max_queue``: requests that may wait for a sequence; ``queue_timeout``: seconds a request
-    waits at most (None: no limit)."""
+    waits at most (None: no limit). ``prefill_chunk`` (batched pools): a joining request's prompt
+    is evaluated in chunks of this many tokens (default 64 on the CPU, ``n_batch`` on a GPU), each
+    run in one step with the tokens of the sequences that are decoding (headkv.batching), so a long
+    prompt delays their tokens by about one chunk (a compressing KV method's prompt is one piece).
+    0: each prompt in one eval beside the steps, the two taking turns per thread-pool job."""
 
     def __init__(self, model_path, n_seq: int = 1, *, max_queue: int = 64, queue_timeout: Optional[float] = None,
-                 cls=Llama, batch: bool = True, **model_kwargs):
+                 cls=Llama, batch: bool = True, prefill_chunk: Optional[int] = None, **model_kwargs):
         if not isinstance(n_seq, int) or n_seq < 1:
             raise InvalidArgumentError(f"n_seq must be an integer >= 1, got {n_seq!r}")
         if not isinstance(max_queue, int) or max_queue < 0:
             raise InvalidArgumentError(f"max_queue must be an integer >= 0, got {max_queue!r}")
+        if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or prefill_chunk < 0):
+            raise InvalidArgumentError(f"prefill_chunk must be an integer >= 0, got {prefill_chunk!r}")
         batch = (batch and n_seq > 1 and isinstance(cls, type) and issubclass(cls, Model)
                  and model_kwargs.get("device") in (None, "cpu", "auto", "cuda", "cuda-fp32"))
         if model_kwargs.get("n_threads") is None:
@@ -91,7 +97,9 @@ class SequencePool:
         self.model_path = os.fspath(model_path)
         first = cls(model_path, **model_kwargs)
         # The batch decoder merges the decode steps of the sequences generating at the same time.
-        self.decoder = BatchDecoder() if batch else None
+        if prefill_chunk is None:  # the CPU figure trades decode gaps against prefill time (BENCHMARKS.md)
+            prefill_chunk = 64 if getattr(first, "device", "cpu") == "cpu" else int(model_kwargs.get("n_batch", 512))
+        self.decoder = BatchDecoder(prefill_chunk=prefill_chunk) if batch else None
         models = [first] + [cls(model_path, **model_kwargs, **({"share_with": first} if self.decoder else {}))
                             for _ in range(n_seq - 1)]
         for m in models:
@@ -333,7 +341,8 @@ class SequencePool:
                     "tokens_per_second": self.n_tokens_generated / busy if busy > 0 else 0.0,
                     "kv_bytes_total": sum(s["kv_bytes"] for s in seqs), "sequences": seqs,
                     "batched_steps": self.decoder.n_steps if self.decoder else 0,
-                    "batched_tokens": self.decoder.n_rows if self.decoder else 0}
+                    "batched_tokens": self.decoder.n_rows if self.decoder else 0,
+                    "prefill_chunks": self.decoder.n_chunks if self.decoder else 0}
 
     def close(self) -> None:
         """Waits for running generations and stops the worker threads."""

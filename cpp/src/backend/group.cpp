@@ -17,13 +17,17 @@ namespace headkv {
 SessionBatch::SessionBatch() = default;
 SessionBatch::~SessionBatch() = default;
 
-void SessionBatch::step(const std::vector<Session*>& seqs, const int32_t* tokens, const int64_t* ids) {
+void SessionBatch::step(const std::vector<Session*>& seqs, const int32_t* tokens, const int64_t* ids,
+                        const int64_t* counts) {
   if (seqs.empty()) fail(ErrorKind::InvalidArgument, "a batched step needs at least one sequence");
   for (size_t i = 0; i < seqs.size(); ++i)
     if (!seqs[i] || seqs[i]->device() != seqs[0]->device())
       fail(ErrorKind::InvalidArgument, "a batched step runs sessions of one device (sequence " + std::to_string(i) + ")");
 #ifdef HEADKV_WITH_CUDA
   if (seqs[0]->gpu()) {
+    if (counts)
+      for (size_t i = 0; i < seqs.size(); ++i)
+        if (counts[i] != 1) fail(ErrorKind::Unsupported, "a batched GPU step takes one token per sequence");
     std::vector<CudaContext*> cs;
     for (Session* s : seqs) cs.push_back(s->gpu());
     if (!gpu_)
@@ -35,7 +39,7 @@ void SessionBatch::step(const std::vector<Session*>& seqs, const int32_t* tokens
 #endif
   std::vector<Context*> cs;
   for (Session* s : seqs) cs.push_back(s->cpu());
-  Context::decode_batch(cs, tokens, ids);
+  Context::decode_batch(cs, tokens, ids, counts);
 }
 
 SequenceGroup::SequenceGroup(const Model& model, const ContextParams& params, uint64_t kv_limit, const std::string& device)

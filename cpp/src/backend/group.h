@@ -32,7 +32,9 @@ class SessionBatch {
  public:
   SessionBatch();
   ~SessionBatch();
-  void step(const std::vector<Session*>& seqs, const int32_t* tokens, const int64_t* ids = nullptr);
+  // counts: tokens per session (Context::decode_batch's; CPU sessions only, Unsupported on the GPU).
+  void step(const std::vector<Session*>& seqs, const int32_t* tokens, const int64_t* ids = nullptr,
+            const int64_t* counts = nullptr);
 
  private:
   std::unique_ptr<CudaBatch> gpu_;

@@ -96,7 +96,10 @@ class Context {
   // naming the sequence: ids[i] when given, else its index) no context changes. Logits per sequence: seqs[i]->logits().
   // A row's logits equal a single eval's up to the matmul's summation order (several rows take the
   // multi-token dot products, or from 16 rows the GEMM path).
-  static void decode_batch(const std::vector<Context*>& seqs, const int32_t* tokens, const int64_t* ids = nullptr);
+  // counts (optional): seqs[i] takes counts[i] >= 1 consecutive tokens of `tokens` (a full-cache prompt
+  // chunk of at most n_batch riding with the decode rows); its logits are those of its last token.
+  static void decode_batch(const std::vector<Context*>& seqs, const int32_t* tokens, const int64_t* ids = nullptr,
+                           const int64_t* counts = nullptr);
   // Bytes a compressed prompt's arena may take at most (0: no limit); a prompt whose arena would be
   // larger fails with OutOfMemory before any layer runs (sequence-group admission).
   void set_kv_limit(uint64_t bytes) { kv_limit_ = bytes; }

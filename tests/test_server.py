@@ -350,8 +350,16 @@ def test_cli_flags_build_the_pool(smollm2):
         m = p.model
         assert len(p.sequences) == 2 and m.n_ctx == 128 and m.kv.method == "snapkv" and m.kv.budget == 16
         assert (m.kv.type_k, m.kv.type_v) == ("f32", "f32")
+        assert p.decoder.prefill_chunk == 64  # the CPU default
     finally:
         p.close()
+    p = build_pool(parse_args(["-m", smollm2, "-np", "2", "-c", "128", "-t", "1", "--prefill-chunk", "16", "-ctk", "q8_0"]))
+    try:
+        assert p.decoder.prefill_chunk == 16 and p.model.kv.type_k == "q8_0"
+    finally:
+        p.close()
+    with pytest.raises(headkv.InvalidArgumentError, match="prefill_chunk"):
+        build_pool(parse_args(["-m", smollm2, "-c", "128", "-t", "1", "--prefill-chunk", "-1"]))
 
 
 def _free_port():

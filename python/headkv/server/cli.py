@@ -21,13 +21,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="context per sequence in tokens (default 4096, or the training context if shorter; 0: the training context)")
     ap.add_argument("-t", "--threads", type=int, default=None,
                     help="CPU threads per sequence (default: half the CPUs shared among the sequences)")
-    ap.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per prefill chunk")
+    ap.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per forward pass of a prompt")
+    ap.add_argument("--prefill-chunk", type=int, default=None,
+                    help="a joining request's full-cache prompt runs in chunks of this many tokens, each beside "
+                         "the other sequences' decode step, so they keep generating (default: 64 on the CPU, "
+                         "-b on a GPU; 0: the prompt in one piece)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda-fp32 or auto")
     ap.add_argument("--kv-method", default="full", help="full, snapkv, streaming, pyramidkv, adakv or headkv")
     ap.add_argument("--kv-budget", type=int, default=None, help="KV entries per KV head (compressing methods)")
     ap.add_argument("--scores", default=None, help="head-score file (headkv)")
-    ap.add_argument("-ctk", "--cache-type-k", default=None, help="KV cache type of K (f16, f32)")
-    ap.add_argument("-ctv", "--cache-type-v", default=None, help="KV cache type of V (f16, f32)")
+    ap.add_argument("-ctk", "--cache-type-k", default=None, help="KV cache type of K (f16, q8_0, q4_0, f32)")
+    ap.add_argument("-ctv", "--cache-type-v", default=None, help="KV cache type of V (f16, q8_0, q4_0, f32)")
     ap.add_argument("--api-key", default=os.environ.get("HEADKV_API_KEY"),
                     help="require 'Authorization: Bearer KEY' (default: $HEADKV_API_KEY; none: open)")
     ap.add_argument("--queue-size", type=int, default=64,
@@ -50,7 +54,8 @@ def build_pool(args):
         kw["type_k"] = args.cache_type_k
     if args.cache_type_v is not None:
         kw["type_v"] = args.cache_type_v
-    return SequencePool(args.model, args.parallel, max_queue=args.queue_size, queue_timeout=args.queue_timeout, **kw)
+    return SequencePool(args.model, args.parallel, max_queue=args.queue_size, queue_timeout=args.queue_timeout,
+                        prefill_chunk=args.prefill_chunk, **kw)
 
 
 def main(argv=None) -> int:

@@ -7,6 +7,7 @@
 #   smoke               synthetic SmolLM2-shaped Q4_0: CPU vs GPU logits and kept positions
 #   test                pytest -m gpu tests/test_cuda.py on the real SmolLM2
 #   gen8b TYPE          Llama-3-8B-shaped random GGUF (q4_0 | f16) in /tmp
+#   verify [SECONDS]    every GPU test file, newest CUDA code first, within SECONDS (after setup_b)
 set -uo pipefail
 export PATH=/usr/local/cuda-13.0/bin:/usr/local/cuda/bin:$PATH
 export PYTHONPATH=/tmp/site:$PWD/.dev/pylib${PYTHONPATH:+:$PYTHONPATH}
@@ -203,6 +204,15 @@ PY
       --device cuda-fp32 -t 8 --no-progress --no-plots --out /tmp/runs/$name "$@" > /tmp/runs-$name.log 2>&1
     echo "== $name rc=$? $(grep -E 'computed' /tmp/runs-$name.log) $(date +%T)"; tail -2 /tmp/runs-$name.log
     tar czf "$OUT/runs.tar.gz" -C /tmp runs
+    ;;
+  verify)  # verify [SECONDS]: the GPU test files in priority order (the newest CUDA code first), each
+           # under its share of the limit; one summary line per file in $OUT/verify.txt, logs beside it
+    limit=${1:-480}; t0=$(date +%s)
+    for f in test_cuda_kv_types test_cuda_batch test_cuda_gemma test_cuda test_kv_types; do
+      left=$(( limit - ($(date +%s) - t0) )); [ $left -lt 30 ] && { echo "$f: not run (time)"; continue; }
+      timeout $left python3 -m pytest -m gpu tests/$f.py -q -ra -p no:cacheprovider > "$OUT/verify_$f.txt" 2>&1
+      echo "$f rc=$? $(tail -1 "$OUT/verify_$f.txt")"
+    done | tee "$OUT/verify.txt"
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "model/context.h"
+#include "model/sequence_context.h"
 
 namespace headkv {
 

@@ -1,5 +1,6 @@
-// CudaContext::Impl::eval: the compressed prefill (a compressing context's prompt), a
-// decode step (one token: the decode graph) or full-cache chunks of `ub` tokens through all layers.
+// CudaContext::Impl::eval, after SequenceContext::eval's checks: the compressed prefill (a
+// compressing context's prompt), a decode step (one token: the decode graph) or full-cache chunks
+// of `ub` tokens through all layers.
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -9,7 +10,7 @@
 
 namespace headkv {
 
-void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) {  // checked by SequenceContext::eval
+void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) {
   // Host logits first, with the CPU backend's checked allocation: a request larger than the memory
   // available fails with OutOfMemory here, before any work, instead of an over-committed vector
   // that gets the process killed when its pages are written.

@@ -82,10 +82,6 @@ void CudaContext::Impl::build_items() {
 void CudaContext::save_kv(KVState& s) const {
   const Impl& I = *p_;
   const int L = hp_.n_layer, H = hp_.n_head_kv;
-  if (compressing() && !I.arena) {  // a compressing context before its prompt: nothing cached
-    s.used.assign((size_t)L * H, 0);
-    return;
-  }
   const size_t rbk = I.rb_k, rbv = I.rb_v;
   uint64_t entries = 0;
   for (int i = 0; i < L * H; ++i) entries += (uint64_t)used(i / H, i % H);

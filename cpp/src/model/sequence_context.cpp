@@ -102,12 +102,21 @@ KVState SequenceContext::save_state() const {
   if (const float* lg = logits()) s.logits.assign(lg, lg + hp_.n_vocab);
   s.arena = has_arena();
   if (s.arena) s.plan = *plan_;
+  if (compressing() && !s.arena) {  // a compressing context before its prompt: nothing cached
+    s.used.assign((size_t)hp_.n_layer * hp_.n_head_kv, 0);
+    return s;
+  }
   save_kv(s);
   return s;
 }
 
 void SequenceContext::load_state(const KVState& s) {
   check_state(s, hp_.n_layer, hp_.n_head_kv, hp_.head_dim, hp_.n_vocab, kv_.method, type_k_, type_v_, n_ctx_);
+  if (compressing() && !s.arena) {  // the state of a compressing context before its prompt: nothing cached
+    if (s.n_past != 0)
+      fail(ErrorKind::InvalidArgument, "the state does not fit this context: it holds tokens without a compressed arena");
+    return reset();
+  }
   load_kv(s);
   if (s.arena) {
     plan_ = s.plan;

@@ -174,9 +174,11 @@ class SequenceContext {
   virtual int64_t ring_rows(int il) const = 0;
   // Bytes the full cache stores per (position, layer, KV head).
   virtual uint64_t full_entry_bytes() const = 0;
-  // save_state(): the KV entries (used, and for an arena capacity and pos, k and v) into s.
+  // save_state() of a full cache or an arena: the KV entries (used, and for an arena capacity and
+  // pos, k and v) into s.
   virtual void save_kv(KVState& s) const = 0;
-  // load_state(), s checked against the model shape, method and types: the backend checks that its
+  // load_state() of a full cache or an arena, s checked against the model shape, method and types
+  // (a compressing context's state before its prompt only resets): the backend checks that its
   // cache can take s, allocates, resets and stores s's entries and logits (n_logit_rows_), leaving
   // the context unchanged when it throws. The shared state (positions, history, plan) follows.
   virtual void load_kv(const KVState& s) = 0;

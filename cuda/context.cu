@@ -22,8 +22,6 @@
 #include <utility>
 
 #include "context_impl.cuh"
-#include "model/context_checks.h"
-#include "select/shipped_scores.h"
 
 namespace headkv {
 
@@ -48,23 +46,29 @@ void check_quantized_kv(const LlamaHParams& hp, KVType tk, KVType tv) {
 
 }  // namespace
 
-CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision prec) : model(m), hp(m.hparams()), kv(p.kv) {
-  check_context_params(p);
+CudaContext::Impl::Impl(CudaContext& c, const ContextParams& p, CudaPrecision prec)
+    : self(c),
+      model(c.model_),
+      hp(c.hp_),
+      kv(c.kv_),
+      method(c.method_),
+      scores(c.scores_),
+      plan(c.plan_),
+      n_ctx(c.n_ctx_),
+      n_past(c.n_past_),
+      n_prompt(c.n_prompt_),
+      kv_limit(c.kv_limit_),
+      tk(c.type_k_),
+      tv(c.type_v_),
+      history(c.history_),
+      prefill_peak(c.prefill_peak_kv_bytes_),
+      n_logit_rows(c.n_logit_rows_) {
   half_gemm = prec == CudaPrecision::Fast;
   mv_q8x = half_gemm && !env_is("HEADKV_MATVEC", "fp32");
   fuse_rope = !env_is("HEADKV_FUSE_ROPE", "0");
   logits_in_graph = !env_is("HEADKV_LOGITS_IN_GRAPH", "0");
   prof.on = env_is("HEADKV_PROFILE", "1");
-  n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
   ub = std::min<int32_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
-  method = parse_budget_method(kv.method);
-  if (method != BudgetMethod::Full) {
-    check_kv_config(kv, hp.n_vocab);
-    if (method == BudgetMethod::HeadKV) {
-      scores = resolve_head_scores(kv.scores, model_info(m.file()));  // the given file, or the shipped one
-    }
-  }
-  std::tie(tk, tv) = CudaContext::kv_types(p, hp.head_dim);
   check_quantized_kv(hp, tk, tv);
   rb_k = kv_row_bytes(tk, hp.head_dim);
   rb_v = kv_row_bytes(tv, hp.head_dim);
@@ -84,7 +88,7 @@ CudaContext::Impl::Impl(const Model& m, const ContextParams& p, CudaPrecision pr
     }
     for (int64_t c : cap) full_kv += (uint64_t)c * entry_bytes();
   }
-  dm = DevModel::get(m);
+  dm = DevModel::get(model);
   attn_warps = decode_attention_warps(hp.head_dim,
                                       env_is("HEADKV_ATTN_WARPS", "2")   ? 2
                                       : env_is("HEADKV_ATTN_WARPS", "4") ? 4
@@ -176,55 +180,28 @@ std::pair<KVType, KVType> CudaContext::kv_types(const ContextParams& p, int head
 }
 
 CudaContext::CudaContext(const Model& m, const ContextParams& p, CudaPrecision prec)
-    : p_(std::make_unique<Impl>(m, p, prec)) {}
+    : SequenceContext(m, p, &CudaContext::kv_types) {
+  p_ = std::make_unique<Impl>(*this, p, prec);
+}
 CudaContext::~CudaContext() = default;
 
-void CudaContext::eval(const int32_t* tokens, int64_t n, bool all_logits) { p_->eval(tokens, n, all_logits); }
+void CudaContext::eval_checked(const int32_t* tokens, int64_t n, bool all_logits) { p_->eval(tokens, n, all_logits); }
 
-void CudaContext::truncate(int32_t n_keep) {
+void CudaContext::drop_after(int32_t n_keep) {
   Impl& I = *p_;
-  check_truncate(n_keep, I.n_past);
-  if (n_keep == 0) return reset();
-  const bool comp = I.method != BudgetMethod::Full;
-  if (comp && I.arena) check_truncate_prompt(n_keep, I.n_prompt);
-  if (!can_truncate(n_keep))
-    fail(ErrorKind::InvalidArgument, "truncate: the sliding-window layers no longer hold the window before position " +
-                                         std::to_string(n_keep) + " (reset and evaluate again)");
-  const int32_t k = I.n_past - n_keep;
+  const int32_t k = n_past_ - n_keep;
   if (k > 0) {  // every segment (full cache: one per head; arena: the decoded entries) drops k entries
     add_used(I.used.get(), (int)I.h_used.size(), -k, I.st);
     check(cudaStreamSynchronize(I.st), "truncate");
     for (auto& u : I.h_used) u -= k;
   }
-  I.n_past = n_keep;
-  I.history.resize((size_t)n_keep);
-  I.n_logit_rows = 0;  // the logits were of a forgotten token
 }
 
-// As Context::can_truncate: a ring must still hold the window before n_keep.
-bool CudaContext::can_truncate(int32_t n_keep) const {
-  const Impl& I = *p_;
-  if (n_keep == 0) return true;
-  for (int il = 0; il < I.hp.n_layer; ++il)
-    if (I.ring_of(il) && std::max<int64_t>(0, (int64_t)n_keep - I.hp.n_swa + 1) < (int64_t)I.n_past - I.ring_of(il))
-      return false;
-  return true;
-}
+int64_t CudaContext::ring_rows(int il) const { return p_->ring_of(il); }
 
-int32_t CudaContext::n_prompt() const { return p_->method != BudgetMethod::Full && p_->arena ? p_->n_prompt : 0; }
-
-void CudaContext::set_max_new_tokens(int32_t n) {
-  check_max_new_tokens(n, p_->method != BudgetMethod::Full && p_->arena);
-  p_->kv.max_new_tokens = n;
-}
-
-void CudaContext::reset() {
+void CudaContext::reset_cache() {
   Impl& I = *p_;
-  I.n_past = 0;
-  I.n_logit_rows = 0;
-  I.history.clear();
-  I.prefill_peak = 0;
-  if (I.method == BudgetMethod::Full) {
+  if (!compressing()) {
     check(cudaMemsetAsync(I.used.get(), 0, I.h_used.size() * sizeof(int32_t), I.st), "reset");
     check(cudaStreamSynchronize(I.st), "reset");
     std::fill(I.h_used.begin(), I.h_used.end(), 0);
@@ -234,51 +211,29 @@ void CudaContext::reset() {
     I.ak.reset();
     I.av.reset();
     I.apos.reset();
-    I.plan.reset();
   }
 }
 
 const float* CudaContext::logits_all() const {
-  if (!p_->n_logit_rows) return nullptr;
+  if (!n_logit_rows_) return nullptr;
   return p_->pinned_logits ? p_->logits_pin : p_->logits_h.data();  // pinned: one row
 }
-const float* CudaContext::logits() const {
-  const float* all = logits_all();
-  return all ? all + (size_t)(p_->n_logit_rows - 1) * p_->hp.n_vocab : nullptr;
-}
-int64_t CudaContext::n_logit_rows() const { return p_->n_logit_rows; }
-const Model& CudaContext::model() const { return p_->model; }
-int32_t CudaContext::n_ctx() const { return p_->n_ctx; }
-int32_t CudaContext::n_past() const { return p_->n_past; }
-const std::vector<int32_t>& CudaContext::history() const { return p_->history; }
 uint64_t CudaContext::kv_bytes() const { return p_->arena_bytes(); }
-uint64_t CudaContext::full_kv_bytes() const {
-  const Impl& I = *p_;
-  const bool comp = I.method != BudgetMethod::Full;
-  const uint64_t positions = comp ? (uint64_t)I.n_past + (I.arena ? I.kv.max_new_tokens : 0) : (uint64_t)I.n_ctx;
-  return positions * I.hp.n_layer * I.hp.n_head_kv * I.entry_bytes();
-}
-uint64_t CudaContext::prefill_peak_kv_bytes() const { return p_->prefill_peak; }
-const KVConfig& CudaContext::kv_config() const { return p_->kv; }
-KVType CudaContext::type_k() const { return p_->tk; }
-KVType CudaContext::type_v() const { return p_->tv; }
-bool CudaContext::compressing() const { return p_->method != BudgetMethod::Full; }
-const BudgetPlan* CudaContext::plan() const { return p_->plan ? &*p_->plan : nullptr; }
 bool CudaContext::has_arena() const { return compressing() && p_->arena; }
-int CudaContext::n_layer() const { return p_->hp.n_layer; }
-int CudaContext::n_head_kv() const { return p_->hp.n_head_kv; }
+int CudaContext::n_layer() const { return hp_.n_layer; }
+int CudaContext::n_head_kv() const { return hp_.n_head_kv; }
 int64_t CudaContext::capacity(int l, int g) const {
-  const size_t s = (size_t)l * p_->hp.n_head_kv + g;
+  const size_t s = (size_t)l * hp_.n_head_kv + g;
   return p_->h_off[s + 1] - p_->h_off[s];
 }
 // Entries held: a ring holds at most its rows (its used count is the positions written).
 int64_t CudaContext::used(int l, int g) const {
-  const size_t s = (size_t)l * p_->hp.n_head_kv + g;
+  const size_t s = (size_t)l * hp_.n_head_kv + g;
   return std::min<int64_t>(p_->h_used[s], p_->h_off[s + 1] - p_->h_off[s]);
 }
 // The held entries' positions in row order (a ring's wrap after its oldest rows).
 std::vector<int32_t> CudaContext::positions(int l, int g) const {
-  const size_t s = (size_t)l * p_->hp.n_head_kv + g;
+  const size_t s = (size_t)l * hp_.n_head_kv + g;
   std::vector<int32_t> out((size_t)used(l, g));
   if (!out.empty())
     check(cudaMemcpy(out.data(), p_->apos.get() + p_->h_off[s], out.size() * sizeof(int32_t), cudaMemcpyDeviceToHost),
@@ -287,13 +242,12 @@ std::vector<int32_t> CudaContext::positions(int l, int g) const {
 }
 uint64_t CudaContext::bytes_used() const {
   uint64_t n = 0;
-  for (int l = 0; l < p_->hp.n_layer; ++l)
-    for (int g = 0; g < p_->hp.n_head_kv; ++g) n += (uint64_t)used(l, g);
-  return n * p_->entry_bytes();
+  for (int l = 0; l < hp_.n_layer; ++l)
+    for (int g = 0; g < hp_.n_head_kv; ++g) n += (uint64_t)used(l, g);
+  return n * entry_bytes();
 }
-const std::vector<std::vector<float>>& CudaContext::selection_scores() const { return p_->sel_scores; }
+std::vector<std::vector<float>> CudaContext::selection_scores() const { return p_->sel_scores; }
 uint64_t CudaContext::peak_device_bytes() const { return mem_counter().peak.load(); }
-void CudaContext::set_kv_limit(uint64_t bytes) { p_->kv_limit = bytes; }
 uint64_t CudaContext::scratch_bytes() const { return p_->x.get() ? p_->scratch_bytes(p_->ub) : 0; }
 void CudaContext::release_scratch() {
   Impl& I = *p_;

@@ -79,30 +79,9 @@ void CudaContext::Impl::build_items() {
   part.alloc((size_t)max_items * G * (hp.head_dim + 2), "decode attention partials");
 }
 
-KVState CudaContext::save_state() const {
+void CudaContext::save_kv(KVState& s) const {
   const Impl& I = *p_;
-  const int L = I.hp.n_layer, H = I.hp.n_head_kv, hd = I.hp.head_dim;
-  KVState s;
-  s.n_layer = L;
-  s.n_head_kv = H;
-  s.head_dim = hd;
-  s.n_vocab = I.hp.n_vocab;
-  s.method = I.kv.method;
-  s.type_k = I.tk;
-  s.type_v = I.tv;
-  s.n_past = I.n_past;
-  s.n_prompt = n_prompt();
-  s.history = I.history;
-  if (const float* lg = logits()) s.logits.assign(lg, lg + I.hp.n_vocab);
-  const bool comp = I.method != BudgetMethod::Full;
-  s.arena = comp && I.arena;
-  if (s.arena) {
-    s.plan = *I.plan;
-  }
-  if (comp && !I.arena) {  // a compressing context before its prompt: nothing cached
-    s.used.assign((size_t)L * H, 0);
-    return s;
-  }
+  const int L = hp_.n_layer, H = hp_.n_head_kv;
   const size_t rbk = I.rb_k, rbv = I.rb_v;
   uint64_t entries = 0;
   for (int i = 0; i < L * H; ++i) entries += (uint64_t)used(i / H, i % H);
@@ -125,13 +104,11 @@ KVState CudaContext::save_state() const {
     }
     e += (size_t)n;
   }
-  return s;
 }
 
-void CudaContext::load_state(const KVState& s) {
+void CudaContext::load_kv(const KVState& s) {
   Impl& I = *p_;
-  const int L = I.hp.n_layer, H = I.hp.n_head_kv, hd = I.hp.head_dim;
-  check_state(s, L, H, hd, I.hp.n_vocab, I.kv.method, I.tk, I.tv, I.n_ctx);
+  const int L = I.hp.n_layer, H = I.hp.n_head_kv;
   if (!s.arena)  // the full cache: every position, or for a sliding-window layer at least the window before n_past
     for (int i = 0; i < L * H; ++i) {
       const int64_t n = s.used[i], need = I.hp.is_swa(i / H) ? std::min<int64_t>(s.n_past, I.hp.n_swa - 1) : s.n_past;
@@ -178,12 +155,6 @@ void CudaContext::load_state(const KVState& s) {
     reset();
     throw;
   }
-  if (s.arena) {
-    I.plan = s.plan;
-    I.n_prompt = s.n_prompt;
-  }
-  I.n_past = s.n_past;
-  I.history = s.history;
   if (!s.logits.empty()) {
     std::copy(s.logits.begin(), s.logits.end(), I.logits_h.begin());
     I.n_logit_rows = 1;

@@ -13,7 +13,6 @@
 #include "backend/cuda_batch.h"
 #include "context_impl.cuh"
 #include "quant.cuh"
-#include "model/context_checks.h"
 
 namespace headkv {
 
@@ -292,13 +291,9 @@ void CudaBatch::step(const std::vector<CudaContext*>& seqs, const int32_t* token
     if (&C.model != &B.model) fail(ErrorKind::InvalidArgument, who + "is over another model");
     if (C.half_gemm != B.half_gemm)
       fail(ErrorKind::InvalidArgument, who + "has another precision (cuda / cuda-fp32) than the batch");
-    const bool comp = C.method != BudgetMethod::Full;
     if (!C.arena) fail(ErrorKind::InvalidArgument, who + "its compressed prompt has not been evaluated yet");
     try {
-      check_eval_tokens(&tokens[i], 1, C.n_past, comp ? -1 : C.n_ctx, B.hp.n_vocab);
-      if (comp)
-        for (size_t s = 0; s < C.h_used.size(); ++s)
-          if (C.h_used[s] + 1 > C.h_off[s + 1] - C.h_off[s]) fail_decode_room(1, C.kv.max_new_tokens);
+      c->check_eval(&tokens[i], 1);
     } catch (const Error& e) {
       fail(e.kind(), who + e.what());
     }

@@ -1,21 +1,16 @@
-// CudaContext::Impl::eval: checks, then the compressed prefill (a compressing context's prompt), a
-// decode step (one token: the decode graph) or full-cache chunks of `ub` tokens through all layers.
+// CudaContext::Impl::eval, after SequenceContext::eval's checks: the compressed prefill (a
+// compressing context's prompt), a decode step (one token: the decode graph) or full-cache chunks
+// of `ub` tokens through all layers.
 #include <algorithm>
 #include <cstdint>
 #include <string>
 
 #include "common/alloc.h"
 #include "context_impl.cuh"
-#include "model/context_checks.h"
 
 namespace headkv {
 
 void CudaContext::Impl::eval(const int32_t* tokens, int64_t n, bool all_logits) {
-  check_eval_tokens(tokens, n, n_past, method == BudgetMethod::Full ? n_ctx : -1, hp.n_vocab);
-  if (arena && method != BudgetMethod::Full) {
-    for (size_t s = 0; s < h_used.size(); ++s)
-      if (h_used[s] + n > h_off[s + 1] - h_off[s]) fail_decode_room(n, kv.max_new_tokens);
-  }
   // Host logits first, with the CPU backend's checked allocation: a request larger than the memory
   // available fails with OutOfMemory here, before any work, instead of an over-committed vector
   // that gets the process killed when its pages are written.

@@ -17,12 +17,21 @@ namespace headkv {
 using namespace cu;
 
 struct CudaContext::Impl {
+  CudaContext& self;
   const Model& model;
   const LlamaHParams& hp;
-  KVConfig kv;
-  BudgetMethod method = BudgetMethod::Full;
-  std::optional<HeadScores> scores;
-  std::optional<BudgetPlan> plan;
+  // The sequence state both backends keep (SequenceContext's members), by the names cuda/ uses.
+  KVConfig& kv;
+  const BudgetMethod& method;
+  const std::optional<HeadScores>& scores;
+  std::optional<BudgetPlan>& plan;
+  const int32_t& n_ctx;
+  int32_t &n_past, &n_prompt;
+  const uint64_t& kv_limit;  // SequenceContext::set_kv_limit
+  const KVType &tk, &tv;     // K and V element types of the arena (f16, q8_0, q4_0; kernels.cuh)
+  std::vector<int32_t>& history;
+  uint64_t& prefill_peak;
+  int64_t& n_logit_rows;
   bool half_gemm = true;
   // Single-token matvecs with int8 activations (fast precision; HEADKV_MATVEC=fp32 turns it off for
   // comparisons).
@@ -33,13 +42,11 @@ struct CudaContext::Impl {
   // (multiples of 128, two blocks per SM) or 2 (64) with HEADKV_ATTN_WARPS=4 / 2 or where wider
   // blocks do not fit (at hd 128: 4 on sm_80, 2 on sm_86 / sm_89).
   int attn_warps = 8;
-  int32_t n_ctx = 0, ub = 2048, n_past = 0, n_prompt = 0;
-  uint64_t kv_limit = 0;  // CudaContext::set_kv_limit
+  int32_t ub = 2048;
   std::shared_ptr<DevModel> dm;
   cudaStream_t st = nullptr;
 
-  // K and V element types of the arena (f16, q8_0, q4_0; kernels.cuh): rows of rb_k / rb_v bytes
-  KVType tk = KVType::F16, tv = KVType::F16;
+  // Bytes of the arena's K and V rows (of types tk and tv)
   uint64_t rb_k = 0, rb_v = 0;
   // arena (K / V rows; kArenaSlack bytes past the last row: the decode attention's 16-byte copies
   // of quantized rows may reach up to 15 bytes past a row's end)
@@ -65,7 +72,6 @@ struct CudaContext::Impl {
   DBuf<int32_t> tok;
   DBuf<float> logits_d;
   std::vector<float> logits_h;
-  int64_t n_logit_rows = 0;
   // decode graph
   DBuf<int32_t> step_in;  // [0] token, [1] position
   int32_t* step_host = nullptr;
@@ -87,15 +93,13 @@ struct CudaContext::Impl {
     double ms[8] = {};
     int64_t steps = 0;
   } prof;
-  std::vector<int32_t> history;
-  uint64_t prefill_peak = 0;
   // HEADKV_KEEP_SELECTION_SCORES=1: pooled window scores of every layer kept on the host (tests).
   bool keep_scores = std::getenv("HEADKV_KEEP_SELECTION_SCORES") != nullptr;
   std::vector<std::vector<float>> sel_scores;
   std::vector<uint8_t> tok_edges;  // select/spans.h, filled at the first span-aware prompt
 
   // context.cu
-  Impl(const Model& m, const ContextParams& p, CudaPrecision prec);
+  Impl(CudaContext& self, const ContextParams& p, CudaPrecision prec);
   ~Impl();
   void release();
   int64_t qdim() const { return (int64_t)hp.n_head * hp.head_dim; }
@@ -107,7 +111,7 @@ struct CudaContext::Impl {
   // context_arena.cu
   void make_arena(const std::vector<int64_t>& cap);
   void build_items();
-  uint64_t entry_bytes() const { return CudaContext::entry_bytes(hp.head_dim, tk, tv); }
+  uint64_t entry_bytes() const { return self.entry_bytes(); }
   uint64_t arena_bytes() const { return arena ? (uint64_t)h_off.back() * entry_bytes() : 0; }
 
   // context_forward.cu
@@ -147,10 +151,7 @@ struct CudaContext::Impl {
   void decode_graph_step(int32_t token);
 
   // context_prefill.cu
-  // Whether only each layer's total is binding and selection splits it among the heads (Ada-KV).
-  bool layer_pooled() const {
-    return method == BudgetMethod::AdaKV || (method == BudgetMethod::HeadKV && kv.adaptive);
-  }
+  bool layer_pooled() const { return self.layer_pooled(); }  // SequenceContext::layer_pooled
   void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
   // The layer buffers hold N rows: the prompt (n_prompt), then the observation probe if any.
   void select_layer(int il, int64_t N, int64_t n_prompt, const void* LK, const void* LV, const float* qwin, float* raw,

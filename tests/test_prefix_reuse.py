@@ -111,6 +111,28 @@ def test_state_bytes_restore_the_sequence_in_a_fresh_model(smollm2, doc, method)
     assert list(fresh.generate([fresh.tokens()[-1]], temperature=0, max_tokens=8, reset=False)) == want
 
 
+@pytest.mark.parametrize("method", ["snapkv", "headkv"])
+def test_state_of_a_compressing_context_before_its_prompt(smollm2, doc, method):
+    """A compressing context saved before its prompt holds nothing: loading that state empties a
+    context that has compressed a prompt, which then compresses the next prompt exactly as a fresh
+    model does (same kept positions, same logits)."""
+    import numpy as np
+    kw = dict(n_ctx=2048, n_threads=2, kv_method=method, kv_budget=64)
+    m = headkv.Model(smollm2, **kw)
+    empty = m.save_state()
+    assert empty.n_tokens == 0 and empty.n_prompt == 0
+    d = m.tokenize(doc)[:300]
+    m.eval(d[:120])
+    m.load_state(empty)
+    assert m.tokens() == [] and m.n_prompt == 0 and m.kv_stats()["bytes_held"] == 0
+    m.eval(d)
+    fresh = headkv.Model(smollm2, **kw)
+    fresh.eval(d)
+    assert m.n_prompt == fresh.n_prompt == len(d)
+    np.testing.assert_array_equal(m.logits(), fresh.logits())
+    assert all(list(a) == list(b) for la, lb in zip(m.kv_positions(), fresh.kv_positions()) for a, b in zip(la, lb))
+
+
 def test_bad_states_are_refused_and_leave_the_context_unchanged(smollm2, doc):
     import dataclasses
     import numpy as np

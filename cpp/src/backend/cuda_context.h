@@ -1,5 +1,5 @@
-// CUDA backend: one inference sequence on the GPU with the same public surface as Context
-// (eval, logits, reset, KV statistics and kept positions). Plain C++ header: the implementation
+// CUDA backend: one inference sequence on the GPU, a SequenceContext (model/sequence_context.h) as
+// the CPU's Context is (eval, logits, reset, KV statistics and kept positions). Plain C++ header: the implementation
 // lives in cuda/ and is compiled only when the CUDA backend is built (HEADKV_WITH_CUDA).
 //
 // Numerics. Activations, the residual stream, norms, softmax and every accumulation are fp32.
@@ -17,74 +17,43 @@
 #include <utility>
 #include <vector>
 
-#include "model/context.h"
+#include "model/sequence_context.h"
 
 namespace headkv {
 
 enum class CudaPrecision { Fast, Fp32 };
 
 
-class CudaContext {
+class CudaContext : public SequenceContext {
  public:
   // Throws Unsupported (no device, unsupported weight type or head_dim), InvalidArgument (bad
   // params, as Context) and OutOfMemory naming the bytes before anything is allocated.
   CudaContext(const Model& model, const ContextParams& params, CudaPrecision precision = CudaPrecision::Fast);
-  ~CudaContext();
-  CudaContext(const CudaContext&) = delete;
-  CudaContext& operator=(const CudaContext&) = delete;
+  ~CudaContext() override;
 
-  void eval(const int32_t* tokens, int64_t n, bool all_logits = false);
-  void reset();
-  void truncate(int32_t n_keep);  // as Context::truncate
-  bool can_truncate(int32_t n_keep) const;  // as Context::can_truncate (the sliding-window rings)
-  int32_t n_prompt() const;
-  void set_max_new_tokens(int32_t n);
-  KVState save_state() const;       // as Context::save_state (K/V rows of this context's types)
-  void load_state(const KVState& s);  // as Context::load_state
-
-  const float* logits() const;
-  const float* logits_all() const;
-  int64_t n_logit_rows() const;
-
-  const Model& model() const;
-  int32_t n_ctx() const;
-  int32_t n_past() const;
-  const std::vector<int32_t>& history() const;
-  uint64_t kv_bytes() const;
-  uint64_t full_kv_bytes() const;
-  uint64_t prefill_peak_kv_bytes() const;
-  const KVConfig& kv_config() const;
-  KVType type_k() const;
-  KVType type_v() const;
-  bool compressing() const;
-  const BudgetPlan* plan() const;
+  const float* logits_all() const override;
+  int32_t n_threads() const override { return 1; }
+  uint64_t kv_bytes() const override;
 
   // Arena view (compressing methods, after the prompt); host copies of the device state.
-  bool has_arena() const;
+  bool has_arena() const override;
   int n_layer() const;
   int n_head_kv() const;
-  int64_t capacity(int l, int g) const;
-  int64_t used(int l, int g) const;
-  std::vector<int32_t> positions(int l, int g) const;  // copied from the device
-  uint64_t bytes_used() const;
-  // Bytes of an arena entry: a K row, a V row (kv_row_bytes of their types) and a position.
-  static uint64_t entry_bytes(int head_dim, KVType type_k, KVType type_v) {
-    return KVArena::entry_bytes(head_dim, type_k, type_v);
-  }
+  int64_t capacity(int l, int g) const override;
+  int64_t used(int l, int g) const override;
+  std::vector<int32_t> positions(int l, int g) const override;  // copied from the device
+  uint64_t bytes_used() const override;
   // The K / V types of params (parse_kv_type) that this backend stores: f16, q8_0 and q4_0 (head_dim
   // a multiple of 32); throws InvalidArgument / Unsupported naming the type before any allocation.
   static std::pair<KVType, KVType> kv_types(const ContextParams& params, int head_dim);
 
   // With HEADKV_KEEP_SELECTION_SCORES set: the pooled window scores ([n_head_kv][P] per layer)
   // of the last compressed prompt; empty otherwise.
-  const std::vector<std::vector<float>>& selection_scores() const;
+  std::vector<std::vector<float>> selection_scores() const override;
 
   // Peak bytes of device memory allocated by this context and the model's device weights.
-  uint64_t peak_device_bytes() const;
+  uint64_t peak_device_bytes() const override;
 
-  // Bytes a compressed prompt's arena may take at most (0: no limit); a prompt whose arena would be
-  // larger fails with OutOfMemory before anything of it is allocated (sequence-group admission).
-  void set_kv_limit(uint64_t bytes);
   // Frees the activation scratch of multi-token evals and the single-token decode graph (a
   // sequence of a group decodes through the group's batch); the next eval allocates them again.
   void release_scratch();
@@ -95,6 +64,14 @@ class CudaContext {
   Impl& impl() const { return *p_; }  // cuda/ internals (the batched step, backend/cuda_batch.h)
 
  private:
+  void eval_checked(const int32_t* tokens, int64_t n, bool all_logits) override;
+  void reset_cache() override;
+  void drop_after(int32_t n_keep) override;
+  int64_t ring_rows(int il) const override;
+  uint64_t full_entry_bytes() const override { return entry_bytes(); }
+  void save_kv(KVState& s) const override;
+  void load_kv(const KVState& s) override;
+
   std::unique_ptr<Impl> p_;
 };
 

@@ -110,8 +110,8 @@ void SequenceGroup::add(int64_t id, const int32_t* prompt, int64_t n) {
     const LlamaHParams& hp = model_.hparams();
     const bool compressing = parse_budget_method(params_.kv.method) != BudgetMethod::Full;
     const uint64_t full = (uint64_t)(params_.n_ctx ? params_.n_ctx : hp.n_ctx_train) * hp.n_layer * hp.n_head_kv *
-                          CudaContext::entry_bytes(hp.head_dim, parse_kv_type(params_.kv.type_k, "KV cache type (K)"),
-                                                   parse_kv_type(params_.kv.type_v, "KV cache type (V)"));
+                          KVArena::entry_bytes(hp.head_dim, parse_kv_type(params_.kv.type_k, "KV cache type (K)"),
+                                               parse_kv_type(params_.kv.type_v, "KV cache type (V)"));
     if (kv_limit_ && !compressing && full > kv_limit_ - used)
       fail(ErrorKind::OutOfMemory, who + " refused: its full cache needs " + std::to_string(full) + " bytes" + held);
     try {

@@ -8,7 +8,6 @@
 #include "common/alloc.h"
 #include "common/error.h"
 #include "model/context_checks.h"
-#include "select/shipped_scores.h"
 
 namespace headkv {
 
@@ -21,25 +20,9 @@ void alloc(std::vector<float>& v, uint64_t n, const char* what) { checked_assign
 }  // namespace
 
 Context::Context(const Model& model, const ContextParams& p)
-    : model_(model),
-      hp_(model.hparams()),
-      pool_owner_(cpu_thread_pool(p)),
-      pool_(*pool_owner_),
-      kv_(p.kv) {
-  check_context_params(p);
-  type_k_ = parse_kv_type(kv_.type_k, "KV cache type (K)");
-  type_v_ = parse_kv_type(kv_.type_v, "KV cache type (V)");
-  check_kv_row(type_k_, hp_.head_dim, "KV cache type (K)");
-  check_kv_row(type_v_, hp_.head_dim, "KV cache type (V)");
-  n_ctx_ = p.n_ctx ? p.n_ctx : hp_.n_ctx_train;
+    : SequenceContext(model, p, &Context::kv_types), pool_owner_(cpu_thread_pool(p)), pool_(*pool_owner_) {
   n_batch_ = std::min<int32_t>(p.n_batch ? p.n_batch : 512, n_ctx_);
-  method_ = parse_budget_method(kv_.method);
-  if (compressing()) {
-    check_kv_config(kv_, hp_.n_vocab);
-    if (method_ == BudgetMethod::HeadKV) {
-      scores_ = resolve_head_scores(kv_.scores, model_info(model.file()));  // the given file, or the shipped one
-    }
-  } else {
+  if (!compressing()) {
     // Full cache: per layer, kv_heads * rows * head_dim elements each of K and V, rows = n_ctx (a
     // sliding-window layer: a ring of n_swa + n_batch, enough for a chunk and the window before it).
     // Check before allocating.
@@ -76,44 +59,23 @@ Context::Context(const Model& model, const ContextParams& p)
   alloc(up_, B * hp_.n_ff, "activations");
 }
 
-void Context::reset() {
-  n_past_ = 0;
+std::pair<KVType, KVType> Context::kv_types(const ContextParams& p, int head_dim) {
+  const KVType tk = parse_kv_type(p.kv.type_k, "KV cache type (K)"), tv = parse_kv_type(p.kv.type_v, "KV cache type (V)");
+  check_kv_row(tk, head_dim, "KV cache type (K)");
+  check_kv_row(tv, head_dim, "KV cache type (V)");
+  return {tk, tv};
+}
+
+void Context::reset_cache() {
   probe_n_ = 0;
-  n_logit_rows_ = 0;
   n_embd_rows_ = 0;
-  history_.clear();
   arena_.reset();
-  plan_.reset();
-  prefill_peak_kv_bytes_ = 0;
 }
 
-bool Context::can_truncate(int32_t n_keep) const {
-  if (arena_ || n_keep == 0) return true;
-  for (int il = 0; il < hp_.n_layer; ++il)  // the window before n_keep must be the ring's
-    if (hp_.is_swa(il) && std::max<int64_t>(0, (int64_t)n_keep - hp_.n_swa + 1) < (int64_t)n_past_ - rows_[il]) return false;
-  return true;
-}
-
-void Context::truncate(int32_t n_keep) {
-  check_truncate(n_keep, n_past_);
-  if (n_keep == 0) return reset();
-  if (!can_truncate(n_keep))
-    fail(ErrorKind::InvalidArgument, "truncate: the sliding-window layers no longer hold the window before position " +
-                                         std::to_string(n_keep) + " (reset and evaluate again)");
-  if (arena_) {
-    check_truncate_prompt(n_keep, n_prompt_);
-    arena_->drop_last(n_past_ - n_keep);
-  }
-  n_past_ = n_keep;
-  history_.resize((size_t)n_keep);
-  n_logit_rows_ = 0;  // the logits were of a forgotten token
+void Context::drop_after(int32_t n_keep) {
+  if (arena_) arena_->drop_last(n_past_ - n_keep);
   n_embd_rows_ = 0;
   probe_n_ = 0;
-}
-
-void Context::set_max_new_tokens(int32_t n) {
-  check_max_new_tokens(n, arena_ != nullptr);
-  kv_.max_new_tokens = n;
 }
 
 void Context::set_attention_probe(bool on) {
@@ -146,28 +108,15 @@ Context::KVRows Context::kv_rows(int il, int g) const {
   return {k_at(il, g, 0), v_at(il, g, 0), std::min<int64_t>(n_past_, rows_[il])};
 }
 
-uint64_t Context::full_kv_bytes() const {
-  // What a cache of n_ctx rows in every layer would hold (for the full cache: n_ctx positions).
-  const uint64_t positions = compressing() ? (uint64_t)n_past_ + (arena_ ? kv_.max_new_tokens : 0) : (uint64_t)n_ctx_;
-  return positions * hp_.n_layer * hp_.n_head_kv * (kv_row_bytes(type_k_, hp_.head_dim) + kv_row_bytes(type_v_, hp_.head_dim));
+uint64_t Context::full_entry_bytes() const {
+  return kv_row_bytes(type_k_, hp_.head_dim) + kv_row_bytes(type_v_, hp_.head_dim);
 }
 
-const float* Context::logits() const {
-  if (!n_logit_rows_) return nullptr;
-  return logits_.data() + (size_t)(n_logit_rows_ - 1) * hp_.n_vocab;
+std::vector<int32_t> Context::positions(int l, int g) const {
+  return std::vector<int32_t>(arena_->pos(l, g), arena_->pos(l, g) + arena_->used(l, g));
 }
 
-void Context::check_eval(const int32_t* tokens, int64_t n) const {
-  check_eval_tokens(tokens, n, n_past_, compressing() ? -1 : n_ctx_, hp_.n_vocab);
-  if (arena_) {  // decode room is the same for every head: check before touching anything
-    for (int l = 0; l < hp_.n_layer; ++l)
-      for (int g = 0; g < hp_.n_head_kv; ++g)
-        if (arena_->used(l, g) + n > arena_->capacity(l, g)) fail_decode_room(n, kv_.max_new_tokens);
-  }
-}
-
-void Context::eval(const int32_t* tokens, int64_t n, bool all_logits) {
-  check_eval(tokens, n);
+void Context::eval_checked(const int32_t* tokens, int64_t n, bool all_logits) {
   const uint64_t rows = all_logits ? (uint64_t)n : 1;
   if (logits_.size() < rows * hp_.n_vocab)
     alloc(logits_, checked_mul(rows, (uint64_t)hp_.n_vocab, "logits"),

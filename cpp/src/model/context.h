@@ -11,83 +11,23 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <optional>
-#include <string>
+#include <utility>
 #include <vector>
 
-#include "common/threadpool.h"
-#include "model/llama.h"
-#include "select/budget.h"
-#include "model/state.h"
-#include "select/kv_arena.h"
-#include "select/scores.h"
+#include "model/sequence_context.h"
 #include "select/selection.h"
 
 namespace headkv {
 
-struct KVConfig {
-  std::string method = "full";  // full | snapkv | streaming | pyramidkv | adakv | headkv
-  int32_t budget = 128;         // KV entries per KV head on average, window included
-  int32_t window = 8;           // α
-  double beta = 0.0;            // HeadKV β; 0: default_beta(budget) (select/budget.h); the paper's scripts: 1.2
-  double temp = 1.0;            // HeadKV score temperature
-  int32_t kernel = 7;           // pooling kernel
-  bool max_pool = true;         // false: average pooling
-  int32_t span = 16;            // span-aware selection: token runs up to this long are kept whole
-                                // (select/spans.h); 0: off (the paper's selection)
-  std::vector<int32_t> probe;   // observation probe: tokens appended after the prompt whose attention
-                                // selects, then dropped (query-agnostic); empty: the prompt's last
-                                // `window` tokens select
-  bool probe_echo = false;      // the probe is followed by the prompt again (KVzip-style reconstruction:
-                                // each token is scored by the attention its own repetition pays it)
-  std::string scores;           // HeadKV score file (official or headkv format)
-  int32_t max_new_tokens = 512; // decode room reserved per KV head
-  int32_t sink = 4;             // streaming: attention-sink tokens kept at the start
-  double adakv_floor = 0.2;     // adakv: each head keeps at least this fraction of its budget
-  std::string type_k = "f16";   // element type of stored keys: f16 | f32 | q8_0 | q4_0 (llama.cpp's -ctk
-  std::string type_v = "f16";   // names; the CUDA backend has no f32); values likewise (-ctv)
-  int64_t budget_bytes = 0;     // > 0: the budget given as bytes of kept entries, all layers and KV heads
-                                // together (decode room not counted); the Session turns it into `budget`
-                                // at the backend's entry size (resolve_budget_bytes)
-  bool adaptive = false;        // headkv: each layer's total comes from the head scores, and is split
-                                // among its heads per prompt as Ada-KV splits it (floors: adakv_floor
-                                // of each head's score-given cap)
-};
-
-// The rows a compressed prefill runs through its layers: the prompt, then, when the layer's
-// selection is scored, the observation probe and (probe_echo) the prompt again. Both backends.
-std::vector<int32_t> prefill_rows(const KVConfig& kv, const int32_t* prompt, int64_t n_prompt, bool scored);
-// The budget parameters of a compressed prompt under `kv` (method, budget, window, β, temperature).
-BudgetParams budget_params(const KVConfig& kv, BudgetMethod method);
-// The budget plan of a compressed prompt: over every layer, or, with sliding-window layers, over
-// the global ones (their rows of `scores`), each local layer keeping the window - 1 positions before
-// the observation window (every position a later query sees). Both backends.
-BudgetPlan plan_compressed_layers(const BudgetParams& bp, const HeadScores* scores, const LlamaHParams& hp,
-                                  int64_t n_prompt);
-
-struct ContextParams {
-  int32_t n_ctx = 0;      // 0: the model's training context
-  int32_t n_threads = 0;  // 0: hardware concurrency
-  int32_t n_batch = 512;  // tokens per forward chunk
-  KVConfig kv;
-  // Thread pool shared with other contexts (a batched decode step runs several contexts' sequences
-  // on one pool); null: the context makes its own of n_threads threads.
-  std::shared_ptr<ThreadPool> pool;
-};
-
-class Context {
+class Context : public SequenceContext {
  public:
   // Throws InvalidArgument for bad params (including a score file that does not match the
   // model) and OutOfMemory (naming the bytes) when the KV cache cannot be allocated.
   Context(const Model& model, const ContextParams& params);
 
-  // Appends tokens at positions n_past..; computes logits of the last token, or of every token
-  // when all_logits. Throws ContextFull when they do not fit (n_ctx, or a KV head's segment) and
-  // InvalidArgument for token ids outside the vocabulary; then the context is left unchanged.
-  //
-  // n_ctx bounds the full cache. A compressing method's prompt may be longer than n_ctx (it is
-  // compressed layer by layer into the arena); its decode room is max_new_tokens per head.
-  void eval(const int32_t* tokens, int64_t n, bool all_logits = false);
+  // The K / V types of params (parse_kv_type) whose rows this backend can store at head_dim.
+  static std::pair<KVType, KVType> kv_types(const ContextParams& params, int head_dim);
+
   // One batched decode step: appends tokens[i] to seqs[i] for every i, as seqs[i]->eval(&tokens[i], 1)
   // would, but runs each weight matrix once over the n rows together (attention per sequence over
   // its own KV at its own position). The contexts must be distinct, over one Model and one thread
@@ -100,63 +40,24 @@ class Context {
   // chunk of at most n_batch riding with the decode rows); its logits are those of its last token.
   static void decode_batch(const std::vector<Context*>& seqs, const int32_t* tokens, const int64_t* ids = nullptr,
                            const int64_t* counts = nullptr);
-  // Bytes a compressed prompt's arena may take at most (0: no limit); a prompt whose arena would be
-  // larger fails with OutOfMemory before any layer runs (sequence-group admission).
-  void set_kv_limit(uint64_t bytes) { kv_limit_ = bytes; }
   const std::shared_ptr<ThreadPool>& pool() const { return pool_owner_; }
-  void reset();
-  // Forgets the tokens at positions >= n_keep (prefix reuse: a new prompt that shares the first
-  // n_keep tokens evaluates only the rest). Full cache: 0 <= n_keep <= n_past. Compressed: n_keep = 0
-  // (reset) or n_prompt() <= n_keep <= n_past (the compressed prompt cannot be partly forgotten).
-  // Throws InvalidArgument otherwise, leaving the context unchanged.
-  void truncate(int32_t n_keep);
-  // Whether the full cache still holds what decoding from n_keep needs (a sliding-window layer's
-  // ring may have overwritten the window before n_keep).
-  bool can_truncate(int32_t n_keep) const;
-  // The sequence as host data (model/state.h): tokens, last logits, KV entries (the compressed
-  // arena and its plan included).
-  KVState save_state() const;
-  // Replaces the sequence with a saved one. Throws InvalidArgument when the state does not fit this
-  // context (model shape, method, cache types, n_ctx) and OutOfMemory when its arena cannot be
-  // allocated; the context is unchanged then.
-  void load_state(const KVState& s);
-  // Tokens of the compressed prompt (0 for the full cache or before the prompt).
-  int32_t n_prompt() const { return arena_ ? n_prompt_ : 0; }
-  // Decode room per head for the next compressed prompt (KVConfig::max_new_tokens); only before the
-  // prompt has been evaluated (InvalidArgument after).
-  void set_max_new_tokens(int32_t n);
+  int32_t n_threads() const override { return pool_.size(); }
+  uint64_t kv_bytes() const override;
+  const float* logits_all() const override { return n_logit_rows_ ? logits_.data() : nullptr; }
 
-  const float* logits() const;
-  const float* logits_all() const { return n_logit_rows_ ? logits_.data() : nullptr; }
-  int64_t n_logit_rows() const { return n_logit_rows_; }
+  bool has_arena() const override { return arena_ != nullptr; }
+  int64_t capacity(int l, int g) const override { return arena_->capacity(l, g); }
+  int64_t used(int l, int g) const override { return arena_->used(l, g); }
+  std::vector<int32_t> positions(int l, int g) const override;
+  uint64_t bytes_used() const override { return arena_->bytes_used(); }
 
-  const Model& model() const { return model_; }
-  int32_t n_ctx() const { return n_ctx_; }
-  int32_t n_past() const { return n_past_; }
-  int32_t n_threads() const { return pool_.size(); }
-  uint64_t kv_bytes() const;
-  KVType type_k() const { return type_k_; }
-  KVType type_v() const { return type_v_; }
-  const std::vector<int32_t>& history() const { return history_; }
-
-  // Compression state (nullptr / empty for the full cache or before the prompt).
-  const KVConfig& kv_config() const { return kv_; }
-  bool compressing() const { return method_ != BudgetMethod::Full; }
-  // Whether only each layer's total is binding and selection splits it among the heads (Ada-KV).
-  bool layer_pooled() const {
-    return method_ == BudgetMethod::AdaKV || (method_ == BudgetMethod::HeadKV && kv_.adaptive);
-  }
+  // The compressed prompt's arena (nullptr for the full cache or before the prompt).
   const KVArena* arena() const { return arena_.get(); }
   // Stored rows of (layer il, KV head g), for tests and references: keys and values (rows of
   // kv_row_bytes(type, head_dim) bytes) and their count: the full cache's n_past rows, or the arena
   // segment's used entries (positions in arena()->pos).
   struct KVRows { const void* k; const void* v; int64_t n; };
   KVRows kv_rows(int il, int g) const;
-  const BudgetPlan* plan() const { return plan_ ? &*plan_ : nullptr; }
-  // Bytes a full cache would hold for the current sequence plus the decode room.
-  uint64_t full_kv_bytes() const;
-  // Peak bytes of KV storage during the last compressed prefill (layer buffer + arena).
-  uint64_t prefill_peak_kv_bytes() const { return prefill_peak_kv_bytes_; }
 
   // Attention probe (full cache only; head scoring): while on, each eval() records the softmax
   // attention of its last token's query, per (layer, query head), over positions 0..probe_n()-1
@@ -183,8 +84,13 @@ class Context {
     const void* k; const void* v; int64_t n_before; KVType tk = KVType::F32, tv = KVType::F32;
     int64_t ring = 0, window = 0;
   };
-  // Throws what eval() throws for tokens that do not fit or lie outside the vocabulary.
-  void check_eval(const int32_t* tokens, int64_t n) const;
+  void eval_checked(const int32_t* tokens, int64_t n, bool all_logits) override;
+  void reset_cache() override;
+  void drop_after(int32_t n_keep) override;
+  int64_t ring_rows(int il) const override { return !rows_.empty() && rows_[il] < n_ctx_ ? rows_[il] : 0; }
+  uint64_t full_entry_bytes() const override;
+  void save_kv(KVState& s) const override;
+  void load_kv(const KVState& s) override;
   // Layer il's attention of T new rows at positions n_past.. (q [T][n_head][head_dim], k/v
   // [T][n_head_kv][head_dim]): stores their K/V in the full cache or the arena, then attends.
   void attend(int il, int64_t T, const float* q, const float* k, const float* v, float* att);
@@ -216,26 +122,15 @@ class Context {
   const uint8_t* k_at(int il, int h, int64_t pos) const { return const_cast<Context*>(this)->k_at(il, h, pos); }
   const uint8_t* v_at(int il, int h, int64_t pos) const { return const_cast<Context*>(this)->v_at(il, h, pos); }
 
-  const Model& model_;
-  const LlamaHParams& hp_;
-  int32_t n_ctx_ = 0, n_batch_ = 512, n_past_ = 0, n_prompt_ = 0;
+  int32_t n_batch_ = 512;
   std::shared_ptr<ThreadPool> pool_owner_;
   ThreadPool& pool_;
-  uint64_t kv_limit_ = 0;
-  KVConfig kv_;
-  BudgetMethod method_ = BudgetMethod::Full;
-  std::optional<HeadScores> scores_;
-  std::optional<BudgetPlan> plan_;
   std::unique_ptr<KVArena> arena_;
-  uint64_t prefill_peak_kv_bytes_ = 0;
-  KVType type_k_ = KVType::F16, type_v_ = KVType::F16;
   std::vector<uint8_t> k_, v_;  // full cache: [layer][kv_head][row][head_dim] elements of type_k_ / type_v_
   std::vector<int64_t> rows_, layer_row0_;  // full cache rows per (layer, head); first row of each layer
   // scratch for one chunk of up to n_batch tokens
   std::vector<float> x_, xn_, q_, kc_, vc_, att_, gate_, up_, rope_cos_, rope_sin_, rope_cos_swa_, rope_sin_swa_;
   std::vector<float> logits_;
-  int64_t n_logit_rows_ = 0;
-  std::vector<int32_t> history_;
   std::vector<uint8_t> tok_edges_;  // select/spans.h, filled at the first span-aware prompt
   std::vector<uint8_t> runs_;       // the current prompt's token runs
   bool probe_on_ = false;

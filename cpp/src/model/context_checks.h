@@ -1,11 +1,12 @@
-// Checks of a context's parameters and calls that both backends (model/context.cpp and the CUDA
-// backend's cuda/context*.cu) make, in one place so their messages and error kinds stay identical.
+// Checks of a context's parameters and calls, made for both backends by SequenceContext
+// (model/sequence_context.cpp) and by the sequence group, so their messages and error kinds stay
+// identical.
 // Each throws headkv::Error (InvalidArgument unless noted) and returns when the input is good.
 #pragma once
 #include <cstdint>
 #include <memory>
 
-#include "model/context.h"
+#include "model/sequence_context.h"
 
 namespace headkv {
 

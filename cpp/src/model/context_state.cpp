@@ -1,4 +1,5 @@
-// Context::save_state / load_state: the CPU backend's side of model/state.h.
+// Context::save_kv / load_kv: the CPU backend's side of model/state.h (SequenceContext::save_state /
+// load_state).
 #include <algorithm>
 #include <cstring>
 
@@ -8,25 +9,9 @@
 
 namespace headkv {
 
-KVState Context::save_state() const {
-  KVState s;
-  s.n_layer = hp_.n_layer;
-  s.n_head_kv = hp_.n_head_kv;
-  s.head_dim = hp_.head_dim;
-  s.n_vocab = hp_.n_vocab;
-  s.method = kv_.method;
-  s.type_k = type_k_;
-  s.type_v = type_v_;
-  s.n_past = n_past_;
-  s.n_prompt = n_prompt();
-  s.history = history_;
-  if (const float* lg = logits()) s.logits.assign(lg, lg + hp_.n_vocab);
+void Context::save_kv(KVState& s) const {
   const int L = hp_.n_layer, H = hp_.n_head_kv, hd = hp_.head_dim;
   const size_t rk = kv_row_bytes(type_k_, hd), rv = kv_row_bytes(type_v_, hd);
-  s.arena = arena_ != nullptr;
-  if (arena_) {
-    s.plan = *plan_;
-  }
   // Entries per segment: the arena's used ones; the full cache's last min(n_past, rows) positions
   // (every position, except in a sliding-window layer's ring).
   auto held = [&](int l, int g) -> int64_t { return arena_ ? arena_->used(l, g) : std::min<int64_t>(n_past_, rows_[l]); };
@@ -54,11 +39,9 @@ KVState Context::save_state() const {
       }
       e += (size_t)n;
     }
-  return s;
 }
 
-void Context::load_state(const KVState& s) {
-  check_state(s, hp_.n_layer, hp_.n_head_kv, hp_.head_dim, hp_.n_vocab, kv_.method, type_k_, type_v_, n_ctx_);
+void Context::load_kv(const KVState& s) {
   const int L = hp_.n_layer, H = hp_.n_head_kv, hd = hp_.head_dim;
   const size_t rk = kv_row_bytes(type_k_, hd), rv = kv_row_bytes(type_v_, hd);
   if (!s.arena)  // the full cache: every position, or in a ring at least the window before n_past
@@ -86,8 +69,6 @@ void Context::load_state(const KVState& s) {
   reset();
   if (s.arena) {
     arena_ = std::move(arena);
-    plan_ = s.plan;
-    n_prompt_ = s.n_prompt;
   } else {
     size_t e = 0;
     for (int l = 0; l < L; ++l)
@@ -101,8 +82,6 @@ void Context::load_state(const KVState& s) {
         e += (size_t)n;
       }
   }
-  n_past_ = s.n_past;
-  history_ = s.history;
   if (!s.logits.empty()) {
     std::copy(s.logits.begin(), s.logits.end(), logits_.begin());
     n_logit_rows_ = 1;

@@ -160,8 +160,9 @@ class BatchDecoder:
     def prefill(self, engine, tokens: Sequence[int]) -> None:
         """Appends a prompt to ``engine``'s context, as ``engine.eval(tokens)``: a full cache in
         chunks that ride in the decode steps (see the module's doc), a compressing context's prompt
-        in one piece beside them. When a chunk fails, the context is rolled back to where it was
-        before the prompt (as a failed eval leaves it) and the error is raised; the decode steps go on."""
+        in one piece beside them. When a chunk fails, the context is rolled back to the tokens and
+        KV it held before the prompt (its last logits are not kept; a sliding-window ring that has
+        wrapped resets it) and the error is raised; the decode steps go on."""
         tokens = [int(t) for t in tokens]
         if self.prefill_chunk == 0 or (engine.compressing and engine.n_past == 0):
             engine.eval(tokens, False)

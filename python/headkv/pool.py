@@ -97,8 +97,10 @@ class SequencePool:
         self.model_path = os.fspath(model_path)
         first = cls(model_path, **model_kwargs)
         # The batch decoder merges the decode steps of the sequences generating at the same time.
+        n_batch = int(model_kwargs.get("n_batch") or 512)  # 0: the engine's default
         if prefill_chunk is None:  # the CPU figure trades decode gaps against prefill time (BENCHMARKS.md)
-            prefill_chunk = 64 if getattr(first, "device", "cpu") == "cpu" else int(model_kwargs.get("n_batch", 512))
+            prefill_chunk = 64 if getattr(first, "device", "cpu") == "cpu" else n_batch
+        prefill_chunk = min(prefill_chunk, n_batch)  # a step takes at most n_batch tokens of one sequence
         self.decoder = BatchDecoder(prefill_chunk=prefill_chunk) if batch else None
         models = [first] + [cls(model_path, **model_kwargs, **({"share_with": first} if self.decoder else {}))
                             for _ in range(n_seq - 1)]

@@ -54,15 +54,22 @@ void Context::decode_batch(const std::vector<Context*>& seqs, const int32_t* tok
   for (int64_t i = 0; i < n; ++i) {
     const int64_t T = off[i + 1] - off[i];
     if (il_global >= 0) {
-      r.rope_tables(il_global, seqs[i]->n_past_, T, c1, s1);
+      seqs[i]->rope_tables(il_global, seqs[i]->n_past_, T, c1, s1);
       std::copy_n(c1.data(), T * half, &cs[off[i] * half]);
       std::copy_n(s1.data(), T * half, &sn[off[i] * half]);
     }
     if (il_local >= 0) {
-      r.rope_tables(il_local, seqs[i]->n_past_, T, c1, s1);
+      seqs[i]->rope_tables(il_local, seqs[i]->n_past_, T, c1, s1);
       std::copy_n(c1.data(), T * half, &cs_swa[off[i] * half]);
       std::copy_n(s1.data(), T * half, &sn_swa[off[i] * half]);
     }
+  }
+  // Allocated before any layer appends to a cache, so that nothing after the layers can fail and
+  // leave a sequence's KV ahead of its position.
+  std::vector<float> last(n * d);  // each sequence's last row
+  for (int64_t i = 0; i < n; ++i) {
+    seqs[i]->history_.reserve(seqs[i]->history_.size() + (off[i + 1] - off[i]));
+    if (seqs[i]->logits_.size() < (size_t)hp.n_vocab) seqs[i]->logits_.resize(hp.n_vocab);
   }
   for (int il = 0; il < hp.n_layer; ++il) {
     const bool local = hp.is_swa(il);
@@ -73,7 +80,6 @@ void Context::decode_batch(const std::vector<Context*>& seqs, const int32_t* tok
                       &att[off[i] * nh * hd]);
     r.out_and_mlp(il, att.data(), R, x.data(), tmp.data());
   }
-  std::vector<float> last(n * d);  // each sequence's last row
   for (int64_t i = 0; i < n; ++i) std::copy_n(&x[(off[i + 1] - 1) * d], d, &last[i * d]);
   r.final_logits(last.data(), n, logits.data());
   for (int64_t i = 0; i < n; ++i) {  // each sequence as after an eval of its tokens

@@ -101,7 +101,8 @@ class SequenceContext {
   KVState save_state() const;
   // Replaces the sequence with a saved one. Throws InvalidArgument when the state does not fit this
   // context (model shape, method, cache types, n_ctx) and OutOfMemory when its arena cannot be
-  // allocated; the context is unchanged then.
+  // allocated; the context is unchanged then (on the GPU, a device allocation or copy that fails
+  // after those checks leaves it reset).
   void load_state(const KVState& s);
   // Tokens of the compressed prompt (0 for the full cache or before the prompt).
   int32_t n_prompt() const { return has_arena() ? n_prompt_ : 0; }
@@ -179,8 +180,9 @@ class SequenceContext {
   virtual void save_kv(KVState& s) const = 0;
   // load_state() of a full cache or an arena, s checked against the model shape, method and types
   // (a compressing context's state before its prompt only resets): the backend checks that its
-  // cache can take s, allocates, resets and stores s's entries and logits (n_logit_rows_), leaving
-  // the context unchanged when it throws. The shared state (positions, history, plan) follows.
+  // cache can take s, allocates, resets and stores s's entries and logits (n_logit_rows_); a failed
+  // check leaves the context unchanged (CUDA: a failure after the reset leaves it reset). The shared
+  // state (positions, history, plan) follows.
   virtual void load_kv(const KVState& s) = 0;
 
   const Model& model_;

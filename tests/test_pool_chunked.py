@@ -190,6 +190,9 @@ def test_failed_chunk_leaves_the_context_as_it_was(smollm2, long_tokens):
         BatchDecoder(prefill_chunk=-1)
     with pytest.raises(headkv.InvalidArgumentError):
         headkv.SequencePool(smollm2, 2, n_ctx=64, prefill_chunk=-1)
+    # a step takes at most n_batch tokens of one sequence: a larger chunk is cut to n_batch
+    with headkv.SequencePool(smollm2, 2, n_ctx=64, n_threads=1, n_batch=24, prefill_chunk=64, cls=headkv.Model) as pool:
+        assert pool.decoder.prefill_chunk == 24
 
 
 def test_mixed_step_equals_separate_evals(smollm2):

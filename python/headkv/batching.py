@@ -92,11 +92,15 @@ class BatchDecoder:
         with self._cv:
             self._pending.append(slot)
             self._cv.notify_all()
-            if not slot.chunk and self._prefilling and self._mixed:  # waits to ride with the next chunk
+            start = time.monotonic()
+            for_chunk = not slot.chunk and self._prefilling and self._mixed
+            if for_chunk:  # waits to ride with the next chunk
                 wait_s = self.yield_s
-            deadline = None if wait_s is None else time.monotonic() + wait_s
+            deadline = None if wait_s is None else start + wait_s
             while not slot.done:
                 now = time.monotonic()
+                if for_chunk and not self._prefilling:  # the prompt has ended: the decode gather time again
+                    for_chunk, deadline = False, start + self.gather_s
                 rows = sum(not s.chunk for s in self._pending)
                 ready = rows >= self._active and (slot.chunk or not self._prefilling or not self._mixed
                                                   or any(s.chunk for s in self._pending))

@@ -23,23 +23,18 @@ Context::Context(const Model& model, const ContextParams& p)
     : SequenceContext(model, p, &Context::kv_types), pool_owner_(cpu_thread_pool(p)), pool_(*pool_owner_) {
   n_batch_ = std::min<int32_t>(p.n_batch ? p.n_batch : 512, n_ctx_);
   if (!compressing()) {
-    // Full cache: per layer, kv_heads * rows * head_dim elements each of K and V, rows = n_ctx (a
-    // sliding-window layer: a ring of n_swa + n_batch, enough for a chunk and the window before it).
-    // Check before allocating.
-    const std::string what = "the KV cache for n_ctx=" + std::to_string(n_ctx_);
-    rows_.assign(hp_.n_layer, n_ctx_);
-    layer_row0_.assign(hp_.n_layer, 0);
-    uint64_t rows = 0;
+    // Full cache: an arena of n_ctx rows per (layer, KV head) with implicit positions (position p at row
+    // p); a sliding-window layer's heads are rings of n_swa + n_batch rows (position p at row p % rows),
+    // enough for a chunk and the window before it.
+    std::vector<int64_t> cap;
+    std::vector<uint8_t> ring;
     for (int il = 0; il < hp_.n_layer; ++il) {
-      if (hp_.is_swa(il)) rows_[il] = std::min<int64_t>(n_ctx_, (int64_t)hp_.n_swa + n_batch_);
-      layer_row0_[il] = (int64_t)rows;
-      rows += (uint64_t)rows_[il] * hp_.n_head_kv;
+      const int64_t rows = hp_.is_swa(il) ? std::min<int64_t>(n_ctx_, (int64_t)hp_.n_swa + n_batch_) : n_ctx_;
+      cap.insert(cap.end(), hp_.n_head_kv, rows);
+      ring.insert(ring.end(), hp_.n_head_kv, rows < n_ctx_);
     }
-    const uint64_t bk = checked_mul(rows, kv_row_bytes(type_k_, hp_.head_dim), what);
-    const uint64_t bv = checked_mul(rows, kv_row_bytes(type_v_, hp_.head_dim), what);
-    check_alloc(bk + bv, what);  // keys and values together
-    checked_assign(k_, bk, "KV cache (keys)");
-    checked_assign(v_, bv, "KV cache (values)");
+    arena_ = std::make_unique<KVArena>(hp_.n_layer, hp_.n_head_kv, hp_.head_dim, cap, type_k_, type_v_, ring, false,
+                                       "the KV cache for n_ctx=" + std::to_string(n_ctx_));
   }
   const uint64_t B = (uint64_t)n_batch_;
   {  // scratch for one chunk, all buffers together
@@ -69,7 +64,10 @@ std::pair<KVType, KVType> Context::kv_types(const ContextParams& p, int head_dim
 void Context::reset_cache() {
   probe_n_ = 0;
   n_embd_rows_ = 0;
-  arena_.reset();
+  if (compressing())
+    arena_.reset();  // sized by the next prompt's plan
+  else
+    arena_->clear();
 }
 
 void Context::drop_after(int32_t n_keep) {
@@ -94,18 +92,14 @@ void Context::set_embeddings(bool on) {
   if (!on) std::vector<float>().swap(embd_);
 }
 
-uint64_t Context::kv_bytes() const {
-  if (compressing()) return arena_ ? arena_->bytes() : 0;
-  return k_.size() + v_.size();
-}
+uint64_t Context::kv_bytes() const { return arena_ ? arena_->bytes() : 0; }
 
 Context::KVRows Context::kv_rows(int il, int g) const {
   if (il < 0 || il >= hp_.n_layer || g < 0 || g >= hp_.n_head_kv)
     fail(ErrorKind::InvalidArgument, "kv_rows: no layer " + std::to_string(il) + ", KV head " + std::to_string(g));
+  // rows 0.. of the segment (a sliding-window layer's ring holds its last positions, position p at row p % rows)
   if (arena_) return {arena_->k(il, g), arena_->v(il, g), arena_->used(il, g)};
-  if (compressing()) return {nullptr, nullptr, 0};
-  // rows 0.. of the head (a sliding-window layer's ring holds its last rows_ positions, pos % rows_)
-  return {k_at(il, g, 0), v_at(il, g, 0), std::min<int64_t>(n_past_, rows_[il])};
+  return {nullptr, nullptr, 0};
 }
 
 uint64_t Context::full_entry_bytes() const {
@@ -113,6 +107,7 @@ uint64_t Context::full_entry_bytes() const {
 }
 
 std::vector<int32_t> Context::positions(int l, int g) const {
+  if (!has_arena()) fail(ErrorKind::InvalidArgument, "positions: no compressed arena");
   return std::vector<int32_t>(arena_->pos(l, g), arena_->pos(l, g) + arena_->used(l, g));
 }
 
@@ -121,7 +116,7 @@ void Context::eval_checked(const int32_t* tokens, int64_t n, bool all_logits) {
   if (logits_.size() < rows * hp_.n_vocab)
     alloc(logits_, checked_mul(rows, (uint64_t)hp_.n_vocab, "logits"),
           all_logits ? "logits for every token" : "logits");
-  if (compressing() && !arena_) {
+  if (!has_arena() && compressing()) {
     if (n_past_ != 0) fail(ErrorKind::Internal, "compressed context without an arena after the prompt");
     try {
       prefill_compressed(tokens, n, all_logits);

@@ -45,14 +45,14 @@ class Context : public SequenceContext {
   uint64_t kv_bytes() const override;
   const float* logits_all() const override { return n_logit_rows_ ? logits_.data() : nullptr; }
 
-  bool has_arena() const override { return arena_ != nullptr; }
+  bool has_arena() const override { return compressing() && arena_; }
   int64_t capacity(int l, int g) const override { return arena_->capacity(l, g); }
   int64_t used(int l, int g) const override { return arena_->used(l, g); }
   std::vector<int32_t> positions(int l, int g) const override;
-  uint64_t bytes_used() const override { return arena_->bytes_used(); }
+  uint64_t bytes_used() const override { return arena_ ? arena_->bytes_used() : 0; }
 
   // The compressed prompt's arena (nullptr for the full cache or before the prompt).
-  const KVArena* arena() const { return arena_.get(); }
+  const KVArena* arena() const { return has_arena() ? arena_.get() : nullptr; }
   // Stored rows of (layer il, KV head g), for tests and references: keys and values (rows of
   // kv_row_bytes(type, head_dim) bytes) and their count: the full cache's n_past rows, or the arena
   // segment's used entries (positions in arena()->pos).
@@ -87,7 +87,9 @@ class Context : public SequenceContext {
   void eval_checked(const int32_t* tokens, int64_t n, bool all_logits) override;
   void reset_cache() override;
   void drop_after(int32_t n_keep) override;
-  int64_t ring_rows(int il) const override { return !rows_.empty() && rows_[il] < n_ctx_ ? rows_[il] : 0; }
+  int64_t ring_rows(int il) const override {
+    return !compressing() && arena_->ring(il, 0) ? arena_->capacity(il, 0) : 0;
+  }
   uint64_t full_entry_bytes() const override;
   void save_kv(KVState& s) const override;
   void load_kv(const KVState& s) override;
@@ -112,22 +114,11 @@ class Context : public SequenceContext {
   void attention_split(const float* q, const std::vector<KVView>& views, float* out);
   void out_and_mlp(int il, const float* att, int64_t T, float* x, float* tmp);
   void final_logits(const float* x, int64_t rows, float* out);
-  // Full cache row of (layer, KV head, position): layer il keeps rows_[il] rows per head, n_ctx, or
-  // for a sliding-window layer a ring of n_swa + n_batch rows (position pos at row pos % rows).
-  size_t kv_row(int il, int h, int64_t pos) const {
-    return (size_t)layer_row0_[il] + (size_t)h * rows_[il] + (size_t)(pos % rows_[il]);
-  }
-  uint8_t* k_at(int il, int h, int64_t pos) { return &k_[kv_row(il, h, pos) * kv_row_bytes(type_k_, hp_.head_dim)]; }
-  uint8_t* v_at(int il, int h, int64_t pos) { return &v_[kv_row(il, h, pos) * kv_row_bytes(type_v_, hp_.head_dim)]; }
-  const uint8_t* k_at(int il, int h, int64_t pos) const { return const_cast<Context*>(this)->k_at(il, h, pos); }
-  const uint8_t* v_at(int il, int h, int64_t pos) const { return const_cast<Context*>(this)->v_at(il, h, pos); }
-
   int32_t n_batch_ = 512;
   std::shared_ptr<ThreadPool> pool_owner_;
   ThreadPool& pool_;
+  // The KV storage: the full cache (from construction), or a compressing method's arena (from its prompt).
   std::unique_ptr<KVArena> arena_;
-  std::vector<uint8_t> k_, v_;  // full cache: [layer][kv_head][row][head_dim] elements of type_k_ / type_v_
-  std::vector<int64_t> rows_, layer_row0_;  // full cache rows per (layer, head); first row of each layer
   // scratch for one chunk of up to n_batch tokens
   std::vector<float> x_, xn_, q_, kc_, vc_, att_, gate_, up_, rope_cos_, rope_sin_, rope_cos_swa_, rope_sin_swa_;
   std::vector<float> logits_;

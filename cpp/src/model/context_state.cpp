@@ -12,30 +12,31 @@ namespace headkv {
 void Context::save_kv(KVState& s) const {
   const int L = hp_.n_layer, H = hp_.n_head_kv, hd = hp_.head_dim;
   const size_t rk = kv_row_bytes(type_k_, hd), rv = kv_row_bytes(type_v_, hd);
-  // Entries per segment: the arena's used ones; the full cache's last min(n_past, rows) positions
-  // (every position, except in a sliding-window layer's ring).
-  auto held = [&](int l, int g) -> int64_t { return arena_ ? arena_->used(l, g) : std::min<int64_t>(n_past_, rows_[l]); };
+  // Entries per segment: the arena's used ones (the full cache: its last min(n_past, rows) positions,
+  // every position except in a sliding-window layer's ring), saved in position order.
   uint64_t entries = 0;
   for (int l = 0; l < L; ++l)
-    for (int g = 0; g < H; ++g) entries += (uint64_t)held(l, g);
+    for (int g = 0; g < H; ++g) entries += (uint64_t)arena_->used(l, g);
   s.k.resize(entries * rk);
   s.v.resize(entries * rv);
   size_t e = 0;
-  auto* self = const_cast<Context*>(this);  // k_at / v_at only compute addresses
   for (int l = 0; l < L; ++l)
     for (int g = 0; g < H; ++g) {
-      const int64_t n = held(l, g);
+      const int64_t n = arena_->used(l, g);
       s.used.push_back(n);
-      if (arena_) {
+      if (has_arena()) {
         s.capacity.push_back(arena_->capacity(l, g));
         s.pos.insert(s.pos.end(), arena_->pos(l, g), arena_->pos(l, g) + n);
+      }
+      if (arena_->ring(l, g)) {
+        for (int64_t j = 0; j < n; ++j) {  // positions n_past - n .. n_past - 1 at rows pos % rows
+          const int64_t row = (n_past_ - n + j) % arena_->capacity(l, g);
+          std::memcpy(&s.k[(e + j) * rk], arena_->k_row(l, g, row), rk);
+          std::memcpy(&s.v[(e + j) * rv], arena_->v_row(l, g, row), rv);
+        }
+      } else {
         std::memcpy(&s.k[e * rk], arena_->k(l, g), (size_t)n * rk);
         std::memcpy(&s.v[e * rv], arena_->v(l, g), (size_t)n * rv);
-      } else {
-        for (int64_t j = 0; j < n; ++j) {  // positions n_past - n .. n_past - 1, in order
-          std::memcpy(&s.k[(e + j) * rk], self->k_at(l, g, n_past_ - n + j), rk);
-          std::memcpy(&s.v[(e + j) * rv], self->v_at(l, g, n_past_ - n + j), rv);
-        }
       }
       e += (size_t)n;
     }
@@ -69,16 +70,12 @@ void Context::load_kv(const KVState& s) {
   reset();
   if (s.arena) {
     arena_ = std::move(arena);
-  } else {
+  } else {  // entries in position order, the last of them at n_past - 1 (a ring keeps its last rows)
     size_t e = 0;
     for (int l = 0; l < L; ++l)
       for (int g = 0; g < H; ++g) {
-        const int64_t n = s.used[(size_t)l * H + g], skip = std::max<int64_t>(0, n - rows_[l]);  // older than the ring
-        for (int64_t j = skip; j < n; ++j) {
-          const int64_t pos = s.n_past - n + j;
-          std::memcpy(k_at(l, g, pos), &s.k[(e + j) * rk], rk);
-          std::memcpy(v_at(l, g, pos), &s.v[(e + j) * rv], rv);
-        }
+        const int64_t n = s.used[(size_t)l * H + g];
+        arena_->put_rows(l, g, s.n_past - n, n, &s.k[e * rk], &s.v[e * rv]);
         e += (size_t)n;
       }
   }

@@ -268,30 +268,22 @@ void Context::final_logits(const float* x, int64_t rows, float* out) {
 
 void Context::attend(int il, int64_t T, const float* q, const float* k, const float* v, float* att) {
   const int64_t hd = hp_.head_dim, nkv = hp_.n_head_kv;
-  const bool local = hp_.is_swa(il);
-  if (arena_) {
-    for (int64_t t = 0; t < T; ++t)
-      for (int g = 0; g < nkv; ++g)
-        arena_->append(il, g, n_past_ + (int32_t)t, &k[(t * nkv + g) * hd], &v[(t * nkv + g) * hd]);
-    attention(q, T, [&](int g) {  // a sliding-window layer's entries are consecutive positions
-      KVView kv{arena_->k(il, g), arena_->v(il, g), arena_->used(il, g) - T, arena_->type_k(), arena_->type_v()};
-      if (local) kv.window = hp_.n_swa;
-      return kv;
-    }, att);
-  } else {
-    for (int64_t t = 0; t < T; ++t)
-      for (int g = 0; g < nkv; ++g) {
-        store_kv_row(type_k_, &k[(t * nkv + g) * hd], hd, k_at(il, g, n_past_ + t));
-        store_kv_row(type_v_, &v[(t * nkv + g) * hd], hd, v_at(il, g, n_past_ + t));
-      }
-    probe_layer_ = probe_on_ ? il : -1;
-    attention(q, T, [&](int g) {
-      KVView kv{k_at(il, g, 0), v_at(il, g, 0), n_past_, type_k_, type_v_};
-      if (local) kv.ring = rows_[il], kv.window = hp_.n_swa;
-      return kv;
-    }, att);
-    probe_layer_ = -1;
-  }
+  const bool local = hp_.is_swa(il), full = !compressing();
+  for (int64_t t = 0; t < T; ++t)
+    for (int g = 0; g < nkv; ++g)
+      arena_->append(il, g, n_past_ + (int32_t)t, &k[(t * nkv + g) * hd], &v[(t * nkv + g) * hd]);
+  probe_layer_ = probe_on_ && full ? il : -1;
+  attention(q, T, [&](int g) {
+    // The full cache holds every position from 0 (a ring: position p at row p % rows); a compressed
+    // segment its kept entries, then the consecutive window and decoded positions.
+    KVView kv{arena_->k(il, g), arena_->v(il, g), full ? n_past_ : arena_->used(il, g) - T, type_k_, type_v_};
+    if (local) {
+      kv.window = hp_.n_swa;
+      if (full) kv.ring = arena_->capacity(il, g);
+    }
+    return kv;
+  }, att);
+  probe_layer_ = -1;
 }
 
 void Context::embed(const int32_t* tokens, int64_t T, float* x) const {
@@ -310,7 +302,7 @@ void Context::forward(const int32_t* tokens, int64_t T, bool all_logits, float* 
   const int il_global = hp_.first_layer(false), il_local = hp_.first_layer(true);
   if (il_global >= 0) rope_tables(il_global, n_past_, T, rope_cos_, rope_sin_);
   if (il_local >= 0) rope_tables(il_local, n_past_, T, rope_cos_swa_, rope_sin_swa_);
-  if (probe_on_ && !arena_) {
+  if (probe_on_ && !compressing()) {
     probe_n_ = n_past_ + T;
     probe_.assign((size_t)hp_.n_layer * hp_.n_head * probe_n_, 0.0f);
   }

@@ -102,6 +102,43 @@ int main() {
   }
   CHECK(threw && parse_kv_type("f16", "t") == KVType::F16 && parse_kv_type("f32", "t") == KVType::F32 &&
         parse_kv_type("q8_0", "t") == KVType::Q8_0 && parse_kv_type("q4_0", "t") == KVType::Q4_0);
+  {  // the full cache's layout: implicit positions (no position bytes), a ring segment beside a plain one
+    KVArena f(1, 2, D, {3, 6}, KVType::F32, KVType::F32, {1, 0}, false);
+    CHECK(f.bytes() == 9ull * 2 * D * 4 && f.entry_bytes() == 2ull * D * 4 && f.pos(0, 0) == nullptr);
+    CHECK(f.ring(0, 0) && !f.ring(0, 1));
+    for (int p = 0; p < 5; ++p) {  // positions 0..4: the ring keeps 2, 3, 4 at rows 2, 0, 1
+      for (int d = 0; d < D; ++d) k[d] = 10 * p + d, v[d] = -k[d];
+      f.append(0, 0, p, k, v);
+      f.append(0, 1, p, k, v);
+    }
+    auto key0 = [&](int g, int row) { return static_cast<const float*>(f.k_row(0, g, row))[0]; };
+    CHECK(f.used(0, 0) == 3 && f.used(0, 1) == 5 && key0(0, 0) == 30 && key0(0, 1) == 40 && key0(0, 2) == 20);
+    CHECK(key0(1, 4) == 40 && f.bytes_used() == 8ull * f.entry_bytes());
+    threw = false;
+    try {  // a ring takes positions in order only
+      f.append(0, 0, 2, k, v);
+    } catch (const Error& e) {
+      threw = e.kind() == ErrorKind::Internal;
+    }
+    CHECK(threw);
+    f.drop_last(2);  // back to positions 0..2: the ring's count follows its positions
+    CHECK(f.used(0, 0) == 3 && f.used(0, 1) == 3);
+    // put_rows: a saved state's last positions back in place (rows = positions; the ring: p % 3)
+    f.clear();
+    std::vector<float> rk(4 * D), rv(4 * D);
+    for (int j = 0; j < 4 * D; ++j) rk[j] = 100 + j, rv[j] = -rk[j];
+    f.put_rows(0, 0, 6, 4, rk.data(), rv.data());  // positions 6..9: the ring keeps 7, 8, 9
+    f.put_rows(0, 1, 2, 4, rk.data(), rv.data());  // positions 2..5 at rows 2..5
+    CHECK(f.used(0, 0) == 3 && key0(0, 1) == 100 + D && key0(0, 0) == 100 + 3 * D && key0(0, 2) == 100 + 2 * D);
+    CHECK(f.used(0, 1) == 6 && key0(1, 2) == 100 && key0(1, 5) == 100 + 3 * D);
+    threw = false;
+    try {  // past the end of a plain segment
+      f.put_rows(0, 1, 4, 4, rk.data(), rv.data());
+    } catch (const Error& e) {
+      threw = e.kind() == ErrorKind::ContextFull;
+    }
+    CHECK(threw);
+  }
   std::printf(failures ? "FAILED\n" : "ok\n");
   return failures ? 1 : 0;
 }

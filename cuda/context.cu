@@ -44,7 +44,21 @@ void check_quantized_kv(const LlamaHParams& hp, KVType tk, KVType tv) {
                                      kv_type_name(tv) + ")");
 }
 
+// Rows of a forward chunk (the micro-batch): at least 2048 for the prefill GEMMs, at most n_ctx.
+int32_t micro_batch(const ContextParams& p, int64_t n_ctx) {
+  return (int32_t)std::min<int64_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
+}
+
 }  // namespace
+
+uint64_t CudaContext::full_cache_bytes(const Model& model, const ContextParams& p) {
+  const LlamaHParams& hp = model.hparams();
+  const int64_t n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
+  const auto [tk, tv] = kv_types(p, hp.head_dim);
+  uint64_t rows = 0;
+  for (int64_t r : full_cache_rows(hp, n_ctx, micro_batch(p, n_ctx))) rows += (uint64_t)r * hp.n_head_kv;
+  return rows * KVArena::entry_bytes(hp.head_dim, tk, tv);
+}
 
 CudaContext::Impl::Impl(CudaContext& c, const ContextParams& p, CudaPrecision prec)
     : self(c),
@@ -68,7 +82,7 @@ CudaContext::Impl::Impl(CudaContext& c, const ContextParams& p, CudaPrecision pr
   fuse_rope = !env_is("HEADKV_FUSE_ROPE", "0");
   logits_in_graph = !env_is("HEADKV_LOGITS_IN_GRAPH", "0");
   prof.on = env_is("HEADKV_PROFILE", "1");
-  ub = std::min<int32_t>(std::max<int32_t>(p.n_batch ? p.n_batch : 512, 2048), n_ctx);
+  ub = micro_batch(p, n_ctx);
   check_quantized_kv(hp, tk, tv);
   rb_k = kv_row_bytes(tk, hp.head_dim);
   rb_v = kv_row_bytes(tv, hp.head_dim);
@@ -82,9 +96,10 @@ CudaContext::Impl::Impl(CudaContext& c, const ContextParams& p, CudaPrecision pr
   uint64_t full_kv = 0;
   if (method == BudgetMethod::Full) {
     ring.assign(L, 0);
+    const std::vector<int64_t> rows = full_cache_rows(hp, n_ctx, ub);
     for (int il = 0; il < (int)L; ++il) {
-      if (hp.is_swa(il) && (int64_t)hp.n_swa + ub < n_ctx) ring[il] = (int64_t)hp.n_swa + ub;
-      cap.insert(cap.end(), H, ring[il] ? ring[il] : n_ctx);
+      if (rows[il] < n_ctx) ring[il] = rows[il];
+      cap.insert(cap.end(), H, rows[il]);
     }
     for (int64_t c : cap) full_kv += (uint64_t)c * entry_bytes();
   }

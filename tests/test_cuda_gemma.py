@@ -267,3 +267,21 @@ def test_gemma3_270m_compressed_runs_on_cuda(gemma3, essay_ids):
             c.eval([ref[-1]])
             g.eval([ref[-1]])
         assert got == ref
+
+
+def test_group_admission_counts_the_rings(tiny_gemma3):
+    """A sequence group's KV limit admits full-cache Gemma sequences by what their contexts allocate:
+    five ring layers of window + ub rows (ub = 2048 at n_batch 512) and one of n_ctx, not n_ctx rows in
+    every layer. A limit of 2.5 contexts admits two, refuses the third, and the group holds exactly
+    two contexts' bytes."""
+    n_ctx = 16384
+    base = headkv.Model(tiny_gemma3, n_ctx=n_ctx, device="cuda")
+    one = base.kv_bytes()
+    entry = 2 * 256 * 2 + 4  # f16 K and V rows of head_dim 256, and the position
+    assert one == (5 * (WINDOW + 2048) + n_ctx) * entry  # 1 KV head per layer
+    g = headkv.SequenceGroup(base, n_ctx=n_ctx, device="cuda", kv_limit_bytes=2 * one + one // 2)
+    g.add(1, _ids(40))
+    g.add(2, _ids(40, 1))
+    with pytest.raises(headkv.OutOfMemoryError, match="full cache needs " + str(one)):
+        g.add(3, _ids(40, 2))
+    assert sorted(g.ids) == [1, 2] and g.kv_bytes() == 2 * one

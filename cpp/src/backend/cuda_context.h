@@ -46,6 +46,9 @@ class CudaContext : public SequenceContext {
   // The K / V types of params (parse_kv_type) that this backend stores: f16, q8_0 and q4_0 (head_dim
   // a multiple of 32); throws InvalidArgument / Unsupported naming the type before any allocation.
   static std::pair<KVType, KVType> kv_types(const ContextParams& params, int head_dim);
+  // Bytes of the full cache (method "full") that a context of `params` over `model` allocates: the
+  // rings of its sliding-window layers at their size (admission checks of sequence groups).
+  static uint64_t full_cache_bytes(const Model& model, const ContextParams& params);
 
   // With HEADKV_KEEP_SELECTION_SCORES set: the pooled window scores ([n_head_kv][P] per layer)
   // of the last compressed prompt; empty otherwise.

@@ -107,13 +107,11 @@ void SequenceGroup::add(int64_t id, const int32_t* prompt, int64_t n) {
 #ifdef HEADKV_WITH_CUDA
   if (batch_) {
     // The GPU full cache is allocated with its context: its bytes are checked before that.
-    const LlamaHParams& hp = model_.hparams();
-    const bool compressing = parse_budget_method(params_.kv.method) != BudgetMethod::Full;
-    const uint64_t full = (uint64_t)(params_.n_ctx ? params_.n_ctx : hp.n_ctx_train) * hp.n_layer * hp.n_head_kv *
-                          KVArena::entry_bytes(hp.head_dim, parse_kv_type(params_.kv.type_k, "KV cache type (K)"),
-                                               parse_kv_type(params_.kv.type_v, "KV cache type (V)"));
-    if (kv_limit_ && !compressing && full > kv_limit_ - used)
-      fail(ErrorKind::OutOfMemory, who + " refused: its full cache needs " + std::to_string(full) + " bytes" + held);
+    if (kv_limit_ && parse_budget_method(params_.kv.method) == BudgetMethod::Full) {
+      const uint64_t full = CudaContext::full_cache_bytes(model_, params_);
+      if (full > kv_limit_ - used)
+        fail(ErrorKind::OutOfMemory, who + " refused: its full cache needs " + std::to_string(full) + " bytes" + held);
+    }
     try {
       batch_->reserve((int)std::min<int64_t>(size() + 1, CudaBatch::kMaxRows));  // the step it joins
       s = std::make_unique<Session>(model_, params_, device_);

@@ -24,12 +24,11 @@ Context::Context(const Model& model, const ContextParams& p)
   n_batch_ = std::min<int32_t>(p.n_batch ? p.n_batch : 512, n_ctx_);
   if (!compressing()) {
     // Full cache: an arena of n_ctx rows per (layer, KV head) with implicit positions (position p at row
-    // p); a sliding-window layer's heads are rings of n_swa + n_batch rows (position p at row p % rows),
-    // enough for a chunk and the window before it.
+    // p); a sliding-window layer's heads are rings of n_swa + n_batch rows where that is fewer
+    // (position p at row p % rows), enough for a chunk and the window before it.
     std::vector<int64_t> cap;
     std::vector<uint8_t> ring;
-    for (int il = 0; il < hp_.n_layer; ++il) {
-      const int64_t rows = hp_.is_swa(il) ? std::min<int64_t>(n_ctx_, (int64_t)hp_.n_swa + n_batch_) : n_ctx_;
+    for (int64_t rows : full_cache_rows(hp_, n_ctx_, n_batch_)) {
       cap.insert(cap.end(), hp_.n_head_kv, rows);
       ring.insert(ring.end(), hp_.n_head_kv, rows < n_ctx_);
     }

@@ -10,6 +10,13 @@
 
 namespace headkv {
 
+std::vector<int64_t> full_cache_rows(const LlamaHParams& hp, int64_t n_ctx, int64_t chunk) {
+  std::vector<int64_t> rows((size_t)hp.n_layer, n_ctx);
+  for (int il = 0; il < hp.n_layer; ++il)
+    if (hp.is_swa(il)) rows[(size_t)il] = std::min<int64_t>(n_ctx, (int64_t)hp.n_swa + chunk);
+  return rows;
+}
+
 SequenceContext::SequenceContext(const Model& model, const ContextParams& p, KVTypesOf kv_types)
     : model_(model), hp_(model.hparams()), kv_(p.kv) {
   check_context_params(p);

@@ -61,6 +61,11 @@ BudgetParams budget_params(const KVConfig& kv, BudgetMethod method);
 BudgetPlan plan_compressed_layers(const BudgetParams& bp, const HeadScores* scores, const LlamaHParams& hp,
                                   int64_t n_prompt);
 
+// The full cache's rows per layer (each of its KV heads alike): n_ctx, or for a sliding-window layer a
+// ring of n_swa + chunk rows (a forward chunk of `chunk` tokens and the window before it) where that is
+// fewer. Both backends (the CPU's chunk is n_batch, the CUDA backend's its micro-batch).
+std::vector<int64_t> full_cache_rows(const LlamaHParams& hp, int64_t n_ctx, int64_t chunk);
+
 struct ContextParams {
   int32_t n_ctx = 0;      // 0: the model's training context
   int32_t n_threads = 0;  // 0: hardware concurrency

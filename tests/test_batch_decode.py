@@ -143,6 +143,42 @@ def test_group_errors_change_nothing(smollm2, base):
     assert seq1 == _alone(smollm2, a, 6)[0]
 
 
+def test_group_step_counts_chunk_a_prompt_beside_decoding(smollm2, base, essays):
+    """SequenceGroup.step with counts (C: hk_group_step_n): sequence 2 joins with its prompt's first 24
+    tokens and takes the rest in chunks of 24 / 7 / the remainder, each in the step that gives sequence 1
+    its next greedy token. Sequence 2's logits then equal one eval of the whole prompt, and sequence 1
+    decodes what it decodes alone; bad counts change nothing."""
+    a = base.tokenize(PROMPTS[1])
+    long = base.tokenize(essays[0])[:80]
+    toks1, logits1 = _alone(smollm2, a, 5)
+    whole = headkv.Model(smollm2, n_ctx=N_CTX, n_threads=2)
+    whole.eval(long)
+    g = headkv.SequenceGroup(base, n_ctx=N_CTX, n_threads=2, n_batch=32)
+    g.add(1, a)
+    g.add(2, long[:24])
+    before = (g.n_past(1), g.n_past(2))
+    with pytest.raises(headkv.InvalidArgumentError, match="n_batch=32"):  # a chunk larger than n_batch
+        g.step([1, 2], [toks1[0]] + long[24:57], counts=[1, 33])
+    with pytest.raises(headkv.InvalidArgumentError, match=">= 1"):
+        g.step([1, 2], [toks1[0]], counts=[1, 0])
+    with pytest.raises(headkv.InvalidArgumentError, match="add up to 25"):
+        g.step([1, 2], [toks1[0]] + long[24:50], counts=[1, 24])
+    assert (g.n_past(1), g.n_past(2)) == before
+    off, got1 = 24, []
+    for i, chunk in enumerate([24, 7, len(long) - 55]):
+        assert np.max(np.abs(g.logits(1) - logits1[i])) <= 1e-3 * np.max(np.abs(logits1[i]))
+        got1.append(int(np.argmax(g.logits(1))))
+        out = g.step([1, 2], [got1[-1]] + long[off:off + chunk], counts=[1, chunk])
+        off += chunk
+        assert out.shape == (2, base.n_vocab) and np.array_equal(out[1], g.logits(2))
+    assert g.n_past(2) == len(long) and off == len(long)
+    ref = whole.logits()
+    assert np.max(np.abs(g.logits(2) - ref)) <= 1e-3 * np.max(np.abs(ref))
+    assert int(np.argmax(g.logits(2))) == int(np.argmax(ref))
+    got1.append(int(np.argmax(g.logits(1))))
+    assert got1 == toks1[:4]
+
+
 def test_group_admission(smollm2, base):
     a = base.tokenize(PROMPTS[0])
     one = headkv.Model(smollm2, n_ctx=64, n_threads=1).kv_bytes()

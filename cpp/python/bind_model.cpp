@@ -188,6 +188,26 @@ struct Engine {
   }
 };
 
+
+// A batched step's arguments: n sequences (`what`: "engines" / "ids") and their tokens, one each, or
+// with counts, counts[i] >= 1 for sequence i and the tokens of all of them.
+void check_step_counts(size_t n, const char* what, size_t n_tokens, const std::vector<int64_t>& counts) {
+  int64_t total = (int64_t)n;
+  if (!counts.empty()) {
+    if (counts.size() != n)
+      fail(ErrorKind::InvalidArgument, "step: " + std::to_string(n) + " " + what + " but " + std::to_string(counts.size()) + " counts");
+    total = 0;
+    for (int64_t c : counts) {
+      if (c < 1) fail(ErrorKind::InvalidArgument, "step: every count must be >= 1");
+      total += c;
+    }
+  }
+  if ((int64_t)n_tokens != total)
+    fail(ErrorKind::InvalidArgument, counts.empty()
+        ? "step: " + std::to_string(n) + " " + what + " but " + std::to_string(n_tokens) + " tokens"
+        : "step: the counts add up to " + std::to_string(total) + " tokens but " + std::to_string(n_tokens) + " are given");
+}
+
 }  // namespace
 
 // Python view of a SequenceGroup: keeps the model alive.
@@ -352,20 +372,7 @@ void bind_model(py::module_& m) {
       .def(py::init<>())
       .def("step", [](SessionBatch& b, const std::vector<Engine*>& es, const std::vector<int32_t>& tokens,
                       const std::vector<int64_t>& counts) {
-        int64_t total = (int64_t)es.size();
-        if (!counts.empty()) {
-          if (counts.size() != es.size())
-            fail(ErrorKind::InvalidArgument, "step: " + std::to_string(es.size()) + " engines but " + std::to_string(counts.size()) + " counts");
-          total = 0;
-          for (int64_t c : counts) {
-            if (c < 1) fail(ErrorKind::InvalidArgument, "step: every count must be >= 1");
-            total += c;
-          }
-        }
-        if ((int64_t)tokens.size() != total)
-          fail(ErrorKind::InvalidArgument, counts.empty()
-              ? "step: " + std::to_string(es.size()) + " engines but " + std::to_string(tokens.size()) + " tokens"
-              : "step: the counts add up to " + std::to_string(total) + " tokens but " + std::to_string(tokens.size()) + " are given");
+        check_step_counts(es.size(), "engines", tokens.size(), counts);
         std::vector<Session*> ss;
         for (Engine* e : es) ss.push_back(e ? e->ctx.get() : nullptr);
         py::gil_scoped_release nogil;
@@ -392,18 +399,19 @@ void bind_model(py::module_& m) {
         g.g->add(id, t.data(), (int64_t)t.size());
       }, py::arg("id"), py::arg("tokens"))
       .def("remove", [](PyGroup& g, int64_t id) { g.g->remove(id); }, py::arg("id"))
-      .def("step", [](PyGroup& g, const std::vector<int64_t>& ids, const std::vector<int32_t>& tokens) {
-        if (ids.size() != tokens.size())
-          fail(ErrorKind::InvalidArgument, "step: " + std::to_string(ids.size()) + " ids but " + std::to_string(tokens.size()) + " tokens");
+      .def("step", [](PyGroup& g, const std::vector<int64_t>& ids, const std::vector<int32_t>& tokens,
+                      const std::vector<int64_t>& counts) {
+        check_step_counts(ids.size(), "ids", tokens.size(), counts);
         {
           py::gil_scoped_release nogil;
-          g.g->step(ids.data(), tokens.data(), (int64_t)ids.size());
+          g.g->step(ids.data(), tokens.data(), (int64_t)ids.size(), counts.empty() ? nullptr : counts.data());
         }
         const int64_t V = g.model->hparams().n_vocab;
         py::array_t<float> a({(int64_t)ids.size(), V});
         for (size_t i = 0; i < ids.size(); ++i) std::copy_n(g.g->logits(ids[i]), V, a.mutable_data() + i * V);
         return a;
-      }, py::arg("ids"), py::arg("tokens"), "one batched decode step; logits [len(ids), n_vocab]")
+      }, py::arg("ids"), py::arg("tokens"), py::arg("counts") = std::vector<int64_t>{},
+      "one batched step (with counts, ids[i] takes counts[i] consecutive tokens); last logits [len(ids), n_vocab]")
       .def("logits", &PyGroup::logits, py::arg("id"))
       .def("n_past", [](const PyGroup& g, int64_t id) { return g.g->sequence(id).n_past(); }, py::arg("id"))
       .def("kv_bytes", [](const PyGroup& g, int64_t id) { return g.g->sequence(id).kv_bytes(); }, py::arg("id"))

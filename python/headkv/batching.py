@@ -195,7 +195,7 @@ class SequenceGroup:
     on ``device`` (default: the model's; ``"cpu"``, ``"cuda"`` or ``"cuda-fp32"``; on the GPU each
     step reads every weight once per 8 sequences and runs attention per sequence). ``add(id, tokens)`` evaluates a prompt alone and the sequence joins;
     ``step(ids, tokens)`` appends one token to each named sequence in one batched step and returns
-    their logits ``[len(ids), n_vocab]``; ``remove(id)`` lets one go. Every sequence has a context
+    their logits ``[len(ids), n_vocab]`` (``counts``: several tokens of a sequence, a prompt in chunks); ``remove(id)`` lets one go. Every sequence has a context
     of ``n_ctx`` and the KV method of ``kv`` (default: the model's); ``n_threads`` sizes the group's
     one thread pool. ``kv_limit_bytes`` > 0 bounds all sequences' KV together: a sequence that would
     pass it is refused with OutOfMemoryError before its prefill (on the GPU also one that the free
@@ -214,8 +214,12 @@ class SequenceGroup:
     def remove(self, id: int) -> None:
         self._g.remove(int(id))
 
-    def step(self, ids, tokens) -> np.ndarray:
-        return self._g.step([int(i) for i in ids], [int(t) for t in tokens])
+    def step(self, ids, tokens, counts=None) -> np.ndarray:
+        """One batched step: ``tokens[i]`` to sequence ``ids[i]``; with ``counts``, sequence ``ids[i]``
+        takes ``counts[i]`` (1 to n_batch) consecutive tokens (a prompt's next chunk beside the others'
+        decode tokens; CPU only). Returns each sequence's last logits ``[len(ids), n_vocab]``."""
+        return self._g.step([int(i) for i in ids], [int(t) for t in tokens],
+                            [] if counts is None else [int(c) for c in counts])
 
     def logits(self, id: int) -> np.ndarray:
         return self._g.logits(int(id))

@@ -98,6 +98,33 @@ int main(int argc, char** argv) {
       }
       if (i + 1 < n_out && hk_group_step(g, seq, next, 2) != HK_OK) return fail("group step");
     }
+    /* Sequence 11 joins with the prompt's first half; the rest rides in one step beside sequence 7's
+       next token (hk_group_step_n), after which its first greedy token is the prompt's alone. */
+    if (n >= 2) {
+      const size_t h = n / 2;
+      if (hk_group_add(g, 11, ids, h) != HK_OK) return fail("group add");
+      const float* l7 = hk_group_logits(g, 7);
+      int32_t* rows = malloc((n - h + 1) * sizeof(int32_t));
+      rows[0] = 0;
+      for (int32_t t = 1; t < n_vocab; ++t)
+        if (l7[t] > l7[rows[0]]) rows[0] = t;
+      memcpy(rows + 1, ids + h, (n - h) * sizeof(int32_t));
+      const int64_t seq[2] = {7, 11}, bad_counts[2] = {1, 0}, counts[2] = {1, (int64_t)(n - h)};
+      if (hk_group_step_n(g, seq, rows, bad_counts, 2) != HK_ERR_INVALID_ARGUMENT || hk_group_n_past(g, 11) != (int32_t)h) {
+        fprintf(stderr, "app: a step with a zero count did not fail cleanly\n");
+        return 6;
+      }
+      if (hk_group_step_n(g, seq, rows, counts, 2) != HK_OK) return fail("group step_n");
+      free(rows);
+      const float* l11 = hk_group_logits(g, 11);
+      int32_t first = 0;
+      for (int32_t t = 1; t < n_vocab; ++t)
+        if (l11[t] > l11[first]) first = t;
+      if (hk_group_n_past(g, 11) != (int32_t)n || first != out[0]) {
+        fprintf(stderr, "app: the chunked prompt's first token is %d, alone it was %d\n", first, out[0]);
+        return 7;
+      }
+    }
     hk_group_free(g);
   }
   free(out);

@@ -153,6 +153,12 @@ hk_status hk_group_remove(hk_group* group, int64_t id); /* HK_ERR_INVALID_ARGUME
 /* Appends tokens[i] to sequence ids[i] (i < n) in one batched step. Unknown or repeated ids, tokens
  * outside the vocabulary and full sequences fail before any sequence changes. */
 hk_status hk_group_step(hk_group* group, const int64_t* ids, const int32_t* tokens, size_t n);
+/* As hk_group_step, but sequence ids[i] takes counts[i] (1 to n_batch) consecutive tokens of `tokens`
+ * (counts[0] + ... + counts[n-1] of them): a prompt that joined with its first piece (hk_group_add)
+ * goes on in chunks that ride in the steps of the decoding sequences (llama_batch's several tokens per
+ * sequence). A sequence's logits are those of its last token. CPU groups; on the GPU a count other than
+ * 1 is HK_ERR_UNSUPPORTED. Bad counts fail with HK_ERR_INVALID_ARGUMENT before any sequence changes. */
+hk_status hk_group_step_n(hk_group* group, const int64_t* ids, const int32_t* tokens, const int64_t* counts, size_t n);
 /* Last logits of a sequence (n_vocab floats, valid until its next step); NULL for an unknown id. */
 const float* hk_group_logits(const hk_group* group, int64_t id);
 int32_t hk_group_n_past(const hk_group* group, int64_t id); /* -1 for an unknown id */

@@ -245,6 +245,11 @@ hk_status hk_group_step(hk_group* g, const int64_t* ids, const int32_t* tokens, 
   return guard([&] { g->g->step(ids, tokens, (int64_t)n); });
 }
 
+hk_status hk_group_step_n(hk_group* g, const int64_t* ids, const int32_t* tokens, const int64_t* counts, size_t n) {
+  if (!g || !ids || !tokens || !counts) return null_arg("group, ids, tokens and counts");
+  return guard([&] { g->g->step(ids, tokens, (int64_t)n, counts); });
+}
+
 const float* hk_group_logits(const hk_group* g, int64_t id) {
   if (!g) return nullptr;
   try {

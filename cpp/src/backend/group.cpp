@@ -141,10 +141,13 @@ void SequenceGroup::remove(int64_t id) {
   seqs_.erase(id);
 }
 
-void SequenceGroup::step(const int64_t* ids, const int32_t* tokens, int64_t n) {
+void SequenceGroup::step(const int64_t* ids, const int32_t* tokens, int64_t n, const int64_t* counts) {
   if (n <= 0) fail(ErrorKind::InvalidArgument, "a step needs at least one sequence");
 #ifdef HEADKV_WITH_CUDA
   if (batch_) {
+    if (counts)
+      for (int64_t i = 0; i < n; ++i)
+        if (counts[i] != 1) fail(ErrorKind::Unsupported, "a batched GPU step takes one token per sequence");
     std::vector<CudaContext*> cs;
     for (int64_t i = 0; i < n; ++i) cs.push_back(sequence(ids[i]).gpu());
     batch_->step(cs, tokens, ids);  // refuses a sequence given twice, naming its id
@@ -153,7 +156,7 @@ void SequenceGroup::step(const int64_t* ids, const int32_t* tokens, int64_t n) {
 #endif
   std::vector<Context*> cs;
   for (int64_t i = 0; i < n; ++i) cs.push_back(sequence(ids[i]).cpu());
-  Context::decode_batch(cs, tokens, ids);  // refuses a sequence given twice, naming its id
+  Context::decode_batch(cs, tokens, ids, counts);  // refuses a sequence given twice, naming its id
 }
 
 }  // namespace headkv

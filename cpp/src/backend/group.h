@@ -56,8 +56,10 @@ class SequenceGroup {
   void remove(int64_t id);
   // Appends tokens[i] to sequence ids[i] for every i, in one batched step. Unknown or repeated ids,
   // tokens outside the vocabulary and full sequences fail (InvalidArgument / ContextFull) before any
-  // sequence changes.
-  void step(const int64_t* ids, const int32_t* tokens, int64_t n);
+  // sequence changes. counts (optional): sequence ids[i] takes counts[i] (1 to n_batch) consecutive
+  // tokens of `tokens` (a prompt's next chunk riding with the others' decode tokens; its logits are
+  // its last token's); CPU only, Unsupported on the GPU for a count other than 1.
+  void step(const int64_t* ids, const int32_t* tokens, int64_t n, const int64_t* counts = nullptr);
 
   // The last logits of a sequence (n_vocab floats); InvalidArgument for an unknown id.
   const float* logits(int64_t id) const;

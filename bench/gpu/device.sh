@@ -4,7 +4,10 @@
 # one warm machine live in /tmp.
 #   setup_a / setup_b   copy the carried pieces (.dev/gpu: site packages, SmolLM2 in two parts)
 #   build               pip install . with -DHEADKV_CUDA=ON (CUDA backend, sm_90)
-#   smoke               synthetic SmolLM2-shaped Q4_0: CPU vs GPU logits and kept positions
+#   smoke               synthetic SmolLM2-shaped Q4_0: CPU vs GPU logits and kept positions (before
+#                       setup_b: VOCAB=.dev/gpu/smol-vocab.gguf, the tokenizer alone, written by
+#                       tools/make_synthetic_gguf.py --vocab-from SMOLLM2 --export-vocab -o ...; carried
+#                       with setup_a, it gives a first GPU check in the build's call)
 #   test                pytest -m gpu tests/test_cuda.py on the real SmolLM2
 #   gen8b TYPE          Llama-3-8B-shaped random GGUF (q4_0 | f16) in /tmp
 #   verify [SECONDS]    every GPU test file, newest CUDA code first, within SECONDS (after setup_b)

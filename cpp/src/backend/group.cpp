@@ -17,6 +17,17 @@ namespace headkv {
 SessionBatch::SessionBatch() = default;
 SessionBatch::~SessionBatch() = default;
 
+#ifdef HEADKV_WITH_CUDA
+namespace {
+// The GPU's batched step takes one token per sequence (no prompt chunks among its rows).
+void check_one_token_each(const int64_t* counts, int64_t n) {
+  if (counts)
+    for (int64_t i = 0; i < n; ++i)
+      if (counts[i] != 1) fail(ErrorKind::Unsupported, "a batched GPU step takes one token per sequence");
+}
+}  // namespace
+#endif
+
 void SessionBatch::step(const std::vector<Session*>& seqs, const int32_t* tokens, const int64_t* ids,
                         const int64_t* counts) {
   if (seqs.empty()) fail(ErrorKind::InvalidArgument, "a batched step needs at least one sequence");
@@ -25,9 +36,7 @@ void SessionBatch::step(const std::vector<Session*>& seqs, const int32_t* tokens
       fail(ErrorKind::InvalidArgument, "a batched step runs sessions of one device (sequence " + std::to_string(i) + ")");
 #ifdef HEADKV_WITH_CUDA
   if (seqs[0]->gpu()) {
-    if (counts)
-      for (size_t i = 0; i < seqs.size(); ++i)
-        if (counts[i] != 1) fail(ErrorKind::Unsupported, "a batched GPU step takes one token per sequence");
+    check_one_token_each(counts, (int64_t)seqs.size());
     std::vector<CudaContext*> cs;
     for (Session* s : seqs) cs.push_back(s->gpu());
     if (!gpu_)
@@ -145,9 +154,7 @@ void SequenceGroup::step(const int64_t* ids, const int32_t* tokens, int64_t n, c
   if (n <= 0) fail(ErrorKind::InvalidArgument, "a step needs at least one sequence");
 #ifdef HEADKV_WITH_CUDA
   if (batch_) {
-    if (counts)
-      for (int64_t i = 0; i < n; ++i)
-        if (counts[i] != 1) fail(ErrorKind::Unsupported, "a batched GPU step takes one token per sequence");
+    check_one_token_each(counts, n);
     std::vector<CudaContext*> cs;
     for (int64_t i = 0; i < n; ++i) cs.push_back(sequence(ids[i]).gpu());
     batch_->step(cs, tokens, ids);  // refuses a sequence given twice, naming its id

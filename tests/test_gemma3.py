@@ -87,6 +87,30 @@ def test_ring_bounds_the_sliding_window_layers(gemma3):
     assert q8.kv_stats()["bytes_held"] == (3 * n_ctx + 15 * (WINDOW + n_batch)) * 2 * 8 * 34
 
 
+def test_group_admission_counts_the_rings(gemma3):
+    """A CPU sequence group admits full-cache Gemma sequences by what their contexts allocate (rings of
+    window + ub rows in the 15 sliding-window layers, n_ctx rows in the 3 global ones): a KV limit of
+    2.5 contexts admits two, refuses the third with OutOfMemoryError naming its bytes, leaves the group
+    as it was, and the two decode in one batched step as they do alone."""
+    n_ctx, n_batch = 4096, 512
+    base = headkv.Model(gemma3, n_ctx=n_ctx, n_batch=n_batch, n_threads=2)
+    one = base.kv_bytes()
+    assert one == (3 * n_ctx + 15 * (WINDOW + n_batch)) * 2 * 256 * 2
+    g = headkv.SequenceGroup(base, n_ctx=n_ctx, n_threads=2, kv_limit_bytes=2 * one + one // 2)
+    a, b = base.tokenize("The capital of France is"), base.tokenize("Water boils at a temperature of")
+    g.add(1, a)
+    g.add(2, b)
+    with pytest.raises(headkv.OutOfMemoryError, match="full cache needs " + str(one)):
+        g.add(3, a)
+    assert sorted(g.ids) == [1, 2] and g.kv_bytes() == 2 * one
+    t1, t2 = int(np.argmax(g.logits(1))), int(np.argmax(g.logits(2)))
+    out = g.step([1, 2], [t1, t2])
+    for seq, prompt, t, row in ((1, a, t1, out[0]), (2, b, t2, out[1])):
+        alone = headkv.Model(gemma3, n_ctx=n_ctx, n_batch=n_batch, n_threads=2)
+        alone.eval(prompt + [t])
+        assert np.abs(np.array(row) - np.array(alone.logits())).max() < 1e-3 * np.abs(alone.logits()).max(), seq
+
+
 def test_prefix_reuse_truncate_and_state_with_the_ring(gemma3, prompt):
     """Rolling back within what the ring holds keeps the cache; further back, truncate refuses and a
     follow-up prompt is evaluated afresh (same tokens as a fresh model). save/load_state carry the

@@ -17,4 +17,5 @@ for path in sys.argv[1:]:
         else:  # llama-bench
             name = (f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}") + (
                 f" @ d{r['n_depth']}" if r.get("n_depth") else "")
-            print(f"llama.cpp {r['model_filename'].split('/')[-1]} {name}: {r['avg_ts']:.1f} ± {r['stddev_ts']:.1f} t/s")
+            kv = f" {r.get('type_k', 'f16')}/{r.get('type_v', 'f16')} fa {r.get('flash_attn', '?')}"
+            print(f"llama.cpp {r['model_filename'].split('/')[-1]}{kv} {name}: {r['avg_ts']:.1f} ± {r['stddev_ts']:.1f} t/s")

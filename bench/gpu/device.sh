@@ -2,7 +2,8 @@
 # Stages of a GPU session on the lent device machine (offline; see BENCHMARKS.md, GPU section).
 # Each stage appends its log to $OUT (or /tmp/hk-out). Files that must survive between calls of
 # one warm machine live in /tmp.
-#   setup_a / setup_b   copy the carried pieces (.dev/gpu: site packages, SmolLM2 in two parts)
+#   setup_a / setup_b   copy the carried pieces (.dev/gpu, filled by bench/gpu/pack.sh: site packages,
+#                       SmolLM2 in two parts)
 #   build               pip install . with -DHEADKV_CUDA=ON (CUDA backend, sm_90)
 #   smoke               synthetic SmolLM2-shaped Q4_0: CPU vs GPU logits and kept positions (before
 #                       setup_b: VOCAB=.dev/gpu/smol-vocab.gguf, the tokenizer alone, written by

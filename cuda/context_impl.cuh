@@ -154,8 +154,16 @@ struct CudaContext::Impl {
   bool layer_pooled() const { return self.layer_pooled(); }  // SequenceContext::layer_pooled
   void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
   // The layer buffers hold N rows: the prompt (n_prompt), then the observation probe if any.
-  void select_layer(int il, int64_t N, int64_t n_prompt, const void* LK, const void* LV, const float* qwin, float* raw,
-                    float* pooled, float* rowstat, const uint8_t* runs, uint8_t* flags, int32_t* list, int32_t* count);
+  // fit: value fitting's buffers (the window rows' full outputs, scratch); null: no fitting.
+  struct FitBuffers {
+    const float* owin;
+    float* A;
+    int64_t lda;
+    double* W;
+  };
+  void select_layer(int il, int64_t N, int64_t n_prompt, const void* LK, void* LV, const float* qwin, float* raw,
+                    float* pooled, float* rowstat, const uint8_t* runs, uint8_t* flags, int32_t* list, int32_t* count,
+                    const FitBuffers* fit);
 };
 
 }  // namespace headkv

@@ -11,9 +11,9 @@
 
 namespace headkv {
 
-void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const void* LK, const void* LV,
+void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const void* LK, void* LV,
                                      const float* qwin, float* raw, float* pooled, float* rowstat, const uint8_t* runs,
-                                     uint8_t* flags, int32_t* list, int32_t* count) {
+                                     uint8_t* flags, int32_t* list, int32_t* count, const FitBuffers* fit) {
   const int H = hp.n_head_kv, hd = hp.head_dim;
   const int a = plan->window;
   const int64_t P = n_prompt - a;
@@ -57,6 +57,10 @@ void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const 
     }
   }
   compact_flags(flags, P, n_prompt, N, H, list, count, st);
+  if (fit && plan->compressed && !local && method != BudgetMethod::Streaming && P > 0) {
+    const ValueFit f{qwin, fit->owin, a, hp.n_head, H, hd, hp.attn_scale, hp.attn_softcap, kv.value_fit};
+    fit_values(f, LK, LV, half_gemm, N, P, list, count, fit->A, fit->lda, fit->W, st);
+  }
   int64_t max_count = N;
   if (layer_pooled() && plan->compressed && !local) {
     layer_offsets(seg_off.get() + il * H, count, H, kv.max_new_tokens, st);
@@ -89,6 +93,22 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
     if (tok_edges.empty()) tok_edges = token_edges(model.tokenizer());
     runs_h = run_continues(tok_edges, prompt, P, kv.span);
   }
+  // Value fitting (select/value_fit.h): the prompt's own window (no probe) of a selecting method.
+  // Its scratch rows are as long as the most entries a head of any layer can keep.
+  const bool fit = scored && kv.value_fit > 0 && N == n_prompt && P > 0;
+  const int64_t fit_m = (int64_t)a * (nh / H);
+  int64_t fit_lda = 0;
+  if (fit)
+    for (int il = 0; il < hp.n_layer; ++il) {
+      int64_t most = 0, total = 0;
+      for (int g = 0; g < H; ++g) {
+        most = std::max<int64_t>(most, plan->at(il, g));
+        total += plan->at(il, g);
+      }
+      fit_lda = std::max<int64_t>(fit_lda, std::min<int64_t>(P, layer_pooled() ? total : most) + a);
+    }
+  const uint64_t fit_b = fit ? (uint64_t)H * fit_m * fit_lda * 4 + (uint64_t)H * (fit_m * fit_m + fit_m * hd) * 8 +
+                                   (uint64_t)a * nh * hd * 4 : 0;
   // Everything the prompt needs, checked before allocating any of it.
   uint64_t arena_b = 0;
   for (int64_t c : cap) arena_b += (uint64_t)c * entry_bytes();
@@ -101,10 +121,12 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
   // The prompt's residual stream (every token's activations between layers) is the largest buffer
   // after the layer's K/V: fp16 in the fast precision too (each chunk runs its layer in fp32 scratch).
   const uint64_t need = arena_b + layer_kv + (uint64_t)N * d * (half_gemm ? 2 : 4) + (uint64_t)n_win * nh * hd * 4 +
-                        2ull * H * P * 4 + (uint64_t)H * P + (uint64_t)P + (uint64_t)H * N * 4 + (uint64_t)nh * n_win * 8 + 1024;
+                        2ull * H * P * 4 + (uint64_t)H * P + (uint64_t)P + (uint64_t)H * N * 4 + (uint64_t)nh * n_win * 8 +
+                        fit_b + 1024;
   require_device_bytes(need, "a compressed prompt of " + std::to_string(N) + " tokens (arena " + std::to_string(arena_b) +
                                  " bytes, one layer's K/V " + std::to_string(layer_kv) + " bytes)");
-  DBuf<float> X, LK, LV, qwin, raw, pooled, rowstat;
+  DBuf<float> X, LK, LV, qwin, raw, pooled, rowstat, owin, fitA;
+  DBuf<double> fitW;
   DBuf<__half> Xh, LKh, LVh;
   DBuf<uint8_t> flags, runs;
   DBuf<int32_t> list, count;
@@ -123,13 +145,20 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
     LV.alloc((size_t)H * N * hd, "layer values");
   }
   const void* lk = half_gemm ? (const void*)LKh.get() : (const void*)LK.get();
-  const void* lv = half_gemm ? (const void*)LVh.get() : (const void*)LV.get();
+  void* lv = half_gemm ? (void*)LVh.get() : (void*)LV.get();
   qwin.alloc((size_t)std::max(n_win, 1) * nh * hd, "window queries");
   raw.alloc((size_t)H * std::max<int64_t>(P, 1), "window scores");
   pooled.alloc((size_t)H * std::max<int64_t>(P, 1), "pooled scores");
   rowstat.alloc((size_t)nh * std::max(n_win, 1) * 2, "softmax statistics");
   flags.alloc((size_t)H * std::max<int64_t>(P, 1), "selection flags");
   list.alloc((size_t)H * N, "kept lists");
+  FitBuffers fb{};
+  if (fit) {
+    owin.alloc((size_t)a * nh * hd, "window outputs");
+    fitA.alloc((size_t)H * fit_m * fit_lda, "value fitting");
+    fitW.alloc((size_t)H * (fit_m * fit_m + fit_m * hd), "value fitting");
+    fb = FitBuffers{owin.get(), fitA.get(), fit_lda, fitW.get()};
+  }
   count.alloc(H, "kept counts");
   prefill_peak = layer_kv + arena_bytes();
 
@@ -180,12 +209,15 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
       if (w0 < c0 + T)
         check(cudaMemcpyAsync(qwin.get() + (w0 - wb) * nh * hd, q.get() + (w0 - c0) * nh * hd,
                               (c0 + T - w0) * nh * hd * sizeof(float), cudaMemcpyDeviceToDevice, st), "window queries");
+      if (fit && w0 < c0 + T)
+        check(cudaMemcpyAsync(owin.get() + (w0 - wb) * nh * hd, att.get() + (w0 - c0) * nh * hd,
+                              (c0 + T - w0) * nh * hd * sizeof(float), cudaMemcpyDeviceToDevice, st), "window outputs");
       attn_out(L, T, xc);
       mlp(L, xc, T);
       if (half_gemm) f32_to_f16(xc, Xh.get() + c0 * d, T * d, st);
     }
     select_layer(il, N, n_prompt, lk, lv, qwin.get(), raw.get(), pooled.get(), rowstat.get(), runs.get(), flags.get(),
-                 list.get(), count.get());
+                 list.get(), count.get(), fit ? &fb : nullptr);
   }
   const int64_t rows = all_logits ? n_prompt : 1;  // logits_h was sized by eval() before the prompt ran
   for (int64_t r0 = n_prompt - rows; r0 < n_prompt; r0 += ub) {

@@ -239,4 +239,19 @@ void gather_to_arena(const int32_t* list, const int32_t* count, int64_t N, int n
                      const void* V, bool half_kv, const int64_t* seg_off, void* ak, void* av, KVType tk, KVType tv,
                      int32_t* apos, int32_t* used, int64_t max_count, cudaStream_t s);
 
+
+// ---- value_fit.cu: value fitting (cpp/src/select/value_fit.h) of one layer's kept values in the
+// layer buffer V ([g][N][hd], fp32 or fp16 when half_kv), before gather_to_arena. qwin / owin: the
+// window rows' queries and full-cache attention outputs, [a][nh][hd]. Scratch: A of nkv * a * G * lda
+// floats (lda >= every head's count), W of nkv * (m * m + m * hd) doubles (m = a * G).
+struct ValueFit {
+  const float* qwin;
+  const float* owin;
+  int a, nh, nkv, hd;
+  float scale, softcap;
+  double lambda;
+};
+void fit_values(const ValueFit& f, const void* K, void* V, bool half_kv, int64_t N, int64_t P, const int32_t* list,
+                const int32_t* count, float* A, int64_t lda, double* W, cudaStream_t s);
+
 }  // namespace headkv::cu

@@ -13,6 +13,9 @@ slow add the budgets between, a ~3.5k-token prompt and the other probe cases.
 The logits are compared with the reference model attending over the engine's kept entries, which
 the selection check has just found equal to the reference's up to near-ties, stored as the engine
 stores them (K/V rounded to f16, the default cache type; selection scores use fp32 K on both sides).
+Value fitting (on by default) changes the kept values before they are stored: the reference refits
+them from the formula (reference.selection.fit_values, float64, its own window queries and full
+outputs) over the engine's kept entries; the paper's form (span 0) also turns the fitting off.
 
 Ties: both sides order candidates by (score desc, position asc), so exact ties (max pooling makes
 many) break the same way. The two sides compute scores in different float orders (engine fp32,
@@ -160,13 +163,13 @@ def test_kept_positions_and_logits_match_reference(method, span, part, case, smo
     for budget in case["budgets"][part]:
         m = headkv.Model(smollm2, n_ctx=4096, n_threads=2, kv_method=method, kv_budget=budget,
                          scores=score_file[0] if method == "headkv" else None, max_new_tokens=8,
-                         adaptive=adaptive, **({} if span else {"span": 0}))
+                         adaptive=adaptive, **({} if span else {"span": 0, "value_fit": 0}))
         m.eval(prompt)
         got = m.kv_positions()
         caps = ref_budget.plan(method, score_file[1], L, Hkv, budget, WINDOW, None, 1.0, N)
         np.testing.assert_array_equal(m.kv_stats()["caps"], caps)
 
-        swaps, masks = 0, []
+        swaps, masks, values = 0, [], []
         for l in range(L):
             K = case["cache"]["k"][l].numpy()
             want, s = ref_sel.select_layer(sel_method, case["win_q"][l].numpy(), K, caps[l], runs=runs if span else None)
@@ -180,12 +183,15 @@ def test_kept_positions_and_logits_match_reference(method, span, part, case, smo
                 mask[g, torch.as_tensor(got_l[g], dtype=torch.long)] = True
             mask[:, N - WINDOW:] = True   # the window and every decoded token
             masks.append(mask)
+            V = case["cache"]["v"][l]
+            if span and method != "streaming":  # value fitting (on by default) over the engine's kept entries
+                V = torch.from_numpy(ref_sel.fit_values(case["win_q"][l].numpy(), K, V.numpy(), got_l)).to(V.dtype)
+            values.append(V)
         assert swaps <= 2, f"{swaps} near-tie swaps (distinct scores)"
 
-        def prompt_cache():  # the arena holds the kept K/V as f16 (the default cache type)
-            return {"k": [k.half().float() for k in case["cache"]["k"]],
-                    "v": [v.half().float() for v in case["cache"]["v"]], "n": N}
-        cache = prompt_cache()
+        def prompt_cache(vs):  # the arena holds the kept K/V as f16 (the default cache type)
+            return {"k": [k.half().float() for k in case["cache"]["k"]], "v": [v.half().float() for v in vs], "n": N}
+        cache = prompt_cache(values)
         for i, tok in enumerate(case["cont"]):
             m.eval([tok])
             n_keys = N + i + 1
@@ -195,8 +201,12 @@ def test_kept_positions_and_logits_match_reference(method, span, part, case, smo
             assert d < F16_MAX_ABS_DLOGIT, (method, budget, i, d)
             assert int(m.logits().argmax()) == int(want_logits.argmax())
             if i == 0 and budget == 64:  # the masks matter: full attention gives other logits
-                full_logits, _ = ref_model.forward([tok], prompt_cache(), kv_dtype=torch.float16)
+                full_logits, _ = ref_model.forward([tok], prompt_cache(case["cache"]["v"]), kv_dtype=torch.float16)
                 assert np.abs(full_logits.numpy() - want_logits.numpy()).max() > MASKS_MATTER_DLOGIT
+                if span and method != "streaming":  # and so does the fitting: the kept values as they were
+                    plain, _ = ref_model.forward([tok], prompt_cache(case["cache"]["v"]),
+                                                 key_mask=[mk[:, :n_keys] for mk in masks], kv_dtype=torch.float16)
+                    assert np.abs(plain.numpy() - want_logits.numpy()).max() > MASKS_MATTER_DLOGIT
 
 
 @pytest.mark.parametrize("budget", [64, pytest.param(256, marks=pytest.mark.slow)])

@@ -197,6 +197,40 @@ def test_probe_and_paper_rule_match_cpu(smollm2, prompt, score_file, method, kw)
     assert abs(g.logits() - c.logits()).max() < 0.1
 
 
+@pytest.mark.parametrize("method,kw", [("snapkv", {}), ("adakv", {}), ("headkv", {}), ("headkv", {"adaptive": True}),
+                                       ("pyramidkv", {})], ids=["snapkv", "adakv", "headkv", "headkv-adaptive", "pyramidkv"])
+def test_value_fit_matches_cpu(smollm2, prompt, score_file, method, kw):
+    """Value fitting (on by default) on the GPU (cuda/value_fit.cu, before the gather) and on the CPU:
+    the same kept positions, and decode logits over the fitted arena within 0.1 of the CPU's (the f16
+    cache's bound; the fitted values differ by fp32 against double logits and fp16 rounding), for
+    three steps; the fitting moves the logits by much more than that (value_fit=0 on both sides)."""
+    res = {}
+    for vf in (1.0, 0.0):
+        ms = []
+        for dev in ("cpu", "cuda-fp32"):
+            m = headkv.Model(smollm2, n_ctx=2048, n_threads=4, device=dev, kv_method=method, kv_budget=64,
+                             max_new_tokens=80, scores=score_file if method == "headkv" else None, value_fit=vf, **kw)
+            m.eval(prompt)
+            ms.append(m)
+        c, g = ms
+        sc, sg = c.kv_stats(), g.kv_stats()
+        assert _check_positions(c.kv_positions(), g.kv_positions(), sg.get("selection_scores"), sc["window"],
+                                sg["layer_pooled"]) == 0
+        logits = []
+        for t in (11, 12, 13):
+            c.eval([t])
+            g.eval([t])
+            logits.append((c.logits().copy(), g.logits().copy()))
+        res[vf] = logits
+    for vf in (1.0, 0.0):
+        d = max(np.abs(lc - lg).max() for lc, lg in res[vf])
+        print(method, kw, f"value_fit={vf}: max |dlogit| CPU vs GPU", round(float(d), 5))
+        assert d < 0.1
+    moved = max(np.abs(a[0] - b[0]).max() for a, b in zip(res[1.0], res[0.0]))
+    print(method, kw, "fitting moves the CPU's logits by", round(float(moved), 4))
+    assert moved > 0.5
+
+
 def _softmax(z):
     e = np.exp(z - z.max())
     return e / e.sum()

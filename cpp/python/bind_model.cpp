@@ -232,7 +232,8 @@ void bind_model(py::module_& m) {
       .def(py::init([](const std::string& method, int budget, int window, double beta, double temp, int kernel,
                        const std::string& pooling, const std::string& scores, int max_new_tokens, int span,
                        const std::vector<int32_t>& probe, bool probe_echo, bool adaptive,
-                       const std::string& type_k, const std::string& type_v, int64_t budget_bytes) {
+                       const std::string& type_k, const std::string& type_v, int64_t budget_bytes,
+                       double value_fit) {
              if (pooling != "max" && pooling != "avg")
                fail(ErrorKind::InvalidArgument, "pooling must be 'max' or 'avg', got '" + pooling + "'");
              KVConfig c;
@@ -252,6 +253,7 @@ void bind_model(py::module_& m) {
              c.type_k = type_k;
              c.type_v = type_v;
              c.budget_bytes = budget_bytes;
+             c.value_fit = value_fit;
              return c;
            }),
            py::arg("method") = "full", py::arg("budget") = 128, py::arg("window") = 8, py::arg("beta") = KVConfig{}.beta,
@@ -259,7 +261,8 @@ void bind_model(py::module_& m) {
            py::arg("max_new_tokens") = 512, py::arg("span") = KVConfig{}.span,
            py::arg("probe") = std::vector<int32_t>{}, py::arg("probe_echo") = false,
            py::arg("adaptive") = KVConfig{}.adaptive, py::arg("type_k") = KVConfig{}.type_k,
-           py::arg("type_v") = KVConfig{}.type_v, py::arg("budget_bytes") = 0);
+           py::arg("type_v") = KVConfig{}.type_v, py::arg("budget_bytes") = 0,
+           py::arg("value_fit") = KVConfig{}.value_fit);
 
   py::class_<Engine>(m, "Engine")
       .def(py::init<const std::string&, int, int, int, const KVConfig&, const std::string&>(), py::arg("path"),

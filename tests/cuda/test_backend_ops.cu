@@ -19,6 +19,7 @@
 #include "ops_matvec.cuh"
 #include "ops_rope.cuh"
 #include "ops_select.cuh"
+#include "ops_value_fit.cuh"
 #include "ops_window.cuh"
 
 using namespace opcheck;
@@ -152,6 +153,7 @@ int main() {
   group("window_scores", check_window_scores_topk, st);
   group("topk (exact)", check_topk_exact, st);
   group("compact/gather", check_compact_gather, st);
+  group("value_fit", check_value_fit, st);
   if (cudaStreamDestroy(st) != cudaSuccess) report_error("cudaStreamDestroy", "", cudaGetErrorString(cudaGetLastError()));
   std::printf("test_backend_ops: %d of %d cases passed%s\n", g_cases - g_failed, g_cases,
               g_failed ? "" : " (all)");

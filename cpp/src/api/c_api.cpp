@@ -75,6 +75,7 @@ headkv::ContextParams to_params(const hk_context_params& d) {
   if (d.type_k) cp.kv.type_k = d.type_k;
   if (d.type_v) cp.kv.type_v = d.type_v;
   cp.kv.budget_bytes = d.kv_budget_bytes;
+  cp.kv.value_fit = d.kv_value_fit;
   return cp;
 }
 }  // namespace
@@ -127,7 +128,7 @@ hk_context_params hk_context_default_params(void) {
   const headkv::KVConfig kv;
   return hk_context_params{0, 0, 512, nullptr, kv.budget, kv.window, (float)kv.beta, kv.kernel, 0, nullptr,
                            kv.max_new_tokens, nullptr, kv.span, nullptr, 0, 0, kv.adaptive ? 1 : 0,
-                           nullptr, nullptr, 0};
+                           nullptr, nullptr, 0, (float)kv.value_fit};
 }
 
 hk_status hk_context_new(const hk_model* model, const hk_context_params* p, hk_context** out) {

@@ -102,7 +102,7 @@ class Context : public SequenceContext {
   void forward(const int32_t* tokens, int64_t T, bool all_logits, float* logits_out, float* hidden_out = nullptr);
   void prefill_compressed(const int32_t* tokens, int64_t N, bool all_logits);
   // K/V hold N rows (the prompt, then the probe when there is one); the prompt is the first n_prompt.
-  void select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N, int64_t n_prompt);
+  void select_layer(int il, const float* q_win, const float* o_win, const float* K, float* V, int64_t N, int64_t n_prompt);
   // Pieces of the transformer block, shared by both paths.
   // cos/sin of positions pos0.. for layer il's RoPE (sliding-window layers may have their own base).
   void rope_tables(int il, int64_t pos0, int64_t T, std::vector<float>& cs, std::vector<float>& sn) const;

@@ -12,6 +12,7 @@
 #include "model/context.h"
 #include "quant/quant.h"
 #include "select/spans.h"
+#include "select/value_fit.h"
 
 namespace headkv {
 
@@ -97,7 +98,8 @@ BudgetPlan plan_compressed_layers(const BudgetParams& bp, const HeadScores* scor
   return plan;
 }
 
-void Context::select_layer(int il, const float* q_win, const float* K, const float* V, int64_t N, int64_t n_prompt) {
+void Context::select_layer(int il, const float* q_win, const float* o_win, const float* K, float* V, int64_t N,
+                           int64_t n_prompt) {
   const int nkv = hp_.n_head_kv, hd = hp_.head_dim;
   const int32_t a = plan_->window;
   const int64_t P = n_prompt - a;
@@ -138,6 +140,24 @@ void Context::select_layer(int il, const float* q_win, const float* K, const flo
     std::vector<int64_t> cap(nkv);
     for (int g = 0; g < nkv; ++g) cap[g] = (int64_t)kept[g].size() + a + kv_.max_new_tokens;
     arena_->resize_layer(il, cap);
+  }
+  // Value fitting: the prompt's own window selected (no probe) from a compressed global layer.
+  if (kv_.value_fit > 0 && plan_->compressed && !hp_.is_swa(il) && method_ != BudgetMethod::Streaming &&
+      N == n_prompt && P > 0) {
+    ValueFitArgs fa;
+    fa.q_win = q_win;
+    fa.o_win = o_win;
+    fa.window = a;
+    fa.n_head = hp_.n_head;
+    fa.n_head_kv = nkv;
+    fa.head_dim = hd;
+    fa.scale = hp_.attn_scale;
+    fa.softcap = hp_.attn_softcap;
+    fa.lambda = kv_.value_fit;
+    pool_.parallel_for(nkv, [&](int64_t b, int64_t e) {
+      for (int64_t g = b; g < e; ++g)
+        fit_values(fa, (int)g, K + (size_t)g * N * hd, V + (size_t)g * N * hd, P, kept[g]);
+    });
   }
   for (int g = 0; g < nkv; ++g) {
     const float* Kg = K + (size_t)g * N * hd;
@@ -203,7 +223,8 @@ void Context::prefill_compressed(const int32_t* prompt, int64_t n_prompt, bool a
       return kv;
     }, att.data());
     const int64_t n_win = N > n_prompt ? N - n_prompt : plan_->window;
-    select_layer(il, &q[(size_t)(N - n_win) * nh * hd], K.data(), V.data(), N, n_prompt);
+    select_layer(il, &q[(size_t)(N - n_win) * nh * hd], &att[(size_t)(N - n_win) * nh * hd], K.data(), V.data(), N,
+                 n_prompt);
     out_and_mlp(il, att.data(), N, x.data(), tmp.data());
   }
   const uint64_t rows = all_logits ? (uint64_t)n_prompt : 1;

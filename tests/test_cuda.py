@@ -200,7 +200,7 @@ def test_probe_and_paper_rule_match_cpu(smollm2, prompt, score_file, method, kw)
 @pytest.mark.parametrize("method,kw", [("snapkv", {}), ("adakv", {}), ("headkv", {}), ("headkv", {"adaptive": True}),
                                        ("pyramidkv", {})], ids=["snapkv", "adakv", "headkv", "headkv-adaptive", "pyramidkv"])
 def test_value_fit_matches_cpu(smollm2, prompt, score_file, method, kw):
-    """Value fitting (on by default) on the GPU (cuda/value_fit.cu, before the gather) and on the CPU:
+    """Value fitting (value_fit=1) on the GPU (cuda/value_fit.cu, before the gather) and on the CPU:
     the same kept positions, and decode logits over the fitted arena within 0.1 of the CPU's (the f16
     cache's bound; the fitted values differ by fp32 against double logits and fp16 rounding), for
     three steps; the fitting moves the logits by much more than that (value_fit=0 on both sides)."""

@@ -24,7 +24,7 @@ struct Args {
   hk_context_params cp = hk_context_default_params();
   std::string kv_method = "full", scores;
   std::string type_k = "f16", type_v = "f16";  // KV cache element types (-ctk / -ctv)
-  bool span_set = false, pool_set = false, fit_set = false;
+  bool span_set = false, pool_set = false;
   std::string device = "cpu";
 };
 
@@ -71,7 +71,7 @@ const char* kUsage =
     "      --span N            span-aware selection: token runs up to N long kept whole (default 16;\n"
     "                          0 = the paper's rule, the default when --pool or --kernel is given)\n"
     "      --value-fit L       refit the kept values to the window's full-cache outputs, ridge L\n"
-    "                          (default 1; 0 = off, the paper's rule, the default with --pool/--kernel)\n"
+    "                          (e.g. 1: closer continuations, weaker retrieval; default 0 = off)\n"
     "      --probe TEXT        observation probe: text run after the prompt (or the --context-file\n"
     "                          document) whose attention selects, then dropped; 'repeat' = a request\n"
     "                          to repeat the text, 'reconstruct' = that request followed by the text\n"
@@ -162,13 +162,12 @@ Args parse(int argc, char** argv) {
       a.pool_set = true;
     }
     else if (f == "--span") { a.cp.kv_span = (int)to_int(f, val()); a.span_set = true; }
-    else if (f == "--value-fit") { a.cp.kv_value_fit = to_float(f, val()); a.fit_set = true; }
+    else if (f == "--value-fit") a.cp.kv_value_fit = to_float(f, val());
     else if (f == "--probe") a.probe = val();
     else if (f == "--adaptive") a.cp.kv_adaptive = (int)to_int(f, val());
     else die("unknown argument '" + f + "' (see --help)");
   }
   if (a.pool_set && !a.span_set) a.cp.kv_span = 0;  // explicit pooling: the paper's rule
-  if (a.pool_set && !a.fit_set) a.cp.kv_value_fit = 0;
   if (a.model.empty()) die("no model given (-m MODEL)");
   if (!have_prompt) die("no prompt given (-p PROMPT or -f FILE)");
   if (device == "auto") device = hk_cuda_device_count() > 0 ? "cuda" : "cpu";

@@ -12,10 +12,6 @@ METHODS = ("full", "snapkv", "streaming", "pyramidkv", "adakv", "headkv")
 # into pieces) up to this many tokens are kept whole. See docs/kv_compression.md.
 DEFAULT_SPAN = 16
 
-# Value fitting (the default): the ridge λ of the kept values' refit to the observation window's
-# full-cache outputs (cpp/src/select/value_fit.h). Chosen on EVALUATION.md's tuning split.
-DEFAULT_VALUE_FIT = 1.0
-
 
 def default_beta(budget: int) -> float:
     """headkv's HeadKV β at a budget when none is given: 1/β of each head's budget (window excluded)
@@ -53,11 +49,11 @@ class KVConfig:
         runs after the prompt, its attention selects what each head keeps, and it is dropped: the
         context then holds the compressed prompt only. None: the prompt's last ``window`` tokens
         select (query-aware use: the question ends the prompt).
-    value_fit: value fitting's ridge λ: after selection each KV head's kept values are refitted (the
-        smallest ridge least-squares change) so that the observation window's queries read what they
-        read over the full cache (applies to the selecting methods, the prompt's own window, global
-        layers); 0 = off. Default: ``DEFAULT_VALUE_FIT``, or 0 when ``pooling`` or ``kernel`` is
-        given (the paper's rule keeps the values as they are).
+    value_fit: value fitting's ridge λ (> 0 turns it on; 1 is the measured setting): after selection
+        each KV head's kept values are refitted (the smallest ridge least-squares change) so that the
+        observation window's queries read what they read over the full cache (the selecting methods,
+        the prompt's own window, global layers). It brings continuations closer to the full cache's
+        and costs retrieval (EVALUATION.md, "Value fitting"), so it is off by default (0).
     adaptive: ``headkv`` only: each layer's total comes from the head scores and is split among
         its heads per prompt as Ada-KV splits it (floors: 20 % of each head's score-given cap).
     scores: HeadKV score file (official HeadKV JSON or headkv's own format).
@@ -80,7 +76,7 @@ class KVConfig:
     pooling: Optional[str] = None
     kernel: Optional[int] = None
     span: Optional[int] = None
-    value_fit: Optional[float] = None
+    value_fit: float = 0.0
     probe: Union[None, str, Sequence[int]] = None
     adaptive: bool = False
     scores: Optional[str] = None
@@ -93,11 +89,6 @@ class KVConfig:
         if self.span is not None:
             return int(self.span)
         return 0 if (self.pooling is not None or self.kernel is not None) else DEFAULT_SPAN
-
-    def resolved_value_fit(self) -> float:
-        if self.value_fit is not None:
-            return float(self.value_fit)
-        return 0.0 if (self.pooling is not None or self.kernel is not None) else DEFAULT_VALUE_FIT
 
     def probe_tokens(self, tokenize=None) -> list:
         """Token ids of the probe (``tokenize(text)`` turns text into ids without BOS; needed for a
@@ -127,4 +118,4 @@ class KVConfig:
                                     self.pooling or "max", os.fspath(self.scores) if self.scores else "",
                                     int(self.max_new_tokens), self.resolved_span(), probe,
                                     self.probe == "reconstruct", bool(self.adaptive), self.type_k, self.type_v,
-                                    int(self.budget_bytes), self.resolved_value_fit())
+                                    int(self.budget_bytes), float(self.value_fit))

@@ -91,8 +91,8 @@ typedef struct hk_context_params {
   int64_t kv_budget_bytes;   /* > 0: the KV budget as bytes of kept entries, all layers and KV heads together
                               * (decode room not counted), replacing kv_budget: kv_budget becomes the most
                               * entries per head that fit at the cache types' entry size (0) */
-  float kv_value_fit;        /* value fitting's ridge (1): the kept values are refitted so that the observation
-                              * window reads what it read over the full cache; 0 = off (the paper) */
+  float kv_value_fit;        /* value fitting's ridge (e.g. 1): the kept values are refitted so that the
+                              * observation window reads what it read over the full cache; 0 = off (default) */
 } hk_context_params;
 
 hk_context_params hk_context_default_params(void);

@@ -31,8 +31,8 @@ struct KVConfig {
   bool max_pool = true;         // false: average pooling
   int32_t span = 16;            // span-aware selection: token runs up to this long are kept whole
                                 // (select/spans.h); 0: off (the paper's selection)
-  double value_fit = 1.0;       // value fitting's ridge λ (select/value_fit.h): the kept values are
-                                // refitted to the window's full-cache outputs; 0: off (the paper)
+  double value_fit = 0.0;       // value fitting's ridge λ (select/value_fit.h): > 0 refits the kept
+                                // values to the window's full-cache outputs; 0: off (the default)
   std::vector<int32_t> probe;   // observation probe: tokens appended after the prompt whose attention
                                 // selects, then dropped (query-agnostic); empty: the prompt's last
                                 // `window` tokens select

@@ -8,6 +8,8 @@
 // The keys and the window's own values are not changed; the ridge is relative to the mean
 // diagonal so that lambda means the same at every budget. Sliding-window layers, streaming and an
 // observation probe (whose queries are not the prompt's own) are not fitted. CUDA: cuda/value_fit.cu.
+// Off by default (KVConfig::value_fit 0): it brings continuations closer to the full cache's but
+// dilutes the values retrieval reads (EVALUATION.md, "Value fitting").
 #pragma once
 #include <cstdint>
 #include <vector>

@@ -65,9 +65,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--span", type=int, default=None,
                    help="span-aware selection: token runs up to N kept whole (default 16; 0 = the paper's rule, "
                         "the default when --pool or --kernel is given)")
-    g.add_argument("--value-fit", type=float, default=None,
-                   help="refit the kept values to the window's full-cache outputs with this ridge (default 1; "
-                        "0 = off, the paper's rule, the default when --pool or --kernel is given)")
+    g.add_argument("--value-fit", type=float, default=0.0,
+                   help="refit the kept values to the window's full-cache outputs with this ridge (e.g. 1; "
+                        "default 0 = off)")
     g.add_argument("--probe", default=None,
                    help="observation probe for query-agnostic examples: repeat, reconstruct or a text "
                         "(default: the context's last --window tokens select)")

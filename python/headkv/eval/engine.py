@@ -64,7 +64,7 @@ class EngineOptions:
     span: Optional[int] = None      # None: KVConfig's rule (span-aware unless pooling/kernel are given)
     probe: Optional[str] = None     # observation probe for query-agnostic examples (ruler agnostic mode)
     adaptive: bool = False          # headkv: Ada-KV split of each layer's score-given total
-    value_fit: Optional[float] = None  # None: KVConfig's rule (on unless pooling/kernel are given); 0: off
+    value_fit: float = 0.0          # value fitting's ridge (KVConfig.value_fit); 0: off
     extra: dict = field(default_factory=dict)
 
 

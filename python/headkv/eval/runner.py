@@ -73,7 +73,7 @@ def manifest(opts: EngineOptions) -> dict:
     return {"model": os.path.basename(opts.model_path), "fingerprint": model_fingerprint(opts.model_path),
             "n_ctx": opts.n_ctx, "device": opts.device, "window": opts.window, "beta": opts.beta,
             "pooling": opts.pooling, "kernel": opts.kernel, "span": _span(opts), "probe": opts.probe,
-            "adaptive": opts.adaptive, "value_fit": _value_fit(opts),
+            "adaptive": opts.adaptive, "value_fit": opts.value_fit,
             "headkv": __version__,
             "decoding": "greedy"}
 
@@ -104,12 +104,6 @@ def _span(opts: EngineOptions) -> int:
     """The span the models get (KVConfig's rule when not given)."""
     from ..kv import KVConfig
     return KVConfig(pooling=opts.pooling, kernel=opts.kernel, span=opts.span).resolved_span()
-
-
-def _value_fit(opts: EngineOptions) -> float:
-    """The value fitting's ridge the models get (KVConfig's rule when not given; 0 = off)."""
-    from ..kv import KVConfig
-    return KVConfig(pooling=opts.pooling, kernel=opts.kernel, value_fit=opts.value_fit).resolved_value_fit()
 
 
 def check_manifest(out_dir: Path, m: dict) -> None:

@@ -1,6 +1,8 @@
 // CudaBatch: one decode step over several CudaContexts of one Model (backend/cuda_batch.h).
-// The rows of the step share every linear layer (matvec kernels: each weight read once per 8 rows;
-// HEADKV_BATCH_GEMM=1: more than 8 rows go through cuBLAS on dequantized weights), while RoPE with
+// The rows of the step share every linear layer: up to 31 rows through the matvec kernels (each
+// weight read once per 8 rows), 32 and more through cuBLAS on dequantized weights (the dequantizing
+// costs about one weight pass, which 4 matvec passes already exceed; measured on the H100, 8B shape,
+// 32 rows: 44 ms a step against 93). HEADKV_BATCH_GEMM=1 takes cuBLAS from 9 rows, =0 never. RoPE with
 // the K/V store and the decode attention run per sequence against its own arena, with its own
 // decode work items. Positions and tokens are read from device memory, so a captured step replays
 // for as long as the list of sequences (and their arenas) stays the same.
@@ -21,7 +23,8 @@ struct CudaBatch::Impl {
   const LlamaHParams& hp;
   std::shared_ptr<DevModel> dm;
   cudaStream_t st = nullptr;
-  bool gemm_big = false, use_graph = true;
+  int gemm_from = kGemmRows;  // rows from which the linear layers run as cuBLAS GEMMs
+  bool use_graph = true;
   int rows = 0;          // rows the scratch holds
   bool half_gemm = true;  // the sequences' precision: fp16 GEMM operands (HEADKV_BATCH_GEMM=1)
   DBuf<float> x, xn, q, k, v, att, gate, up, logits;
@@ -44,7 +47,8 @@ struct CudaBatch::Impl {
       fail(ErrorKind::Unsupported, std::string("batched decode on the GPU: architecture '") + a.name +
                                        "' is not built for it (post-norms, GeGLU, embedding scale, soft-capping and "
                                        "sliding-window layers)");
-    gemm_big = env_is("HEADKV_BATCH_GEMM", "1");
+    if (env_is("HEADKV_BATCH_GEMM", "1")) gemm_from = kMatvecMaxT + 1;
+    if (env_is("HEADKV_BATCH_GEMM", "0")) gemm_from = kMaxRows + 1;
     use_graph = !env_is("HEADKV_BATCH_GRAPH", "0");
     require_supported_device();
     dm = DevModel::get(m);
@@ -76,13 +80,14 @@ struct CudaBatch::Impl {
 
   int64_t qdim() const { return (int64_t)hp.n_head * hp.head_dim; }
   int64_t kvdim() const { return (int64_t)hp.n_head_kv * hp.head_dim; }
-  int64_t wscratch_for() const { return gemm_big ? std::min<int64_t>(dm->max_weight_elems, 64ll << 20) : 0; }
+  bool gemm(int64_t B) const { return B >= gemm_from; }
+  int64_t wscratch_for(int B) const { return gemm(B) ? std::min<int64_t>(dm->max_weight_elems, 64ll << 20) : 0; }
 
   uint64_t scratch_bytes(int B) const {
     if (B == 0) return 0;
     const int64_t d = hp.n_embd, ff = hp.n_ff, xs = std::max<int64_t>(d, qdim());
     uint64_t b = (uint64_t)B * (d + xs + 2 * qdim() + 2 * kvdim() + 2 * ff + hp.n_vocab) * 4;
-    if (gemm_big) b += (uint64_t)B * std::max<int64_t>(xs, ff) * 2 + (uint64_t)wscratch_for() * (half_gemm ? 2 : 4);
+    if (gemm(B)) b += (uint64_t)B * std::max<int64_t>(xs, ff) * 2 + (uint64_t)wscratch_for(B) * (half_gemm ? 2 : 4);
     return b;
   }
 
@@ -110,9 +115,9 @@ struct CudaBatch::Impl {
     gate.alloc(B * ff, "batch activations");
     up.alloc(B * ff, "batch activations");
     logits.alloc((size_t)B * hp.n_vocab, "batch logits");
-    if (gemm_big) {
+    if (gemm(B)) {
       xh.alloc(B * std::max<int64_t>(xs, ff), "batch activations (fp16)");
-      wscratch_elems = wscratch_for();
+      wscratch_elems = wscratch_for(B);
       wscratch.alloc(wscratch_elems * (half_gemm ? 2 : 4), "dequantized weight scratch");
     }
     rows = B;
@@ -120,7 +125,7 @@ struct CudaBatch::Impl {
 
   // out (ldo) (=, +=) W · in for T rows of `in` (rows of W.cols floats).
   void linear(const DW& w, const float* in, int64_t T, float* out, int64_t ldo, bool add) {
-    if (T > kMatvecMaxT && gemm_big)
+    if (gemm(T))
       return gemm_weights(w, in, T, out, ldo, add, half_gemm, xh.get(), wscratch.get(), wscratch_elems, st);
     for (int64_t t0 = 0; t0 < T; t0 += kMatvecMaxT)
       matvec(w, nullptr, in + t0 * w.cols, w.cols, out + t0 * ldo, ldo, (int)std::min<int64_t>(kMatvecMaxT, T - t0),
@@ -165,7 +170,7 @@ struct CudaBatch::Impl {
       }
       linear(L.wo, att.get(), n, x.get(), d, true);
       rms_norm(x.get(), L.ffn_norm, xn.get(), n, d, hp.rms_eps, st);
-      if (!(n > kMatvecMaxT && gemm_big) && L.gate.type == L.up.type) {
+      if (!gemm(n) && L.gate.type == L.up.type) {
         for (int t0 = 0; t0 < n; t0 += kMatvecMaxT)
           matvec(L.gate, &L.up, xn.get() + t0 * d, d, gate.get() + t0 * ff, ff, std::min(kMatvecMaxT, n - t0), MV_SWIGLU,
                  false, st);

@@ -1,8 +1,8 @@
 // Batched decode step of the CUDA backend: one token appended to each of several CudaContexts over
 // one Model (each with its own KV: full cache or per-head arena, and its own position). The linear
 // layers (Q/K/V, output, gate/up, down, output head) run once for all rows, the matvec kernels
-// reading each weight once per 8 rows (or, with HEADKV_BATCH_GEMM=1 and more than 8 rows,
-// dequantized weights through cuBLAS); RoPE with the K/V store and the decode attention run per
+// reading each weight once per 8 rows, or from kGemmRows rows on, dequantized weights through cuBLAS
+// (HEADKV_BATCH_GEMM=1: from 9 rows, =0: never); RoPE with the K/V store and the decode attention run per
 // sequence against that sequence's arena. The batch owns one activation scratch, sized for the
 // largest batch it has run (at most kMaxRows rows; larger batches run in slices of kMaxRows), and
 // its own stream. A step is captured as a CUDA graph, one per row count, and replayed while the set
@@ -26,6 +26,7 @@ namespace headkv {
 class CudaBatch {
  public:
   static constexpr int kMaxRows = 64;
+  static constexpr int kGemmRows = 32;
   // Sequences of `precision` (every sequence of a step has it: InvalidArgument otherwise).
   // Unsupported: no usable device, or an architecture the batched step does not run (post-norms,
   // GeGLU, embedding scale, soft-capping, sliding-window layers).

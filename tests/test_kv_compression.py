@@ -276,6 +276,6 @@ def test_value_fit_option(smollm2, prompt):
         _, a = run(method, budget, **kw)
         _, b = run(method, budget, value_fit=1.0, **kw)
         assert np.array_equal(a, b), (method, budget, kw)
-    for bad in (-1.0, float("nan"), float("inf")):
+    for bad in (-1.0, float("nan"), float("inf"), "1", True):
         with pytest.raises(headkv.InvalidArgumentError, match="value_fit"):
             _model(smollm2, "snapkv", 64, value_fit=bad)

@@ -111,6 +111,9 @@ class KVConfig:
         if not isinstance(self.budget_bytes, numbers.Integral) or isinstance(self.budget_bytes, bool) or self.budget_bytes < 0:
             from .errors import InvalidArgumentError
             raise InvalidArgumentError(f"budget_bytes must be an integer >= 0, got {self.budget_bytes!r}")
+        if not isinstance(self.value_fit, numbers.Real) or isinstance(self.value_fit, bool):
+            from .errors import InvalidArgumentError
+            raise InvalidArgumentError(f"value_fit must be a number >= 0 (0 = off), got {self.value_fit!r}")
         probe = self.probe_tokens(tokenize)
         return _core.KVConfigNative(self.method, int(self.budget), int(self.window),
                                     0.0 if self.beta is None else float(self.beta),

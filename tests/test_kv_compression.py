@@ -256,7 +256,10 @@ def test_value_fit_option(smollm2, prompt):
     """value_fit (select/value_fit.h; its values are checked against the reference in
     test_compressed_parity): it changes only the kept values (the same positions, other logits), it
     leaves what it does not apply to exactly as without it (streaming, an observation probe, a prompt
-    within the budget), and a negative or non-finite ridge is an InvalidArgumentError."""
+    within the budget), and a negative, non-finite or non-number ridge is an InvalidArgumentError.
+    A short prompt: the sanitizer run drives the fitting's native path through this test."""
+    prompt = prompt[:200]
+
     def run(method, budget, **kw):
         m = _model(smollm2, method, budget, **kw)
         m.eval(prompt)
@@ -266,16 +269,16 @@ def test_value_fit_option(smollm2, prompt):
             out.append(m.logits().copy())
         return m.kv_positions(), np.array(out)
 
-    pos0, l0 = run("snapkv", 64)
-    pos1, l1 = run("snapkv", 64, value_fit=1.0)
+    pos0, l0 = run("snapkv", 32)
+    pos1, l1 = run("snapkv", 32, value_fit=1.0)
     assert all(np.array_equal(a, b) for la, lb in zip(pos0, pos1) for a, b in zip(la, lb))
     assert np.abs(l0[0] - l1[0]).max() < 1e-4  # the prompt's own logits come before the fit
     assert np.abs(l0[1:] - l1[1:]).max() > 0.5
-    for method, budget, kw in (("streaming", 64, {}), ("snapkv", 64, {"probe": "repeat"}),
+    for method, budget, kw in (("streaming", 32, {}), ("snapkv", 32, {"probe": "repeat"}),
                                ("snapkv", len(prompt) + 10, {})):
         _, a = run(method, budget, **kw)
         _, b = run(method, budget, value_fit=1.0, **kw)
         assert np.array_equal(a, b), (method, budget, kw)
     for bad in (-1.0, float("nan"), float("inf"), "1", True):
         with pytest.raises(headkv.InvalidArgumentError, match="value_fit"):
-            _model(smollm2, "snapkv", 64, value_fit=bad)
+            _model(smollm2, "snapkv", 32, value_fit=bad)

@@ -1,8 +1,8 @@
 // CudaBatch: one decode step over several CudaContexts of one Model (backend/cuda_batch.h).
 // The rows of the step share every linear layer: up to 31 rows through the matvec kernels (each
-// weight read once per 8 rows), 32 and more through cuBLAS on dequantized weights (the dequantizing
-// costs about one weight pass, which 4 matvec passes already exceed; measured on the H100, 8B shape,
-// 32 rows: 44 ms a step against 93). HEADKV_BATCH_GEMM=1 takes cuBLAS from 9 rows, =0 never. RoPE with
+// weight read once per 8 rows, so the step grows with every 8 rows), 32 and more through cuBLAS on
+// weights dequantized to a scratch (a fixed cost per step that 32 rows repay: BENCHMARKS.md, "Several
+// sequences"). HEADKV_BATCH_GEMM=1 takes cuBLAS from 9 rows, =0 never. RoPE with
 // the K/V store and the decode attention run per sequence against its own arena, with its own
 // decode work items. Positions and tokens are read from device memory, so a captured step replays
 // for as long as the list of sequences (and their arenas) stays the same.

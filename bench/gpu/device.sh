@@ -215,7 +215,7 @@ PY
   verify)  # verify [SECONDS]: the GPU test files in priority order (the newest CUDA code first), each
            # under its share of the limit; one summary line per file in $OUT/verify.txt, logs beside it
     limit=${1:-480}; t0=$(date +%s)
-    for f in test_cuda_kv_types test_cuda_batch test_cuda_gemma test_cuda test_kv_types; do
+    for f in test_cuda_batch test_cuda_kv_types test_cuda test_cuda_gemma test_kv_types; do
       left=$(( limit - ($(date +%s) - t0) )); [ $left -lt 30 ] && { echo "$f: not run (time)"; continue; }
       timeout $left python3 -m pytest -m gpu tests/$f.py -q -ra -p no:cacheprovider > "$OUT/verify_$f.txt" 2>&1
       echo "$f rc=$? $(tail -1 "$OUT/verify_$f.txt")"

@@ -23,6 +23,10 @@ inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// An element of a layer's K/V buffer (fp32, or fp16 in the fast precision) as fp32.
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }  // (exact: f16 stores it back as is)
+
 // Streaming multiprocessors of the current device (grid sizing).
 inline int sm_count() {
   static const int n = [] {

@@ -57,7 +57,7 @@ void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const 
     }
   }
   compact_flags(flags, P, n_prompt, N, H, list, count, st);
-  if (fit && plan->compressed && !local && method != BudgetMethod::Streaming && P > 0) {
+  if (fit && !local) {
     const ValueFit f{qwin, fit->owin, a, hp.n_head, H, hd, hp.attn_scale, hp.attn_softcap, kv.value_fit};
     fit_values(f, LK, LV, half_gemm, N, P, list, count, fit->A, fit->lda, fit->W, st);
   }
@@ -93,9 +93,9 @@ void CudaContext::Impl::prefill_compressed(const int32_t* prompt, int64_t n_prom
     if (tok_edges.empty()) tok_edges = token_edges(model.tokenizer());
     runs_h = run_continues(tok_edges, prompt, P, kv.span);
   }
-  // Value fitting (select/value_fit.h): the prompt's own window (no probe) of a selecting method.
-  // Its scratch rows are as long as the most entries a head of any layer can keep.
-  const bool fit = scored && kv.value_fit > 0 && N == n_prompt && P > 0;
+  // Value fitting (select/value_fit.h): its scratch rows are as long as the most entries a head of
+  // any layer can keep.
+  const bool fit = fits_values(kv, *plan, method, N, n_prompt);
   const int64_t fit_m = (int64_t)a * (nh / H);
   int64_t fit_lda = 0;
   if (fit)

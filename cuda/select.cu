@@ -26,8 +26,6 @@ __device__ __forceinline__ float4 ld4(const __half* p) {
   const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
   return make_float4(a.x, a.y, b.x, b.y);
 }
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }  // (exact: f16 stores it back as is)
 
 // Softmax statistics of one window query row (h, i) over its n_keys = P + i + 1 keys.
 template <class KT>

@@ -11,8 +11,6 @@ namespace {
 
 constexpr int FT = 256;  // threads per block
 
-__device__ __forceinline__ float ldf(const float* p) { return *p; }
-__device__ __forceinline__ float ldf(const __half* p) { return __half2float(*p); }
 __device__ __forceinline__ void addf(float* p, float v) { *p += v; }
 __device__ __forceinline__ void addf(__half* p, float v) { *p = __float2half(__half2float(*p) + v); }
 
@@ -42,7 +40,7 @@ __global__ void __launch_bounds__(FT) fit_kernel(const float* __restrict__ qwin,
       const float* q = qwin + ((int64_t)t * nh + h) * hd;
       const KT* kr = Kg + (int64_t)lst[k] * hd;
       float d = 0.f;
-      for (int i = 0; i < hd; ++i) d += q[i] * ldf(kr + i);
+      for (int i = 0; i < hd; ++i) d += q[i] * to_float(kr[i]);
       d *= scale;
       l = softcap > 0.f ? softcap * tanhf(d / softcap) : d;
     }
@@ -67,7 +65,7 @@ __global__ void __launch_bounds__(FT) fit_kernel(const float* __restrict__ qwin,
     const int r = idx / hd, i = idx % hd, t = r / G, h = g * G + r % G;
     const float* row = A + (int64_t)r * lda;
     double v = owin[((int64_t)t * nh + h) * hd + i];
-    for (int k = 0; k < cnt; ++k) v -= (double)row[k] * ldf(Vg + (int64_t)lst[k] * hd + i);
+    for (int k = 0; k < cnt; ++k) v -= (double)row[k] * to_float(Vg[(int64_t)lst[k] * hd + i]);
     R[idx] = v;
   }
   for (int idx = tid; idx < m * m; idx += FT) {

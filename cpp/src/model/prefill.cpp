@@ -54,6 +54,11 @@ std::vector<int32_t> prefill_rows(const KVConfig& kv, const int32_t* prompt, int
   return rows;
 }
 
+bool fits_values(const KVConfig& kv, const BudgetPlan& plan, BudgetMethod method, int64_t N, int64_t n_prompt) {
+  return kv.value_fit > 0 && plan.compressed && method != BudgetMethod::Streaming && N == n_prompt &&
+         n_prompt > plan.window;
+}
+
 BudgetParams budget_params(const KVConfig& kv, BudgetMethod method) {
   BudgetParams bp;
   bp.method = method;
@@ -141,9 +146,7 @@ void Context::select_layer(int il, const float* q_win, const float* o_win, const
     for (int g = 0; g < nkv; ++g) cap[g] = (int64_t)kept[g].size() + a + kv_.max_new_tokens;
     arena_->resize_layer(il, cap);
   }
-  // Value fitting: the prompt's own window selected (no probe) from a compressed global layer.
-  if (kv_.value_fit > 0 && plan_->compressed && !hp_.is_swa(il) && method_ != BudgetMethod::Streaming &&
-      N == n_prompt && P > 0) {
+  if (!hp_.is_swa(il) && fits_values(kv_, *plan_, method_, N, n_prompt)) {
     ValueFitArgs fa;
     fa.q_win = q_win;
     fa.o_win = o_win;

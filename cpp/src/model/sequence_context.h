@@ -55,6 +55,10 @@ struct KVConfig {
 // The rows a compressed prefill runs through its layers: the prompt, then, when the layer's
 // selection is scored, the observation probe and (probe_echo) the prompt again. Both backends.
 std::vector<int32_t> prefill_rows(const KVConfig& kv, const int32_t* prompt, int64_t n_prompt, bool scored);
+// Whether a compressed prompt's global layers refit their kept values (select/value_fit.h): value_fit
+// on, a selecting method under a compressed plan, the prompt's own window (no probe rows: N ==
+// n_prompt) and a prefix to fit. Sliding-window layers are never fitted. Both backends.
+bool fits_values(const KVConfig& kv, const BudgetPlan& plan, BudgetMethod method, int64_t N, int64_t n_prompt);
 // The budget parameters of a compressed prompt under `kv` (method, budget, window, β, temperature).
 BudgetParams budget_params(const KVConfig& kv, BudgetMethod method);
 // The budget plan of a compressed prompt: over every layer, or, with sliding-window layers, over

@@ -74,9 +74,8 @@ def make_model(opts: EngineOptions, cfg: Config, max_new_tokens: int, probe: Opt
     import headkv
     kw = dict(n_ctx=opts.n_ctx, n_threads=opts.n_threads, kv_method=cfg.method, window=opts.window,
               pooling=opts.pooling, kernel=opts.kernel, span=opts.span, value_fit=opts.value_fit, beta=opts.beta,
-              probe=probe,
-              adaptive=opts.adaptive and cfg.method == "headkv", max_new_tokens=max(int(max_new_tokens), 1),
-              type_k=cfg.kv_type, type_v=cfg.kv_type)
+              probe=probe, adaptive=opts.adaptive and cfg.method == "headkv",
+              max_new_tokens=max(int(max_new_tokens), 1), type_k=cfg.kv_type, type_v=cfg.kv_type)
     if opts.device != "cpu":
         kw["device"] = opts.device
     if cfg.budget is not None:

@@ -4,6 +4,7 @@
 # one warm machine live in /tmp.
 #   setup_a / setup_b   copy the carried pieces (.dev/gpu, filled by bench/gpu/pack.sh: site packages,
 #                       SmolLM2 in two parts)
+#   setup_gemma         one of Gemma-3-270M's five parts per call (the fifth joins them, md5-checked)
 #   build               pip install . with -DHEADKV_CUDA=ON (CUDA backend, sm_90)
 #   smoke               synthetic SmolLM2-shaped Q4_0: CPU vs GPU logits and kept positions (before
 #                       setup_b: VOCAB=.dev/gpu/smol-vocab.gguf, the tokenizer alone, written by
@@ -34,6 +35,18 @@ case "$stage" in
   setup_b)
     cp .dev/gpu/smol.ab /tmp/smol.ab
     cat /tmp/smol.aa /tmp/smol.ab > "$SMOL" && md5sum "$SMOL" | tee -a "$OUT/env.txt"
+    ;;
+  setup_gemma)  # each call carries one of .dev/gpu/gemma.a? (with gemma.md5); the last one joins them
+    mkdir -p /tmp/gemma
+    for f in .dev/gpu/gemma.a? .dev/gpu/gemma.md5; do [ -f "$f" ] && cp "$f" /tmp/gemma/; done
+    n=$(ls /tmp/gemma/gemma.a? 2>/dev/null | wc -l)
+    if [ "$n" -eq 5 ]; then
+      cat /tmp/gemma/gemma.a? > /tmp/gemma/gemma-3-270m-q4_k_m.gguf && rm /tmp/gemma/gemma.a?
+      [ "$(md5sum < /tmp/gemma/gemma-3-270m-q4_k_m.gguf | cut -d' ' -f1)" = "$(cat /tmp/gemma/gemma.md5)" ] \
+        && echo "gemma joined, md5 ok" || { echo "gemma md5 mismatch"; exit 1; }
+    else
+      echo "gemma: $n of 5 parts"
+    fi
     ;;
   build)
     t0=$(date +%s)

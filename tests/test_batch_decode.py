@@ -191,6 +191,12 @@ def test_group_admission(smollm2, base):
     g.remove(1)
     g.add(3, a)  # room again
     assert sorted(g.ids) == [2, 3]
+    with pytest.raises(headkv.OutOfMemoryError, match=f"its full cache needs {one} bytes"):
+        headkv.SequenceGroup(base, n_ctx=64, n_threads=2, kv_limit_bytes=one - 1).add(1, a)
+    # refused from its size before it is allocated: a cache far beyond this machine's memory
+    # (1e9 positions) is the group's refusal, not the allocator's
+    with pytest.raises(headkv.OutOfMemoryError, match="refused: its full cache needs .* the group holds 0 bytes"):
+        headkv.SequenceGroup(base, n_ctx=10**9, n_threads=2, kv_limit_bytes=one).add(1, a)
     # compressed: refused from the prompt's plan, before its prefill
     kv = _kvconfig(base, KV["snapkv"])
     c = headkv.SequenceGroup(base, n_ctx=N_CTX, n_threads=2, kv=kv)

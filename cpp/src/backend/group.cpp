@@ -2,10 +2,10 @@
 
 #include "common/error.h"
 #include "model/context_checks.h"
+#include "select/budget.h"
 
 #ifdef HEADKV_WITH_CUDA
 #include "backend/cuda_batch.h"
-#include "select/budget.h"
 #else
 namespace headkv {
 class CudaBatch {};  // never constructed without the backend; complete so unique_ptr can delete it
@@ -103,24 +103,24 @@ void SequenceGroup::add(int64_t id, const int32_t* prompt, int64_t n) {
   const std::string who = "sequence " + std::to_string(id);
   const std::string held = "; the group holds " + std::to_string(used) + " bytes of its KV limit " + std::to_string(kv_limit_);
   if (kv_limit_ && used >= kv_limit_) fail(ErrorKind::OutOfMemory, who + " refused: no KV room left" + held);
+  // A full cache is allocated with its context, sized by n_ctx: its bytes are checked before that (a
+  // compressed one against the prompt's plan, before its arena is made).
+  if (kv_limit_ && parse_budget_method(params_.kv.method) == BudgetMethod::Full) {
+#ifdef HEADKV_WITH_CUDA
+    const uint64_t full = batch_ ? CudaContext::full_cache_bytes(model_, params_) : Context::full_cache_bytes(model_, params_);
+#else
+    const uint64_t full = Context::full_cache_bytes(model_, params_);
+#endif
+    if (full > kv_limit_ - used)
+      fail(ErrorKind::OutOfMemory, who + " refused: its full cache needs " + std::to_string(full) + " bytes" + held);
+  }
   std::unique_ptr<Session> s;
   if (!batch_) {
     s = std::make_unique<Session>(model_, params_, "cpu");
-    Context& c = *s->cpu();
-    if (kv_limit_) {
-      if (!c.compressing() && c.kv_bytes() > kv_limit_ - used)  // the full cache is sized by n_ctx
-        fail(ErrorKind::OutOfMemory, who + " refused: its full cache needs " + std::to_string(c.kv_bytes()) + " bytes" + held);
-      c.set_kv_limit(kv_limit_ - used);  // compressed: checked against the prompt's plan before the arena is made
-    }
+    if (kv_limit_) s->cpu()->set_kv_limit(kv_limit_ - used);
   }
 #ifdef HEADKV_WITH_CUDA
   if (batch_) {
-    // The GPU full cache is allocated with its context: its bytes are checked before that.
-    if (kv_limit_ && parse_budget_method(params_.kv.method) == BudgetMethod::Full) {
-      const uint64_t full = CudaContext::full_cache_bytes(model_, params_);
-      if (full > kv_limit_ - used)
-        fail(ErrorKind::OutOfMemory, who + " refused: its full cache needs " + std::to_string(full) + " bytes" + held);
-    }
     try {
       batch_->reserve((int)std::min<int64_t>(size() + 1, CudaBatch::kMaxRows));  // the step it joins
       s = std::make_unique<Session>(model_, params_, device_);

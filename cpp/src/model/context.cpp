@@ -53,6 +53,13 @@ Context::Context(const Model& model, const ContextParams& p)
   alloc(up_, B * hp_.n_ff, "activations");
 }
 
+uint64_t Context::full_cache_bytes(const Model& model, const ContextParams& p) {
+  const LlamaHParams& hp = model.hparams();
+  const int64_t n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
+  const auto [tk, tv] = kv_types(p, hp.head_dim);
+  return headkv::full_cache_bytes(hp, n_ctx, std::min<int64_t>(p.n_batch ? p.n_batch : 512, n_ctx), tk, tv, false);
+}
+
 std::pair<KVType, KVType> Context::kv_types(const ContextParams& p, int head_dim) {
   const KVType tk = parse_kv_type(p.kv.type_k, "KV cache type (K)"), tv = parse_kv_type(p.kv.type_v, "KV cache type (V)");
   check_kv_row(tk, head_dim, "KV cache type (K)");

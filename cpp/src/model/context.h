@@ -27,6 +27,9 @@ class Context : public SequenceContext {
 
   // The K / V types of params (parse_kv_type) whose rows this backend can store at head_dim.
   static std::pair<KVType, KVType> kv_types(const ContextParams& params, int head_dim);
+  // Bytes of the full cache (method "full") that a context of `params` over `model` allocates (the
+  // rings of its sliding-window layers at their size): a sequence group checks them before it.
+  static uint64_t full_cache_bytes(const Model& model, const ContextParams& params);
 
   // One batched decode step: appends tokens[i] to seqs[i] for every i, as seqs[i]->eval(&tokens[i], 1)
   // would, but runs each weight matrix once over the n rows together (attention per sequence over

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "model/context_checks.h"
+#include "select/kv_arena.h"
 #include "select/shipped_scores.h"
 
 namespace headkv {
@@ -15,6 +16,12 @@ std::vector<int64_t> full_cache_rows(const LlamaHParams& hp, int64_t n_ctx, int6
   for (int il = 0; il < hp.n_layer; ++il)
     if (hp.is_swa(il)) rows[(size_t)il] = std::min<int64_t>(n_ctx, (int64_t)hp.n_swa + chunk);
   return rows;
+}
+
+uint64_t full_cache_bytes(const LlamaHParams& hp, int64_t n_ctx, int64_t chunk, KVType tk, KVType tv, bool positions) {
+  uint64_t rows = 0;
+  for (int64_t r : full_cache_rows(hp, n_ctx, chunk)) rows += (uint64_t)r * hp.n_head_kv;
+  return rows * (KVArena::entry_bytes(hp.head_dim, tk, tv) - (positions ? 0 : sizeof(int32_t)));
 }
 
 SequenceContext::SequenceContext(const Model& model, const ContextParams& p, KVTypesOf kv_types)

@@ -71,6 +71,9 @@ BudgetPlan plan_compressed_layers(const BudgetParams& bp, const HeadScores* scor
 // ring of n_swa + chunk rows (a forward chunk of `chunk` tokens and the window before it) where that is
 // fewer. Both backends (the CPU's chunk is n_batch, the CUDA backend's its micro-batch).
 std::vector<int64_t> full_cache_rows(const LlamaHParams& hp, int64_t n_ctx, int64_t chunk);
+// The bytes of that full cache with K / V types tk / tv; positions: an int32 position stored with
+// each entry (the CUDA arena), else implicit (the CPU's).
+uint64_t full_cache_bytes(const LlamaHParams& hp, int64_t n_ctx, int64_t chunk, KVType tk, KVType tv, bool positions);
 
 struct ContextParams {
   int32_t n_ctx = 0;      // 0: the model's training context

@@ -5,6 +5,7 @@
 #   setup_a / setup_b   copy the carried pieces (.dev/gpu, filled by bench/gpu/pack.sh: site packages,
 #                       SmolLM2 in two parts)
 #   setup_gemma         one of Gemma-3-270M's five parts per call (the fifth joins them, md5-checked)
+#   gemma               its GPU tests and headkv-bench figures (after the five setup_gemma calls)
 #   build               pip install . with -DHEADKV_CUDA=ON (CUDA backend, sm_90)
 #   smoke               synthetic SmolLM2-shaped Q4_0: CPU vs GPU logits and kept positions (before
 #                       setup_b: VOCAB=.dev/gpu/smol-vocab.gguf, the tokenizer alone, written by
@@ -47,6 +48,18 @@ case "$stage" in
     else
       echo "gemma: $n of 5 parts"
     fi
+    ;;
+  gemma)  # after five setup_gemma calls: the GPU tests on Gemma-3-270M, then its decode and prefill t/s
+          # (full cache and headkv-512 with its shipped scores; llama.cpp's own figures: `llama` with M=...)
+    G=/tmp/gemma/gemma-3-270m-q4_k_m.gguf
+    [ -f $G ] || { echo "gemma: run setup_gemma five times first"; exit 1; }
+    timeout 300 python3 -m pytest -m gpu tests/test_cuda_gemma.py -q -ra -p no:cacheprovider -k 270m 2>&1 \
+      | tee "$OUT/gemma_tests.txt" | tail -3
+    HB=$(dirname "$(command -v python3)")/headkv-bench
+    f="$OUT/hk_gemma.jsonl"
+    $HB -m $G --device cuda -o jsonl -p 512,4096 -n 64 -d 0,4096 -r 2 > "$f"
+    $HB -m $G --device cuda -o jsonl --kv-method headkv --kv-budget 512 -p 4096 -n 64 -d 0,4096 -r 2 >> "$f"
+    python3 bench/gpu/show.py "$f"
     ;;
   build)
     t0=$(date +%s)

@@ -53,7 +53,7 @@ int32_t micro_batch(const ContextParams& p, int64_t n_ctx) {
 
 uint64_t CudaContext::full_cache_bytes(const Model& model, const ContextParams& p) {
   const LlamaHParams& hp = model.hparams();
-  const int64_t n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
+  const int64_t n_ctx = context_size(p, hp);
   const auto [tk, tv] = kv_types(p, hp.head_dim);
   return headkv::full_cache_bytes(hp, n_ctx, micro_batch(p, n_ctx), tk, tv, true);
 }

@@ -13,6 +13,10 @@ namespace headkv {
 
 namespace {
 
+// Tokens per forward chunk of a context of n_ctx positions (its activation scratch and, for
+// sliding-window layers, its full cache's rings).
+int64_t chunk_tokens(const ContextParams& p, int64_t n_ctx) { return std::min<int64_t>(p.n_batch ? p.n_batch : 512, n_ctx); }
+
 // Allocates a float buffer after checking the size against the memory available (common/alloc.h):
 // too large → OutOfMemory naming the requested and available bytes.
 void alloc(std::vector<float>& v, uint64_t n, const char* what) { checked_assign(v, n, what); }
@@ -21,7 +25,7 @@ void alloc(std::vector<float>& v, uint64_t n, const char* what) { checked_assign
 
 Context::Context(const Model& model, const ContextParams& p)
     : SequenceContext(model, p, &Context::kv_types), pool_owner_(cpu_thread_pool(p)), pool_(*pool_owner_) {
-  n_batch_ = std::min<int32_t>(p.n_batch ? p.n_batch : 512, n_ctx_);
+  n_batch_ = (int32_t)chunk_tokens(p, n_ctx_);
   if (!compressing()) {
     // Full cache: an arena of n_ctx rows per (layer, KV head) with implicit positions (position p at row
     // p); a sliding-window layer's heads are rings of n_swa + n_batch rows where that is fewer
@@ -55,9 +59,9 @@ Context::Context(const Model& model, const ContextParams& p)
 
 uint64_t Context::full_cache_bytes(const Model& model, const ContextParams& p) {
   const LlamaHParams& hp = model.hparams();
-  const int64_t n_ctx = p.n_ctx ? p.n_ctx : hp.n_ctx_train;
+  const int64_t n_ctx = context_size(p, hp);
   const auto [tk, tv] = kv_types(p, hp.head_dim);
-  return headkv::full_cache_bytes(hp, n_ctx, std::min<int64_t>(p.n_batch ? p.n_batch : 512, n_ctx), tk, tv, false);
+  return headkv::full_cache_bytes(hp, n_ctx, chunk_tokens(p, n_ctx), tk, tv, false);
 }
 
 std::pair<KVType, KVType> Context::kv_types(const ContextParams& p, int head_dim) {

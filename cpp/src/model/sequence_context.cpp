@@ -18,6 +18,8 @@ std::vector<int64_t> full_cache_rows(const LlamaHParams& hp, int64_t n_ctx, int6
   return rows;
 }
 
+int64_t context_size(const ContextParams& p, const LlamaHParams& hp) { return p.n_ctx ? p.n_ctx : hp.n_ctx_train; }
+
 uint64_t full_cache_bytes(const LlamaHParams& hp, int64_t n_ctx, int64_t chunk, KVType tk, KVType tv, bool positions) {
   uint64_t rows = 0;
   for (int64_t r : full_cache_rows(hp, n_ctx, chunk)) rows += (uint64_t)r * hp.n_head_kv;
@@ -28,7 +30,7 @@ SequenceContext::SequenceContext(const Model& model, const ContextParams& p, KVT
     : model_(model), hp_(model.hparams()), kv_(p.kv) {
   check_context_params(p);
   std::tie(type_k_, type_v_) = kv_types(p, hp_.head_dim);
-  n_ctx_ = p.n_ctx ? p.n_ctx : hp_.n_ctx_train;
+  n_ctx_ = context_size(p, hp_);
   method_ = parse_budget_method(kv_.method);
   if (compressing()) {
     check_kv_config(kv_, hp_.n_vocab);

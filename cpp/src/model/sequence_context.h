@@ -84,6 +84,8 @@ struct ContextParams {
   // on one pool); null: the context makes its own of n_threads threads.
   std::shared_ptr<ThreadPool> pool;
 };
+// The positions a context of params holds: params.n_ctx, or (0) the model's training context.
+int64_t context_size(const ContextParams& params, const LlamaHParams& hp);
 
 class SequenceContext {
  public:

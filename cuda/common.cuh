@@ -38,6 +38,17 @@ inline int sm_count() {
   return n;
 }
 
+// Largest dynamic shared memory one block of the current device may opt in to (bytes).
+inline size_t smem_optin() {
+  static const size_t n = [] {
+    int dev = 0, b = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&b, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    return (size_t)(b > 0 ? b : 48 * 1024);
+  }();
+  return n;
+}
+
 // Programmatic dependent launch (sm_90): a kernel launched with the programmatic-serialization
 // attribute (when pdl_enabled()) may start while the previous kernel in the stream finishes; it must
 // call grid_dependency_wait() before reading that kernel's results (every block, before it exits).

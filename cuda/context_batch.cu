@@ -1,6 +1,7 @@
 // CudaBatch: one decode step over several CudaContexts of one Model (backend/cuda_batch.h).
 // The rows of the step share every linear layer: up to 31 rows through the matvec kernels (each
-// weight read once per 8 rows, so the step grows with every 8 rows), 32 and more through cuBLAS on
+// weight read once per 8 rows, so the step grows with every 8 rows; in the fast precision with int8
+// activations, as a lone sequence's step, else fp32), 32 and more through cuBLAS on
 // weights dequantized to a scratch (a fixed cost per step that 32 rows repay: BENCHMARKS.md, "Several
 // sequences"). HEADKV_BATCH_GEMM=1 takes cuBLAS from 9 rows, =0 never. RoPE with
 // the K/V store and the decode attention run per sequence against its own arena, with its own
@@ -27,6 +28,7 @@ struct CudaBatch::Impl {
   bool use_graph = true;
   int rows = 0;          // rows the scratch holds
   bool half_gemm = true;  // the sequences' precision: fp16 GEMM operands (HEADKV_BATCH_GEMM=1)
+  bool q8x = true;        // the matvecs' activations: int8 (the fast precision's, as CudaContext's mv_q8x)
   DBuf<float> x, xn, q, k, v, att, gate, up, logits;
   DBuf<__half> xh;
   DBuf<uint8_t> wscratch;
@@ -50,6 +52,7 @@ struct CudaBatch::Impl {
     if (env_is("HEADKV_BATCH_GEMM", "1")) gemm_from = kMatvecMaxT + 1;
     if (env_is("HEADKV_BATCH_GEMM", "0")) gemm_from = kMaxRows + 1;
     use_graph = !env_is("HEADKV_BATCH_GRAPH", "0");
+    q8x = half_gemm && !env_is("HEADKV_MATVEC", "fp32");
     require_supported_device();
     dm = DevModel::get(m);
     try {
@@ -128,8 +131,14 @@ struct CudaBatch::Impl {
     if (gemm(T))
       return gemm_weights(w, in, T, out, ldo, add, half_gemm, xh.get(), wscratch.get(), wscratch_elems, st);
     for (int64_t t0 = 0; t0 < T; t0 += kMatvecMaxT)
-      matvec(w, nullptr, in + t0 * w.cols, w.cols, out + t0 * ldo, ldo, (int)std::min<int64_t>(kMatvecMaxT, T - t0),
-             add ? MV_ADD : MV_STORE, false, st);
+      matvec_rows(w, nullptr, in + t0 * w.cols, w.cols, out + t0 * ldo, ldo, (int)std::min<int64_t>(kMatvecMaxT, T - t0),
+                  add ? MV_ADD : MV_STORE);
+  }
+
+  // Up to kMatvecMaxT rows: int8 activations where the weights' type allows, else fp32.
+  void matvec_rows(const DW& w, const DW* w2, const float* in, int64_t ldx, float* out, int64_t ldo, int T,
+                   MatvecMode mode) {
+    if (!(q8x && matvec_rows_q8x(w, w2, in, ldx, out, ldo, T, mode, st))) matvec(w, w2, in, ldx, out, ldo, T, mode, false, st);
   }
 
   // The step's launches for n rows (seqs[i] is row i).
@@ -172,8 +181,8 @@ struct CudaBatch::Impl {
       rms_norm(x.get(), L.ffn_norm, xn.get(), n, d, hp.rms_eps, st);
       if (!gemm(n) && L.gate.type == L.up.type) {
         for (int t0 = 0; t0 < n; t0 += kMatvecMaxT)
-          matvec(L.gate, &L.up, xn.get() + t0 * d, d, gate.get() + t0 * ff, ff, std::min(kMatvecMaxT, n - t0), MV_SWIGLU,
-                 false, st);
+          matvec_rows(L.gate, &L.up, xn.get() + t0 * d, d, gate.get() + t0 * ff, ff, std::min(kMatvecMaxT, n - t0),
+                      MV_SWIGLU);
       } else {
         linear(L.gate, xn.get(), n, gate.get(), ff, false);
         linear(L.up, xn.get(), n, up.get(), ff, false);

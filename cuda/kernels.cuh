@@ -28,6 +28,11 @@ enum MatvecMode { MV_STORE = 0, MV_ADD = 1, MV_SWIGLU = 2, MV_ROPE = 3 };
 constexpr int kMatvecMaxT = 8;
 void matvec(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, int64_t ldy, int T, MatvecMode mode,
             bool q8x, cudaStream_t s);
+// T = 1..8 tokens with int8 activations (each token's x quantized as the single-token q8x kernel
+// does; MV_STORE, MV_ADD, MV_SWIGLU): false, launching nothing, where the weight type or the shared
+// memory of T quantized rows does not allow it.
+bool matvec_rows_q8x(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, int64_t ldy, int T,
+                     MatvecMode mode, cudaStream_t s);
 // Single token with the RMSNorm fused in: ys[i] = ws[i] · (RMSNorm(x) * norm_w) for up to 3 weights
 // of one type and width (Q, K, V), or y = silu(gate · xn) * (up · xn).
 bool matvec_norm_fusable(const DW* ws, int n);

@@ -207,10 +207,8 @@ MV norm_segments(const DW* ws, int n, float* const* ys, const float* x, const fl
   return a;
 }
 
-}  // namespace
-
-void matvec(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, int64_t ldy, int T, MatvecMode mode,
-            bool q8x, cudaStream_t s) {
+// T tokens against one weight (and, for SwiGLU, the up projection w2 of its type and shape).
+MV one_weight(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, int64_t ldy, int T, MatvecMode mode) {
   if (mode == MV_SWIGLU && (!w2 || w2->type != w.type || w2->rows != w.rows || w2->cols != w.cols))
     fail(ErrorKind::Internal, "matvec: SwiGLU weights must have one type and shape");
   MV a = base(w, x, ldx, ldy, T);
@@ -221,7 +219,19 @@ void matvec(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, in
   a.n_seg = 1;
   a.W2 = w2 ? w2->data : nullptr;
   a.S2 = w2 ? w2->sc : nullptr;
-  run(a, w.type, mode, false, q8x, s);
+  return a;
+}
+
+}  // namespace
+
+void matvec(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, int64_t ldy, int T, MatvecMode mode,
+            bool q8x, cudaStream_t s) {
+  run(one_weight(w, w2, x, ldx, y, ldy, T, mode), w.type, mode, false, q8x, s);
+}
+
+bool matvec_rows_q8x(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, int64_t ldy, int T,
+                     MatvecMode mode, cudaStream_t s) {
+  return matvec_q8x_rows(one_weight(w, w2, x, ldx, y, ldy, T, mode), w.type, mode, s);
 }
 
 bool matvec_norm_fusable(const DW* ws, int n) {

@@ -30,6 +30,8 @@ struct MV {
 // fp32 (matvec.cu), or x quantized to int8 blocks of 32, each with 8 bytes of scales (matvec_q8x.cu).
 constexpr size_t mv_norm_smem(int64_t cols) { return (size_t)cols * sizeof(float); }
 constexpr size_t mv_q8x_smem(int64_t cols) { return (size_t)(cols / 32) * 40; }
+// One token's share of the several-token kernel's shared memory (16-byte aligned).
+__host__ __device__ constexpr size_t mv_q8x_token_bytes(int64_t cols) { return ((size_t)(cols / 32) * 40 + 15) / 16 * 16; }
 
 // Segment of row r and its row index inside that matrix.
 __device__ __forceinline__ int mv_segment(const MV& a, int64_t r, int64_t* local) {
@@ -98,5 +100,9 @@ __device__ __forceinline__ void rope_epilogue(const RopeStore& r, const RopeMeta
 
 // Single-token matvec with int8 activations (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K): false for others.
 bool matvec_q8x(const MV& a, int type, MatvecMode mode, bool norm, cudaStream_t s);
+// T = 1..8 tokens (a.T) without a fused norm or RoPE, reading the weights once: false where the
+// type, mode or shared memory (matvec_q8x_rows_smem) does not allow it.
+bool matvec_q8x_rows(const MV& a, int type, MatvecMode mode, cudaStream_t s);
+size_t matvec_q8x_rows_smem(int64_t cols, int T);
 
 }  // namespace headkv::cu

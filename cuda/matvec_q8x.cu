@@ -9,6 +9,9 @@
 //   Q4_0: d·(dx·Σq·xq − 8·dx·Σxq)   Q4_1: d·dx·Σq·xq + m·dx·Σxq   Q8_0: d·dx·Σq·xq
 // so a Q4_0 block of 32 weights costs 1 global load, 8 dp4a and a few integer ops. MV_ROPE (one
 // token's Q/K/V) gives each warp a RoPE pair of rows and ends in rope_epilogue (RoPE, K/V store).
+// NT > 1 (matvec_q8x_rows: the rows of a batched decode step, no fused norm or RoPE): the block
+// quantizes up to NT tokens' x, and each loaded weight item is dotted with every token's x, so the
+// weights are read once for all of them.
 #include <algorithm>
 
 #include "common.cuh"
@@ -73,8 +76,9 @@ __device__ __forceinline__ float quantize_x(const float* __restrict__ x, const f
 }
 
 // U: blocks per lane per step (loads in flight); MODE as matvec.cu.
-template <int TYPE, int MODE, bool NORM, int U, int kThreads>
+template <int TYPE, int MODE, bool NORM, int U, int kThreads, int NT>
 __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
+  static_assert(NT == 1 || (!NORM && MODE != MV_ROPE), "several tokens: no fused norm or RoPE");
   constexpr int kWarps = kThreads / 32;
   using F = Fmt<TYPE>;
   using Q = Q8<TYPE>;
@@ -82,8 +86,10 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ float ssw[kWarps];
   const int nb = (int)(a.cols / 32), nit = nb / Q::per;  // blocks and items per row
-  int4* xq = reinterpret_cast<int4*>(smem);                 // 2 per block
-  float2* xd = reinterpret_cast<float2*>(smem + nb * 32);  // 1 per block
+  const int64_t xs = mv_q8x_token_bytes(a.cols);         // token t's x at smem + t * xs:
+  auto xq = [&](int t) { return reinterpret_cast<int4*>(smem + t * xs); };             // 2 per block
+  auto xd = [&](int t) { return reinterpret_cast<float2*>(smem + t * xs + nb * 32); };  // 1 per block
+  const int T = NT == 1 ? 1 : a.T;  // tokens of this launch (<= NT)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   // SWIGLU: a warp's unit is row r of gate and of up; ROPE: rows 2r and 2r + 1 (one RoPE pair).
   constexpr bool two = MODE == MV_SWIGLU || MODE == MV_ROPE, pair = MODE == MV_ROPE;
@@ -141,7 +147,10 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
   grid_dependency_wait();
   grid_dependents_launch();
 
-  float ss = quantize_x<NORM, kThreads>(a.x, a.norm_w, nb, reinterpret_cast<int*>(xq), xd);
+  float ss = 0.0f;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+    if (t < T) ss += quantize_x<NORM, kThreads>(a.x + t * a.ldx, a.norm_w, nb, reinterpret_cast<int*>(xq(t)), xd(t));
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   if (lane == 0) ssw[warp] = ss;
@@ -162,39 +171,53 @@ __global__ void __launch_bounds__(kThreads) q8x_kernel(MV a) {
     if (pair && lane == 0 && unit != unit0) meta = rope_meta(a.rope, r.sg, r.local);
     const int sg = r.sg;
     const int64_t local = r.local;
-    float acc = 0.0f, acc2 = 0.0f;
+    float acc[NT], acc2[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = 0.0f;
     for (int i0 = 0; i0 < nit; i0 += 32 * U) {
       load(r, i0);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int it = i0 + u * 32 + lane;
         if (it < nit) {
-          acc += Q{}(w1[u], xq, xd, it, h);
-          if (two) acc2 += Q{}(w2[u], xq, xd, it, h);
+#pragma unroll
+          for (int t = 0; t < NT; ++t) {
+            if (t >= T) break;
+            acc[t] += Q{}(w1[u], xq(t), xd(t), it, h);
+            if (two) acc2[t] += Q{}(w2[u], xq(t), xd(t), it, h);
+          }
         }
       }
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      acc += __shfl_xor_sync(0xffffffffu, acc, o);
-      if (two) acc2 += __shfl_xor_sync(0xffffffffu, acc2, o);
+    for (int t = 0; t < NT; ++t) {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+        if (two) acc2[t] += __shfl_xor_sync(0xffffffffu, acc2[t], o);
+      }
     }
     if (lane == 0) {
-      float* out = a.y[sg] + local;
-      const float v = acc * scale;
-      if (MODE == MV_STORE) *out = v;
-      else if (MODE == MV_ADD) *out += v;
-      else if (MODE == MV_SWIGLU) *out = v / (1.0f + expf(-v)) * (acc2 * scale);
-      else rope_epilogue(a.rope, meta, sg, local, v, acc2 * scale);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        if (t >= T) break;
+        float* out = a.y[sg] + t * a.ldy + local;
+        const float v = acc[t] * scale;
+        if (MODE == MV_STORE) *out = v;
+        else if (MODE == MV_ADD) *out += v;
+        else if (MODE == MV_SWIGLU) *out = v / (1.0f + expf(-v)) * (acc2[t] * scale);
+        else rope_epilogue(a.rope, meta, sg, local, v, acc2[t] * scale);
+      }
     }
   }
 }
 
-template <int TYPE, int MODE, bool NORM, int U, int kThreads>
+template <int TYPE, int MODE, bool NORM, int U, int kThreads, int NT = 1>
 void launch_u(const MV& a, cudaStream_t s) {
   constexpr int kWarps = kThreads / 32;
-  auto k = q8x_kernel<TYPE, MODE, NORM, U, kThreads>;
-  const size_t smem = mv_q8x_smem(a.cols);  // 32 B of int8 + (dx, dx·Σxq) per block
+  auto k = q8x_kernel<TYPE, MODE, NORM, U, kThreads, NT>;
+  // 32 B of int8 + (dx, dx·Σxq) per block of 32 values, for each of the launch's tokens
+  const size_t smem = NT == 1 ? mv_q8x_smem(a.cols) : matvec_q8x_rows_smem(a.cols, a.T);
   static size_t attr = 48 * 1024;
   if (smem > attr) {
     check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), "matvec shared memory");
@@ -248,7 +271,46 @@ void launch_mode(const MV& a, MatvecMode mode, bool norm, cudaStream_t s) {
   else launch<TYPE, MV_ROPE, true>(a, s);
 }
 
+// Several tokens (2..8): every block quantizes all of them (8 x 18 KB for the 8B shape's
+// 14336-wide down projection, one block per SM); 512 threads with the single-token launches' items
+// per lane keep the NT accumulators in registers (128 per thread at most).
+template <int TYPE, int NT>
+void launch_rows(const MV& a, MatvecMode mode, cudaStream_t s) {
+  constexpr int U = 4 / Q8<TYPE>::per;  // items per lane in flight, as the single-token launches
+  if (mode == MV_STORE) launch_u<TYPE, MV_STORE, false, U, 512, NT>(a, s);
+  else if (mode == MV_ADD) launch_u<TYPE, MV_ADD, false, U, 512, NT>(a, s);
+  else launch_u<TYPE, MV_SWIGLU, false, U / 2, 512, NT>(a, s);
+}
+
+template <int TYPE>
+void launch_rows_type(const MV& a, MatvecMode mode, cudaStream_t s) {
+  if (a.T <= 2) launch_rows<TYPE, 2>(a, mode, s);
+  else if (a.T <= 4) launch_rows<TYPE, 4>(a, mode, s);
+  else launch_rows<TYPE, 8>(a, mode, s);
+}
+
 }  // namespace
+
+size_t matvec_q8x_rows_smem(int64_t cols, int T) {
+  return T <= 1 ? mv_q8x_smem(cols) : (size_t)T * mv_q8x_token_bytes(cols);
+}
+
+bool matvec_q8x_rows(const MV& a, int type, MatvecMode mode, cudaStream_t s) {
+  if (a.T == 1) return matvec_q8x(a, type, mode, false, s);
+  if (a.T < 1 || a.T > kMatvecMaxT || a.cols % 32 || a.ldx < a.cols || mode == MV_ROPE) return false;
+  if (matvec_q8x_rows_smem(a.cols, a.T) > smem_optin()) return false;
+  switch (type) {
+    case T_Q4_0: launch_rows_type<T_Q4_0>(a, mode, s); break;
+    case T_Q4_1: launch_rows_type<T_Q4_1>(a, mode, s); break;
+    case T_Q8_0: launch_rows_type<T_Q8_0>(a, mode, s); break;
+    case T_Q4_K: launch_rows_type<T_Q4_K>(a, mode, s); break;
+    case T_Q5_K: launch_rows_type<T_Q5_K>(a, mode, s); break;
+    case T_Q6_K: launch_rows_type<T_Q6_K>(a, mode, s); break;
+    default: return false;
+  }
+  check_launch("matvec (int8 activations, several tokens)");
+  return true;
+}
 
 bool matvec_q8x(const MV& a, int type, MatvecMode mode, bool norm, cudaStream_t s) {
   if (a.T != 1 || a.cols % 32 || a.ldx < a.cols) return false;

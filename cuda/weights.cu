@@ -110,12 +110,10 @@ std::shared_ptr<DevModel> DevModel::get(const Model& m) {
                                      std::to_string(hp.n_head_kv) + " is not supported");
 
   {  // the single-token matvecs stage x in shared memory (rows of n_embd, n_head·head_dim or n_ff)
-    int dev = 0, optin = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    const size_t optin = smem_optin();
     const int64_t widest = std::max<int64_t>({hp.n_embd, (int64_t)hp.n_head * hp.head_dim, hp.n_ff});
     const size_t need = std::max(mv_norm_smem(hp.n_embd), mv_q8x_smem(widest));
-    if (optin > 0 && need > (size_t)optin)
+    if (need > optin)
       fail(ErrorKind::Unsupported, "device 'cuda': n_embd " + std::to_string(hp.n_embd) + " / n_ff " + std::to_string(hp.n_ff) +
                                        " need " + std::to_string(need) + " bytes of shared memory per block in the decode matvecs; this GPU allows " +
                                        std::to_string(optin));

@@ -4,19 +4,21 @@ SmolLM2 Q4_1. Marked gpu: skipped without a CUDA device; run with
 `pytest -m gpu tests/test_cuda_batch.py -v -s` (the -s shows the measured differences).
 
 What is compared and the stated bounds:
-* The batched step multiplies every row with the fp32-activation matvec (backend/cuda_batch.h) and
-  runs the RMSNorm as its own kernel; a sequence alone runs the RMSNorm fused into its single-token
-  matvecs, with fp32 activations in cuda-fp32 and with HEADKV_MATVEC=fp32, int8 activations in the
-  default "cuda" precision. So with matching activations (cuda-fp32, or "cuda" with
-  HEADKV_MATVEC=fp32 for the lone sequences) the logits differ only by float rounding (the norm
-  applied before or after the dot product; a rounding can move a stored fp16 K/V element to the
-  neighbouring half): within 2e-3 of the largest |logit|, and the greedy tokens are identical.
+* The batched step runs the RMSNorm as its own kernel and multiplies every row with the matvecs of
+  its precision: fp32 activations in cuda-fp32 (and with HEADKV_MATVEC=fp32), each row quantized to
+  int8 blocks in the default "cuda" (backend/cuda_batch.h); a sequence alone runs the RMSNorm fused
+  into its single-token matvecs with the same activations. So with fp32 activations the logits
+  differ only by float rounding (the norm applied before or after the dot product; a rounding can
+  move a stored fp16 K/V element to the neighbouring half): within 2e-3 of the largest |logit|, and
+  the greedy tokens are identical.
   With q8_0 / q4_0 K/V that rounding moves an element to the neighbouring quantization level (a step of
   amax/127 or amax/8), measured 5e-3 (q8_0) and 5.5e-2 (q4_0) of the largest |logit| on the H100, and
   greedy tokens can part: teacher-forced on the lone greedy tokens, the bound of the int8 case below.
-* Against the default "cuda" lone step (int8 activations): teacher-forced on the lone sequence's
-  greedy tokens, the same top-1 in >= 90% of the steps and mean KL(alone || batched) < 0.02
-  (test_cuda.py's bound for int8 against fp32 activations).
+* The default "cuda" (int8 activations on both sides): quantizing the normalized row or the row
+  before its 1/rms gives the same int8 values but for a value on a rounding boundary, so
+  teacher-forced on the lone sequence's greedy tokens the top-1 agrees in >= 97% of the steps, mean
+  KL(alone || batched) < 2e-3 (a tenth of test_cuda.py's bound for int8 against fp32 activations)
+  and the logits within 2e-2 of the largest |logit|.
 * Graph replay (the default) and plain launches (HEADKV_BATCH_GRAPH=0) give the same logits bit
   for bit; the cuBLAS path (the default from 32 rows; HEADKV_BATCH_GEMM=1 from 9, =0 never) in
   cuda-fp32 within 2e-3 of the largest |logit| of the matvec path.
@@ -108,13 +110,17 @@ def _run_group(g, prompts, lengths, joins, forced=None):
     return got, logits
 
 
-def _forced_agreement(g, path, device, prompts, kv):
+def _forced_agreement(g, path, device, prompts, kv, rel=False):
     """Group g decodes the prompts teacher-forced on each sequence's lone greedy tokens: the steps where
-    the batched top-1 equals the lone one, and KL(alone || batched) of every step."""
+    the batched top-1 equals the lone one, and KL(alone || batched) of every step (rel: also the
+    largest |batched - alone| / max |alone| of any step)."""
     refs = [_alone(path, device, p, n, **kv) for p, n in zip(prompts, LENGTHS)]
     _, logits = _run_group(g, prompts, LENGTHS, JOINS, forced=[r[0] for r in refs])
     pairs = [(a, b) for i in range(len(prompts)) for a, b in zip(logits[i], refs[i][1])]
-    return sum(int(np.argmax(a) == np.argmax(b)) for a, b in pairs), [_kl(b, a) for a, b in pairs]
+    same, kls = sum(int(np.argmax(a) == np.argmax(b)) for a, b in pairs), [_kl(b, a) for a, b in pairs]
+    if not rel:
+        return same, kls
+    return same, kls, max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in pairs)
 
 
 # Five sequences of different prompt lengths: three start, two join after 3 and 6 steps, the first
@@ -153,17 +159,18 @@ def test_group_decodes_as_alone(smollm2, essay_texts, method, device, monkeypatc
 
 @pytest.mark.parametrize("method", ["full", "headkv"])
 def test_group_vs_int8_alone(smollm2, essay_texts, method, monkeypatch):
-    """Default "cuda": the lone sequence's decode step quantizes activations to int8, the batched
-    step does not; teacher-forced on the lone greedy tokens."""
+    """Default "cuda": the lone decode step and the batched one both quantize activations to int8
+    (the batched rows after their RMSNorm); teacher-forced on the lone greedy tokens."""
     monkeypatch.delenv("HEADKV_MATVEC", raising=False)
     kv = KV[method]
     base = _model(smollm2, "cuda", **kv)
     prompts = [base.tokenize(p) for p in essay_texts]
     g = headkv.SequenceGroup(base, n_ctx=N_CTX, device="cuda")
-    same, kls = _forced_agreement(g, smollm2, "cuda", prompts, kv)
+    same, kls, worst = _forced_agreement(g, smollm2, "cuda", prompts, kv, rel=True)
     total = sum(LENGTHS)
-    print(f"{method}: batched top-1 = alone (int8) in {same}/{total} steps, mean KL {np.mean(kls):.2e}")
-    assert same >= 0.9 * total and np.mean(kls) < 0.02
+    print(f"{method}: batched top-1 = alone (int8) in {same}/{total} steps, mean KL {np.mean(kls):.2e}, "
+          f"max |batched - alone| / max |logit| {worst:.2e}")
+    assert same >= 0.97 * total and np.mean(kls) < 2e-3 and worst <= 2e-2
 
 
 def _lockstep(g, prompts, steps):
@@ -215,8 +222,9 @@ def test_gemm_path_and_large_batches(smollm2, monkeypatch):
 
 def test_gemm_default_in_the_fast_precision(smollm2, monkeypatch):
     """40 sequences in "cuda" (the default from 32 rows: fp16 cuBLAS GEMMs on dequantized weights)
-    teacher-forced on the matvec path's greedy tokens (HEADKV_BATCH_GEMM=0): the same top-1 in >= 90%
-    of the rows and steps, mean KL(matvec || GEMM) < 0.02 (the int8 bound above)."""
+    teacher-forced on the matvec path's greedy tokens (HEADKV_BATCH_GEMM=0: int8 activations): the same
+    top-1 in >= 90% of the rows and steps, mean KL(matvec || GEMM) < 0.02 (test_cuda.py's bound for
+    int8 against fp32 activations)."""
     base = _model(smollm2, "cuda")
     prompts = [base.tokenize(PROMPTS[i % 8] + " " * (i // 8)) for i in range(40)]
     monkeypatch.setenv("HEADKV_BATCH_GEMM", "0")

@@ -247,11 +247,13 @@ PY
       echo "$f rc=$? $(tail -1 "$OUT/verify_$f.txt")"
     done | tee "$OUT/verify.txt"
     ;;
-  batch)  # batch [SEQS]: issue 27's H100 figures, compressed 32k prompts (headkv-1024) decoded in one group,
-          # the default batched step and HEADKV_BATCH_GEMM=1 (cuBLAS on dequantized weights above 8 rows)
-    for setting in HEADKV_BATCH_GEMM=0 HEADKV_BATCH_GEMM=1; do
+  batch)  # batch [SEQS0 [SEQS1 [SEQS32]]]: issue 27's H100 figures, compressed 32k prompts (headkv-1024) decoded
+          # in one group: the matvec path (HEADKV_BATCH_GEMM=0; int8 activations) at SEQS0 sequences, cuBLAS on
+          # dequantized weights from 9 rows (=1) at SEQS1, the fp32-activation matvecs (HEADKV_MATVEC=fp32) at SEQS32
+    for setting in HEADKV_BATCH_GEMM=0 HEADKV_BATCH_GEMM=1 "HEADKV_MATVEC=fp32 HEADKV_BATCH_GEMM=0"; do
+      case $setting in *fp32*) seqs=${3:-8,32} ;; *=1) seqs=${2:-1,8,32} ;; *) seqs=${1:-1,8,32} ;; esac
       env $setting python3 bench/batch_decode.py --device cuda --model /tmp/l3-8b-q4_0.gguf --prompt-len 32768 \
-        --seqs "${1:-1,8,32}" --steps 16 --kv-method headkv --kv-budget 1024 --scores /tmp/scores-8b.json --skip-full \
+        --seqs "$seqs" --steps 16 --kv-method headkv --kv-budget 1024 --scores /tmp/scores-8b.json --skip-full \
         2>&1 | sed "s/^/$setting /" | tee -a "$OUT/batch.txt" | grep -E '"mode": "(alone|group)"'
     done
     ;;

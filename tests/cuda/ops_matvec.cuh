@@ -112,6 +112,56 @@ inline void check_matvec(cudaStream_t st) {
     }
 }
 
+// ---- several tokens with int8 activations (matvec_rows_q8x: a batched decode step's rows), each
+// token's x quantized on its own, against dequantize_row + dot of those values
+
+inline void check_matvec_rows(cudaStream_t st) {
+  std::mt19937 rng(16);
+  const int rows = 101;
+  for (GGMLType t : kTypes) {
+    if (!has_q8x(t)) continue;
+    for (int cols : {512, 1536}) {
+      DevWeight w = upload_weight(t, rows, cols, rng), w2 = upload_weight(t, rows, cols, rng);
+      for (cu::MatvecMode mode : {cu::MV_STORE, cu::MV_ADD, cu::MV_SWIGLU})
+        for (int T : {2, 3, 5, 8}) {
+          const int64_t ldx = cols + 32, ldy = rows + 3;
+          const std::vector<float> x = normal((size_t)T * ldx, rng), y0 = normal((size_t)T * ldy, rng, 0.5f);
+          std::vector<float> xq;  // token by token, as the kernel quantizes them
+          for (int tt = 0; tt < T; ++tt) {
+            const std::vector<float> q = q8_values(x.data() + tt * ldx, nullptr, cols);
+            xq.insert(xq.end(), q.begin(), q.end());
+          }
+          const std::vector<double> a = ref_matvec(w.deq, rows, cols, xq.data(), cols, T),
+                                    b = ref_matvec(w2.deq, rows, cols, xq.data(), cols, T);
+          std::vector<double> ref;
+          for (int tt = 0; tt < T; ++tt)
+            for (int r = 0; r < rows; ++r) {
+              const double v = a[(size_t)tt * rows + r];
+              ref.push_back(mode == cu::MV_STORE ? v
+                            : mode == cu::MV_ADD ? v + y0[tt * ldy + r]
+                                                 : headkv::silu((float)v) * (float)b[(size_t)tt * rows + r]);
+            }
+          cu::DBuf<float> dx = to_dev(x, "x"), dy = to_dev(y0, "y");
+          const char* what = mode == cu::MV_STORE ? "store" : mode == cu::MV_ADD ? "add" : "swiglu";
+          if (!cu::matvec_rows_q8x(w.w, &w2.w, dx.get(), ldx, dy.get(), ldy, T, mode, st)) {
+            report_error("matvec rows", fmt("%s %dx%d T=%d %s", tname(t), rows, cols, T, what), "not launched");
+            continue;
+          }
+          sync(st, "matvec rows");
+          const std::vector<float> y = to_host(dy, (size_t)T * ldy, "y");
+          std::vector<float> got;
+          bool pad_kept = true;  // the rows between ldy's would-be outputs stay as they were
+          for (int tt = 0; tt < T; ++tt) {
+            for (int r = 0; r < rows; ++r) got.push_back(y[tt * ldy + r]);
+            for (int r = rows; r < ldy; ++r) pad_kept = pad_kept && y[tt * ldy + r] == y0[tt * ldy + r];
+          }
+          report("matvec rows", fmt("%s %dx%d T=%d %s int8 x", tname(t), rows, cols, T, what),
+                 pad_kept ? nmax_err(got, ref) : 1.0, kInt8);
+        }
+    }
+  }
+}
+
 // ---- weight rows and GEMM (gemm.cu): embedding lookup, the prefill's dequantization, cuBLAS
 
 inline void check_rows(cudaStream_t st) {

@@ -142,6 +142,7 @@ int main() {
   group("rope_store", check_rope_store, st);
   group("matvec_qkv_rope", check_qkv_rope, st);
   group("matvec", check_matvec, st);
+  group("matvec rows (int8)", check_matvec_rows, st);
   group("embed/dequant rows", check_rows, st);
   group("gemm_nt", check_gemm, st);
   group("q8_0/q4_0 K/V stores", check_kv_quant_stores, st);

@@ -10,9 +10,10 @@
 // named in does not matter); another set of as many sequences updates that graph in place where
 // CUDA allows it, else it is instantiated again (HEADKV_BATCH_GRAPH=0: plain launches).
 //
-// Numerics: every row takes the fp32-activation matvec (the cuda-fp32 precision's single-token
-// arithmetic, without the int8 activations of the fast precision's single-token step), with the
-// RMSNorm as a separate kernel; a row's logits do not depend on the other rows of its batch.
+// Numerics: below kGemmRows every row takes the matvec of its precision's single-token step (fp32
+// activations in cuda-fp32 and with HEADKV_MATVEC=fp32; in the fast precision each row quantized to
+// int8 blocks, as a lone step does), with the RMSNorm as a separate kernel; a row's logits do not
+// depend on the other rows of its batch.
 // Plain C++ header: the implementation is cuda/context_batch.cu (HEADKV_WITH_CUDA builds only).
 #pragma once
 #include <cstdint>

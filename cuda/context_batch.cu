@@ -4,8 +4,10 @@
 // activations, as a lone sequence's step, else fp32), 32 and more through cuBLAS on
 // weights dequantized to a scratch (a fixed cost per step that 32 rows repay: BENCHMARKS.md, "Several
 // sequences"). HEADKV_BATCH_GEMM=1 takes cuBLAS from 9 rows, =0 never. RoPE with
-// the K/V store and the decode attention run per sequence against its own arena, with its own
-// decode work items. Positions and tokens are read from device memory, so a captured step replays
+// the K/V store and the decode attention run against each sequence's own arena, with its own
+// decode work items: one launch of each kernel per layer for all sequences (their arguments in
+// device memory, grid.y or grid.z the sequence) when they share the K/V types and attention warps,
+// else (or with HEADKV_BATCH_ATTN=0) one per sequence. Positions and tokens are read from device memory, so a captured step replays
 // for as long as the list of sequences (and their arenas) stays the same.
 #include <algorithm>
 #include <functional>
@@ -39,7 +41,17 @@ struct CudaBatch::Impl {
   struct Graph {
     cudaGraphExec_t exec = nullptr;
     std::vector<intptr_t> key;
+    DBuf<uint8_t> args;  // the batched RoPE/store and attention launches' arguments (SeqArgs)
   };
+  bool attn_n = true;  // one RoPE/store and one attention launch per layer for all sequences
+  DBuf<uint8_t> plain_args;  // SeqArgs of a step without graphs
+  // Per layer, every sequence's RopeStore, then every sequence's DecodeArgs, in device memory.
+  struct SeqArgs {
+    const RopeStore* rope = nullptr;  // [n_layer][n]
+    const DecodeArgs* dec = nullptr;  // [n_layer][n]
+    std::vector<int> max_items;       // per layer
+  };
+  SeqArgs seq_args;  // of the step being launched (empty rope: one launch per sequence)
   std::map<int, Graph> graphs;
   int64_t captures = 0, updates = 0;  // graphs instantiated, and updated in place
 
@@ -52,6 +64,7 @@ struct CudaBatch::Impl {
     if (env_is("HEADKV_BATCH_GEMM", "1")) gemm_from = kMatvecMaxT + 1;
     if (env_is("HEADKV_BATCH_GEMM", "0")) gemm_from = kMaxRows + 1;
     use_graph = !env_is("HEADKV_BATCH_GRAPH", "0");
+    attn_n = !env_is("HEADKV_BATCH_ATTN", "0");
     q8x = half_gemm && !env_is("HEADKV_MATVEC", "fp32");
     require_supported_device();
     dm = DevModel::get(m);
@@ -141,6 +154,51 @@ struct CudaBatch::Impl {
     if (!(q8x && matvec_rows_q8x(w, w2, in, ldx, out, ldo, T, mode, st))) matvec(w, w2, in, ldx, out, ldo, T, mode, false, st);
   }
 
+  // Sequence i's RoPE/store and attention arguments at layer il (row i of q/k/v/att).
+  RopeStore rope_args(CudaContext::Impl& C, int il, int i) {
+    RopeStore r = C.arena_store_args(il, 1);
+    r.q = q.get() + i * qdim();
+    r.k = k.get() + i * kvdim();
+    r.v = v.get() + i * kvdim();
+    r.kstage = r.vstage = nullptr;  // the separate store kernel needs no stage
+    r.qcount = nullptr;
+    r.pos0_dev = in_dev.get() + kMaxRows + i;
+    return r;
+  }
+  DecodeArgs attn_args(CudaContext::Impl& C, int il, int i) {
+    DecodeArgs a = C.decode_args(il);
+    a.q = q.get() + i * qdim();
+    a.out = att.get() + i * qdim();
+    return a;
+  }
+
+  // Every layer's arguments of the n sequences into buf (device), for one launch per layer: none
+  // (seq_args.rope null) when the sequences differ in K/V types or attention warps.
+  void prepare_args(const std::vector<CudaContext::Impl*>& seqs, int n, DBuf<uint8_t>& buf) {
+    seq_args = SeqArgs{};
+    if (!attn_n) return;
+    for (const CudaContext::Impl* C : seqs)
+      if (C->tk != seqs[0]->tk || C->tv != seqs[0]->tv || C->attn_warps != seqs[0]->attn_warps) return;
+    const int L = hp.n_layer;
+    std::vector<RopeStore> rs((size_t)L * n);
+    std::vector<DecodeArgs> ds((size_t)L * n);
+    seq_args.max_items.assign(L, 0);
+    for (int il = 0; il < L; ++il)
+      for (int i = 0; i < n; ++i) {
+        rs[(size_t)il * n + i] = rope_args(*seqs[i], il, i);
+        ds[(size_t)il * n + i] = attn_args(*seqs[i], il, i);
+        seq_args.max_items[il] = std::max(seq_args.max_items[il], ds[(size_t)il * n + i].n_items);
+      }
+    const size_t rb = rs.size() * sizeof(RopeStore), db = ds.size() * sizeof(DecodeArgs);
+    const size_t off = (rb + 255) / 256 * 256;
+    buf.reserve(off + db, "batched attention arguments");
+    check(cudaMemcpyAsync(buf.get(), rs.data(), rb, cudaMemcpyHostToDevice, st), "batch arguments");
+    check(cudaMemcpyAsync(buf.get() + off, ds.data(), db, cudaMemcpyHostToDevice, st), "batch arguments");
+    check(cudaStreamSynchronize(st), "batch arguments");  // (the host vectors go out of scope)
+    seq_args.rope = reinterpret_cast<const RopeStore*>(buf.get());
+    seq_args.dec = reinterpret_cast<const DecodeArgs*>(buf.get() + off);
+  }
+
   // The step's launches for n rows (seqs[i] is row i).
   void forward(const std::vector<CudaContext::Impl*>& seqs, int n) {
     const int H = hp.n_head_kv;
@@ -161,21 +219,15 @@ struct CudaBatch::Impl {
         rms_norm(q.get(), L.q_norm, q.get(), (int64_t)n * hp.n_head, hp.head_dim, hp.rms_eps, st);
         rms_norm(k.get(), L.k_norm, k.get(), (int64_t)n * H, hp.head_dim, hp.rms_eps, st);
       }
-      for (int i = 0; i < n; ++i) {
-        CudaContext::Impl& C = *seqs[i];
-        // the sequence's own arena, cache types and RoPE tables; this batch's rows of q/k/v/att
-        RopeStore r = C.arena_store_args(il, 1);
-        r.q = q.get() + i * qdim();
-        r.k = k.get() + i * kvdim();
-        r.v = v.get() + i * kvdim();
-        r.kstage = r.vstage = nullptr;  // the separate store kernel needs no stage
-        r.qcount = nullptr;
-        r.pos0_dev = in_dev.get() + kMaxRows + i;
-        rope_store(r, st);
-        DecodeArgs a = C.decode_args(il);
-        a.q = q.get() + i * qdim();
-        a.out = att.get() + i * qdim();
-        decode_attention(a, st);
+      // each sequence's own arena, cache types and RoPE tables; this batch's rows of q/k/v/att
+      if (seq_args.rope) {
+        rope_store_n(rope_args(*seqs[0], il, 0), seq_args.rope + (size_t)il * n, n, st);
+        decode_attention_n(attn_args(*seqs[0], il, 0), seq_args.dec + (size_t)il * n, n, seq_args.max_items[il], st);
+      } else {
+        for (int i = 0; i < n; ++i) {
+          rope_store(rope_args(*seqs[i], il, i), st);
+          decode_attention(attn_args(*seqs[i], il, i), st);
+        }
       }
       linear(L.wo, att.get(), n, x.get(), d, true);
       rms_norm(x.get(), L.ffn_norm, xn.get(), n, d, hp.rms_eps, st);
@@ -262,11 +314,13 @@ struct CudaBatch::Impl {
       std::vector<intptr_t> key = key_of(seqs);
       Graph& G = graphs[n];
       if (!G.exec || key != G.key) {
+        prepare_args(seqs, n, G.args);
         capture(seqs, n, G);
         G.key = std::move(key);
       }
       check(cudaGraphLaunch(G.exec, st), "batch graph launch");
     } else {
+      prepare_args(seqs, n, plain_args);
       forward(seqs, n);
     }
     check(cudaStreamSynchronize(st), "batched decode");

@@ -40,14 +40,16 @@ __host__ __device__ constexpr int ring_ld() { return HD + 8; }
 template <int HD, int NW>
 __host__ __device__ constexpr size_t ring_bytes() { return decode_ring_bytes(HD, NW); }
 
+// (The kernels' bodies take their arguments and item from the kernel below them: one sequence's
+// DecodeArgs as the parameter, or, for a batched step, sequence blockIdx.y's from an array.)
 template <int HD, int G, int NW>
-__global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
+__device__ __forceinline__ void split_body(const DecodeArgs& a, const int item) {
   constexpr int NT = NW * 32;
   constexpr int LD = ring_ld<HD>(), CH = 32 * LD, CPL = HD / 8;  // row stride, halves per chunk, copies per lane
   static_assert((size_t)NW * R * CH * sizeof(__half) == ring_bytes<HD, NW>(), "the warps' rings fill the allocation");
   static_assert((size_t)NW * G * HD * sizeof(float) <= ring_bytes<HD, NW>(), "warp outputs alias the ring");
   extern __shared__ __align__(16) uint8_t smem[];
-  const int item = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   __half* ring = reinterpret_cast<__half*>(smem) + warp * R * CH;
   __shared__ float wm[NW][G], wl[NW][G];  // (counted in decode_block_smem for G <= 8)
 
@@ -290,11 +292,11 @@ __device__ __forceinline__ void chunk_to_tile(KVType t, const uint8_t* raw, int 
 }
 
 template <int HD, int G, int NW>
-__global__ void __launch_bounds__(NW * 32) split_kernel_q(DecodeArgs a) {
+__device__ __forceinline__ void split_body_q(const DecodeArgs& a, const int item) {
   constexpr int NT = NW * 32;
   constexpr int LD = ring_ld<HD>(), CH = 32 * LD, NB = HD / 32;
   extern __shared__ __align__(16) uint8_t smem[];
-  const int item = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const KVType tk = a.tk, tv = a.tv;
   const int rbk = (int)kv_row_bytes(tk, HD), rbv = (int)kv_row_bytes(tv, HD);
   const int slot = (int)decode_slot_bytes(rbk > rbv ? rbk : rbv);
@@ -520,11 +522,11 @@ __global__ void __launch_bounds__(NW * 32) split_kernel_q(DecodeArgs a) {
 // (PDL) blocks slowed the full cache at long contexts, and UN = 4 spills (BENCHMARKS.md, History).
 constexpr int MT = 512;
 template <int HD>
-__global__ void __launch_bounds__(MT, 4) merge_kernel(DecodeArgs a) {
+__device__ __forceinline__ void merge_body(const DecodeArgs& a, const int h) {
   grid_dependency_wait();    // a PDL launch: the split kernel's partials
   grid_dependents_launch();  // the output projection (a PDL launch) may start prefetching weights
   constexpr int MG = MT / HD, UN = 2;
-  const int h = blockIdx.x, tid = threadIdx.x, d = tid % HD, grp = tid / HD;
+  const int tid = threadIdx.x, d = tid % HD, grp = tid / HD;
   const int G = a.nh / a.nkv, g = h / G, hh = h % G;
   const int first = a.head_first[g], n = a.head_splits[g];
   __shared__ float accs[MG][HD], ms[MG], ls[MG];
@@ -582,10 +584,41 @@ __global__ void __launch_bounds__(MT, 4) merge_kernel(DecodeArgs a) {
   }
 }
 
+// One sequence (the parameter), or blockIdx.y of several (a batched step: every sequence's
+// arguments in device memory; blocks past a sequence's items or heads end at once).
+template <int HD, int G, int NW>
+__global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
+  split_body<HD, G, NW>(a, blockIdx.x);
+}
+template <int HD, int G, int NW>
+__global__ void __launch_bounds__(NW * 32) split_kernel_n(const DecodeArgs* __restrict__ as) {
+  const DecodeArgs a = as[blockIdx.y];
+  if ((int)blockIdx.x < a.n_items) split_body<HD, G, NW>(a, blockIdx.x);
+}
+template <int HD, int G, int NW>
+__global__ void __launch_bounds__(NW * 32) split_kernel_q(DecodeArgs a) {
+  split_body_q<HD, G, NW>(a, blockIdx.x);
+}
+template <int HD, int G, int NW>
+__global__ void __launch_bounds__(NW * 32) split_kernel_q_n(const DecodeArgs* __restrict__ as) {
+  const DecodeArgs a = as[blockIdx.y];
+  if ((int)blockIdx.x < a.n_items) split_body_q<HD, G, NW>(a, blockIdx.x);
+}
+template <int HD>
+__global__ void __launch_bounds__(MT, 4) merge_kernel(DecodeArgs a) {
+  merge_body<HD>(a, blockIdx.x);
+}
+template <int HD>
+__global__ void __launch_bounds__(MT, 4) merge_kernel_n(const DecodeArgs* __restrict__ as) {
+  const DecodeArgs a = as[blockIdx.y];
+  if ((int)blockIdx.x < a.nh) merge_body<HD>(a, blockIdx.x);
+}
+
 // The split kernel for (HD, G, NW) and its dynamic shared memory (the attribute is raised once; for
 // split_kernel_q to the largest size asked so far, which depends on the K and V row sizes).
 struct SplitFn {
   void (*fn)(DecodeArgs);
+  void (*fn_n)(const DecodeArgs*);  // the several-sequence kernel
   size_t smem;
   int threads;
 };
@@ -596,19 +629,23 @@ SplitFn split_fn(size_t rbk, size_t rbv) {
     static const bool once = [] {
       check(cudaFuncSetAttribute(split_kernel<HD, G, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
             "attention shared memory");
+      check(cudaFuncSetAttribute(split_kernel_n<HD, G, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+            "attention shared memory");
       return true;
     }();
     (void)once;
-    return {split_kernel<HD, G, NW>, smem, NW * 32};
+    return {split_kernel<HD, G, NW>, split_kernel_n<HD, G, NW>, smem, NW * 32};
   } else {
     const size_t smem = decode_dyn_smem(HD, NW, rbk, rbv);
     static size_t raised = 0;
     if (smem > raised) {
       check(cudaFuncSetAttribute(split_kernel_q<HD, G, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
             "attention shared memory");
+      check(cudaFuncSetAttribute(split_kernel_q_n<HD, G, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+            "attention shared memory");
       raised = smem;
     }
-    return {split_kernel_q<HD, G, NW>, smem, NW * 32};
+    return {split_kernel_q<HD, G, NW>, split_kernel_q_n<HD, G, NW>, smem, NW * 32};
   }
 }
 template <int HD, int NW, bool Q>
@@ -669,7 +706,8 @@ int decode_attention_slots(int hd, int G, int warps, KVType tk, KVType tv) {
   return std::max(1, n) * sm_count();
 }
 
-void decode_attention(const DecodeArgs& a, cudaStream_t s) {
+namespace {
+void check_decode_args(const DecodeArgs& a) {
   if (a.nh / a.nkv > MAXG) fail(ErrorKind::Unsupported, "CUDA backend: more than 8 query heads per KV head");
   if (a.hd != 64 && a.hd != 128 && a.hd != 256)
     fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128, 256)");
@@ -680,11 +718,26 @@ void decode_attention(const DecodeArgs& a, cudaStream_t s) {
   if (quantized(a.tk, a.tv) && (a.hd == 256 || a.window || a.ring || a.softcap > 0.0f))
     fail(ErrorKind::Unsupported, std::string("CUDA backend: the decode attention over ") + kv_type_name(a.tk) + " / " +
                                      kv_type_name(a.tv) + " K / V with head_dim 256, sliding windows or soft-capping is not built; use f16");
+}
+}  // namespace
+
+void decode_attention(const DecodeArgs& a, cudaStream_t s) {
+  check_decode_args(a);
   const SplitFn f = split_for(a.hd, a.nh / a.nkv, a.warps, a.tk, a.tv);
   launch_pdl(f.fn, dim3((unsigned)a.n_items), dim3(f.threads), f.smem, s, "decode attention", a);
   launch_pdl(a.hd == 64 ? merge_kernel<64> : a.hd == 128 ? merge_kernel<128> : merge_kernel<256>, dim3((unsigned)a.nh), dim3(MT), 0, s,
              "decode attention merge", a);
   check_launch("decode_attention");
+}
+
+void decode_attention_n(const DecodeArgs& like, const DecodeArgs* args, int n, int max_items, cudaStream_t s) {
+  check_decode_args(like);
+  if (n <= 0) return;
+  const SplitFn f = split_for(like.hd, like.nh / like.nkv, like.warps, like.tk, like.tv);
+  launch_pdl(f.fn_n, dim3((unsigned)max_items, (unsigned)n), dim3(f.threads), f.smem, s, "decode attention", args);
+  launch_pdl(like.hd == 64 ? merge_kernel_n<64> : like.hd == 128 ? merge_kernel_n<128> : merge_kernel_n<256>,
+             dim3((unsigned)like.nh, (unsigned)n), dim3(MT), 0, s, "decode attention merge", args);
+  check_launch("decode_attention_n");
 }
 
 }  // namespace headkv::cu

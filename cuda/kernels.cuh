@@ -108,6 +108,9 @@ struct RopeStore {
   int64_t ring = 0;
 };
 void rope_store(const RopeStore& a, cudaStream_t s);
+// One token of each of n sequences (args in device memory, T = 1 each, sharing `like`'s head counts and
+// head_dim) in one launch.
+void rope_store_n(const RopeStore& like, const RopeStore* args, int n, cudaStream_t s);
 // One token's RMSNorm -> Q, K, V (ws: wq, wk, wv) with RoPE and the arena store of rope_store fused
 // into the matvec's epilogue (int8 or fp32 activations; r: arena target, T = 1, q = the Q output).
 // False when the shapes or the target do not fit: the caller runs the separate kernels. q8_0 / q4_0
@@ -209,6 +212,10 @@ struct DecodeArgs {
   float softcap = 0.0f;  // attention-logit soft-capping (0: none)
 };
 void decode_attention(const DecodeArgs& a, cudaStream_t s);
+// The decode attention of n sequences in one launch of each kernel (a batched step): args (device
+// memory) holds each sequence's DecodeArgs; they share `like`'s hd, head counts, warps and K/V types,
+// and max_items is the largest n_items among them.
+void decode_attention_n(const DecodeArgs& like, const DecodeArgs* args, int n, int max_items, cudaStream_t s);
 // Blocks of the decode attention kernel resident at once on the device (one wave).
 int decode_attention_slots(int hd, int G, int warps, KVType tk, KVType tv);
 // Warps per block to use: the widest of 8, 4, 2 up to `preferred` whose shared memory the device

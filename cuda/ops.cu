@@ -58,8 +58,7 @@ __global__ void scale_kernel(float* x, float c, int64_t n, bool cap) {
 
 // One block per (token, head): heads < nh rotate q in place; the others rotate k of KV head
 // g = head - nh and store k and v. One thread per dimension.
-__global__ void rope_store_kernel(RopeStore a) {
-  const int t = blockIdx.x, head = blockIdx.y, d = threadIdx.x;
+__device__ __forceinline__ void rope_store_body(const RopeStore& a, const int t, const int head, const int d) {
   const int32_t pos = (a.pos0_dev ? *a.pos0_dev : a.pos0) + t;
   const int half = a.rope_dim / 2;
   if (head < a.nh) {  // thread d rotates pair d: (2d, 2d+1), or (d, d+half) NeoX-style
@@ -105,6 +104,13 @@ __global__ void rope_store_kernel(RopeStore a) {
 __global__ void add_bias_kernel(float* x, const float* __restrict__ b, int64_t n, int64_t total) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < total) x[i] += b[i % n];
+}
+
+__global__ void rope_store_kernel(RopeStore a) { rope_store_body(a, blockIdx.x, blockIdx.y, threadIdx.x); }
+// Sequence blockIdx.z of several, one token each.
+__global__ void rope_store_kernel_n(const RopeStore* __restrict__ as) {
+  const RopeStore a = as[blockIdx.z];
+  rope_store_body(a, 0, blockIdx.y, threadIdx.x);
 }
 
 // A programmatic dependent (PDL): the next kernel (in decode, the output head) may launch at once;
@@ -164,6 +170,12 @@ void rope_store(const RopeStore& a, cudaStream_t s) {
   if (a.T == 0) return;
   rope_store_kernel<<<dim3((unsigned)a.T, (unsigned)(a.nh + a.nkv)), (unsigned)a.hd, 0, s>>>(a);
   check_launch("rope_store");
+}
+
+void rope_store_n(const RopeStore& like, const RopeStore* args, int n, cudaStream_t s) {
+  if (n == 0) return;
+  rope_store_kernel_n<<<dim3(1, (unsigned)(like.nh + like.nkv), (unsigned)n), (unsigned)like.hd, 0, s>>>(args);
+  check_launch("rope_store_n");
 }
 
 void add_used(int32_t* used, int n, int T, cudaStream_t s) {

@@ -19,8 +19,9 @@ What is compared and the stated bounds:
   teacher-forced on the lone sequence's greedy tokens the top-1 agrees in >= 97% of the steps, mean
   KL(alone || batched) < 2e-3 (a tenth of test_cuda.py's bound for int8 against fp32 activations)
   and the logits within 2e-2 of the largest |logit|.
-* Graph replay (the default) and plain launches (HEADKV_BATCH_GRAPH=0) give the same logits bit
-  for bit; the cuBLAS path (the default from 32 rows; HEADKV_BATCH_GEMM=1 from 9, =0 never) in
+* Graph replay (the default) and plain launches (HEADKV_BATCH_GRAPH=0), and the attention as one
+  launch for all sequences (the default) or one per sequence (HEADKV_BATCH_ATTN=0), give the same
+  logits bit for bit; the cuBLAS path (the default from 32 rows; HEADKV_BATCH_GEMM=1 from 9, =0 never) in
   cuda-fp32 within 2e-3 of the largest |logit| of the matvec path.
 """
 import numpy as np
@@ -195,6 +196,23 @@ def test_graph_replay_equals_plain_launches(smollm2, essay_texts, monkeypatch):
     b = _lockstep(headkv.SequenceGroup(base, n_ctx=N_CTX, device="cuda"), prompts, 12)
     for x, y in zip(a, b):
         assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("method", ["headkv", "full-q8_0"])
+def test_one_attention_launch_equals_per_sequence(smollm2, essay_texts, method, monkeypatch):
+    """The batched step's RoPE/store and attention as one launch per layer for all sequences (the
+    default) or one per sequence (HEADKV_BATCH_ATTN=0): the same kernels' code over the same
+    arguments, so the same logits bit for bit, with and without graphs."""
+    base = _model(smollm2, "cuda", **KV[method])
+    prompts = [base.tokenize(p) for p in essay_texts + PROMPTS[:3]]
+    runs = []
+    for attn, graph in (("1", "1"), ("0", "1"), ("1", "0")):
+        monkeypatch.setenv("HEADKV_BATCH_ATTN", attn)
+        monkeypatch.setenv("HEADKV_BATCH_GRAPH", graph)
+        runs.append(_lockstep(headkv.SequenceGroup(base, n_ctx=N_CTX, device="cuda"), prompts, 10))
+    for other in runs[1:]:
+        for x, y in zip(runs[0], other):
+            assert np.array_equal(x, y)
 
 
 def test_gemm_path_and_large_batches(smollm2, monkeypatch):

@@ -247,13 +247,16 @@ PY
       echo "$f rc=$? $(tail -1 "$OUT/verify_$f.txt")"
     done | tee "$OUT/verify.txt"
     ;;
-  batch)  # batch [SEQS0 [SEQS1 [SEQS32]]]: issue 27's H100 figures, compressed 32k prompts (headkv-1024) decoded
-          # in one group: the matvec path (HEADKV_BATCH_GEMM=0; int8 activations) at SEQS0 sequences, cuBLAS on
-          # dequantized weights from 9 rows (=1) at SEQS1, the fp32-activation matvecs (HEADKV_MATVEC=fp32) at SEQS32
-    for setting in HEADKV_BATCH_GEMM=0 HEADKV_BATCH_GEMM=1 "HEADKV_MATVEC=fp32 HEADKV_BATCH_GEMM=0"; do
-      case $setting in *fp32*) seqs=${3:-8,32} ;; *=1) seqs=${2:-1,8,32} ;; *) seqs=${1:-1,8,32} ;; esac
-      env $setting python3 bench/batch_decode.py --device cuda --model /tmp/l3-8b-q4_0.gguf --prompt-len 32768 \
-        --seqs "$seqs" --steps 16 --kv-method headkv --kv-budget 1024 --scores /tmp/scores-8b.json --skip-full \
+  batch)  # batch [SETTINGS:SEQS ...]: issue 27's H100 figures, compressed 32k prompts (headkv-1024) decoded in
+          # one group, per environment setting (commas between variables) at the given sequence counts; default:
+          # the matvec path (HEADKV_BATCH_GEMM=0: int8 activations) at 1, 8, 32 and cuBLAS on dequantized weights
+          # (=1) at 32; e.g. HEADKV_BATCH_ATTN=0,HEADKV_BATCH_GEMM=0:8 (one attention launch per sequence),
+          # HEADKV_MATVEC=fp32,HEADKV_BATCH_GEMM=0:8 (fp32 activations)
+    [ $# -gt 0 ] || set -- HEADKV_BATCH_GEMM=0:1,8,32 HEADKV_BATCH_GEMM=1:32
+    for spec in "$@"; do
+      setting=${spec%%:*}
+      env ${setting//,/ } python3 bench/batch_decode.py --device cuda --model /tmp/l3-8b-q4_0.gguf --prompt-len 32768 \
+        --seqs "${spec##*:}" --steps 16 --kv-method headkv --kv-budget 1024 --scores /tmp/scores-8b.json --skip-full \
         2>&1 | sed "s/^/$setting /" | tee -a "$OUT/batch.txt" | grep -E '"mode": "(alone|group)"'
     done
     ;;

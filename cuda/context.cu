@@ -27,7 +27,7 @@ namespace headkv {
 
 namespace {
 
-// The q8_0 / q4_0 kernels (decode_attn.cu split_kernel_q, flash_attn_mma.cu's quantized tiles) are
+// The q8_0 / q4_0 kernels (decode_attn.cu split_body_q, flash_attn_mma.cu's quantized tiles) are
 // built at head_dim 64 and 128 without sliding windows, rings or attention soft-capping; models
 // that need those (Gemma 2 / 3, Mistral-style files whose layers slide) keep f16 K and V. Checked
 // before anything is allocated.

@@ -226,8 +226,8 @@ __device__ __forceinline__ void split_body(const DecodeArgs& a, const int item) 
   }
 }
 
-// ---- q8_0 / q4_0 rows (K, V or both; the other may be f16): split_kernel_q.
-// The data path is split_kernel's, with stored rows instead of fp16 rows in the ring: a chunk (the K
+// ---- q8_0 / q4_0 rows (K, V or both; the other may be f16): split_body_q.
+// The data path is split_body's, with stored rows instead of fp16 rows in the ring: a chunk (the K
 // or V rows of a tile of 32 keys, 32 * rb bytes, about half of f16's for q8_0 and a quarter for q4_0)
 // is requested by cp.async in 16-byte pieces aligned to 16 bytes (rows of 34- or 18-byte blocks are
 // only 2-byte aligned: the pieces cover the chunk's bytes and up to 15 more on each side, which are
@@ -444,7 +444,7 @@ __device__ __forceinline__ void split_body_q(const DecodeArgs& a, const int item
           o[j][2] *= alpha;
           o[j][3] *= alpha;
         }
-      } else if (t == KVType::F16) {  // V as f16: O += P·V as split_kernel
+      } else if (t == KVType::F16) {  // V as f16: O += P·V as split_body
 #pragma unroll
         for (int kk = 0; kk < 2; ++kk) {
           const float* p0 = sc[2 * kk];
@@ -585,24 +585,21 @@ __device__ __forceinline__ void merge_body(const DecodeArgs& a, const int h) {
 }
 
 // One sequence (the parameter), or blockIdx.y of several (a batched step: every sequence's
-// arguments in device memory; blocks past a sequence's items or heads end at once).
-template <int HD, int G, int NW>
-__global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
-  split_body<HD, G, NW>(a, blockIdx.x);
+// arguments in device memory; blocks past a sequence's items or heads end at once). Q: q8_0 / q4_0
+// rows (split_body_q), else f16 (split_body).
+template <int HD, int G, int NW, bool Q>
+__device__ __forceinline__ void split_item(const DecodeArgs& a, const int item) {
+  if constexpr (Q) split_body_q<HD, G, NW>(a, item);
+  else split_body<HD, G, NW>(a, item);
 }
-template <int HD, int G, int NW>
+template <int HD, int G, int NW, bool Q>
+__global__ void __launch_bounds__(NW * 32) split_kernel(DecodeArgs a) {
+  split_item<HD, G, NW, Q>(a, blockIdx.x);
+}
+template <int HD, int G, int NW, bool Q>
 __global__ void __launch_bounds__(NW * 32) split_kernel_n(const DecodeArgs* __restrict__ as) {
   const DecodeArgs a = as[blockIdx.y];
-  if ((int)blockIdx.x < a.n_items) split_body<HD, G, NW>(a, blockIdx.x);
-}
-template <int HD, int G, int NW>
-__global__ void __launch_bounds__(NW * 32) split_kernel_q(DecodeArgs a) {
-  split_body_q<HD, G, NW>(a, blockIdx.x);
-}
-template <int HD, int G, int NW>
-__global__ void __launch_bounds__(NW * 32) split_kernel_q_n(const DecodeArgs* __restrict__ as) {
-  const DecodeArgs a = as[blockIdx.y];
-  if ((int)blockIdx.x < a.n_items) split_body_q<HD, G, NW>(a, blockIdx.x);
+  if ((int)blockIdx.x < a.n_items) split_item<HD, G, NW, Q>(a, blockIdx.x);
 }
 template <int HD>
 __global__ void __launch_bounds__(MT, 4) merge_kernel(DecodeArgs a) {
@@ -614,8 +611,8 @@ __global__ void __launch_bounds__(MT, 4) merge_kernel_n(const DecodeArgs* __rest
   if ((int)blockIdx.x < a.nh) merge_body<HD>(a, blockIdx.x);
 }
 
-// The split kernel for (HD, G, NW) and its dynamic shared memory (the attribute is raised once; for
-// split_kernel_q to the largest size asked so far, which depends on the K and V row sizes).
+// The split kernels for (HD, G, NW, Q) and their dynamic shared memory (the attribute is raised to
+// the largest size asked so far: for q8_0 / q4_0 rows it depends on the K and V row sizes).
 struct SplitFn {
   void (*fn)(DecodeArgs);
   void (*fn_n)(const DecodeArgs*);  // the several-sequence kernel
@@ -624,29 +621,16 @@ struct SplitFn {
 };
 template <int HD, int G, int NW, bool Q>
 SplitFn split_fn(size_t rbk, size_t rbv) {
-  if constexpr (!Q) {
-    constexpr size_t smem = ring_bytes<HD, NW>();
-    static const bool once = [] {
-      check(cudaFuncSetAttribute(split_kernel<HD, G, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-            "attention shared memory");
-      check(cudaFuncSetAttribute(split_kernel_n<HD, G, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-            "attention shared memory");
-      return true;
-    }();
-    (void)once;
-    return {split_kernel<HD, G, NW>, split_kernel_n<HD, G, NW>, smem, NW * 32};
-  } else {
-    const size_t smem = decode_dyn_smem(HD, NW, rbk, rbv);
-    static size_t raised = 0;
-    if (smem > raised) {
-      check(cudaFuncSetAttribute(split_kernel_q<HD, G, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-            "attention shared memory");
-      check(cudaFuncSetAttribute(split_kernel_q_n<HD, G, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-            "attention shared memory");
-      raised = smem;
-    }
-    return {split_kernel_q<HD, G, NW>, split_kernel_q_n<HD, G, NW>, smem, NW * 32};
+  const size_t smem = Q ? decode_dyn_smem(HD, NW, rbk, rbv) : ring_bytes<HD, NW>();
+  static size_t raised = 0;
+  if (smem > raised) {
+    check(cudaFuncSetAttribute(split_kernel<HD, G, NW, Q>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+          "attention shared memory");
+    check(cudaFuncSetAttribute(split_kernel_n<HD, G, NW, Q>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+          "attention shared memory");
+    raised = smem;
   }
+  return {split_kernel<HD, G, NW, Q>, split_kernel_n<HD, G, NW, Q>, smem, NW * 32};
 }
 template <int HD, int NW, bool Q>
 SplitFn split_fn_g(int G, size_t rbk, size_t rbv) {
@@ -667,10 +651,10 @@ SplitFn split_fn_w(int G, int warps, size_t rbk, size_t rbv) {
   if (warps == 2) return split_fn_g<HD, 2, Q>(G, rbk, rbv);
   return split_fn_g<HD, 4, Q>(G, rbk, rbv);
 }
-// Row bytes of the K / V types as decode_dyn_smem takes them: 0, 0 for f16 K and V (split_kernel).
+// Row bytes of the K / V types as decode_dyn_smem takes them: 0, 0 for f16 K and V (split_body).
 bool quantized(KVType tk, KVType tv) { return tk != KVType::F16 || tv != KVType::F16; }
 // hd 256 (Gemma 3) has no 8-warp instance: its ring of 8 warps (405 KB) fits no GPU's shared memory;
-// and no q8_0 / q4_0 instance (split_kernel_q is built at hd 64 and 128; decode_attention refuses).
+// and no q8_0 / q4_0 instance (split_body_q is built at hd 64 and 128; decode_attention refuses).
 SplitFn split_for(int hd, int G, int warps, KVType tk, KVType tv) {
   const bool q = quantized(tk, tv);
   const size_t rbk = q ? kv_row_bytes(tk, hd) : 0, rbv = q ? kv_row_bytes(tv, hd) : 0;
@@ -713,7 +697,7 @@ void check_decode_args(const DecodeArgs& a) {
     fail(ErrorKind::Unsupported, "CUDA backend: head_dim " + std::to_string(a.hd) + " (supported: 64, 128, 256)");
   if (a.warps != 2 && a.warps != 4 && (a.warps != 8 || a.hd == 256))
     fail(ErrorKind::Internal, "decode attention: 2, 4 or 8 warps per block (hd 256: 2 or 4)");
-  // split_kernel_q (q8_0 / q4_0 rows) has neither windows, rings nor soft-capping, and no hd 256
+  // split_body_q (q8_0 / q4_0 rows) has neither windows, rings nor soft-capping, and no hd 256
   // instance; the context refuses these cache types for such models before allocating.
   if (quantized(a.tk, a.tv) && (a.hd == 256 || a.window || a.ring || a.softcap > 0.0f))
     fail(ErrorKind::Unsupported, std::string("CUDA backend: the decode attention over ") + kv_type_name(a.tk) + " / " +

@@ -42,7 +42,7 @@ int main() {
   // exactly at the limit fits, one byte under does not
   CHECK(decode_attention_warps_for(209408, 128, 8) == 8);
   CHECK(decode_attention_warps_for(209407, 128, 8) == 4);
-  // q8_0 / q4_0 rows (split_kernel_q): per warp 3 slots of 32 rows (rounded up to 16 bytes, + 16),
+  // q8_0 / q4_0 rows (split_body_q): per warp 3 slots of 32 rows (rounded up to 16 bytes, + 16),
   // one fp16 tile of 32 x (hd + 8) halves and 32 x hd/32 float scales. q8_0 K and V at hd 128
   // (136-byte rows): slots of 4352 + 16, 8 warps 8*(3*4368 + 8704 + 512) = 178560 + 512; q4_0 (72-byte
   // rows): 8*(3*2320 + 8704 + 512) + 512; q8_0 K with f16 V (256-byte rows): 8*(3*8208 + 8704 + 512) =

@@ -6,7 +6,7 @@
 namespace opcheck {
 
 // ---- decode attention (decode_attn.cu): one query per head over the arena, split-K; K and V rows
-// of f16 (split_kernel), or q8_0 / q4_0 blocks (split_kernel_q, also with f16 V), stored by the
+// of f16 (split_body), or q8_0 / q4_0 blocks (split_body_q, also with f16 V), stored by the
 // CPU's store_kv_row; the reference attends in double over the same rows read back by load_kv_row,
 // so the bound is the f16 kernel's.
 

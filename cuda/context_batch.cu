@@ -1,7 +1,8 @@
 // CudaBatch: one decode step over several CudaContexts of one Model (backend/cuda_batch.h).
 // The rows of the step share every linear layer: up to 31 rows through the matvec kernels (each
 // weight read once per 8 rows, so the step grows with every 8 rows; in the fast precision with int8
-// activations, as a lone sequence's step, else fp32), 32 and more through cuBLAS on
+// activations, as a lone sequence's step, else fp32; from 9 rows on Q4_0 / Q4_1 / Q8_0 weights the fast
+// precision takes int8 tensor cores, matmul_mma_q8.cu, HEADKV_BATCH_MMQ=0 the paths before), 32 and more through cuBLAS on
 // weights dequantized to a scratch (a fixed cost per step that 32 rows repay: BENCHMARKS.md, "Several
 // sequences"). HEADKV_BATCH_GEMM=1 takes cuBLAS from 9 rows, =0 never. RoPE with
 // the K/V store and the decode attention run against each sequence's own arena, with its own
@@ -31,6 +32,8 @@ struct CudaBatch::Impl {
   int rows = 0;          // rows the scratch holds
   bool half_gemm = true;  // the sequences' precision: fp16 GEMM operands (HEADKV_BATCH_GEMM=1)
   bool q8x = true;        // the matvecs' activations: int8 (the fast precision's, as CudaContext's mv_q8x)
+  bool mmq = true;        // q8x from 9 rows: int8 tensor cores on Q4_0 / Q4_1 / Q8_0 (HEADKV_BATCH_MMQ=0: off)
+  DBuf<uint8_t> mmq_scratch;  // the rows' x quantized for matmul_mma_q8
   DBuf<float> x, xn, q, k, v, att, gate, up, logits;
   DBuf<__half> xh;
   DBuf<uint8_t> wscratch;
@@ -66,6 +69,7 @@ struct CudaBatch::Impl {
     use_graph = !env_is("HEADKV_BATCH_GRAPH", "0");
     attn_n = !env_is("HEADKV_BATCH_ATTN", "0");
     q8x = half_gemm && !env_is("HEADKV_MATVEC", "fp32");
+    mmq = q8x && !env_is("HEADKV_BATCH_MMQ", "0");
     require_supported_device();
     dm = DevModel::get(m);
     try {
@@ -104,6 +108,7 @@ struct CudaBatch::Impl {
     const int64_t d = hp.n_embd, ff = hp.n_ff, xs = std::max<int64_t>(d, qdim());
     uint64_t b = (uint64_t)B * (d + xs + 2 * qdim() + 2 * kvdim() + 2 * ff + hp.n_vocab) * 4;
     if (gemm(B)) b += (uint64_t)B * std::max<int64_t>(xs, ff) * 2 + (uint64_t)wscratch_for(B) * (half_gemm ? 2 : 4);
+    if (mmq && B > kMatvecMaxT) b += matmul_mma_q8_scratch(std::max<int64_t>(xs, ff), std::min(B, kMmaMaxT));
     return b;
   }
 
@@ -131,6 +136,8 @@ struct CudaBatch::Impl {
     gate.alloc(B * ff, "batch activations");
     up.alloc(B * ff, "batch activations");
     logits.alloc((size_t)B * hp.n_vocab, "batch logits");
+    if (mmq && B > kMatvecMaxT)
+      mmq_scratch.alloc(matmul_mma_q8_scratch(std::max<int64_t>(xs, ff), std::min(B, kMmaMaxT)), "batch activations (int8)");
     if (gemm(B)) {
       xh.alloc(B * std::max<int64_t>(xs, ff), "batch activations (fp16)");
       wscratch_elems = wscratch_for(B);
@@ -141,12 +148,21 @@ struct CudaBatch::Impl {
 
   // out (ldo) (=, +=) W · in for T rows of `in` (rows of W.cols floats).
   void linear(const DW& w, const float* in, int64_t T, float* out, int64_t ldo, bool add) {
+    if (mma(w, T)) {
+      for (int64_t t0 = 0; t0 < T; t0 += kMmaMaxT)
+        matmul_mma_q8(w, nullptr, in + t0 * w.cols, w.cols, out + t0 * ldo, ldo, (int)std::min<int64_t>(kMmaMaxT, T - t0),
+                      add ? MV_ADD : MV_STORE, mmq_scratch.get(), st);
+      return;
+    }
     if (gemm(T))
       return gemm_weights(w, in, T, out, ldo, add, half_gemm, xh.get(), wscratch.get(), wscratch_elems, st);
     for (int64_t t0 = 0; t0 < T; t0 += kMatvecMaxT)
       matvec_rows(w, nullptr, in + t0 * w.cols, w.cols, out + t0 * ldo, ldo, (int)std::min<int64_t>(kMatvecMaxT, T - t0),
                   add ? MV_ADD : MV_STORE);
   }
+
+  // More than kMatvecMaxT rows on int8 tensor cores (the fast precision, Q4_0 / Q4_1 / Q8_0 weights).
+  bool mma(const DW& w, int64_t T) const { return mmq && T > kMatvecMaxT && matmul_mma_q8_supported(w.type); }
 
   // Up to kMatvecMaxT rows: int8 activations where the weights' type allows, else fp32.
   void matvec_rows(const DW& w, const DW* w2, const float* in, int64_t ldx, float* out, int64_t ldo, int T,
@@ -231,7 +247,11 @@ struct CudaBatch::Impl {
       }
       linear(L.wo, att.get(), n, x.get(), d, true);
       rms_norm(x.get(), L.ffn_norm, xn.get(), n, d, hp.rms_eps, st);
-      if (!gemm(n) && L.gate.type == L.up.type) {
+      if (mma(L.gate, n) && L.gate.type == L.up.type) {
+        for (int t0 = 0; t0 < n; t0 += kMmaMaxT)
+          matmul_mma_q8(L.gate, &L.up, xn.get() + t0 * d, d, gate.get() + t0 * ff, ff, std::min(kMmaMaxT, n - t0),
+                        MV_SWIGLU, mmq_scratch.get(), st);
+      } else if (!gemm(n) && L.gate.type == L.up.type) {
         for (int t0 = 0; t0 < n; t0 += kMatvecMaxT)
           matvec_rows(L.gate, &L.up, xn.get() + t0 * d, d, gate.get() + t0 * ff, ff, std::min(kMatvecMaxT, n - t0),
                       MV_SWIGLU);

@@ -41,6 +41,16 @@ void matvec_norm(const DW* ws, int n, float* const* ys, const float* x, const fl
 void matvec_norm_swiglu(const DW& gate, const DW& up, const float* x, const float* norm_w, float eps, float* y,
                         bool q8x, cudaStream_t s);
 
+// ---- matmul_mma_q8.cu: y[t][r] (=, +=) W[r]·x[t] for T <= kMmaMaxT tokens on Q4_0 / Q4_1 / Q8_0
+// weights with int8 tensor cores, each token's x quantized as matvec_rows_q8x does (MV_STORE, MV_ADD,
+// MV_SWIGLU with w2 the up projection); false, launching nothing, for other types. scratch: at least
+// matmul_mma_q8_scratch(w.cols, T) bytes of device memory, 8-byte aligned.
+constexpr int kMmaMaxT = 64;
+bool matmul_mma_q8_supported(int type);
+size_t matmul_mma_q8_scratch(int64_t cols, int T);
+bool matmul_mma_q8(const DW& w, const DW* w2, const float* x, int64_t ldx, float* y, int64_t ldy, int T,
+                   MatvecMode mode, void* scratch, cudaStream_t s);
+
 // ---- gemm.cu: dequantization, embedding rows, cuBLAS (loaded at run time).
 // out[i][c] for rows r0 .. r0+n-1 (row i = r0 + i), as fp32 (half_out false) or fp16.
 void dequant_rows(const DW& w, int64_t r0, int64_t n, void* out, bool half_out, cudaStream_t s);

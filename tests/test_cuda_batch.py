@@ -215,6 +215,22 @@ def test_one_attention_launch_equals_per_sequence(smollm2, essay_texts, method, 
             assert np.array_equal(x, y)
 
 
+def test_tensor_core_rows_match_the_matvec_rows(smollm2, monkeypatch):
+    """20 sequences in "cuda": from 9 rows the linear layers run on int8 tensor cores (the default) or
+    on the dp4a matvecs 8 rows at a time (HEADKV_BATCH_MMQ=0), both over the same int8 activations, so
+    the logits differ only by float summation order: within REL, the same greedy tokens."""
+    base = _model(smollm2, "cuda")
+    prompts = [base.tokenize(PROMPTS[i % 8] + " " * (i // 8)) for i in range(20)]
+    monkeypatch.setenv("HEADKV_BATCH_MMQ", "0")
+    ref = _lockstep(headkv.SequenceGroup(base, n_ctx=64, device="cuda"), prompts, 6)
+    monkeypatch.delenv("HEADKV_BATCH_MMQ", raising=False)
+    got = _lockstep(headkv.SequenceGroup(base, n_ctx=64, device="cuda"), prompts, 6)
+    worst = max(float(np.max(np.abs(x - y)) / np.max(np.abs(x))) for a, b in zip(ref, got) for x, y in zip(a, b))
+    print(f"20 rows: tensor cores vs matvec rows {worst:.2e}")
+    assert worst <= REL
+    assert [[int(np.argmax(x)) for x in a] for a in ref] == [[int(np.argmax(y)) for y in b] for b in got]
+
+
 def test_gemm_path_and_large_batches(smollm2, monkeypatch):
     """70 sequences (two slices of at most 64 rows): the last row within REL of it alone on the matvec
     path (HEADKV_BATCH_GEMM=0); the default (cuBLAS from 32 rows, fp32 in cuda-fp32) and

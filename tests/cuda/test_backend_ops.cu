@@ -143,6 +143,7 @@ int main() {
   group("matvec_qkv_rope", check_qkv_rope, st);
   group("matvec", check_matvec, st);
   group("matvec rows (int8)", check_matvec_rows, st);
+  group("matmul (int8 tensor cores)", check_matmul_mma, st);
   group("embed/dequant rows", check_rows, st);
   group("gemm_nt", check_gemm, st);
   group("q8_0/q4_0 K/V stores", check_kv_quant_stores, st);

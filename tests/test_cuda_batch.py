@@ -255,12 +255,14 @@ def test_gemm_path_and_large_batches(smollm2, monkeypatch):
 
 
 def test_gemm_default_in_the_fast_precision(smollm2, monkeypatch):
-    """40 sequences in "cuda" (the default from 32 rows: fp16 cuBLAS GEMMs on dequantized weights)
+    """40 sequences in "cuda" without the tensor-core rows (HEADKV_BATCH_MMQ=0; the default for weight types
+    they do not take: from 32 rows fp16 cuBLAS GEMMs on dequantized weights)
     teacher-forced on the matvec path's greedy tokens (HEADKV_BATCH_GEMM=0: int8 activations): the same
     top-1 in >= 90% of the rows and steps, mean KL(matvec || GEMM) < 0.02 (test_cuda.py's bound for
     int8 against fp32 activations)."""
     base = _model(smollm2, "cuda")
     prompts = [base.tokenize(PROMPTS[i % 8] + " " * (i // 8)) for i in range(40)]
+    monkeypatch.setenv("HEADKV_BATCH_MMQ", "0")  # (the tensor-core rows would take Q4_1 before cuBLAS)
     monkeypatch.setenv("HEADKV_BATCH_GEMM", "0")
     ref = _lockstep(headkv.SequenceGroup(base, n_ctx=64, device="cuda"), prompts, 6)
     monkeypatch.delenv("HEADKV_BATCH_GEMM", raising=False)

@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(32 * KW) mma_kernel(const uint8_t* __restrict_
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       acc[j][e] = 0.0f;
-      if (two) acc2[j][e] = 0.0f;
+      acc2[two ? j : 0][e] = 0.0f;
     }
   for (int b = warp; b < nb; b += KW) {
     uint32_t a[4], a2[4];
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(32 * KW) mma_kernel(const uint8_t* __restrict_
       acc[j][1] += MmaW<TYPE>::combine(c[1], d[0], mn[0], dx1);
       acc[j][2] += MmaW<TYPE>::combine(c[2], d[1], mn[1], dx0);
       acc[j][3] += MmaW<TYPE>::combine(c[3], d[1], mn[1], dx1);
-      if (two) {
+      if constexpr (two) {
         int c2[4] = {0, 0, 0, 0};
         mma_s8(c2, a2, b0, b1);
         acc2[j][0] += MmaW<TYPE>::combine(c2[0], d2[0], mn2[0], dx0);

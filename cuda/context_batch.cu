@@ -1,15 +1,15 @@
 // CudaBatch: one decode step over several CudaContexts of one Model (backend/cuda_batch.h).
-// The rows of the step share every linear layer: up to 31 rows through the matvec kernels (each
-// weight read once per 8 rows, so the step grows with every 8 rows; in the fast precision with int8
-// activations, as a lone sequence's step, else fp32; from 9 rows on Q4_0 / Q4_1 / Q8_0 weights the fast
-// precision takes int8 tensor cores, matmul_mma_q8.cu, HEADKV_BATCH_MMQ=0 the paths before), 32 and more through cuBLAS on
-// weights dequantized to a scratch (a fixed cost per step that 32 rows repay: BENCHMARKS.md, "Several
-// sequences"). HEADKV_BATCH_GEMM=1 takes cuBLAS from 9 rows, =0 never. RoPE with
-// the K/V store and the decode attention run against each sequence's own arena, with its own
-// decode work items: one launch of each kernel per layer for all sequences (their arguments in
-// device memory, grid.y or grid.z the sequence) when they share the K/V types and attention warps,
-// else (or with HEADKV_BATCH_ATTN=0) one per sequence. Positions and tokens are read from device memory, so a captured step replays
-// for as long as the list of sequences (and their arenas) stays the same.
+// The rows of the step share every linear layer. In the fast precision on Q4_0 / Q4_1 / Q8_0 weights,
+// 9 rows and more run on int8 tensor cores (matmul_mma_q8.cu; HEADKV_BATCH_MMQ=0: the paths below).
+// Otherwise up to 31 rows go through the matvec kernels (each weight read once per 8 rows, so the step
+// grows with every 8 rows; int8 activations in the fast precision, as a lone sequence's step, else
+// fp32), 32 and more through cuBLAS on weights dequantized to a scratch (a fixed cost per step that 32
+// rows repay: BENCHMARKS.md, "Several sequences"); HEADKV_BATCH_GEMM=1 takes cuBLAS from 9 rows, =0
+// never. RoPE with the K/V store and the decode attention run against each sequence's own arena, with
+// its own decode work items: one launch of each kernel per layer for all sequences (their arguments in
+// device memory, grid.y or grid.z the sequence) when they share the K/V types and attention warps, else
+// (or with HEADKV_BATCH_ATTN=0) one per sequence. Positions and tokens are read from device memory, so
+// a captured step replays for as long as the list of sequences (and their arenas) stays the same.
 #include <algorithm>
 #include <functional>
 #include <map>

@@ -1,19 +1,21 @@
 // Batched decode step of the CUDA backend: one token appended to each of several CudaContexts over
 // one Model (each with its own KV: full cache or per-head arena, and its own position). The linear
-// layers (Q/K/V, output, gate/up, down, output head) run once for all rows, the matvec kernels
-// reading each weight once per 8 rows, or from kGemmRows rows on, dequantized weights through cuBLAS
-// (HEADKV_BATCH_GEMM=1: from 9 rows, =0: never); RoPE with the K/V store and the decode attention run per
-// sequence against that sequence's arena. The batch owns one activation scratch, sized for the
+// layers (Q/K/V, output, gate/up, down, output head) run once for all rows: in the fast precision on
+// Q4_0 / Q4_1 / Q8_0 weights from 9 rows on int8 tensor cores (HEADKV_BATCH_MMQ=0: off), else the
+// matvec kernels reading each weight once per 8 rows, or from kGemmRows rows on, dequantized weights
+// through cuBLAS (HEADKV_BATCH_GEMM=1: from 9 rows, =0: never); RoPE with the K/V store and the decode
+// attention run against each sequence's arena, one launch per layer for all sequences (HEADKV_BATCH_ATTN=0:
+// one per sequence). The batch owns one activation scratch, sized for the
 // largest batch it has run (at most kMaxRows rows; larger batches run in slices of kMaxRows), and
 // its own stream. A step is captured as a CUDA graph, one per row count, and replayed while the set
 // of sequences of that count stays the same (rows are ordered by context, so the order they are
 // named in does not matter); another set of as many sequences updates that graph in place where
 // CUDA allows it, else it is instantiated again (HEADKV_BATCH_GRAPH=0: plain launches).
 //
-// Numerics: below kGemmRows every row takes the matvec of its precision's single-token step (fp32
-// activations in cuda-fp32 and with HEADKV_MATVEC=fp32; in the fast precision each row quantized to
-// int8 blocks, as a lone step does), with the RMSNorm as a separate kernel; a row's logits do not
-// depend on the other rows of its batch.
+// Numerics: every row takes the activations of its precision's single-token step (fp32 in cuda-fp32
+// and with HEADKV_MATVEC=fp32; in the fast precision each row quantized to int8 blocks, as a lone step
+// does, also on the tensor cores; cuBLAS rows: fp16), with the RMSNorm as a separate kernel; a row's
+// logits do not depend on the other rows of its batch.
 // Plain C++ header: the implementation is cuda/context_batch.cu (HEADKV_WITH_CUDA builds only).
 #pragma once
 #include <cstdint>

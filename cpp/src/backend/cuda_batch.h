@@ -15,7 +15,8 @@
 // Numerics: every row takes the activations of its precision's single-token step (fp32 in cuda-fp32
 // and with HEADKV_MATVEC=fp32; in the fast precision each row quantized to int8 blocks, as a lone step
 // does, also on the tensor cores; cuBLAS rows: fp16), with the RMSNorm as a separate kernel; a row's
-// logits do not depend on the other rows of its batch.
+// logits do not depend on the other rows' values, but the row count picks the path (dp4a rows up to 8,
+// tensor cores from 9), and two paths can round a value on an int8 boundary apart.
 // Plain C++ header: the implementation is cuda/context_batch.cu (HEADKV_WITH_CUDA builds only).
 #pragma once
 #include <cstdint>

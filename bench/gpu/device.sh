@@ -7,6 +7,7 @@
 #   setup_gemma         one of Gemma-3-270M's five parts per call (the fifth joins them, md5-checked)
 #   gemma               its GPU tests and headkv-bench figures (after the five setup_gemma calls)
 #   build               pip install . with -DHEADKV_CUDA=ON (CUDA backend, sm_90)
+#   install             or the wheel of `pack.sh wheel` (carry .whl), without the 240 s build
 #   smoke               synthetic SmolLM2-shaped Q4_0: CPU vs GPU logits and kept positions (before
 #                       setup_b: VOCAB=.dev/gpu/smol-vocab.gguf, the tokenizer alone, written by
 #                       tools/make_synthetic_gguf.py --vocab-from SMOLLM2 --export-vocab -o ...; carried
@@ -60,6 +61,10 @@ case "$stage" in
     $HB -m $G --device cuda -o jsonl -p 512,4096 -n 64 -d 0,4096 -r 2 > "$f"
     $HB -m $G --device cuda -o jsonl --kv-method headkv --kv-budget 512 -p 4096 -n 64 -d 0,4096 -r 2 >> "$f"
     python3 bench/gpu/show.py "$f"
+    ;;
+  install)  # the wheel pack.sh built here (carry .whl): replaces build
+    python3 -m pip install -q --no-index --no-deps --force-reinstall .whl/headkv-*-cp312-*.whl 2>&1 | tail -2
+    python3 -c "import headkv; print('headkv', headkv.__version__, 'installed')"
     ;;
   build)
     t0=$(date +%s)

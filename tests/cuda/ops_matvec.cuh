@@ -112,8 +112,50 @@ inline void check_matvec(cudaStream_t st) {
     }
 }
 
-// ---- several tokens with int8 activations (matvec_rows_q8x: a batched decode step's rows), each
-// token's x quantized on its own, against dequantize_row + dot of those values
+// ---- several tokens with int8 activations: matvec_rows_q8x (a batched decode step's rows, up to 8)
+// and matmul_mma_q8 (int8 tensor cores, from 9 rows), each token's x quantized on its own, against
+// dequantize_row + dot of those values
+
+// T tokens (rows of ldx floats) through `launch(dx, ldx, dy, ldy)`, which returns false when it launched
+// nothing; reported against the reference, and the rows between ldy's would-be outputs must stay as
+// they were.
+template <class Launch>
+inline void check_int8_rows(const char* op, GGMLType t, const DevWeight& w, const DevWeight& w2, int rows, int cols,
+                            int T, cu::MatvecMode mode, std::mt19937& rng, cudaStream_t st, Launch launch) {
+  const int64_t ldx = cols + 32, ldy = rows + 3;
+  const std::vector<float> x = normal((size_t)T * ldx, rng), y0 = normal((size_t)T * ldy, rng, 0.5f);
+  std::vector<float> xq;  // token by token, as the kernels quantize them
+  for (int tt = 0; tt < T; ++tt) {
+    const std::vector<float> q = q8_values(x.data() + tt * ldx, nullptr, cols);
+    xq.insert(xq.end(), q.begin(), q.end());
+  }
+  const std::vector<double> a = ref_matvec(w.deq, rows, cols, xq.data(), cols, T),
+                            b = ref_matvec(w2.deq, rows, cols, xq.data(), cols, T);
+  std::vector<double> ref;
+  for (int tt = 0; tt < T; ++tt)
+    for (int r = 0; r < rows; ++r) {
+      const double v = a[(size_t)tt * rows + r];
+      ref.push_back(mode == cu::MV_STORE ? v
+                    : mode == cu::MV_ADD ? v + y0[tt * ldy + r]
+                                         : headkv::silu((float)v) * (float)b[(size_t)tt * rows + r]);
+    }
+  cu::DBuf<float> dx = to_dev(x, "x"), dy = to_dev(y0, "y");
+  const char* what = mode == cu::MV_STORE ? "store" : mode == cu::MV_ADD ? "add" : "swiglu";
+  if (!launch(dx.get(), ldx, dy.get(), ldy)) {
+    report_error(op, fmt("%s %dx%d T=%d %s", tname(t), rows, cols, T, what), "not launched");
+    return;
+  }
+  sync(st, op);
+  const std::vector<float> y = to_host(dy, (size_t)T * ldy, "y");
+  std::vector<float> got;
+  bool pad_kept = true;
+  for (int tt = 0; tt < T; ++tt) {
+    for (int r = 0; r < rows; ++r) got.push_back(y[tt * ldy + r]);
+    for (int r = rows; r < ldy; ++r) pad_kept = pad_kept && y[tt * ldy + r] == y0[tt * ldy + r];
+  }
+  report(op, fmt("%s %dx%d T=%d %s int8 x", tname(t), rows, cols, T, what), pad_kept ? nmax_err(got, ref) : 1.0,
+         kInt8);
+}
 
 inline void check_matvec_rows(cudaStream_t st) {
   std::mt19937 rng(16);
@@ -123,49 +165,17 @@ inline void check_matvec_rows(cudaStream_t st) {
     for (int cols : {512, 1536}) {
       DevWeight w = upload_weight(t, rows, cols, rng), w2 = upload_weight(t, rows, cols, rng);
       for (cu::MatvecMode mode : {cu::MV_STORE, cu::MV_ADD, cu::MV_SWIGLU})
-        for (int T : {2, 3, 5, 8}) {
-          const int64_t ldx = cols + 32, ldy = rows + 3;
-          const std::vector<float> x = normal((size_t)T * ldx, rng), y0 = normal((size_t)T * ldy, rng, 0.5f);
-          std::vector<float> xq;  // token by token, as the kernel quantizes them
-          for (int tt = 0; tt < T; ++tt) {
-            const std::vector<float> q = q8_values(x.data() + tt * ldx, nullptr, cols);
-            xq.insert(xq.end(), q.begin(), q.end());
-          }
-          const std::vector<double> a = ref_matvec(w.deq, rows, cols, xq.data(), cols, T),
-                                    b = ref_matvec(w2.deq, rows, cols, xq.data(), cols, T);
-          std::vector<double> ref;
-          for (int tt = 0; tt < T; ++tt)
-            for (int r = 0; r < rows; ++r) {
-              const double v = a[(size_t)tt * rows + r];
-              ref.push_back(mode == cu::MV_STORE ? v
-                            : mode == cu::MV_ADD ? v + y0[tt * ldy + r]
-                                                 : headkv::silu((float)v) * (float)b[(size_t)tt * rows + r]);
-            }
-          cu::DBuf<float> dx = to_dev(x, "x"), dy = to_dev(y0, "y");
-          const char* what = mode == cu::MV_STORE ? "store" : mode == cu::MV_ADD ? "add" : "swiglu";
-          if (!cu::matvec_rows_q8x(w.w, &w2.w, dx.get(), ldx, dy.get(), ldy, T, mode, st)) {
-            report_error("matvec rows", fmt("%s %dx%d T=%d %s", tname(t), rows, cols, T, what), "not launched");
-            continue;
-          }
-          sync(st, "matvec rows");
-          const std::vector<float> y = to_host(dy, (size_t)T * ldy, "y");
-          std::vector<float> got;
-          bool pad_kept = true;  // the rows between ldy's would-be outputs stay as they were
-          for (int tt = 0; tt < T; ++tt) {
-            for (int r = 0; r < rows; ++r) got.push_back(y[tt * ldy + r]);
-            for (int r = rows; r < ldy; ++r) pad_kept = pad_kept && y[tt * ldy + r] == y0[tt * ldy + r];
-          }
-          report("matvec rows", fmt("%s %dx%d T=%d %s int8 x", tname(t), rows, cols, T, what),
-                 pad_kept ? nmax_err(got, ref) : 1.0, kInt8);
-        }
+        for (int T : {2, 3, 5, 8})
+          check_int8_rows("matvec rows", t, w, w2, rows, cols, T, mode, rng, st,
+                          [&](const float* x, int64_t ldx, float* y, int64_t ldy) {
+                            return cu::matvec_rows_q8x(w.w, &w2.w, x, ldx, y, ldy, T, mode, st);
+                          });
     }
   }
 }
 
-// ---- more rows on int8 tensor cores (matmul_mma_q8: a batched step from 9 rows), each token's x
-// quantized on its own, against dequantize_row + dot of those values; the rows past a multiple of 16
-// and the tokens past a multiple of 8 exercise the edges
-
+// The rows past a multiple of 16 and the tokens past a multiple of 8 exercise the edges; T picks each
+// token-tile count (1, 2, 4, 8 tiles of 8).
 inline void check_matmul_mma(cudaStream_t st) {
   std::mt19937 rng(17);
   const int rows = 101;
@@ -174,41 +184,11 @@ inline void check_matmul_mma(cudaStream_t st) {
       DevWeight w = upload_weight(t, rows, cols, rng), w2 = upload_weight(t, rows, cols, rng);
       cu::DBuf<uint8_t> scratch = dev_zeros<uint8_t>(cu::matmul_mma_q8_scratch(cols, cu::kMmaMaxT), "scratch");
       for (cu::MatvecMode mode : {cu::MV_STORE, cu::MV_ADD, cu::MV_SWIGLU})
-        for (int T : {1, 9, 16, 33, 64}) {
-          const int64_t ldx = cols + 32, ldy = rows + 3;
-          const std::vector<float> x = normal((size_t)T * ldx, rng), y0 = normal((size_t)T * ldy, rng, 0.5f);
-          std::vector<float> xq;
-          for (int tt = 0; tt < T; ++tt) {
-            const std::vector<float> q = q8_values(x.data() + tt * ldx, nullptr, cols);
-            xq.insert(xq.end(), q.begin(), q.end());
-          }
-          const std::vector<double> a = ref_matvec(w.deq, rows, cols, xq.data(), cols, T),
-                                    b = ref_matvec(w2.deq, rows, cols, xq.data(), cols, T);
-          std::vector<double> ref;
-          for (int tt = 0; tt < T; ++tt)
-            for (int r = 0; r < rows; ++r) {
-              const double v = a[(size_t)tt * rows + r];
-              ref.push_back(mode == cu::MV_STORE ? v
-                            : mode == cu::MV_ADD ? v + y0[tt * ldy + r]
-                                                 : headkv::silu((float)v) * (float)b[(size_t)tt * rows + r]);
-            }
-          cu::DBuf<float> dx = to_dev(x, "x"), dy = to_dev(y0, "y");
-          const char* what = mode == cu::MV_STORE ? "store" : mode == cu::MV_ADD ? "add" : "swiglu";
-          if (!cu::matmul_mma_q8(w.w, &w2.w, dx.get(), ldx, dy.get(), ldy, T, mode, scratch.get(), st)) {
-            report_error("matmul mma", fmt("%s %dx%d T=%d %s", tname(t), rows, cols, T, what), "not launched");
-            continue;
-          }
-          sync(st, "matmul mma");
-          const std::vector<float> y = to_host(dy, (size_t)T * ldy, "y");
-          std::vector<float> got;
-          bool pad_kept = true;
-          for (int tt = 0; tt < T; ++tt) {
-            for (int r = 0; r < rows; ++r) got.push_back(y[tt * ldy + r]);
-            for (int r = rows; r < ldy; ++r) pad_kept = pad_kept && y[tt * ldy + r] == y0[tt * ldy + r];
-          }
-          report("matmul mma", fmt("%s %dx%d T=%d %s int8 x", tname(t), rows, cols, T, what),
-                 pad_kept ? nmax_err(got, ref) : 1.0, kInt8);
-        }
+        for (int T : {1, 9, 16, 20, 33, 64})
+          check_int8_rows("matmul mma", t, w, w2, rows, cols, T, mode, rng, st,
+                          [&](const float* x, int64_t ldx, float* y, int64_t ldy) {
+                            return cu::matmul_mma_q8(w.w, &w2.w, x, ldx, y, ldy, T, mode, scratch.get(), st);
+                          });
     }
 }
 

@@ -193,6 +193,20 @@ def _lockstep(g, prompts, steps, forced=None):
     return out
 
 
+def _forced_on(g, prompts, ref):
+    """Group g takes the prompts, then steps teacher-forced on the greedy tokens of ref (_lockstep's
+    logits from the same prompts: its first step was fed the prompts' greedy tokens, which come from
+    the same prefill); g's logits of every step."""
+    for i, p in enumerate(prompts):
+        g.add(i, p)
+    toks = [int(np.argmax(g.logits(i))) for i in range(len(prompts))]
+    out = []
+    for lg in ref:
+        out.append(g.step(list(range(len(prompts))), toks))
+        toks = [int(np.argmax(r)) for r in lg]
+    return out
+
+
 def test_graph_replay_equals_plain_launches(smollm2, essay_texts, monkeypatch):
     base = _model(smollm2, "cuda", **KV["headkv"])
     prompts = [base.tokenize(p) for p in essay_texts + PROMPTS[:1]]
@@ -231,12 +245,7 @@ def test_tensor_core_rows_match_the_matvec_rows(smollm2, monkeypatch):
     monkeypatch.setenv("HEADKV_BATCH_MMQ", "0")
     ref = _lockstep(headkv.SequenceGroup(base, n_ctx=64, device="cuda"), prompts, 8)
     monkeypatch.delenv("HEADKV_BATCH_MMQ", raising=False)
-    g = headkv.SequenceGroup(base, n_ctx=64, device="cuda")
-    for i, p in enumerate(prompts):
-        g.add(i, p)
-    # the tokens ref's steps were fed: the prompts' greedy tokens (the same prefill), then ref's own
-    forced = [[int(np.argmax(g.logits(i))) for i in range(20)]] + [[int(np.argmax(r)) for r in lg] for lg in ref[:-1]]
-    got = [g.step(list(range(20)), forced[s]) for s in range(8)]
+    got = _forced_on(headkv.SequenceGroup(base, n_ctx=64, device="cuda"), prompts, ref)
     same = sum(int(np.argmax(x) == np.argmax(y)) for a, b in zip(ref, got) for x, y in zip(a, b))
     kls = [_kl(x, y) for a, b in zip(ref, got) for x, y in zip(a, b)]
     first = max(float(np.max(np.abs(x - y)) / np.max(np.abs(x))) for x, y in zip(ref[0], got[0]))
@@ -280,17 +289,9 @@ def test_gemm_default_in_the_fast_precision(smollm2, monkeypatch):
     monkeypatch.setenv("HEADKV_BATCH_GEMM", "0")
     ref = _lockstep(headkv.SequenceGroup(base, n_ctx=64, device="cuda"), prompts, 6)
     monkeypatch.delenv("HEADKV_BATCH_GEMM", raising=False)
-    g = headkv.SequenceGroup(base, n_ctx=64, device="cuda")
-    for i, p in enumerate(prompts):
-        g.add(i, p)
-    same, kls = 0, []
-    toks = [int(np.argmax(g.logits(i))) for i in range(40)]  # the prompts' logits: no batched step yet
-    for step in range(6):
-        lg = g.step(list(range(40)), toks)
-        for a, b in zip(ref[step], lg):
-            same += int(np.argmax(a) == np.argmax(b))
-            kls.append(_kl(a, b))
-        toks = [int(np.argmax(r)) for r in ref[step]]
+    got = _forced_on(headkv.SequenceGroup(base, n_ctx=64, device="cuda"), prompts, ref)
+    same = sum(int(np.argmax(a) == np.argmax(b)) for x, y in zip(ref, got) for a, b in zip(x, y))
+    kls = [_kl(a, b) for x, y in zip(ref, got) for a, b in zip(x, y)]
     print(f"40 rows, fast precision: GEMM vs matvec top-1 {same}/{6 * 40}, mean KL {np.mean(kls):.2e}")
     assert same >= 0.9 * 6 * 40 and np.mean(kls) < 0.02
 

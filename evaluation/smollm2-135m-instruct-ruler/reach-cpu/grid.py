@@ -11,8 +11,8 @@ f=open(out,'a')
 for ex in exs:
     for m in methods:
         for F in fwds:
-            if F=='0': os.environ.pop('HEADKV_FWD', None)
-            else: os.environ['HEADKV_FWD']=F
+            if F=='0': os.environ.pop('HEADKV_SELECT_REACH', None)
+            else: os.environ['HEADKV_SELECT_REACH']=F
             _, text = greedy(models[m], [ex['prompt']], ex['max_gen'])
             sc=task.score(ex,text)['score']
             f.write(json.dumps(dict(id=ex['id'], subtask=ex['subtask'], length=ex['length'], kind=ex.get('kind'), method=m, fwd=F, budget=budget, score=sc, pred=text[:80]))+'\n'); f.flush()

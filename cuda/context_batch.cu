@@ -103,13 +103,18 @@ struct CudaBatch::Impl {
   bool gemm(int64_t B) const { return B >= gemm_from; }
   int64_t wscratch_for(int B) const { return gemm(B) ? std::min<int64_t>(dm->max_weight_elems, 64ll << 20) : 0; }
 
+  // The int8 copy of up to kMmaMaxT rows of the widest input the tensor-core rows take (0: none).
+  size_t mmq_bytes(int B) const {
+    const int64_t widest = std::max<int64_t>({hp.n_embd, qdim(), hp.n_ff});
+    return mmq && B > kMatvecMaxT ? matmul_mma_q8_scratch(widest, std::min(B, kMmaMaxT)) : 0;
+  }
+
   uint64_t scratch_bytes(int B) const {
     if (B == 0) return 0;
     const int64_t d = hp.n_embd, ff = hp.n_ff, xs = std::max<int64_t>(d, qdim());
     uint64_t b = (uint64_t)B * (d + xs + 2 * qdim() + 2 * kvdim() + 2 * ff + hp.n_vocab) * 4;
     if (gemm(B)) b += (uint64_t)B * std::max<int64_t>(xs, ff) * 2 + (uint64_t)wscratch_for(B) * (half_gemm ? 2 : 4);
-    if (mmq && B > kMatvecMaxT) b += matmul_mma_q8_scratch(std::max<int64_t>(xs, ff), std::min(B, kMmaMaxT));
-    return b;
+    return b + mmq_bytes(B);
   }
 
   static int bucket(int n) {
@@ -136,8 +141,7 @@ struct CudaBatch::Impl {
     gate.alloc(B * ff, "batch activations");
     up.alloc(B * ff, "batch activations");
     logits.alloc((size_t)B * hp.n_vocab, "batch logits");
-    if (mmq && B > kMatvecMaxT)
-      mmq_scratch.alloc(matmul_mma_q8_scratch(std::max<int64_t>(xs, ff), std::min(B, kMmaMaxT)), "batch activations (int8)");
+    if (mmq_bytes(B)) mmq_scratch.alloc(mmq_bytes(B), "batch activations (int8)");
     if (gemm(B)) {
       xh.alloc(B * std::max<int64_t>(xs, ff), "batch activations (fp16)");
       wscratch_elems = wscratch_for(B);
@@ -148,17 +152,22 @@ struct CudaBatch::Impl {
 
   // out (ldo) (=, +=) W · in for T rows of `in` (rows of W.cols floats).
   void linear(const DW& w, const float* in, int64_t T, float* out, int64_t ldo, bool add) {
-    if (mma(w, T)) {
-      for (int64_t t0 = 0; t0 < T; t0 += kMmaMaxT)
-        matmul_mma_q8(w, nullptr, in + t0 * w.cols, w.cols, out + t0 * ldo, ldo, (int)std::min<int64_t>(kMmaMaxT, T - t0),
-                      add ? MV_ADD : MV_STORE, mmq_scratch.get(), st);
-      return;
-    }
-    if (gemm(T))
+    if (!mma(w, T) && gemm(T))
       return gemm_weights(w, in, T, out, ldo, add, half_gemm, xh.get(), wscratch.get(), wscratch_elems, st);
-    for (int64_t t0 = 0; t0 < T; t0 += kMatvecMaxT)
-      matvec_rows(w, nullptr, in + t0 * w.cols, w.cols, out + t0 * ldo, ldo, (int)std::min<int64_t>(kMatvecMaxT, T - t0),
-                  add ? MV_ADD : MV_STORE);
+    linear_rows(w, nullptr, in, w.cols, T, out, ldo, add ? MV_ADD : MV_STORE);
+  }
+
+  // T rows without cuBLAS: on the int8 tensor cores (mma) in slices of kMmaMaxT, else through the
+  // matvec rows in slices of kMatvecMaxT.
+  void linear_rows(const DW& w, const DW* w2, const float* in, int64_t ldx, int64_t T, float* out, int64_t ldo,
+            MatvecMode mode) {
+    const bool tc = mma(w, T);
+    const int64_t slice = tc ? kMmaMaxT : kMatvecMaxT;
+    for (int64_t t0 = 0; t0 < T; t0 += slice) {
+      const int t = (int)std::min(slice, T - t0);
+      if (tc) matmul_mma_q8(w, w2, in + t0 * ldx, ldx, out + t0 * ldo, ldo, t, mode, mmq_scratch.get(), st);
+      else matvec_rows(w, w2, in + t0 * ldx, ldx, out + t0 * ldo, ldo, t, mode);
+    }
   }
 
   // More than kMatvecMaxT rows on int8 tensor cores (the fast precision, Q4_0 / Q4_1 / Q8_0 weights).
@@ -247,14 +256,8 @@ struct CudaBatch::Impl {
       }
       linear(L.wo, att.get(), n, x.get(), d, true);
       rms_norm(x.get(), L.ffn_norm, xn.get(), n, d, hp.rms_eps, st);
-      if (mma(L.gate, n) && L.gate.type == L.up.type) {
-        for (int t0 = 0; t0 < n; t0 += kMmaMaxT)
-          matmul_mma_q8(L.gate, &L.up, xn.get() + t0 * d, d, gate.get() + t0 * ff, ff, std::min(kMmaMaxT, n - t0),
-                        MV_SWIGLU, mmq_scratch.get(), st);
-      } else if (!gemm(n) && L.gate.type == L.up.type) {
-        for (int t0 = 0; t0 < n; t0 += kMatvecMaxT)
-          matvec_rows(L.gate, &L.up, xn.get() + t0 * d, d, gate.get() + t0 * ff, ff, std::min(kMatvecMaxT, n - t0),
-                      MV_SWIGLU);
+      if ((mma(L.gate, n) || !gemm(n)) && L.gate.type == L.up.type) {
+        linear_rows(L.gate, &L.up, xn.get(), d, n, gate.get(), ff, MV_SWIGLU);
       } else {
         linear(L.gate, xn.get(), n, gate.get(), ff, false);
         linear(L.up, xn.get(), n, up.get(), ff, false);

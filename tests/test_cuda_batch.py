@@ -207,6 +207,12 @@ def _forced_on(g, prompts, ref):
     return out
 
 
+def _agreement(ref, got):
+    """Rows and steps where got's top-1 equals ref's, and KL(ref || got) of each."""
+    pairs = [(x, y) for a, b in zip(ref, got) for x, y in zip(a, b)]
+    return sum(int(np.argmax(x) == np.argmax(y)) for x, y in pairs), [_kl(x, y) for x, y in pairs]
+
+
 def test_graph_replay_equals_plain_launches(smollm2, essay_texts, monkeypatch):
     base = _model(smollm2, "cuda", **KV["headkv"])
     prompts = [base.tokenize(p) for p in essay_texts + PROMPTS[:1]]
@@ -246,8 +252,7 @@ def test_tensor_core_rows_match_the_matvec_rows(smollm2, monkeypatch):
     ref = _lockstep(headkv.SequenceGroup(base, n_ctx=64, device="cuda"), prompts, 8)
     monkeypatch.delenv("HEADKV_BATCH_MMQ", raising=False)
     got = _forced_on(headkv.SequenceGroup(base, n_ctx=64, device="cuda"), prompts, ref)
-    same = sum(int(np.argmax(x) == np.argmax(y)) for a, b in zip(ref, got) for x, y in zip(a, b))
-    kls = [_kl(x, y) for a, b in zip(ref, got) for x, y in zip(a, b)]
+    same, kls = _agreement(ref, got)
     first = max(float(np.max(np.abs(x - y)) / np.max(np.abs(x))) for x, y in zip(ref[0], got[0]))
     print(f"20 rows: tensor cores vs matvec rows: top-1 {same}/160, mean KL {np.mean(kls):.2e}, "
           f"first step {first:.2e}")
@@ -290,8 +295,7 @@ def test_gemm_default_in_the_fast_precision(smollm2, monkeypatch):
     ref = _lockstep(headkv.SequenceGroup(base, n_ctx=64, device="cuda"), prompts, 6)
     monkeypatch.delenv("HEADKV_BATCH_GEMM", raising=False)
     got = _forced_on(headkv.SequenceGroup(base, n_ctx=64, device="cuda"), prompts, ref)
-    same = sum(int(np.argmax(a) == np.argmax(b)) for x, y in zip(ref, got) for a, b in zip(x, y))
-    kls = [_kl(a, b) for x, y in zip(ref, got) for a, b in zip(x, y)]
+    same, kls = _agreement(ref, got)
     print(f"40 rows, fast precision: GEMM vs matvec top-1 {same}/{6 * 40}, mean KL {np.mean(kls):.2e}")
     assert same >= 0.9 * 6 * 40 and np.mean(kls) < 0.02
 

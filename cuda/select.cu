@@ -3,6 +3,7 @@
 // 1-D pooling -> per-KV-head top-k with a per-head k (radix select in one block per head,
 // ties to the lower position as on the CPU) -> kept positions in order -> gathered into the arena.
 // Nothing comes back to the host in between.
+#include <cstdlib>
 #include <cub/block/block_scan.cuh>
 
 #include "common.cuh"
@@ -114,13 +115,14 @@ __global__ void raw_kernel(const float* __restrict__ qwin, const KT* __restrict_
   raw[g * P + j] = max_q ? acc : acc * (1.0f / (float)(a * G));
 }
 
-__global__ void pool_kernel(const float* __restrict__ raw, float* __restrict__ out, int64_t P, int kernel, bool max_pool) {
+__global__ void pool_kernel(const float* __restrict__ raw, float* __restrict__ out, int64_t P, int kernel, bool max_pool,
+                            int64_t reach) {
   const int g = blockIdx.y;
   const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= P) return;
   const float* s = raw + g * P;
   const int64_t r = kernel / 2;
-  const int64_t lo = max((int64_t)0, j - r), hi = min(P - 1, j + r);
+  const int64_t lo = max((int64_t)0, j - r - (max_pool ? reach : 0)), hi = min(P - 1, j + r);
   float v;
   if (max_pool) {
     v = s[lo];
@@ -306,7 +308,11 @@ void window_scores(const float* qwin, const void* K, bool half_k, int64_t N, int
     rowstat_kernel<<<nh * a, 256, 0, s>>>(qwin, (const float*)K, N, a, nh, nkv, hd, rowstat);
     raw_kernel<<<rg, 128, 0, s>>>(qwin, (const float*)K, N, a, P, nh, nkv, hd, rowstat, max_q, raw);
   }
-  if (kernel > 1) pool_kernel<<<dim3((unsigned)cdiv(P, 256), nkv), 256, 0, s>>>(raw, pooled, P, kernel, max_pool);
+  // Experiment (branch exp/reach): as the CPU's window_scores, HEADKV_SELECT_REACH=F extends a max-pooled
+  // peak F positions forward.
+  static const int64_t reach = std::getenv("HEADKV_SELECT_REACH") ? std::atoll(std::getenv("HEADKV_SELECT_REACH")) : 0;
+  if (kernel > 1 || reach > 0)
+    pool_kernel<<<dim3((unsigned)cdiv(P, 256), nkv), 256, 0, s>>>(raw, pooled, P, kernel, max_pool, reach);
   else check(cudaMemcpyAsync(pooled, raw, (size_t)nkv * P * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy scores");
   if (runs) run_max_kernel<<<dim3((unsigned)cdiv(P, 256), nkv), 256, 0, s>>>(pooled, runs, P);
   check_launch("window_scores");

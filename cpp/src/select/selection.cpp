@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
 #include <string>
 
@@ -49,7 +50,11 @@ std::vector<float> window_scores(const float* q, int n_head, int n_head_kv, int 
     if (!p.max_queries)
       for (int64_t j = 0; j < P; ++j) acc[j] *= mean;
   }
-  if (p.kernel == 1) {
+  // Experiment (branch exp/reach): HEADKV_SELECT_REACH=F extends a max-pooled peak F positions
+  // forward (the pooling window of j reaches F further to the left), so the tokens after an attended
+  // key (a needle's value after its key) are kept with it.
+  static const int64_t reach = std::getenv("HEADKV_SELECT_REACH") ? std::atoll(std::getenv("HEADKV_SELECT_REACH")) : 0;
+  if (p.kernel == 1 && reach == 0) {
     if (p.runs)
       for (int g = 0; g < n_head_kv; ++g) run_max(&raw[(size_t)g * P], P, p.runs);
     return raw;
@@ -60,7 +65,7 @@ std::vector<float> window_scores(const float* q, int n_head, int n_head_kv, int 
     const float* s = &raw[(size_t)g * P];
     float* o = &pooled[(size_t)g * P];
     for (int64_t j = 0; j < P; ++j) {
-      const int64_t lo = std::max<int64_t>(0, j - r), hi = std::min<int64_t>(P - 1, j + r);
+      const int64_t lo = std::max<int64_t>(0, j - r - (p.max_pool ? reach : 0)), hi = std::min<int64_t>(P - 1, j + r);
       if (p.max_pool) {
         float m = s[lo];
         for (int64_t t = lo + 1; t <= hi; ++t) m = std::max(m, s[t]);

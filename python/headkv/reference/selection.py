@@ -2,6 +2,8 @@
 top-k), written from the SnapKV/HeadKV description independently of cpp/src/select/selection.cpp."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -60,6 +62,9 @@ def window_scores(q, k, kernel=7, max_pool=True, runs=None, prefix=None):
         padded = np.pad(out, ((0, 0), (r, r)), constant_values=-np.inf if max_pool else 0.0)
         windows = np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=1)
         out = windows.max(-1) if max_pool else windows.sum(-1) / kernel
+    reach = int(os.environ.get("HEADKV_SELECT_REACH", "0"))  # experiment: a peak reaches `reach` forward
+    if reach > 0 and max_pool:
+        out = np.stack([np.array([row[max(0, j - reach):j + 1].max() for j in range(P)]) for row in out])
     return out if runs is None else run_max(out, runs)
 
 

@@ -310,7 +310,7 @@ void window_scores(const float* qwin, const void* K, bool half_k, int64_t N, int
   }
   // Experiment (branch exp/reach): as the CPU's window_scores, HEADKV_SELECT_REACH=F extends a max-pooled
   // peak F positions forward.
-  static const int64_t reach = std::getenv("HEADKV_SELECT_REACH") ? std::atoll(std::getenv("HEADKV_SELECT_REACH")) : 0;
+  const int64_t reach = std::getenv("HEADKV_SELECT_REACH") ? std::atoll(std::getenv("HEADKV_SELECT_REACH")) : 0;
   if (kernel > 1 || reach > 0)
     pool_kernel<<<dim3((unsigned)cdiv(P, 256), nkv), 256, 0, s>>>(raw, pooled, P, kernel, max_pool, reach);
   else check(cudaMemcpyAsync(pooled, raw, (size_t)nkv * P * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy scores");

@@ -53,7 +53,7 @@ std::vector<float> window_scores(const float* q, int n_head, int n_head_kv, int 
   // Experiment (branch exp/reach): HEADKV_SELECT_REACH=F extends a max-pooled peak F positions
   // forward (the pooling window of j reaches F further to the left), so the tokens after an attended
   // key (a needle's value after its key) are kept with it.
-  static const int64_t reach = std::getenv("HEADKV_SELECT_REACH") ? std::atoll(std::getenv("HEADKV_SELECT_REACH")) : 0;
+  const int64_t reach = std::getenv("HEADKV_SELECT_REACH") ? std::atoll(std::getenv("HEADKV_SELECT_REACH")) : 0;
   if (p.kernel == 1 && reach == 0) {
     if (p.runs)
       for (int g = 0; g < n_head_kv; ++g) run_max(&raw[(size_t)g * P], P, p.runs);

@@ -31,8 +31,8 @@ void CudaContext::Impl::select_layer(int il, int64_t N, int64_t n_prompt, const 
       for (int g = 0; g < H; ++g) sink[g] = std::min<int64_t>(kv.sink, caps[g]);
       streaming_flags(flags, P, H, sink.data(), caps.data(), nullptr, st);
     } else {
-      window_scores(qwin, LK, half_gemm, N, n_win, P, hp.n_head, H, hd, kv.kernel, kv.max_pool, runs, kv.probe_echo,
-                    raw, pooled, rowstat, st);
+      window_scores(qwin, LK, half_gemm, N, n_win, P, hp.n_head, H, hd, kv.kernel, kv.max_pool, selection_reach(kv), runs,
+                    kv.probe_echo, raw, pooled, rowstat, st);
       if (keep_scores) {
         sel_scores.resize(hp.n_layer);
         sel_scores[il].resize((size_t)H * P);

@@ -237,9 +237,9 @@ int decode_attention_warps(int hd, int preferred, KVType tk, KVType tv);
 // over the layer's keys (head-major [g][N][hd], fp32 or fp16 when half_k), for positions j < P
 // (P <= N - a). runs (device, P bytes, or null): token runs made equal to their maximum
 // (select/spans.h). max_q: maximum over window queries and group heads instead of the mean.
-// rowstat: scratch of nh * a * 2 floats.
+// reach: max pooling's forward reach (SelectionParams::reach). rowstat: scratch of nh * a * 2 floats.
 void window_scores(const float* qwin, const void* K, bool half_k, int64_t N, int a, int64_t P, int nh, int nkv, int hd,
-                   int kernel, bool max_pool, const uint8_t* runs, bool max_q, float* raw, float* pooled,
+                   int kernel, bool max_pool, int reach, const uint8_t* runs, bool max_q, float* raw, float* pooled,
                    float* rowstat, cudaStream_t s);
 // flags[seg][j] = 1 for the top-k[seg] of s[seg][0..n) (ties: lower index first), skipping
 // exclude[seg][j] != 0. k from the host array (n_seg values). One block per segment.

@@ -3,7 +3,6 @@
 // 1-D pooling -> per-KV-head top-k with a per-head k (radix select in one block per head,
 // ties to the lower position as on the CPU) -> kept positions in order -> gathered into the arena.
 // Nothing comes back to the host in between.
-#include <cstdlib>
 #include <cub/block/block_scan.cuh>
 
 #include "common.cuh"
@@ -115,6 +114,7 @@ __global__ void raw_kernel(const float* __restrict__ qwin, const KT* __restrict_
   raw[g * P + j] = max_q ? acc : acc * (1.0f / (float)(a * G));
 }
 
+// reach: max pooling's window of j starts `reach` positions further back (select/selection.h)
 __global__ void pool_kernel(const float* __restrict__ raw, float* __restrict__ out, int64_t P, int kernel, bool max_pool,
                             int64_t reach) {
   const int g = blockIdx.y;
@@ -297,7 +297,7 @@ I64s to_i64s(const int64_t* v, int n) {
 }  // namespace
 
 void window_scores(const float* qwin, const void* K, bool half_k, int64_t N, int a, int64_t P, int nh, int nkv, int hd,
-                   int kernel, bool max_pool, const uint8_t* runs, bool max_q, float* raw, float* pooled,
+                   int kernel, bool max_pool, int reach, const uint8_t* runs, bool max_q, float* raw, float* pooled,
                    float* rowstat, cudaStream_t s) {
   if (P > N - a) fail(ErrorKind::Internal, "window_scores: scored prefix overlaps the window queries");
   const dim3 rg((unsigned)cdiv(P, 128), nkv);
@@ -308,9 +308,7 @@ void window_scores(const float* qwin, const void* K, bool half_k, int64_t N, int
     rowstat_kernel<<<nh * a, 256, 0, s>>>(qwin, (const float*)K, N, a, nh, nkv, hd, rowstat);
     raw_kernel<<<rg, 128, 0, s>>>(qwin, (const float*)K, N, a, P, nh, nkv, hd, rowstat, max_q, raw);
   }
-  // Experiment (branch exp/reach): as the CPU's window_scores, HEADKV_SELECT_REACH=F extends a max-pooled
-  // peak F positions forward.
-  const int64_t reach = std::getenv("HEADKV_SELECT_REACH") ? std::atoll(std::getenv("HEADKV_SELECT_REACH")) : 0;
+  if (!max_pool) reach = 0;
   if (kernel > 1 || reach > 0)
     pool_kernel<<<dim3((unsigned)cdiv(P, 256), nkv), 256, 0, s>>>(raw, pooled, P, kernel, max_pool, reach);
   else check(cudaMemcpyAsync(pooled, raw, (size_t)nkv * P * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy scores");

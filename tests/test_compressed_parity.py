@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 import headkv
-from headkv.kv import DEFAULT_SPAN
+from headkv.kv import DEFAULT_REACH, DEFAULT_SPAN
 
 torch = pytest.importorskip("torch")
 from headkv.reference import budget as ref_budget  # noqa: E402
@@ -175,7 +175,8 @@ def test_kept_positions_and_logits_match_reference(method, span, part, case, smo
         swaps, masks, values = 0, [], []
         for l in range(L):
             K = case["cache"]["k"][l].numpy()
-            want, s = ref_sel.select_layer(sel_method, case["win_q"][l].numpy(), K, caps[l], runs=runs if span else None)
+            want, s = ref_sel.select_layer(sel_method, case["win_q"][l].numpy(), K, caps[l], runs=runs if span else None,
+                                           reach=DEFAULT_REACH if span else 0)
             got_l = [np.asarray(got[l][g][:-WINDOW]) for g in range(Hkv)]
             assert all(list(got[l][g][-WINDOW:]) == list(range(N - WINDOW, N)) for g in range(Hkv))
             swaps += _check_selection(got_l, want, s, sel_method)
@@ -241,7 +242,7 @@ def test_observation_probe_matches_reference(method, budget, smollm2, model, ess
     got, swaps, masks, differs = m.kv_positions(), 0, [], False
     for l in range(L):
         want, s = ref_sel.select_layer(method, probe_q[l].numpy(), probed["k"][l].numpy(), caps[l], runs=runs,
-                                       prefix=N - WINDOW)
+                                       prefix=N - WINDOW, reach=DEFAULT_REACH)
         plain_l = plain.kv_positions()[l]
         differs |= any(not np.array_equal(plain_l[g], got[l][g]) for g in range(Hkv))
         assert all(list(got[l][g][-WINDOW:]) == list(range(N - WINDOW, N)) for g in range(Hkv))

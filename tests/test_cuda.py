@@ -171,11 +171,13 @@ def test_kept_positions_match_cpu(smollm2, prompt, score_file, method):
 
 
 @pytest.mark.parametrize("kw", [dict(span=0), dict(probe="repeat"), dict(probe="repeat", span=0), dict(adaptive=True),
-                                dict(probe="reconstruct")], ids=["paper", "probe", "probe-paper", "adaptive", "reconstruct"])
+                                dict(probe="reconstruct"), dict(reach=0), dict(reach=16)],
+                         ids=["paper", "probe", "probe-paper", "adaptive", "reconstruct", "no-reach", "reach16"])
 @pytest.mark.parametrize("method", ["snapkv", "adakv", "headkv"])
 def test_probe_and_paper_rule_match_cpu(smollm2, prompt, score_file, method, kw):
-    """The paper's selection (span 0), the question-free observation probes and headkv's adaptive
-    split select the same positions on the GPU as on the CPU; a probe leaves no entry behind and
+    """The paper's selection (span 0), the question-free observation probes, headkv's adaptive
+    split and span-aware selection without and with a longer forward reach select the same positions
+    on the GPU as on the CPU; a probe leaves no entry behind and
     the prompt's logits."""
     ms = []
     for dev in ("cpu", "cuda-fp32"):

@@ -14,13 +14,14 @@ def _case(seed, n_head=6, n_kv=2, d=16, N=120, window=8):
     return q, k
 
 
-@pytest.mark.parametrize("kernel,max_pool", [(7, True), (5, False), (1, True)])
-def test_selection_matches_reference(kernel, max_pool):
+@pytest.mark.parametrize("kernel,max_pool,reach", [(7, True, 0), (5, False, 0), (1, True, 0), (7, True, 8),
+                                                   (1, True, 5), (5, False, 8)])
+def test_selection_matches_reference(kernel, max_pool, reach):
     for seed in range(5):
         q, k = _case(seed)
         caps = np.array([10, 37], np.int32)
-        kept, scores = _core.select_window_topk(q, k, caps, kernel=kernel, max_pool=max_pool)
-        rkept, rscores = ref.select(q, k, caps, kernel, max_pool)
+        kept, scores = _core.select_window_topk(q, k, caps, kernel=kernel, max_pool=max_pool, reach=reach)
+        rkept, rscores = ref.select(q, k, caps, kernel, max_pool, reach)
         np.testing.assert_allclose(scores, rscores, rtol=1e-5, atol=1e-7)
         for g in range(2):
             assert list(kept[g]) == list(rkept[g]), (seed, g)
@@ -40,6 +41,25 @@ def test_hand_checked_pooling_and_ties():
     _, avg = _core.select_window_topk(q, k, np.array([0], np.int32), kernel=3, max_pool=False)
     v = (1 / 5 + 1 / 6) / 2
     np.testing.assert_allclose(avg[0], [2 * v / 3, v, v, 2 * v / 3], rtol=1e-6)  # zero padding counts
+
+
+def test_hand_checked_forward_reach():
+    # One head, d = 1: key 4 alone matches the query, so position 4 is the only attention peak. A reach of
+    # 3 lifts the 3 positions after the peak (kernel 1: no symmetric window), so a top-4 keeps 4..7 where
+    # the symmetric kernel 3 keeps 3..5 and the first of the tied rest (0); average pooling ignores the reach.
+    N, window = 12, 2
+    q = np.full((window, 1, 1), 10.0, np.float32)
+    k = np.zeros((1, N, 1), np.float32)
+    k[0, 4, 0] = 1.0
+    cap = np.array([4], np.int32)
+    kept, s = _core.select_window_topk(q, k, cap, kernel=1, reach=3)
+    assert list(kept[0]) == [4, 5, 6, 7]
+    assert s[0, 4] == s[0, 7] > s[0, 8] and s[0, 3] < s[0, 4]
+    kept, _ = _core.select_window_topk(q, k, cap, kernel=3)
+    assert list(kept[0]) == [0, 3, 4, 5]
+    _, avg = _core.select_window_topk(q, k, cap, kernel=3, max_pool=False, reach=3)
+    _, avg0 = _core.select_window_topk(q, k, cap, kernel=3, max_pool=False)
+    np.testing.assert_array_equal(avg, avg0)
 
 
 def test_selection_errors():

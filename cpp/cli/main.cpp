@@ -70,6 +70,8 @@ const char* kUsage =
     "      --kernel K          pooling kernel (default 7)\n"
     "      --span N            span-aware selection: token runs up to N long kept whole (default 16;\n"
     "                          0 = the paper's rule, the default when --pool or --kernel is given)\n"
+    "      --reach N           span-aware selection: an attention peak also keeps the N positions\n"
+    "                          after it (default 8; 0 = the symmetric pooling window)\n"
     "      --value-fit L       refit the kept values to the window's full-cache outputs, ridge L\n"
     "                          (e.g. 1: closer continuations, weaker retrieval; default 0 = off)\n"
     "      --probe TEXT        observation probe: text run after the prompt (or the --context-file\n"
@@ -162,6 +164,7 @@ Args parse(int argc, char** argv) {
       a.pool_set = true;
     }
     else if (f == "--span") { a.cp.kv_span = (int)to_int(f, val()); a.span_set = true; }
+    else if (f == "--reach") a.cp.kv_reach = (int)to_int(f, val());
     else if (f == "--value-fit") a.cp.kv_value_fit = to_float(f, val());
     else if (f == "--probe") a.probe = val();
     else if (f == "--adaptive") a.cp.kv_adaptive = (int)to_int(f, val());

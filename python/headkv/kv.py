@@ -11,6 +11,9 @@ METHODS = ("full", "snapkv", "streaming", "pyramidkv", "adakv", "headkv")
 # Span-aware selection (the default): token runs (numbers split into digits, codes, words split
 # into pieces) up to this many tokens are kept whole. See docs/kv_compression.md.
 DEFAULT_SPAN = 16
+# and a max-pooled attention peak also keeps this many positions after it (a needle's value after the
+# key the question names); the engine's KVConfig default (kDefaultReach). EVALUATION.md, "Forward reach".
+DEFAULT_REACH = 8
 
 
 def default_beta(budget: int) -> float:
@@ -42,6 +45,10 @@ class KVConfig:
     span: span-aware selection: a kept token keeps the rest of its token run (no whitespace
         between the tokens) up to ``span`` tokens; 0 = off. Default: ``DEFAULT_SPAN``, or 0 when
         ``pooling`` or ``kernel`` is given (their explicit values reproduce the paper's rule).
+    reach: span-aware selection's forward reach: a max-pooled attention peak also keeps the ``reach``
+        prompt positions after it, so a value that follows the key a question names is kept with the
+        key. Applies only with span-aware selection (a span > 1); 0 = the symmetric pooling window.
+        Default: ``DEFAULT_REACH`` (0 where the span is off).
     probe: observation probe for compressing a context before its question exists (query-agnostic
         use): ``"repeat"`` (a request to repeat the text), ``"reconstruct"`` (that request followed by
         the prompt again: each token is scored by the attention its own repetition pays it, as KVzip
@@ -76,6 +83,7 @@ class KVConfig:
     pooling: Optional[str] = None
     kernel: Optional[int] = None
     span: Optional[int] = None
+    reach: Optional[int] = None
     value_fit: float = 0.0
     probe: Union[None, str, Sequence[int]] = None
     adaptive: bool = False
@@ -89,6 +97,11 @@ class KVConfig:
         if self.span is not None:
             return int(self.span)
         return 0 if (self.pooling is not None or self.kernel is not None) else DEFAULT_SPAN
+
+    def resolved_reach(self) -> int:
+        if self.reach is not None:
+            return int(self.reach)
+        return DEFAULT_REACH if self.resolved_span() > 1 else 0
 
     def probe_tokens(self, tokenize=None) -> list:
         """Token ids of the probe (``tokenize(text)`` turns text into ids without BOS; needed for a
@@ -121,4 +134,4 @@ class KVConfig:
                                     self.pooling or "max", os.fspath(self.scores) if self.scores else "",
                                     int(self.max_new_tokens), self.resolved_span(), probe,
                                     self.probe == "reconstruct", bool(self.adaptive), self.type_k, self.type_v,
-                                    int(self.budget_bytes), float(self.value_fit))
+                                    int(self.budget_bytes), float(self.value_fit), self.resolved_reach())

@@ -93,6 +93,9 @@ typedef struct hk_context_params {
                               * entries per head that fit at the cache types' entry size (0) */
   float kv_value_fit;        /* value fitting's ridge (e.g. 1): the kept values are refitted so that the
                               * observation window reads what it read over the full cache; 0 = off (default) */
+  int32_t kv_reach;          /* span-aware selection (kv_span > 1) only: a max-pooled attention peak also keeps
+                              * the kv_reach prompt positions after it (a needle's value after its key); 0 =
+                              * the symmetric pooling window (8) */
 } hk_context_params;
 
 hk_context_params hk_context_default_params(void);

@@ -133,6 +133,7 @@ void Context::select_layer(int il, const float* q_win, const float* o_win, const
     sp.max_queries = kv_.probe_echo;
     sp.kernel = kv_.kernel;
     sp.max_pool = kv_.max_pool;
+    sp.reach = selection_reach(kv_);
     sp.runs = runs_.empty() ? nullptr : runs_.data();
     if (layer_pooled()) {
       const std::vector<float> sc = window_scores(q_win, hp_.n_head, nkv, hd, K, N * hd, hd, N, sp);

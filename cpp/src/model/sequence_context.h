@@ -21,6 +21,9 @@
 
 namespace headkv {
 
+// Span-aware selection's forward reach by default (EVALUATION.md, "Forward reach").
+constexpr int32_t kDefaultReach = 8;
+
 struct KVConfig {
   std::string method = "full";  // full | snapkv | streaming | pyramidkv | adakv | headkv
   int32_t budget = 128;         // KV entries per KV head on average, window included
@@ -31,6 +34,8 @@ struct KVConfig {
   bool max_pool = true;         // false: average pooling
   int32_t span = 16;            // span-aware selection: token runs up to this long are kept whole
                                 // (select/spans.h); 0: off (the paper's selection)
+  int32_t reach = kDefaultReach; // span-aware selection (span > 1) only: a max-pooled attention peak also
+                                // keeps the `reach` positions after it (SelectionParams::reach)
   double value_fit = 0.0;       // value fitting's ridge λ (select/value_fit.h): > 0 refits the kept
                                 // values to the window's full-cache outputs; 0: off (the default)
   std::vector<int32_t> probe;   // observation probe: tokens appended after the prompt whose attention
@@ -51,6 +56,9 @@ struct KVConfig {
                                 // among its heads per prompt as Ada-KV splits it (floors: adakv_floor
                                 // of each head's score-given cap)
 };
+
+// The forward reach a selection uses: kv.reach in span-aware selection, 0 in the paper's (span 0 or 1).
+inline int32_t selection_reach(const KVConfig& kv) { return kv.span > 1 ? kv.reach : 0; }
 
 // The rows a compressed prefill runs through its layers: the prompt, then, when the layer's
 // selection is scored, the observation probe and (probe_echo) the prompt again. Both backends.

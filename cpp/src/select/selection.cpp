@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <numeric>
 #include <string>
 
@@ -50,10 +49,9 @@ std::vector<float> window_scores(const float* q, int n_head, int n_head_kv, int 
     if (!p.max_queries)
       for (int64_t j = 0; j < P; ++j) acc[j] *= mean;
   }
-  // Experiment (branch exp/reach): HEADKV_SELECT_REACH=F extends a max-pooled peak F positions
-  // forward (the pooling window of j reaches F further to the left), so the tokens after an attended
-  // key (a needle's value after its key) are kept with it.
-  const int64_t reach = std::getenv("HEADKV_SELECT_REACH") ? std::atoll(std::getenv("HEADKV_SELECT_REACH")) : 0;
+  // Forward reach: the tokens after an attended position (a needle's value after the key the question
+  // names) are kept with it.
+  const int64_t reach = p.max_pool ? std::max<int32_t>(0, p.reach) : 0;
   if (p.kernel == 1 && reach == 0) {
     if (p.runs)
       for (int g = 0; g < n_head_kv; ++g) run_max(&raw[(size_t)g * P], P, p.runs);
@@ -65,7 +63,7 @@ std::vector<float> window_scores(const float* q, int n_head, int n_head_kv, int 
     const float* s = &raw[(size_t)g * P];
     float* o = &pooled[(size_t)g * P];
     for (int64_t j = 0; j < P; ++j) {
-      const int64_t lo = std::max<int64_t>(0, j - r - (p.max_pool ? reach : 0)), hi = std::min<int64_t>(P - 1, j + r);
+      const int64_t lo = std::max<int64_t>(0, j - r - reach), hi = std::min<int64_t>(P - 1, j + r);
       if (p.max_pool) {
         float m = s[lo];
         for (int64_t t = lo + 1; t <= hi; ++t) m = std::max(m, s[t]);

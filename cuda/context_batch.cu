@@ -390,6 +390,13 @@ void CudaBatch::step(const std::vector<CudaContext*>& seqs, const int32_t* token
     }
     cs.push_back(&C);
   }
+  // One sequence: its own decode step (the lone context's fused, captured step), so a group of one
+  // decodes exactly as the sequence alone and at its speed (the batched rows' separate RMSNorm and
+  // unfused QKV/RoPE cost a lone sequence about a third: BENCHMARKS.md, "Several sequences").
+  if (n == 1) {
+    seqs[0]->eval(tokens, 1);
+    return;
+  }
   // Rows in a fixed order (by context), so that the same sequences given in another order replay
   // the same captured step; a row's result does not depend on its place.
   std::vector<int64_t> order(n);

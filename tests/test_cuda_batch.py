@@ -179,6 +179,21 @@ def test_group_vs_int8_alone(smollm2, essay_texts, method, monkeypatch):
     assert same >= 0.9 * total and np.mean(kls) < INT8_KL and worst <= INT8_REL
 
 
+def test_group_of_one_is_the_lone_step(smollm2, essay_texts, monkeypatch):
+    """A step of one sequence is that sequence's own decode step (the default "cuda" precision, where the
+    batched rows would round activations to int8 differently): its logits equal the lone run's bit for bit."""
+    monkeypatch.delenv("HEADKV_MATVEC", raising=False)
+    kv = KV["headkv"]
+    base = _model(smollm2, "cuda", **kv)
+    prompt = base.tokenize(essay_texts[0])
+    toks, ref = _alone(smollm2, "cuda", prompt, 9, **kv)
+    g = headkv.SequenceGroup(base, n_ctx=N_CTX, device="cuda")
+    g.add(0, prompt)
+    assert np.array_equal(g.logits(0), ref[0])
+    for s in range(8):
+        assert np.array_equal(g.step([0], [toks[s]])[0], ref[s + 1]), s
+
+
 def _lockstep(g, prompts, steps, forced=None):
     """All sequences join, then `steps` steps together; logits of every step. Each step feeds every
     row's greedy token, or forced[step] (teacher forcing on another run's greedy tokens)."""

@@ -42,7 +42,8 @@ class CudaBatch {
   // Appends tokens[i] to seqs[i]. Every sequence is checked first (null, repeated, another model,
   // a compressing context before its prompt, a token outside the vocabulary, a full cache or
   // arena: InvalidArgument / ContextFull naming ids[i] when given, else its index); on such an
-  // error no sequence changes. Afterwards seqs[i]->logits() is its new token's logits.
+  // error no sequence changes. Afterwards seqs[i]->logits() is its new token's logits. A step of one
+  // sequence is that sequence's own decode step (bit for bit its lone eval).
   void step(const std::vector<CudaContext*>& seqs, const int32_t* tokens, const int64_t* ids = nullptr);
 
   // Allocates the scratch for steps of up to `rows` rows now (OutOfMemory naming the bytes when

@@ -8,6 +8,7 @@
 #include "common.cuh"
 #include "kernels.cuh"
 #include "kv_quant.cuh"
+#include "select/selection.h"
 
 namespace headkv::cu {
 
@@ -114,7 +115,8 @@ __global__ void raw_kernel(const float* __restrict__ qwin, const KT* __restrict_
   raw[g * P + j] = max_q ? acc : acc * (1.0f / (float)(a * G));
 }
 
-// reach: max pooling's window of j starts `reach` positions further back (select/selection.h)
+// reach (max pooling only, else 0): the window of j also takes the `reach` positions before it from
+// kReachFrom on (select/selection.h)
 __global__ void pool_kernel(const float* __restrict__ raw, float* __restrict__ out, int64_t P, int kernel, bool max_pool,
                             int64_t reach) {
   const int g = blockIdx.y;
@@ -122,7 +124,8 @@ __global__ void pool_kernel(const float* __restrict__ raw, float* __restrict__ o
   if (j >= P) return;
   const float* s = raw + g * P;
   const int64_t r = kernel / 2;
-  const int64_t lo = max((int64_t)0, j - r - (max_pool ? reach : 0)), hi = min(P - 1, j + r);
+  const int64_t lo_sym = max((int64_t)0, j - r), hi = min(P - 1, j + r);
+  const int64_t lo = reach ? max(min(lo_sym, kReachFrom), j - r - reach) : lo_sym;
   float v;
   if (max_pool) {
     v = s[lo];

@@ -57,6 +57,14 @@ def test_hand_checked_forward_reach():
     assert s[0, 4] == s[0, 7] > s[0, 8] and s[0, 3] < s[0, 4]
     kept, _ = _core.select_window_topk(q, k, cap, kernel=3)
     assert list(kept[0]) == [0, 3, 4, 5]
+    # a peak before kReachFrom (4; the attention sink of the first tokens) lifts nothing after it
+    k2 = np.zeros((1, N, 1), np.float32)
+    k2[0, 1, 0] = 1.0
+    _, s2 = _core.select_window_topk(q, k2, cap, kernel=1, reach=3)
+    _, s2_sym = _core.select_window_topk(q, k2, cap, kernel=1)
+    np.testing.assert_array_equal(s2, s2_sym)
+    assert s2[0, 1] > s2[0, 2]
+    np.testing.assert_allclose(s2, ref.window_scores(q, k2, kernel=1, reach=3), rtol=1e-5)
     _, avg = _core.select_window_topk(q, k, cap, kernel=3, max_pool=False, reach=3)
     _, avg0 = _core.select_window_topk(q, k, cap, kernel=3, max_pool=False)
     np.testing.assert_array_equal(avg, avg0)

@@ -47,7 +47,8 @@ class KVConfig:
         ``pooling`` or ``kernel`` is given (their explicit values reproduce the paper's rule).
     reach: span-aware selection's forward reach: a max-pooled attention peak also keeps the ``reach``
         prompt positions after it, so a value that follows the key a question names is kept with the
-        key. Applies only with span-aware selection (a span > 1); 0 = the symmetric pooling window.
+        key (peaks in the first 4 positions, the attention sink, do not reach). Applies only with
+        span-aware selection (a span > 1); 0 = the symmetric pooling window.
         Default: ``DEFAULT_REACH`` (0 where the span is off).
     probe: observation probe for compressing a context before its question exists (query-agnostic
         use): ``"repeat"`` (a request to repeat the text), ``"reconstruct"`` (that request followed by

@@ -63,7 +63,8 @@ std::vector<float> window_scores(const float* q, int n_head, int n_head_kv, int 
     const float* s = &raw[(size_t)g * P];
     float* o = &pooled[(size_t)g * P];
     for (int64_t j = 0; j < P; ++j) {
-      const int64_t lo = std::max<int64_t>(0, j - r - reach), hi = std::min<int64_t>(P - 1, j + r);
+      const int64_t lo_sym = std::max<int64_t>(0, j - r), hi = std::min<int64_t>(P - 1, j + r);
+      const int64_t lo = reach ? std::max(std::min(lo_sym, kReachFrom), j - r - reach) : lo_sym;
       if (p.max_pool) {
         float m = s[lo];
         for (int64_t t = lo + 1; t <= hi; ++t) m = std::max(m, s[t]);

@@ -18,12 +18,17 @@
 
 namespace headkv {
 
+// Positions before this one do not reach forward (SelectionParams::reach): the attention sink the
+// first tokens are (StreamingLLM's 4) would otherwise lift its followers into every small budget.
+constexpr int64_t kReachFrom = 4;
+
 struct SelectionParams {
   int32_t window = 8;     // α
   int32_t kernel = 7;     // pooling kernel (odd, >= 1; 1 = no pooling)
   bool max_pool = true;   // false: average pooling
-  int32_t reach = 0;      // max pooling only: a peak also lifts the `reach` positions after it (the pooling
-                          // window of j is [j - kernel/2 - reach, j + kernel/2]); 0: the symmetric window
+  int32_t reach = 0;      // max pooling only: a peak at a position >= kReachFrom also lifts the `reach`
+                          // positions after it (the pooling window of j also takes [j - kernel/2 - reach,
+                          // j - kernel/2) from kReachFrom on); 0: the symmetric window
   int64_t prefix = -1;    // positions scored (P); -1: N - window
   bool max_queries = false;  // step 2 takes the maximum over window queries and group heads, not the
                              // mean (a reconstruction probe: a token counts if its repetition reads it)

@@ -37,10 +37,15 @@ def run_max(s, runs):
     return out
 
 
+# The first positions (the attention sink) do not reach forward.
+REACH_FROM = 4
+
+
 def window_scores(q, k, kernel=7, max_pool=True, runs=None, prefix=None, reach=0):
     """q: [window, n_head, d] (the keys' last rows); k: [n_head_kv, N, d] -> pooled scores
     [n_head_kv, P], P = ``prefix`` or N - window. ``runs``: token run ids (span-aware). ``reach``
-    (max pooling): each position also takes the pooled peaks of the ``reach`` positions before it."""
+    (max pooling): each position j also takes the raw peaks of positions j - kernel//2 - reach .. j - kernel//2 - 1
+    from REACH_FROM on."""
     a, n_head, d = q.shape
     n_kv, N, _ = k.shape
     G = n_head // n_kv
@@ -56,13 +61,21 @@ def window_scores(q, k, kernel=7, max_pool=True, runs=None, prefix=None, reach=0
             p /= p.sum()
             out[g] += p[:P]
     out /= a * G
+    raw = out
     if kernel > 1:
         r = kernel // 2
         padded = np.pad(out, ((0, 0), (r, r)), constant_values=-np.inf if max_pool else 0.0)
         windows = np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=1)
         out = windows.max(-1) if max_pool else windows.sum(-1) / kernel
-    if reach > 0 and max_pool:
-        out = np.stack([np.array([row[max(0, j - reach):j + 1].max() for j in range(P)]) for row in out])
+    if reach > 0 and max_pool:  # sources: raw scores j - r - reach .. j - r - 1, none before REACH_FROM
+        r = kernel // 2
+        src = raw.copy()
+        src[:, :REACH_FROM] = -np.inf
+        out = out.copy()
+        for j in range(P):
+            lo, hi = max(0, j - r - reach), max(0, j - r)
+            if hi > lo:
+                out[:, j] = np.maximum(out[:, j], src[:, lo:hi].max(-1))
     return out if runs is None else run_max(out, runs)
 
 

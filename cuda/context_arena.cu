@@ -76,6 +76,9 @@ void CudaContext::Impl::build_items() {
   up_i32(item_split, is, "decode items");
   up_i32(head_splits, hs, "decode items");
   up_i32(head_first, hf, "decode items");
+  // A cudaMemcpy from pageable memory may return before its copy lands on the device, and the
+  // context's stream is non-blocking (not ordered after the default stream's copies): wait for them.
+  check(cudaDeviceSynchronize(), "decode items");
   part.alloc((size_t)max_items * G * (hp.head_dim + 2), "decode attention partials");
 }
 
@@ -151,6 +154,7 @@ void CudaContext::load_kv(const KVState& s) {
       e += (size_t)n;
     }
     check(cudaMemcpy(I.used.get(), I.h_used.data(), I.h_used.size() * sizeof(int32_t), cudaMemcpyHostToDevice), "load state");
+    check(cudaDeviceSynchronize(), "load state");  // the copies land before the context's stream reads them
   } catch (...) {
     reset();
     throw;

@@ -80,6 +80,7 @@ cu::DBuf<T> to_dev(const std::vector<T>& h, const char* what) {
   cu::DBuf<T> d;
   d.alloc(h.size(), what);
   if (!h.empty()) cu::check(cudaMemcpy(d.get(), h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), what);
+  cu::check(cudaDeviceSynchronize(), what);  // see to_host
   return d;
 }
 template <class T>
@@ -87,11 +88,17 @@ cu::DBuf<T> dev_zeros(size_t n, const char* what) {
   cu::DBuf<T> d;
   d.alloc(n, what);
   if (n) cu::check(cudaMemset(d.get(), 0, n * sizeof(T)), what);
+  cu::check(cudaDeviceSynchronize(), what);  // see to_host
   return d;
 }
 template <class T>
 std::vector<T> to_host(const cu::DBuf<T>& d, size_t n, const char* what) {
   std::vector<T> h(n);
+  // The ops run on non-blocking streams, which the default stream's cudaMemcpy / cudaMemset are not
+  // ordered with (and a pageable upload or a memset may return before it lands): every transfer waits
+  // for the whole device, so a case never reads its result early or runs on inputs still arriving
+  // (seen as random FAILs when other processes loaded the GPU).
+  cu::check(cudaDeviceSynchronize(), what);
   if (n) cu::check(cudaMemcpy(h.data(), d.get(), n * sizeof(T), cudaMemcpyDeviceToHost), what);
   return h;
 }

@@ -30,6 +30,7 @@ inline void check_window_scores_topk(cudaStream_t st) {
     int64_t probe;  // P = N - a - probe (an observation probe after the document)
     int kernel;
     bool max_pool, runs, max_q, half_k;
+    int reach = 0;
   };
   const C cases[] = {
       {9, 3, 64, 600, 8, 0, 7, true, false, false, false},     // SnapKV's defaults, SmolLM2's heads
@@ -38,6 +39,9 @@ inline void check_window_scores_topk(cudaStream_t st) {
       {8, 2, 128, 1000, 8, 40, 7, true, true, false, true},    // probe, span-aware
       {4, 4, 64, 300, 8, 0, 1, true, false, true, false},      // maximum over queries, no pooling
       {9, 3, 64, 600, 8, 0, 1, true, true, false, false},      // no pooling, span-aware
+      {9, 3, 64, 600, 8, 0, 7, true, true, false, true, 8},    // span-aware with the default forward reach
+      {8, 2, 128, 1000, 8, 40, 1, true, true, false, false, 5},  // probe, reach without the symmetric pool
+      {8, 2, 128, 1000, 16, 0, 5, false, false, false, false, 8}, // average pooling ignores the reach
   };
   for (const C& c : cases) {
     const int64_t N = c.N, P = N - c.a - c.probe;
@@ -53,6 +57,7 @@ inline void check_window_scores_topk(cudaStream_t st) {
     p.prefix = P;
     p.max_queries = c.max_q;
     p.runs = c.runs ? runs.data() : nullptr;
+    p.reach = c.reach;
     const std::vector<float> ref =
         headkv::window_scores(q.data(), c.nh, c.nkv, c.hd, Kc.data(), N * c.hd, c.hd, N, p);
 
@@ -62,13 +67,14 @@ inline void check_window_scores_topk(cudaStream_t st) {
     cu::DBuf<uint16_t> dk16 = to_dev(Kh, "K");
     cu::DBuf<uint8_t> druns = to_dev(runs, "runs");
     cu::window_scores(dq.get(), c.half_k ? (const void*)dk16.get() : dk32.get(), c.half_k, N, c.a, P, c.nh, c.nkv,
-                      c.hd, c.kernel, c.max_pool, c.runs ? druns.get() : nullptr, c.max_q, raw.get(), pooled.get(),
+                      c.hd, c.kernel, c.max_pool, c.reach, c.runs ? druns.get() : nullptr, c.max_q, raw.get(), pooled.get(),
                       rowstat.get(), st);
     sync(st, "window_scores");
     const std::vector<float> got = to_host(pooled, (size_t)c.nkv * P, "pooled");
-    const std::string what = fmt("heads %d/%d hd=%d N=%lld a=%d P=%lld %s%d%s%s%s", c.nh, c.nkv, c.hd, (long long)N,
+    const std::string what = fmt("heads %d/%d hd=%d N=%lld a=%d P=%lld %s%d%s%s%s%s", c.nh, c.nkv, c.hd, (long long)N,
                                  c.a, (long long)P, c.max_pool ? "max" : "avg", c.kernel, c.runs ? " spans" : "",
-                                 c.max_q ? " max-q" : "", c.half_k ? " fp16 K" : "");
+                                 c.max_q ? " max-q" : "", c.half_k ? " fp16 K" : "",
+                                 c.reach ? fmt(" reach %d", c.reach).c_str() : "");
     report("window_scores", what, nmax_err(got, ref), kAttn);
 
     // top-k on the device's scores against the CPU's top-k on its own: the same positions except

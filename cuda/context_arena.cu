@@ -70,15 +70,15 @@ void CudaContext::Impl::build_items() {
   }
   auto up_i32 = [&](DBuf<int32_t>& b, const std::vector<int32_t>& v, const char* what) {
     b.alloc(v.size(), what);
-    check(cudaMemcpy(b.get(), v.data(), v.size() * sizeof(int32_t), cudaMemcpyHostToDevice), what);
+    check(cudaMemcpyAsync(b.get(), v.data(), v.size() * sizeof(int32_t), cudaMemcpyHostToDevice, st), what);
   };
+  // On the context's own stream (non-blocking: not ordered after the default stream's copies), so the
+  // decode kernels read the items after they land; the wait keeps the host vectors alive until then.
   up_i32(item_head, ih, "decode items");
   up_i32(item_split, is, "decode items");
   up_i32(head_splits, hs, "decode items");
   up_i32(head_first, hf, "decode items");
-  // A cudaMemcpy from pageable memory may return before its copy lands on the device, and the
-  // context's stream is non-blocking (not ordered after the default stream's copies): wait for them.
-  check(cudaDeviceSynchronize(), "decode items");
+  check(cudaStreamSynchronize(st), "decode items");
   part.alloc((size_t)max_items * G * (hp.head_dim + 2), "decode attention partials");
 }
 

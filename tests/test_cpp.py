@@ -177,26 +177,47 @@ def test_cli_headkv_uses_shipped_scores(smollm2, tmp_path):
     assert r.returncode == 1 and "no shipped score file matches this model" in r.stderr and "headkv-scores" in r.stderr
 
 
-def test_cli_value_fit(smollm2, model):
-    """--value-fit L reaches the context (the greedy tokens equal the Python Model's with value_fit=L);
-    a negative ridge is refused with the option named."""
-    from conftest import tool_path
-    text = "The quick brown fox jumps over the lazy dog. " * 30
-    base = [tool_path("headkv-cli"), "-m", smollm2, "-p", text, "-n", "12", "--temp", "0", "-t", "2", "-c", "2048",
-            "--kv-method", "snapkv", "--kv-budget", "32"]
-    import headkv
-    m = headkv.Model(smollm2, n_ctx=2048, n_threads=2, kv_method="snapkv", kv_budget=32, value_fit=1.0)
-    ids = m.tokenize(text)
-    m.eval(ids)
+def _greedy_text(m, text, n=12):
+    m.reset()
+    m.eval(m.tokenize(text))
     out = []
-    for _ in range(12):
+    for _ in range(n):
         out.append(int(m.logits().argmax()))
         m.eval([out[-1]])
-    want = m.detokenize(out).decode("utf-8", errors="replace")
-    r = _run(base + ["--value-fit", "1"])
+    return m.detokenize(out).decode("utf-8", errors="replace")
+
+
+def _cli_option_reaches_context(smollm2, method, budget, flag, value, bad_value, name, text):
+    """The CLI's greedy tokens with `flag value` equal the Python Model's with name=value (so the option
+    reaches the context), and `flag bad_value` is refused naming the setting. Returns those tokens' text."""
+    from conftest import tool_path
+    base = [tool_path("headkv-cli"), "-m", smollm2, "-p", text, "-n", "12", "--temp", "0", "-t", "2", "-c", "2048",
+            "--kv-method", method, "--kv-budget", str(budget)]
+    import headkv
+    m = headkv.Model(smollm2, n_ctx=2048, n_threads=2, kv_method=method, kv_budget=budget, **{name: float(value)})
+    want = _greedy_text(m, text)
+    r = _run(base + [flag, value])
     assert want in r.stdout, (want, r.stdout[-300:])
-    bad = subprocess.run(base + ["--value-fit", "-1"], capture_output=True, text=True)
-    assert bad.returncode == 1 and "value_fit" in bad.stderr
+    bad = subprocess.run(base + [flag, bad_value], capture_output=True, text=True)
+    assert bad.returncode == 1 and name in bad.stderr
+    return want
+
+
+def test_cli_cap_ceiling(smollm2, model, essays):
+    """--cap-ceiling X reaches the context: on an essay's opening the ceiling (no headkv cap above
+    floor(1.05 * 56) = 58, where the scores give some heads more) changes the greedy tokens, and the CLI's are
+    the Model's with it; a ceiling below 1 is refused."""
+    import headkv
+    text = essays[0][:1500]
+    got = _cli_option_reaches_context(smollm2, "headkv", 64, "--cap-ceiling", "1.05", "0.5", "cap_ceiling", text)
+    plain = headkv.Model(smollm2, n_ctx=2048, n_threads=2, kv_method="headkv", kv_budget=64)
+    assert _greedy_text(plain, text) != got
+
+
+def test_cli_value_fit(smollm2, model):
+    """--value-fit L reaches the context; a negative ridge is refused."""
+    _cli_option_reaches_context(smollm2, "snapkv", 32, "--value-fit", "1", "-1", "value_fit",
+                                "The quick brown fox jumps over the lazy dog. " * 30)
 
 
 def test_cli_conversation_reuses_prefix(smollm2, model, essays):

@@ -89,6 +89,13 @@ def test_longbench_end_to_end_and_resume(tmp_path, smollm2):
     p2 = _run(args, smollm2)
     assert "computed 0," in p2.stderr
     assert (out / "results.jsonl").read_bytes() == before
+    # a setting that changes results is part of the folder's identity: --cap-ceiling (absent from the
+    # manifest at its default, so folders written before the option resume) is refused here
+    p3 = subprocess.run([tool_path("headkv-eval"), *args, "--cap-ceiling", "2", "-m", smollm2, "-c", "1024", "-t", "2",
+                         "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert p3.returncode != 0 and "cap_ceiling" in p3.stderr
+    assert "cap_ceiling" not in (out / "run.json").read_text()
+    assert (out / "results.jsonl").read_bytes() == before
 
 
 def test_needles_fidelity_rerun_same_numbers(tmp_path, smollm2):

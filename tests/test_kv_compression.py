@@ -79,6 +79,23 @@ def test_headkv_caps_follow_scores(smollm2, prompt, score_file):
     assert len(set(expect.ravel().tolist())) > 5  # really per head
 
 
+def test_headkv_cap_ceiling_reaches_the_context(smollm2, prompt, score_file):
+    """cap_ceiling: the context's caps are the planner's with the ceiling (no head above 1.05 x B', the
+    same entries in all as without it), each head keeps its cap, and a ceiling below 1 is refused."""
+    scores, _ = _core.load_scores(score_file)
+    m = _model(smollm2, "headkv", 64, score_file, cap_ceiling=1.05)
+    m.eval(prompt)
+    caps = m.kv_stats()["caps"]
+    expect = _core.plan_budget("headkv", scores, L, H, HKV, 64, 8, 0, 1.0, len(prompt), cap_ceiling=1.05)
+    plain = _core.plan_budget("headkv", scores, L, H, HKV, 64, 8, 0, 1.0, len(prompt))
+    assert (caps == expect).all() and caps.max() <= 58 < plain.max()  # floor(1.05 * 56)
+    assert abs(int(caps.sum()) - int(plain.sum())) <= caps.size
+    pos = m.kv_positions()
+    assert all(len(pos[l][g]) == caps[l, g] + 8 for l in range(L) for g in range(HKV))
+    with pytest.raises(headkv.InvalidArgumentError, match="cap_ceiling"):
+        _model(smollm2, "headkv", 64, score_file, cap_ceiling=0.5)
+
+
 def test_snapkv_positions_match_transformers_attention(model, smollm2, essays, hf_smollm2):
     import torch
     ids = model.tokenize(essays[7][:1200])

@@ -65,6 +65,8 @@ const char* kUsage =
     "  -ctv, --cache-type-v T  KV cache value type: f16 (default), q8_0, q4_0; CPU only: f32\n"
     "      --scores FILE       head-importance score file (headkv)\n"
     "      --beta X            HeadKV beta (default: 4 at budgets <= 64, else 2; the paper's scripts: 1.2)\n"
+    "      --cap-ceiling X     headkv: no head keeps more than X times (budget - window) positions\n"
+    "                          (X >= 1; default 0 = no ceiling)\n"
     "      --window N          observation window (default 8)\n"
     "      --pool max|avg      pooling before top-k (default max)\n"
     "      --kernel K          pooling kernel (default 7)\n"
@@ -166,6 +168,7 @@ Args parse(int argc, char** argv) {
     else if (f == "--span") { a.cp.kv_span = (int)to_int(f, val()); a.span_set = true; }
     else if (f == "--reach") a.cp.kv_reach = (int)to_int(f, val());
     else if (f == "--value-fit") a.cp.kv_value_fit = to_float(f, val());
+    else if (f == "--cap-ceiling") a.cp.kv_cap_ceiling = to_float(f, val());
     else if (f == "--probe") a.probe = val();
     else if (f == "--adaptive") a.cp.kv_adaptive = (int)to_int(f, val());
     else die("unknown argument '" + f + "' (see --help)");

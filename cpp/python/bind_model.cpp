@@ -233,7 +233,7 @@ void bind_model(py::module_& m) {
                        const std::string& pooling, const std::string& scores, int max_new_tokens, int span,
                        const std::vector<int32_t>& probe, bool probe_echo, bool adaptive,
                        const std::string& type_k, const std::string& type_v, int64_t budget_bytes,
-                       double value_fit, int reach) {
+                       double value_fit, int reach, double cap_ceiling) {
              if (pooling != "max" && pooling != "avg")
                fail(ErrorKind::InvalidArgument, "pooling must be 'max' or 'avg', got '" + pooling + "'");
              KVConfig c;
@@ -255,6 +255,7 @@ void bind_model(py::module_& m) {
              c.budget_bytes = budget_bytes;
              c.value_fit = value_fit;
              c.reach = reach;
+             c.cap_ceiling = cap_ceiling;
              return c;
            }),
            py::arg("method") = "full", py::arg("budget") = 128, py::arg("window") = 8, py::arg("beta") = KVConfig{}.beta,
@@ -263,7 +264,8 @@ void bind_model(py::module_& m) {
            py::arg("probe") = std::vector<int32_t>{}, py::arg("probe_echo") = false,
            py::arg("adaptive") = KVConfig{}.adaptive, py::arg("type_k") = KVConfig{}.type_k,
            py::arg("type_v") = KVConfig{}.type_v, py::arg("budget_bytes") = 0,
-           py::arg("value_fit") = KVConfig{}.value_fit, py::arg("reach") = KVConfig{}.reach);
+           py::arg("value_fit") = KVConfig{}.value_fit, py::arg("reach") = KVConfig{}.reach,
+           py::arg("cap_ceiling") = KVConfig{}.cap_ceiling);
 
   py::class_<Engine>(m, "Engine")
       .def(py::init<const std::string&, int, int, int, const KVConfig&, const std::string&>(), py::arg("path"),

@@ -128,7 +128,7 @@ void bind_select(py::module_& m) {
       "plan_budget",
       [](const std::string& method, const py::object& scores, int n_layer, int n_head, int n_head_kv, int budget,
          int window, double beta, double temp, int64_t prompt_len, int pyramid_beta, bool group_mean,
-         bool return_info) -> py::object {
+         bool return_info, double cap_ceiling) -> py::object {
         BudgetParams p;
         p.method = parse_budget_method(method);
         p.budget = budget;
@@ -137,6 +137,7 @@ void bind_select(py::module_& m) {
         p.temp = temp;
         p.pyramid_beta = pyramid_beta;
         p.group_mean = group_mean;
+        p.cap_ceiling = cap_ceiling;
         std::optional<HeadScores> hs;
         if (!scores.is_none()) hs = scores_from_array(scores);
         const BudgetPlan plan = plan_budget(p, hs ? &*hs : nullptr, n_layer, n_head, n_head_kv, prompt_len);
@@ -153,7 +154,7 @@ void bind_select(py::module_& m) {
       py::arg("method"), py::arg("scores"), py::arg("n_layer"), py::arg("n_head"), py::arg("n_head_kv"),
       py::arg("budget"), py::arg("window") = 8, py::arg("beta") = 1.2, py::arg("temp") = 1.0,
       py::arg("prompt_len") = 0, py::kw_only(), py::arg("pyramid_beta") = 20, py::arg("group_mean") = false,
-      py::arg("return_info") = false,
+      py::arg("return_info") = false, py::arg("cap_ceiling") = 0.0,
       "Prefix tokens kept per KV head (window excluded) -> int32 [n_layer, n_head_kv];\n"
       "with return_info=True -> (caps, {window, compressed, layer_pooled, total}). See select/budget.h.");
 

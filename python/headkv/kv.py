@@ -62,6 +62,10 @@ class KVConfig:
         observation window's queries read what they read over the full cache (the selecting methods,
         the prompt's own window, global layers). It brings continuations closer to the full cache's
         and costs retrieval (EVALUATION.md, "Value fitting"), so it is off by default (0).
+    cap_ceiling: ``headkv`` only: no head keeps more than ``cap_ceiling`` × (budget − window) prompt
+        positions; what a ceiling takes from the highest-scored heads goes to the others by score. 0 (the
+        default) = no ceiling, else >= 1 (EVALUATION.md: at budget 512 the retrieval heads otherwise hold
+        nearly all of a 2k prompt).
     adaptive: ``headkv`` only: each layer's total comes from the head scores and is split among
         its heads per prompt as Ada-KV splits it (floors: 20 % of each head's score-given cap).
     scores: HeadKV score file (official HeadKV JSON or headkv's own format).
@@ -86,6 +90,7 @@ class KVConfig:
     span: Optional[int] = None
     reach: Optional[int] = None
     value_fit: float = 0.0
+    cap_ceiling: float = 0.0
     probe: Union[None, str, Sequence[int]] = None
     adaptive: bool = False
     scores: Optional[str] = None
@@ -128,6 +133,9 @@ class KVConfig:
         if not isinstance(self.value_fit, numbers.Real) or isinstance(self.value_fit, bool):
             from .errors import InvalidArgumentError
             raise InvalidArgumentError(f"value_fit must be a number >= 0 (0 = off), got {self.value_fit!r}")
+        if not isinstance(self.cap_ceiling, numbers.Real) or isinstance(self.cap_ceiling, bool):
+            from .errors import InvalidArgumentError
+            raise InvalidArgumentError(f"cap_ceiling must be 0 (none) or a number >= 1, got {self.cap_ceiling!r}")
         probe = self.probe_tokens(tokenize)
         return _core.KVConfigNative(self.method, int(self.budget), int(self.window),
                                     0.0 if self.beta is None else float(self.beta),
@@ -135,4 +143,5 @@ class KVConfig:
                                     self.pooling or "max", os.fspath(self.scores) if self.scores else "",
                                     int(self.max_new_tokens), self.resolved_span(), probe,
                                     self.probe == "reconstruct", bool(self.adaptive), self.type_k, self.type_v,
-                                    int(self.budget_bytes), float(self.value_fit), self.resolved_reach())
+                                    int(self.budget_bytes), float(self.value_fit), self.resolved_reach(),
+                                    float(self.cap_ceiling))

@@ -54,7 +54,7 @@ class Model:
             is built. The GPU keeps the KV cache in fp16.
         kv: a :class:`KVConfig` (KV compression method and budget); keyword shortcuts
             ``kv_method=..., kv_budget=..., scores=..., beta=..., window=..., pooling=..., kernel=...,
-            span=..., reach=..., probe=..., type_k=..., type_v=...``; ``kv_budget_bytes=N`` gives the budget as N bytes of
+            span=..., reach=..., cap_ceiling=..., probe=..., type_k=..., type_v=...``; ``kv_budget_bytes=N`` gives the budget as N bytes of
             kept entries in all (KVConfig.budget_bytes). Query-agnostic use (compress a document, ask later): ``probe="repeat"``,
             ``eval(document)``, then ``generate(question, reset=False)``.
         share_with: another model of the same file and device whose loaded weights (on the CPU also

@@ -69,6 +69,7 @@ headkv::ContextParams to_params(const hk_context_params& d) {
   cp.kv.max_new_tokens = d.kv_max_new_tokens;
   cp.kv.span = d.kv_span;
   cp.kv.reach = d.kv_reach;
+  cp.kv.cap_ceiling = d.kv_cap_ceiling;
   if (d.kv_n_probe && !d.kv_probe) headkv::fail(headkv::ErrorKind::InvalidArgument, "kv_n_probe > 0 with a NULL kv_probe");
   if (d.kv_probe) cp.kv.probe.assign(d.kv_probe, d.kv_probe + d.kv_n_probe);
   cp.kv.probe_echo = d.kv_probe_echo != 0;
@@ -129,7 +130,8 @@ hk_context_params hk_context_default_params(void) {
   const headkv::KVConfig kv;
   return hk_context_params{0, 0, 512, nullptr, kv.budget, kv.window, (float)kv.beta, kv.kernel, 0, nullptr,
                            kv.max_new_tokens, nullptr, kv.span, nullptr, 0, 0, kv.adaptive ? 1 : 0,
-                           nullptr, nullptr, 0, (float)kv.value_fit, kv.reach};
+                           nullptr, nullptr, 0, (float)kv.value_fit, kv.reach,
+                           (float)kv.cap_ceiling};
 }
 
 hk_status hk_context_new(const hk_model* model, const hk_context_params* p, hk_context** out) {

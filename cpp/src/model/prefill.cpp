@@ -66,6 +66,7 @@ BudgetParams budget_params(const KVConfig& kv, BudgetMethod method) {
   bp.window = kv.window;
   bp.beta = kv.beta;
   bp.temp = kv.temp;
+  bp.cap_ceiling = kv.cap_ceiling;
   return bp;
 }
 

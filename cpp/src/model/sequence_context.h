@@ -30,6 +30,8 @@ struct KVConfig {
   int32_t window = 8;           // α
   double beta = 0.0;            // HeadKV β; 0: default_beta(budget) (select/budget.h); the paper's scripts: 1.2
   double temp = 1.0;            // HeadKV score temperature
+  double cap_ceiling = 0.0;     // HeadKV: no head keeps more than cap_ceiling x (budget - window) prefix
+                                // positions (BudgetParams::cap_ceiling); 0: none (the default)
   int32_t kernel = 7;           // pooling kernel
   bool max_pool = true;         // false: average pooling
   int32_t span = 16;            // span-aware selection: token runs up to this long are kept whole

@@ -52,13 +52,15 @@ double py_floordiv(double a, double b) {
 double default_beta(int32_t budget) { return budget <= 64 ? 4.0 : 2.0; }
 
 std::vector<int32_t> headkv_caps(const std::vector<double>& kv_scores, int32_t budget, int32_t window, double beta,
-                                 double temp, int64_t prompt_len) {
+                                 double temp, int64_t prompt_len, double ceiling) {
   const size_t n = kv_scores.size();
   if (n == 0) fail(ErrorKind::InvalidArgument, "headkv: no heads");
   if (!(std::isfinite(beta) && beta >= 1.0))
     fail(ErrorKind::InvalidArgument, "headkv: beta must be a finite number >= 1");
   if (!(std::isfinite(temp) && temp >= 0.0))
     fail(ErrorKind::InvalidArgument, "headkv: temperature must be a finite number >= 0");
+  if (!(std::isfinite(ceiling) && (ceiling == 0.0 || ceiling >= 1.0)))
+    fail(ErrorKind::InvalidArgument, "headkv: cap_ceiling must be 0 (none) or a finite number >= 1");
   if (budget <= window)
     fail(ErrorKind::InvalidArgument, "headkv: budget " + std::to_string(budget) + " must exceed the window " +
                                          std::to_string(window));
@@ -83,8 +85,10 @@ std::vector<int32_t> headkv_caps(const std::vector<double>& kv_scores, int32_t b
   const double fixed = Bp - F;
   std::vector<double> c(n);
   for (size_t i = 0; i < n; ++i) c[i] = S[i] * pool + fixed;
-  // 4. clamp to the prefix length, redistribute the surplus by score
-  const double P = (double)std::max<int64_t>(prompt_len - window, 0);
+  // 4. clamp to the prefix length (and the ceiling), redistribute the surplus by score; a ceiling >= 1
+  // leaves room for the whole pool, since the caps average B'
+  double P = (double)std::max<int64_t>(prompt_len - window, 0);
+  if (ceiling > 0) P = std::min(P, std::floor(ceiling * Bp));
   std::vector<char> clamped(n, 0);
   for (size_t iter = 0; iter <= n; ++iter) {
     double surplus = 0;
@@ -203,7 +207,7 @@ BudgetPlan plan_budget(const BudgetParams& p, const HeadScores* scores, int n_la
       if (p.group_mean)
         for (double& v : kv) v /= G;
       plan.cap = headkv_caps(kv, p.budget, p.window, p.beta == 0 ? default_beta(p.budget) : p.beta, p.temp,
-                             prompt_len);
+                             prompt_len, p.cap_ceiling);
       break;
     }
     case BudgetMethod::Full: break;  // handled above

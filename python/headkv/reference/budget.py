@@ -5,7 +5,8 @@
     pool = (B' // beta) * n_heads          n_heads = L * H_kv
     cap  = round(S * pool + B' - B' // beta)
 
-then headkv's additions: caps above the prefix length P = N - window are clamped to P and the
+then headkv's additions: caps above the prefix length P = N - window (or, with a ceiling c >= 1,
+min(P, floor(c * B'))) are clamped to it and the
 surplus is shared by the other heads in proportion to S (repeated until none exceeds P); rounding
 overshoot above n_heads * B' is trimmed from the largest caps, one token each (lowest index first
 among equals). Returned caps exclude the window.
@@ -20,7 +21,7 @@ def group_scores(scores, n_head_kv):
     return s.reshape(L, n_head_kv, H // n_head_kv).sum(axis=2)
 
 
-def headkv_caps(kv_scores, budget, window=8, beta=1.2, temp=1.0, prompt_len=None):
+def headkv_caps(kv_scores, budget, window=8, beta=1.2, temp=1.0, prompt_len=None, ceiling=0.0):
     """Prefix tokens kept per KV head (same shape as kv_scores)."""
     s = np.asarray(kv_scores, dtype=np.float64)
     shape, s = s.shape, s.ravel()
@@ -33,6 +34,8 @@ def headkv_caps(kv_scores, budget, window=8, beta=1.2, temp=1.0, prompt_len=None
     c = share * (fixed_pool * n) + (b - fixed_pool)
 
     P = np.inf if prompt_len is None else prompt_len - window
+    if ceiling:
+        P = min(P, np.floor(ceiling * b))
     free = np.ones(n, dtype=bool)
     while True:
         over = free & (c > P)
@@ -59,7 +62,7 @@ def headkv_caps(kv_scores, budget, window=8, beta=1.2, temp=1.0, prompt_len=None
 
 
 def plan(method, scores, n_layer, n_head_kv, budget, window=8, beta=1.2, temp=1.0, prompt_len=None,
-         pyramid_beta=20):
+         pyramid_beta=20, ceiling=0.0):
     """[L, H_kv] caps for every method (see cpp/src/select/budget.h for the rules)."""
     if method == "full" or (prompt_len is not None and budget >= prompt_len):
         return np.full((n_layer, n_head_kv), max(prompt_len - window, 0), dtype=np.int32)
@@ -86,5 +89,5 @@ def plan(method, scores, n_layer, n_head_kv, budget, window=8, beta=1.2, temp=1.
     if method == "headkv":
         if not beta:  # 0 / None: headkv's default, 4 at budgets <= 64, else 2
             beta = 4.0 if budget <= 64 else 2.0
-        return headkv_caps(group_scores(scores, n_head_kv), budget, window, beta, temp, prompt_len)
+        return headkv_caps(group_scores(scores, n_head_kv), budget, window, beta, temp, prompt_len, ceiling)
     raise ValueError(f"unknown method {method!r}")

@@ -171,6 +171,15 @@ def test_ceiling_hand_computed():
     assert plan("headkv", s, 1, 4, 4, 40, beta=2.0, N=50, cap_ceiling=2.0).max() == 42
     # uniform methods ignore it
     assert plan("snapkv", s, 1, 4, 4, 40, cap_ceiling=1.5).tolist() == [[32, 32, 32, 32]]
+    # floor(X * B') of the decimal X: 2.05 * 120 is 245.99999999999997 in doubles, 1.05 * 120 = 126
+    big = np.array([[50.0, 1.0, 1.0, 1.0]])
+    assert plan("headkv", big, 1, 4, 4, 128, beta=2.0, cap_ceiling=2.05).max() == 246
+    assert plan("headkv", big, 1, 4, 4, 128, beta=2.0, cap_ceiling=1.05).max() == 126
+    for c in (2.05, 1.05):
+        np.testing.assert_array_equal(plan("headkv", big, 1, 4, 4, 128, beta=2.0, cap_ceiling=c),
+                                      ref.plan("headkv", big, 1, 4, 128, beta=2.0, prompt_len=100000, ceiling=c))
+    with pytest.raises(ValueError, match="cap_ceiling"):
+        ref.plan("headkv", s, 1, 4, 40, prompt_len=100000, ceiling=0.5)
 
 
 @pytest.mark.parametrize("seed", range(4))

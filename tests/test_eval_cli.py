@@ -142,7 +142,9 @@ def test_cli_errors_leave_nothing_behind(tmp_path, smollm2):
     for args, msg in ((["longbench", "--data", str(tmp_path / "missing.jsonl")], "cannot read LongBench file"),
                       (["niah", "--methods", "full,nosuch"], "unknown KV method"),
                       (["niah", "--kv-types", "f16,q5_1"], "unknown KV cache type"),
-                      (["niah", "--lengths", "40"], "no room")):
+                      (["niah", "--lengths", "40"], "no room"),
+                      (["niah", "--cap-ceiling", "0.5"], "--cap-ceiling must be"),
+                      (["niah", "--cap-ceiling", "nan"], "--cap-ceiling must be")):
         p = subprocess.run([tool_path("headkv-eval"), *args, "-m", smollm2, "--out", str(out), "--no-progress"],
                            capture_output=True, text=True, timeout=300)
         assert p.returncode == 1 and "headkv-eval: error:" in p.stderr and msg in p.stderr, p.stderr

@@ -92,8 +92,11 @@ def test_headkv_cap_ceiling_reaches_the_context(smollm2, prompt, score_file):
     assert abs(int(caps.sum()) - int(plain.sum())) <= caps.size
     pos = m.kv_positions()
     assert all(len(pos[l][g]) == caps[l, g] + 8 for l in range(L) for g in range(HKV))
-    with pytest.raises(headkv.InvalidArgumentError, match="cap_ceiling"):
-        _model(smollm2, "headkv", 64, score_file, cap_ceiling=0.5)
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(headkv.InvalidArgumentError, match="cap_ceiling"):
+            _model(smollm2, "headkv", 64, score_file, cap_ceiling=bad)
+    with pytest.raises(headkv.InvalidArgumentError, match="cap_ceiling does not apply with adaptive"):
+        _model(smollm2, "headkv", 64, score_file, cap_ceiling=2.0, adaptive=True)
 
 
 def test_snapkv_positions_match_transformers_attention(model, smollm2, essays, hf_smollm2):

@@ -97,12 +97,14 @@ long to_int(const std::string& flag, const std::string& v) {
   return x;
 }
 
-float to_float(const std::string& flag, const std::string& v) {
+double to_double(const std::string& flag, const std::string& v) {
   char* end = nullptr;
-  const float x = std::strtof(v.c_str(), &end);
+  const double x = std::strtod(v.c_str(), &end);
   if (v.empty() || *end) die("invalid number for " + flag + ": '" + v + "'");
   return x;
 }
+
+float to_float(const std::string& flag, const std::string& v) { return (float)to_double(flag, v); }
 
 std::string read_file(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
@@ -168,7 +170,7 @@ Args parse(int argc, char** argv) {
     else if (f == "--span") { a.cp.kv_span = (int)to_int(f, val()); a.span_set = true; }
     else if (f == "--reach") a.cp.kv_reach = (int)to_int(f, val());
     else if (f == "--value-fit") a.cp.kv_value_fit = to_float(f, val());
-    else if (f == "--cap-ceiling") a.cp.kv_cap_ceiling = to_float(f, val());
+    else if (f == "--cap-ceiling") a.cp.kv_cap_ceiling = to_double(f, val());
     else if (f == "--probe") a.probe = val();
     else if (f == "--adaptive") a.cp.kv_adaptive = (int)to_int(f, val());
     else die("unknown argument '" + f + "' (see --help)");

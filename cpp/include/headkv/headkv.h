@@ -96,7 +96,7 @@ typedef struct hk_context_params {
   int32_t kv_reach;          /* span-aware selection (kv_span > 1) only: a max-pooled attention peak also keeps
                               * the kv_reach prompt positions after it (a needle's value after its key); 0 =
                               * the symmetric pooling window (8) */
-  float kv_cap_ceiling;      /* headkv: no head keeps more than kv_cap_ceiling x (kv_budget - kv_window) prompt
+  double kv_cap_ceiling;     /* headkv: no head keeps more than kv_cap_ceiling x (kv_budget - kv_window) prompt
                               * positions, the rest going to the other heads by score; 0 = none (default),
                               * else >= 1 */
 } hk_context_params;

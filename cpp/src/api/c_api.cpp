@@ -131,7 +131,7 @@ hk_context_params hk_context_default_params(void) {
   return hk_context_params{0, 0, 512, nullptr, kv.budget, kv.window, (float)kv.beta, kv.kernel, 0, nullptr,
                            kv.max_new_tokens, nullptr, kv.span, nullptr, 0, 0, kv.adaptive ? 1 : 0,
                            nullptr, nullptr, 0, (float)kv.value_fit, kv.reach,
-                           (float)kv.cap_ceiling};
+                           kv.cap_ceiling};
 }
 
 hk_status hk_context_new(const hk_model* model, const hk_context_params* p, hk_context** out) {

@@ -32,6 +32,8 @@ void check_kv_config(const KVConfig& kv, int32_t n_vocab) {
   if (kv.reach < 0) bad("reach must be >= 0");
   if (!(kv.cap_ceiling == 0 || (kv.cap_ceiling >= 1 && kv.cap_ceiling <= 1e6)))
     bad("cap_ceiling must be 0 (none) or in [1, 1e6]");
+  if (kv.cap_ceiling > 0 && kv.adaptive)
+    bad("cap_ceiling does not apply with adaptive (the per-prompt split is bounded per layer, not per head)");
   if (!(kv.value_fit >= 0 && kv.value_fit <= 1e6)) bad("value_fit (ridge) must be in [0, 1e6]");
   if (kv.budget <= kv.window)
     bad("KV budget " + std::to_string(kv.budget) + " must be larger than the window " + std::to_string(kv.window));

@@ -88,7 +88,7 @@ std::vector<int32_t> headkv_caps(const std::vector<double>& kv_scores, int32_t b
   // 4. clamp to the prefix length (and the ceiling), redistribute the surplus by score; a ceiling >= 1
   // leaves room for the whole pool, since the caps average B'
   double P = (double)std::max<int64_t>(prompt_len - window, 0);
-  if (ceiling > 0) P = std::min(P, std::floor(ceiling * Bp));
+  if (ceiling > 0) P = std::min(P, std::floor(ceiling * Bp + 1e-9));  // 2.05 * 120 is 245.99999999999997
   std::vector<char> clamped(n, 0);
   for (size_t iter = 0; iter <= n; ++iter) {
     double surplus = 0;

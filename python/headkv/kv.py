@@ -64,7 +64,7 @@ class KVConfig:
         and costs retrieval (EVALUATION.md, "Value fitting"), so it is off by default (0).
     cap_ceiling: ``headkv`` only: no head keeps more than ``cap_ceiling`` × (budget − window) prompt
         positions; what a ceiling takes from the highest-scored heads goes to the others by score. 0 (the
-        default) = no ceiling, else >= 1 (EVALUATION.md: at budget 512 the retrieval heads otherwise hold
+        default) = no ceiling, else >= 1; not with ``adaptive`` (EVALUATION.md: at budget 512 the retrieval heads otherwise hold
         nearly all of a 2k prompt).
     adaptive: ``headkv`` only: each layer's total comes from the head scores and is split among
         its heads per prompt as Ada-KV splits it (floors: 20 % of each head's score-given cap).

@@ -64,8 +64,8 @@ class KVConfig:
         and costs retrieval (EVALUATION.md, "Value fitting"), so it is off by default (0).
     cap_ceiling: ``headkv`` only: no head keeps more than ``cap_ceiling`` × (budget − window) prompt
         positions; what a ceiling takes from the highest-scored heads goes to the others by score. 0 (the
-        default) = no ceiling, else >= 1; not with ``adaptive`` (EVALUATION.md: at budget 512 the retrieval heads otherwise hold
-        nearly all of a 2k prompt).
+        default) = no ceiling, else >= 1; not with ``adaptive`` (EVALUATION.md: at budget 512 the
+        retrieval heads otherwise hold nearly all of a 2k prompt).
     adaptive: ``headkv`` only: each layer's total comes from the head scores and is split among
         its heads per prompt as Ada-KV splits it (floors: 20 % of each head's score-given cap).
     scores: HeadKV score file (official HeadKV JSON or headkv's own format).
@@ -123,19 +123,21 @@ class KVConfig:
 
     def native(self, tokenize=None):
         from . import _core
+        from .errors import InvalidArgumentError
+
+        def refuse(name, what):
+            raise InvalidArgumentError(f"{name} must be {what}, got {getattr(self, name)!r}")
+
         for name in ("type_k", "type_v"):
             if not isinstance(getattr(self, name), str):
-                from .errors import InvalidArgumentError
-                raise InvalidArgumentError(f"{name} must be a cache type name such as 'f16', got {getattr(self, name)!r}")
+                refuse(name, "a cache type name such as 'f16'")
         if not isinstance(self.budget_bytes, numbers.Integral) or isinstance(self.budget_bytes, bool) or self.budget_bytes < 0:
-            from .errors import InvalidArgumentError
-            raise InvalidArgumentError(f"budget_bytes must be an integer >= 0, got {self.budget_bytes!r}")
-        if not isinstance(self.value_fit, numbers.Real) or isinstance(self.value_fit, bool):
-            from .errors import InvalidArgumentError
-            raise InvalidArgumentError(f"value_fit must be a number >= 0 (0 = off), got {self.value_fit!r}")
-        if not isinstance(self.cap_ceiling, numbers.Real) or isinstance(self.cap_ceiling, bool):
-            from .errors import InvalidArgumentError
-            raise InvalidArgumentError(f"cap_ceiling must be 0 (none) or a number >= 1, got {self.cap_ceiling!r}")
+            refuse("budget_bytes", "an integer >= 0")
+        # numbers, not bools (which the native layer would take as 0 / 1); the engine checks the ranges
+        for name, what in (("value_fit", "a number >= 0 (0 = off)"), ("cap_ceiling", "0 (none) or a number >= 1")):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or isinstance(v, bool):
+                refuse(name, what)
         probe = self.probe_tokens(tokenize)
         return _core.KVConfigNative(self.method, int(self.budget), int(self.window),
                                     0.0 if self.beta is None else float(self.beta),

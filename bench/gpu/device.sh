@@ -61,7 +61,19 @@ case "$stage" in
     f="$OUT/hk_gemma.jsonl"
     $HB -m $G --device cuda -o jsonl -p 512,4096 -n 64 -d 0,4096 -r 2 > "$f"
     $HB -m $G --device cuda -o jsonl --kv-method headkv --kv-budget 512 -p 4096 -n 64 -d 0,4096 -r 2 >> "$f"
+    # a 32k prompt: KV held by the rings + full global layers, and by headkv-1024 (kv_bytes)
+    $HB -m $G --device cuda -o jsonl -p 32768 -n 0 -r 1 >> "$f"
+    $HB -m $G --device cuda -o jsonl --kv-method headkv --kv-budget 1024 -p 32768 -n 0 -r 1 >> "$f"
     python3 bench/gpu/show.py "$f"
+    ;;
+  gemma_llama)  # llama.cpp's CUDA llama-bench (llama_build first) on Gemma-3-270M: the gemma stage's tests,
+                # and its SWA KV cache for a 32k prompt as llama.cpp logs it (-v)
+    G=/tmp/gemma/gemma-3-270m-q4_k_m.gguf
+    L=".dev/llamacpp/build-cuda/bin/llama-bench -m $G -ngl 99"
+    $L -o json -p 512,4096 -n 64 -d 0,4096 -r 2 > "$OUT/llama_gemma.json" 2>> "$OUT/llama.err"
+    python3 bench/gpu/show.py "$OUT/llama_gemma.json"
+    $L -v -o json -p 32768 -n 0 -r 1 > "$OUT/llama_gemma_32k.json" 2> "$OUT/llama_gemma_32k.err"
+    python3 bench/gpu/show.py "$OUT/llama_gemma_32k.json"; grep -i -E "kv.*(size|cells)|swa" "$OUT/llama_gemma_32k.err" | head -12
     ;;
   install)  # the wheel pack.sh built here (carry .whl): replaces build
     python3 -m pip install -q --no-index --no-deps --force-reinstall .whl/headkv-*-cp312-*.whl 2>&1 | tail -2

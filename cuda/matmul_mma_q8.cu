@@ -88,9 +88,12 @@ struct MmaW {
 };
 
 // One block: rows 16·blockIdx.x .. + 15 of W (and of W2 for SwiGLU) times tokens 0 .. T-1 (NJ tiles
-// of 8); its KW warps take every KW-th block of 32 weights (more loads in flight than one warp per
-// 16 rows gives at 4096-row matrices), and warp 0 sums their partial results.
-constexpr int KW = 4;
+// of 8); its KW warps take turns over runs of U consecutive blocks of 32 weights (warp w: blocks
+// U·w .. U·w + U - 1, then KW·U further), and warp 0 sums their partial results. Each warp first loads
+// the weights and scales of all U blocks, then runs their mmas: U loads in flight per lane instead of
+// one, since a warp that waits for each block's weights before its mma keeps too few bytes in flight
+// to stream the matrix (the single-token kernels' U, matvec_q8x.cu).
+constexpr int KW = 4, U = 4;
 template <int TYPE, int MODE, int NJ>
 __global__ void __launch_bounds__(32 * KW) mma_kernel(const uint8_t* __restrict__ W, const uint8_t* __restrict__ S,
                                                  const uint8_t* __restrict__ W2, const uint8_t* __restrict__ S2,
@@ -109,36 +112,45 @@ __global__ void __launch_bounds__(32 * KW) mma_kernel(const uint8_t* __restrict_
       acc[j][e] = 0.0f;
       acc2[two ? j : 0][e] = 0.0f;
     }
-  for (int b = warp; b < nb; b += KW) {
-    uint32_t a[4], a2[4];
-    float d[2], mn[2], d2[2], mn2[2];
-    MmaW<TYPE>::load(W, S, r0, rows, nb, b, t, a, d, mn);
-    if (two) MmaW<TYPE>::load(W2, S2, r0, rows, nb, b, t, a2, d2, mn2);
+  for (int b0 = U * warp; b0 < nb; b0 += KW * U) {
+    uint32_t a[U][4], a2[two ? U : 1][4];
+    float d[U][2], mn[U][2], d2[two ? U : 1][2], mn2[two ? U : 1][2];
 #pragma unroll
-    for (int j = 0; j < NJ; ++j) {
-      const int tok = 8 * j + g;  // this lane's B column
-      uint32_t b0 = 0u, b1 = 0u;
-      if (tok < T) {
-        const uint32_t* xb = reinterpret_cast<const uint32_t*>(xq + ((int64_t)tok * nb + b) * 32);
-        b0 = __ldg(xb + t);
-        b1 = __ldg(xb + 4 + t);
-      }
-      const int c0 = 8 * j + 2 * t;  // this lane's C tokens: c0, c0 + 1
-      const float2 dx0 = c0 < T ? __ldg(xd + (int64_t)c0 * nb + b) : make_float2(0.0f, 0.0f);
-      const float2 dx1 = c0 + 1 < T ? __ldg(xd + (int64_t)(c0 + 1) * nb + b) : make_float2(0.0f, 0.0f);
-      int c[4] = {0, 0, 0, 0};
-      mma_s8(c, a, b0, b1);
-      acc[j][0] += MmaW<TYPE>::combine(c[0], d[0], mn[0], dx0);
-      acc[j][1] += MmaW<TYPE>::combine(c[1], d[0], mn[0], dx1);
-      acc[j][2] += MmaW<TYPE>::combine(c[2], d[1], mn[1], dx0);
-      acc[j][3] += MmaW<TYPE>::combine(c[3], d[1], mn[1], dx1);
-      if constexpr (two) {
-        int c2[4] = {0, 0, 0, 0};
-        mma_s8(c2, a2, b0, b1);
-        acc2[j][0] += MmaW<TYPE>::combine(c2[0], d2[0], mn2[0], dx0);
-        acc2[j][1] += MmaW<TYPE>::combine(c2[1], d2[0], mn2[0], dx1);
-        acc2[j][2] += MmaW<TYPE>::combine(c2[2], d2[1], mn2[1], dx0);
-        acc2[j][3] += MmaW<TYPE>::combine(c2[3], d2[1], mn2[1], dx1);
+    for (int u = 0; u < U; ++u) {
+      if (b0 + u >= nb) break;  // uniform over the warp
+      MmaW<TYPE>::load(W, S, r0, rows, nb, b0 + u, t, a[u], d[u], mn[u]);
+      if (two) MmaW<TYPE>::load(W2, S2, r0, rows, nb, b0 + u, t, a2[two ? u : 0], d2[two ? u : 0], mn2[two ? u : 0]);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int b = b0 + u;
+      if (b >= nb) break;
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        const int tok = 8 * j + g;  // this lane's B column
+        uint32_t x0 = 0u, x1 = 0u;
+        if (tok < T) {
+          const uint32_t* xb = reinterpret_cast<const uint32_t*>(xq + ((int64_t)tok * nb + b) * 32);
+          x0 = __ldg(xb + t);
+          x1 = __ldg(xb + 4 + t);
+        }
+        const int c0 = 8 * j + 2 * t;  // this lane's C tokens: c0, c0 + 1
+        const float2 dx0 = c0 < T ? __ldg(xd + (int64_t)c0 * nb + b) : make_float2(0.0f, 0.0f);
+        const float2 dx1 = c0 + 1 < T ? __ldg(xd + (int64_t)(c0 + 1) * nb + b) : make_float2(0.0f, 0.0f);
+        int c[4] = {0, 0, 0, 0};
+        mma_s8(c, a[u], x0, x1);
+        acc[j][0] += MmaW<TYPE>::combine(c[0], d[u][0], mn[u][0], dx0);
+        acc[j][1] += MmaW<TYPE>::combine(c[1], d[u][0], mn[u][0], dx1);
+        acc[j][2] += MmaW<TYPE>::combine(c[2], d[u][1], mn[u][1], dx0);
+        acc[j][3] += MmaW<TYPE>::combine(c[3], d[u][1], mn[u][1], dx1);
+        if constexpr (two) {
+          int c2[4] = {0, 0, 0, 0};
+          mma_s8(c2, a2[u], x0, x1);
+          acc2[j][0] += MmaW<TYPE>::combine(c2[0], d2[u][0], mn2[u][0], dx0);
+          acc2[j][1] += MmaW<TYPE>::combine(c2[1], d2[u][0], mn2[u][0], dx1);
+          acc2[j][2] += MmaW<TYPE>::combine(c2[2], d2[u][1], mn2[u][1], dx0);
+          acc2[j][3] += MmaW<TYPE>::combine(c2[3], d2[u][1], mn2[u][1], dx1);
+        }
       }
     }
   }

@@ -180,7 +180,7 @@ inline void check_matmul_mma(cudaStream_t st) {
   std::mt19937 rng(17);
   const int rows = 101;
   for (GGMLType t : {GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q8_0})
-    for (int cols : {512, 1536}) {
+    for (int cols : {512, 576, 1536}) {  // 576: 18 blocks, a run of U = 4 cut short
       DevWeight w = upload_weight(t, rows, cols, rng), w2 = upload_weight(t, rows, cols, rng);
       cu::DBuf<uint8_t> scratch = dev_zeros<uint8_t>(cu::matmul_mma_q8_scratch(cols, cu::kMmaMaxT), "scratch");
       for (cu::MatvecMode mode : {cu::MV_STORE, cu::MV_ADD, cu::MV_SWIGLU})

@@ -92,15 +92,18 @@ struct MmaW {
 // U·w .. U·w + U - 1, then KW·U further), and warp 0 sums their partial results. Each warp first loads
 // the weights and scales of all U blocks, then runs their mmas: U loads in flight per lane instead of
 // one, since a warp that waits for each block's weights before its mma keeps too few bytes in flight
-// to stream the matrix (the single-token kernels' U, matvec_q8x.cu).
-constexpr int KW = 4, U = 4;
+// to stream the matrix (the single-token kernels' U, matvec_q8x.cu). KW: 8 warps where one matrix is
+// read (a 4096-row matrix is only 256 blocks, two per SM), 4 for SwiGLU's two (its registers would
+// leave one 8-warp block per SM).
+constexpr int U = 4;
+__host__ __device__ constexpr int kw_of(int mode) { return mode == MV_SWIGLU ? 4 : 8; }
 template <int TYPE, int MODE, int NJ>
-__global__ void __launch_bounds__(32 * KW) mma_kernel(const uint8_t* __restrict__ W, const uint8_t* __restrict__ S,
+__global__ void __launch_bounds__(32 * kw_of(MODE)) mma_kernel(const uint8_t* __restrict__ W, const uint8_t* __restrict__ S,
                                                  const uint8_t* __restrict__ W2, const uint8_t* __restrict__ S2,
                                                  int64_t rows, int nb, const int8_t* __restrict__ xq,
                                                  const float2* __restrict__ xd, int T, float* y, int64_t ldy) {
   constexpr bool two = MODE == MV_SWIGLU;
-  constexpr int NA = two ? 2 : 1;  // accumulator sets
+  constexpr int NA = two ? 2 : 1, KW = kw_of(MODE);  // accumulator sets, warps
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   __shared__ float part[KW - 1][NA][NJ * 4][32];
   const int64_t r0 = (int64_t)blockIdx.x * 16 + g;
@@ -189,6 +192,7 @@ template <int TYPE, int MODE>
 void launch_mode(const DW& w, const DW* w2, int nb, const int8_t* xq, const float2* xd, int T, float* y, int64_t ldy,
                  cudaStream_t s) {
   const dim3 grid((unsigned)cdiv(w.rows, 16));
+  constexpr int KW = kw_of(MODE);
   const uint8_t* W2 = w2 ? w2->data : nullptr;
   const uint8_t* S2 = w2 ? w2->sc : nullptr;
   if (T <= 8) mma_kernel<TYPE, MODE, 1><<<grid, 32 * KW, 0, s>>>(w.data, w.sc, W2, S2, w.rows, nb, xq, xd, T, y, ldy);

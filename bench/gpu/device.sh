@@ -5,6 +5,8 @@
 #   setup_a / setup_b   copy the carried pieces (.dev/gpu, filled by bench/gpu/pack.sh: site packages,
 #                       SmolLM2 in two parts)
 #   setup_gemma         one of Gemma-3-270M's five parts per call (the fifth joins them, md5-checked)
+#   take                the pieces of `pack.sh pieces` (both models, xz, call-sized): use these once the
+#                       tracked files leave too little room for a 50.6 MB Gemma part
 #   gemma               its GPU tests and headkv-bench figures (after the five setup_gemma calls)
 #   build               pip install . with -DHEADKV_CUDA=ON (CUDA backend, sm_90)
 #   install             or the wheel of `pack.sh wheel` (carry .whl), without the 240 s build
@@ -38,6 +40,24 @@ case "$stage" in
   setup_b)
     cp .dev/gpu/smol.ab /tmp/smol.ab
     cat /tmp/smol.aa /tmp/smol.ab > "$SMOL" && md5sum "$SMOL" | tee -a "$OUT/env.txt"
+    ;;
+  take)  # the pieces of `pack.sh pieces` carried by this call (.dev/gpu/pieces/NN) onto /tmp/stream, each once;
+         # SmolLM2 is unpacked once the stream holds its part, Gemma when it is whole (md5-checked)
+    for f in .dev/gpu/pieces/*; do
+      n=$(basename "$f"); grep -qx "$n" /tmp/pieces.done 2>/dev/null && continue
+      if [ "$n" = 00-manifest ]; then cp "$f" /tmp/manifest; else cat "$f" >> /tmp/stream; fi
+      echo "$n" >> /tmp/pieces.done
+    done
+    read -r _ ns ms < <(grep ^smol /tmp/manifest); read -r _ ng mg < <(grep ^gemma /tmp/manifest)
+    have=$(stat -c %s /tmp/stream); G=/tmp/gemma/gemma-3-270m-q4_k_m.gguf
+    if [ ! -f "$SMOL" ] && [ "$have" -ge "$ns" ]; then
+      head -c "$ns" /tmp/stream | xz -dc > "$SMOL"; [ "$(md5sum < "$SMOL" | cut -d' ' -f1)" = "$ms" ] || echo "smol md5 mismatch"
+    fi
+    if [ ! -f $G ] && [ "$have" -ge $(( ns + ng )) ]; then
+      mkdir -p /tmp/gemma; tail -c +$(( ns + 1 )) /tmp/stream | xz -dc > $G
+      [ "$(md5sum < $G | cut -d' ' -f1)" = "$mg" ] || echo "gemma md5 mismatch"
+    fi
+    echo "stream $have of $(( ns + ng )) bytes; smol: $([ -f "$SMOL" ] && echo ready || echo no), gemma: $([ -f $G ] && echo ready || echo no)"
     ;;
   setup_gemma)  # each call carries one of .dev/gpu/gemma.a? (with gemma.md5); the last one joins them
     mkdir -p /tmp/gemma

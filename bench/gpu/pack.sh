@@ -15,8 +15,28 @@
 # `pack.sh wheel` instead builds the CUDA wheel here for the device's Python 3.12 (pyenv's 3.12 with
 # pybind11, scikit-build-core, numpy; about 24 MB, in .whl/): carried with site, `device.sh install`
 # replaces the 240 s `build` stage of the first call (then smol.aa and smol.ab come in calls 2 and 3).
+# `pack.sh pieces [PATH ...]` instead puts both models, xz-compressed (SmolLM2 then Gemma), into one stream cut
+# into call-sized pieces (.dev/gpu/pieces/NN): each piece fills one call's 64 MiB less the tracked files (the
+# evaluation records make them ~19 MB), the first less the PATHs carried with it (e.g. .whl .dev/gpu/site).
+# Carry one piece per call and run `device.sh take`: SmolLM2 is ready once its part has come, Gemma at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+if [ "${1:-}" = pieces ]; then
+  shift
+  D=.dev/gpu; mkdir -p $D/pieces; rm -f $D/pieces/*
+  SMOL=$(python3 -c "import headkv; print(headkv.example_model())")
+  GEMMA=$(python3 -c "import headkv; print(headkv.example_model('gemma3-270m'))")
+  [ -f $D/smol.xz ] || xz -6 -T0 -c "$SMOL" > $D/smol.xz
+  [ -f $D/gemma.xz ] || xz -6 -T0 -c "$GEMMA" > $D/gemma.xz
+  tracked=$(git ls-files -z | xargs -0 du -c 2>/dev/null | tail -1 | cut -f1)
+  first=$( [ $# -gt 0 ] && du -c "$@" | tail -1 | cut -f1 || echo 0)
+  cap=$(( (65536 - tracked - 1536) * 1024 ))
+  # the manifest rides with the first piece: stream sizes and the models' md5
+  printf 'smol %s %s\ngemma %s %s\n' "$(stat -c %s $D/smol.xz)" "$(md5sum < "$SMOL" | cut -d' ' -f1)" \
+    "$(stat -c %s $D/gemma.xz)" "$(md5sum < "$GEMMA" | cut -d' ' -f1)" > $D/pieces/00-manifest
+  cat $D/smol.xz $D/gemma.xz | { head -c $(( cap - first * 1024 - 4096 )) > $D/pieces/01; split -b $cap -d -a 2 --numeric-suffixes=2 - $D/pieces/; }
+  ls -la $D/pieces; exit 0
+fi
 if [ "${1:-}" = wheel ]; then
   PY=${PY312:-$(pyenv root 2>/dev/null)/versions/3.12.1/bin/python3.12}
   "$PY" -m pip install -q pybind11 scikit-build-core numpy

